@@ -1,0 +1,38 @@
+# The two commands of README.md:
+#   make run   install into .venv and run the relay on 127.0.0.1:2525 (spool in ./var/)
+#   make test  install everything the tests need and run them
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= conf/smtprelay.toml
+
+.PHONY: run test lint deps venv clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/smtprelay serve -c $(CONFIG)
+
+# Debian tools the integration tests drive (swaks) or measure against (postfix).
+deps:
+	@if ! command -v swaks >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks >/dev/null; \
+	  else echo "swaks missing: sudo apt-get install swaks (the swaks tests will be skipped)"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy smtprelay
+
+test: $(STAMP) deps lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

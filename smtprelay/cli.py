@@ -1,0 +1,143 @@
+"""Command line: parse, dispatch, exit codes (0 ok, 1 operation failed, 2 usage/config)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from smtprelay import __version__, config, maillog
+from smtprelay.inbound import auth
+from smtprelay.tls import TLSError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("smtprelay")
+
+
+class Failure(Exception):
+    """The operation failed (exit 1); the message is printed as is."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_usage(sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        settings = config.load(config.config_path(args.config))
+        code = args.handler(args, settings)
+    except config.ConfigError as e:
+        print(f"smtprelay: configuration error: {e}", file=sys.stderr)
+        code = EXIT_USAGE
+    except (Failure, auth.UsersFileError, TLSError, OSError) as e:
+        print(f"smtprelay: {e}", file=sys.stderr)
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="configuration file (default: $SMTPRELAY_CONFIG, else "
+        f"{config.DEFAULT_CONFIG_PATH})",
+    )
+    parser = argparse.ArgumentParser(prog="smtprelay", parents=[common])
+    parser.set_defaults(config=None)
+    parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the relay in the foreground")
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate and print the effective configuration"
+    )
+    check.set_defaults(handler=_check_config)
+
+    user = commands.add_parser("user", parents=[common], help="manage SMTP AUTH users")
+    user_commands = user.add_subparsers(metavar="ACTION", required=True)
+    add = user_commands.add_parser(
+        "add", parents=[common],
+        help="add a user or change a password (read from the terminal, or one line of stdin)",
+    )
+    add.add_argument("name")
+    add.set_defaults(handler=_user_add)
+    delete = user_commands.add_parser("del", parents=[common], help="remove a user")
+    delete.add_argument("name")
+    delete.set_defaults(handler=_user_del)
+    listing = user_commands.add_parser("list", parents=[common], help="list user names")
+    listing.set_defaults(handler=_user_list)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    from smtprelay import app  # the daemon's imports (uvloop, aiosmtpd) only where needed
+
+    maillog.setup(settings.log.format, settings.log.level)
+    try:
+        app.run(settings)
+    except (auth.UsersFileError, TLSError, OSError) as e:
+        log.error("cannot start: %s", e)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace, settings: config.Settings) -> int:
+    print(config.effective(settings), end="")
+    if settings.auth.users_file:
+        users = auth.read_users(Path(settings.auth.users_file))
+        print(f"# {len(users)} user(s) in {settings.auth.users_file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _users_path(settings: config.Settings) -> Path:
+    if not settings.auth.users_file:
+        raise config.ConfigError("[auth] users_file: not set; the users file location is needed")
+    return Path(settings.auth.users_file)
+
+
+def _user_add(args: argparse.Namespace, settings: config.Settings) -> int:
+    path = _users_path(settings)
+    auth.validate_name(args.name)
+    users = auth.read_users(path)
+    password = _read_password()
+    users[args.name] = auth.hash_password(password)
+    auth.write_users(path, users)
+    print(f"user {args.name} {'updated' if args.name in users else 'added'} in {path}")
+    return EXIT_OK
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Password (again): "):
+            raise Failure("passwords do not match")
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if not first:
+        raise Failure("empty password refused")
+    return first
+
+
+def _user_del(args: argparse.Namespace, settings: config.Settings) -> int:
+    path = _users_path(settings)
+    users = auth.read_users(path)
+    if users.pop(args.name, None) is None:
+        raise Failure(f"no user {args.name} in {path}")
+    auth.write_users(path, users)
+    print(f"user {args.name} removed from {path}")
+    return EXIT_OK
+
+
+def _user_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    for name in sorted(auth.read_users(_users_path(settings))):
+        print(name)
+    return EXIT_OK

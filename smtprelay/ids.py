@@ -1,0 +1,52 @@
+"""Queue IDs: unique, time-ordered, short, letters and digits only.
+
+An ID is 11 characters of microseconds since the epoch followed by 2 random characters,
+all in Crockford's base32 alphabet (digits and upper-case letters without I, L, O, U).
+The alphabet is in ASCII order, so sorting IDs as strings sorts them by arrival time,
+and ``ls`` of the spool lists messages oldest first. Within one process the time part
+is strictly increasing; the random part separates processes that share a spool (the
+spool still creates files exclusively, so a collision can never overwrite a message).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+TIME_CHARS = 11
+RANDOM_CHARS = 2
+LENGTH = TIME_CHARS + RANDOM_CHARS
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+
+_last_micros = 0
+
+
+def _encode(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 32)
+        chars.append(ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_id(now: float | None = None) -> str:
+    global _last_micros
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    if micros <= _last_micros:
+        micros = _last_micros + 1
+    _last_micros = micros
+    noise = int.from_bytes(os.urandom(2), "big") % (32**RANDOM_CHARS)
+    return _encode(micros, TIME_CHARS) + _encode(noise, RANDOM_CHARS)
+
+
+def is_valid(qid: str) -> bool:
+    return len(qid) == LENGTH and all(c in _VALUE for c in qid)
+
+
+def timestamp(qid: str) -> float:
+    """Arrival time encoded in a queue ID, in seconds since the epoch."""
+    micros = 0
+    for c in qid[:TIME_CHARS]:
+        micros = micros * 32 + _VALUE[c]
+    return micros / 1_000_000

@@ -1,0 +1,1 @@
+"""Inbound stage: SMTP listeners, session policy, and the hand-off to the spool."""

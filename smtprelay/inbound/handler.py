@@ -1,0 +1,81 @@
+"""Decisions and hand-off for one accepted transaction: message bytes -> spool -> reply.
+
+The protocol module speaks SMTP; this module decides what a complete transaction
+becomes. It is the only place in the inbound stage that touches the spool, and it
+answers ``250 ... queued as QID`` only after :meth:`Spool.commit` has returned, i.e. after
+the message and its envelope are fsynced and renamed and the directory is fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from smtprelay import maillog, replies
+from smtprelay.envelope import Client, Envelope, Recipient
+from smtprelay.inbound import message
+from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.policy import Policy
+from smtprelay.replies import Reply
+from smtprelay.spool import Spool, SpoolError
+
+
+@dataclass
+class Transaction:
+    """One MAIL .. DATA exchange; the queue ID is assigned at MAIL, as Postfix does."""
+
+    qid: str
+    sender: str
+    mail_params: dict[str, str]
+    recipients: list[Recipient] = field(default_factory=list)
+
+
+@dataclass
+class Intake:
+    """What every inbound session shares: policy, credentials, spool."""
+
+    hostname: str
+    policy: Policy
+    authenticator: Authenticator | None
+    spool: Spool
+
+    async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
+        body, bare = message.normalize(raw)
+        if bare:
+            maillog.normalized_line_endings(txn.qid, client.ip, bare)
+        facts = message.header_facts(body)
+        now = time.time()
+        trace = message.received_header(
+            helo=client.helo,
+            ip=client.ip,
+            hostname=self.hostname,
+            protocol=client.protocol,
+            qid=txn.qid,
+            tls=client.tls,
+            auth_user=client.auth_user,
+            recipients=[r.address for r in txn.recipients],
+            now=now,
+        )
+        data = trace + message.origin_headers(facts, txn.qid, self.hostname, now) + body
+        envelope = Envelope(
+            qid=txn.qid,
+            sender=txn.sender,
+            recipients=txn.recipients,
+            client=client,
+            arrival=now,
+            size=len(data),
+            mail_params=txn.mail_params,
+            next_attempt=now,
+            message_id=facts.message_id or f"<{txn.qid}@{self.hostname}>",
+        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.spool.commit, envelope, data
+            )
+        except SpoolError as e:
+            maillog.spool_error(txn.qid, str(e))
+            return replies.NO_SPACE if e.no_space else replies.LOCAL_ERROR
+        maillog.message_id(txn.qid, envelope.message_id or "")
+        maillog.queued(txn.qid, txn.sender, envelope.size, len(txn.recipients))
+        return replies.queued(txn.qid)

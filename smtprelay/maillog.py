@@ -1,0 +1,195 @@
+"""The mail log: one line per mail event, keyed by queue ID, in Postfix's maillog shape.
+
+Operators and their tools (grep, pflogsumm, fail2ban) read these lines, so their shape is
+a contract. Each event has one function here; nothing else formats mail events. Under
+systemd (journald adds time and host) a line starts at ``smtprelay/<service>[pid]:``;
+elsewhere it starts with an RFC 3339 timestamp and the host name, as Postfix's own log
+file does. ``[log] format = "json"`` emits the same events as JSON objects.
+
+Passwords and AUTH payloads are never passed to this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+
+from smtprelay.replies import Reply
+
+log = logging.getLogger("smtprelay.mail")
+
+
+def _emit(service: str, text: str, qid: str | None = None, level: int = logging.INFO,
+          **fields: object) -> None:
+    if log.isEnabledFor(level):
+        log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
+
+
+def _host(ip: str) -> str:
+    # No reverse DNS for clients: Postfix prints "unknown" in the same place.
+    return f"unknown[{ip}]"
+
+
+def connect(ip: str) -> None:
+    _emit("smtpd", f"connect from {_host(ip)}", client_ip=ip, event="connect")
+
+
+def disconnect(ip: str, counts: Mapping[str, int]) -> None:
+    total = sum(counts.values())
+    summary = " ".join(f"{cmd.lower()}={n}" for cmd, n in counts.items())
+    text = f"disconnect from {_host(ip)} {summary} commands={total}".replace("  ", " ")
+    _emit("smtpd", text, client_ip=ip, event="disconnect", commands=dict(counts))
+
+
+def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None) -> None:
+    text = f"{qid}: client={_host(ip)}"
+    if sasl_username:
+        text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
+    _emit("smtpd", text, qid, client_ip=ip, sasl_method=sasl_method,
+          sasl_username=sasl_username, event="client")
+
+
+def message_id(qid: str, value: str) -> None:
+    _emit("cleanup", f"{qid}: message-id={value}", qid, message_id=value, event="message-id")
+
+
+def normalized_line_endings(qid: str, ip: str, count: int) -> None:
+    _emit("cleanup", f"{qid}: warning: {count} bare CR or LF line ending(s) from "
+          f"{_host(ip)} normalized to CRLF", qid, level=logging.WARNING, client_ip=ip,
+          count=count, event="bare-newline")
+
+
+def queued(qid: str, sender: str, size: int, nrcpt: int) -> None:
+    _emit("qmgr", f"{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)", qid,
+          sender=sender, size=size, nrcpt=nrcpt, event="queued")
+
+
+def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
+           recipient: str | None = None, helo: str | None = None, qid: str | None = None,
+           proto: str = "ESMTP") -> None:
+    """A refused command, as Postfix's ``NOQUEUE: reject: RCPT from host[ip]: 554 ...``."""
+    subject = f"<{recipient}>: " if recipient is not None and command == "RCPT" else ""
+    text = f"{qid or 'NOQUEUE'}: reject: {command} from {_host(ip)}: {reply.code} " \
+           f"{reply.enhanced} {subject}{reply.text}; from=<{sender or ''}>"
+    if recipient is not None:
+        text += f" to=<{recipient}>"
+    text += f" proto={proto}"
+    if helo:
+        text += f" helo=<{helo}>"
+    _emit("smtpd", text, qid, client_ip=ip, command=command, code=reply.code,
+          dsn=reply.enhanced, reason=reply.text, sender=sender, recipient=recipient,
+          event="reject")
+
+
+def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
+    # Same shape as Postfix so existing fail2ban filters (postfix-sasl) match too.
+    _emit("smtpd", f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
+          "authentication failure", level=logging.WARNING, client_ip=ip,
+          mechanism=mechanism, sasl_username=username, event="auth-failed")
+
+
+def lost_connection(ip: str, after: str) -> None:
+    _emit("smtpd", f"lost connection after {after} from {_host(ip)}", client_ip=ip,
+          after=after, event="lost-connection")
+
+
+def too_many_connections(ip: str, limit: int) -> None:
+    _emit("smtpd", f"warning: connection limit {limit} reached: refusing {_host(ip)}",
+          level=logging.WARNING, client_ip=ip, limit=limit, event="connection-limit")
+
+
+def timeout(ip: str, after: str) -> None:
+    _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
+          event="timeout")
+
+
+def internal_error(ip: str, what: str, qid: str | None = None) -> None:
+    _emit("smtpd", f"{qid + ': ' if qid else ''}error: {what} (client {_host(ip)})", qid,
+          level=logging.ERROR, client_ip=ip, event="internal-error")
+
+
+def spool_error(qid: str, what: str) -> None:
+    _emit("cleanup", f"{qid}: warning: {what}", qid, level=logging.WARNING,
+          event="spool-error")
+
+
+# --- formatting -------------------------------------------------------------------------
+
+_PID = os.getpid()
+
+
+class _Base(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hostname = socket.gethostname().split(".")[0]
+
+    @staticmethod
+    def service(record: logging.LogRecord) -> str:
+        return getattr(record, "service", None) or "main"
+
+
+class TextFormatter(_Base):
+    def __init__(self, *, under_journald: bool) -> None:
+        super().__init__()
+        self.under_journald = under_journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if not hasattr(record, "fields") and record.levelno >= logging.WARNING:
+            text = f"{record.levelname.lower()}: {text}"
+        line = f"smtprelay/{self.service(record)}[{_PID}]: {text}"
+        if self.under_journald:
+            return line
+        return f"{_rfc3339(record.created)} {self.hostname} {line}"
+
+
+class JsonFormatter(_Base):
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, object] = {
+            "time": _rfc3339(record.created),
+            "host": self.hostname,
+            "program": f"smtprelay/{self.service(record)}",
+            "pid": _PID,
+            "level": record.levelname.lower(),
+        }
+        qid = getattr(record, "qid", None)
+        if qid:
+            obj["qid"] = qid
+        fields = getattr(record, "fields", {})
+        obj.update({k: v for k, v in fields.items() if v is not None})
+        obj["message"] = record.getMessage()
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def _rfc3339(ts: float) -> str:
+    local = time.localtime(ts)
+    offset = local.tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    hh, mm = divmod(abs(offset) // 60, 60)
+    millis = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f".{millis:03d}{sign}{hh:02d}:{mm:02d}"
+
+
+def setup(fmt: str, level: str) -> None:
+    """Route all logging to stderr in the chosen format (journald reads it under systemd)."""
+    handler = logging.StreamHandler(sys.stderr)
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter(under_journald=under_journald)
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiosmtpd logs every command at INFO under "mail.log"; our own events replace it.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

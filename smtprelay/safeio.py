@@ -1,0 +1,61 @@
+"""Durable file writes: temp file in the same directory, fsync, rename, directory fsync.
+
+The temp file lives in the destination directory because a rename is atomic only
+within one filesystem; the directory fsync makes the rename itself durable (the step
+chasquid's safeio forgets). Every file name without the ``.tmp`` suffix is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+TMP_SUFFIX = ".tmp"
+
+
+def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``name`` via a fsynced temp file and rename; no directory fsync.
+
+    ``exclusive`` refuses to replace an existing ``name`` (``FileExistsError``).
+    The caller fsyncs the directory once after all renames that must be durable together.
+    """
+    tmp = name + TMP_SUFFIX
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    if exclusive:
+        flags |= os.O_EXCL
+        if _exists(dir_fd, name):
+            raise FileExistsError(name)
+    fd = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(dir_fd, tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp)
+        raise
+
+
+def fsync_dir(dir_fd: int) -> None:
+    os.fsync(dir_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)

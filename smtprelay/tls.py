@@ -1,0 +1,85 @@
+"""Server TLS: load the configured certificate, or make a self-signed one on first run."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from smtprelay.config import Settings
+
+log = logging.getLogger("smtprelay.tls")
+
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class TLSError(Exception):
+    """The certificate or key cannot be used; the message names the file."""
+
+
+def certificate_paths(settings: Settings) -> tuple[Path, Path]:
+    """The configured pair, or the self-signed pair kept under the spool directory."""
+    if settings.tls.cert_file or settings.tls.key_file:
+        return Path(settings.tls.cert_file), Path(settings.tls.key_file)
+    base = Path(settings.spool.dir) / "tls"
+    return base / "selfsigned-cert.pem", base / "selfsigned-key.pem"
+
+
+def server_context(settings: Settings) -> ssl.SSLContext:
+    cert, key = certificate_paths(settings)
+    if not settings.tls.cert_file and not settings.tls.key_file and not cert.exists():
+        make_self_signed(settings.server.hostname, cert, key)
+    if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
+        raise TLSError("[tls] cert_file and key_file must be set together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = _VERSIONS[settings.tls.min_version]
+    if settings.tls.min_version in ("TLSv1", "TLSv1.1"):
+        # Legacy devices: OpenSSL's default security level refuses these versions.
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise TLSError(f"[tls] {e.filename}: no such file") from None
+    except (ssl.SSLError, OSError) as e:
+        raise TLSError(f"[tls] cannot load certificate {cert} / key {key}: {e}") from None
+    return context
+
+
+def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    log.info("generated a self-signed certificate for %s in %s", hostname, cert_path.parent)
