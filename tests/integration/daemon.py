@@ -1,0 +1,153 @@
+"""Start the real smtprelay daemon as a child process on loopback, for integration tests.
+
+A :class:`Daemon` writes its own TOML config into a temp directory, listens on free
+ports of 127.0.0.1, and is stopped (or killed) by its own PID. Certificates come from a
+trustme CA made for the test; ``ca_file`` lets clients verify them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
+    lines = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in keys.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class Daemon:
+    """One smtprelay process. ``overrides`` are merged into the default test config."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        ca: trustme.CA,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        users: Mapping[str, str] | None = None,
+        implicit_tls: bool = True,
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls_port = free_port() if implicit_tls else None
+        self.spool = workdir / "spool"
+        self.log_path = workdir / "smtprelay.log"
+        self.ca_file = workdir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        cert = ca.issue_cert("localhost", LOOPBACK)
+        cert_file, key_file = workdir / "cert.pem", workdir / "key.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        self.users_file = workdir / "users"
+        sections: dict[str, dict[str, Any]] = {
+            "server": {
+                "hostname": "relay.test",
+                "listen": [f"{LOOPBACK}:{self.port}"],
+                "listen_implicit_tls": [f"{LOOPBACK}:{self.tls_port}"] if self.tls_port else [],
+            },
+            "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
+            "auth": {"users_file": str(self.users_file)},
+            "spool": {"dir": str(self.spool)},
+            "log": {"level": "info"},
+        }
+        for section, keys in (overrides or {}).items():
+            sections.setdefault(section, {}).update(keys)
+        self.config = workdir / "smtprelay.toml"
+        write_config(self.config, sections)
+        for name, password in (users or {}).items():
+            self.cli("user", "add", name, input=password + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        """Run ``smtprelay ARGS -c CONFIG`` and return the finished process."""
+        return subprocess.run(
+            [sys.executable, "-m", "smtprelay", *args, "-c", str(self.config)],
+            input=input, capture_output=True, text=True, check=check, timeout=60,
+        )
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtprelay", "serve", "-c", str(self.config)],
+            stdout=log, stderr=log, cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"smtprelay exited {self.proc.returncode}:\n{self.log()}")
+            if "smtprelay ready" in self.log():
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"smtprelay did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9: no clean-up of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    # --- spool inspection ---------------------------------------------------------------
+
+    def queued_ids(self) -> list[str]:
+        queue = self.spool / "queue"
+        return sorted(p.stem for p in queue.glob("*.json"))
+
+    def message(self, qid: str) -> bytes:
+        return (self.spool / "queue" / f"{qid}.eml").read_bytes()
+
+    def envelope(self, qid: str) -> dict[str, Any]:
+        return json.loads((self.spool / "queue" / f"{qid}.json").read_text())
