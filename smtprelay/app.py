@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
 import uvloop
 
+from smtprelay import systemd
 from smtprelay.config import Settings
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.handler import Intake
@@ -47,15 +49,16 @@ async def serve(settings: Settings) -> None:
         )
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
-        log.info(
-            "smtprelay ready: smtp on %s", ", ".join(str(e) for e in inbound.endpoints)
-        )
+        listening = ", ".join(str(e) for e in inbound.endpoints)
+        log.info("smtprelay ready: smtp on %s", listening)
+        systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
+        systemd.notify("STOPPING=1")
         inbound.close()
         await inbound.drain(SHUTDOWN_GRACE)
         log.info("stopped")

@@ -85,11 +85,13 @@ class Daemon:
         }
         for section, keys in (overrides or {}).items():
             sections.setdefault(section, {}).update(keys)
+        self.spool = Path(sections["spool"]["dir"])
         self.config = workdir / "smtprelay.toml"
         write_config(self.config, sections)
         for name, password in (users or {}).items():
             self.cli("user", "add", name, input=password + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.notifications: list[str] = []
 
     def cli(self, *args: str, input: str | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
@@ -100,19 +102,30 @@ class Daemon:
         )
 
     def start(self, timeout: float = 20.0) -> Daemon:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtprelay", "serve", "-c", str(self.config)],
-            stdout=log, stderr=log, cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"smtprelay exited {self.proc.returncode}:\n{self.log()}")
-            if "smtprelay ready" in self.log():
-                return self
-            time.sleep(0.05)
+        """Start and wait for the daemon's sd_notify READY=1 on our own NOTIFY_SOCKET."""
+        notify_path = self.workdir / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            notify.settimeout(0.1)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "smtprelay", "serve", "-c", str(self.config)],
+                stdout=log, stderr=log, cwd=self.workdir,
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+            )
+            log.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"smtprelay exited {self.proc.returncode}:\n{self.log()}")
+                try:
+                    message = notify.recv(4096).decode()
+                except TimeoutError:
+                    continue
+                self.notifications.append(message)
+                if "READY=1" in message.splitlines():
+                    return self
         self.kill()
         raise RuntimeError(f"smtprelay did not become ready:\n{self.log()}")
 

@@ -1,0 +1,23 @@
+"""sd_notify(3): tell systemd (Type=notify) when the relay is ready, busy or stopping.
+
+The protocol is one datagram of ``KEY=VALUE`` lines to the unix socket named by
+``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace). Without the variable
+every call is a no-op, so the daemon runs the same outside systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(*lines: str) -> bool:
+    """Send ``lines`` (e.g. ``"READY=1"``); False when not under a notify-aware manager."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto("\n".join(lines).encode(), address)
+    return True

@@ -1,0 +1,80 @@
+"""Disk full: the relay answers 4xx, loses nothing it acknowledged, and recovers."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from smtprelay import replies
+from tests.integration.daemon import LOOPBACK, Daemon
+
+QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a 2 MB tmpfs needs root (CI runs as root)")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def message(n: int) -> bytes:
+    return f"Subject: fill {n}\r\n\r\n".encode() + (b"x" * 76 + b"\r\n") * 1300  # ~100 KB
+
+
+def test_disk_full_gives_452_and_recovers(
+    make_daemon: Callable[..., Daemon], tiny_fs: Path
+) -> None:
+    daemon = make_daemon(overrides={"spool": {"dir": str(tiny_fs / "spool")}})
+    acked: dict[str, int] = {}
+    refused = 0
+    with smtplib.SMTP(LOOPBACK, daemon.port) as client:
+        client.ehlo("filler.test")
+        for n in range(40):  # 40 x 100 KB is twice what fits
+            client.mail("a@example.com")
+            client.rcpt("b@example.net")
+            code, reply = client.data(message(n))
+            if code != 250:
+                assert (code, reply.split()[0].decode()) == (
+                    replies.NO_SPACE.code, replies.NO_SPACE.enhanced
+                )
+                refused += 1
+                continue
+            acked[QUEUED.search(reply.decode()).group(1)] = n  # type: ignore[union-attr]
+    assert acked and refused, "the tiny filesystem must fill up during the test"
+    assert "No space left on device" in daemon.log()
+
+    queue = daemon.spool / "queue"
+    assert not list(queue.glob("*.tmp")), "a failed commit must not leave temp files"
+    assert sorted(daemon.queued_ids()) == sorted(acked)
+    for qid, n in acked.items():
+        assert daemon.message(qid).endswith(message(n))
+
+    # Space comes back (the operator delivers or moves mail away): accepting resumes.
+    for qid in list(acked)[: len(acked) // 2]:
+        (queue / f"{qid}.eml").unlink()
+        (queue / f"{qid}.json").unlink()
+        del acked[qid]
+    with smtplib.SMTP(LOOPBACK, daemon.port) as client:
+        refused_mail = client.sendmail("a@example.com", ["b@example.net"], message(99))
+    assert refused_mail == {}
+    daemon.stop()
+    assert not list(queue.glob("*.tmp"))
