@@ -16,7 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
@@ -88,6 +95,56 @@ class SpoolSettings(_Section):
     dir: str = "var/spool"
 
 
+def _parse_nameserver(value: object) -> Endpoint:
+    """A resolver address: an IP, or "ip:port" / "[ipv6]:port"."""
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value.strip())
+            return Endpoint(value.strip(), 53)
+        except ValueError:
+            endpoint = parse_endpoint(value)
+            ipaddress.ip_address(endpoint.host)  # name servers are addresses, not names
+            return endpoint
+    raise ValueError(f"{value!r} is not a name server address like \"127.0.0.1:5353\"")
+
+
+Nameserver = Annotated[Endpoint, BeforeValidator(_parse_nameserver)]
+DEFAULT_RETRY_SCHEDULE = (300.0, 600.0, 1200.0, 2400.0, 4200.0)
+
+
+class SmarthostSettings(_Section):
+    hosts: tuple[EndpointField, ...] = ()
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    username: str = ""
+    password_file: str = ""
+
+    @model_validator(mode="after")
+    def _credentials_together(self) -> SmarthostSettings:
+        if self.username and not self.password_file:
+            raise ValueError("password_file: required when username is set")
+        return self
+
+
+class DeliverySettings(_Section):
+    mode: Literal["mx", "smarthost"] = "mx"
+    port: int = Field(default=25, gt=0, lt=65536)
+    nameservers: tuple[Nameserver, ...] = ()
+    tls: Literal["opportunistic", "required", "verify", "none"] = "opportunistic"
+    ca_file: str = ""
+    concurrency: int = Field(default=100, gt=0)
+    per_destination_concurrency: int = Field(default=20, gt=0)
+    retry_schedule: tuple[Duration, ...] = Field(default=DEFAULT_RETRY_SCHEDULE, min_length=1)
+    max_queue_lifetime: Duration = Field(default=5 * 86400.0, gt=0)
+    smarthost: SmarthostSettings = SmarthostSettings()
+    routes: dict[Domain, EndpointField] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _smarthost_needs_hosts(self) -> DeliverySettings:
+        if self.mode == "smarthost" and not self.smarthost.hosts:
+            raise ValueError('smarthost.hosts: required when mode = "smarthost"')
+        return self
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -99,6 +156,7 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     relay: RelaySettings = RelaySettings()
     spool: SpoolSettings = SpoolSettings()
+    delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()
 
 
@@ -134,18 +192,36 @@ def parse(raw: dict[str, Any]) -> Settings:
         raise ConfigError(_describe(e)) from None
 
 
+def _sections(model: type[BaseModel] | None = None, prefix: str = "") -> set[str]:
+    """Dotted names of every table: "server", "delivery", "delivery.smarthost", ..."""
+    names: set[str] = set()
+    for name, info in (model or Settings).model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.add(prefix + name)
+            names |= _sections(annotation, f"{prefix}{name}.")
+        elif prefix and getattr(annotation, "__origin__", None) is dict:
+            names.add(prefix + name)
+    return names
+
+
 def _describe(error: ValidationError) -> str:
+    """One line naming the table and key: ``[delivery.smarthost] hosts: required ...``."""
     first = error.errors()[0]
     loc = [str(part) for part in first["loc"]]
-    if len(loc) == 1:
-        if first["type"] == "extra_forbidden":
-            return f"[{loc[0]}]: unknown section"
-        where = f"[{loc[0]}]"
-    else:
-        where = f"[{loc[0]}] {loc[1]}" + "".join(f"[{p}]" for p in loc[2:])
+    message = first["msg"].removeprefix("Value error, ")
+    key_in_message, sep, rest = message.partition(": ")
+    if sep and first["type"] == "value_error" and " " not in key_in_message:
+        loc += key_in_message.split(".")  # a model check names the key it is about
+        message = rest
+    known = _sections()
+    depth = max((n for n in range(1, len(loc) + 1) if ".".join(loc[:n]) in known), default=0)
+    if depth == 0:
+        return f"[{loc[0]}]: unknown section"
+    table, keys = ".".join(loc[:depth]), loc[depth:]
+    where = f"[{table}]" + (" " + keys[0] + "".join(f"[{k}]" for k in keys[1:]) if keys else "")
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
-    message = first["msg"].removeprefix("Value error, ")
     if first["type"].endswith("_type") or first["type"] in ("literal_error", "greater_than"):
         message = f"{first['input']!r}: {message[0].lower()}{message[1:]}"
     extra = len(error.errors()) - 1
@@ -153,23 +229,40 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {message}{suffix}"
 
 
+_DURATION_KEYS = {"server.timeout", "delivery.retry_schedule", "delivery.max_queue_lifetime"}
+
+
 def effective(settings: Settings) -> str:
     """The effective configuration as TOML, every key shown (for ``check-config``)."""
     lines: list[str] = []
-    for section_name, section in settings:
-        lines.append(f"[{section_name}]")
-        for key, value in section:
-            lines.append(f"{key} = {_toml_value(section_name, key, value)}")
-        lines.append("")
-    return "\n".join(lines)
+    _render(settings, "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
-_DURATION_KEYS = {("server", "timeout")}
+def _render(model: BaseModel, table: str, lines: list[str]) -> None:
+    nested: list[tuple[str, BaseModel | dict[str, Any]]] = []
+    if table:
+        lines += ["", f"[{table}]"]
+    for key, value in model:
+        name = f"{table}.{key}" if table else key
+        if isinstance(value, BaseModel | dict):
+            nested.append((name, value))
+        else:
+            lines.append(f"{key} = {_toml_value(name, value)}")
+    for name, value in nested:
+        if isinstance(value, BaseModel):
+            _render(value, name, lines)
+        else:
+            lines += ["", f"[{name}]"]
+            lines += [f"{json.dumps(k)} = {_toml_value(name, v)}" for k, v in value.items()]
 
 
-def _toml_value(section: str, key: str, value: object) -> str:
-    if (section, key) in _DURATION_KEYS and isinstance(value, float):
-        return json.dumps(format_duration(value))
+def _toml_value(name: str, value: object) -> str:
+    if name in _DURATION_KEYS:
+        if isinstance(value, tuple):
+            return "[" + ", ".join(json.dumps(format_duration(v)) for v in value) + "]"
+        if isinstance(value, float):
+            return json.dumps(format_duration(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
