@@ -1,8 +1,13 @@
-"""Composition root: build every stage from the settings, run them, stop them in order."""
+"""Composition root: build every stage from the settings, run them, stop them in order.
+
+Stages only meet here: the inbound intake tells the scheduler about each message it
+has made durable (``on_queued``); neither imports the other.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -12,6 +17,11 @@ import uvloop
 
 from smtprelay import systemd
 from smtprelay.config import Settings
+from smtprelay.delivery.resolver import Resolver
+from smtprelay.delivery.routes import Router
+from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.delivery.transport import Timeouts, Transport
+from smtprelay.envelope import QueueState
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
@@ -22,8 +32,26 @@ from smtprelay.tls import server_context
 
 log = logging.getLogger("smtprelay")
 
-# How long a SIGTERM waits for SMTP transactions under way to finish.
+# How long a SIGTERM waits for SMTP transactions and deliveries under way to finish.
 SHUTDOWN_GRACE = 10.0
+
+
+def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
+    delivery = settings.delivery
+    resolver = Resolver(
+        delivery.nameservers,
+        port=delivery.port,
+        own_names=[settings.server.hostname],
+        own_endpoints=[*settings.server.listen, *settings.server.listen_implicit_tls],
+    )
+    transport = Transport(
+        helo_name=settings.server.hostname,
+        ca_file=delivery.ca_file,
+        timeouts=Timeouts(delivery.connect_timeout, delivery.command_timeout,
+                          delivery.data_timeout),
+        max_idle_per_hop=delivery.per_destination_concurrency,
+    )
+    return Scheduler(spool, Router(delivery, resolver), transport, delivery)
 
 
 async def serve(settings: Settings) -> None:
@@ -37,6 +65,11 @@ async def serve(settings: Settings) -> None:
             recovered.removed_partial,
             len(recovered.quarantined),
         )
+        scheduler = build_scheduler(settings, spool)
+        for envelope in recovered.envelopes:
+            if envelope.state is not QueueState.HOLD:
+                scheduler.enqueue(envelope.qid, envelope.next_attempt)
+        del recovered
         authenticator = None
         if settings.auth.users_file:
             authenticator = Authenticator(Path(settings.auth.users_file))
@@ -46,11 +79,13 @@ async def serve(settings: Settings) -> None:
             policy=Policy(settings.relay, settings.server.max_recipients),
             authenticator=authenticator,
             spool=spool,
+            on_queued=lambda envelope: scheduler.enqueue(envelope.qid, envelope.next_attempt),
         )
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
+        delivering = asyncio.get_running_loop().create_task(scheduler.run())
         listening = ", ".join(str(e) for e in inbound.endpoints)
-        log.info("smtprelay ready: smtp on %s", listening)
+        log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
         systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -61,6 +96,10 @@ async def serve(settings: Settings) -> None:
         systemd.notify("STOPPING=1")
         inbound.close()
         await inbound.drain(SHUTDOWN_GRACE)
+        delivering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivering
+        await scheduler.stop(SHUTDOWN_GRACE)
         log.info("stopped")
     finally:
         spool.close()

@@ -135,6 +135,10 @@ class DeliverySettings(_Section):
     per_destination_concurrency: int = Field(default=20, gt=0)
     retry_schedule: tuple[Duration, ...] = Field(default=DEFAULT_RETRY_SCHEDULE, min_length=1)
     max_queue_lifetime: Duration = Field(default=5 * 86400.0, gt=0)
+    # RFC 5321 4.5.3.2: connect, each command, and the wait after the final dot.
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    command_timeout: Duration = Field(default=300.0, gt=0)
+    data_timeout: Duration = Field(default=600.0, gt=0)
     smarthost: SmarthostSettings = SmarthostSettings()
     routes: dict[Domain, EndpointField] = Field(default_factory=dict)
 
@@ -229,7 +233,14 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {message}{suffix}"
 
 
-_DURATION_KEYS = {"server.timeout", "delivery.retry_schedule", "delivery.max_queue_lifetime"}
+_DURATION_KEYS = {
+    "server.timeout",
+    "delivery.retry_schedule",
+    "delivery.max_queue_lifetime",
+    "delivery.connect_timeout",
+    "delivery.command_timeout",
+    "delivery.data_timeout",
+}
 
 
 def effective(settings: Settings) -> str:

@@ -62,6 +62,7 @@ class Envelope:
     mail_params: dict[str, str] = field(default_factory=dict)
     state: QueueState = QueueState.ACTIVE
     next_attempt: float = 0.0
+    attempts: int = 0
     message_id: str | None = None
 
     @property

@@ -118,6 +118,37 @@ def spool_error(qid: str, what: str) -> None:
           event="spool-error")
 
 
+def delivery(
+    qid: str,
+    recipient: str,
+    relay: str,
+    delay: float,
+    delays: tuple[float, float, float, float],
+    reply: Reply,
+    status: str,
+) -> None:
+    """``QID: to=<r>, relay=..., delay=, delays=a/b/c/d, dsn=, status=sent (250 ...)``."""
+    shown = "/".join(_short(d) for d in delays)
+    text = (
+        f"{qid}: to=<{recipient}>, relay={relay}, delay={_short(delay)}, delays={shown}, "
+        f"dsn={reply.enhanced}, status={status} ({reply.code} {reply.enhanced} {reply.text})"
+    )
+    _emit("smtp", text, qid, recipient=recipient, relay=relay, delay=delay,
+          dsn=reply.enhanced, code=reply.code, status=status, reason=reply.text,
+          event="delivery")
+
+
+def removed(qid: str) -> None:
+    _emit("qmgr", f"{qid}: removed", qid, event="removed")
+
+
+def _short(seconds: float) -> str:
+    # Postfix prints delays with two significant digits below 1 s, e.g. 0.01, 0.2, 4.2.
+    if seconds < 0.1:
+        return f"{seconds:.2f}".rstrip("0").rstrip(".") or "0"
+    return f"{seconds:.1f}".rstrip("0").rstrip(".") if seconds < 10 else f"{seconds:.0f}"
+
+
 # --- formatting -------------------------------------------------------------------------
 
 _PID = os.getpid()

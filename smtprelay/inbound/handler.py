@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smtprelay import maillog, replies
@@ -39,6 +40,8 @@ class Intake:
     policy: Policy
     authenticator: Authenticator | None
     spool: Spool
+    # Told about each message once it is durable (the delivery stage listens here).
+    on_queued: Callable[[Envelope], None] | None = None
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
@@ -78,4 +81,6 @@ class Intake:
             return replies.NO_SPACE if e.no_space else replies.LOCAL_ERROR
         maillog.message_id(txn.qid, envelope.message_id or "")
         maillog.queued(txn.qid, txn.sender, envelope.size, len(txn.recipients))
+        if self.on_queued is not None:
+            self.on_queued(envelope)
         return replies.queued(txn.qid)

@@ -82,6 +82,10 @@ class Daemon:
             "auth": {"users_file": str(self.users_file)},
             "spool": {"dir": str(self.spool)},
             "log": {"level": "info"},
+            # Unless a test routes mail elsewhere, delivery goes to a closed loopback port:
+            # messages stay queued (deferred) and nothing ever leaves the machine.
+            "delivery": {"mode": "smarthost"},
+            "delivery.smarthost": {"hosts": [f"{LOOPBACK}:9"], "tls": "none"},
         }
         for section, keys in (overrides or {}).items():
             sections.setdefault(section, {}).update(keys)

@@ -1,0 +1,1 @@
+"""Delivery stage: schedule queued messages, find the next hop, speak SMTP to it."""

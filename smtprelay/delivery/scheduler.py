@@ -1,0 +1,268 @@
+"""The queue manager: decide when each queued message is attempted, and record results.
+
+* A due-time heap of ``(time, QID)`` -- the only per-message memory while a message
+  waits, so a large queue stays small in RAM; envelopes are read from the spool when an
+  attempt starts, message data only once a connection slot is held.
+* A bounded active set (``active_limit`` messages being attempted at once).
+* Per-destination concurrency (``per_destination_concurrency``) under a global limit
+  (``concurrency``). A destination slot is taken before a global one, so messages
+  waiting for a busy destination never hold slots that others could use; and a
+  destination with a long line of waiters gets new messages put back for a moment
+  rather than letting them fill the active set (fairness).
+* Dead destinations: after ``DEAD_AFTER`` consecutive attempts in which no host of a
+  destination could be reached, it is skipped for ``COOL_OFF`` seconds and its mail
+  deferred without a wasted connection attempt each.
+* Per-recipient state is written to the spool after every attempt; a message with
+  several destinations is saved after each one finishes, so after a crash only
+  recipients whose delivery was in flight can be tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import heapq
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smtprelay import maillog
+from smtprelay.config import DeliverySettings
+from smtprelay.delivery import backoff
+from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.routes import Route, Router
+from smtprelay.delivery.transport import Transport
+from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
+from smtprelay.inbound.address import domain_of
+from smtprelay.replies import Reply
+from smtprelay.spool import Spool
+
+DEAD_AFTER = 3
+COOL_OFF = 60.0
+REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is looked at again
+EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+
+
+@dataclass
+class _Dead:
+    until: float
+    reply: Reply
+
+
+class Scheduler:
+    def __init__(
+        self,
+        spool: Spool,
+        router: Router,
+        transport: Transport,
+        settings: DeliverySettings,
+        *,
+        active_limit: int = 2000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.router = router
+        self.transport = transport
+        self.settings = settings
+        self.active_limit = active_limit
+        self.clock = clock
+        self._heap: list[tuple[float, str]] = []
+        self._known: set[str] = set()  # QIDs in the heap or active: never scheduled twice
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._global = asyncio.Semaphore(settings.concurrency)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._waiting: defaultdict[str, int] = defaultdict(int)
+        self._failures: defaultdict[str, int] = defaultdict(int)
+        self._dead: dict[str, _Dead] = {}
+
+    # --- queue --------------------------------------------------------------------
+
+    def enqueue(self, qid: str, due: float) -> None:
+        if qid in self._known:
+            return
+        self._known.add(qid)
+        heapq.heappush(self._heap, (due, qid))
+        self._wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._known)
+
+    async def run(self) -> None:
+        """Start attempts as they fall due; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self.clock()
+            while self._heap and self._heap[0][0] <= now and len(self._active) < self.active_limit:
+                _, qid = heapq.heappop(self._heap)
+                task = loop.create_task(self._attempt(qid))
+                self._active[qid] = task
+                task.add_done_callback(functools.partial(self._finished, qid))
+            self._wakeup.clear()
+            timeout = None
+            if self._heap and len(self._active) < self.active_limit:
+                timeout = max(0.0, self._heap[0][0] - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _finished(self, qid: str, _: object) -> None:
+        self._active.pop(qid, None)
+        self._wakeup.set()
+
+    def _reschedule(self, qid: str, due: float) -> None:
+        heapq.heappush(self._heap, (due, qid))
+        self._wakeup.set()
+
+    async def stop(self, grace: float) -> None:
+        """Let attempts under way finish for ``grace`` seconds, then cancel them."""
+        tasks = list(self._active.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.transport.close()
+
+    # --- one attempt of one message ---------------------------------------------------
+
+    async def _attempt(self, qid: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            envelope = await loop.run_in_executor(None, self.spool.load, qid)
+        except FileNotFoundError:  # deleted by the operator meanwhile
+            self._known.discard(qid)
+            return
+        if envelope.state is QueueState.HOLD:
+            self._known.discard(qid)  # released by an operator action, not by time
+            return
+        activated = self.clock()
+        groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
+        for recipient in envelope.recipients:
+            if recipient.state is RecipientState.PENDING:
+                domain = domain_of(recipient.address)
+                route = self.router.route(domain)
+                groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
+        if any(self._waiting[key] >= 4 * self.settings.per_destination_concurrency
+               for key in groups):
+            self._reschedule(qid, activated + REQUEUE_BUSY)
+            return
+        tasks = [
+            loop.create_task(self._deliver_group(envelope, route, domain, rcpts, activated))
+            for route, domain, rcpts in groups.values()
+        ]
+        remaining = len(tasks)
+        for next_done in asyncio.as_completed(tasks):
+            outcomes = await next_done
+            remaining -= 1
+            self._record(envelope, outcomes, activated)
+            if remaining:
+                await loop.run_in_executor(None, self.spool.update, envelope)
+        await self._conclude(envelope)
+
+    async def _deliver_group(
+        self, envelope: Envelope, route: Route, domain: str, recipients: list[Recipient],
+        activated: float,
+    ) -> tuple[list[RecipientOutcome], float]:
+        """Outcomes for one destination and when the connection attempt started."""
+        addresses = [r.address for r in recipients]
+        dead = self._dead.get(route.key)
+        if dead is not None and dead.until > self.clock():
+            reply = dead.reply.with_text(f"{dead.reply.text} (destination marked unreachable)")
+            return [RecipientOutcome(a, reply, "none") for a in addresses], self.clock()
+        slot = self._slots.setdefault(route.key, asyncio.Semaphore(
+            self.settings.per_destination_concurrency))
+        self._waiting[route.key] += 1
+        waiting = True
+        try:
+            async with slot, self._global:
+                self._waiting[route.key] -= 1
+                waiting = False
+                started = self.clock()
+                return await self._deliver_now(envelope, route, domain, addresses), started
+        finally:
+            if waiting:
+                self._waiting[route.key] -= 1
+
+    async def _deliver_now(
+        self, envelope: Envelope, route: Route, domain: str, addresses: list[str]
+    ) -> list[RecipientOutcome]:
+        try:
+            hops = await self.router.hops(route, domain)
+        except DeliveryError as e:
+            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
+        except FileNotFoundError:
+            return []
+        try:
+            outcomes = await self.transport.deliver(
+                route, hops, envelope.sender, addresses, data, envelope.mail_params
+            )
+        except DeliveryError as e:
+            self._failures[route.key] += 1
+            if self._failures[route.key] >= DEAD_AFTER:
+                self._dead[route.key] = _Dead(self.clock() + COOL_OFF, e.reply)
+            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
+        self._failures.pop(route.key, None)
+        self._dead.pop(route.key, None)
+        return outcomes
+
+    def _record(
+        self, envelope: Envelope, result: tuple[list[RecipientOutcome], float], activated: float
+    ) -> None:
+        outcomes, started = result
+        by_address = {r.address: r for r in envelope.recipients}
+        now = self.clock()
+        for outcome in outcomes:
+            recipient = by_address[outcome.address]
+            recipient.attempts += 1
+            reply = outcome.reply
+            recipient.last_reply = str(reply)
+            if reply.code < 400:
+                recipient.state, status = RecipientState.DELIVERED, "sent"
+            elif reply.code >= 500:
+                recipient.state, status = RecipientState.FAILED, "bounced"
+            else:
+                status = "deferred"
+            delays = (
+                max(0.0, activated - envelope.next_attempt),  # arrival, for a first attempt
+                max(0.0, started - activated),
+                outcome.connect_time,
+                outcome.transmit_time,
+            )
+            maillog.delivery(envelope.qid, outcome.address, outcome.relay,
+                             now - envelope.arrival, delays, reply, status)
+
+    async def _conclude(self, envelope: Envelope) -> None:
+        loop = asyncio.get_running_loop()
+        envelope.attempts += 1
+        now = self.clock()
+        pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+        if pending:
+            delay = backoff.next_delay(
+                envelope.attempts, now - envelope.arrival,
+                self.settings.retry_schedule, self.settings.max_queue_lifetime,
+            )
+            if delay is None:
+                for recipient in pending:
+                    reply = EXPIRED.with_text(
+                        f"{EXPIRED.text}; last error: {recipient.last_reply or 'none'}")
+                    recipient.state = RecipientState.FAILED
+                    recipient.last_reply = str(reply)
+                    maillog.delivery(envelope.qid, recipient.address, "none",
+                                     now - envelope.arrival, (0.0, 0.0, 0.0, 0.0), reply,
+                                     "bounced")
+                pending = []
+            else:
+                envelope.state = QueueState.DEFERRED
+                envelope.next_attempt = now + delay
+                await loop.run_in_executor(None, self.spool.update, envelope)
+                self._reschedule(envelope.qid, envelope.next_attempt)
+                return
+        await loop.run_in_executor(None, self.spool.remove, envelope.qid)
+        self._known.discard(envelope.qid)
+        maillog.removed(envelope.qid)
