@@ -313,11 +313,9 @@ class Transport:
             if not accepted:
                 await self._reset_or_close(conn)
                 return outcomes
-            try:
-                response = await client.data(data, timeout=self.timeouts.data)
-                reply = _session_reply(response.code, response.message)
-            except aiosmtplib.SMTPDataError as e:
-                reply = _session_reply(e.code, e.message)
+            response = await self._send_data(client, data)
+            reply = _session_reply(response.code, response.message)
+            if response.code != 250:
                 await self._reset_or_close(conn)
                 return outcomes + each(reply, accepted)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
@@ -327,6 +325,26 @@ class Transport:
         conn.transactions += 1
         self.checkin(conn)
         return outcomes + each(reply, accepted)
+
+    async def _send_data(
+        self, client: aiosmtplib.SMTP, data: bytes
+    ) -> aiosmtplib.SMTPResponse:
+        """DATA, the message dot-stuffed, the final dot; the 354 or the final reply.
+
+        aiosmtplib's ``data()`` re-normalises line endings with a regex over the whole
+        message; spooled messages are CRLF-clean already, so stuffing is one
+        ``bytes.replace`` -- the difference is most of the CPU cost of a large message.
+        """
+        response = await client.execute_command(b"DATA")
+        if response.code != 354 or client.protocol is None:
+            return response
+        payload = b"." + data if data.startswith(b".") else data
+        payload = payload.replace(b"\r\n.", b"\r\n..")
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        client.protocol.write(payload + b".\r\n")
+        # No await between the write and this call: the reply cannot be missed.
+        return await client.protocol.read_response(timeout=self.timeouts.data)
 
     def _mail_options(
         self, client: aiosmtplib.SMTP, data: bytes, params: dict[str, str]
