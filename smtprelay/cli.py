@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.print_usage(sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
-        settings = config.load(config.config_path(args.config))
+        settings = config.load(config.config_path(getattr(args, "config", None)))
         code = args.handler(args, settings)
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         help="configuration file (default: $SMTPRELAY_CONFIG, else "
         f"{config.DEFAULT_CONFIG_PATH})",
     )
+    # -c may stand before or after the command; SUPPRESS keeps a later default from
+    # overwriting an earlier value (so no set_defaults on the shared option).
     parser = argparse.ArgumentParser(prog="smtprelay", parents=[common])
-    parser.set_defaults(config=None)
     parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -108,10 +109,10 @@ def _user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     path = _users_path(settings)
     auth.validate_name(args.name)
     users = auth.read_users(path)
-    password = _read_password()
-    users[args.name] = auth.hash_password(password)
+    existed = args.name in users
+    users[args.name] = auth.hash_password(_read_password())
     auth.write_users(path, users)
-    print(f"user {args.name} {'updated' if args.name in users else 'added'} in {path}")
+    print(f"user {args.name} {'updated' if existed else 'added'} in {path}")
     return EXIT_OK
 
 

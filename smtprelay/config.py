@@ -9,7 +9,6 @@ raise :class:`ConfigError` with one line naming the key, e.g.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import tomllib
@@ -21,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     model_validator,
 )
@@ -29,6 +29,9 @@ from smtprelay.units import Endpoint, format_duration, parse_duration, parse_end
 
 DEFAULT_CONFIG_PATH = Path("/etc/smtprelay/smtprelay.toml")
 
+# TOML has real booleans and integers: "yes" is not true and true is not 1.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 EndpointField = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
@@ -64,8 +67,8 @@ class ServerSettings(_Section):
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
-    max_recipients: int = Field(default=1000, gt=0)
-    max_connections: int = Field(default=200, gt=0)
+    max_recipients: Int = Field(default=1000, gt=0)
+    max_connections: Int = Field(default=200, gt=0)
     timeout: Duration = Field(default=300.0, gt=0)
 
 
@@ -79,7 +82,7 @@ class TLSSettings(_Section):
 class AuthSettings(_Section):
     # Empty means: no SMTP AUTH at all (only trusted networks may relay).
     users_file: str = ""
-    allow_plaintext: bool = False
+    allow_plaintext: Bool = False
 
 
 class RelaySettings(_Section):
@@ -127,12 +130,12 @@ class SmarthostSettings(_Section):
 
 class DeliverySettings(_Section):
     mode: Literal["mx", "smarthost"] = "mx"
-    port: int = Field(default=25, gt=0, lt=65536)
+    port: Int = Field(default=25, gt=0, lt=65536)
     nameservers: tuple[Nameserver, ...] = ()
     tls: Literal["opportunistic", "required", "verify", "none"] = "opportunistic"
     ca_file: str = ""
-    concurrency: int = Field(default=100, gt=0)
-    per_destination_concurrency: int = Field(default=20, gt=0)
+    concurrency: Int = Field(default=100, gt=0)
+    per_destination_concurrency: Int = Field(default=20, gt=0)
     retry_schedule: tuple[Duration, ...] = Field(default=DEFAULT_RETRY_SCHEDULE, min_length=1)
     max_queue_lifetime: Duration = Field(default=5 * 86400.0, gt=0)
     # RFC 5321 4.5.3.2: connect, each command, and the wait after the final dot.
@@ -214,11 +217,11 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
-    key_in_message, sep, rest = message.partition(": ")
-    if sep and first["type"] == "value_error" and " " not in key_in_message:
-        loc += key_in_message.split(".")  # a model check names the key it is about
-        message = rest
     known = _sections()
+    key_in_message, sep, rest = message.partition(": ")
+    if ".".join(loc) in known and sep and " " not in key_in_message:
+        loc += key_in_message.split(".")  # a whole-table check names the key it is about
+        message = rest
     depth = max((n for n in range(1, len(loc) + 1) if ".".join(loc[:n]) in known), default=0)
     if depth == 0:
         return f"[{loc[0]}]: unknown section"
@@ -265,19 +268,33 @@ def _render(model: BaseModel, table: str, lines: list[str]) -> None:
             _render(value, name, lines)
         else:
             lines += ["", f"[{name}]"]
-            lines += [f"{json.dumps(k)} = {_toml_value(name, v)}" for k, v in value.items()]
+            lines += [f"{_toml_string(k)} = {_toml_value(name, v)}" for k, v in value.items()]
 
 
 def _toml_value(name: str, value: object) -> str:
     if name in _DURATION_KEYS:
         if isinstance(value, tuple):
-            return "[" + ", ".join(json.dumps(format_duration(v)) for v in value) + "]"
+            return "[" + ", ".join(_toml_string(format_duration(v)) for v in value) + "]"
         if isinstance(value, float):
-            return json.dumps(format_duration(value))
+            return _toml_string(format_duration(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, tuple) and not isinstance(value, Endpoint):
-        return "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
-    return json.dumps(str(value))
+        return "[" + ", ".join(_toml_string(str(v)) for v in value) + "]"
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: escapes what TOML forbids raw (controls, DEL), keeps UTF-8."""
+    out = ['"']
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    out.append('"')
+    return "".join(out)

@@ -22,9 +22,7 @@ def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) 
     tmp = name + TMP_SUFFIX
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if exclusive:
-        flags |= os.O_EXCL
-        if _exists(dir_fd, name):
-            raise FileExistsError(name)
+        flags |= os.O_EXCL  # a concurrent writer of the same name fails here, not later
     fd = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
     try:
         view = memoryview(data)
@@ -38,7 +36,12 @@ def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) 
         raise
     os.close(fd)
     try:
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if exclusive:
+            # link() fails atomically if the name exists, where rename() would replace it.
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.unlink(tmp, dir_fd=dir_fd)
+        else:
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         _unlink_quietly(dir_fd, tmp)
         raise
@@ -46,14 +49,6 @@ def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) 
 
 def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from decimal import Decimal
 from typing import NamedTuple
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -37,12 +38,14 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact unit form: 300 -> "5m"; 90 -> "90s"."""
+    """The shortest exact form that parse_duration reads back: 300 -> "5m", 0.5 -> "0.5s"."""
     for unit in ("w", "d", "h", "m"):
         factor = _DURATION_SECONDS[unit]
         if seconds >= factor and seconds % factor == 0:
             return f"{int(seconds // factor)}{unit}"
-    return f"{seconds:g}s"
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{Decimal(repr(float(seconds))):f}s"  # positional: never "1e-07"
 
 
 def parse_size(value: object) -> int:

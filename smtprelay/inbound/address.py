@@ -13,7 +13,9 @@ import re
 from typing import NamedTuple
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
-_UTF8 = "\u0080-\U0010ffff"
+# Non-ASCII allowed with SMTPUTF8, except lone surrogates: aiosmtpd decodes bytes that are
+# not UTF-8 to those, and they cannot be stored or sent on.
+_UTF8 = "\u0080-\ud7ff\ue000-\U0010ffff"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e' + _UTF8 + r']|\\[\x20-\x7e])*"'
 
 
@@ -54,7 +56,7 @@ def parse(argument: str, *, allow_null: bool, utf8: bool) -> ParsedArgument:
         raise PathError("CR, LF or NUL in address")
     text = argument.strip()
     if text.startswith("<"):
-        end = text.find(">")
+        end = _closing_bracket(text)
         if end < 0:
             raise PathError("missing '>'")
         path, rest = text[1:end], text[end + 1 :]
@@ -72,6 +74,21 @@ def parse(argument: str, *, allow_null: bool, utf8: bool) -> ParsedArgument:
     else:
         address = _check_mailbox(path, utf8)
     return ParsedArgument(address, parse_params(rest))
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the '>' closing the path; one inside a quoted local part does not count."""
+    quoted = escaped = False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return i
+    return -1
 
 
 def _check_mailbox(path: str, utf8: bool) -> str:

@@ -63,7 +63,7 @@ def write_users(path: Path, users: dict[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        safeio.write_file(dir_fd, path.name, body.encode("ascii"))
+        safeio.write_file(dir_fd, path.name, body.encode("utf-8"))
         safeio.fsync_dir(dir_fd)
     finally:
         os.close(dir_fd)
@@ -87,7 +87,7 @@ class Authenticator:
     failure_memory: float = 900.0  # forget a client's failures after this many quiet seconds
     max_delay: float = 10.0
     _users: dict[str, bytes] = field(default_factory=dict)
-    _stamp: tuple[int, int] | None = None
+    _stamp: tuple[int, ...] | None = None
     _memo: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     _memo_key: bytes = field(default_factory=lambda: os.urandom(32))
     _failures: dict[str, _Failures] = field(default_factory=dict)
@@ -97,7 +97,10 @@ class Authenticator:
         """Re-read the users file if it changed; raises UsersFileError if it is broken."""
         try:
             st = os.stat(self.path)
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            # The inode changes with every rewrite (write to temp, rename), even when
+            # size and a coarse mtime do not.
+            stamp: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns,
+                                             st.st_size)
         except FileNotFoundError:
             stamp = None
         if stamp != self._stamp:

@@ -16,7 +16,10 @@ from typing import NamedTuple
 
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _HEADER_END = b"\r\n\r\n"
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+# A header's value runs on over folded lines (CRLF followed by a space or tab).
+_MESSAGE_ID = re.compile(
+    rb"^message-id:((?:[^\r\n]*)(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
 _DATE = re.compile(rb"^date:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -41,10 +44,14 @@ class HeaderFacts(NamedTuple):
 
 
 def header_facts(message: bytes) -> HeaderFacts:
+    if message.startswith(b"\r\n"):  # an empty line first: no headers at all
+        return HeaderFacts(None, False)
     end = message.find(_HEADER_END)
     headers = message[: end + 2] if end >= 0 else message
     match = _MESSAGE_ID.search(headers)
-    message_id = match.group(1).strip().decode("utf-8", "replace") if match else None
+    message_id = None
+    if match:
+        message_id = b" ".join(match.group(1).split()).decode("utf-8", "replace")
     return HeaderFacts(message_id or None, _DATE.search(headers) is not None)
 
 

@@ -182,7 +182,8 @@ class Session(_AiosmtpdSMTP):
         if not hostname:
             await self.push(f"501 5.5.4 Syntax: {verb} hostname")
             return
-        if any(c in hostname for c in address.FORBIDDEN) or " " in hostname.strip():
+        if (any(c in hostname for c in address.FORBIDDEN) or " " in hostname.strip()
+                or not _valid_utf8(hostname)):
             await self._reject(verb, replies.BAD_HELO)
             return
         assert self.session is not None
@@ -459,6 +460,15 @@ class Session(_AiosmtpdSMTP):
             tls=self.tls_description(),
             protocol=protocol,
         )
+
+
+def _valid_utf8(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (decoded as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Hooks:

@@ -51,6 +51,12 @@ class Spool:
         qid = envelope.qid
         try:
             safeio.write_file(self._queue_fd, qid + DATA_SUFFIX, data, exclusive=True)
+        except FileExistsError:
+            # Another message owns this queue ID: leave its files alone.
+            raise SpoolError(f"cannot queue {qid}: queue ID already in use") from None
+        except OSError as e:
+            raise _spool_error(qid, e) from e
+        try:
             try:
                 safeio.write_file(self._queue_fd, qid + ENVELOPE_SUFFIX, envelope.to_json())
             except BaseException:
@@ -58,14 +64,11 @@ class Spool:
                 raise
             safeio.fsync_dir(self._queue_fd)
         except OSError as e:
-            # The files may be half there; without the directory fsync nothing was
+            # Our files may be half there; without the directory fsync nothing was
             # acknowledged, and start-up recovery removes data without an envelope.
             self._unlink(qid + ENVELOPE_SUFFIX)
             self._unlink(qid + DATA_SUFFIX)
-            raise SpoolError(
-                f"cannot queue {qid}: {e.strerror or e}",
-                no_space=e.errno in (errno.ENOSPC, errno.EDQUOT),
-            ) from e
+            raise _spool_error(qid, e) from e
 
     def update(self, envelope: Envelope) -> None:
         """Durably replace the envelope of a queued message (state after an attempt)."""
@@ -100,3 +103,10 @@ class Spool:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._queue_fd)
+
+
+def _spool_error(qid: str, error: OSError) -> SpoolError:
+    return SpoolError(
+        f"cannot queue {qid}: {error.strerror or error}",
+        no_space=error.errno in (errno.ENOSPC, errno.EDQUOT),
+    )

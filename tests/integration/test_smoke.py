@@ -12,7 +12,7 @@ def test_starttls_auth_and_queue(daemon: Daemon) -> None:
         client.starttls(context=context)
         client.login("app1", "secret-pw")
         client.sendmail("app@example.com", ["bob@example.net"], b"Subject: hi\r\n\r\nbody\r\n")
-        code, reply = client.noop()
+        code, _ = client.noop()
     assert code == 250
     (qid,) = daemon.queued_ids()
     assert daemon.message(qid).endswith(b"Subject: hi\r\n\r\nbody\r\n")

@@ -1,0 +1,233 @@
+"""smtprelay.maillog: Postfix-shaped mail log lines, as text or JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import pytest
+
+from smtprelay import maillog, replies
+
+PID = os.getpid()
+HOST = socket.gethostname().split(".")[0]
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+@pytest.fixture
+def capture() -> Iterator[Callable[[logging.Formatter], io.StringIO]]:
+    logger = logging.getLogger("smtprelay.mail")
+    saved_level, saved_propagate = logger.level, logger.propagate
+    handlers: list[logging.Handler] = []
+
+    def attach(formatter: logging.Formatter) -> io.StringIO:
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        handlers.append(handler)
+        return stream
+
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield attach
+    for handler in handlers:
+        logger.removeHandler(handler)
+    logger.setLevel(saved_level)
+    logger.propagate = saved_propagate
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+# --- text -----------------------------------------------------------------------------
+
+
+def test_text_line_outside_journald(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=False))
+    before = time.time()
+    maillog.connect("127.0.0.1")
+    after = time.time()
+    [line] = _lines(stream)
+    match = re.fullmatch(
+        rf"({RFC3339}) (\S+) smtprelay/smtpd\[{PID}\]: connect from unknown\[127\.0\.0\.1\]",
+        line,
+    )
+    assert match, line
+    assert match.group(2) == HOST
+    stamp = datetime.fromisoformat(match.group(1)).timestamp()
+    assert before - 0.001 <= stamp <= after
+
+
+def test_text_line_under_journald(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    maillog.queued("0123456789ABC", "app@example.com", 1834, 2)
+    assert _lines(stream) == [
+        f"smtprelay/qmgr[{PID}]: 0123456789ABC: from=<app@example.com>, size=1834, nrcpt=2 "
+        "(queue active)"
+    ]
+
+
+@pytest.mark.parametrize(("tz", "offset"), [("UTC0", "+00:00"), ("EST5", "-05:00"),
+                                            ("NST3:30", "-03:30"), ("IST-5:30", "+05:30")])
+def test_timestamp_offset(
+    capture: Callable[..., io.StringIO], monkeypatch: pytest.MonkeyPatch, tz: str, offset: str
+) -> None:
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        stream = capture(maillog.TextFormatter(under_journald=False))
+        maillog.connect("192.0.2.1")
+        stamp = _lines(stream)[0].split(" ", 1)[0]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert re.fullmatch(RFC3339, stamp)
+    assert stamp.endswith(offset)
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 5
+
+
+def test_text_examples_from_design(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    maillog.client("4XJ7Q2M9ZK1", "127.0.0.1", "PLAIN", "app1")
+    maillog.client("4XJ7Q2M9ZK2", "127.0.0.1", None, None)
+    maillog.auth_failed("192.0.2.9", "LOGIN", "app1")
+    assert _lines(stream)[:2] == [
+        f"smtprelay/smtpd[{PID}]: 4XJ7Q2M9ZK1: client=unknown[127.0.0.1], sasl_method=PLAIN, "
+        "sasl_username=app1",
+        f"smtprelay/smtpd[{PID}]: 4XJ7Q2M9ZK2: client=unknown[127.0.0.1]",
+    ]
+    auth_line = _lines(stream)[2]
+    assert auth_line.startswith(
+        f"smtprelay/smtpd[{PID}]: warning: unknown[192.0.2.9]: SASL LOGIN authentication failed"
+    )
+    # The shape fail2ban's postfix filter (mode auth) looks for.
+    assert re.search(
+        r"warning: [-._\w]+\[(?P<host>[\d.]+)\]: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
+        r"authentication failed(:[ A-Za-z0-9+/:]*={0,2})?\s*$",
+        auth_line,
+    ).group("host") == "192.0.2.9"  # type: ignore[union-attr]
+    assert "app1" not in auth_line  # fail2ban lines name the host, never the user
+
+
+def test_plain_warning_gets_prefix(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    logging.getLogger("smtprelay.mail").warning("disk is %s", "slow")
+    logging.getLogger("smtprelay.mail").info("just info")
+    assert _lines(stream) == [f"smtprelay/main[{PID}]: warning: disk is slow",
+                              f"smtprelay/main[{PID}]: just info"]
+
+
+# --- reject: the Postfix NOQUEUE shape --------------------------------------------------
+
+
+def test_reject_rcpt_exact_postfix_shape(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="a@b.example",
+                   recipient="x@example.org", helo="pc")
+    assert _lines(stream) == [
+        f"smtprelay/smtpd[{PID}]: NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1 "
+        "<x@example.org>: Relay access denied; from=<a@b.example> to=<x@example.org> "
+        "proto=ESMTP helo=<pc>"
+    ]
+
+
+def test_reject_variants(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    maillog.reject("MAIL", "192.0.2.9", replies.SENDER_DOMAIN_DENIED, sender="a@evil.test",
+                   helo="pc")
+    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="", recipient="x@y.test",
+                   proto="SMTP")
+    maillog.reject("RCPT", "192.0.2.9", replies.TOO_MANY_RECIPIENTS, sender="a@b.test",
+                   recipient="x@y.test", helo="pc", qid="0123456789ABC")
+    prefix = f"smtprelay/smtpd[{PID}]: "
+    assert _lines(stream) == [
+        prefix + "NOQUEUE: reject: MAIL from unknown[192.0.2.9]: 553 5.7.1 Sender address "
+        "rejected: domain not allowed; from=<a@evil.test> proto=ESMTP helo=<pc>",
+        prefix + "NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1 <x@y.test>: Relay "
+        "access denied; from=<> to=<x@y.test> proto=SMTP",
+        prefix + "0123456789ABC: reject: RCPT from unknown[192.0.2.9]: 452 4.5.3 <x@y.test>: "
+        "Too many recipients; from=<a@b.test> to=<x@y.test> proto=ESMTP helo=<pc>",
+    ]
+
+
+# --- JSON -----------------------------------------------------------------------------
+
+
+def test_json_one_object_per_event(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.JsonFormatter())
+    before = time.time()
+    maillog.queued("0123456789ABC", "j\u00f6rg@example.com", 1834, 2)
+    maillog.connect("192.0.2.1")
+    lines = _lines(stream)
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["qid"] == "0123456789ABC"
+    assert first["sender"] == "j\u00f6rg@example.com"
+    assert first["size"] == 1834 and first["nrcpt"] == 2
+    assert first["event"] == "queued"
+    assert first["program"] == "smtprelay/qmgr"
+    assert first["pid"] == PID
+    assert first["host"] == HOST
+    assert first["level"] == "info"
+    assert first["message"] == (
+        "0123456789ABC: from=<j\u00f6rg@example.com>, size=1834, nrcpt=2 (queue active)"
+    )
+    assert re.fullmatch(RFC3339, first["time"])
+    assert datetime.fromisoformat(first["time"]).timestamp() >= before - 0.001
+    assert "qid" not in second  # connect has no queue ID
+    assert second["client_ip"] == "192.0.2.1"
+
+
+def test_json_drops_none_fields(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.JsonFormatter())
+    maillog.client("0123456789ABC", "127.0.0.1", None, None)
+    obj = json.loads(_lines(stream)[0])
+    assert "sasl_method" not in obj and "sasl_username" not in obj
+    assert obj["client_ip"] == "127.0.0.1"
+
+
+def test_json_reject_fields(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.JsonFormatter())
+    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="a@b.example",
+                   recipient="x@example.org", helo="pc")
+    obj = json.loads(_lines(stream)[0])
+    assert obj["code"] == 554 and obj["dsn"] == "5.7.1"
+    assert obj["recipient"] == "x@example.org" and obj["sender"] == "a@b.example"
+    assert obj["command"] == "RCPT" and obj["event"] == "reject"
+    assert obj["message"].startswith("NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1")
+
+
+# --- setup ----------------------------------------------------------------------------
+
+
+def test_setup_chooses_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+        maillog.setup("text", "warning")
+        [handler] = root.handlers
+        assert isinstance(handler.formatter, maillog.TextFormatter)
+        assert handler.formatter.under_journald is True
+        assert root.level == logging.WARNING
+        monkeypatch.delenv("JOURNAL_STREAM")
+        maillog.setup("json", "debug")
+        [handler] = root.handlers
+        assert isinstance(handler.formatter, maillog.JsonFormatter)
+        maillog.setup("text", "info")
+        assert root.handlers[0].formatter.under_journald is False  # type: ignore[union-attr]
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
