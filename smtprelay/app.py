@@ -22,15 +22,19 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import QueueState
-from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.auth import Authenticator, UsersFileError
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.server import InboundServer
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import recover
-from smtprelay.tls import server_context
+from smtprelay.tls import TLSError, server_context
 
 log = logging.getLogger("smtprelay")
+
+class StartupError(Exception):
+    """The daemon cannot start (spool, certificate, users file, listener); says why."""
+
 
 # How long a SIGTERM waits for SMTP transactions and deliveries under way to finish.
 SHUTDOWN_GRACE = 10.0
@@ -55,7 +59,17 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
 
 
 async def serve(settings: Settings) -> None:
-    spool = Spool(Path(settings.spool.dir))
+    try:
+        spool = Spool(Path(settings.spool.dir))
+    except OSError as e:
+        raise StartupError(f"[spool] dir {settings.spool.dir}: {e.strerror or e}") from None
+    try:
+        await _serve(settings, spool)
+    finally:
+        spool.close()
+
+
+async def _serve(settings: Settings, spool: Spool) -> None:
     try:
         recovered = recover(spool)
         log.info(
@@ -79,30 +93,31 @@ async def serve(settings: Settings) -> None:
             policy=Policy(settings.relay, settings.server.max_recipients),
             authenticator=authenticator,
             spool=spool,
+            max_message_size=settings.server.max_message_size,
             on_queued=lambda envelope: scheduler.enqueue(envelope.qid, envelope.next_attempt),
         )
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
-        delivering = asyncio.get_running_loop().create_task(scheduler.run())
-        listening = ", ".join(str(e) for e in inbound.endpoints)
-        log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
-        systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
-        systemd.notify("STOPPING=1")
-        inbound.close()
-        await inbound.drain(SHUTDOWN_GRACE)
-        delivering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await delivering
-        await scheduler.stop(SHUTDOWN_GRACE)
-        log.info("stopped")
-    finally:
-        spool.close()
+    except (OSError, UsersFileError, TLSError) as e:
+        raise StartupError(str(e)) from None
+    delivering = asyncio.get_running_loop().create_task(scheduler.run())
+    listening = ", ".join(str(e) for e in inbound.endpoints)
+    log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
+    systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
+    systemd.notify("STOPPING=1")
+    inbound.close()
+    await inbound.drain(SHUTDOWN_GRACE)
+    delivering.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await delivering
+    await scheduler.stop(SHUTDOWN_GRACE)
+    log.info("stopped")
 
 
 def run(settings: Settings) -> None:

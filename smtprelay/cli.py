@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     maillog.setup(settings.log.format, settings.log.level)
     try:
         app.run(settings)
-    except (auth.UsersFileError, TLSError, OSError) as e:
+    except app.StartupError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILED
     return EXIT_OK

@@ -73,9 +73,8 @@ def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
            recipient: str | None = None, helo: str | None = None, qid: str | None = None,
            proto: str = "ESMTP") -> None:
     """A refused command, as Postfix's ``NOQUEUE: reject: RCPT from host[ip]: 554 ...``."""
-    subject = f"<{recipient}>: " if recipient is not None and command == "RCPT" else ""
     text = f"{qid or 'NOQUEUE'}: reject: {command} from {_host(ip)}: {reply.code} " \
-           f"{reply.enhanced} {subject}{reply.text}; from=<{sender or ''}>"
+           f"{reply.enhanced} {reply.text}; from=<{sender or ''}>"
     if recipient is not None:
         text += f" to=<{recipient}>"
     text += f" proto={proto}"

@@ -18,6 +18,10 @@ def notify(*lines: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.sendto("\n".join(lines).encode(), address)
+    # Like sd_notify(3), a manager that went away is not the daemon's problem.
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(lines).encode(), address)
+    except OSError:
+        return False
     return True

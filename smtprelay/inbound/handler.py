@@ -40,11 +40,16 @@ class Intake:
     policy: Policy
     authenticator: Authenticator | None
     spool: Spool
+    max_message_size: int
     # Told about each message once it is durable (the delivery stage listens here).
     on_queued: Callable[[Envelope], None] | None = None
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
+        if len(body) > self.max_message_size:
+            maillog.reject("END-OF-MESSAGE", client.ip, replies.SIZE_EXCEEDED,
+                           sender=txn.sender, qid=txn.qid)
+            return replies.SIZE_EXCEEDED
         if bare:
             maillog.normalized_line_endings(txn.qid, client.ip, bare)
         facts = message.header_facts(body)

@@ -39,6 +39,7 @@ _TERMINATOR = b"\r\n.\r\n"
 # How much of the stream the reader buffers: large, so DATA is read in a few big chunks.
 _READ_LIMIT = 256 * 1024
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
+_AIOSMTPD_STARTTLS_READY = "220 Ready to start TLS"
 
 
 class Session(_AiosmtpdSMTP):
@@ -97,7 +98,6 @@ class Session(_AiosmtpdSMTP):
             maillog.connect(self.ip)
         else:  # STARTTLS done: RFC 3207 4.2, forget everything learnt before it
             self.auth_user = self.auth_method = None
-            self.counts["starttls"] += 1
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.txn is not None or self.stage == "DATA":
@@ -148,6 +148,8 @@ class Session(_AiosmtpdSMTP):
         if isinstance(status, bytes):  # only aiosmtpd's AUTH challenges are pre-encoded
             await super().push(status)
             return
+        if status == _AIOSMTPD_STARTTLS_READY:  # the one 220 that is not the greeting
+            status = replies.STARTTLS_READY
         await super().push(replies.add_enhanced_code(str(status)))
         if self.closing and self.txn is None:
             self.hang_up(replies.SHUTTING_DOWN)
@@ -155,14 +157,21 @@ class Session(_AiosmtpdSMTP):
     async def _push_raw(self, line: str) -> None:
         await super().push(line)
 
-    async def _reject(self, command: str, reply: Reply, recipient: str | None = None) -> None:
+    async def _reject(
+        self, command: str, reply: Reply, *, sender: str | None = None,
+        recipient: str | None = None,
+    ) -> None:
+        """Refuse a command and log it, keyed by the QID once one was logged for this
+        transaction (after its first accepted recipient), else NOQUEUE, as Postfix does."""
+        txn = self.txn
         maillog.reject(
             command,
             self.ip,
             reply,
-            sender=self.txn.sender if self.txn else None,
+            sender=sender if sender is not None else txn.sender if txn else None,
             recipient=recipient,
             helo=self.session.host_name if self.session else None,
+            qid=txn.qid if txn and txn.recipients else None,
             proto="ESMTP" if self.session and self.session.extended_smtp else "SMTP",
         )
         await self.push(reply)
@@ -219,6 +228,13 @@ class Session(_AiosmtpdSMTP):
             log.exception("users file unreadable; AUTH not offered")
             return False
         return authenticator.has_users and (self.encrypted or not self._auth_require_tls)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        self.counts["starttls"] += 1
+        if self.encrypted:
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
 
     # --- AUTH (called through aiosmtpd's smtp_AUTH, which checks TLS and state) -------
 
@@ -306,8 +322,10 @@ class Session(_AiosmtpdSMTP):
         reply = self._check_mail_params(parsed)
         if reply is None:
             reply = self.intake.policy.check_sender(parsed.address)
+            if reply is not None:  # policy refusals name the address, as Postfix does
+                reply = reply.with_text(f"<{parsed.address}>: {reply.text}")
         if reply is not None:
-            await self._reject("MAIL", reply)
+            await self._reject("MAIL", reply, sender=parsed.address)
             return
         self.txn = Transaction(ids.new_id(), parsed.address, parsed.params)
         await self.push(replies.SENDER_OK)
@@ -361,7 +379,7 @@ class Session(_AiosmtpdSMTP):
             parsed.address, may_relay=may_relay, count=len(txn.recipients)
         )
         if reply is not None:
-            if reply.code == 554:  # Relay denied names the recipient, as Postfix does
+            if reply.code >= 500:  # policy refusals name the address, as Postfix does
                 reply = reply.with_text(f"<{parsed.address}>: {reply.text}")
             await self._reject("RCPT", reply, recipient=parsed.address)
             return
@@ -390,6 +408,7 @@ class Session(_AiosmtpdSMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             raw = await self._read_data()
+            self.stage = "END-OF-MESSAGE"
             if raw is None:
                 reply = replies.SIZE_EXCEEDED
                 maillog.reject("END-OF-MESSAGE", self.ip, reply, sender=txn.sender, qid=txn.qid)
@@ -397,11 +416,13 @@ class Session(_AiosmtpdSMTP):
                 reply = await self.intake.accept(txn, self._client(), raw)
         finally:
             self.txn = None
-            self.stage = "END-OF-MESSAGE"
         await self.push(reply)
 
     async def _read_data(self) -> bytes | None:
         """Everything up to ``<CRLF>.<CRLF>`` (exclusive of ``.<CRLF>``), None if too large.
+
+        The exact size check (RFC 1870: after dot-unstuffing) is the intake's; this cap
+        only bounds memory, at twice the limit because stuffing can at most double it.
 
         The reader is asked for chunks ending in ``.<CRLF>``; a chunk ends the data only
         if the two bytes before that dot, in what was received so far, are CRLF (or the
@@ -409,7 +430,7 @@ class Session(_AiosmtpdSMTP):
         means the terminator is found whatever way the chunks were cut.
         """
         reader = self._reader
-        limit = self.max_message_size
+        limit = 2 * self.max_message_size + len(_TERMINATOR)
         buf = bytearray()
         received = 0
         overflow = False

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass, field
+from typing import cast
 
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
@@ -21,7 +22,8 @@ class _Refuse(asyncio.Protocol):
         self.limit = limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
+        transport = cast(asyncio.WriteTransport, transport)
         peer = transport.get_extra_info("peername")
         maillog.too_many_connections(str(peer[0]) if peer else "unknown", self.limit)
         transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())

@@ -1,0 +1,170 @@
+"""The mail log: Postfix-shaped text lines keyed by QID, and the JSON variant."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from smtprelay import replies
+from tests.integration.daemon import Daemon
+from tests.integration.test_inbound import (
+    PASSWORD,
+    RECIPIENT,
+    SENDER,
+    USER,
+    RawClient,
+    assert_log,
+    assert_reply,
+    authenticated,
+    line,
+    log_mark,
+    qid_of,
+    smtp,
+    start_relay,
+    submit,
+    wait_for,
+    wait_for_log,
+)
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Daemon]:
+    """Text log, started outside journald (lines begin with a timestamp and the host)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("JOURNAL_STREAM", raising=False)
+        daemon = start_relay(tmp_path_factory, ca, overrides={
+            "relay": {"allowed_sender_domains": ["example.com"]},
+            "server": {"max_recipients": 2},
+        })
+    yield daemon
+    daemon.kill()
+
+
+def prefix(daemon: Daemon, service: str) -> str:
+    assert daemon.proc is not None
+    return rf"^{STAMP} \S+ smtprelay/{service}\[{daemon.proc.pid}\]: "
+
+
+def test_text_log_lines_for_one_message(relay: Daemon) -> None:
+    mark = log_mark(relay)
+    message = b"From: app@example.com\r\nSubject: logged\r\n\r\nbody\r\n"
+    with authenticated(relay) as client:
+        qid = submit(client, message, recipients=(RECIPIENT, "carol@example.org"))
+    size = relay.envelope(qid)["size"]
+    smtpd, cleanup, qmgr = (prefix(relay, s) for s in ("smtpd", "cleanup", "qmgr"))
+    expected = [
+        smtpd + r"connect from unknown\[127\.0\.0\.1\]$",
+        smtpd + rf"{qid}: client=unknown\[127\.0\.0\.1\], sasl_method=PLAIN, "
+                rf"sasl_username={USER}$",
+        cleanup + rf"{qid}: message-id=<{qid}@relay\.test>$",
+        qmgr + rf"{qid}: from=<{re.escape(SENDER)}>, size={size}, nrcpt=2 \(queue active\)$",
+        smtpd + r"disconnect from unknown\[127\.0\.0\.1\] ehlo=2 starttls=1 auth=1 mail=1 "
+                r"rcpt=2 data=1 quit=1 commands=9$",
+    ]
+    wait_for_log(relay, expected[-1], start=mark)
+    log = relay.log()[mark:]
+    positions = []
+    for pattern in expected:
+        matches = list(re.finditer(pattern, log, re.MULTILINE))
+        assert len(matches) == 1, f"{pattern!r} matched {len(matches)} times in:\n{log}"
+        positions.append(matches[0].start())
+    assert positions == sorted(positions), log
+
+
+def test_client_line_without_auth_and_message_id_from_header(relay: Daemon) -> None:
+    with smtp(relay) as client:
+        qid = submit(client, b"Message-ID: <given.1@app.example.com>\r\n\r\nx\r\n")
+    assert_log(relay, prefix(relay, "qmgr") + rf"{qid}: from=<")
+    assert_log(relay, prefix(relay, "smtpd") + rf"{qid}: client=unknown\[127\.0\.0\.1\]$")
+    assert_log(relay, prefix(relay, "cleanup")
+               + rf"{qid}: message-id=<given\.1@app\.example\.com>$")
+
+
+def test_mail_reject_names_the_refused_sender(relay: Daemon) -> None:
+    mark = log_mark(relay)
+    with RawClient(relay.port) as raw:
+        raw.ehlo("pc")
+        assert_reply(raw.cmd("MAIL FROM:<app@evil.test>"), replies.SENDER_DOMAIN_DENIED)
+    # Postfix: "NOQUEUE: reject: MAIL from host[ip]: 553 5.7.1 ...; from=<app@evil.test> ..."
+    assert_log(relay, r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .*; "
+                      r"from=<app@evil\.test> proto=ESMTP helo=<pc>$", start=mark)
+
+
+def test_rcpt_reject_inside_a_transaction_is_keyed_by_its_qid(relay: Daemon) -> None:
+    # Once a recipient was accepted the transaction has a queue ID ("QID: client=..." is
+    # logged); Postfix logs later refusals of the same transaction under that ID.
+    with smtp(relay) as client:
+        client.mail(SENDER)
+        client.rcpt(RECIPIENT)
+        client.rcpt("dave@example.net")
+        code, text = client.rcpt("carol@example.org")
+        assert_reply(line(code, text), replies.TOO_MANY_RECIPIENTS)
+        qid = qid_of(line(*client.data(b"Subject: one recipient\r\n\r\nbody\r\n")))
+    assert_log(relay, rf"{qid}: client=")
+    assert_log(relay, rf"{qid}: reject: RCPT from unknown\[127\.0\.0\.1\]: 452 4\.5\.3 "
+                      r"Too many recipients; from=<app@example\.com> "
+                      r"to=<carol@example\.org> proto=ESMTP helo=<client\.test>$")
+
+
+def json_lines(daemon: Daemon) -> list[dict[str, Any]]:
+    records = []
+    for number, text in enumerate(daemon.log().splitlines(), 1):
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            raise AssertionError(f"log line {number} is not JSON: {text!r}") from None
+        assert isinstance(record, dict), text
+        records.append(record)
+    return records
+
+
+def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
+    relay = make_daemon(users={USER: PASSWORD}, overrides={
+        "log": {"format": "json"}, "relay": {"trusted_networks": ["10.0.0.0/8"]}})
+    with authenticated(relay) as client:
+        qid = submit(client, b"Subject: json\r\n\r\nbody\r\n")
+    with smtp(relay) as client:  # not authenticated, not trusted: refused
+        client.mail(SENDER)
+        code, text = client.rcpt("x@example.org")
+        assert_reply(line(code, text), replies.RELAY_DENIED)
+
+    def events() -> list[dict[str, Any]]:
+        records = json_lines(relay)
+        return records if sum(r.get("event") == "disconnect" for r in records) >= 2 else []
+
+    records = wait_for(events, what="two disconnect events")
+    assert all({"time", "host", "program", "pid", "level", "message"} <= r.keys()
+               for r in records), records
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_event.setdefault(str(record.get("event")), []).append(record)
+
+    (queued,) = by_event["queued"]
+    assert queued["qid"] == qid
+    assert queued["program"] == "smtprelay/qmgr"
+    assert queued["sender"] == SENDER
+    assert queued["nrcpt"] == 1
+    assert queued["size"] == relay.envelope(qid)["size"]
+    assert re.fullmatch(rf"{qid}: from=<{re.escape(SENDER)}>, size=\d+, nrcpt=1 \(queue active\)",
+                        queued["message"])
+    (client_event,) = by_event["client"]
+    assert client_event["qid"] == qid
+    assert client_event["sasl_username"] == USER
+    assert client_event["sasl_method"] == "PLAIN"
+    assert by_event["message-id"][0]["qid"] == qid
+    assert len(by_event["connect"]) == 2
+    assert all(r["client_ip"] == "127.0.0.1" for r in by_event["connect"])
+    (reject,) = by_event["reject"]
+    assert reject["code"] == replies.RELAY_DENIED.code
+    assert reject["dsn"] == replies.RELAY_DENIED.enhanced
+    assert reject["recipient"] == "x@example.org"
+    assert reject["sender"] == SENDER
+    assert reject["command"] == "RCPT"
+    assert PASSWORD not in relay.log()
