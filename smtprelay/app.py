@@ -94,7 +94,7 @@ async def _serve(settings: Settings, spool: Spool) -> None:
             authenticator=authenticator,
             spool=spool,
             max_message_size=settings.server.max_message_size,
-            on_queued=lambda envelope: scheduler.enqueue(envelope.qid, envelope.next_attempt),
+            on_queued=scheduler.enqueue_new,
         )
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()

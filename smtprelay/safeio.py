@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 TMP_SUFFIX = ".tmp"
 
@@ -49,6 +50,46 @@ def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) 
 
 def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
+
+
+class DirectorySync:
+    """Group commit for one directory: concurrent callers share fsyncs.
+
+    A caller's renames are durable once an fsync of the directory *started* after them
+    has finished. While one fsync runs, later callers wait; the next fsync then covers
+    all of them at once, so N sessions committing together pay for about two fsyncs
+    instead of N. A failed fsync covers no one: waiters try again themselves.
+    """
+
+    def __init__(self, dir_fd: int) -> None:
+        self._fd = dir_fd
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out
+        self._covered = 0  # every ticket up to this one is durable
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._covered < ticket:
+                if not self._running:
+                    self._running = True
+                    target = self._requested
+                    break
+                self._cond.wait()
+            else:
+                return
+        ok = False
+        try:
+            os.fsync(self._fd)
+            ok = True
+        finally:
+            with self._cond:
+                self._running = False
+                if ok:
+                    self._covered = max(self._covered, target)
+                self._cond.notify_all()
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:

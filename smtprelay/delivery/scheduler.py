@@ -42,6 +42,9 @@ from smtprelay.spool import Spool
 DEAD_AFTER = 3
 COOL_OFF = 60.0
 REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is looked at again
+# Messages just received are kept in memory for their first attempt (no re-reading of
+# what was written a moment ago), up to this many bytes of message data in all.
+FRESH_BYTES = 64 * 1024 * 1024
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
 
 
@@ -77,6 +80,8 @@ class Scheduler:
         self._waiting: defaultdict[str, int] = defaultdict(int)
         self._failures: defaultdict[str, int] = defaultdict(int)
         self._dead: dict[str, _Dead] = {}
+        self._fresh: dict[str, tuple[Envelope, bytes]] = {}
+        self._fresh_bytes = 0
 
     # --- queue --------------------------------------------------------------------
 
@@ -86,6 +91,15 @@ class Scheduler:
         self._known.add(qid)
         heapq.heappush(self._heap, (due, qid))
         self._wakeup.set()
+
+    def enqueue_new(self, envelope: Envelope, data: bytes) -> None:
+        """A message the intake has just made durable: attempt it now, from memory."""
+        if envelope.qid in self._known:
+            return
+        if self._fresh_bytes + len(data) <= FRESH_BYTES:
+            self._fresh[envelope.qid] = (envelope, data)
+            self._fresh_bytes += len(data)
+        self.enqueue(envelope.qid, envelope.next_attempt)
 
     @property
     def queued(self) -> int:
@@ -130,11 +144,17 @@ class Scheduler:
 
     async def _attempt(self, qid: str) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            envelope = await loop.run_in_executor(None, self.spool.load, qid)
-        except FileNotFoundError:  # deleted by the operator meanwhile
-            self._known.discard(qid)
-            return
+        fresh = self._fresh.pop(qid, None)
+        data: bytes | None = None
+        if fresh is not None:
+            envelope, data = fresh
+            self._fresh_bytes -= len(data)
+        else:
+            try:
+                envelope = await loop.run_in_executor(None, self.spool.load, qid)
+            except FileNotFoundError:  # deleted by the operator meanwhile
+                self._known.discard(qid)
+                return
         if envelope.state is QueueState.HOLD:
             self._known.discard(qid)  # released by an operator action, not by time
             return
@@ -150,7 +170,8 @@ class Scheduler:
             self._reschedule(qid, activated + REQUEUE_BUSY)
             return
         tasks = [
-            loop.create_task(self._deliver_group(envelope, route, domain, rcpts, activated))
+            loop.create_task(
+                self._deliver_group(envelope, data, route, domain, rcpts, activated))
             for route, domain, rcpts in groups.values()
         ]
         remaining = len(tasks)
@@ -163,8 +184,8 @@ class Scheduler:
         await self._conclude(envelope)
 
     async def _deliver_group(
-        self, envelope: Envelope, route: Route, domain: str, recipients: list[Recipient],
-        activated: float,
+        self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
+        recipients: list[Recipient], activated: float,
     ) -> tuple[list[RecipientOutcome], float]:
         """Outcomes for one destination and when the connection attempt started."""
         addresses = [r.address for r in recipients]
@@ -181,23 +202,26 @@ class Scheduler:
                 self._waiting[route.key] -= 1
                 waiting = False
                 started = self.clock()
-                return await self._deliver_now(envelope, route, domain, addresses), started
+                outcomes = await self._deliver_now(envelope, data, route, domain, addresses)
+                return outcomes, started
         finally:
             if waiting:
                 self._waiting[route.key] -= 1
 
     async def _deliver_now(
-        self, envelope: Envelope, route: Route, domain: str, addresses: list[str]
+        self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
+        addresses: list[str],
     ) -> list[RecipientOutcome]:
         try:
             hops = await self.router.hops(route, domain)
         except DeliveryError as e:
             return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
-        except FileNotFoundError:
-            return []
+        if data is None:  # read only now that a connection slot is held: bounded memory
+            try:
+                data = await asyncio.get_running_loop().run_in_executor(
+                    None, self.spool.read_message, envelope.qid)
+            except FileNotFoundError:
+                return []
         try:
             outcomes = await self.transport.deliver(
                 route, hops, envelope.sender, addresses, data, envelope.mail_params

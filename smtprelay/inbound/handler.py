@@ -42,7 +42,7 @@ class Intake:
     spool: Spool
     max_message_size: int
     # Told about each message once it is durable (the delivery stage listens here).
-    on_queued: Callable[[Envelope], None] | None = None
+    on_queued: Callable[[Envelope, bytes], None] | None = None
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
@@ -87,5 +87,5 @@ class Intake:
         maillog.message_id(txn.qid, envelope.message_id or "")
         maillog.queued(txn.qid, txn.sender, envelope.size, len(txn.recipients))
         if self.on_queued is not None:
-            self.on_queued(envelope)
+            self.on_queued(envelope, data)
         return replies.queued(txn.qid)

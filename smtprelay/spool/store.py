@@ -42,6 +42,7 @@ class Spool:
         for d in (self.queue_dir, self.corrupt_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._queue_fd = os.open(self.queue_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._queue_sync = safeio.DirectorySync(self._queue_fd)
 
     def close(self) -> None:
         os.close(self._queue_fd)
@@ -62,7 +63,7 @@ class Spool:
             except BaseException:
                 self._unlink(qid + DATA_SUFFIX)
                 raise
-            safeio.fsync_dir(self._queue_fd)
+            self._queue_sync.sync()
         except OSError as e:
             # Our files may be half there; without the directory fsync nothing was
             # acknowledged, and start-up recovery removes data without an envelope.
@@ -73,13 +74,13 @@ class Spool:
     def update(self, envelope: Envelope) -> None:
         """Durably replace the envelope of a queued message (state after an attempt)."""
         safeio.write_file(self._queue_fd, envelope.qid + ENVELOPE_SUFFIX, envelope.to_json())
-        safeio.fsync_dir(self._queue_fd)
+        self._queue_sync.sync()
 
     def remove(self, qid: str) -> None:
         """Forget a message: envelope first (the commit marker), then its data."""
         self._unlink(qid + ENVELOPE_SUFFIX)
         self._unlink(qid + DATA_SUFFIX)
-        safeio.fsync_dir(self._queue_fd)
+        self._queue_sync.sync()
 
     def load(self, qid: str) -> Envelope:
         with open(self.queue_dir / (qid + ENVELOPE_SUFFIX), "rb") as f:
@@ -94,11 +95,11 @@ class Spool:
         for suffix in (ENVELOPE_SUFFIX, DATA_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(self.queue_dir / (qid + suffix), self.corrupt_dir / (qid + suffix))
-        safeio.fsync_dir(self._queue_fd)
+        self._queue_sync.sync()
 
     def sync(self) -> None:
         """Make every rename and unlink in ``queue/`` so far durable."""
-        safeio.fsync_dir(self._queue_fd)
+        self._queue_sync.sync()
 
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -131,7 +131,9 @@ def test_plain_warning_gets_prefix(capture: Callable[..., io.StringIO]) -> None:
 
 def test_reject_rcpt_exact_postfix_shape(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.TextFormatter(under_journald=True))
-    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="a@b.example",
+    # The session names the refused address in the reply text, as Postfix does.
+    reply = replies.RELAY_DENIED.with_text(f"<x@example.org>: {replies.RELAY_DENIED.text}")
+    maillog.reject("RCPT", "192.0.2.9", reply, sender="a@b.example",
                    recipient="x@example.org", helo="pc")
     assert _lines(stream) == [
         f"smtprelay/smtpd[{PID}]: NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1 "
@@ -144,8 +146,8 @@ def test_reject_variants(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.TextFormatter(under_journald=True))
     maillog.reject("MAIL", "192.0.2.9", replies.SENDER_DOMAIN_DENIED, sender="a@evil.test",
                    helo="pc")
-    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="", recipient="x@y.test",
-                   proto="SMTP")
+    denied = replies.RELAY_DENIED.with_text(f"<x@y.test>: {replies.RELAY_DENIED.text}")
+    maillog.reject("RCPT", "192.0.2.9", denied, sender="", recipient="x@y.test", proto="SMTP")
     maillog.reject("RCPT", "192.0.2.9", replies.TOO_MANY_RECIPIENTS, sender="a@b.test",
                    recipient="x@y.test", helo="pc", qid="0123456789ABC")
     prefix = f"smtprelay/smtpd[{PID}]: "
@@ -154,7 +156,7 @@ def test_reject_variants(capture: Callable[..., io.StringIO]) -> None:
         "rejected: domain not allowed; from=<a@evil.test> proto=ESMTP helo=<pc>",
         prefix + "NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1 <x@y.test>: Relay "
         "access denied; from=<> to=<x@y.test> proto=SMTP",
-        prefix + "0123456789ABC: reject: RCPT from unknown[192.0.2.9]: 452 4.5.3 <x@y.test>: "
+        prefix + "0123456789ABC: reject: RCPT from unknown[192.0.2.9]: 452 4.5.3 "
         "Too many recipients; from=<a@b.test> to=<x@y.test> proto=ESMTP helo=<pc>",
     ]
 
@@ -197,7 +199,9 @@ def test_json_drops_none_fields(capture: Callable[..., io.StringIO]) -> None:
 
 def test_json_reject_fields(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.JsonFormatter())
-    maillog.reject("RCPT", "192.0.2.9", replies.RELAY_DENIED, sender="a@b.example",
+    # The session names the refused address in the reply text, as Postfix does.
+    reply = replies.RELAY_DENIED.with_text(f"<x@example.org>: {replies.RELAY_DENIED.text}")
+    maillog.reject("RCPT", "192.0.2.9", reply, sender="a@b.example",
                    recipient="x@example.org", helo="pc")
     obj = json.loads(_lines(stream)[0])
     assert obj["code"] == 554 and obj["dsn"] == "5.7.1"
