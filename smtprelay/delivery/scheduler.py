@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +47,9 @@ REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is lo
 # what was written a moment ago), up to this many bytes of message data in all.
 FRESH_BYTES = 64 * 1024 * 1024
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+FAULT_RETRY = 60.0
+
+log = logging.getLogger("smtprelay.delivery")
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Scheduler:
             now = self.clock()
             while self._heap and self._heap[0][0] <= now and len(self._active) < self.active_limit:
                 _, qid = heapq.heappop(self._heap)
-                task = loop.create_task(self._attempt(qid))
+                task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
                 task.add_done_callback(functools.partial(self._finished, qid))
             self._wakeup.clear()
@@ -141,6 +145,15 @@ class Scheduler:
         await self.transport.close()
 
     # --- one attempt of one message ---------------------------------------------------
+
+    async def _attempt_safely(self, qid: str) -> None:
+        """An unexpected fault (a full disk while saving state, a bug) must not strand the
+        message in memory: log it and look at the message again later."""
+        try:
+            await self._attempt(qid)
+        except Exception:
+            log.exception("%s: delivery attempt failed; retrying in %.0f s", qid, FAULT_RETRY)
+            self._reschedule(qid, self.clock() + FAULT_RETRY)
 
     async def _attempt(self, qid: str) -> None:
         loop = asyncio.get_running_loop()
