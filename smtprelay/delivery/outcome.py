@@ -13,10 +13,14 @@ from smtprelay.replies import Reply
 
 
 class DeliveryError(Exception):
-    def __init__(self, reply: Reply, relay: str = "none") -> None:
+    """``unreachable``: no connection could be made at all (refused, timed out, no route),
+    the only failure that counts towards marking a destination dead."""
+
+    def __init__(self, reply: Reply, relay: str = "none", *, unreachable: bool = False) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.relay = relay
+        self.unreachable = unreachable
 
     @property
     def permanent(self) -> bool:

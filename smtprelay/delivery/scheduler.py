@@ -48,6 +48,7 @@ REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is lo
 FRESH_BYTES = 64 * 1024 * 1024
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
 FAULT_RETRY = 60.0
+UNREACHABLE = Reply(451, "4.4.1", "Destination unreachable")
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -204,7 +205,9 @@ class Scheduler:
         addresses = [r.address for r in recipients]
         dead = self._dead.get(route.key)
         if dead is not None and dead.until > self.clock():
-            reply = dead.reply.with_text(f"{dead.reply.text} (destination marked unreachable)")
+            # Always temporary: no server said anything about this message.
+            reply = UNREACHABLE.with_text(
+                f"{dead.reply.text} (destination marked unreachable)")
             return [RecipientOutcome(a, reply, "none") for a in addresses], self.clock()
         slot = self._slots.setdefault(route.key, asyncio.Semaphore(
             self.settings.per_destination_concurrency))
@@ -240,9 +243,10 @@ class Scheduler:
                 route, hops, envelope.sender, addresses, data, envelope.mail_params
             )
         except DeliveryError as e:
-            self._failures[route.key] += 1
-            if self._failures[route.key] >= DEAD_AFTER:
-                self._dead[route.key] = _Dead(self.clock() + COOL_OFF, e.reply)
+            if e.unreachable:
+                self._failures[route.key] += 1
+                if self._failures[route.key] >= DEAD_AFTER:
+                    self._dead[route.key] = _Dead(self.clock() + COOL_OFF, e.reply)
             return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
         self._failures.pop(route.key, None)
         self._dead.pop(route.key, None)

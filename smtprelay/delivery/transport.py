@@ -80,14 +80,14 @@ class Transport:
         unsafe = [r for r in [sender, *recipients] if any(c in r for c in _UNSAFE)]
         if unsafe:
             return [RecipientOutcome(r, UNSAFE_ADDRESS, "none") for r in recipients]
-        last_error = DeliveryError(CONNECTION_FAILED)
+        errors: list[DeliveryError] = []
         for hop in self._reuse_first(route, hops):
             for _ in range(2):  # a reused connection found closed gets one fresh try
                 started = time.monotonic()
                 try:
                     conn = await self._checkout(route, hop)
                 except DeliveryError as e:
-                    last_error = e
+                    errors.append(e)
                     break
                 connected = time.monotonic()
                 try:
@@ -95,11 +95,14 @@ class Transport:
                         conn, sender, recipients, data, mail_params, connected - started
                     )
                 except _TryNextHop as e:
-                    last_error = e.error
+                    errors.append(e.error)
                     break
                 except _StaleConnection:
                     continue
-        raise last_error
+        last = errors[-1] if errors else DeliveryError(CONNECTION_FAILED)
+        raise DeliveryError(
+            last.reply, last.relay, unreachable=all(e.unreachable for e in errors)
+        )
 
     def _reuse_first(self, route: Route, hops: list[Hop]) -> list[Hop]:
         """Hops with an idle connection first: a live connection beats a new one."""
@@ -196,7 +199,9 @@ class Transport:
                             server_hostname=hop.name,
                             tls_context=self._context(verify=tls is TLSPolicy.VERIFY),
                         )
-                    except (ssl.SSLError, aiosmtplib.SMTPConnectError, ConnectionError) as e:
+                    except (ssl.SSLError, aiosmtplib.SMTPConnectError, ConnectionError,
+                            aiosmtplib.SMTPResponseException) as e:
+                        # A handshake error or a refusal of STARTTLS (e.g. 454).
                         raise _TLSHandshakeFailed(str(e)) from None
                     await self._ehlo(client)
                 elif tls is not TLSPolicy.OPPORTUNISTIC:
@@ -241,7 +246,8 @@ class Transport:
             sock.close()
             text = "connection timed out" if isinstance(e, TimeoutError) else e.strerror or str(e)
             raise DeliveryError(
-                CONNECTION_FAILED.with_text(f"connect to {hop}: {text}"), str(hop)
+                CONNECTION_FAILED.with_text(f"connect to {hop}: {text}"), str(hop),
+                unreachable=True,
             ) from None
         return sock
 

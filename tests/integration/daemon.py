@@ -39,11 +39,16 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _toml_key(key: str) -> str:
+    # Domain names as keys ([delivery.routes]) contain dots: quote them.
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
 def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
     lines = []
     for section, keys in sections.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in keys.items()]
+        lines += [f"{_toml_key(key)} = {_toml(value)}" for key, value in keys.items()]
         lines.append("")
     path.write_text("\n".join(lines))
 
