@@ -211,7 +211,7 @@ class Relay:
         """Messages in the spool queue (envelopes)."""
         try:
             with os.scandir(self.spool / "queue") as it:
-                return sum(1 for e in it if e.name.endswith(".json"))
+                return sum(1 for e in it if e.name.endswith(".msg"))
         except FileNotFoundError:
             return 0
 

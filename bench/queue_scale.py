@@ -114,8 +114,8 @@ def main() -> None:
                     time.sleep(0.5)
                 rss_end = rss_kb(proc.pid, "VmRSS")
                 deferred = sum(
-                    1 for p in (spool / "queue").glob("*.json")
-                    if b'"deferred"' in p.read_bytes()
+                    1 for p in (spool / "queue").glob("*.msg")
+                    if b'"deferred"' in p.open("rb").readline()
                 )
             finally:
                 proc.terminate()

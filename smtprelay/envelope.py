@@ -75,7 +75,8 @@ class Envelope:
         return "SMTPUTF8" in self.mail_params
 
     def to_json(self) -> bytes:
-        return _ADAPTER.dump_json(self, indent=1)
+        """One line of JSON (the spool keeps it as the first line of a message file)."""
+        return _ADAPTER.dump_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:

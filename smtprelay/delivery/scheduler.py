@@ -194,8 +194,8 @@ class Scheduler:
             remaining -= 1
             self._record(envelope, outcomes, activated)
             if remaining:
-                await loop.run_in_executor(None, self.spool.update, envelope)
-        await self._conclude(envelope)
+                await loop.run_in_executor(None, self.spool.update, envelope, data)
+        await self._conclude(envelope, data)
 
     async def _deliver_group(
         self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
@@ -278,7 +278,7 @@ class Scheduler:
             maillog.delivery(envelope.qid, outcome.address, outcome.relay,
                              now - envelope.arrival, delays, reply, status)
 
-    async def _conclude(self, envelope: Envelope) -> None:
+    async def _conclude(self, envelope: Envelope, data: bytes | None) -> None:
         loop = asyncio.get_running_loop()
         envelope.attempts += 1
         now = self.clock()
@@ -301,7 +301,7 @@ class Scheduler:
             else:
                 envelope.state = QueueState.DEFERRED
                 envelope.next_attempt = now + delay
-                await loop.run_in_executor(None, self.spool.update, envelope)
+                await loop.run_in_executor(None, self.spool.update, envelope, data)
                 self._reschedule(envelope.qid, envelope.next_attempt)
                 return
         await loop.run_in_executor(None, self.spool.remove, envelope.qid)

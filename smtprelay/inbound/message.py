@@ -8,6 +8,7 @@ message differently), and prepend the trace and missing origin headers.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import datetime
@@ -30,8 +31,10 @@ def normalize(raw: bytes) -> tuple[bytes, int]:
     Returns the message and how many bare line endings were rewritten.
     """
     bare = 0
-    # Counting is three C scans; the regex only runs on the rare message that needs it.
-    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
+    # Three C scans (the one-byte counts are cheap, the CRLF count is not, so it runs
+    # only when they agree); the regex only runs on the rare message that needs it.
+    lf = raw.count(b"\n")
+    if lf != raw.count(b"\r") or lf != raw.count(b"\r\n"):
         raw, bare = _BARE_NEWLINE.subn(b"\r\n", raw)
     if raw.startswith(b"."):
         raw = raw[1:]
@@ -100,5 +103,11 @@ def _comment_safe(text: str) -> str:
     return text.replace("\\", "?").replace("(", "?").replace(")", "?")
 
 
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    return format_datetime(datetime.fromtimestamp(second).astimezone())
+
+
 def _date(ts: float) -> str:
-    return format_datetime(datetime.fromtimestamp(ts).astimezone())
+    # RFC 5322 dates have whole seconds: format each second once, not once per message.
+    return _date_of_second(int(ts))

@@ -1,15 +1,17 @@
-"""On-disk queue: one raw message file and one JSON envelope per queued message.
+"""On-disk queue: one file per queued message, its envelope first, then its bytes.
 
 Layout under ``[spool] dir``::
 
-    queue/QID.eml     the message bytes exactly as accepted (Received: header prepended)
-    queue/QID.json    the envelope (smtprelay.envelope.Envelope), rewritten after attempts
-    corrupt/          records that could not be read at start-up, kept for the operator
+    queue/QID.msg     line 1: the envelope (smtprelay.envelope.Envelope) as one line of JSON
+                      then:   the message bytes exactly as accepted (Received: first)
+    corrupt/          files that could not be read at start-up, kept for the operator
 
-``QID.json`` is the commit marker: a message exists once its envelope has been renamed
-into ``queue/`` and the directory fsynced. Data is written first, so a reader that sees
-an envelope always finds complete data beside it. Every method here blocks on disk I/O;
-the event loop calls them through an executor.
+``head -1 QID.msg`` shows the envelope, ``tail -n +2 QID.msg`` the message. A message
+exists once ``QID.msg`` has been renamed into ``queue/`` (after an fsync of its data) and
+the directory fsynced: one file, one fsync and one rename per message, where Postfix's
+queue file costs the same. After an attempt the whole file is rewritten the same way
+with the new envelope. Every method here blocks on disk I/O; the event loop calls them
+through an executor.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from pathlib import Path
 from smtprelay import safeio
 from smtprelay.envelope import Envelope
 
-DATA_SUFFIX = ".eml"
-ENVELOPE_SUFFIX = ".json"
+SUFFIX = ".msg"
 
 
 class SpoolError(Exception):
@@ -47,54 +48,62 @@ class Spool:
     def close(self) -> None:
         os.close(self._queue_fd)
 
+    def path(self, qid: str) -> Path:
+        return self.queue_dir / (qid + SUFFIX)
+
     def commit(self, envelope: Envelope, data: bytes) -> None:
         """Make a new message durable. On return it survives a crash or power loss."""
         qid = envelope.qid
         try:
-            safeio.write_file(self._queue_fd, qid + DATA_SUFFIX, data, exclusive=True)
+            safeio.write_file(
+                self._queue_fd, qid + SUFFIX, _record(envelope, data), exclusive=True
+            )
         except FileExistsError:
-            # Another message owns this queue ID: leave its files alone.
+            # Another message owns this queue ID: leave its file alone.
             raise SpoolError(f"cannot queue {qid}: queue ID already in use") from None
         except OSError as e:
             raise _spool_error(qid, e) from e
         try:
-            try:
-                safeio.write_file(self._queue_fd, qid + ENVELOPE_SUFFIX, envelope.to_json())
-            except BaseException:
-                self._unlink(qid + DATA_SUFFIX)
-                raise
             self._queue_sync.sync()
         except OSError as e:
-            # Our files may be half there; without the directory fsync nothing was
-            # acknowledged, and start-up recovery removes data without an envelope.
-            self._unlink(qid + ENVELOPE_SUFFIX)
-            self._unlink(qid + DATA_SUFFIX)
+            # Not acknowledged: take the message back rather than leave it half-known.
+            self._unlink(qid + SUFFIX)
             raise _spool_error(qid, e) from e
 
-    def update(self, envelope: Envelope) -> None:
-        """Durably replace the envelope of a queued message (state after an attempt)."""
-        safeio.write_file(self._queue_fd, envelope.qid + ENVELOPE_SUFFIX, envelope.to_json())
+    def update(self, envelope: Envelope, data: bytes | None = None) -> None:
+        """Durably replace the envelope of a queued message (state after an attempt).
+
+        ``data`` saves re-reading the message when the caller has it at hand.
+        """
+        if data is None:
+            data = self.read_message(envelope.qid)
+        safeio.write_file(self._queue_fd, envelope.qid + SUFFIX, _record(envelope, data))
         self._queue_sync.sync()
 
     def remove(self, qid: str) -> None:
-        """Forget a message: envelope first (the commit marker), then its data."""
-        self._unlink(qid + ENVELOPE_SUFFIX)
-        self._unlink(qid + DATA_SUFFIX)
+        self._unlink(qid + SUFFIX)
         self._queue_sync.sync()
 
     def load(self, qid: str) -> Envelope:
-        with open(self.queue_dir / (qid + ENVELOPE_SUFFIX), "rb") as f:
-            return Envelope.from_json(f.read())
+        with open(self.path(qid), "rb") as f:
+            return Envelope.from_json(f.readline())
 
     def read_message(self, qid: str) -> bytes:
-        with open(self.queue_dir / (qid + DATA_SUFFIX), "rb") as f:
+        with open(self.path(qid), "rb") as f:
+            f.readline()
             return f.read()
 
-    def quarantine(self, qid: str) -> None:
-        """Move whatever files a message has into ``corrupt/`` for the operator."""
-        for suffix in (ENVELOPE_SUFFIX, DATA_SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.queue_dir / (qid + suffix), self.corrupt_dir / (qid + suffix))
+    def read_both(self, qid: str) -> tuple[Envelope, int]:
+        """The envelope and the size of the data that follows it (for recovery checks)."""
+        with open(self.path(qid), "rb") as f:
+            header = f.readline()
+            size = os.fstat(f.fileno()).st_size - len(header)
+        return Envelope.from_json(header), size
+
+    def quarantine(self, name: str) -> None:
+        """Move a queue file into ``corrupt/`` for the operator."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.queue_dir / name, self.corrupt_dir / name)
         self._queue_sync.sync()
 
     def sync(self) -> None:
@@ -104,6 +113,11 @@ class Spool:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._queue_fd)
+
+
+def _record(envelope: Envelope, data: bytes) -> bytes:
+    # Compact JSON never contains a raw newline, so the first line is the envelope.
+    return envelope.to_json() + b"\n" + data
 
 
 def _spool_error(qid: str, error: OSError) -> SpoolError:

@@ -164,12 +164,17 @@ class Daemon:
 
     # --- spool inspection ---------------------------------------------------------------
 
+    # A queue file is one line of JSON (the envelope), then the message bytes.
+
     def queued_ids(self) -> list[str]:
         queue = self.spool / "queue"
-        return sorted(p.stem for p in queue.glob("*.json"))
+        return sorted(p.stem for p in queue.glob("*.msg"))
+
+    def message_file(self, qid: str) -> Path:
+        return self.spool / "queue" / f"{qid}.msg"
 
     def message(self, qid: str) -> bytes:
-        return (self.spool / "queue" / f"{qid}.eml").read_bytes()
+        return self.message_file(qid).read_bytes().split(b"\n", 1)[1]
 
     def envelope(self, qid: str) -> dict[str, Any]:
-        return json.loads((self.spool / "queue" / f"{qid}.json").read_text())
+        return json.loads(self.message_file(qid).read_bytes().split(b"\n", 1)[0])

@@ -138,12 +138,15 @@ def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> N
     (good,) = daemon.queued_ids()
     daemon.kill()
     queue: Path = daemon.spool / "queue"
-    (queue / "1K17TWEWEZ4Y2.eml.tmp").write_bytes(b"half a mess")
-    (queue / "1K17TWEWEZ4Y3.eml").write_bytes(b"data whose envelope never landed")
-    (queue / "1K17TWEWEZ4Y4.json").write_bytes(b'{"version": 1, "qid": "1K17T')
+    (queue / "1K17TWEWEZ4Y2.msg.tmp").write_bytes(b"half a mess")
+    (queue / "1K17TWEWEZ4Y4.msg").write_bytes(b'{"version": 1, "qid": "1K17T')
+    truncated = daemon.message_file(good).read_bytes()[:-10]
+    (queue / "1K17TWEWEZ4Y5.msg").write_bytes(truncated.replace(good.encode(), b"1K17TWEWEZ4Y5"))
     daemon.start()
     daemon.stop()
     assert daemon.queued_ids() == [good]
-    assert sorted(p.name for p in queue.iterdir()) == [f"{good}.eml", f"{good}.json"]
-    assert [p.name for p in (daemon.spool / "corrupt").iterdir()] == ["1K17TWEWEZ4Y4.json"]
-    assert "1K17TWEWEZ4Y4: spool record quarantined" in daemon.log()
+    assert sorted(p.name for p in queue.iterdir()) == [f"{good}.msg"]
+    assert sorted(p.name for p in (daemon.spool / "corrupt").iterdir()) == [
+        "1K17TWEWEZ4Y4.msg", "1K17TWEWEZ4Y5.msg"]
+    assert "1K17TWEWEZ4Y5: spool file quarantined to corrupt/: message data is" in daemon.log()
+    assert "1K17TWEWEZ4Y4: spool file quarantined to corrupt/: unreadable" in daemon.log()

@@ -70,8 +70,7 @@ def test_disk_full_gives_452_and_recovers(
 
     # Space comes back (the operator delivers or moves mail away): accepting resumes.
     for qid in list(acked)[: len(acked) // 2]:
-        (queue / f"{qid}.eml").unlink()
-        (queue / f"{qid}.json").unlink()
+        daemon.message_file(qid).unlink()
         del acked[qid]
     with smtplib.SMTP(LOOPBACK, daemon.port) as client:
         refused_mail = client.sendmail("a@example.com", ["b@example.net"], message(99))

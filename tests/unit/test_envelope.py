@@ -77,7 +77,17 @@ def test_json_is_human_readable_and_versioned() -> None:
     assert record["version"] == FORMAT_VERSION
     assert record["sender"] == "j\u00f6rg@example.com"
     assert "j\u00f6rg".encode() in raw  # UTF-8, not \u escapes: grep-able
-    assert b"\n" in raw
+
+
+def test_json_is_one_line_whatever_the_fields_hold() -> None:
+    """The spool keeps the envelope as the first line of a queue file: its JSON never
+    contains a raw newline, even when text fields do."""
+    envelope = make_envelope(size=10, message_id="<a\nb\r\u2028@example.com>")
+    envelope.recipients[0].last_reply = "451-first\n451 second\r\n"
+    raw = envelope.to_json()
+    assert b"\n" not in raw and b"\r" not in raw
+    assert Envelope.from_json(raw) == envelope
+    assert Envelope.from_json(raw + b"\n") == envelope  # as read back with readline()
 
 
 def test_smtputf8_property() -> None:

@@ -78,7 +78,7 @@ def test_string_order_is_time_order(times: list[float]) -> None:
     saved = ids._last_micros
     try:
         for t in times:
-            ids._last_micros = 0
+            ids._last_micros = -1  # forget earlier IDs (0 would bump an ID made at t=0)
             made.append((ids.new_id(t), int(t * 1_000_000)))
     finally:
         ids._last_micros = max(saved, ids._last_micros)

@@ -1,4 +1,8 @@
-"""smtprelay.safeio + smtprelay.spool.store: durable, atomic commit of message + envelope."""
+"""smtprelay.safeio + smtprelay.spool.store: durable, atomic commit of one queue file.
+
+A queue file ``queue/QID.msg`` is the envelope as one line of JSON, ``\\n``, then the
+message bytes exactly as accepted.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,24 @@ def _commit(spool: Spool, data: bytes = DATA) -> Envelope:
     return envelope
 
 
+def _record(envelope: Envelope, data: bytes) -> bytes:
+    """What the queue file must hold, spelled out independently of the store."""
+    return envelope.to_json() + b"\n" + data
+
+
+def _raw(spool: Spool, qid: str) -> bytes:
+    return (spool.queue_dir / (qid + ".msg")).read_bytes()
+
+
+def _deferred(envelope: Envelope) -> None:
+    """Change an envelope the way a failed attempt does (and make its JSON longer)."""
+    envelope.state = QueueState.DEFERRED
+    envelope.next_attempt = 1_800_000_000.0
+    envelope.attempts += 1
+    envelope.recipients[0].attempts = 3
+    envelope.recipients[0].last_reply = "451-4.7.1 greylisted\r\n451 4.7.1 try again later"
+
+
 # --- layout and round trip ---------------------------------------------------------------
 
 
@@ -48,43 +70,97 @@ def test_spool_creates_layout(tmp_path: Path) -> None:
     Spool(tmp_path / "a" / "b").close()  # existing directories are fine
 
 
-def test_commit_writes_exact_bytes(spool: Spool) -> None:
+def test_commit_writes_one_file_envelope_line_then_data(spool: Spool) -> None:
     envelope = _commit(spool)
     qid = envelope.qid
-    assert _files(spool) == {qid + ".eml", qid + ".json"}
-    assert (spool.queue_dir / (qid + ".eml")).read_bytes() == DATA
-    assert (spool.queue_dir / (qid + ".json")).read_bytes() == envelope.to_json()
+    assert _files(spool) == {qid + ".msg"}
+    raw = _raw(spool, qid)
+    assert raw == _record(envelope, DATA)
+    header, data = raw.split(b"\n", 1)
+    assert header == envelope.to_json()
+    assert data == DATA
+    assert spool.path(qid) == spool.queue_dir / (qid + ".msg")
     assert spool.read_message(qid) == DATA
     assert spool.load(qid) == envelope
-    assert not any(name.endswith(safeio.TMP_SUFFIX) for name in _files(spool))
+    assert spool.read_both(qid) == (envelope, len(DATA))
 
 
-def test_commit_empty_and_large_messages(spool: Spool) -> None:
-    big = os.urandom(3 * 1024 * 1024 + 17)
-    for data in (b"", big):
-        envelope = _commit(spool, data)
-        assert spool.read_message(envelope.qid) == data
+def test_envelope_line_survives_newlines_in_fields(spool: Spool) -> None:
+    """Text fields may hold CR, LF and other separators; the first line stays the whole
+    envelope and the data starts right after it."""
+    envelope = make_envelope(
+        size=len(DATA),
+        sender="j\u00f6rg@example.com",
+        message_id="<a\nb\r\u2028\u0085@example.com>",
+    )
+    envelope.recipients[0].last_reply = "550-5.1.1 no such user\n550 5.1.1 really\n"
+    spool.commit(envelope, DATA)
+    raw = _raw(spool, envelope.qid)
+    assert raw.count(b"\n") == DATA.count(b"\n") + 1
+    assert raw.split(b"\n", 1) == [envelope.to_json(), DATA]
+    assert spool.load(envelope.qid) == envelope
+    assert spool.read_message(envelope.qid) == DATA
+    assert spool.read_both(envelope.qid) == (envelope, len(DATA))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\n", b"\n\n", b"\r\n.\r\n", b"{}\n", b"no final newline", None],
+    ids=["empty", "lf", "two-lf", "dot", "json-like", "no-eol", "3MiB"],
+)
+def test_commit_any_data_round_trips(spool: Spool, data: bytes | None) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17) if data is None else data
+    envelope = _commit(spool, data)
+    assert _raw(spool, envelope.qid) == _record(envelope, data)
+    assert spool.read_message(envelope.qid) == data
+    assert spool.read_both(envelope.qid) == (envelope, len(data))
+    assert spool.load(envelope.qid) == envelope
+
+
+def test_read_both_reports_the_size_on_disk(spool: Spool) -> None:
+    """read_both measures the data in the file, not what the envelope claims."""
+    envelope = _commit(spool)
+    path = spool.path(envelope.qid)
+    path.write_bytes(_raw(spool, envelope.qid)[:-7])
+    assert spool.read_both(envelope.qid) == (envelope, len(DATA) - 7)
+    path.write_bytes(_raw(spool, envelope.qid) + b"extra")
+    assert spool.read_both(envelope.qid) == (envelope, len(DATA) - 7 + 5)
+
+
+def test_load_rejects_a_bad_envelope_line(spool: Spool) -> None:
+    envelope = _commit(spool)
+    spool.path(envelope.qid).write_bytes(b"\x00garbage{\n" + DATA)
+    with pytest.raises(ValueError):
+        spool.load(envelope.qid)
+    with pytest.raises(ValueError):
+        spool.read_both(envelope.qid)
 
 
 def test_files_are_not_world_readable(spool: Spool) -> None:
     envelope = _commit(spool)
-    for suffix in (".eml", ".json"):
-        mode = os.stat(spool.queue_dir / (envelope.qid + suffix)).st_mode
-        assert mode & 0o007 == 0
+    mode = os.stat(spool.path(envelope.qid)).st_mode
+    assert mode & 0o007 == 0
+    _deferred(envelope)
+    spool.update(envelope)  # the rewritten file too
+    mode = os.stat(spool.path(envelope.qid)).st_mode
+    assert mode & 0o007 == 0
 
 
 def test_exclusive_commit_keeps_the_original(spool: Spool) -> None:
     original = _commit(spool)
     qid = original.qid
-    eml = (spool.queue_dir / (qid + ".eml")).read_bytes()
-    env = (spool.queue_dir / (qid + ".json")).read_bytes()
+    raw = _raw(spool, qid)
+    inode = os.stat(spool.path(qid)).st_ino
     intruder = make_envelope(qid, size=5, sender="other@example.com")
-    with pytest.raises(SpoolError):
+    with pytest.raises(SpoolError) as info:
         spool.commit(intruder, b"other")
-    assert (spool.queue_dir / (qid + ".eml")).read_bytes() == eml
-    assert (spool.queue_dir / (qid + ".json")).read_bytes() == env
+    assert qid in str(info.value)
+    assert info.value.no_space is False
+    assert _raw(spool, qid) == raw
+    assert os.stat(spool.path(qid)).st_ino == inode
     assert spool.load(qid) == original
-    assert _files(spool) == {qid + ".eml", qid + ".json"}
+    assert spool.read_message(qid) == DATA
+    assert _files(spool) == {qid + ".msg"}
 
 
 def test_safeio_exclusive_refuses_existing(tmp_path: Path) -> None:
@@ -101,35 +177,65 @@ def test_safeio_exclusive_refuses_existing(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_update_rewrites_envelope(spool: Spool) -> None:
+@pytest.mark.parametrize("pass_data", [False, True], ids=["reread", "data-given"])
+def test_update_rewrites_envelope_keeps_data(spool: Spool, pass_data: bool) -> None:
     envelope = _commit(spool)
-    envelope.state = QueueState.DEFERRED
-    envelope.next_attempt = 1_800_000_000.0
-    envelope.recipients[0].attempts = 3
-    envelope.recipients[0].last_reply = "451 4.7.1 greylisted"
-    spool.update(envelope)
+    before = envelope.to_json()
+    _deferred(envelope)
+    assert len(envelope.to_json()) != len(before)  # the data must not shift with it
+    if pass_data:
+        spool.update(envelope, DATA)
+    else:
+        spool.update(envelope)
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
     assert spool.load(envelope.qid) == envelope
     assert spool.read_message(envelope.qid) == DATA
-    assert _files(spool) == {envelope.qid + ".eml", envelope.qid + ".json"}
+    assert spool.read_both(envelope.qid) == (envelope, len(DATA))
+    assert _files(spool) == {envelope.qid + ".msg"}
+
+    # A second update (shorter envelope this time) still keeps the data exactly.
+    envelope.recipients[0].last_reply = None
+    envelope.state = QueueState.ACTIVE
+    spool.update(envelope, DATA if pass_data else None)
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
+    assert _files(spool) == {envelope.qid + ".msg"}
 
 
-def test_remove_deletes_both(spool: Spool) -> None:
+def test_update_replaces_the_file_atomically(spool: Spool) -> None:
+    """update renames a new file into place: a reader that opened the old file keeps
+    reading the complete old record, and never sees a mix."""
+    envelope = _commit(spool)
+    old = _raw(spool, envelope.qid)
+    with open(spool.path(envelope.qid), "rb") as reader:
+        _deferred(envelope)
+        spool.update(envelope)
+        assert reader.read() == old
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
+
+
+def test_remove_deletes_the_file(spool: Spool) -> None:
     keep = _commit(spool)
     gone = _commit(spool)
     spool.remove(gone.qid)
-    assert _files(spool) == {keep.qid + ".eml", keep.qid + ".json"}
+    assert _files(spool) == {keep.qid + ".msg"}
+    assert _raw(spool, keep.qid) == _record(keep, DATA)
     spool.remove(gone.qid)  # idempotent
     with pytest.raises(FileNotFoundError):
         spool.load(gone.qid)
+    with pytest.raises(FileNotFoundError):
+        spool.read_message(gone.qid)
 
 
-def test_quarantine_moves_files(spool: Spool) -> None:
+def test_quarantine_moves_the_file(spool: Spool) -> None:
     envelope = _commit(spool)
-    spool.quarantine(envelope.qid)
-    assert _files(spool) == set()
-    assert sorted(os.listdir(spool.corrupt_dir)) == sorted(
-        [envelope.qid + ".eml", envelope.qid + ".json"]
-    )
+    keep = _commit(spool)
+    raw = _raw(spool, envelope.qid)
+    spool.quarantine(envelope.qid + ".msg")
+    assert _files(spool) == {keep.qid + ".msg"}
+    assert os.listdir(spool.corrupt_dir) == [envelope.qid + ".msg"]
+    assert (spool.corrupt_dir / (envelope.qid + ".msg")).read_bytes() == raw
+    spool.quarantine(envelope.qid + ".msg")  # already gone: no error
+    assert os.listdir(spool.corrupt_dir) == [envelope.qid + ".msg"]
 
 
 # --- failures leave nothing behind --------------------------------------------------------
@@ -148,7 +254,11 @@ def _failing_fsync(monkeypatch: pytest.MonkeyPatch, err: int, nth: int) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-@pytest.mark.parametrize("nth", [1, 2, 3], ids=["data-fsync", "envelope-fsync", "dir-fsync"])
+# A commit makes two fsyncs: the new file (envelope + data), then the queue directory.
+FSYNCS = pytest.mark.parametrize("nth", [1, 2], ids=["file-fsync", "dir-fsync"])
+
+
+@FSYNCS
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
 def test_commit_out_of_space(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, err: int, nth: int
@@ -162,7 +272,7 @@ def test_commit_out_of_space(
     assert _files(spool) == set()
 
 
-@pytest.mark.parametrize("nth", [1, 2, 3])
+@FSYNCS
 def test_commit_generic_os_error(spool: Spool, monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
     _failing_fsync(monkeypatch, errno.EIO, nth)
     with pytest.raises(SpoolError) as info:
@@ -171,31 +281,86 @@ def test_commit_generic_os_error(spool: Spool, monkeypatch: pytest.MonkeyPatch, 
     assert _files(spool) == set()
 
 
-def test_commit_write_error(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("err", "no_space"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_commit_write_error(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, err: int, no_space: bool
+) -> None:
+    real = os.write
+    calls = {"n": 0}
+
     def write(fd: int, data: Any) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+        calls["n"] += 1
+        if calls["n"] == 2:  # part of the file is already written
+            raise OSError(err, os.strerror(err))
+        return real(fd, bytes(data)[:10])
 
     monkeypatch.setattr(os, "write", write)
     with pytest.raises(SpoolError) as info:
         spool.commit(make_envelope(size=len(DATA)), DATA)
-    assert info.value.no_space
+    assert calls["n"] == 2
+    assert info.value.no_space is no_space
     assert _files(spool) == set()
 
 
-def test_commit_rename_error(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.rename
-    calls = {"n": 0}
+@pytest.mark.parametrize(("err", "no_space"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_commit_create_error(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, err: int, no_space: bool
+) -> None:
+    """No room for another directory entry or inode: refused before anything exists."""
+    real = os.open
 
-    def rename(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:  # the envelope's rename (the data file is linked into place)
-            raise OSError(errno.EIO, "I/O error")
-        real(*args, **kwargs)
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(err, os.strerror(err))
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(SpoolError):
+    monkeypatch.setattr(os, "open", open_)
+    envelope = make_envelope(size=len(DATA))
+    with pytest.raises(SpoolError) as info:
+        spool.commit(envelope, DATA)
+    assert info.value.no_space is no_space
+    assert envelope.qid in str(info.value)
+    assert _files(spool) == set()
+
+
+@pytest.mark.parametrize(("err", "no_space"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_commit_link_error(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, err: int, no_space: bool
+) -> None:
+    def link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "link", link)
+    with pytest.raises(SpoolError) as info:
         spool.commit(make_envelope(size=len(DATA)), DATA)
+    assert info.value.no_space is no_space
     assert _files(spool) == set()
+
+
+def test_failed_directory_fsync_takes_the_message_back(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was already linked into place when the directory fsync failed: the
+    client is not told "queued", so the file must not stay to be delivered anyway."""
+    seen: list[set[str]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.samestat(os.fstat(fd), os.stat(spool.queue_dir)):
+            seen.append(_files(spool))
+            raise OSError(errno.EIO, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    envelope = make_envelope(size=len(DATA))
+    with pytest.raises(SpoolError) as info:
+        spool.commit(envelope, DATA)
+    assert info.value.no_space is False
+    assert seen and seen[0] >= {envelope.qid + ".msg"}  # it was in place when the fsync ran
+    assert _files(spool) == set()
+    monkeypatch.undo()
+    spool.commit(envelope, DATA)  # and the same queue ID can be used again
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
 
 
 def test_failed_commit_does_not_block_a_later_one(
@@ -208,6 +373,26 @@ def test_failed_commit_does_not_block_a_later_one(
     monkeypatch.undo()
     spool.commit(envelope, DATA)  # the client retried after the 452
     assert spool.read_message(envelope.qid) == DATA
+    assert _files(spool) == {envelope.qid + ".msg"}
+
+
+@pytest.mark.parametrize("failing", ["fsync", "rename"])
+def test_failed_update_keeps_the_old_file(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    envelope = _commit(spool)
+    old = _raw(spool, envelope.qid)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, failing, fail)
+    _deferred(envelope)
+    with pytest.raises(OSError):
+        spool.update(envelope)
+    monkeypatch.undo()
+    assert _raw(spool, envelope.qid) == old
+    assert _files(spool) == {envelope.qid + ".msg"}
 
 
 # --- durability order ---------------------------------------------------------------------
@@ -218,9 +403,10 @@ def _fd_path(fd: int) -> str:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
-def test_commit_fsync_rename_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Promise 1: data fsync -> link into place (exclusive) -> envelope fsync -> rename ->
-    directory fsync, all before commit returns; and each fsync covers the complete file."""
+def test_commit_fsync_link_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promise 1: file (envelope + data) fsync -> link into place (exclusive: link, never
+    rename) -> directory fsync, all before commit returns; and the fsync covers the
+    complete file."""
     events: list[tuple[str, str, int]] = []
     real_fsync, real_rename, real_link = os.fsync, os.rename, os.link
     queue = str(spool.queue_dir)
@@ -246,43 +432,57 @@ def test_commit_fsync_rename_order(spool: Spool, monkeypatch: pytest.MonkeyPatch
     qid = envelope.qid
     spool.commit(envelope, DATA)
     done = list(events)
+    files = _files(spool)
     monkeypatch.undo()
 
     dir_size = os.stat(queue).st_size
     assert done == [
-        ("fsync", f"{qid}.eml.tmp", len(DATA)),
-        ("link", f"{qid}.eml.tmp->{qid}.eml", 0),
-        ("fsync", f"{qid}.json.tmp", len(envelope.to_json())),
-        ("rename", f"{qid}.json.tmp->{qid}.json", 0),
+        ("fsync", f"{qid}.msg.tmp", len(_record(envelope, DATA))),
+        ("link", f"{qid}.msg.tmp->{qid}.msg", 0),
         ("fsync", ".", dir_size),
     ]
+    assert files == {qid + ".msg"}  # no .tmp left when commit returns
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
-@pytest.mark.parametrize("operation", ["update", "remove"])
+@pytest.mark.parametrize("operation", ["update", "update-with-data", "remove"])
 def test_update_and_remove_end_with_directory_fsync(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, operation: str
 ) -> None:
     envelope = _commit(spool)
     events: list[str] = []
-    real_fsync, real_unlink = os.fsync, os.unlink
+    real_fsync, real_unlink, real_rename = os.fsync, os.unlink, os.rename
 
     def fsync(fd: int) -> None:
+        is_dir = os.path.isdir(_fd_path(fd))
+        size = "" if is_dir else f" {os.fstat(fd).st_size}"
         real_fsync(fd)
-        events.append("fsync " + os.path.basename(_fd_path(fd)))
+        events.append(f"fsync {os.path.basename(_fd_path(fd))}{size}")
 
     def unlink(name: Any, *args: Any, **kwargs: Any) -> None:
         real_unlink(name, *args, **kwargs)
         events.append(f"unlink {os.path.basename(name)}")
 
+    def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        real_rename(src, dst, *args, **kwargs)
+        events.append(f"rename {os.path.basename(src)}->{os.path.basename(dst)}")
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "unlink", unlink)
-    if operation == "update":
-        spool.update(envelope)
-        assert events == [f"fsync {envelope.qid}.json.tmp", "fsync queue"]
+    monkeypatch.setattr(os, "rename", rename)
+    qid = envelope.qid
+    if operation == "remove":
+        spool.remove(qid)
+        assert events == [f"unlink {qid}.msg", "fsync queue"]
     else:
-        spool.remove(envelope.qid)
-        # The envelope (the commit marker) goes first, so a crash never leaves an
-        # envelope without its data.
-        assert events == [f"unlink {envelope.qid}.json", f"unlink {envelope.qid}.eml",
-                          "fsync queue"]
+        _deferred(envelope)
+        if operation == "update":
+            spool.update(envelope)
+        else:
+            spool.update(envelope, DATA)
+        size = len(_record(envelope, DATA))
+        assert events == [
+            f"fsync {qid}.msg.tmp {size}",
+            f"rename {qid}.msg.tmp->{qid}.msg",
+            "fsync queue",
+        ]
