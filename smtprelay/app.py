@@ -19,6 +19,7 @@ import uvloop
 
 from smtprelay import systemd
 from smtprelay.config import Settings
+from smtprelay.delivery.notices import Notices
 from smtprelay.delivery.resolver import Resolver
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
@@ -59,7 +60,12 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
                           delivery.data_timeout),
         max_idle_per_hop=delivery.per_destination_concurrency,
     )
-    return Scheduler(spool, Router(delivery, resolver), transport, delivery)
+    scheduler = Scheduler(spool, Router(delivery, resolver), transport, delivery)
+    scheduler.notices = Notices(
+        spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime,
+        enqueue=scheduler.enqueue_new,
+    )
+    return scheduler
 
 
 async def serve(settings: Settings) -> None:

@@ -152,6 +152,20 @@ class DeliverySettings(_Section):
         return self
 
 
+class BounceSettings(_Section):
+    enabled: Bool = True
+    # From: of DSNs. Empty: "Mail Delivery System <MAILER-DAEMON@[server] hostname>".
+    sender: str = ""
+    # A delay notice once per message still undelivered after this long; 0 disables.
+    delay_warning: Duration = Field(default=4 * 3600.0, ge=0)
+    # Where DSNs that cannot be delivered themselves are reported (once). Empty: logged.
+    postmaster: str = ""
+    # Receives a copy of every failure notice (like Postfix's notify_classes = bounce).
+    notify_admin: str = ""
+    # Returned messages larger than this are returned as headers only.
+    max_return_size: Size = Field(default=100_000, ge=0)
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -164,6 +178,7 @@ class Settings(_Section):
     relay: RelaySettings = RelaySettings()
     spool: SpoolSettings = SpoolSettings()
     delivery: DeliverySettings = DeliverySettings()
+    bounce: BounceSettings = BounceSettings()
     log: LogSettings = LogSettings()
 
 
@@ -238,6 +253,7 @@ def _describe(error: ValidationError) -> str:
 
 _DURATION_KEYS = {
     "server.timeout",
+    "bounce.delay_warning",
     "delivery.retry_schedule",
     "delivery.max_queue_lifetime",
     "delivery.connect_timeout",

@@ -67,6 +67,9 @@ class Envelope:
     next_attempt: float = 0.0
     attempts: int = 0
     message_id: str | None = None
+    # What a notice (DSN) generated here is: "failure", "delay", "success", "postmaster".
+    notice: str | None = None
+    delay_warned: bool = False
 
     version: int = FORMAT_VERSION
 

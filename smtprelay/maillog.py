@@ -137,6 +137,26 @@ def delivery(
           event="delivery")
 
 
+_NOTICE_WORDS = {
+    "failure": "sender non-delivery notification",
+    "delay": "sender delay notification",
+    "success": "sender delivery status notification",
+    "postmaster": "postmaster non-delivery notification",
+}
+
+
+def notice_sent(qid: str, kind: str, notice_qid: str) -> None:
+    """``QID: sender non-delivery notification: NEWQID``, as Postfix's bounce daemon."""
+    _emit("bounce", f"{qid}: {_NOTICE_WORDS[kind]}: {notice_qid}", qid, kind=kind,
+          notice_qid=notice_qid, event="notice")
+
+
+def notice_discarded(qid: str, recipient: str) -> None:
+    _emit("bounce", f"{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster "
+          "set, or it was the postmaster's)", qid, level=logging.WARNING, recipient=recipient,
+          event="notice-discarded")
+
+
 def removed(qid: str) -> None:
     _emit("qmgr", f"{qid}: removed", qid, event="removed")
 

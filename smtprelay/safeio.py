@@ -40,12 +40,15 @@ def write_file(dir_fd: int, name: str, data: bytes, *, exclusive: bool = False) 
         if exclusive:
             # link() fails atomically if the name exists, where rename() would replace it.
             os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            os.unlink(tmp, dir_fd=dir_fd)
         else:
             os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         _unlink_quietly(dir_fd, tmp)
         raise
+    if exclusive:
+        # The file is in place: a leftover temp name is harmless (start-up removes it)
+        # and must not turn a written file into a reported failure.
+        _unlink_quietly(dir_fd, tmp)
 
 
 def fsync_dir(dir_fd: int) -> None:

@@ -47,3 +47,5 @@ class RecipientOutcome:
     # Seconds spent connecting (greeting, EHLO, TLS, AUTH) and transmitting.
     connect_time: float = 0.0
     transmit_time: float = 0.0
+    # The next hop took this recipient's DSN request (it speaks DSN): it reports success.
+    dsn_passed: bool = False

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from smtprelay import maillog
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery import backoff
+from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.routes import Route, Router
 from smtprelay.delivery.transport import Transport
@@ -47,6 +48,8 @@ REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is lo
 # what was written a moment ago), up to this many bytes of message data in all.
 FRESH_BYTES = 64 * 1024 * 1024
 EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+# In the DSN an expiry is reported as the temporary condition it was (RFC 3463 X.4.7).
+EXPIRED_STATUS = "4.4.7"
 FAULT_RETRY = 60.0
 UNREACHABLE = Reply(451, "4.4.1", "Destination unreachable")
 
@@ -69,6 +72,7 @@ class Scheduler:
         *,
         active_limit: int = 2000,
         clock: Callable[[], float] = time.time,
+        notices: Notices | None = None,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -76,6 +80,7 @@ class Scheduler:
         self.settings = settings
         self.active_limit = active_limit
         self.clock = clock
+        self.notices = notices
         self._heap: list[tuple[float, str]] = []
         self._known: set[str] = set()  # QIDs in the heap or active: never scheduled twice
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -189,13 +194,14 @@ class Scheduler:
             for route, domain, rcpts in groups.values()
         ]
         remaining = len(tasks)
+        results: list[Result] = []
         for next_done in asyncio.as_completed(tasks):
             outcomes = await next_done
             remaining -= 1
-            self._record(envelope, outcomes, activated)
+            results += self._record(envelope, outcomes, activated)
             if remaining:
                 await loop.run_in_executor(None, self.spool.update, envelope, data)
-        await self._conclude(envelope, data)
+        await self._conclude(envelope, data, results)
 
     async def _deliver_group(
         self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
@@ -239,8 +245,9 @@ class Scheduler:
             except FileNotFoundError:
                 return []
         try:
+            params = {r.address: r.params for r in envelope.recipients if r.params}
             outcomes = await self.transport.deliver(
-                route, hops, envelope.sender, addresses, data, envelope.mail_params
+                route, hops, envelope.sender, addresses, data, envelope.mail_params, params
             )
         except DeliveryError as e:
             if e.unreachable:
@@ -254,10 +261,12 @@ class Scheduler:
 
     def _record(
         self, envelope: Envelope, result: tuple[list[RecipientOutcome], float], activated: float
-    ) -> None:
+    ) -> list[Result]:
+        """Apply and log one destination's outcomes; the final ones, for notices."""
         outcomes, started = result
         by_address = {r.address: r for r in envelope.recipients}
         now = self.clock()
+        final: list[Result] = []
         for outcome in outcomes:
             recipient = by_address[outcome.address]
             recipient.attempts += 1
@@ -265,8 +274,12 @@ class Scheduler:
             recipient.last_reply = str(reply)
             if reply.code < 400:
                 recipient.state, status = RecipientState.DELIVERED, "sent"
+                final.append(Result(recipient, "relayed", reply.enhanced, str(reply),
+                                    outcome.relay, outcome.dsn_passed))
             elif reply.code >= 500:
                 recipient.state, status = RecipientState.FAILED, "bounced"
+                final.append(Result(recipient, "failed", reply.enhanced, str(reply),
+                                    outcome.relay))
             else:
                 status = "deferred"
             delays = (
@@ -277,8 +290,11 @@ class Scheduler:
             )
             maillog.delivery(envelope.qid, outcome.address, outcome.relay,
                              now - envelope.arrival, delays, reply, status)
+        return final
 
-    async def _conclude(self, envelope: Envelope, data: bytes | None) -> None:
+    async def _conclude(
+        self, envelope: Envelope, data: bytes | None, results: list[Result]
+    ) -> None:
         loop = asyncio.get_running_loop()
         envelope.attempts += 1
         now = self.clock()
@@ -290,10 +306,11 @@ class Scheduler:
             )
             if delay is None:
                 for recipient in pending:
-                    reply = EXPIRED.with_text(
-                        f"{EXPIRED.text}; last error: {recipient.last_reply or 'none'}")
+                    last = recipient.last_reply
+                    reply = EXPIRED.with_text(f"{EXPIRED.text}; last error: {last or 'none'}")
                     recipient.state = RecipientState.FAILED
                     recipient.last_reply = str(reply)
+                    results.append(Result(recipient, "failed", EXPIRED_STATUS, last))
                     maillog.delivery(envelope.qid, recipient.address, "none",
                                      now - envelope.arrival, (0.0, 0.0, 0.0, 0.0), reply,
                                      "bounced")
@@ -301,9 +318,13 @@ class Scheduler:
             else:
                 envelope.state = QueueState.DEFERRED
                 envelope.next_attempt = now + delay
+                if self.notices is not None:
+                    await self.notices.after_attempt(envelope, results, data, now)
                 await loop.run_in_executor(None, self.spool.update, envelope, data)
                 self._reschedule(envelope.qid, envelope.next_attempt)
                 return
+        if self.notices is not None:
+            await self.notices.after_attempt(envelope, results, data, now)
         await loop.run_in_executor(None, self.spool.remove, envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)

@@ -75,8 +75,12 @@ class Transport:
         recipients: list[str],
         data: bytes,
         mail_params: dict[str, str],
+        rcpt_params: dict[str, dict[str, str]] | None = None,
     ) -> list[RecipientOutcome]:
-        """Per-recipient outcomes; raises DeliveryError (temporary) if no hop would talk."""
+        """Per-recipient outcomes; raises DeliveryError (temporary) if no hop would talk.
+
+        ``rcpt_params`` (address -> NOTIFY/ORCPT) are passed on when the hop speaks DSN.
+        """
         unsafe = [r for r in [sender, *recipients] if any(c in r for c in _UNSAFE)]
         if unsafe:
             return [RecipientOutcome(r, UNSAFE_ADDRESS, "none") for r in recipients]
@@ -92,7 +96,8 @@ class Transport:
                 connected = time.monotonic()
                 try:
                     return await self._transaction(
-                        conn, sender, recipients, data, mail_params, connected - started
+                        conn, sender, recipients, data, mail_params, rcpt_params or {},
+                        connected - started,
                     )
                 except _TryNextHop as e:
                     errors.append(e.error)
@@ -279,14 +284,17 @@ class Transport:
         recipients: list[str],
         data: bytes,
         mail_params: dict[str, str],
+        rcpt_params: dict[str, dict[str, str]],
         connect_time: float,
     ) -> list[RecipientOutcome]:
         client, relay = conn.client, str(conn.hop)
         started = time.monotonic()
+        dsn = client.supports_extension("dsn")
 
         def each(reply: Reply, rcpts: list[str] = recipients) -> list[RecipientOutcome]:
             spent = time.monotonic() - started
-            return [RecipientOutcome(r, reply, relay, connect_time, spent) for r in rcpts]
+            passed = dsn and reply.code < 300
+            return [RecipientOutcome(r, reply, relay, connect_time, spent, passed) for r in rcpts]
 
         options, refusal = self._mail_options(client, data, mail_params)
         if refusal is not None:
@@ -311,7 +319,9 @@ class Transport:
                     raise _TryNextHop(DeliveryError(reply, relay))
                 return each(reply)
             for rcpt in recipients:
-                response = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode() + b">")
+                extra = _dsn_rcpt_options(rcpt_params.get(rcpt, {})) if dsn else []
+                response = await client.execute_command(
+                    b"RCPT", b"TO:<" + rcpt.encode() + b">", *extra)
                 if response.code in (250, 251):
                     accepted.append(rcpt)
                 else:
@@ -365,6 +375,8 @@ class Transport:
             if not client.supports_extension("smtputf8"):
                 return [], NEEDS_SMTPUTF8
             options.append(b"SMTPUTF8")
+        if client.supports_extension("dsn"):
+            options += [f"{k}={params[k]}".encode() for k in ("RET", "ENVID") if k in params]
         if params.get("BODY", "").upper() == "8BITMIME" or not data.isascii():
             if client.supports_extension("8bitmime"):
                 options.append(b"BODY=8BITMIME")
@@ -396,6 +408,10 @@ class _TryNextHop(Exception):
     def __init__(self, error: DeliveryError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _dsn_rcpt_options(params: dict[str, str]) -> list[bytes]:
+    return [f"{k}={params[k]}".encode() for k in ("NOTIFY", "ORCPT") if k in params]
 
 
 def _session_reply(code: int, message: str) -> Reply:

@@ -45,6 +45,10 @@ class PathError(ValueError):
         self.non_ascii = non_ascii
 
 
+class ParameterError(PathError):
+    """The address is fine; an ESMTP parameter after it is malformed (501 5.5.4)."""
+
+
 class ParsedArgument(NamedTuple):
     address: str  # "" for the null reverse-path <>
     params: dict[str, str]  # upper-case keyword -> value ("" for a keyword alone)
@@ -122,10 +126,10 @@ def parse_params(text: str) -> dict[str, str]:
     for word in text.split():
         match = _PARAM.fullmatch(word)
         if match is None:
-            raise PathError(f"malformed parameter {word!r}")
+            raise ParameterError(f"malformed parameter {word!r}")
         key = match.group(1).upper()
         if key in params:
-            raise PathError(f"duplicate parameter {key}")
+            raise ParameterError(f"duplicate parameter {key}")
         params[key] = match.group(2) or ""
     return params
 

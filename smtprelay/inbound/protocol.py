@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP as _AiosmtpdSMTP
 
 from smtprelay import ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
-from smtprelay.inbound import address
+from smtprelay.inbound import address, dsnparams
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.replies import Reply
 
@@ -38,7 +38,8 @@ _END_OF_LINE_DOT = b".\r\n"
 _TERMINATOR = b"\r\n.\r\n"
 # How much of the stream the reader buffers: large, so DATA is read in a few big chunks.
 _READ_LIMIT = 256 * 1024
-_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8"}
+_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
+_RCPT_PARAMS = {"NOTIFY", "ORCPT"}
 _AIOSMTPD_STARTTLS_READY = "220 Ready to start TLS"
 
 
@@ -209,6 +210,7 @@ class Session(_AiosmtpdSMTP):
             "8BITMIME",
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
+            "DSN",
         ]
         if self.tls_context and not self._tls_protocol:
             lines.append("STARTTLS")
@@ -316,6 +318,9 @@ class Session(_AiosmtpdSMTP):
             return
         try:
             parsed = address.parse(argument, allow_null=True, utf8=True)
+        except address.ParameterError:
+            await self._reject("MAIL", replies.BAD_PARAMETER)
+            return
         except address.PathError:
             await self._reject("MAIL", replies.BAD_SENDER_SYNTAX)
             return
@@ -349,6 +354,8 @@ class Session(_AiosmtpdSMTP):
             return replies.BAD_PARAMETER
         if "SMTPUTF8" not in params and not parsed.address.isascii():
             return replies.SMTPUTF8_NOT_ADVERTISED
+        if not dsnparams.mail_params_ok(params):
+            return replies.BAD_PARAMETER
         return None
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -367,11 +374,16 @@ class Session(_AiosmtpdSMTP):
         try:
             parsed = address.parse(argument, allow_null=False, utf8="SMTPUTF8" in txn.mail_params)
         except address.PathError as e:
-            bad = replies.SMTPUTF8_NOT_ADVERTISED if e.non_ascii else replies.BAD_RECIPIENT_SYNTAX
+            bad = (replies.BAD_PARAMETER if isinstance(e, address.ParameterError)
+                   else replies.SMTPUTF8_NOT_ADVERTISED if e.non_ascii
+                   else replies.BAD_RECIPIENT_SYNTAX)
             await self._reject("RCPT", bad, recipient=argument.strip(" <>")[:100])
             return
-        if parsed.params:
+        if not parsed.params.keys() <= _RCPT_PARAMS:
             await self._reject("RCPT", replies.UNKNOWN_PARAMETER, recipient=parsed.address)
+            return
+        if not dsnparams.rcpt_params_ok(parsed.params):
+            await self._reject("RCPT", replies.BAD_PARAMETER, recipient=parsed.address)
             return
         assert self.session is not None
         may_relay = bool(self.session.authenticated) or self.intake.policy.is_trusted(self.ip)
@@ -385,7 +397,7 @@ class Session(_AiosmtpdSMTP):
             return
         if not txn.recipients:
             maillog.client(txn.qid, self.ip, self.auth_method, self.auth_user)
-        txn.recipients.append(Recipient(parsed.address))
+        txn.recipients.append(Recipient(parsed.address, params=parsed.params))
         await self.push(replies.RECIPIENT_OK)
 
     # --- DATA ---------------------------------------------------------------------

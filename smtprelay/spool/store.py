@@ -104,6 +104,11 @@ class Spool:
         """Move a queue file into ``corrupt/`` for the operator."""
         with contextlib.suppress(FileNotFoundError):
             os.rename(self.queue_dir / name, self.corrupt_dir / name)
+        corrupt_fd = os.open(self.corrupt_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            safeio.fsync_dir(corrupt_fd)
+        finally:
+            os.close(corrupt_fd)
         self._queue_sync.sync()
 
     def sync(self) -> None:

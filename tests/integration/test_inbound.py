@@ -622,12 +622,44 @@ def test_lenient_path_forms_are_accepted(relay: Daemon) -> None:
 
 @pytest.mark.parametrize("command", [
     f"MAIL FROM:<{SENDER}> FOO=BAR", f"MAIL FROM:<{SENDER}> XFORWARD",
-    f"MAIL FROM:<{SENDER}> RET=HDRS",
 ])
 def test_unknown_mail_parameter(relay: Daemon, command: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
         assert_reply(raw.cmd(command), replies.UNKNOWN_PARAMETER)
+
+
+@pytest.mark.parametrize("params", ["RET=HDRS", "RET=full ENVID=abc+2Bdef", "ENVID=x"])
+def test_dsn_mail_parameters_are_accepted(relay: Daemon, params: str) -> None:
+    with RawClient(relay.port) as raw:
+        assert "250-DSN" in raw.ehlo()
+        assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}> {params}"), replies.SENDER_OK)
+
+
+@pytest.mark.parametrize("params", ["RET=ALL", "ENVID=a=b", "ENVID=a+zz", "RET=HDRS RET=FULL"])
+def test_malformed_dsn_mail_parameters_get_501(relay: Daemon, params: str) -> None:
+    with RawClient(relay.port) as raw:
+        raw.ehlo()
+        assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}> {params}"), replies.BAD_PARAMETER)
+
+
+@pytest.mark.parametrize("params", ["NOTIFY=NEVER", "NOTIFY=SUCCESS,FAILURE,DELAY",
+                                    "ORCPT=rfc822;bob+2Btag@example.net", "notify=failure"])
+def test_dsn_rcpt_parameters_are_accepted(relay: Daemon, params: str) -> None:
+    with RawClient(relay.port) as raw:
+        raw.ehlo()
+        assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+        assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}> {params}"), replies.RECIPIENT_OK)
+
+
+@pytest.mark.parametrize("params", ["NOTIFY=NEVER,FAILURE", "NOTIFY=SOMETIMES",
+                                    "NOTIFY=FAILURE,FAILURE", "ORCPT=bob@example.net",
+                                    "ORCPT=rfc822;", "ORCPT=rfc822;a=b"])
+def test_malformed_dsn_rcpt_parameters_get_501(relay: Daemon, params: str) -> None:
+    with RawClient(relay.port) as raw:
+        raw.ehlo()
+        assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+        assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}> {params}"), replies.BAD_PARAMETER)
 
 
 def test_unknown_rcpt_parameter(relay: Daemon) -> None:

@@ -1,0 +1,166 @@
+"""Notices to senders: failed, delayed and (on request) relayed recipients become DSNs.
+
+A notice is a new message from the null sender ``<>``, built by :mod:`smtprelay.bounce`,
+spooled durably and delivered by the same pipeline as any other message. The rules keep
+smtprelay from ever causing backscatter or a loop:
+
+* one notice per message and event, covering every recipient concerned;
+* RCPT ``NOTIFY=`` is honoured (default: FAILURE and DELAY); ``NEVER`` sends nothing;
+* nothing is ever sent to the null sender; a message from ``<>`` that fails (usually a
+  notice itself) is reported once to ``[bounce] postmaster`` if set, else only logged,
+  and a report to the postmaster that fails is only logged;
+* mail refused during the SMTP session never gets here: the client had its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from smtprelay import bounce, ids, maillog
+from smtprelay.config import BounceSettings
+from smtprelay.envelope import Client, Envelope, Recipient, RecipientState
+from smtprelay.inbound.dsnparams import notify_wants
+from smtprelay.spool import Spool
+
+POSTMASTER_NOTICE = "postmaster"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt (or the end of a message's life) did to one recipient."""
+
+    recipient: Recipient
+    action: bounce.Action
+    status: str
+    diagnostic: str | None
+    relay: str = "none"
+    dsn_passed: bool = False
+
+
+@dataclass
+class Notices:
+    spool: Spool
+    settings: BounceSettings
+    hostname: str
+    lifetime: float
+    enqueue: Callable[[Envelope, bytes], None]
+
+    @property
+    def from_address(self) -> str:
+        return self.settings.sender or f"Mail Delivery System <MAILER-DAEMON@{self.hostname}>"
+
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> None:
+        """Send what this attempt calls for; may set ``envelope.delay_warned``."""
+        if not self.settings.enabled:
+            return
+        failed = [r for r in results if r.action == "failed"]
+        relayed = [r for r in results if r.action == "relayed" and not r.dsn_passed
+                   and notify_wants(r.recipient.params, "SUCCESS")]
+        if failed and not envelope.sender:
+            await self._report_to_postmaster(envelope, failed, data, now)
+            failed = []
+        if not envelope.sender:
+            return
+        wanted = [r for r in failed if notify_wants(r.recipient.params, "FAILURE")]
+        if wanted:
+            copy = [self.settings.notify_admin] if self.settings.notify_admin else []
+            await self._send(envelope, wanted, data, now, "failure", copy)
+        if relayed:
+            await self._send(envelope, relayed, data, now, "success", [])
+        await self._maybe_warn(envelope, data, now)
+
+    async def _maybe_warn(self, envelope: Envelope, data: bytes | None, now: float) -> None:
+        delay = self.settings.delay_warning
+        if not delay or envelope.delay_warned or now - envelope.arrival < delay:
+            return
+        pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+        wanted = [
+            Result(r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply)
+            for r in pending if notify_wants(r.params, "DELAY")
+        ]
+        if pending:
+            envelope.delay_warned = True  # once per message, even if nobody wanted it
+        if wanted:
+            await self._send(envelope, wanted, data, now, "delay", [])
+
+    async def _report_to_postmaster(
+        self, envelope: Envelope, failed: Sequence[Result], data: bytes | None, now: float
+    ) -> None:
+        if not self.settings.postmaster or envelope.notice == POSTMASTER_NOTICE:
+            for result in failed:
+                maillog.notice_discarded(envelope.qid, result.recipient.address)
+            return
+        await self._send(envelope, failed, data, now, POSTMASTER_NOTICE, [],
+                         to=self.settings.postmaster)
+
+    async def _send(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
+        kind: str, copies: list[str], to: str | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if data is None:
+            data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
+        recipient = to or envelope.sender
+        ret = envelope.mail_params.get("RET", "").upper() or None
+        qid = ids.new_id(now)
+        message = bounce.build_dsn(
+            original=data,
+            envelope_sender=recipient,
+            reporting_mta=self.hostname,
+            arrival=envelope.arrival,
+            recipients=[_dsn_recipient(r, now, envelope.arrival + self.lifetime)
+                        for r in results],
+            from_address=self.from_address,
+            now=now,
+            envid=envelope.mail_params.get("ENVID"),
+            ret="HDRS" if ret == "HDRS" else "FULL" if ret == "FULL" else None,
+            max_original_bytes=self.settings.max_return_size,
+            qid=qid,
+        )
+        params: dict[str, str] = {}
+        if not message.split(b"\r\n\r\n", 1)[0].isascii():
+            params["SMTPUTF8"] = ""
+        if not message.isascii():
+            params["BODY"] = "8BITMIME"
+        notice = Envelope(
+            qid=qid,
+            sender="",
+            recipients=[Recipient(a) for a in [recipient, *copies]],
+            client=Client(ip="127.0.0.1", port=0, helo=self.hostname, protocol="local"),
+            arrival=now,
+            size=len(message),
+            mail_params=params,
+            next_attempt=now,
+            notice=kind,
+        )
+        await loop.run_in_executor(None, self.spool.commit, notice, message)
+        maillog.notice_sent(envelope.qid, kind, qid)
+        maillog.queued(qid, "", len(message), len(notice.recipients))
+        self.enqueue(notice, message)
+
+
+def _dsn_recipient(result: Result, now: float, retry_until: float) -> bounce.DSNRecipient:
+    host = result.relay.split("[", 1)[0] if result.relay != "none" else None
+    return bounce.DSNRecipient(
+        address=result.recipient.address,
+        original=result.recipient.params.get("ORCPT"),
+        action=result.action,
+        status=result.status,
+        diagnostic=result.diagnostic,
+        remote_mta=host,
+        last_attempt=now,
+        will_retry_until=retry_until if result.action == "delayed" else None,
+    )
+
+
+def _status(reply: str | None, default: str) -> str:
+    """The enhanced code of a stored reply ("451 4.4.1 ..."), or ``default``."""
+    if reply:
+        parts = reply.split()
+        if len(parts) > 1 and parts[1].count(".") == 2:
+            return parts[1]
+    return default

@@ -1,0 +1,52 @@
+"""RFC 3461 DSN parameters on MAIL (RET, ENVID) and RCPT (NOTIFY, ORCPT): syntax checks.
+
+Values are stored as given (xtext-encoded); the DSN builder decodes them.
+"""
+
+from __future__ import annotations
+
+import re
+
+# xtext: printable ASCII except "+" and "=", or "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
+MAX_ENVID = 100
+MAX_ORCPT = 500
+
+
+def mail_params_ok(params: dict[str, str]) -> bool:
+    ret = params.get("RET")
+    if ret is not None and ret.upper() not in ("FULL", "HDRS"):
+        return False
+    envid = params.get("ENVID")
+    return envid is None or (0 < len(envid) <= MAX_ENVID and bool(_XTEXT.fullmatch(envid)))
+
+
+def rcpt_params_ok(params: dict[str, str]) -> bool:
+    notify = params.get("NOTIFY")
+    if notify is not None:
+        words = notify.upper().split(",")
+        valid_list = set(words) <= _NOTIFY_WORDS and len(set(words)) == len(words)
+        if words != ["NEVER"] and not valid_list:
+            return False
+    orcpt = params.get("ORCPT")
+    if orcpt is not None:
+        kind, sep, value = orcpt.partition(";")
+        if not sep or not _ADDR_TYPE.fullmatch(kind) or not value or len(orcpt) > MAX_ORCPT:
+            return False
+        if not _XTEXT.fullmatch(value):
+            return False
+    return True
+
+
+def notify_wants(params: dict[str, str], event: str) -> bool:
+    """Whether the sender asked to hear about ``event`` (SUCCESS, FAILURE, DELAY).
+
+    Without NOTIFY the default is FAILURE and DELAY, as RFC 3461 section 4.1 lets the
+    MTA choose and as Postfix does.
+    """
+    notify = params.get("NOTIFY")
+    if notify is None:
+        return event in ("FAILURE", "DELAY")
+    return event in notify.upper().split(",")
