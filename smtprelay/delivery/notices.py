@@ -15,6 +15,7 @@ smtprelay from ever causing backscatter or a loop:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from smtprelay.inbound.dsnparams import notify_wants
 from smtprelay.spool import Spool
 
 POSTMASTER_NOTICE = "postmaster"
+
+log = logging.getLogger("smtprelay.bounce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,17 @@ class Notices:
     async def _send(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
         kind: str, copies: list[str], to: str | None = None,
+    ) -> None:
+        """Spool one notice. A notice that cannot be made (a bug, a full disk) is logged
+        and given up: it must never hold back the message it is about."""
+        try:
+            await self._spool_notice(envelope, results, data, now, kind, copies, to)
+        except Exception:
+            log.exception("%s: cannot create the %s notice", envelope.qid, kind)
+
+    async def _spool_notice(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
+        kind: str, copies: list[str], to: str | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         if data is None:
