@@ -29,6 +29,7 @@ from smtprelay.inbound.auth import Authenticator, UsersFileError
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.server import InboundServer
+from smtprelay.reload import Running, reload
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import recover
 from smtprelay.tls import TLSError, server_context
@@ -68,18 +69,18 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
     return scheduler
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, path: Path) -> None:
     try:
         spool = Spool(Path(settings.spool.dir))
     except OSError as e:
         raise StartupError(f"[spool] dir {settings.spool.dir}: {e.strerror or e}") from None
     try:
-        await _serve(settings, spool)
+        await _serve(settings, path, spool)
     finally:
         spool.close()
 
 
-async def _serve(settings: Settings, spool: Spool) -> None:
+async def _serve(settings: Settings, path: Path, spool: Spool) -> None:
     # Spool writes block in fsync; many at once let the filesystem journal commit them
     # together, so give the executor more threads than the CPU count would suggest.
     asyncio.get_running_loop().set_default_executor(
@@ -111,18 +112,23 @@ async def _serve(settings: Settings, spool: Spool) -> None:
             max_message_size=settings.server.max_message_size,
             on_queued=scheduler.enqueue_new,
         )
-        inbound = InboundServer(settings, intake, server_context(settings))
+        tls_context = server_context(settings)
+        inbound = InboundServer(settings, intake, tls_context)
         await inbound.start()
     except (OSError, UsersFileError, TLSError) as e:
         raise StartupError(str(e)) from None
     delivering = asyncio.get_running_loop().create_task(scheduler.run())
-    listening = ", ".join(str(e) for e in inbound.endpoints)
-    log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
-    systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
+    # Signal handlers before READY=1: a reload or stop sent right after start-up must
+    # not meet the default action (which for SIGHUP is to die).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    running = Running(path, settings, inbound, scheduler, tls_context)
+    loop.add_signal_handler(signal.SIGHUP, _on_hup, running)
+    listening = ", ".join(str(e) for e in inbound.endpoints)
+    log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
+    systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
     systemd.notify("STOPPING=1")
@@ -135,9 +141,15 @@ async def _serve(settings: Settings, spool: Spool) -> None:
     log.info("stopped")
 
 
-def run(settings: Settings) -> None:
+def _on_hup(running: Running) -> None:
+    systemd.notify("RELOADING=1")
+    reload(running)
+    systemd.notify("READY=1")
+
+
+def run(settings: Settings, path: Path) -> None:
     # Spool writes run in threads that give up the GIL for each fsync; with Python's
     # default 5 ms switch interval a thread coming back from the disk can wait that long
     # behind the busy event loop before it may answer, so hand the GIL over sooner.
     sys.setswitchinterval(0.0005)
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, path))

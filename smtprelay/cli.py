@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
 
     maillog.setup(settings.log.format, settings.log.level)
     try:
-        app.run(settings)
+        app.run(settings, config.config_path(getattr(args, "config", None)))
     except app.StartupError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILED

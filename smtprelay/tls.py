@@ -38,12 +38,22 @@ def certificate_paths(settings: Settings) -> tuple[Path, Path]:
 
 
 def server_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    load(context, settings)
+    return context
+
+
+def load(context: ssl.SSLContext, settings: Settings) -> None:
+    """Put the configured certificate and versions into ``context``.
+
+    Used again on reload: new handshakes on existing listeners then use the new
+    certificate, and sessions already encrypted keep theirs.
+    """
     cert, key = certificate_paths(settings)
     if not settings.tls.cert_file and not settings.tls.key_file and not cert.exists():
         make_self_signed(settings.server.hostname, cert, key)
     if bool(settings.tls.cert_file) != bool(settings.tls.key_file):
         raise TLSError("[tls] cert_file and key_file must be set together")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = _VERSIONS[settings.tls.min_version]
     if settings.tls.min_version in ("TLSv1", "TLSv1.1"):
         # Legacy devices: OpenSSL's default security level refuses these versions.
@@ -54,7 +64,6 @@ def server_context(settings: Settings) -> ssl.SSLContext:
         raise TLSError(f"[tls] {e.filename}: no such file") from None
     except (ssl.SSLError, OSError) as e:
         raise TLSError(f"[tls] cannot load certificate {cert} / key {key}: {e}") from None
-    return context
 
 
 def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:

@@ -96,6 +96,7 @@ class Daemon:
             sections.setdefault(section, {}).update(keys)
         self.spool = Path(sections["spool"]["dir"])
         self.config = workdir / "smtprelay.toml"
+        self.sections = sections
         write_config(self.config, sections)
         for name, password in (users or {}).items():
             self.cli("user", "add", name, input=password + "\n")
@@ -137,6 +138,25 @@ class Daemon:
                     return self
         self.kill()
         raise RuntimeError(f"smtprelay did not become ready:\n{self.log()}")
+
+    def reconfigure(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+        """Rewrite the config file with ``overrides`` merged in (takes effect on hup())."""
+        for section, keys in overrides.items():
+            self.sections.setdefault(section, {}).update(keys)
+        write_config(self.config, self.sections)
+
+    def hup(self, timeout: float = 10.0) -> str:
+        """SIGHUP, then wait for the daemon to log the outcome; returns that log line."""
+        assert self.proc is not None
+        seen = self.log().count("reload")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.log().splitlines() if "reload" in line]
+            if len(lines) > seen:
+                return lines[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no reload outcome logged:\n{self.log()[-2000:]}")
 
     def log(self) -> str:
         try:
