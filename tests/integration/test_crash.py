@@ -150,3 +150,30 @@ def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> N
         "1K17TWEWEZ4Y4.msg", "1K17TWEWEZ4Y5.msg"]
     assert "1K17TWEWEZ4Y5: spool file quarantined to corrupt/: message data is" in daemon.log()
     assert "1K17TWEWEZ4Y4: spool file quarantined to corrupt/: unreadable" in daemon.log()
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_message(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A clean stop during a load of 16 senders: sessions get their replies or a 421,
+    the daemon exits 0, and every message that got a 250 is in the spool, intact."""
+    daemon = make_daemon(overrides={"log": {"level": "warning"}})
+    sender = Sender(daemon.port, list(range(600)))
+    stopped: dict[str, int] = {}
+
+    def stopper() -> None:
+        while len(sender.acked) < 200:
+            if not any(t.is_alive() for t in threading.enumerate()[1:]):
+                break
+            threading.Event().wait(0.002)
+        stopped["code"] = daemon.stop()
+
+    sender.run(on_progress=stopper)
+    assert stopped["code"] == 0
+    assert 200 <= len(sender.acked) < 600, "the stop must land mid-load"
+    assert not list((daemon.spool / "queue").glob("*.tmp"))
+    queued = set(daemon.queued_ids())
+    for n, qid in sender.acked.items():
+        assert qid in queued, f"acknowledged {qid} (message {n}) is missing after the stop"
+        assert daemon.message(qid).endswith(body(n))
