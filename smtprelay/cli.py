@@ -25,6 +25,11 @@ class Failure(Exception):
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if getattr(args, "sendmail_argv", None) is not None:  # sendmail's own exit codes
+        from smtprelay import sendmail
+
+        sys.exit(sendmail.run(args.sendmail_argv, getattr(args, "config", None),
+                              prog="smtprelay sendmail"))
     if not getattr(args, "handler", None):
         parser.print_usage(sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -76,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     delete.set_defaults(handler=_user_del)
     listing = user_commands.add_parser("list", parents=[common], help="list user names")
     listing.set_defaults(handler=_user_list)
+
+    # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
+    # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).
+    sendmail = commands.add_parser(
+        "sendmail", add_help=False, prefix_chars="\0",
+        help="sendmail-compatible injection from stdin: [-t] [-i] [-f SENDER] [RCPT...]",
+    )
+    sendmail.add_argument("sendmail_argv", nargs=argparse.REMAINDER, metavar="ARGS")
     return parser
 
 
