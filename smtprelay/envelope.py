@@ -38,6 +38,7 @@ class Recipient:
     params: dict[str, str] = field(default_factory=dict)
     attempts: int = 0
     last_reply: str | None = None
+    last_relay: str | None = None  # "host[ip]:port" that gave last_reply
 
 
 @with_config(_STRICT)

@@ -82,7 +82,8 @@ class Notices:
             return
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
         wanted = [
-            Result(r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply)
+            Result(r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply,
+                   r.last_relay or "none")
             for r in pending if notify_wants(r.params, "DELAY")
         ]
         if pending:
@@ -133,7 +134,7 @@ class Notices:
             envid=envelope.mail_params.get("ENVID"),
             ret="HDRS" if ret == "HDRS" else "FULL" if ret == "FULL" else None,
             max_original_bytes=self.settings.max_return_size,
-            qid=qid,
+            qid=envelope.qid,  # the ID the sender can quote and the operator can grep
         )
         params: dict[str, str] = {}
         if not message.split(b"\r\n\r\n", 1)[0].isascii():

@@ -272,6 +272,7 @@ class Scheduler:
             recipient.attempts += 1
             reply = outcome.reply
             recipient.last_reply = str(reply)
+            recipient.last_relay = outcome.relay if outcome.relay != "none" else None
             if reply.code < 400:
                 recipient.state, status = RecipientState.DELIVERED, "sent"
                 final.append(Result(recipient, "relayed", reply.enhanced, str(reply),
@@ -310,7 +311,8 @@ class Scheduler:
                     reply = EXPIRED.with_text(f"{EXPIRED.text}; last error: {last or 'none'}")
                     recipient.state = RecipientState.FAILED
                     recipient.last_reply = str(reply)
-                    results.append(Result(recipient, "failed", EXPIRED_STATUS, last))
+                    results.append(Result(recipient, "failed", EXPIRED_STATUS, last,
+                                          recipient.last_relay or "none"))
                     maillog.delivery(envelope.qid, recipient.address, "none",
                                      now - envelope.arrival, (0.0, 0.0, 0.0, 0.0), reply,
                                      "bounced")
