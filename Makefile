@@ -20,11 +20,13 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/smtprelay serve -c $(CONFIG)
 
-# Debian tools the integration tests drive (swaks) or measure against (postfix).
+# Debian tools the integration tests drive: swaks, systemd-analyze, fail2ban-regex.
+DEBS := swaks systemd fail2ban python3-systemd procps
 deps:
-	@if ! command -v swaks >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks >/dev/null; \
-	  else echo "swaks missing: sudo apt-get install swaks (the swaks tests will be skipped)"; fi; \
+	@if ! command -v swaks >/dev/null || ! command -v fail2ban-regex >/dev/null \
+	    || ! command -v systemd-analyze >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null; \
+	  else echo "missing tools: sudo apt-get install $(DEBS) (those tests will be skipped)"; fi; \
 	fi
 
 lint: $(STAMP)
