@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -24,7 +26,7 @@ from smtprelay.delivery.resolver import Resolver
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
-from smtprelay.envelope import QueueState
+from smtprelay.envelope import Envelope, QueueState
 from smtprelay.inbound.auth import Authenticator, UsersFileError
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
@@ -32,7 +34,11 @@ from smtprelay.inbound.server import InboundServer
 from smtprelay.reload import Running, reload
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import recover
+from smtprelay.stats import Stats
 from smtprelay.tls import TLSError, server_context
+
+if TYPE_CHECKING:
+    from smtprelay.web.app import HttpServer
 
 log = logging.getLogger("smtprelay")
 
@@ -74,13 +80,19 @@ async def serve(settings: Settings, path: Path) -> None:
         spool = Spool(Path(settings.spool.dir))
     except OSError as e:
         raise StartupError(f"[spool] dir {settings.spool.dir}: {e.strerror or e}") from None
+    # The statistics and histories of the HTTP endpoint come from the mail log.
+    stats = Stats(retention=settings.http.history_retention) if settings.http.listen else None
+    if stats is not None:
+        stats.attach()
     try:
-        await _serve(settings, path, spool)
+        await _serve(settings, path, spool, stats)
     finally:
+        if stats is not None:
+            stats.detach()
         spool.close()
 
 
-async def _serve(settings: Settings, path: Path, spool: Spool) -> None:
+async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None) -> None:
     # Spool writes block in fsync; many at once let the filesystem journal commit them
     # together, so give the executor more threads than the CPU count would suggest.
     asyncio.get_running_loop().set_default_executor(
@@ -96,6 +108,11 @@ async def _serve(settings: Settings, path: Path, spool: Spool) -> None:
             len(recovered.quarantined),
         )
         scheduler = build_scheduler(settings, spool)
+        on_queued: Callable[[Envelope, bytes], None] = scheduler.enqueue_new
+        if stats is not None:
+            on_queued = _remembering(stats, scheduler.enqueue_new)
+            if scheduler.notices is not None:
+                scheduler.notices.enqueue = on_queued
         for envelope in recovered.envelopes:
             if envelope.state is not QueueState.HOLD:
                 scheduler.enqueue(envelope.qid, envelope.next_attempt)
@@ -110,13 +127,20 @@ async def _serve(settings: Settings, path: Path, spool: Spool) -> None:
             authenticator=authenticator,
             spool=spool,
             max_message_size=settings.server.max_message_size,
-            on_queued=scheduler.enqueue_new,
+            on_queued=on_queued,
         )
         tls_context = server_context(settings)
         inbound = InboundServer(settings, intake, tls_context)
         await inbound.start()
     except (OSError, UsersFileError, TLSError) as e:
         raise StartupError(str(e)) from None
+    http = None
+    if stats is not None:
+        try:
+            http = await _start_http(settings, scheduler, inbound, stats, spool)
+        except StartupError:
+            inbound.close()
+            raise
     delivering = asyncio.get_running_loop().create_task(scheduler.run())
     # Signal handlers before READY=1: a reload or stop sent right after start-up must
     # not meet the default action (which for SIGHUP is to die).
@@ -125,20 +149,50 @@ async def _serve(settings: Settings, path: Path, spool: Spool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     running = Running(path, settings, inbound, scheduler, tls_context)
+    if http is not None:
+        running.on_reload.append(http.reload)
     loop.add_signal_handler(signal.SIGHUP, _on_hup, running)
-    listening = ", ".join(str(e) for e in inbound.endpoints)
-    log.info("smtprelay ready: smtp on %s; %d message(s) queued", listening, scheduler.queued)
-    systemd.notify("READY=1", f"STATUS=smtp on {listening}", f"MAINPID={os.getpid()}")
+    listening = "smtp on " + ", ".join(str(e) for e in inbound.endpoints)
+    if http is not None:
+        listening += "; http on " + ", ".join(http.endpoints)
+    log.info("smtprelay ready: %s; %d message(s) queued", listening, scheduler.queued)
+    systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
     systemd.notify("STOPPING=1")
     inbound.close()
     await inbound.drain(SHUTDOWN_GRACE)
+    if http is not None:
+        await http.stop()  # after the drain: /healthz says 503 while sessions finish
     delivering.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await delivering
     await scheduler.stop(SHUTDOWN_GRACE)
     log.info("stopped")
+
+
+def _remembering(
+    stats: Stats, enqueue: Callable[[Envelope, bytes], None]
+) -> Callable[[Envelope, bytes], None]:
+    """``enqueue``, after noting the envelope as accepted for /messages/{qid}."""
+
+    def queued(envelope: Envelope, data: bytes) -> None:
+        stats.note_queued(envelope)
+        enqueue(envelope, data)
+
+    return queued
+
+
+async def _start_http(
+    settings: Settings, scheduler: Scheduler, inbound: InboundServer, stats: Stats,
+    spool: Spool,
+) -> HttpServer:
+    from smtprelay.web import app as web  # aiohttp only when the endpoint is on
+
+    try:
+        return await web.start(settings, scheduler, inbound, stats, spool)
+    except web.HttpStartError as e:
+        raise StartupError(str(e)) from None
 
 
 def _on_hup(running: Running) -> None:

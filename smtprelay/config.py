@@ -166,6 +166,23 @@ class BounceSettings(_Section):
     max_return_size: Size = Field(default=100_000, ge=0)
 
 
+def _parse_http_listen(value: object) -> Endpoint | None:
+    """``"host:port"``, or ``""`` for no HTTP endpoint at all."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_endpoint(value)
+
+
+class HttpSettings(_Section):
+    # Status, metrics and queue operations; "" turns the HTTP endpoint off.
+    listen: Annotated[Endpoint | None, BeforeValidator(_parse_http_listen)] = Endpoint(
+        "127.0.0.1", 8025)
+    # Bearer tokens, one per line ('#' comments). Empty: only /healthz answers.
+    tokens_file: str = ""
+    # How long a finished message's event history stays visible in /messages/{qid}.
+    history_retention: Duration = Field(default=3600.0, ge=0)
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -179,6 +196,7 @@ class Settings(_Section):
     spool: SpoolSettings = SpoolSettings()
     delivery: DeliverySettings = DeliverySettings()
     bounce: BounceSettings = BounceSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
 
 
@@ -259,6 +277,7 @@ _DURATION_KEYS = {
     "delivery.connect_timeout",
     "delivery.command_timeout",
     "delivery.data_timeout",
+    "http.history_retention",
 }
 
 
@@ -293,6 +312,8 @@ def _toml_value(name: str, value: object) -> str:
             return "[" + ", ".join(_toml_string(format_duration(v)) for v in value) + "]"
         if isinstance(value, float):
             return _toml_string(format_duration(value))
+    if value is None:
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -161,6 +161,22 @@ def removed(qid: str) -> None:
     _emit("qmgr", f"{qid}: removed", qid, event="removed")
 
 
+# Operator actions (HTTP queue operations), logged by "postsuper" as Postfix's are.
+
+def deleted(qid: str) -> None:
+    """The operator deleted a message: its end, like ``removed`` (no notice is sent)."""
+    _emit("postsuper", f"{qid}: removed (deleted by operator)", qid,
+          reason="deleted by operator", event="removed")
+
+
+def held(qid: str) -> None:
+    _emit("postsuper", f"{qid}: placed on hold", qid, event="hold")
+
+
+def released(qid: str) -> None:
+    _emit("postsuper", f"{qid}: released from hold", qid, event="release")
+
+
 def _short(seconds: float) -> str:
     # Postfix prints delays with two significant digits below 1 s, e.g. 0.01, 0.2, 4.2.
     if seconds < 0.1:
@@ -236,10 +252,15 @@ def setup(fmt: str, level: str) -> None:
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else TextFormatter(under_journald=under_journald)
     )
+    handler.setLevel(level.upper())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Mail events are always made, whatever [log] level says: the statistics and the
+    # message history (smtprelay.stats) listen to every one. The level filters what
+    # reaches stderr (the handler above), not what happens.
+    log.setLevel(logging.DEBUG)
     # aiosmtpd logs every command at INFO under "mail.log"; our own events replace it.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -3,17 +3,19 @@
 Applied to new sessions and new delivery attempts, with nothing dropped: the TLS
 certificate and minimum version, relay policy (trusted networks, allow-lists,
 max_recipients), message size, timeout and connection limits, the users file location,
-routes and smarthosts (with their password file), bounce settings and logging. Listen
-addresses, the spool directory and delivery concurrency need a restart; a change to them
-is logged. A configuration that does not load is refused with a log line and the
-running one stays, as ``nginx -s reload`` does.
+routes and smarthosts (with their password file), bounce settings, logging, and the HTTP
+tokens file and history retention. Listen addresses (SMTP and HTTP), the spool directory
+and delivery concurrency need a restart; a change to them is logged. A configuration
+that does not load is refused with a log line and the running one stays, as
+``nginx -s reload`` does.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtprelay import config, maillog, tls
@@ -23,6 +25,7 @@ from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.inbound.auth import Authenticator, UsersFileError
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.server import InboundServer
+from smtprelay.web.tokens import read_tokens
 
 log = logging.getLogger("smtprelay")
 
@@ -34,6 +37,8 @@ class Running:
     inbound: InboundServer
     scheduler: Scheduler
     tls_context: ssl.SSLContext
+    # Called with the new settings once they are applied (e.g. the HTTP endpoint).
+    on_reload: list[Callable[[Settings], None]] = field(default_factory=list)
 
 
 def reload(running: Running) -> bool:
@@ -45,6 +50,12 @@ def reload(running: Running) -> bool:
         # Load the certificate into a scratch context first: a bad file must not leave
         # the live context half-changed.
         tls.load(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), new)
+        if new.http.tokens_file:
+            try:
+                read_tokens(Path(new.http.tokens_file))
+            except OSError as e:
+                raise OSError(f"[http] tokens_file {new.http.tokens_file}: "
+                              f"{e.strerror or e}") from None
     except (config.ConfigError, UsersFileError, tls.TLSError, OSError) as e:
         log.error("reload refused, the running configuration stays: %s", e)
         return False
@@ -72,6 +83,8 @@ def reload(running: Running) -> bool:
     if running.scheduler.notices is not None:
         running.scheduler.notices.settings = new.bounce
     maillog.setup(new.log.format, new.log.level)
+    for apply in running.on_reload:
+        apply(new)
     running.settings = new
     log.info("configuration reloaded from %s", running.path)
     return True

@@ -15,6 +15,10 @@
 * Per-recipient state is written to the spool after every attempt; a message with
   several destinations is saved after each one finishes, so after a crash only
   recipients whose delivery was in flight can be tried again.
+* Operator actions (flush, hold, release, delete, bounce; see "operator actions" below)
+  are serialized among themselves. A message under attempt is never touched: hold,
+  delete and bounce of such a message are applied when its attempt ends (the answer
+  says ``after-attempt``), so a delivery under way is never torn in half.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import contextlib
 import functools
 import heapq
 import logging
+import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from smtprelay import maillog
+from smtprelay import ids, maillog
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery import backoff
 from smtprelay.delivery.notices import Notices, Result
@@ -52,14 +58,29 @@ EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
 EXPIRED_STATUS = "4.4.7"
 FAULT_RETRY = 60.0
 UNREACHABLE = Reply(451, "4.4.1", "Destination unreachable")
+OPERATOR_BOUNCE = Reply(550, "5.0.0", "Returned to sender by the operator")
 
 log = logging.getLogger("smtprelay.delivery")
+_T = TypeVar("_T")
 
 
 @dataclass
 class _Dead:
     until: float
     reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One queued message as a queue listing shows it."""
+
+    envelope: Envelope
+    attempting: bool  # an attempt is under way right now
+
+    @property
+    def state(self) -> str:
+        """``active`` (new, or being attempted now), ``deferred`` or ``hold``."""
+        return QueueState.ACTIVE.value if self.attempting else self.envelope.state.value
 
 
 class Scheduler:
@@ -82,6 +103,9 @@ class Scheduler:
         self.clock = clock
         self.notices = notices
         self._heap: list[tuple[float, str]] = []
+        # The due time of each QID's one valid heap entry. An entry whose time differs
+        # (superseded by a flush, or the message held or deleted) is skipped when popped.
+        self._due: dict[str, float] = {}
         self._known: set[str] = set()  # QIDs in the heap or active: never scheduled twice
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
@@ -92,6 +116,8 @@ class Scheduler:
         self._dead: dict[str, _Dead] = {}
         self._fresh: dict[str, tuple[Envelope, bytes]] = {}
         self._fresh_bytes = 0
+        self._operator = asyncio.Lock()
+        self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
 
     # --- queue --------------------------------------------------------------------
 
@@ -99,6 +125,10 @@ class Scheduler:
         if qid in self._known:
             return
         self._known.add(qid)
+        self._push(qid, due)
+
+    def _push(self, qid: str, due: float) -> None:
+        self._due[qid] = due
         heapq.heappush(self._heap, (due, qid))
         self._wakeup.set()
 
@@ -115,13 +145,24 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._known)
 
+    @property
+    def attempting(self) -> int:
+        """Messages under attempt right now."""
+        return len(self._active)
+
+    def is_attempting(self, qid: str) -> bool:
+        return qid in self._active
+
     async def run(self) -> None:
         """Start attempts as they fall due; runs until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             now = self.clock()
             while self._heap and self._heap[0][0] <= now and len(self._active) < self.active_limit:
-                _, qid = heapq.heappop(self._heap)
+                due, qid = heapq.heappop(self._heap)
+                if self._due.get(qid) != due:
+                    continue  # superseded by a flush, or held or deleted meanwhile
+                del self._due[qid]
                 task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
                 task.add_done_callback(functools.partial(self._finished, qid))
@@ -129,25 +170,28 @@ class Scheduler:
             timeout = None
             if self._heap and len(self._active) < self.active_limit:
                 timeout = max(0.0, self._heap[0][0] - now)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
+            # that arrives as the event is set, and stopping the daemon would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     def _finished(self, qid: str, _: object) -> None:
         self._active.pop(qid, None)
         self._wakeup.set()
 
     def _reschedule(self, qid: str, due: float) -> None:
-        heapq.heappush(self._heap, (due, qid))
-        self._wakeup.set()
+        self._push(qid, due)
 
     async def stop(self, grace: float) -> None:
-        """Let attempts under way finish for ``grace`` seconds, then cancel them."""
-        tasks = list(self._active.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Let attempts under way finish for ``grace`` seconds, then cancel them; operator
+        actions waiting for those attempts get the same grace."""
+        for tasks in (list(self._active.values()), list(self._later)):
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         await self.transport.close()
 
     # --- one attempt of one message ---------------------------------------------------
@@ -330,3 +374,204 @@ class Scheduler:
         await loop.run_in_executor(None, self.spool.remove, envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)
+
+    # --- operator actions (the HTTP queue API) ---------------------------------------------
+    #
+    # Each returns {qid: outcome}. Outcomes: "flushed", "held", "released", "deleted",
+    # "bounced"; "after-attempt" (under attempt now: applied when the attempt ends, unless
+    # the message is gone by then); "attempting" (flush of a message under attempt: it
+    # is being tried already); "on-hold" (flush of a held message: release it first);
+    # "not-held" (release of a message that is not on hold); "not-found"; or
+    # "error: ..." when the spool could not be read or written.
+
+    async def flush(self, qids: Iterable[str] | None = None) -> dict[str, str]:
+        """Attempt now. ``None``: every waiting message (held ones stay held). Marks of
+        unreachable destinations are forgotten: the operator asks for a real try."""
+        async with self._operator:
+            self._dead.clear()
+            self._failures.clear()
+            now = self.clock()
+            if qids is None:
+                results = dict.fromkeys(self._due, "flushed")
+                self._due = dict.fromkeys(self._due, now)
+                self._heap = [(now, qid) for qid in self._due]
+                heapq.heapify(self._heap)
+                self._wakeup.set()
+                return results
+            results = {}
+            for qid in qids:
+                if qid in self._due:
+                    self._push(qid, now)
+                    results[qid] = "flushed"
+                elif qid in self._active:
+                    results[qid] = "attempting"
+                else:
+                    results[qid] = await self._unscheduled_state(qid)
+            if len(self._heap) > 2 * len(self._due) + 1024:  # drop superseded entries
+                self._heap = [(due, qid) for qid, due in self._due.items()]
+                heapq.heapify(self._heap)
+            return results
+
+    async def hold(self, qids: Iterable[str]) -> dict[str, str]:
+        """Put on hold: kept in the spool (state ``hold``, durably), never attempted until
+        released, also after a restart."""
+        return await self._each(qids, self._hold)
+
+    async def release(self, qids: Iterable[str]) -> dict[str, str]:
+        """Take off hold and attempt now."""
+        return await self._each(qids, self._release)
+
+    async def delete(self, qids: Iterable[str]) -> dict[str, str]:
+        """Remove from the spool without a notice; logged ``QID: removed (deleted by
+        operator)``."""
+        return await self._each(qids, self._delete)
+
+    async def bounce(self, qids: Iterable[str]) -> dict[str, str]:
+        """Fail every pending recipient (550 5.0.0) and send the sender a failure notice."""
+        return await self._each(qids, self._bounce)
+
+    async def snapshot(self) -> list[QueueEntry]:
+        """Every message in the spool, oldest first (reads each envelope line)."""
+        envelopes = await asyncio.get_running_loop().run_in_executor(None, self._scan)
+        return [QueueEntry(e, e.qid in self._active) for e in envelopes]
+
+    def _scan(self) -> list[Envelope]:
+        envelopes = []
+        for qid in sorted(self.spool.ids()):
+            try:
+                envelopes.append(self.spool.load(qid))
+            except (OSError, ValueError):  # gone meanwhile, or being rewritten
+                continue
+        return envelopes
+
+    async def _each(
+        self, qids: Iterable[str], action: Callable[[str], Awaitable[str]]
+    ) -> dict[str, str]:
+        results: dict[str, str] = {}
+        async with self._operator:
+            for qid in qids:
+                if not ids.is_valid(qid):
+                    results[qid] = "not-found"
+                elif qid in self._active:
+                    task = asyncio.get_running_loop().create_task(
+                        self._after_attempt(qid, action))
+                    self._later.add(task)
+                    task.add_done_callback(self._later.discard)
+                    results[qid] = "after-attempt"
+                else:
+                    results[qid] = await self._guarded(qid, action)
+        return results
+
+    async def _after_attempt(self, qid: str, action: Callable[[str], Awaitable[str]]) -> None:
+        while (attempt := self._active.get(qid)) is not None:
+            await asyncio.wait([attempt])
+            await asyncio.sleep(0)  # let the attempt's done callbacks run first
+        async with self._operator:
+            if qid in self._active:  # started again in between: wait once more
+                task = asyncio.get_running_loop().create_task(self._after_attempt(qid, action))
+                self._later.add(task)
+                task.add_done_callback(self._later.discard)
+                return
+            outcome = await self._guarded(qid, action)
+        log.info("%s: operator action after the attempt under way: %s", qid, outcome)
+
+    async def _guarded(self, qid: str, action: Callable[[str], Awaitable[str]]) -> str:
+        try:
+            return await action(qid)
+        except (OSError, ValueError) as e:
+            log.error("%s: operator action failed: %s", qid, e)
+            return f"error: {getattr(e, 'strerror', None) or e}"
+
+    def _unschedule(self, qid: str) -> float | None:
+        """Take a waiting message out of the schedule; its due time, to put it back."""
+        due = self._due.pop(qid, None)
+        self._known.discard(qid)
+        fresh = self._fresh.pop(qid, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh[1])
+        return due
+
+    async def _io(self, func: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+    async def _unscheduled_state(self, qid: str) -> str:
+        try:
+            envelope = await self._io(self.spool.load, qid)
+        except FileNotFoundError:
+            return "not-found"
+        except (OSError, ValueError) as e:
+            return f"error: {e}"
+        return "on-hold" if envelope.state is QueueState.HOLD else "not-found"
+
+    async def _hold(self, qid: str) -> str:
+        due = self._unschedule(qid)
+        try:
+            envelope = await self._io(self.spool.load, qid)
+            if envelope.state is QueueState.HOLD:
+                return "held"
+            envelope.state = QueueState.HOLD
+            await self._io(self.spool.update, envelope)
+        except FileNotFoundError:
+            return "not-found"
+        except BaseException:
+            if due is not None:
+                self.enqueue(qid, due)
+            raise
+        maillog.held(qid)
+        return "held"
+
+    async def _release(self, qid: str) -> str:
+        if qid in self._known:
+            return "not-held"
+        try:
+            envelope = await self._io(self.spool.load, qid)
+        except FileNotFoundError:
+            return "not-found"
+        if envelope.state is not QueueState.HOLD:
+            self.enqueue(qid, envelope.next_attempt)  # on disk but unknown: schedule it
+            return "not-held"
+        envelope.state = QueueState.ACTIVE
+        envelope.next_attempt = self.clock()
+        await self._io(self.spool.update, envelope)
+        maillog.released(qid)
+        self.enqueue(qid, envelope.next_attempt)
+        return "released"
+
+    async def _delete(self, qid: str) -> str:
+        due = self._unschedule(qid)
+        try:
+            if not await self._io(os.path.exists, self.spool.path(qid)):
+                return "not-found"
+            await self._io(self.spool.remove, qid)
+        except BaseException:
+            if due is not None:
+                self.enqueue(qid, due)
+            raise
+        maillog.deleted(qid)
+        return "deleted"
+
+    async def _bounce(self, qid: str) -> str:
+        due = self._unschedule(qid)
+        try:
+            envelope = await self._io(self.spool.load, qid)
+        except FileNotFoundError:
+            return "not-found"
+        except BaseException:
+            if due is not None:
+                self.enqueue(qid, due)
+            raise
+        now = self.clock()
+        reply = OPERATOR_BOUNCE
+        results: list[Result] = []
+        for recipient in envelope.recipients:
+            if recipient.state is RecipientState.PENDING:
+                recipient.state = RecipientState.FAILED
+                recipient.last_reply = str(reply)
+                results.append(Result(recipient, "failed", reply.enhanced, str(reply)))
+                maillog.delivery(qid, recipient.address, "none", now - envelope.arrival,
+                                 (0.0, 0.0, 0.0, 0.0), reply, "bounced")
+        if self.notices is not None:
+            await self.notices.after_attempt(envelope, results, None, now)
+        await self._io(self.spool.remove, qid)
+        maillog.removed(qid)
+        return "bounced"

@@ -87,6 +87,8 @@ class Daemon:
             "auth": {"users_file": str(self.users_file)},
             "spool": {"dir": str(self.spool)},
             "log": {"level": "info"},
+            # Each daemon its own HTTP port: tests run daemons side by side.
+            "http": {"listen": f"{LOOPBACK}:{free_port()}"},
             # Unless a test routes mail elsewhere, delivery goes to a closed loopback port:
             # messages stay queued (deferred) and nothing ever leaves the machine.
             "delivery": {"mode": "smarthost"},

@@ -1,0 +1,57 @@
+"""What the HTTP handlers share: the running daemon's parts, and JSON helpers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from smtprelay.config import Settings
+from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.inbound.server import InboundServer
+from smtprelay.stats import Stats
+from smtprelay.web.health import Health
+from smtprelay.web.tokens import TokenFile
+
+
+@dataclass
+class Context:
+    settings: Settings
+    scheduler: Scheduler
+    inbound: InboundServer
+    stats: Stats
+    health: Health
+    tokens: TokenFile
+    started: float = field(default_factory=time.monotonic)
+    http_endpoints: list[str] = field(default_factory=list)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+
+CONTEXT = web.AppKey("context", Context)
+
+
+def context(request: web.Request) -> Context:
+    return request.app[CONTEXT]
+
+
+def error(status: int, code: str, message: str, extra: dict[str, Any] | None = None
+          ) -> web.Response:
+    """``{"error": {"code": ..., "message": ...}}`` (and ``extra`` keys) with ``status``."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    body.update(extra or {})
+    return web.json_response(body, status=status)
+
+
+class Problem(Exception):
+    """Raised by a handler: answered as a JSON error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message

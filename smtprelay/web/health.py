@@ -1,0 +1,115 @@
+"""``/healthz``: can this relay accept and keep mail right now?
+
+Three checks, each answering ``None`` (fine) or the reason it is not:
+
+* the spool is writable: a probe file is created, written and removed in ``queue/``
+  (the directory every message is committed to), in a thread of its own so a busy
+  spool pool cannot delay the answer; a probe slower than ``PROBE_TIMEOUT`` fails. A
+  read-only or full filesystem, or lost permissions, fail here.
+* every SMTP listener is serving;
+* the event loop is responsive: a task measures how late a periodic sleep wakes up
+  (``LoopMonitor``); a lag over ``MAX_LAG`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PROBE_NAME = ".healthz.tmp"  # *.tmp: removed at start-up if a crash ever left it
+PROBE_TIMEOUT = 5.0
+MAX_LAG = 5.0
+LAG_INTERVAL = 0.5
+
+
+class LoopMonitor:
+    """How late the event loop runs a callback: the latest measured delay."""
+
+    def __init__(self, interval: float = LAG_INTERVAL) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self._last = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self._last = time.monotonic()
+            self.lag = max(0.0, self._last - before - self.interval)
+
+    @property
+    def current(self) -> float:
+        """The latest delay, or how overdue the next measurement is, if more."""
+        overdue = time.monotonic() - self._last - self.interval
+        return max(self.lag, overdue)
+
+
+class SpoolProbe:
+    def __init__(self, directory: Path, timeout: float = PROBE_TIMEOUT) -> None:
+        self.directory = directory
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz")
+        self._running: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def check(self) -> str | None:
+        # One probe at a time: a hung disk must not pile up threads or requests.
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._probe)
+            self._running.add_done_callback(_retrieve)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(self._running)
+        except TimeoutError:
+            return f"spool {self.directory}: a test write did not finish in {self.timeout:g}s"
+        except OSError as e:
+            return f"spool {self.directory} is not writable: {e.strerror or e}"
+        return None
+
+    def _probe(self) -> None:
+        path = self.directory / PROBE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok\n")  # a full filesystem fails here, not at open
+        finally:
+            os.close(fd)
+        os.unlink(path)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # read by a later request, or nobody: never "never retrieved"
+
+
+class Health:
+    def __init__(
+        self,
+        probe: SpoolProbe,
+        monitor: LoopMonitor,
+        listeners_down: Callable[[], list[str]],
+        max_lag: float = MAX_LAG,
+    ) -> None:
+        self.probe = probe
+        self.monitor = monitor
+        self.listeners_down = listeners_down
+        self.max_lag = max_lag
+
+    async def checks(self) -> dict[str, str]:
+        """Each check's result: ``"ok"`` or the reason it fails."""
+        results: dict[str, str] = {}
+        results["spool"] = await self.probe.check() or "ok"
+        down = self.listeners_down()
+        results["listeners"] = f"not serving: {', '.join(down)}" if down else "ok"
+        lag = self.monitor.current
+        results["event_loop"] = (
+            f"stalled: callbacks run {lag:.1f}s late (limit {self.max_lag:g}s)"
+            if lag > self.max_lag else "ok"
+        )
+        return results

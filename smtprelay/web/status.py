@@ -1,0 +1,126 @@
+"""``GET /status``, ``GET /metrics`` and ``GET /messages/{qid}``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from smtprelay import __version__, ids
+from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.stats import QUEUE_STATES
+from smtprelay.web.context import Context, Problem, context
+from smtprelay.web.queue import summary
+
+MAX_TOP = 1000
+
+
+def listeners(ctx: Context) -> list[dict[str, Any]]:
+    settings = ctx.settings.server
+    kinds = ["starttls"] * len(settings.listen) + ["implicit"] * len(
+        settings.listen_implicit_tls)
+    found: list[dict[str, Any]] = []
+    for server, tls in zip(ctx.inbound.servers, kinds, strict=False):
+        serving = server.is_serving()
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            found.append({"protocol": "smtp", "address": address, "tls": tls,
+                          "serving": serving})
+    found += [{"protocol": "http", "address": a, "tls": "none", "serving": True}
+              for a in ctx.http_endpoints]
+    return found
+
+
+async def status(request: web.Request) -> web.Response:
+    ctx = context(request)
+    try:
+        top = int(request.query.get("top", "10"))
+    except ValueError:
+        raise Problem(400, "bad_request", "top: not a number") from None
+    if not 0 <= top <= MAX_TOP:
+        raise Problem(400, "bad_request", f"top: must be from 0 to {MAX_TOP}")
+    entries = await ctx.scheduler.snapshot()
+    queue = summary(entries, ctx.scheduler.clock(), top)
+    queue["queue"]["attempting"] = ctx.scheduler.attempting
+    return web.json_response({
+        "version": __version__,
+        "uptime_s": round(ctx.uptime, 3),
+        "listeners": listeners(ctx),
+        "connections": len(ctx.inbound.sessions),
+        "queue": queue["queue"],
+        "counters": ctx.stats.counters(),
+        "destinations": queue["destinations"],
+        "event_loop_lag_s": round(ctx.health.monitor.current, 3),
+        "history_messages": ctx.stats.remembered,
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = context(request)
+    stats = ctx.stats
+    queue = summary(await ctx.scheduler.snapshot(), ctx.scheduler.clock(), top=0)["queue"]
+    for state in QUEUE_STATES:
+        stats.queue_messages.labels(state).set(queue[state])
+    stats.queue_oldest.set(queue["oldest_age_s"])
+    stats.open_connections.set(len(ctx.inbound.sessions))
+    stats.attempting.set(ctx.scheduler.attempting)
+    stats.loop_lag.set(ctx.health.monitor.current)
+    body = generate_latest(stats.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def message(request: web.Request) -> web.Response:
+    """The envelope (from the spool while queued, else as accepted, with each
+    recipient's final state) and every event the log had for this queue ID."""
+    ctx = context(request)
+    qid = request.match_info["qid"]
+    if not ids.is_valid(qid):
+        raise Problem(404, "not_found", f"{qid!r} is not a queue ID")
+    loop = asyncio.get_running_loop()
+    envelope: Envelope | None
+    try:
+        envelope = await loop.run_in_executor(None, ctx.scheduler.spool.load, qid)
+    except FileNotFoundError:
+        envelope = None
+    except (OSError, ValueError) as e:
+        raise Problem(500, "spool_error", f"{qid}: cannot read the envelope: {e}") from None
+    history = ctx.stats.history(qid)
+    if envelope is None and history is None:
+        raise Problem(404, "not_found",
+                      f"no message {qid} in the queue or in the recent history")
+    shown: dict[str, Any] | None = None
+    if envelope is not None:
+        shown = json.loads(envelope.to_json())
+        if envelope.state is QueueState.HOLD:
+            state = "hold"
+        elif ctx.scheduler.is_attempting(qid):
+            state = "attempting"
+        else:
+            state = envelope.state.value
+    else:
+        assert history is not None
+        state = history.outcome
+        if history.envelope is not None:
+            shown = json.loads(history.envelope)
+            final = history.recipient_states()
+            for recipient in shown["recipients"]:
+                status = final.get(recipient["address"])
+                if status == "sent":
+                    recipient["state"] = RecipientState.DELIVERED.value
+                elif status == "bounced":
+                    recipient["state"] = RecipientState.FAILED.value
+    return web.json_response({
+        "qid": qid,
+        "status": state,
+        "in_queue": envelope is not None,
+        "envelope": shown,
+        "events": history.events if history else [],
+        # False when events are missing: the daemon restarted since the message came,
+        # or the history was too long and its middle was dropped.
+        "history_complete": bool(history and history.queued and not history.omitted),
+        "events_omitted": history.omitted if history else 0,
+    })

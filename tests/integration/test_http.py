@@ -1,0 +1,481 @@
+"""The HTTP endpoint against the real daemon: tokens, /healthz, /metrics, /status,
+/messages/{qid} and every queue operation.
+
+Delivery goes by MX through the test DNS server to sinks on loopback: "dest.test" to a
+scripted sink on MX1, "sender.test" (the senders' own domain, where notices go) to a
+sink on MX2.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import http.client
+import json
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from smtprelay import ids
+from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.delivery_support import (
+    MX1,
+    MX2,
+    SENDER,
+    make_message,
+    send,
+    submit,
+    wait_removed,
+    wait_status,
+)
+from tests.integration.dns_server import TestDNSServer
+from tests.integration.sinks import Sink, wait_until
+
+pytest_plugins = ["tests.integration.delivery_fixtures"]
+
+TOKEN = "test-token-5f1c9a0e7d"
+BUSY = "450 4.2.1 Mailbox busy, try later"
+
+
+class Api:
+    """A tiny HTTP client for the relay's endpoint; answers (status, JSON or text)."""
+
+    def __init__(self, port: int, token: str | None = TOKEN) -> None:
+        self.port = port
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+             raw: bytes | None = None) -> tuple[int, Any]:
+        headers = {}
+        token = token if token is not None else self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=30)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            kind = response.getheader("Content-Type", "")
+        finally:
+            conn.close()
+        if kind.startswith("application/json"):
+            return response.status, json.loads(payload)
+        return response.status, payload.decode()
+
+    def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return self.call("GET", path, **kwargs)
+
+    def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = self.call(method, path, body)
+        assert status == 200, (method, path, status, answer)
+        return answer
+
+
+def http_overrides(tokens_file: Path | str) -> dict[str, Any]:
+    return {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens_file)}
+
+
+def api_of(relay: Daemon) -> Api:
+    return Api(int(relay.sections["http"]["listen"].rsplit(":", 1)[1]))
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "http-tokens"
+    path.write_text(f"# operators\n{TOKEN}\n")
+    return path
+
+
+@pytest.fixture
+def zone(dns: TestDNSServer) -> TestDNSServer:
+    dns.zone.mx("dest.test", 10, "mx1.dest.test")
+    dns.zone.a("mx1.dest.test", MX1)
+    dns.zone.mx("sender.test", 10, "mx.sender.test")
+    dns.zone.a("mx.sender.test", MX2)
+    return dns
+
+
+@pytest.fixture
+def relay_with_api(
+    zone: TestDNSServer, delivering_relay: Callable[..., Daemon], tokens_file: Path
+) -> Callable[..., tuple[Daemon, Api]]:
+    def start(**delivery: Any) -> tuple[Daemon, Api]:
+        relay = delivering_relay(delivery=delivery, http=http_overrides(tokens_file))
+        return relay, api_of(relay)
+
+    return start
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+def test_every_endpoint_but_healthz_needs_a_token(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    assert api.get("/healthz", token="") == (200, {
+        "status": "ok",
+        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok"},
+    })
+    for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/queue"),
+                         ("GET", f"/messages/{ids.new_id()}"), ("POST", "/queue/flush"),
+                         ("POST", "/queue/delete"), ("GET", "/no-such-path")]:
+        for token in ("", "wrong-token", TOKEN[:-1]):
+            status, answer = api.call(method, path, token=token)
+            assert status == 401, (method, path, token, answer)
+            assert answer["error"]["code"] == "unauthorized"
+            assert answer["error"]["message"]
+    assert api.get("/status")[0] == 200
+    status, answer = api.get("/no-such-path")
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+
+    # A token added to the file works at once; a removed one stops working.
+    tokens_file.write_text("new-token-0123456789\n")
+    os.utime(tokens_file, ns=(1, 1))
+    assert api.get("/status", token="new-token-0123456789")[0] == 200
+    assert api.get("/status")[0] == 401
+
+
+def test_sighup_applies_a_new_tokens_file_and_refuses_a_missing_one(
+    make_daemon: Callable[..., Daemon], tokens_file: Path, tmp_path: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    relay.reconfigure({"http": {"tokens_file": str(tmp_path / "absent")}})
+    line = relay.hup()
+    assert "reload refused" in line and "[http] tokens_file" in line, line
+    assert api.get("/status")[0] == 200  # the running configuration stays
+    other = tmp_path / "other-tokens"
+    other.write_text("other-token-0123456789\n")
+    relay.reconfigure({"http": {"tokens_file": str(other)}})
+    assert "configuration reloaded" in relay.hup()
+    assert api.get("/status", token="other-token-0123456789")[0] == 200
+    assert api.get("/status")[0] == 401
+
+
+def test_without_a_tokens_file_only_healthz_answers(
+    make_daemon: Callable[..., Daemon]
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides("")})
+    api = api_of(relay)
+    assert api.get("/healthz")[0] == 200
+    status, answer = api.get("/status", token="anything")
+    assert status == 401
+    assert answer["error"]["message"] == "no tokens are configured: set [http] tokens_file"
+
+
+def test_a_busy_http_port_stops_start_up_naming_the_key(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        relay = make_daemon(start=False, overrides={
+            "http": {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens_file)}})
+        with pytest.raises(RuntimeError, match="exited 1"):
+            relay.start()
+    assert f"cannot start: [http] listen {LOOPBACK}:{port}: cannot listen" in relay.log()
+    assert "Traceback" not in relay.log()
+
+
+# --- /healthz --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs of our own: remounting it read-only is a real spool failure (the
+    way ext4 reacts to I/O errors) that stops even root from writing, where a chmod
+    would not (root ignores permissions)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mountpoint = tmp_path / "spoolfs"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True,
+                   capture_output=True)
+
+
+def test_healthz_turns_503_when_the_spool_is_not_writable(
+    make_daemon: Callable[..., Daemon], tokens_file: Path, tmpfs: Path
+) -> None:
+    relay = make_daemon(overrides={"spool": {"dir": str(tmpfs / "spool")},
+                                   "http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    assert api.get("/healthz")[0] == 200
+    remount(tmpfs, "ro")
+    try:
+        status, answer = api.get("/healthz")
+        assert status == 503, answer
+        assert answer["status"] == "unhealthy"
+        assert answer["error"]["code"] == "unhealthy"
+        assert "Read-only file system" in answer["error"]["message"]
+        assert "Read-only file system" in answer["checks"]["spool"]
+        assert answer["checks"]["listeners"] == "ok"
+        # What /healthz says is what a client meets: nothing can be accepted now.
+        with smtplib.SMTP(LOOPBACK, relay.port, timeout=30) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(SENDER, ["x@dest.test"], b"Subject: t\r\n\r\nx\r\n")
+            assert refused.value.smtp_code == 451
+    finally:
+        remount(tmpfs, "rw")
+    assert api.get("/healthz")[0] == 200
+
+
+# --- /metrics and /status ------------------------------------------------------------------
+
+
+def test_metrics_parse_and_count_what_was_sent(
+    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink]
+) -> None:
+    sink = make_sink(MX1, name="mx1.dest.test")
+    relay, api = relay_with_api()
+    count = 5
+    qids = [submit(relay, [f"user{n}@dest.test"], make_message(n)) for n in range(count)]
+    with smtplib.SMTP(LOOPBACK, relay.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail(SENDER)
+        code, _ = client.rcpt("not an address")
+        assert code == 501
+    for qid in qids:
+        wait_removed(relay, qid)
+    assert len(sink.messages) == count
+
+    status, text = api.get("/metrics")
+    assert status == 200
+    found = metric_samples(text)
+    assert found[("smtprelay_messages_received_total", ())] == count
+    assert found[("smtprelay_deliveries_total", (("status", "sent"),))] == count
+    assert found[("smtprelay_deliveries_total", (("status", "deferred"),))] == 0
+    assert found[("smtprelay_deliveries_total", (("status", "bounced"),))] == 0
+    assert found[("smtprelay_delivery_seconds_count", (("status", "sent"),))] == count
+    assert found[("smtprelay_delivery_seconds_bucket",
+                  (("le", "+Inf"), ("status", "sent")))] == count
+    assert found[("smtprelay_delivery_replies_total", (("class", "2xx"),))] == count
+    assert found[("smtprelay_smtpd_rejects_total", (("class", "5xx"), ("command", "RCPT")))] == 1
+    assert found[("smtprelay_smtpd_connections_total", ())] == count + 1
+    for state in ("active", "deferred", "hold"):
+        assert found[("smtprelay_queue_messages", (("state", state),))] == 0
+
+    answer = api.ok("GET", "/status")
+    assert answer["counters"] == {
+        "received": count, "delivered": count, "deferred": 0, "bounced": 0, "rejected": 1,
+        "deleted": 0, "notices": 0, "auth_failed": 0, "connections": count + 1,
+    }
+    assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "total": 0,
+                               "oldest_age_s": 0.0, "attempting": 0}
+    assert answer["uptime_s"] > 0 and answer["version"]
+    smtp = [item for item in answer["listeners"] if item["protocol"] == "smtp"]
+    assert {"protocol": "smtp", "address": f"{LOOPBACK}:{relay.port}", "tls": "starttls",
+            "serving": True} in smtp
+    assert answer["connections"] == 0
+
+
+def test_status_shows_the_queue_and_the_biggest_backlogs(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    # The harness default: delivery to a closed port, so everything stays deferred.
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    for n in range(3):
+        submit(relay, [f"a{n}@big.test", f"b{n}@big.test"], make_message(n))
+    qid = submit(relay, ["x@small.test"], make_message("small"))
+    wait_status(relay, qid, "x@small.test", "deferred")
+    answer = api.ok("GET", "/status?top=1")
+    assert answer["queue"]["total"] == 4
+    assert answer["queue"]["deferred"] + answer["queue"]["active"] == 4
+    assert answer["queue"]["oldest_age_s"] > 0
+    assert answer["destinations"] == [{"domain": "big.test", "recipients": 6, "messages": 3}]
+    assert api.get("/status?top=x")[0] == 400
+
+
+# --- /messages/{qid} -------------------------------------------------------------------------
+
+
+def test_message_history_shows_a_deferral_then_the_delivery(
+    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+) -> None:
+    rcpt = "later@dest.test"
+    sink = make_sink(MX1, name="mx1.dest.test")
+    sink.rcpt_reply(rcpt, BUSY, times=1)
+    relay, api = relay_with_api()  # retries after 1 s
+    relay.cli("user", "add", "app1", input="secret-pw\n")
+    context = ssl.create_default_context(cafile=str(relay.ca_file))
+    with smtplib.SMTP(LOOPBACK, relay.port, local_hostname="client.test", timeout=30) as c:
+        c.starttls(context=context)
+        wait_until(lambda: _login(c), 10, "the users file to be picked up")
+        qid = send(c, [rcpt], make_message("history"))
+    wait_removed(relay, qid)
+
+    answer = api.ok("GET", f"/messages/{qid}")
+    assert answer["qid"] == qid
+    assert answer["status"] == "delivered"
+    assert answer["in_queue"] is False
+    assert answer["history_complete"] is True
+    envelope = answer["envelope"]
+    assert envelope["sender"] == SENDER
+    assert envelope["client"]["auth_user"] == "app1"
+    assert envelope["client"]["auth_method"] == "PLAIN"
+    assert envelope["client"]["tls"].startswith("TLSv1.")
+    assert envelope["recipients"][0]["address"] == rcpt
+    assert envelope["recipients"][0]["state"] == "delivered"
+    events = answer["events"]
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["client", "message-id", "queued"]
+    assert kinds[-1] == "removed"
+    assert events[0]["sasl_username"] == "app1"
+    attempts = [e for e in events if e["event"] == "delivery"]
+    assert [(a["status"], a["code"], a["dsn"]) for a in attempts] == [
+        ("deferred", 450, "4.2.1"), ("sent", 250, "2.0.0")]
+    assert attempts[0]["reason"] == "Mailbox busy, try later"
+    assert attempts[1]["reason"] == "Ok: queued by sink"
+    for attempt in attempts:
+        assert attempt["relay"] == f"mx1.dest.test[{MX1}]:{sink.port}"
+        assert attempt["text"].startswith(f"{qid}: to=<{rcpt}>")
+    assert attempts[0]["time"] < attempts[1]["time"]
+
+    assert api.get(f"/messages/{ids.new_id()}")[0] == 404
+    assert api.get("/messages/..%2Fetc")[0] == 404
+
+
+def _login(client: smtplib.SMTP) -> bool:
+    try:
+        client.ehlo()
+        client.login("app1", "secret-pw")
+    except smtplib.SMTPException:
+        return False
+    return True
+
+
+# --- queue operations ------------------------------------------------------------------------
+
+
+def test_queue_operations_on_a_running_daemon(
+    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+) -> None:
+    """hold keeps a message from being delivered, release delivers it; delete removes
+    it (logged); flush retries a deferred message at once; bounce sends the sender a
+    DSN. Every message is deferred once first (450), then waits an hour."""
+    sink = make_sink(MX1, name="mx1.dest.test")
+    mailbox = make_sink(MX2, name="mx.sender.test")
+    names = ("held", "flushed", "deleted", "bounced")
+    rcpts = {name: f"{name}@dest.test" for name in names}
+    for rcpt in rcpts.values():
+        sink.rcpt_reply(rcpt, BUSY, times=1)
+    relay, api = relay_with_api(retry_schedule=["1h"])
+    qids = {name: submit(relay, [rcpt], make_message(name)) for name, rcpt in rcpts.items()}
+    for name, qid in qids.items():
+        wait_status(relay, qid, rcpts[name], "deferred")
+
+    listing = api.ok("GET", "/queue?state=deferred")
+    assert sorted(m["qid"] for m in listing["messages"]) == sorted(qids.values())
+    first = listing["messages"][0]
+    assert first["last_error"] == BUSY and first["attempts"] == 1
+    assert first["sender"] == SENDER
+    assert api.ok("GET", "/queue?domain=dest.test")["total"] == 4
+    assert api.ok("GET", "/queue?domain=elsewhere.test")["total"] == 0
+    assert api.get("/queue?state=frozen")[0] == 400
+
+    # delete: gone from the spool, and the log says the operator did it.
+    qid = qids["deleted"]
+    assert api.ok("POST", "/queue/delete", {"qids": [qid]}) == {
+        "action": "delete", "results": {qid: "deleted"}}
+    assert qid not in relay.queued_ids()
+    assert relay.proc is not None
+    assert f"smtprelay/postsuper[{relay.proc.pid}]: {qid}: removed (deleted by operator)" \
+        in relay.log()
+    assert api.ok("GET", f"/messages/{qid}")["status"] == "deleted"
+    assert api.ok("POST", "/queue/delete", {"qids": [qid]})["results"] == {qid: "not-found"}
+
+    # bounce: the sender gets a failure notice naming the operator.
+    qid = qids["bounced"]
+    assert api.ok("POST", "/queue/bounce", {"qids": [qid]})["results"] == {qid: "bounced"}
+    wait_until(lambda: mailbox.messages, 20, lambda: f"a DSN at the sender\n{relay.log()}")
+    [notice] = mailbox.messages
+    assert notice.mail_from == "<>" and notice.rcpt_tos == (SENDER,)
+    report = email.message_from_bytes(notice.content, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert "Returned to sender by the operator" in notice.content.decode(errors="replace")
+    assert qid not in relay.queued_ids()
+    assert [e["status"] for e in api.ok("GET", f"/messages/{qid}")["events"]
+            if e["event"] == "delivery"] == ["deferred", "bounced"]
+
+    # hold: stays in the spool, untouched by a flush of everything.
+    qid = qids["held"]
+    assert api.ok("POST", "/queue/hold", {"qids": [qid]})["results"] == {qid: "held"}
+    assert relay.envelope(qid)["state"] == "hold"
+    assert [m["qid"] for m in api.ok("GET", "/queue?state=hold")["messages"]] == [qid]
+
+    # flush one: the deferred message is retried now, not in an hour.
+    qid = qids["flushed"]
+    assert api.ok("POST", "/queue/flush", {"qids": [qid]})["results"] == {qid: "flushed"}
+    wait_removed(relay, qid)
+    assert len(sink.delivered_to(rcpts["flushed"])) == 1
+
+    assert api.ok("POST", "/queue/flush") == {"action": "flush", "flushed": 0}
+    held = qids["held"]
+    assert api.ok("POST", "/queue/flush", {"qids": [held]})["results"] == {held: "on-hold"}
+    time.sleep(1.0)  # a flushed message is tried at once: give it the chance to go wrong
+    assert sink.rcpt_attempts[rcpts["held"]] == 1  # never tried again while held
+    assert sink.delivered_to(rcpts["held"]) == []
+
+    # release: attempted at once, delivered.
+    assert api.ok("POST", "/queue/release", {"qids": [held]})["results"] == {held: "released"}
+    wait_removed(relay, held)
+    assert len(sink.delivered_to(rcpts["held"])) == 1
+    assert f"{held}: released from hold" in relay.log()
+    assert relay.queued_ids() == []
+    assert api.ok("GET", "/status")["counters"]["deleted"] == 1
+    assert "Traceback" not in relay.log()
+
+
+def test_queue_operations_refuse_malformed_requests(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    malformed: list[tuple[Any, bytes | None]] = [(None, None), ({}, None), ({"qids": []}, None),
+                      ({"qids": "1K17TWEWEZ4Y1"}, None), ({"qids": ["../../etc/passwd"]}, None),
+                      ({"qids": [ids.new_id()], "force": True}, None), (None, b"{not json")]
+    for body, raw in malformed:
+        status, answer = api.call("POST", "/queue/hold", body, raw=raw)
+        assert status == 400, (body, raw, answer)
+        assert answer["error"]["code"] == "bad_request"
+    status, answer = api.call("GET", "/queue/hold")
+    assert (status, answer["error"]["code"]) == (405, "method_not_allowed")
+    missing = ids.new_id()
+    for action in ("hold", "release", "delete", "bounce", "flush"):
+        assert api.ok("POST", f"/queue/{action}", {"qids": [missing]})["results"] == {
+            missing: "not-found"}

@@ -1,0 +1,262 @@
+"""smtprelay.stats: counters, histograms and histories made from the mail log."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from smtprelay import maillog, stats
+from smtprelay.envelope import Client
+from smtprelay.replies import Reply
+from tests.unit.helpers import make_envelope
+
+SENT = Reply(250, "2.0.0", "Ok")
+LATER = Reply(451, "4.3.0", "try later")
+REFUSED = Reply(550, "5.1.1", "no such user")
+DELAYS = (0.0, 0.0, 0.1, 0.2)
+QID = "1K17TWEWEZ4Y1"
+QID2 = "1K17TWEWEZ4Y2"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def st(clock: Clock) -> Iterator[stats.Stats]:
+    logger = logging.getLogger(stats.MAIL_LOGGER)
+    saved = logger.level, logger.propagate
+    logger.propagate = False  # keep pytest's capture out of it
+    handler = stats.Stats(retention=60.0, max_messages=100, clock=clock)
+    handler.attach()
+    yield handler
+    handler.detach()
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+
+
+def receive(qid: str, recipients: int = 1) -> None:
+    maillog.client(qid, "192.0.2.5", "PLAIN", "app1")
+    maillog.message_id(qid, f"<{qid}@example.com>")
+    maillog.queued(qid, "app@example.com", 1234, recipients)
+
+
+def samples(handler: stats.Stats) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, as Prometheus would parse it."""
+    text = generate_latest(handler.registry).decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_counts_what_the_log_says(st: stats.Stats) -> None:
+    receive(QID, recipients=2)
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 0.4, DELAYS, SENT, "sent")
+    maillog.delivery(QID, "b@x.test", "mx[192.0.2.7]:25", 0.4, DELAYS, LATER, "deferred")
+    maillog.delivery(QID, "b@x.test", "mx[192.0.2.7]:25", 600.0, DELAYS, REFUSED, "bounced")
+    maillog.removed(QID)
+    maillog.connect("192.0.2.9")
+    maillog.reject("RCPT", "192.0.2.9", Reply(554, "5.7.1", "Relay access denied"))
+    maillog.auth_failed("192.0.2.9", "LOGIN", "x")
+
+    assert st.counters() == {
+        "received": 1, "delivered": 1, "deferred": 1, "bounced": 1, "rejected": 1,
+        "deleted": 0, "notices": 0, "auth_failed": 1, "connections": 1,
+    }
+    found = samples(st)
+    assert found[("smtprelay_messages_received_total", ())] == 1
+    for status in ("sent", "deferred", "bounced"):
+        assert found[("smtprelay_deliveries_total", (("status", status),))] == 1
+    assert found[("smtprelay_delivery_replies_total", (("class", "2xx"),))] == 1
+    assert found[("smtprelay_delivery_replies_total", (("class", "4xx"),))] == 1
+    assert found[("smtprelay_delivery_replies_total", (("class", "5xx"),))] == 1
+    assert found[("smtprelay_smtpd_rejects_total", (("class", "5xx"), ("command", "RCPT")))] == 1
+    assert found[("smtprelay_smtpd_auth_failures_total", ())] == 1
+    assert found[("smtprelay_smtpd_connections_total", ())] == 1
+    assert found[("smtprelay_messages_removed_total", ())] == 1
+    # Latency: the sent one in the 0.5 s bucket, the bounced one (600 s) in 900 s.
+    sent = (("le", "0.5"), ("status", "sent"))
+    assert found[("smtprelay_delivery_seconds_bucket", sent)] == 1
+    assert found[("smtprelay_delivery_seconds_bucket", (("le", "0.25"), ("status", "sent")))] == 0
+    assert found[("smtprelay_delivery_seconds_count", (("status", "bounced"),))] == 1
+    assert found[("smtprelay_delivery_seconds_sum", (("status", "bounced"),))] == 600.0
+    assert found[("smtprelay_delivery_seconds_bucket",
+                  (("le", "900.0"), ("status", "bounced")))] == 1
+    assert not any(name.endswith("_created") for name, _ in found)
+
+
+def test_series_exist_at_zero_before_any_event(st: stats.Stats) -> None:
+    found = samples(st)
+    for status in stats.DELIVERY_STATUSES:
+        assert found[("smtprelay_deliveries_total", (("status", status),))] == 0
+    for state in stats.QUEUE_STATES:
+        assert found[("smtprelay_queue_messages", (("state", state),))] == 0
+    assert found[("smtprelay_messages_received_total", ())] == 0
+
+
+def test_a_notice_is_not_counted_as_received(st: stats.Stats) -> None:
+    receive(QID)
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, REFUSED, "bounced")
+    maillog.notice_sent(QID, "failure", QID2)
+    maillog.queued(QID2, "", 2000, 1)
+    assert st.counters()["received"] == 1
+    assert st.counters()["notices"] == 1
+    assert samples(st)[("smtprelay_notices_total", (("kind", "failure"),))] == 1
+    history = st.history(QID)
+    assert history is not None
+    assert [e["event"] for e in history.events][-1] == "notice"
+    assert history.events[-1]["notice_qid"] == QID2
+
+
+def test_history_keeps_every_event_with_its_fields(st: stats.Stats) -> None:
+    receive(QID)
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 9.0, DELAYS, SENT, "sent")
+    maillog.removed(QID)
+    history = st.history(QID)
+    assert history is not None
+    assert [e["event"] for e in history.events] == [
+        "client", "message-id", "queued", "delivery", "delivery", "removed"]
+    first, second = history.events[3:5]
+    assert (first["status"], first["code"], first["reason"]) == ("deferred", 451, "try later")
+    assert (second["status"], second["code"], second["dsn"]) == ("sent", 250, "2.0.0")
+    assert first["text"].startswith(f"{QID}: to=<a@x.test>, relay=mx[192.0.2.7]:25")
+    assert history.events[0]["sasl_username"] == "app1"
+    assert history.outcome == "delivered"
+    assert history.recipient_states() == {"a@x.test": "sent"}
+    assert st.history("1K17TWEWEZ4Y9") is None
+
+
+@pytest.mark.parametrize(("statuses", "outcome"), [
+    (["sent", "sent"], "delivered"),
+    (["bounced", "bounced"], "bounced"),
+    (["sent", "bounced"], "partly delivered"),
+])
+def test_outcome(st: stats.Stats, statuses: list[str], outcome: str) -> None:
+    receive(QID, 2)
+    for n, status in enumerate(statuses):
+        reply = SENT if status == "sent" else REFUSED
+        maillog.delivery(QID, f"r{n}@x.test", "none", 1.0, DELAYS, reply, status)
+    history = st.history(QID)
+    assert history is not None and history.outcome == "queued"
+    maillog.removed(QID)
+    history = st.history(QID)
+    assert history is not None and history.outcome == outcome
+
+
+def test_operator_actions(st: stats.Stats) -> None:
+    receive(QID)
+    maillog.held(QID)
+    maillog.released(QID)
+    maillog.deleted(QID)
+    history = st.history(QID)
+    assert history is not None
+    assert [e["event"] for e in history.events][-3:] == ["hold", "release", "removed"]
+    assert history.outcome == "deleted"
+    assert st.counters()["deleted"] == 1
+    found = samples(st)
+    for action in ("hold", "release", "delete"):
+        assert found[("smtprelay_operator_actions_total", (("action", action),))] == 1
+
+
+def test_finished_messages_are_forgotten_after_the_retention(
+    st: stats.Stats, clock: Clock
+) -> None:
+    receive(QID)
+    receive(QID2)
+    clock.now += 30
+    maillog.removed(QID)
+    clock.now += 59
+    assert st.history(QID) is not None
+    clock.now += 2
+    assert st.history(QID) is None
+    # Still queued: kept however old it is.
+    clock.now += 3600
+    assert st.history(QID2) is not None
+
+
+def test_transactions_that_never_queued_are_forgotten(st: stats.Stats, clock: Clock) -> None:
+    maillog.client(QID, "192.0.2.5", None, None)  # RCPT accepted, then RSET or hang-up
+    assert st.history(QID) is not None
+    clock.now += 61
+    assert st.history(QID) is None
+
+
+def test_at_most_max_messages_oldest_out(st: stats.Stats) -> None:
+    qids = [f"1K17TWEWEZ{n:03d}" for n in range(150)]
+    for qid in qids:
+        receive(qid)
+    assert st.remembered == 100
+    assert st.history(qids[0]) is None
+    assert st.history(qids[-1]) is not None
+
+
+def test_a_long_history_keeps_its_start_and_its_end(st: stats.Stats) -> None:
+    receive(QID)
+    for n in range(stats.MAX_EVENTS + 50):
+        maillog.delivery(QID, f"r{n}@x.test", "none", 1.0, DELAYS, LATER, "deferred")
+    history = st.history(QID)
+    assert history is not None
+    assert len(history.events) == stats.MAX_EVENTS
+    assert history.omitted == 53
+    assert history.events[2]["event"] == "queued"
+    assert history.events[-1]["recipient"] == f"r{stats.MAX_EVENTS + 49}@x.test"
+
+
+def test_note_queued_keeps_the_envelope_as_accepted(st: stats.Stats) -> None:
+    envelope = make_envelope(QID, client=Client(
+        ip="192.0.2.5", port=40000, helo="c.example", auth_user="app1", auth_method="PLAIN",
+        tls="TLSv1.3 TLS_AES_256_GCM_SHA384"))
+    receive(QID)
+    st.note_queued(envelope)
+    history = st.history(QID)
+    assert history is not None and history.envelope == envelope.to_json()
+
+
+def test_events_below_the_log_level_still_count() -> None:
+    """[log] level = "warning" hides info lines from stderr, not from the statistics."""
+    root = logging.getLogger()
+    logger = logging.getLogger(stats.MAIL_LOGGER)
+    saved = list(root.handlers), root.level, logger.level
+    handler = stats.Stats()
+    try:
+        maillog.setup("text", "warning")
+        stream = io.StringIO()
+        assert isinstance(root.handlers[0], logging.StreamHandler)
+        root.handlers[0].setStream(stream)
+        handler.attach()
+        receive(QID)
+        maillog.auth_failed("192.0.2.9", "LOGIN", None)
+        assert handler.counters()["received"] == 1
+        [line] = stream.getvalue().splitlines()  # only the warning reached stderr
+        assert "SASL LOGIN authentication failed" in line
+    finally:
+        handler.detach()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logger.setLevel(saved[2])
+
+
+def test_records_without_fields_are_ignored(st: stats.Stats) -> None:
+    logging.getLogger(stats.MAIL_LOGGER).info("not a mail event")
+    assert st.remembered == 0
+    assert sum(st.counters().values()) == 0
