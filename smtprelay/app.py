@@ -48,6 +48,8 @@ class StartupError(Exception):
 
 SPOOL_THREADS = 32
 
+STATUS_PERIOD = 5.0
+
 # How long a SIGTERM waits for SMTP transactions and deliveries under way to finish.
 SHUTDOWN_GRACE = 10.0
 
@@ -157,7 +159,9 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         listening += "; http on " + ", ".join(http.endpoints)
     log.info("smtprelay ready: %s; %d message(s) queued", listening, scheduler.queued)
     systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
+    heartbeat = loop.create_task(_heartbeat(listening, scheduler, inbound))
     await stop.wait()
+    heartbeat.cancel()
     log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
     systemd.notify("STOPPING=1")
     inbound.close()
@@ -169,6 +173,20 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         await delivering
     await scheduler.stop(SHUTDOWN_GRACE)
     log.info("stopped")
+
+
+async def _heartbeat(listening: str, scheduler: Scheduler, inbound: InboundServer) -> None:
+    """STATUS= with the queue size for ``systemctl status``; WATCHDOG=1 when the unit sets
+    WatchdogSec (a stuck event loop then misses it and systemd restarts the service)."""
+    interval = systemd.watchdog_interval()
+    period = min(STATUS_PERIOD, interval / 2) if interval else STATUS_PERIOD
+    while True:
+        await asyncio.sleep(period)
+        lines = [f"STATUS={listening}; {scheduler.queued} queued, "
+                 f"{len(inbound.sessions)} SMTP session(s)"]
+        if interval:
+            lines.append("WATCHDOG=1")
+        systemd.notify(*lines)
 
 
 def _remembering(

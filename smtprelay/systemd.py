@@ -25,3 +25,12 @@ def notify(*lines: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between the pings systemd expects (WatchdogSec), if it expects any."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 1_000_000
