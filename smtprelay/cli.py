@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay import __version__, config, maillog
+from smtprelay import __version__, config, maillog, queuecli
 from smtprelay.inbound import auth
 from smtprelay.tls import TLSError
 
@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     delete.set_defaults(handler=_user_del)
     listing = user_commands.add_parser("list", parents=[common], help="list user names")
     listing.set_defaults(handler=_user_list)
+
+    queuecli.register(commands, common)
 
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).
