@@ -399,8 +399,15 @@ def test_queue_operations_on_a_running_daemon(
     for name, qid in qids.items():
         wait_status(relay, qid, rcpts[name], "deferred")
 
-    listing = api.ok("GET", "/queue?state=deferred")
-    assert sorted(m["qid"] for m in listing["messages"]) == sorted(qids.values())
+    # The deferral is logged just before the envelope is rewritten as deferred: poll.
+    deadline = time.monotonic() + 10
+    while True:
+        listing = api.ok("GET", "/queue?state=deferred")
+        found = sorted(m["qid"] for m in listing["messages"])
+        if found == sorted(qids.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert found == sorted(qids.values())
     first = listing["messages"][0]
     assert first["last_error"] == BUSY and first["attempts"] == 1
     assert first["sender"] == SENDER
