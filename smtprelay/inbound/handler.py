@@ -78,14 +78,30 @@ class Intake:
             message_id=facts.message_id or f"<{txn.qid}@{self.hostname}>",
         )
         try:
-            await asyncio.get_running_loop().run_in_executor(
+            commit = asyncio.get_running_loop().run_in_executor(
                 None, self.spool.commit, envelope, data
             )
+            await asyncio.shield(commit)
         except SpoolError as e:
             maillog.spool_error(txn.qid, str(e))
             return replies.NO_SPACE if e.no_space else replies.LOCAL_ERROR
-        maillog.message_id(txn.qid, envelope.message_id or "")
-        maillog.queued(txn.qid, txn.sender, envelope.size, len(txn.recipients))
+        except asyncio.CancelledError:
+            # The client went away during the commit, which goes on in its thread. If it
+            # succeeds the message exists: it must reach delivery even without a 250
+            # (the client will send it again; a duplicate beats a message left behind).
+            commit.add_done_callback(lambda done: self._committed_late(done, envelope, data))
+            raise
+        self._queued(envelope, data)
+        return replies.queued(txn.qid)
+
+    def _queued(self, envelope: Envelope, data: bytes) -> None:
+        maillog.message_id(envelope.qid, envelope.message_id or "")
+        maillog.queued(envelope.qid, envelope.sender, envelope.size, len(envelope.recipients))
         if self.on_queued is not None:
             self.on_queued(envelope, data)
-        return replies.queued(txn.qid)
+
+    def _committed_late(
+        self, done: asyncio.Future[None], envelope: Envelope, data: bytes
+    ) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self._queued(envelope, data)

@@ -853,3 +853,63 @@ def test_internal_fault_is_451_without_details(
     assert errors, caplog.text
     assert "RuntimeError" in errors[0].getMessage()
     assert not any(event(r) == "queued" for r in caplog.records)
+
+
+class SlowSpool(Spool):
+    """Commits that take a while, so the client can hang up in the middle of one."""
+
+    def commit(self, envelope: Envelope, data: bytes) -> None:
+        time.sleep(0.5)
+        super().commit(envelope, data)
+
+
+def test_message_committed_after_the_client_left_still_reaches_delivery(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A client that hangs up while its message is being written gets no 250, but if
+    the write completes the message exists and must be handed to delivery at once --
+    not wait in the spool until the next restart."""
+    port = free_port()
+    settings = config.parse({
+        "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"]},
+        "spool": {"dir": str(tmp_path / "spool")},
+    })
+    handed_over: list[str] = []
+
+    async def scenario() -> None:
+        spool = SlowSpool(Path(settings.spool.dir))
+        intake = Intake(
+            hostname=settings.server.hostname,
+            policy=Policy(settings.relay, settings.server.max_recipients),
+            authenticator=None,
+            spool=spool,
+            max_message_size=settings.server.max_message_size,
+            on_queued=lambda envelope, data: handed_over.append(envelope.qid),
+        )
+        inbound = InboundServer(settings, intake, server_context(settings))
+        await inbound.start()
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            await reader.readline()
+            writer.write(f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
+                         "DATA\r\n".encode())
+            await writer.drain()
+            while not (await reader.readline()).startswith(b"354"):
+                pass
+            writer.write(b"Subject: gone\r\n\r\nbody\r\n.\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the commit is under way
+            writer.transport.abort()  # hang up without waiting for the reply
+            for _ in range(50):
+                if handed_over:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            inbound.close()
+            await inbound.drain(2.0)
+            spool.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    queued = [p.stem for p in (tmp_path / "spool" / "queue").glob("*.msg")]
+    assert len(queued) == 1
+    assert handed_over == queued
