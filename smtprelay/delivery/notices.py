@@ -23,7 +23,7 @@ from smtprelay import bounce, ids, maillog
 from smtprelay.config import BounceSettings
 from smtprelay.envelope import Client, Envelope, Recipient, RecipientState
 from smtprelay.inbound.dsnparams import notify_wants
-from smtprelay.spool import Spool
+from smtprelay.spool import Spool, SpoolError
 
 POSTMASTER_NOTICE = "postmaster"
 
@@ -105,10 +105,16 @@ class Notices:
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
         kind: str, copies: list[str], to: str | None = None,
     ) -> None:
-        """Spool one notice. A notice that cannot be made (a bug, a full disk) is logged
-        and given up: it must never hold back the message it is about."""
+        """Spool one notice.
+
+        A notice that cannot be written (full disk) raises: the attempt is then not
+        recorded and is made again later, so the sender is not left without one. A notice
+        that cannot be built (a bug; retrying would not help) is logged and given up.
+        """
         try:
             await self._spool_notice(envelope, results, data, now, kind, copies, to)
+        except (SpoolError, OSError):
+            raise
         except Exception:
             log.exception("%s: cannot create the %s notice", envelope.qid, kind)
 
