@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from smtprelay import config, ids
-from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.envelope import Envelope, QueueState
+from smtprelay.queueview import queue_item
 from smtprelay.spool.store import Spool
 from smtprelay.web.tokens import read_tokens
 
@@ -289,22 +290,8 @@ def _spool(settings: config.Settings) -> Spool:
 
 
 def envelope_item(envelope: Envelope, now: float) -> dict[str, Any]:
-    """An envelope as ``GET /queue`` shows a message."""
-    pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
-    return {
-        "qid": envelope.qid,
-        "state": envelope.state.value,
-        "arrival": envelope.arrival,
-        "age_s": round(max(0.0, now - envelope.arrival), 3),
-        "size": envelope.size,
-        "sender": envelope.sender,
-        "recipients": [r.address for r in pending],
-        "nrcpt": len(envelope.recipients),
-        "attempts": envelope.attempts,
-        "next_attempt": None if envelope.state is QueueState.HOLD else envelope.next_attempt,
-        "last_error": next((r.last_reply for r in pending if r.last_reply), None),
-        "notice": envelope.notice,
-    }
+    """As ``GET /queue`` shows it, read from the spool (the daemon is stopped)."""
+    return queue_item(envelope, envelope.state.value, now)
 
 
 def _envelopes(spool: Spool) -> list[Envelope]:

@@ -19,6 +19,7 @@ from smtprelay import ids
 from smtprelay.delivery.scheduler import QueueEntry
 from smtprelay.envelope import RecipientState
 from smtprelay.inbound.address import domain_of
+from smtprelay.queueview import queue_item
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Problem, context
 
@@ -26,23 +27,7 @@ MAX_QIDS = 10_000
 
 
 def entry_json(entry: QueueEntry, now: float) -> dict[str, Any]:
-    envelope = entry.envelope
-    pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
-    last_error = next((r.last_reply for r in pending if r.last_reply), None)
-    return {
-        "qid": envelope.qid,
-        "state": entry.state,
-        "arrival": envelope.arrival,
-        "age_s": round(max(0.0, now - envelope.arrival), 3),
-        "size": envelope.size,
-        "sender": envelope.sender,
-        "recipients": [r.address for r in pending],
-        "nrcpt": len(envelope.recipients),
-        "attempts": envelope.attempts,
-        "next_attempt": None if entry.state == "hold" else envelope.next_attempt,
-        "last_error": last_error,
-        "notice": envelope.notice,
-    }
+    return queue_item(entry.envelope, entry.state, now)
 
 
 def summary(entries: Iterable[QueueEntry], now: float, top: int = 10) -> dict[str, Any]:
