@@ -90,3 +90,25 @@ def test_hup_loads_a_renewed_certificate(
             pass
         else:
             raise AssertionError("the old certificate is still served after the reload")
+
+
+def test_changed_users_file_takes_effect_on_the_next_auth(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon(users={"app1": "first-pw"})
+
+    def login(user: str, password: str) -> int:
+        with smtplib.SMTP(LOOPBACK, daemon.port) as client:
+            client.starttls(context=ssl.create_default_context(cafile=str(daemon.ca_file)))
+            try:
+                return client.login(user, password)[0]
+            except smtplib.SMTPAuthenticationError as e:
+                return e.smtp_code
+
+    assert login("app1", "first-pw") == 235
+    daemon.cli("user", "add", "app1", input="second-pw\n")  # password change
+    daemon.cli("user", "add", "app2", input="other-pw\n")  # a new user
+    assert "configuration reloaded" in daemon.hup()
+    assert login("app1", "second-pw") == 235
+    assert login("app2", "other-pw") == 235
+    assert login("app1", "first-pw") == replies.AUTH_FAILED.code
