@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -45,7 +45,7 @@ from smtprelay.delivery.transport import Transport
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
-from smtprelay.spool import Spool
+from smtprelay.spool import Spool, SpoolError
 
 DEAD_AFTER = 3
 COOL_OFF = 60.0
@@ -478,7 +478,7 @@ class Scheduler:
     async def _guarded(self, qid: str, action: Callable[[str], Awaitable[str]]) -> str:
         try:
             return await action(qid)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SpoolError) as e:
             log.error("%s: operator action failed: %s", qid, e)
             return f"error: {getattr(e, 'strerror', None) or e}"
 
@@ -503,21 +503,28 @@ class Scheduler:
             return f"error: {e}"
         return "on-hold" if envelope.state is QueueState.HOLD else "not-found"
 
-    async def _hold(self, qid: str) -> str:
+    @contextlib.contextmanager
+    def _out_of_schedule(self, qid: str) -> Iterator[None]:
+        """Take a message out of the schedule while an operator action works on it, and
+        put it back if the action fails part-way: a failure must not strand it."""
         due = self._unschedule(qid)
         try:
-            envelope = await self._io(self.spool.load, qid)
-            if envelope.state is QueueState.HOLD:
-                return "held"
-            envelope.state = QueueState.HOLD
-            await self._io(self.spool.update, envelope)
-        except FileNotFoundError:
-            return "not-found"
+            yield
         except BaseException:
             if due is not None:
                 self.enqueue(qid, due)
             raise
-        maillog.held(qid)
+
+    async def _hold(self, qid: str) -> str:
+        with self._out_of_schedule(qid):
+            try:
+                envelope = await self._io(self.spool.load, qid)
+            except FileNotFoundError:
+                return "not-found"
+            if envelope.state is not QueueState.HOLD:
+                envelope.state = QueueState.HOLD
+                await self._io(self.spool.update, envelope)
+                maillog.held(qid)
         return "held"
 
     async def _release(self, qid: str) -> str:
@@ -538,28 +545,24 @@ class Scheduler:
         return "released"
 
     async def _delete(self, qid: str) -> str:
-        due = self._unschedule(qid)
-        try:
+        with self._out_of_schedule(qid):
             if not await self._io(os.path.exists, self.spool.path(qid)):
                 return "not-found"
             await self._io(self.spool.remove, qid)
-        except BaseException:
-            if due is not None:
-                self.enqueue(qid, due)
-            raise
         maillog.deleted(qid)
         return "deleted"
 
     async def _bounce(self, qid: str) -> str:
-        due = self._unschedule(qid)
-        try:
-            envelope = await self._io(self.spool.load, qid)
-        except FileNotFoundError:
-            return "not-found"
-        except BaseException:
-            if due is not None:
-                self.enqueue(qid, due)
-            raise
+        with self._out_of_schedule(qid):
+            try:
+                envelope = await self._io(self.spool.load, qid)
+            except FileNotFoundError:
+                return "not-found"
+            await self._bounce_now(envelope)
+        return "bounced"
+
+    async def _bounce_now(self, envelope: Envelope) -> None:
+        qid = envelope.qid
         now = self.clock()
         reply = OPERATOR_BOUNCE
         results: list[Result] = []
@@ -574,4 +577,3 @@ class Scheduler:
             await self.notices.after_attempt(envelope, results, None, now)
         await self._io(self.spool.remove, qid)
         maillog.removed(qid)
-        return "bounced"

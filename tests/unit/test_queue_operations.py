@@ -15,7 +15,7 @@ from smtprelay.config import DeliverySettings
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.scheduler import OPERATOR_BOUNCE, Scheduler
 from smtprelay.envelope import Envelope, QueueState, RecipientState
-from smtprelay.spool import Spool
+from smtprelay.spool import Spool, SpoolError
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -182,6 +182,31 @@ def test_snapshot_lists_every_message_with_its_state(tmp_path: Path) -> None:
         entries = await scheduler.snapshot()
         assert [(e.envelope.qid, e.state) for e in entries] == [
             (waiting, "active"), (held, "hold")]
+        spool.close()
+
+    asyncio.run(main())
+
+
+class FullDiskNotices:
+    async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
+                            data: bytes | None, now: float) -> None:
+        raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
+
+
+def test_a_bounce_that_fails_part_way_leaves_the_message_queued(tmp_path: Path) -> None:
+    """The notice cannot be written: the message must stay in the spool and in the
+    schedule (not be forgotten until the next restart), and the operator sees why."""
+    clock = Clock()
+
+    async def main() -> None:
+        scheduler, spool = make_scheduler(tmp_path, clock)
+        scheduler.notices = FullDiskNotices()  # type: ignore[assignment]
+        qid = queue(scheduler, spool, clock.now + 300)
+        outcome = await scheduler.bounce([qid])
+        assert outcome[qid].startswith("error: ") and "No space" in outcome[qid]
+        assert spool.ids() == [qid]
+        assert scheduler.queued == 1
+        assert await scheduler.flush([qid]) == {qid: "flushed"}
         spool.close()
 
     asyncio.run(main())
