@@ -2,8 +2,9 @@
 
 The protocol module speaks SMTP; this module decides what a complete transaction
 becomes. It is the only place in the inbound stage that touches the spool, and it
-answers ``250 ... queued as QID`` only after :meth:`Spool.commit` has returned, i.e. after
-the message and its envelope are fsynced and renamed and the directory is fsynced.
+answers ``250 ... queued as QID`` only after the message file is durable, i.e. after the
+message and its envelope are written, linked into the queue and fsynced, and the
+directory is fsynced.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ class Intake:
             message_id=facts.message_id or f"<{txn.qid}@{self.hostname}>",
         )
         try:
-            commit = asyncio.get_running_loop().run_in_executor(
-                None, self.spool.commit, envelope, data
-            )
+            # The file is written here (page cache only); the thread only waits for the
+            # disk: one hand-off per message, not one per system call.
+            new_file = self.spool.create(envelope, data)
+            commit = asyncio.get_running_loop().run_in_executor(None, new_file.sync)
             await asyncio.shield(commit)
         except SpoolError as e:
             maillog.spool_error(txn.qid, str(e))

@@ -6,12 +6,19 @@ Layout under ``[spool] dir``::
                       then:   the message bytes exactly as accepted (Received: first)
     corrupt/          files that could not be read at start-up, kept for the operator
 
-``head -1 QID.msg`` shows the envelope, ``tail -n +2 QID.msg`` the message. A message
-exists once ``QID.msg`` has been renamed into ``queue/`` (after an fsync of its data) and
-the directory fsynced: one file, one fsync and one rename per message, where Postfix's
-queue file costs the same. After an attempt the whole file is rewritten the same way
-with the new envelope. Every method here blocks on disk I/O; the event loop calls them
-through an executor.
+``head -1 QID.msg`` shows the envelope, ``tail -n +2 QID.msg`` the message. A new message
+is written in full as an unnamed file and linked as ``QID.msg`` (:meth:`Spool.create`,
+page-cache work only, so the event loop does it itself), then made durable by an fsync of
+the file and a directory fsync shared with concurrent commits (:meth:`NewFile.sync`, the
+part that blocks, in a thread); only then is it acknowledged. One file and one fsync
+per message, as Postfix's queue file costs. A crash before the sync can leave a complete
+but unacknowledged message, which is delivered (the client, never told 250, may send it
+again: a duplicate, never a loss). After an attempt the whole file is rewritten through
+a temp file and a rename with the new envelope. Removal after delivery is not synced on
+its own: the next directory fsync makes it durable, and until then a power loss could
+bring a delivered message back (delivered twice, as with Postfix). Except for
+:meth:`Spool.create` and :meth:`Spool.discard`, every method here blocks on disk I/O and
+the event loop calls it through an executor.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from smtprelay import safeio
 from smtprelay.envelope import Envelope
 
 SUFFIX = ".msg"
+# Threads for the blocking part of spool writes (the fsyncs). Many at once let the
+# filesystem journal commit them together, so more than the CPU count would suggest.
+SYNC_THREADS = 32
 
 
 class SpoolError(Exception):
@@ -58,22 +68,20 @@ class Spool:
 
     def commit(self, envelope: Envelope, data: bytes) -> None:
         """Make a new message durable. On return it survives a crash or power loss."""
+        self.create(envelope, data).sync()
+
+    def create(self, envelope: Envelope, data: bytes) -> NewFile:
+        """Write a new message's file, complete but not yet durable: sync it before
+        telling anyone it is queued. Does not block on the disk."""
         qid = envelope.qid
         try:
-            safeio.write_file(
-                self._queue_fd, qid + SUFFIX, _record(envelope, data), exclusive=True
-            )
+            fd = safeio.create_file(self._queue_fd, qid + SUFFIX, _record(envelope, data))
         except FileExistsError:
             # Another message owns this queue ID: leave its file alone.
             raise SpoolError(f"cannot queue {qid}: queue ID already in use") from None
         except OSError as e:
             raise _spool_error(qid, e) from e
-        try:
-            self._queue_sync.sync()
-        except OSError as e:
-            # Not acknowledged: take the message back rather than leave it half-known.
-            self._unlink(qid + SUFFIX)
-            raise _spool_error(qid, e) from e
+        return NewFile(self, qid, fd)
 
     def update(self, envelope: Envelope, data: bytes | None = None) -> None:
         """Durably replace the envelope of a queued message (state after an attempt).
@@ -86,8 +94,14 @@ class Spool:
         self._queue_sync.sync()
 
     def remove(self, qid: str) -> None:
+        """Remove a message durably (operator actions)."""
         self._unlink(qid + SUFFIX)
         self._queue_sync.sync()
+
+    def discard(self, qid: str) -> None:
+        """Remove a finished message; durable with the next directory fsync. Does not
+        block on the disk (an unlink), so the event loop calls it itself."""
+        self._unlink(qid + SUFFIX)
 
     def load(self, qid: str) -> Envelope:
         with open(self.path(qid), "rb") as f:
@@ -123,6 +137,27 @@ class Spool:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._queue_fd)
+
+
+class NewFile:
+    """A message file created by :meth:`Spool.create`, waiting for :meth:`sync`."""
+
+    def __init__(self, spool: Spool, qid: str, fd: int) -> None:
+        self._spool = spool
+        self.qid = qid
+        self._fd = fd
+
+    def sync(self) -> None:
+        """Make the file and its name durable (blocks on the disk). On failure the file
+        is taken back, as it was never acknowledged, and SpoolError raised."""
+        try:
+            os.fsync(self._fd)
+            self._spool._queue_sync.sync()
+        except OSError as e:
+            self._spool._unlink(self.qid + SUFFIX)
+            raise _spool_error(self.qid, e) from e
+        finally:
+            os.close(self._fd)
 
 
 def _record(envelope: Envelope, data: bytes) -> bytes:

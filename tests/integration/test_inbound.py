@@ -31,6 +31,7 @@ from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.server import InboundServer
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool
+from smtprelay.spool.store import NewFile
 from smtprelay.tls import server_context
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 
@@ -788,7 +789,7 @@ SECRET = "disk-controller-7 exploded at /secret/path"
 
 
 class BrokenSpool(Spool):
-    def commit(self, envelope: Envelope, data: bytes) -> None:
+    def create(self, envelope: Envelope, data: bytes) -> NewFile:
         raise RuntimeError(SECRET)
 
 
@@ -855,12 +856,20 @@ def test_internal_fault_is_451_without_details(
     assert not any(event(r) == "queued" for r in caplog.records)
 
 
+class SlowFile:
+    def __init__(self, new_file: NewFile) -> None:
+        self.new_file = new_file
+
+    def sync(self) -> None:
+        time.sleep(0.5)
+        self.new_file.sync()
+
+
 class SlowSpool(Spool):
     """Commits that take a while, so the client can hang up in the middle of one."""
 
-    def commit(self, envelope: Envelope, data: bytes) -> None:
-        time.sleep(0.5)
-        super().commit(envelope, data)
+    def create(self, envelope: Envelope, data: bytes) -> NewFile:
+        return SlowFile(super().create(envelope, data))  # type: ignore[return-value]
 
 
 def test_message_committed_after_the_client_left_still_reaches_delivery(

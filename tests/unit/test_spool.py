@@ -163,18 +163,50 @@ def test_exclusive_commit_keeps_the_original(spool: Spool) -> None:
     assert _files(spool) == {qid + ".msg"}
 
 
-def test_safeio_exclusive_refuses_existing(tmp_path: Path) -> None:
+def test_safeio_create_file_refuses_existing(tmp_path: Path) -> None:
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        safeio.write_file(fd, "f", b"one", exclusive=True)
+        os.close(safeio.create_file(fd, "f", b"one"))
         with pytest.raises(FileExistsError):
-            safeio.write_file(fd, "f", b"two", exclusive=True)
+            safeio.create_file(fd, "f", b"two")
         assert (tmp_path / "f").read_bytes() == b"one"
-        safeio.write_file(fd, "f", b"three")  # non-exclusive replaces
+        safeio.write_file(fd, "f", b"three")  # write_file replaces
         assert (tmp_path / "f").read_bytes() == b"three"
         assert sorted(os.listdir(tmp_path)) == ["f"]
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "temp-name"])
+def test_safeio_create_file_is_complete_when_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpfile: bool
+) -> None:
+    """The name appears only once all bytes are written, with or without O_TMPFILE
+    (some filesystems lack it: EOPNOTSUPP), and no temp name is left behind."""
+    real_open, real_link = os.open, os.link
+    seen: list[int] = []
+
+    def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        real_link(src, dst, *args, **kwargs)
+        seen.append((tmp_path / dst).stat().st_size)
+
+    if not tmpfile:
+        monkeypatch.setattr(os, "open", no_tmpfile)
+    monkeypatch.setattr(os, "link", link)
+    data = os.urandom(300_000)
+    dir_fd = real_open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.close(safeio.create_file(dir_fd, "f", data))
+    finally:
+        os.close(dir_fd)
+    assert seen == [len(data)]
+    assert (tmp_path / "f").read_bytes() == data
+    assert os.listdir(tmp_path) == ["f"]
 
 
 @pytest.mark.parametrize("pass_data", [False, True], ids=["reread", "data-given"])
@@ -310,7 +342,7 @@ def test_commit_create_error(
     real = os.open
 
     def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & os.O_CREAT:
+        if flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE:
             raise OSError(err, os.strerror(err))
         return real(path, flags, *args, **kwargs)
 
@@ -403,19 +435,22 @@ def _fd_path(fd: int) -> str:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
-def test_commit_fsync_link_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Promise 1: file (envelope + data) fsync -> link into place (exclusive: link, never
-    rename) -> directory fsync, all before commit returns; and the fsync covers the
-    complete file."""
+def test_commit_link_fsync_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promise 1: the complete file (envelope + data) is linked into place (link, never
+    rename: an existing name is never replaced), then the file and the directory are
+    fsynced, all before commit returns."""
     events: list[tuple[str, str, int]] = []
     real_fsync, real_rename, real_link = os.fsync, os.rename, os.link
     queue = str(spool.queue_dir)
 
     def fsync(fd: int) -> None:
-        path = _fd_path(fd)
-        size = os.fstat(fd).st_size
+        # An O_TMPFILE descriptor keeps its "#inode (deleted)" /proc name after the
+        # link: name the file by its inode.
+        stat = os.fstat(fd)
+        names = [p.name for p in spool.queue_dir.iterdir() if p.stat().st_ino == stat.st_ino]
         real_fsync(fd)
-        events.append(("fsync", os.path.relpath(path, queue), size))
+        events.append(("fsync", names[0] if names else os.path.relpath(_fd_path(fd), queue),
+                       stat.st_size))
 
     def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         real_rename(src, dst, *args, **kwargs)
@@ -423,7 +458,7 @@ def test_commit_fsync_link_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) 
 
     def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         real_link(src, dst, *args, **kwargs)
-        events.append(("link", f"{src}->{dst}", 0))
+        events.append(("link", str(dst), os.stat(spool.queue_dir / dst).st_size))
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
@@ -435,13 +470,46 @@ def test_commit_fsync_link_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) 
     files = _files(spool)
     monkeypatch.undo()
 
+    size = len(_record(envelope, DATA))
     dir_size = os.stat(queue).st_size
     assert done == [
-        ("fsync", f"{qid}.msg.tmp", len(_record(envelope, DATA))),
-        ("link", f"{qid}.msg.tmp->{qid}.msg", 0),
+        ("link", f"{qid}.msg", size),
+        ("fsync", f"{qid}.msg", size),
         ("fsync", ".", dir_size),
     ]
-    assert files == {qid + ".msg"}  # no .tmp left when commit returns
+    assert files == {qid + ".msg"}  # no temp file when commit returns
+
+
+def test_created_file_is_taken_back_when_sync_fails(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never acknowledged, never kept: an fsync error removes the new file."""
+    envelope = make_envelope(size=len(DATA))
+    new_file = spool.create(envelope, DATA)
+    assert _files(spool) == {envelope.qid + ".msg"}  # complete, visible, not yet durable
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(SpoolError) as info:
+        new_file.sync()
+    monkeypatch.undo()
+    assert "I/O error" in str(info.value)
+    assert _files(spool) == set()
+
+
+def test_discard_unlinks_without_waiting_for_the_disk(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    envelope = _commit(spool)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    spool.discard(envelope.qid)
+    spool.discard(envelope.qid)  # gone already: no error
+    monkeypatch.undo()
+    assert synced == []
+    assert _files(spool) == set()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
