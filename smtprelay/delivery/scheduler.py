@@ -7,8 +7,9 @@
 * Per-destination concurrency (``per_destination_concurrency``) under a global limit
   (``concurrency``). A destination slot is taken before a global one, so messages
   waiting for a busy destination never hold slots that others could use; and a
-  destination with a long line of waiters gets new messages put back for a moment
-  rather than letting them fill the active set (fairness).
+  destination with a long line of waiters gets further messages parked in a line of
+  its own (QIDs only, out of the active set), each let go when one of its deliveries
+  ends (fairness without re-reading a message every second while a backlog drains).
 * Dead destinations: after ``DEAD_AFTER`` consecutive attempts in which no host of a
   destination could be reached, it is skipped for ``COOL_OFF`` seconds and its mail
   deferred without a wasted connection attempt each.
@@ -30,7 +31,7 @@ import heapq
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -49,7 +50,8 @@ from smtprelay.spool import Spool, SpoolError
 
 DEAD_AFTER = 3
 COOL_OFF = 60.0
-REQUEUE_BUSY = 1.0  # seconds before a message for a saturated destination is looked at again
+# Waiters per destination slot before further messages for it are parked.
+PARK_AFTER = 4
 # Messages just received are kept in memory for their first attempt (no re-reading of
 # what was written a moment ago), up to this many bytes of message data in all.
 FRESH_BYTES = 64 * 1024 * 1024
@@ -112,6 +114,11 @@ class Scheduler:
         self._global = asyncio.Semaphore(settings.concurrency)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._waiting: defaultdict[str, int] = defaultdict(int)
+        # Messages parked behind a saturated destination, by route key. A QID counts as
+        # parked while in _parked_qids; deque entries of QIDs taken out since are skipped.
+        self._parked: defaultdict[str, deque[str]] = defaultdict(deque)
+        self._parked_qids: set[str] = set()
+        self._let_go: set[str] = set()  # unparked, not attempted yet
         self._failures: defaultdict[str, int] = defaultdict(int)
         self._dead: dict[str, _Dead] = {}
         self._fresh: dict[str, tuple[Envelope, bytes]] = {}
@@ -207,6 +214,8 @@ class Scheduler:
 
     async def _attempt(self, qid: str) -> None:
         loop = asyncio.get_running_loop()
+        let_go = qid in self._let_go  # unparked: its turn came, it never parks twice
+        self._let_go.discard(qid)
         fresh = self._fresh.pop(qid, None)
         data: bytes | None = None
         if fresh is not None:
@@ -228,9 +237,11 @@ class Scheduler:
                 domain = domain_of(recipient.address)
                 route = self.router.route(domain)
                 groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
-        if any(self._waiting[key] >= 4 * self.settings.per_destination_concurrency
-               for key in groups):
-            self._reschedule(qid, activated + REQUEUE_BUSY)
+        limit = PARK_AFTER * self.settings.per_destination_concurrency
+        busy = next((key for key in groups if self._waiting[key] >= limit), None)
+        if busy is not None and not let_go:
+            self._parked[busy].append(qid)
+            self._parked_qids.add(qid)
             return
         tasks = [
             loop.create_task(
@@ -273,6 +284,22 @@ class Scheduler:
         finally:
             if waiting:
                 self._waiting[route.key] -= 1
+            self._unpark(route.key)
+
+    def _unpark(self, key: str) -> None:
+        """One delivery to ``key`` ended: let one parked message go; all of them once
+        nothing waits for ``key`` (its route may have changed on reload)."""
+        line = self._parked.get(key)
+        while line:
+            qid = line.popleft()
+            if qid in self._parked_qids:
+                self._parked_qids.discard(qid)
+                self._let_go.add(qid)
+                self._push(qid, self.clock())
+                if self._waiting[key]:
+                    break
+        if line is not None and not line:
+            del self._parked[key]
 
     async def _deliver_now(
         self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
@@ -371,7 +398,9 @@ class Scheduler:
                 return
         if self.notices is not None:
             await self.notices.after_attempt(envelope, results, data, now)
-        await loop.run_in_executor(None, self.spool.remove, envelope.qid)
+        # An unlink, synced by the next commit's directory fsync: after a power loss in
+        # between, a delivered message may come back and go out twice, never be lost.
+        self.spool.discard(envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)
 
@@ -392,6 +421,9 @@ class Scheduler:
             self._failures.clear()
             now = self.clock()
             if qids is None:
+                self._due.update(dict.fromkeys(self._parked_qids, now))
+                self._parked_qids.clear()
+                self._parked.clear()
                 results = dict.fromkeys(self._due, "flushed")
                 self._due = dict.fromkeys(self._due, now)
                 self._heap = [(now, qid) for qid in self._due]
@@ -400,7 +432,8 @@ class Scheduler:
                 return results
             results = {}
             for qid in qids:
-                if qid in self._due:
+                if qid in self._due or qid in self._parked_qids:
+                    self._parked_qids.discard(qid)
                     self._push(qid, now)
                     results[qid] = "flushed"
                 elif qid in self._active:
@@ -485,6 +518,9 @@ class Scheduler:
     def _unschedule(self, qid: str) -> float | None:
         """Take a waiting message out of the schedule; its due time, to put it back."""
         due = self._due.pop(qid, None)
+        if qid in self._parked_qids:
+            self._parked_qids.discard(qid)
+            due = self.clock()
         self._known.discard(qid)
         fresh = self._fresh.pop(qid, None)
         if fresh is not None:
