@@ -117,6 +117,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def relay_cpu(pid: int) -> dict[int, float]:
+    """{pid: CPU seconds} of smtprelay's main process and its inbound workers."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return {p: cpu_seconds(p) for p in [pid, *children]}
+
+
 POSTFIX_PROCESSES = {
     "master", "smtpd", "cleanup", "qmgr", "smtp", "trivial-rewrite", "anvil", "scache",
     "postlogd", "proxymap", "pickup", "tlsmgr", "bounce",
@@ -591,13 +601,10 @@ def main() -> int:
                         time.sleep(0.5)
                     tmp = out / "run.jsonl"
                     tmp.write_text("")
-                    if name == RELAY_NAME:
-                        cpu0 = {relay.pid: cpu_seconds(relay.pid)}
-                    else:
-                        cpu0 = postfix_cpu()
+                    cpu0 = relay_cpu(relay.pid) if name == RELAY_NAME else postfix_cpu()
                     status = harness.run(name, port, combo["spec"], json_out=tmp)
                     cpu1 = (
-                        {relay.pid: cpu_seconds(relay.pid)} if name == RELAY_NAME else postfix_cpu()
+                        relay_cpu(relay.pid) if name == RELAY_NAME else postfix_cpu()
                     )
                     cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
                     recs = [json.loads(x) for x in tmp.read_text().splitlines() if x.strip()]
@@ -676,7 +683,8 @@ def main() -> int:
     report += [
         "",
         "Both relays deliver to the same counting sink; a run ends when the sink has all N "
-        "messages, so every run starts with empty queues. CPU ms/msg: smtprelay's process, "
+        "messages, so every run starts with empty queues. CPU ms/msg: smtprelay's processes "
+        "(main and inbound workers), "
         "or the sum of Postfix's processes (smtpd, cleanup, qmgr, smtp, ...), during the run "
         "including its delivery, divided by N (the sink and the generator are not counted). "
         "'foreign CPU' is CPU used during a run by processes that are not part of the "

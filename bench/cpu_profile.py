@@ -13,8 +13,10 @@ windows of --duration seconds each:
           fsync() count as active here, so this view mixes CPU with disk waits;
   native  `--native` (optional, blocking): C frames too (uvloop, libc, the kernel entry).
 
-During each window it also reads /proc: CPU seconds (user/system) of the event-loop
-thread and of the executor threads, the machine's user/system/iowait/idle split, and the
+py-spy follows the inbound worker processes too (--subprocesses), so the samples cover
+SMTP sessions and delivery. During each window it also reads /proc: CPU seconds
+(user/system) of the main process's event-loop thread and executor threads (delivery;
+with [server] workers = 0, everything), the machine's user/system/iowait/idle split, and the
 messages accepted and delivered per second (sink count plus queue growth; py-spy slows
 the daemon a little). For each window it prints the top functions by own time (the leaf
 frame of a sample) and by cumulative time (any frame of a sample), line numbers folded,
@@ -239,6 +241,7 @@ def main() -> int:
                     "record",
                     "--pid",
                     str(relay.pid),
+                    "--subprocesses",  # the inbound workers serve the SMTP sessions
                     "--duration",
                     str(a.duration),
                     "--rate",

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from smtprelay import systemd
+from smtprelay import ids, systemd
 from smtprelay.config import Settings
 from smtprelay.delivery.notices import Notices
 from smtprelay.delivery.resolver import Resolver
@@ -27,13 +29,13 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope, QueueState
-from smtprelay.inbound.auth import Authenticator, UsersFileError
-from smtprelay.inbound.handler import Intake
-from smtprelay.inbound.policy import Policy
-from smtprelay.inbound.server import InboundServer
+from smtprelay.inbound.auth import UsersFileError
+from smtprelay.inbound.server import InboundServer, Listeners, build_intake, users
+from smtprelay.inbound.workers import WorkerPool, WorkerStartError
 from smtprelay.reload import Running, reload
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import recover
+from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.stats import Stats
 from smtprelay.tls import TLSError, server_context
 
@@ -45,8 +47,6 @@ log = logging.getLogger("smtprelay")
 class StartupError(Exception):
     """The daemon cannot start (spool, certificate, users file, listener); says why."""
 
-
-SPOOL_THREADS = 32
 
 STATUS_PERIOD = 5.0
 
@@ -95,10 +95,8 @@ async def serve(settings: Settings, path: Path) -> None:
 
 
 async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None) -> None:
-    # Spool writes block in fsync; many at once let the filesystem journal commit them
-    # together, so give the executor more threads than the CPU count would suggest.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=SPOOL_THREADS, thread_name_prefix="spool")
+        ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
         recovered = recover(spool)
@@ -119,22 +117,21 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             if envelope.state is not QueueState.HOLD:
                 scheduler.enqueue(envelope.qid, envelope.next_attempt)
         del recovered
-        authenticator = None
-        if settings.auth.users_file:
-            authenticator = Authenticator(Path(settings.auth.users_file))
-            authenticator.refresh()
-        intake = Intake(
-            hostname=settings.server.hostname,
-            policy=Policy(settings.relay, settings.server.max_recipients),
-            authenticator=authenticator,
-            spool=spool,
-            max_message_size=settings.server.max_message_size,
-            on_queued=on_queued,
-        )
+        # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
-        inbound = InboundServer(settings, intake, tls_context)
-        await inbound.start()
-    except (OSError, UsersFileError, TLSError) as e:
+        authenticator = users(settings)  # a broken users file stops the start here
+        inbound: Listeners
+        if settings.server.workers:
+            inbound = WorkerPool(settings, path, on_queued,
+                                 stats.handle if stats is not None else None,
+                                 on_lost=functools.partial(_adopt_unknown, spool, scheduler))
+            await inbound.start()
+        else:
+            intake = build_intake(settings, spool, authenticator, on_queued)
+            server = InboundServer(settings, intake, tls_context)
+            await server.start()
+            inbound = server
+    except (OSError, UsersFileError, TLSError, WorkerStartError) as e:
         raise StartupError(str(e)) from None
     http = None
     if stats is not None:
@@ -142,6 +139,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             http = await _start_http(settings, scheduler, inbound, stats, spool)
         except StartupError:
             inbound.close()
+            await inbound.drain(0.0)
             raise
     delivering = asyncio.get_running_loop().create_task(scheduler.run())
     # Signal handlers before READY=1: a reload or stop sent right after start-up must
@@ -162,7 +160,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     heartbeat = loop.create_task(_heartbeat(listening, scheduler, inbound))
     await stop.wait()
     heartbeat.cancel()
-    log.info("stopping: no new connections, %d session(s) open", len(inbound.sessions))
+    log.info("stopping: no new connections, %d session(s) open", inbound.session_count)
     systemd.notify("STOPPING=1")
     inbound.close()
     await inbound.drain(SHUTDOWN_GRACE)
@@ -175,7 +173,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     log.info("stopped")
 
 
-async def _heartbeat(listening: str, scheduler: Scheduler, inbound: InboundServer) -> None:
+async def _heartbeat(listening: str, scheduler: Scheduler, inbound: Listeners) -> None:
     """STATUS= with the queue size for ``systemctl status``; WATCHDOG=1 when the unit sets
     WatchdogSec (a stuck event loop then misses it and systemd restarts the service)."""
     interval = systemd.watchdog_interval()
@@ -183,10 +181,20 @@ async def _heartbeat(listening: str, scheduler: Scheduler, inbound: InboundServe
     while True:
         await asyncio.sleep(period)
         lines = [f"STATUS={listening}; {scheduler.queued} queued, "
-                 f"{len(inbound.sessions)} SMTP session(s)"]
+                 f"{inbound.session_count} SMTP session(s)"]
         if interval:
             lines.append("WATCHDOG=1")
         systemd.notify(*lines)
+
+
+async def _adopt_unknown(spool: Spool, scheduler: Scheduler) -> None:
+    """After a worker died: a message it made durable but could not announce is in the
+    spool only. Schedule every queued file the scheduler does not know (a held one is
+    looked at and left alone)."""
+    qids = await asyncio.get_running_loop().run_in_executor(None, spool.ids)
+    now = time.time()
+    for qid in qids:
+        scheduler.enqueue(qid, now)
 
 
 def _remembering(
@@ -202,7 +210,7 @@ def _remembering(
 
 
 async def _start_http(
-    settings: Settings, scheduler: Scheduler, inbound: InboundServer, stats: Stats,
+    settings: Settings, scheduler: Scheduler, inbound: Listeners, stats: Stats,
     spool: Spool,
 ) -> HttpServer:
     from smtprelay.web import app as web  # aiohttp only when the endpoint is on
@@ -224,4 +232,5 @@ def run(settings: Settings, path: Path) -> None:
     # default 5 ms switch interval a thread coming back from the disk can wait that long
     # behind the busy event loop before it may answer, so hand the GIL over sooner.
     sys.setswitchinterval(0.0005)
+    ids.set_tag(0)  # inbound workers have 1, 2, ...: queue IDs never collide
     uvloop.run(serve(settings, path))

@@ -70,6 +70,9 @@ class ServerSettings(_Section):
     max_recipients: Int = Field(default=1000, gt=0)
     max_connections: Int = Field(default=200, gt=0)
     timeout: Duration = Field(default=300.0, gt=0)
+    # SMTP sessions served by this many worker processes beside the main one (which
+    # delivers); 0 serves them in the main process.
+    workers: Int = Field(default=1, ge=0, le=64)
 
 
 class TLSSettings(_Section):

@@ -7,7 +7,9 @@ routes and smarthosts (with their password file), bounce settings, logging, and 
 tokens file and history retention. Listen addresses (SMTP and HTTP), the spool directory
 and delivery concurrency need a restart; a change to them is logged. A configuration
 that does not load is refused with a log line and the running one stays, as
-``nginx -s reload`` does.
+``nginx -s reload`` does. Inbound worker processes get a SIGHUP from the main process
+once it has accepted the file, and apply its inbound part themselves
+(:func:`reload_inbound`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from smtprelay.config import Settings
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.inbound.auth import Authenticator, UsersFileError
-from smtprelay.inbound.policy import Policy
-from smtprelay.inbound.server import InboundServer
+from smtprelay.inbound.server import InboundServer, Listeners, users
 from smtprelay.web.tokens import read_tokens
 
 log = logging.getLogger("smtprelay")
@@ -34,29 +35,57 @@ log = logging.getLogger("smtprelay")
 class Running:
     path: Path
     settings: Settings
-    inbound: InboundServer
+    inbound: Listeners
     scheduler: Scheduler
     tls_context: ssl.SSLContext
     # Called with the new settings once they are applied (e.g. the HTTP endpoint).
     on_reload: list[Callable[[Settings], None]] = field(default_factory=list)
 
 
-def reload(running: Running) -> bool:
-    """Apply the configuration file again; False (and a log line) when it is refused."""
+class Refused(Exception):
+    """The file does not load; the message says why."""
+
+
+def prepare(path: Path) -> tuple[Settings, Authenticator | None]:
+    """Load the file and what it names that a reload must check before applying
+    anything: users file and certificate. Raises Refused."""
     try:
-        new = config.load(running.path)
-        authenticator = _authenticator(new)
-        router = Router(new.delivery, running.scheduler.router.resolver)
+        new = config.load(path)
+        authenticator = users(new)
         # Load the certificate into a scratch context first: a bad file must not leave
         # the live context half-changed.
         tls.load(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), new)
+    except (config.ConfigError, UsersFileError, tls.TLSError, OSError) as e:
+        raise Refused(str(e)) from None
+    return new, authenticator
+
+
+def reload_inbound(path: Path, inbound: InboundServer, tls_context: ssl.SSLContext) -> bool:
+    """A worker's part of a reload: certificate, policy, limits, users, logging."""
+    try:
+        new, authenticator = prepare(path)
+    except Refused as e:
+        log.error("reload refused, the running configuration stays: %s", e)
+        return False
+    tls.load(tls_context, new)
+    inbound.apply(new, authenticator)
+    maillog.setup(new.log.format, new.log.level)
+    log.info("inbound worker: configuration reloaded from %s", path)
+    return True
+
+
+def reload(running: Running) -> bool:
+    """Apply the configuration file again; False (and a log line) when it is refused."""
+    try:
+        new, authenticator = prepare(running.path)
+        router = Router(new.delivery, running.scheduler.router.resolver)
         if new.http.tokens_file:
             try:
                 read_tokens(Path(new.http.tokens_file))
             except OSError as e:
-                raise OSError(f"[http] tokens_file {new.http.tokens_file}: "
+                raise Refused(f"[http] tokens_file {new.http.tokens_file}: "
                               f"{e.strerror or e}") from None
-    except (config.ConfigError, UsersFileError, tls.TLSError, OSError) as e:
+    except Refused as e:
         log.error("reload refused, the running configuration stays: %s", e)
         return False
     tls.load(running.tls_context, new)
@@ -65,6 +94,7 @@ def reload(running: Running) -> bool:
         ("[server] listen", old.server.listen, new.server.listen),
         ("[server] listen_implicit_tls", old.server.listen_implicit_tls,
          new.server.listen_implicit_tls),
+        ("[server] workers", old.server.workers, new.server.workers),
         ("[spool] dir", old.spool.dir, new.spool.dir),
         ("[delivery] concurrency", old.delivery.concurrency, new.delivery.concurrency),
         ("[delivery] per_destination_concurrency", old.delivery.per_destination_concurrency,
@@ -73,12 +103,7 @@ def reload(running: Running) -> bool:
     ):
         if before != after:
             log.warning("reload: %s changes only on restart", name)
-    intake = running.inbound.intake
-    intake.policy = Policy(new.relay, new.server.max_recipients)
-    intake.authenticator = authenticator
-    intake.max_message_size = new.server.max_message_size
-    intake.hostname = new.server.hostname
-    running.inbound.settings = new
+    running.inbound.apply(new, authenticator)
     running.scheduler.router = router
     if running.scheduler.notices is not None:
         running.scheduler.notices.settings = new.bounce
@@ -88,11 +113,3 @@ def reload(running: Running) -> bool:
     running.settings = new
     log.info("configuration reloaded from %s", running.path)
     return True
-
-
-def _authenticator(settings: Settings) -> Authenticator | None:
-    if not settings.auth.users_file:
-        return None
-    authenticator = Authenticator(Path(settings.auth.users_file))
-    authenticator.refresh()  # a broken users file refuses the reload
-    return authenticator

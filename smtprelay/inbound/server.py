@@ -1,18 +1,120 @@
-"""Listeners: plain (with STARTTLS) and implicit-TLS ports, and the connection limit."""
+"""Listeners: plain (with STARTTLS) and implicit-TLS ports, and the connection limit.
+
+The daemon serves SMTP either itself (``[server] workers = 0``) or through worker
+processes (:mod:`smtprelay.inbound.workers`), each running an :class:`InboundServer` on
+listening sockets the main process bound. Both offer the main process the same view
+(:class:`Listeners`): endpoints, whether each serves, open sessions, reload, stop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import Protocol, cast
 
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
+from smtprelay.envelope import Envelope
+from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.handler import Intake
+from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
+from smtprelay.spool import Spool
 from smtprelay.units import Endpoint
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    endpoint: Endpoint
+    implicit_tls: bool
+    serving: bool
+
+
+class Listeners(Protocol):
+    """What the main process needs of its SMTP service, in-process or in workers."""
+
+    @property
+    def endpoints(self) -> list[Endpoint]: ...
+
+    def states(self) -> list[ListenerState]: ...
+
+    @property
+    def session_count(self) -> int: ...
+
+    def apply(self, settings: Settings, authenticator: Authenticator | None) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def drain(self, grace: float) -> None: ...
+
+
+def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
+    """Listening sockets for every ``listen`` (False) and ``listen_implicit_tls`` (True)
+    endpoint, one per address a host name resolves to (as asyncio's create_server
+    binds); OSError naming the endpoint if one cannot be bound."""
+    kinds = [(e, False) for e in settings.server.listen]
+    kinds += [(e, True) for e in settings.server.listen_implicit_tls]
+    bound: list[tuple[socket.socket, bool]] = []
+    try:
+        for endpoint, implicit in kinds:
+            try:
+                bound += [(sock, implicit) for sock in _listen(endpoint)]
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
+    except OSError:
+        for sock, _ in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _listen(endpoint: Endpoint) -> list[socket.socket]:
+    infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def build_intake(
+    settings: Settings, spool: Spool, authenticator: Authenticator | None,
+    on_queued: Callable[[Envelope, bytes], None] | None,
+) -> Intake:
+    return Intake(
+        hostname=settings.server.hostname,
+        policy=Policy(settings.relay, settings.server.max_recipients),
+        authenticator=authenticator,
+        spool=spool,
+        max_message_size=settings.server.max_message_size,
+        on_queued=on_queued,
+    )
+
+
+def users(settings: Settings) -> Authenticator | None:
+    """The authenticator of ``[auth] users_file``, read now (UsersFileError if broken)."""
+    if not settings.auth.users_file:
+        return None
+    authenticator = Authenticator(Path(settings.auth.users_file))
+    authenticator.refresh()
+    return authenticator
 
 
 class _Refuse(asyncio.Protocol):
@@ -35,33 +137,34 @@ class InboundServer:
     settings: Settings
     intake: Intake
     tls_context: ssl.SSLContext
+    # This process's share of [server] max_connections (workers divide it among them).
+    share: int = 1
     sessions: set[Session] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
+    _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self) -> None:
-        """Bind every listener; raises OSError naming the address if one cannot bind."""
+    async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
+        """Serve on ``sockets`` (listening, with their implicit-TLS flag), or bind every
+        listener of the settings; raises OSError naming the address if one cannot bind."""
         loop = asyncio.get_running_loop()
-        kinds = [(e, False) for e in self.settings.server.listen]
-        kinds += [(e, True) for e in self.settings.server.listen_implicit_tls]
-        for endpoint, implicit in kinds:
-            try:
-                server = await loop.create_server(
-                    lambda implicit=implicit: self._protocol(implicit),
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=self.tls_context if implicit else None,
-                    reuse_address=True,
-                    backlog=1024,
-                )
-            except OSError as e:
-                self.close()
-                raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
+        for sock, implicit in bind(self.settings) if sockets is None else sockets:
+            server = await loop.create_server(
+                lambda implicit=implicit: self._protocol(implicit),
+                sock=sock,
+                ssl=self.tls_context if implicit else None,
+                backlog=1024,
+            )
             self.servers.append(server)
+            self._implicit.append(implicit)
+
+    @property
+    def limit(self) -> int:
+        return -(-self.settings.server.max_connections // self.share)  # rounded up
 
     def _protocol(self, implicit: bool) -> asyncio.Protocol:
         server = self.settings.server
-        if len(self.sessions) >= server.max_connections:
+        if len(self.sessions) >= self.limit:
             return _Refuse(server.max_connections)
         session = Session(
             self.intake,
@@ -79,12 +182,24 @@ class InboundServer:
 
     @property
     def endpoints(self) -> list[Endpoint]:
-        bound = []
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                bound.append(Endpoint(host, port))
-        return bound
+        return [state.endpoint for state in self.states()]
+
+    def states(self) -> list[ListenerState]:
+        return [ListenerState(Endpoint(*sock.getsockname()[:2]), implicit, server.is_serving())
+                for server, implicit in zip(self.servers, self._implicit, strict=True)
+                for sock in server.sockets]
+
+    @property
+    def session_count(self) -> int:
+        return len(self.sessions)
+
+    def apply(self, settings: Settings, authenticator: Authenticator | None) -> None:
+        """New settings for new sessions (reload); the TLS context is updated by the caller."""
+        self.intake.policy = Policy(settings.relay, settings.server.max_recipients)
+        self.intake.authenticator = authenticator
+        self.intake.max_message_size = settings.server.max_message_size
+        self.intake.hostname = settings.server.hostname
+        self.settings = settings
 
     def close(self) -> None:
         """Stop accepting connections (existing sessions continue)."""

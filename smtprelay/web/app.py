@@ -18,7 +18,7 @@ from aiohttp import web
 
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
-from smtprelay.inbound.server import InboundServer
+from smtprelay.inbound.server import Listeners
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
@@ -161,7 +161,7 @@ def _tokens(settings: Settings) -> TokenFile:
 
 
 async def start(
-    settings: Settings, scheduler: Scheduler, inbound: InboundServer, stats: Stats,
+    settings: Settings, scheduler: Scheduler, inbound: Listeners, stats: Stats,
     spool: Spool,
 ) -> HttpServer:
     """The endpoint of ``[http] listen``, serving; raises HttpStartError naming the key."""
@@ -169,8 +169,7 @@ async def start(
     assert endpoint is not None
 
     def listeners_down() -> list[str]:
-        return [", ".join(str(Endpoint(*s.getsockname()[:2])) for s in server.sockets)
-                or "a listener" for server in inbound.servers if not server.is_serving()]
+        return [str(state.endpoint) for state in inbound.states() if not state.serving]
 
     health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
-from smtprelay.inbound.server import InboundServer
+from smtprelay.inbound.server import Listeners
 from smtprelay.stats import Stats
 from smtprelay.web.health import Health
 from smtprelay.web.tokens import TokenFile
@@ -20,7 +20,7 @@ from smtprelay.web.tokens import TokenFile
 class Context:
     settings: Settings
     scheduler: Scheduler
-    inbound: InboundServer
+    inbound: Listeners
     stats: Stats
     health: Health
     tokens: TokenFile

@@ -19,17 +19,10 @@ MAX_TOP = 1000
 
 
 def listeners(ctx: Context) -> list[dict[str, Any]]:
-    settings = ctx.settings.server
-    kinds = ["starttls"] * len(settings.listen) + ["implicit"] * len(
-        settings.listen_implicit_tls)
-    found: list[dict[str, Any]] = []
-    for server, tls in zip(ctx.inbound.servers, kinds, strict=False):
-        serving = server.is_serving()
-        for sock in server.sockets:
-            host, port = sock.getsockname()[:2]
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            found.append({"protocol": "smtp", "address": address, "tls": tls,
-                          "serving": serving})
+    found: list[dict[str, Any]] = [
+        {"protocol": "smtp", "address": str(state.endpoint),
+         "tls": "implicit" if state.implicit_tls else "starttls", "serving": state.serving}
+        for state in ctx.inbound.states()]
     found += [{"protocol": "http", "address": a, "tls": "none", "serving": True}
               for a in ctx.http_endpoints]
     return found
@@ -50,7 +43,7 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(ctx.uptime, 3),
         "listeners": listeners(ctx),
-        "connections": len(ctx.inbound.sessions),
+        "connections": ctx.inbound.session_count,
         "queue": queue["queue"],
         "counters": ctx.stats.counters(),
         "destinations": queue["destinations"],
@@ -66,7 +59,7 @@ async def metrics(request: web.Request) -> web.Response:
     for state in QUEUE_STATES:
         stats.queue_messages.labels(state).set(queue[state])
     stats.queue_oldest.set(queue["oldest_age_s"])
-    stats.open_connections.set(len(ctx.inbound.sessions))
+    stats.open_connections.set(ctx.inbound.session_count)
     stats.attempting.set(ctx.scheduler.attempting)
     stats.loop_lag.set(ctx.health.monitor.current)
     body = generate_latest(stats.registry)

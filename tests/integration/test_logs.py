@@ -48,8 +48,13 @@ def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
 
 
 def prefix(daemon: Daemon, service: str) -> str:
+    """The line start of ``service``, written by the daemon or one of its inbound
+    worker processes (SMTP sessions are served there: their lines carry its pid)."""
     assert daemon.proc is not None
-    return rf"^{STAMP} \S+ smtprelay/{service}\[{daemon.proc.pid}\]: "
+    pid = daemon.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = "|".join([str(pid), *f.read().split()])
+    return rf"^{STAMP} \S+ smtprelay/{service}\[(?:{pids})\]: "
 
 
 def test_text_log_lines_for_one_message(relay: Daemon) -> None:

@@ -119,3 +119,19 @@ def test_is_valid_means_letters_digits_13(text: str) -> None:
 def test_fresh_clock_fixture_restores(fresh_clock: None) -> None:
     qid = ids.new_id(1.0)
     assert abs(ids.timestamp(qid) - 1.0) <= 1e-6
+
+
+def test_process_tags_keep_ids_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes of one daemon minting IDs in the same microsecond never collide."""
+    monkeypatch.setattr(ids, "_tag", None)
+    now = 1_800_000_000.123456
+    made = set()
+    for tag in (0, 1, 2, 1023):
+        ids.set_tag(tag)
+        monkeypatch.setattr(ids, "_last_micros", 0)
+        qid = ids.new_id(now)
+        assert ids.is_valid(qid) and ids.timestamp(qid) == pytest.approx(now)
+        made.add(qid)
+    assert len(made) == 4
+    with pytest.raises(ValueError):
+        ids.set_tag(1024)

@@ -1,0 +1,127 @@
+"""An inbound worker process: SMTP sessions on listeners the main process bound.
+
+Started by :mod:`smtprelay.inbound.workers` as
+``python -m smtprelay.inbound.worker CONFIG INDEX COUNT CHANNEL_FD FD:TLS...``. It
+accepts mail exactly as the main process would (same intake, same spool, 250 only once
+the file is durable) and tells the main process about each queued message over the
+channel. Why processes: one event loop and its GIL serve SMTP *or* deliver at full
+speed, not both; Postfix splits smtpd from qmgr and smtp for the same reason.
+
+Signals: SIGTERM stops (421 to idle sessions, transactions get the grace time), SIGHUP
+reloads the inbound settings; both come from the main process. SIGINT is ignored: a
+Ctrl-C in a terminal reaches the whole process group, and the main process decides.
+It dies with the main process (PR_SET_PDEATHSIG, and the channel's end of file), so a
+killed daemon never leaves a worker accepting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uvloop
+
+from smtprelay import config, ids, maillog
+from smtprelay.inbound.auth import UsersFileError
+from smtprelay.inbound.channel import LogForwarder, Sender
+from smtprelay.inbound.server import InboundServer, build_intake, users
+from smtprelay.reload import reload_inbound
+from smtprelay.spool import Spool
+from smtprelay.spool.store import SYNC_THREADS
+from smtprelay.tls import TLSError, server_context
+
+log = logging.getLogger("smtprelay")
+
+SHUTDOWN_GRACE = 10.0
+SESSIONS_PERIOD = 1.0
+PR_SET_PDEATHSIG = 1
+EXIT_STARTUP = 3
+
+
+def main(argv: list[str]) -> int:
+    path, index, count, channel_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    listeners = []
+    for item in argv[4:]:
+        fd, _, implicit = item.partition(":")
+        listeners.append((socket.socket(fileno=int(fd)), implicit == "1"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    settings = config.load(path)
+    maillog.setup(settings.log.format, settings.log.level)
+    ids.set_tag(index + 1)  # the main process is 0: IDs never collide between processes
+    sys.setswitchinterval(0.0005)  # see smtprelay.app.run
+    channel = socket.socket(fileno=channel_fd)
+    try:
+        uvloop.run(_serve(settings, path, count, channel, listeners))
+    except (OSError, UsersFileError, TLSError) as e:
+        log.error("inbound worker %d cannot start: %s", index, e)
+        return EXIT_STARTUP
+    return 0
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl: its death signal is lost
+        sys.exit(EXIT_STARTUP)
+
+
+async def _serve(
+    settings: config.Settings, path: Path, count: int, channel: socket.socket,
+    listeners: list[tuple[socket.socket, bool]],
+) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool"))
+    reader, writer = await asyncio.open_connection(sock=channel)
+    sender = Sender(writer)
+    forwarder = LogForwarder(sender)
+    logging.getLogger(maillog.log.name).addHandler(forwarder)
+    spool = Spool(Path(settings.spool.dir))
+    try:
+        tls_context = server_context(settings)
+        intake = build_intake(settings, spool, users(settings), sender.queued)
+        inbound = InboundServer(settings, intake, tls_context, share=count)
+        await inbound.start(listeners)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_inbound, path, inbound, tls_context)
+        sender.send({"ready": True})
+        reporting = loop.create_task(_report_sessions(inbound, sender))
+        orphaned = loop.create_task(reader.read())  # the main process writes nothing: EOF
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait([orphaned, stopping], return_when=asyncio.FIRST_COMPLETED)
+        reporting.cancel()
+        inbound.close()
+        # Orphaned: nobody would deliver, but every commit finishing now is in the spool
+        # for the next start; sessions are not kept waiting.
+        await inbound.drain(0.0 if orphaned.done() else SHUTDOWN_GRACE)
+        for task in (orphaned, stopping):
+            task.cancel()
+        sender.send({"sessions": 0})
+    finally:
+        logging.getLogger(maillog.log.name).removeHandler(forwarder)
+        await sender.close()
+        spool.close()
+
+
+async def _report_sessions(inbound: InboundServer, sender: Sender) -> None:
+    reported = -1
+    while True:
+        if inbound.session_count != reported:
+            reported = inbound.session_count
+            sender.send({"sessions": reported})
+        await asyncio.sleep(SESSIONS_PERIOD)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main(sys.argv[1:]))

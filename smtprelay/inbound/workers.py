@@ -1,0 +1,198 @@
+"""The main process's side of the inbound worker processes (``[server] workers``).
+
+The main process binds the listening sockets (so a worker that dies and is replaced
+loses no connection: they wait in the backlog), starts the workers
+(:mod:`smtprelay.inbound.worker`) with those sockets and a channel each, and reads the
+channels: each queued message goes to delivery, each mail-log event to the statistics.
+A worker that exits unexpectedly is logged and replaced after a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smtprelay.config import Settings
+from smtprelay.envelope import Envelope
+from smtprelay.inbound import channel
+from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.server import ListenerState, bind
+from smtprelay.units import Endpoint
+
+log = logging.getLogger("smtprelay")
+
+READY_TIMEOUT = 30.0
+RESTART_DELAY = 1.0
+# Variables a worker must not inherit: systemd talks to the main process only.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+class WorkerStartError(Exception):
+    pass
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    reading: asyncio.Task[None]
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: int = 0
+
+
+class WorkerPool:
+    """Implements :class:`smtprelay.inbound.server.Listeners` with worker processes."""
+
+    def __init__(
+        self, settings: Settings, path: Path, on_queued: Callable[[Envelope, bytes], None],
+        on_log: Callable[[logging.LogRecord], object] | None,
+        on_lost: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.path = path
+        self.count = settings.server.workers
+        self.on_queued = on_queued
+        self.on_log = on_log
+        # After a worker died: find what it queued but could not announce.
+        self.on_lost = on_lost
+        self._sockets: list[tuple[socket.socket, bool]] = []
+        self._workers: dict[int, _Worker] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Bind the listeners, start every worker and wait until all serve."""
+        self._sockets = bind(self.settings)
+        try:
+            for index in range(self.count):
+                await self._spawn(index)
+            waits = [w.ready.wait() for w in self._workers.values()]
+            try:
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await asyncio.gather(*waits)
+            except TimeoutError:
+                raise WorkerStartError(
+                    f"inbound workers not ready after {READY_TIMEOUT:.0f} s") from None
+        except BaseException:
+            self.close()
+            await self.drain(0.0)
+            raise
+
+    async def _spawn(self, index: int) -> None:
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), *(s.fileno() for s, _ in self._sockets)]
+        argv = [str(self.path.resolve()), str(index), str(self.count), str(theirs.fileno())]
+        argv += [f"{s.fileno()}:{int(implicit)}" for s, implicit in self._sockets]
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smtprelay.inbound.worker", *argv,
+                pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        # One-way: the writer is only kept to close the channel.
+        reader, writer = await asyncio.open_connection(sock=ours, limit=channel.LINE_LIMIT)
+        worker = _Worker(index, process, asyncio.get_running_loop().create_task(
+            self._read(index, reader)))
+        self._workers[index] = worker
+        watcher = asyncio.get_running_loop().create_task(self._watch(worker, writer))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("inbound worker %d started, pid %d", index, process.pid)
+
+    async def _read(self, index: int, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            frame = channel.decode(line)
+            if "queued" in frame:
+                envelope, data = channel.split_record(await reader.readexactly(frame["length"]))
+                self.on_queued(envelope, data)
+            elif "log" in frame:
+                if self.on_log is not None:
+                    self.on_log(channel.log_record(frame["log"]))
+            elif "sessions" in frame:
+                self._workers[index].sessions = int(frame["sessions"])
+            elif frame.get("ready"):
+                self._workers[index].ready.set()
+
+    async def _watch(self, worker: _Worker, writer: asyncio.StreamWriter) -> None:
+        code = await worker.process.wait()
+        # Everything the worker wrote before it exited is still to be read.
+        try:
+            await worker.reading
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # killed in the middle of a frame: its message is in the spool
+        except Exception:
+            log.exception("inbound worker %d: unreadable channel", worker.index)
+        writer.close()
+        worker.sessions = 0
+        if self._stopping:
+            return
+        log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
+                  worker.index, worker.process.pid, _describe(code))
+        await self.on_lost()
+        await asyncio.sleep(RESTART_DELAY)
+        if not self._stopping:
+            await self._spawn(worker.index)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(*s.getsockname()[:2]) for s, _ in self._sockets]
+
+    def states(self) -> list[ListenerState]:
+        serving = not self._stopping and bool(self._workers) and all(
+            w.ready.is_set() and w.process.returncode is None for w in self._workers.values())
+        return [ListenerState(Endpoint(*s.getsockname()[:2]), implicit, serving)
+                for s, implicit in self._sockets]
+
+    @property
+    def session_count(self) -> int:
+        return sum(w.sessions for w in self._workers.values())
+
+    def apply(self, settings: Settings, authenticator: Authenticator | None) -> None:
+        """A reload: each worker reads the accepted file again itself."""
+        self.settings = settings
+        self._signal(signal.SIGHUP)
+
+    def close(self) -> None:
+        """Workers stop accepting and finish their sessions; the listeners close."""
+        self._stopping = True
+        self._signal(signal.SIGTERM)
+        for sock, _ in self._sockets:
+            sock.close()
+
+    async def drain(self, grace: float) -> None:
+        """Wait for the workers (which give transactions ``grace`` seconds) to exit."""
+        workers = list(self._workers.values())
+        waits = [asyncio.ensure_future(w.process.wait()) for w in workers]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=grace + 5.0)
+            for worker in workers:
+                if worker.process.returncode is None:
+                    log.error("inbound worker %d did not stop; killing it", worker.index)
+                    worker.process.kill()
+            if late:
+                await asyncio.wait(late)
+        for watcher in list(self._watchers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    def _signal(self, signum: int) -> None:
+        for worker in self._workers.values():
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"

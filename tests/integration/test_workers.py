@@ -1,0 +1,206 @@
+"""Inbound worker processes ([server] workers): SMTP in the workers, delivery in the main
+process, and what happens when either of them dies."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from smtprelay import ids, replies
+from smtprelay.envelope import Recipient
+from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.delivery_support import (
+    MX1,
+    make_message,
+    send,
+    submit,
+    wait_removed,
+)
+from tests.integration.sinks import Sink
+from tests.unit.helpers import make_envelope
+
+pytest_plugins = ["tests.integration.delivery_fixtures"]
+
+RCPT = "bob@dest.test"
+
+
+def _relay(make_daemon: Callable[..., Daemon], sink_port: int, workers: int,
+           **sections: dict[str, Any]) -> Daemon:
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"workers": workers},
+        "delivery.smarthost": {"hosts": [f"{MX1}:{sink_port}"], "tls": "none"},
+        "http": {"listen": f"{LOOPBACK}:{_free_port()}", "tokens_file": ""},
+    }
+    for section, keys in sections.items():
+        overrides.setdefault(section, {}).update(keys)
+    return make_daemon(overrides=overrides)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _workers(daemon: Daemon) -> list[int]:
+    assert daemon.proc is not None
+    return [p for p in _children(daemon.proc.pid)
+            if b"smtprelay.inbound.worker" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
+def _healthz(daemon: Daemon) -> int:
+    url = f"http://{daemon.sections['http']['listen']}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_messages_from_many_sessions_are_all_delivered(
+    workers: int, make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink],
+    sink_port: int,
+) -> None:
+    sink = make_sink(MX1)
+    relay = _relay(make_daemon, sink_port, workers)
+    assert len(_workers(relay)) == workers
+
+    def session(n: int) -> list[str]:
+        with smtplib.SMTP(LOOPBACK, relay.port, timeout=10) as client:
+            client.ehlo("client.test")
+            return [send(client, [RCPT], make_message(f"{n}-{i}")) for i in range(10)]
+
+    with ThreadPoolExecutor(8) as pool:
+        qids = [q for batch in pool.map(session, range(8)) for q in batch]
+    assert len(set(qids)) == 80
+    _wait(lambda: len(sink.messages) >= 80, 30, "80 deliveries")
+    for qid in qids:
+        wait_removed(relay, qid)
+    bodies = sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages)
+    assert len(bodies) == 80 and len(set(bodies)) == 80
+    # Each accepted message is logged once, by the process that accepted it.
+    pids = set(re.findall(r"smtprelay/smtpd\[(\d+)\]: \w+: client=", relay.log()))
+    assert pids <= {str(p) for p in _workers(relay)} if workers else pids == {
+        str(relay.proc.pid if relay.proc else 0)}
+
+
+def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
+    make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink], sink_port: int,
+) -> None:
+    """A worker killed between making a message durable and announcing it: the main
+    process starts a new worker and finds the message in the spool itself."""
+    sink = make_sink(MX1)
+    relay = _relay(make_daemon, sink_port, 1)
+    (victim,) = _workers(relay)
+    before = submit(relay, [RCPT], make_message("before"))
+    # What the worker leaves when it dies after the fsync, before the announcement: a
+    # durable queue file the scheduler was never told about.
+    data = make_message("stray")
+    stray = make_envelope(ids.new_id(), size=len(data), recipients=[Recipient(RCPT)],
+                          arrival=time.time(), next_attempt=time.time())
+    path = relay.spool / "queue" / f"{stray.qid}.msg"
+    path.write_bytes(stray.to_json() + b"\n" + data)
+
+    os.kill(victim, signal.SIGKILL)
+    line = _wait(lambda: re.search(r"inbound worker 0 \(pid (\d+)\) exited with signal "
+                                   r"SIGKILL; starting a new one", relay.log()), 10,
+                 "the restart line")
+    assert int(line.group(1)) == victim
+    (replacement,) = _wait(lambda: [p for p in _workers(relay) if p != victim], 20,
+                           "a new worker")
+    _wait(lambda: _healthz(relay) == 200, 20, "/healthz 200 again")
+    after = submit(relay, [RCPT], make_message("after"))
+    for qid in (before, stray.qid, after):
+        wait_removed(relay, qid, timeout=30)
+    assert _alive(replacement)
+    subjects = {m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages}
+    assert {b"delivery test before", b"delivery test stray", b"delivery test after"} <= subjects
+
+
+def test_killing_the_main_process_takes_the_workers_with_it(
+    make_daemon: Callable[..., Daemon], sink_port: int,
+) -> None:
+    relay = _relay(make_daemon, sink_port, 2)
+    workers = _workers(relay)
+    assert len(workers) == 2
+    relay.kill()
+    _wait(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
+    # Nobody accepts on the port any more: no orphan keeps taking mail.
+    with pytest.raises(OSError), socket.create_connection((LOOPBACK, relay.port), timeout=2):
+        pass
+
+
+def test_reload_reaches_the_workers(
+    make_daemon: Callable[..., Daemon], sink_port: int,
+) -> None:
+    relay = _relay(make_daemon, sink_port, 2)
+    big = make_message("big", extra="x" * 5000)
+    with smtplib.SMTP(LOOPBACK, relay.port) as client:
+        client.ehlo("client.test")
+        send(client, [RCPT], big)
+    relay.reconfigure({"server": {"max_message_size": 4000}})
+    assert "configuration reloaded" in relay.hup()
+    _wait(lambda: relay.log().count("inbound worker: configuration reloaded") == 2, 10,
+          "both workers to reload")
+    for _ in range(6):  # fresh connections, served by either worker
+        with smtplib.SMTP(LOOPBACK, relay.port) as client:
+            client.ehlo("client.test")
+            assert client.esmtp_features["size"] == "4000"
+            with pytest.raises(smtplib.SMTPSenderRefused) as info:
+                client.sendmail("app@example.com", [RCPT], big)
+            assert info.value.smtp_code == replies.SIZE_EXCEEDED.code
+
+
+def test_stop_waits_for_the_workers_and_exits_0(
+    make_daemon: Callable[..., Daemon], sink_port: int,
+) -> None:
+    relay = _relay(make_daemon, sink_port, 2)
+    workers = _workers(relay)
+    with smtplib.SMTP(LOOPBACK, relay.port) as client:
+        client.ehlo("client.test")
+        send(client, [RCPT], make_message("last"))
+    assert relay.stop() == 0
+    assert not any(_alive(p) for p in workers)
+    assert "exited with" not in relay.log()  # a requested stop is not a crash
