@@ -143,10 +143,13 @@ class Scheduler:
         """A message the intake has just made durable: attempt it now, from memory."""
         if envelope.qid in self._known:
             return
+        self._keep_fresh(envelope, data)
+        self.enqueue(envelope.qid, envelope.next_attempt)
+
+    def _keep_fresh(self, envelope: Envelope, data: bytes) -> None:
         if self._fresh_bytes + len(data) <= FRESH_BYTES:
             self._fresh[envelope.qid] = (envelope, data)
             self._fresh_bytes += len(data)
-        self.enqueue(envelope.qid, envelope.next_attempt)
 
     @property
     def queued(self) -> int:
@@ -242,6 +245,8 @@ class Scheduler:
         if busy is not None and not let_go:
             self._parked[busy].append(qid)
             self._parked_qids.add(qid)
+            if data is not None:  # still fresh: its turn comes without a read
+                self._keep_fresh(envelope, data)
             return
         tasks = [
             loop.create_task(

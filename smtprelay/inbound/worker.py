@@ -1,7 +1,7 @@
 """An inbound worker process: SMTP sessions on listeners the main process bound.
 
 Started by :mod:`smtprelay.inbound.workers` as
-``python -m smtprelay.inbound.worker CONFIG INDEX COUNT CHANNEL_FD FD:TLS...``. It
+``python -m smtprelay.inbound.worker CONFIG INDEX COUNT PARENT_PID CHANNEL_FD FD:TLS...``. It
 accepts mail exactly as the main process would (same intake, same spool, 250 only once
 the file is durable) and tells the main process about each queued message over the
 channel. Why processes: one event loop and its GIL serve SMTP *or* deliver at full
@@ -47,14 +47,19 @@ EXIT_STARTUP = 3
 
 
 def main(argv: list[str]) -> int:
-    path, index, count, channel_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    path, index, count = Path(argv[0]), int(argv[1]), int(argv[2])
+    parent, channel_fd = int(argv[3]), int(argv[4])
     listeners = []
-    for item in argv[4:]:
+    for item in argv[5:]:
         fd, _, implicit = item.partition(":")
         listeners.append((socket.socket(fileno=int(fd)), implicit == "1"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    settings = config.load(path)
+    _die_with(parent)
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:  # changed since the main process read it
+        print(f"smtprelay: inbound worker {index}: configuration error: {e}", file=sys.stderr)
+        return EXIT_STARTUP
     maillog.setup(settings.log.format, settings.log.level)
     ids.set_tag(index + 1)  # the main process is 0: IDs never collide between processes
     sys.setswitchinterval(0.0005)  # see smtprelay.app.run
@@ -67,10 +72,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
+def _die_with(parent: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl: its death signal is lost
+    if os.getppid() != parent:  # the parent died before prctl: its death signal is lost
         sys.exit(EXIT_STARTUP)
 
 

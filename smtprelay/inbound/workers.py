@@ -67,6 +67,7 @@ class WorkerPool:
         self._workers: dict[int, _Worker] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._started = False  # until then a worker that exits fails the start
 
     async def start(self) -> None:
         """Bind the listeners, start every worker and wait until all serve."""
@@ -74,22 +75,27 @@ class WorkerPool:
         try:
             for index in range(self.count):
                 await self._spawn(index)
-            waits = [w.ready.wait() for w in self._workers.values()]
-            try:
-                async with asyncio.timeout(READY_TIMEOUT):
-                    await asyncio.gather(*waits)
-            except TimeoutError:
-                raise WorkerStartError(
-                    f"inbound workers not ready after {READY_TIMEOUT:.0f} s") from None
+            async with asyncio.timeout(READY_TIMEOUT):
+                for worker in self._workers.values():
+                    await _ready_or_exit(worker)
+        except TimeoutError:
+            await self._abort()
+            raise WorkerStartError(
+                f"inbound workers not ready after {READY_TIMEOUT:.0f} s") from None
         except BaseException:
-            self.close()
-            await self.drain(0.0)
+            await self._abort()
             raise
+        self._started = True
+
+    async def _abort(self) -> None:
+        self.close()
+        await self.drain(0.0)
 
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair()
         fds = [theirs.fileno(), *(s.fileno() for s, _ in self._sockets)]
-        argv = [str(self.path.resolve()), str(index), str(self.count), str(theirs.fileno())]
+        argv = [str(self.path.resolve()), str(index), str(self.count), str(os.getpid()),
+                str(theirs.fileno())]
         argv += [f"{s.fileno()}:{int(implicit)}" for s, implicit in self._sockets]
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
@@ -134,7 +140,7 @@ class WorkerPool:
             log.exception("inbound worker %d: unreadable channel", worker.index)
         writer.close()
         worker.sessions = 0
-        if self._stopping:
+        if self._stopping or not self._started:
             return
         log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
                   worker.index, worker.process.pid, _describe(code))
@@ -190,6 +196,20 @@ class WorkerPool:
             if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
+
+
+async def _ready_or_exit(worker: _Worker) -> None:
+    ready = asyncio.ensure_future(worker.ready.wait())
+    exited = asyncio.ensure_future(worker.process.wait())
+    try:
+        await asyncio.wait([ready, exited], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        exited.cancel()
+    if not worker.ready.is_set():
+        raise WorkerStartError(
+            f"inbound worker {worker.index} exited with "
+            f"{_describe(worker.process.returncode or 0)} before serving (see its log line)")
 
 
 def _describe(code: int) -> str:
