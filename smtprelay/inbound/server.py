@@ -139,6 +139,8 @@ class InboundServer:
     tls_context: ssl.SSLContext
     # This process's share of [server] max_connections (workers divide it among them).
     share: int = 1
+    # Told the number of open sessions whenever it changes (a worker reports it).
+    on_sessions: Callable[[int], None] | None = None
     sessions: set[Session] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
     _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
@@ -178,6 +180,8 @@ class InboundServer:
         )
         self.sessions.add(session)
         self._idle.clear()
+        if self.on_sessions is not None:
+            self.on_sessions(len(self.sessions))
         return session
 
     @property
@@ -208,6 +212,8 @@ class InboundServer:
 
     def _closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        if self.on_sessions is not None:
+            self.on_sessions(len(self.sessions))
         if not self.sessions:
             self._idle.set()
 

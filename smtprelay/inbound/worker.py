@@ -41,7 +41,6 @@ from smtprelay.tls import TLSError, server_context
 log = logging.getLogger("smtprelay")
 
 SHUTDOWN_GRACE = 10.0
-SESSIONS_PERIOD = 1.0
 PR_SET_PDEATHSIG = 1
 EXIT_STARTUP = 3
 
@@ -94,37 +93,49 @@ async def _serve(
     try:
         tls_context = server_context(settings)
         intake = build_intake(settings, spool, users(settings), sender.queued)
-        inbound = InboundServer(settings, intake, tls_context, share=count)
+        inbound = InboundServer(settings, intake, tls_context, share=count,
+                                on_sessions=_SessionReport(sender))
         await inbound.start(listeners)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_inbound, path, inbound, tls_context)
         sender.send({"ready": True})
-        reporting = loop.create_task(_report_sessions(inbound, sender))
         orphaned = loop.create_task(reader.read())  # the main process writes nothing: EOF
         stopping = loop.create_task(stop.wait())
         await asyncio.wait([orphaned, stopping], return_when=asyncio.FIRST_COMPLETED)
-        reporting.cancel()
         inbound.close()
         # Orphaned: nobody would deliver, but every commit finishing now is in the spool
         # for the next start; sessions are not kept waiting.
         await inbound.drain(0.0 if orphaned.done() else SHUTDOWN_GRACE)
         for task in (orphaned, stopping):
             task.cancel()
-        sender.send({"sessions": 0})
     finally:
         logging.getLogger(maillog.log.name).removeHandler(forwarder)
         await sender.close()
         spool.close()
 
 
-async def _report_sessions(inbound: InboundServer, sender: Sender) -> None:
-    reported = -1
-    while True:
-        if inbound.session_count != reported:
-            reported = inbound.session_count
-            sender.send({"sessions": reported})
-        await asyncio.sleep(SESSIONS_PERIOD)
+class _SessionReport:
+    """Sends the number of open sessions when it changed: at most one frame per event
+    loop iteration, however many sessions opened or closed in it."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.count = 0
+        self.sent = 0
+        self.scheduled = False
+
+    def __call__(self, count: int) -> None:
+        self.count = count
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self.scheduled = False
+        if self.count != self.sent:
+            self.sent = self.count
+            self.sender.send({"sessions": self.count})
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ class WorkerStartError(Exception):
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
-    reading: asyncio.Task[None]
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: int = 0
 
@@ -107,15 +106,14 @@ class WorkerPool:
             theirs.close()
         # One-way: the writer is only kept to close the channel.
         reader, writer = await asyncio.open_connection(sock=ours, limit=channel.LINE_LIMIT)
-        worker = _Worker(index, process, asyncio.get_running_loop().create_task(
-            self._read(index, reader)))
-        self._workers[index] = worker
-        watcher = asyncio.get_running_loop().create_task(self._watch(worker, writer))
+        worker = self._workers[index] = _Worker(index, process)
+        reading = asyncio.get_running_loop().create_task(self._read(worker, reader))
+        watcher = asyncio.get_running_loop().create_task(self._watch(worker, reading, writer))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         log.info("inbound worker %d started, pid %d", index, process.pid)
 
-    async def _read(self, index: int, reader: asyncio.StreamReader) -> None:
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():
             frame = channel.decode(line)
             if "queued" in frame:
@@ -125,15 +123,16 @@ class WorkerPool:
                 if self.on_log is not None:
                     self.on_log(channel.log_record(frame["log"]))
             elif "sessions" in frame:
-                self._workers[index].sessions = int(frame["sessions"])
+                worker.sessions = int(frame["sessions"])
             elif frame.get("ready"):
-                self._workers[index].ready.set()
+                worker.ready.set()
 
-    async def _watch(self, worker: _Worker, writer: asyncio.StreamWriter) -> None:
+    async def _watch(self, worker: _Worker, reading: asyncio.Task[None],
+                     writer: asyncio.StreamWriter) -> None:
         code = await worker.process.wait()
         # Everything the worker wrote before it exited is still to be read.
         try:
-            await worker.reading
+            await reading
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # killed in the middle of a frame: its message is in the spool
         except Exception:
@@ -144,7 +143,10 @@ class WorkerPool:
             return
         log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
                   worker.index, worker.process.pid, _describe(code))
-        await self.on_lost()
+        try:
+            await self.on_lost()
+        except Exception:  # the spool unreadable: the next start's recovery finds them
+            log.exception("cannot look for messages inbound worker %d left", worker.index)
         await asyncio.sleep(RESTART_DELAY)
         if not self._stopping:
             await self._spawn(worker.index)
