@@ -30,7 +30,13 @@ from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.inbound.auth import UsersFileError
-from smtprelay.inbound.server import InboundServer, Listeners, build_intake, users
+from smtprelay.inbound.server import (
+    SHUTDOWN_GRACE,
+    InboundServer,
+    Listeners,
+    build_intake,
+    users,
+)
 from smtprelay.inbound.workers import WorkerPool, WorkerStartError
 from smtprelay.reload import Running, reload
 from smtprelay.spool import Spool
@@ -50,8 +56,6 @@ class StartupError(Exception):
 
 STATUS_PERIOD = 5.0
 
-# How long a SIGTERM waits for SMTP transactions and deliveries under way to finish.
-SHUTDOWN_GRACE = 10.0
 
 
 def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:

@@ -27,6 +27,10 @@ from smtprelay.inbound.protocol import Session
 from smtprelay.spool import Spool
 from smtprelay.units import Endpoint
 
+# How long a stop waits for SMTP transactions under way (and, in the main process, for
+# deliveries under way) before hanging up.
+SHUTDOWN_GRACE = 10.0
+
 
 @dataclass(frozen=True)
 class ListenerState:

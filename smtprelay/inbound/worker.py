@@ -32,7 +32,7 @@ import uvloop
 from smtprelay import config, ids, maillog
 from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.channel import LogForwarder, Sender
-from smtprelay.inbound.server import InboundServer, build_intake, users
+from smtprelay.inbound.server import SHUTDOWN_GRACE, InboundServer, build_intake, users
 from smtprelay.reload import reload_inbound
 from smtprelay.spool import Spool
 from smtprelay.spool.store import SYNC_THREADS
@@ -40,7 +40,6 @@ from smtprelay.tls import TLSError, server_context
 
 log = logging.getLogger("smtprelay")
 
-SHUTDOWN_GRACE = 10.0
 PR_SET_PDEATHSIG = 1
 EXIT_STARTUP = 3
 

@@ -103,6 +103,8 @@ def test_unit_settings() -> None:
     # Stopping waits SHUTDOWN_GRACE for SMTP sessions, then as long for deliveries.
     stop = one["TimeoutStopSec"]
     assert stop.endswith("s") and int(stop[:-1]) > 2 * SHUTDOWN_GRACE
+    # The main process stops its inbound workers: systemd signals only it at first.
+    assert one["KillMode"] == "mixed"
     assert one["User"] not in ("", "root")
     assert one["StateDirectory"] == "smtprelay"
     assert one["WorkingDirectory"] == "/var/lib/smtprelay"
