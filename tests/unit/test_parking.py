@@ -63,6 +63,19 @@ class CountingSpool(Spool):
         return super().load(qid)
 
 
+def _queue_for_slow(spool: Spool, scheduler: Scheduler, count: int) -> list[str]:
+    """``count`` messages to slow.test, in the spool and due now (as after a restart:
+    every attempt reads its message from the spool)."""
+    qids = []
+    for n in range(count):
+        envelope = make_envelope(ids.new_id(), size=len(DATA),
+                                 recipients=[Recipient(f"r{n}@slow.test")])
+        spool.commit(envelope, DATA)
+        scheduler.enqueue(envelope.qid, 0.0)
+        qids.append(envelope.qid)
+    return qids
+
+
 async def _settle(scheduler: Scheduler, transport: Transport, total: int) -> None:
     """Until every message is delivering, waiting for a slot, or parked."""
     for _ in range(500):
@@ -84,13 +97,7 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
         spool = CountingSpool(tmp_path / "spool")
         router: Any = Router()
         scheduler = Scheduler(spool, router, transport, settings)  # type: ignore[arg-type]
-        slow = []
-        for n in range(60):  # in the spool before start-up: every attempt reads it
-            envelope = make_envelope(ids.new_id(), size=len(DATA),
-                                     recipients=[Recipient(f"r{n}@slow.test")])
-            spool.commit(envelope, DATA)
-            scheduler.enqueue(envelope.qid, 0.0)
-            slow.append(envelope.qid)
+        _queue_for_slow(spool, scheduler, 60)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, 60)
         assert transport.running["slow.test"] == per_destination
@@ -134,13 +141,7 @@ def test_parked_messages_answer_operator_actions(tmp_path: Path) -> None:
         spool = Spool(tmp_path / "spool")
         router: Any = Router()
         scheduler = Scheduler(spool, router, transport, settings)  # type: ignore[arg-type]
-        qids = []
-        for n in range(PARK_AFTER + 20):
-            envelope = make_envelope(ids.new_id(), size=len(DATA),
-                                     recipients=[Recipient(f"r{n}@slow.test")])
-            spool.commit(envelope, DATA)
-            scheduler.enqueue(envelope.qid, 0.0)
-            qids.append(envelope.qid)
+        qids = _queue_for_slow(spool, scheduler, PARK_AFTER + 20)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(qids))
         parked = [q for q in qids if q in scheduler._parked_qids]
