@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
         fd, _, implicit = item.partition(":")
         listeners.append((socket.socket(fileno=int(fd)), implicit == "1"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A reload signalled while this worker starts must not kill it (SIGHUP's default);
+    # it reads the configuration file below anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with(parent)
     try:
         settings = config.load(path)
