@@ -248,6 +248,10 @@ class Scheduler:
             if data is not None:  # still fresh: its turn comes without a read
                 self._keep_fresh(envelope, data)
             return
+        # Counted as waiting now, not when the tasks first run: messages read from the
+        # spool at the same moment must see each other in the line.
+        for key in groups:
+            self._waiting[key] += 1
         tasks = [
             loop.create_task(
                 self._deliver_group(envelope, data, route, domain, rcpts, activated))
@@ -269,17 +273,16 @@ class Scheduler:
     ) -> tuple[list[RecipientOutcome], float]:
         """Outcomes for one destination and when the connection attempt started."""
         addresses = [r.address for r in recipients]
-        dead = self._dead.get(route.key)
-        if dead is not None and dead.until > self.clock():
-            # Always temporary: no server said anything about this message.
-            reply = UNREACHABLE.with_text(
-                f"{dead.reply.text} (destination marked unreachable)")
-            return [RecipientOutcome(a, reply, "none") for a in addresses], self.clock()
-        slot = self._slots.setdefault(route.key, asyncio.Semaphore(
-            self.settings.per_destination_concurrency))
-        self._waiting[route.key] += 1
-        waiting = True
+        waiting = True  # counted in _waiting by _attempt, when it decided not to park
         try:
+            dead = self._dead.get(route.key)
+            if dead is not None and dead.until > self.clock():
+                # Always temporary: no server said anything about this message.
+                reply = UNREACHABLE.with_text(
+                    f"{dead.reply.text} (destination marked unreachable)")
+                return [RecipientOutcome(a, reply, "none") for a in addresses], self.clock()
+            slot = self._slots.setdefault(route.key, asyncio.Semaphore(
+                self.settings.per_destination_concurrency))
             async with slot, self._global:
                 self._waiting[route.key] -= 1
                 waiting = False
