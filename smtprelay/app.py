@@ -57,7 +57,6 @@ class StartupError(Exception):
 STATUS_PERIOD = 5.0
 
 
-
 def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
     delivery = settings.delivery
     resolver = Resolver(
