@@ -17,11 +17,15 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from smtprelay.delivery.outcome import DeliveryError, Hop, RecipientOutcome
+from smtprelay.delivery.pipelining import BatchReplies
 from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.replies import Reply
 
@@ -300,6 +304,9 @@ class Transport:
         if refusal is not None:
             self.checkin(conn)
             return each(refusal)
+        if client.supports_extension("pipelining") and client.protocol is not None:
+            return await self._pipelined(conn, sender, recipients, data, options,
+                                         rcpt_params if dsn else {}, each)
         try:
             response = await client.execute_command(
                 b"MAIL", b"FROM:<" + sender.encode() + b">", *options
@@ -342,6 +349,96 @@ class Transport:
         self.checkin(conn)
         return outcomes + each(reply, accepted)
 
+    async def _pipelined(
+        self,
+        conn: _Connection,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        options: list[bytes],
+        rcpt_params: dict[str, dict[str, str]],
+        each: Callable[..., list[RecipientOutcome]],
+    ) -> list[RecipientOutcome]:
+        """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order,
+        then the message: two round trips instead of three plus one per recipient.
+        Replies count exactly as in the one-command-at-a-time path."""
+        client, relay = conn.client, str(conn.hop)
+        protocol = client.protocol
+        assert protocol is not None and protocol.transport is not None
+        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
+        transport = cast(asyncio.WriteTransport, protocol.transport)
+        commands = [b" ".join([b"MAIL", b"FROM:<" + sender.encode() + b">", *options])]
+        commands += [
+            b" ".join([b"RCPT", b"TO:<" + rcpt.encode() + b">",
+                       *_dsn_rcpt_options(rcpt_params.get(rcpt, {}))])
+            for rcpt in recipients
+        ]
+        commands.append(b"DATA")
+        if any(b"\r" in c or b"\n" in c for c in commands):  # never re-targeted on output
+            raise ValueError("command contains a line break")
+        mail: aiosmtplib.SMTPResponse | None = None
+        try:
+            async with BatchReplies(transport, self.timeouts.command) as batch:
+                transport.write(b"\r\n".join(commands) + b"\r\n")
+                mail = await batch.next()
+                rcpt_replies = [await batch.next() for _ in recipients]
+                go_ahead = await batch.next()
+                if go_ahead.code == 354 and (
+                        mail.code != 250
+                        or not any(r.code in (250, 251) for r in rcpt_replies)):
+                    # A server that said 354 anyway gets an empty message (then RSET).
+                    transport.write(b".\r\n")
+                    await batch.next()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            client.close()
+            if mail is None and conn.transactions:
+                raise _StaleConnection from None
+            if mail is None:
+                raise _TryNextHop(DeliveryError(_transport_reply(e), relay)) from None
+            return each(_transport_reply(e))  # nothing was sent
+        if mail.code != 250:
+            reply = _session_reply(mail.code, mail.message)
+            await self._reset_or_close(conn)
+            if reply.is_temporary:
+                raise _TryNextHop(DeliveryError(reply, relay))
+            return each(reply)
+        accepted: list[str] = []
+        outcomes: list[RecipientOutcome] = []
+        for rcpt, response in zip(recipients, rcpt_replies, strict=True):
+            if response.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                outcomes += each(_session_reply(response.code, response.message), [rcpt])
+        if not accepted:
+            await self._reset_or_close(conn)
+            return outcomes
+        if go_ahead.code != 354:
+            await self._reset_or_close(conn)
+            return outcomes + each(_session_reply(go_ahead.code, go_ahead.message), accepted)
+        try:
+            response = await self._send_payload(protocol, data)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            client.close()
+            return outcomes + each(_transport_reply(e), accepted)
+        reply = _session_reply(response.code, response.message)
+        if response.code != 250:
+            await self._reset_or_close(conn)
+            return outcomes + each(reply, accepted)
+        conn.transactions += 1
+        self.checkin(conn)
+        return outcomes + each(reply, accepted)
+
+    async def _send_payload(self, protocol: SMTPProtocol, data: bytes) -> aiosmtplib.SMTPResponse:
+        payload = b"." + data if data.startswith(b".") else data
+        payload = payload.replace(b"\r\n.", b"\r\n..")
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        protocol.write(payload + b".\r\n")
+        # No await between the write and this call: the reply cannot be missed.
+        response: aiosmtplib.SMTPResponse = await protocol.read_response(
+            timeout=self.timeouts.data)
+        return response
+
     async def _send_data(
         self, client: aiosmtplib.SMTP, data: bytes
     ) -> aiosmtplib.SMTPResponse:
@@ -354,13 +451,7 @@ class Transport:
         response = await client.execute_command(b"DATA")
         if response.code != 354 or client.protocol is None:
             return response
-        payload = b"." + data if data.startswith(b".") else data
-        payload = payload.replace(b"\r\n.", b"\r\n..")
-        if not payload.endswith(b"\r\n"):
-            payload += b"\r\n"
-        client.protocol.write(payload + b".\r\n")
-        # No await between the write and this call: the reply cannot be missed.
-        return await client.protocol.read_response(timeout=self.timeouts.data)
+        return await self._send_payload(client.protocol, data)
 
     def _mail_options(
         self, client: aiosmtplib.SMTP, data: bytes, params: dict[str, str]

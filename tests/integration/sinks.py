@@ -128,6 +128,18 @@ class _SinkSMTP(_Counted, SMTP):
         self._sink_closed()
         super().connection_lost(error)
 
+    async def push(self, status: Any) -> None:
+        # aiosmtpd does not advertise PIPELINING (it does read pipelined commands in
+        # order): add it before the last EHLO line when the sink is asked to.
+        if self.sink.pipelining and status == "250 HELP":
+            await super().push("250-PIPELINING")
+        await super().push(status)
+
+    def data_received(self, data: bytes) -> None:
+        if b"MAIL FROM:" in data and data.endswith(b"DATA\r\n"):  # one batch: RFC 2920
+            self.sink.pipelined_batches += 1
+        super().data_received(data)
+
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.sink.starttls_reply is not None:  # offered, but refused when asked
             await self.push(self.sink.starttls_reply)
@@ -188,6 +200,7 @@ class Sink:
         idle_timeout: float = 30.0,
         tls_max_version: ssl.TLSVersion | None = None,
         size_limit: int | None = None,
+        pipelining: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -204,6 +217,8 @@ class Sink:
         self.starttls_reply: str | None = None  # e.g. "454 4.7.0 TLS not available"
         self.idle_timeout = idle_timeout
         self.size_limit = size_limit
+        self.pipelining = pipelining
+        self.pipelined_batches = 0  # segments holding MAIL .. DATA at once
         self.auth = auth
         self.auth_required = auth_required
         self.auth_require_tls = auth_require_tls

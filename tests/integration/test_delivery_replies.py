@@ -41,13 +41,16 @@ def dest(dns: TestDNSServer) -> str:
     return "dest.test"
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
 def test_partial_recipient_failure_in_one_transaction(
     dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory, sink_port: int,
+    pipelining: bool,
 ) -> None:
     """250 / 450 / 550 to three RCPTs of one transaction: sent, deferred, bounced;
-    the deferred one alone is retried and delivered once the server takes it."""
+    the deferred one alone is retried and delivered once the server takes it. The same
+    when the server offers PIPELINING (RFC 2920: MAIL, the RCPTs and DATA in one write)."""
     ok, later, bad = "ok@dest.test", "later@dest.test", "bad@dest.test"
-    sink = make_sink(MX1, name="mx1.dest.test")
+    sink = make_sink(MX1, name="mx1.dest.test", pipelining=pipelining)
     sink.rcpt_reply(later, "450 4.2.1 Mailbox busy, try later")
     sink.rcpt_reply(bad, "550 5.1.1 No such user")
     relay = delivering_relay()
@@ -88,6 +91,29 @@ def test_partial_recipient_failure_in_one_transaction(
     assert len(retried) == 1
     assert retried[0].rcpt_tos == (later,)
     assert retried[0].body() == data
+    assert (sink.pipelined_batches > 0) is pipelining
+
+
+def test_pipelined_transaction_with_every_recipient_refused(
+    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+) -> None:
+    """All RCPTs refused in a pipelined batch: the server refuses the DATA that came
+    with them, nothing is sent, the recipients bounce, and the connection (reset) carries
+    the next message."""
+    sink = make_sink(MX1, name="mx1.dest.test", pipelining=True)
+    sink.rcpt_reply("gone@dest.test", "550 5.1.1 No such user")
+    sink.rcpt_reply("full@dest.test", "452 4.2.2 Mailbox full")
+    relay = delivering_relay(delivery={"retry_schedule": ["1h"]})
+    refused = submit(relay, ["gone@dest.test", "full@dest.test"], make_message("refused"))
+    wait_status(relay, refused, "full@dest.test", "deferred")
+    assert statuses(relay, refused, "gone@dest.test") == ["bounced"]
+    data = make_message("next")
+    following = submit(relay, ["ok@dest.test"], data)
+    wait_status(relay, following, "ok@dest.test", "sent")
+    assert_delivered_intact(sink, following, data, ["ok@dest.test"])
+    assert len(sink.messages) == 1  # only the second message was ever sent
+    assert sink.connections == 1
+    assert sink.pipelined_batches == 2
 
 
 def test_temporary_failure_then_success_on_retry(
