@@ -320,19 +320,13 @@ class Transport:
         outcomes: list[RecipientOutcome] = []
         try:
             if response.code != 250:
-                reply = _session_reply(response.code, response.message)
-                await self._reset_or_close(conn)
-                if reply.is_temporary:
-                    raise _TryNextHop(DeliveryError(reply, relay))
-                return each(reply)
+                return await self._mail_refused(conn, response, each)
             for rcpt in recipients:
                 extra = _dsn_rcpt_options(rcpt_params.get(rcpt, {})) if dsn else []
                 response = await client.execute_command(
                     b"RCPT", b"TO:<" + rcpt.encode() + b">", *extra)
-                if response.code in (250, 251):
+                if _rcpt_taken(rcpt, response, outcomes, each):
                     accepted.append(rcpt)
-                else:
-                    outcomes += each(_session_reply(response.code, response.message), [rcpt])
             if not accepted:
                 await self._reset_or_close(conn)
                 return outcomes
@@ -397,18 +391,10 @@ class Transport:
                 raise _TryNextHop(DeliveryError(_transport_reply(e), relay)) from None
             return each(_transport_reply(e))  # nothing was sent
         if mail.code != 250:
-            reply = _session_reply(mail.code, mail.message)
-            await self._reset_or_close(conn)
-            if reply.is_temporary:
-                raise _TryNextHop(DeliveryError(reply, relay))
-            return each(reply)
-        accepted: list[str] = []
+            return await self._mail_refused(conn, mail, each)
         outcomes: list[RecipientOutcome] = []
-        for rcpt, response in zip(recipients, rcpt_replies, strict=True):
-            if response.code in (250, 251):
-                accepted.append(rcpt)
-            else:
-                outcomes += each(_session_reply(response.code, response.message), [rcpt])
+        accepted = [rcpt for rcpt, response in zip(recipients, rcpt_replies, strict=True)
+                    if _rcpt_taken(rcpt, response, outcomes, each)]
         if not accepted:
             await self._reset_or_close(conn)
             return outcomes
@@ -427,6 +413,17 @@ class Transport:
         conn.transactions += 1
         self.checkin(conn)
         return outcomes + each(reply, accepted)
+
+    async def _mail_refused(
+        self, conn: _Connection, response: aiosmtplib.SMTPResponse,
+        each: Callable[..., list[RecipientOutcome]],
+    ) -> list[RecipientOutcome]:
+        """MAIL not accepted: the next hop for a 4xx, a failure of every recipient for 5xx."""
+        reply = _session_reply(response.code, response.message)
+        await self._reset_or_close(conn)
+        if reply.is_temporary:
+            raise _TryNextHop(DeliveryError(reply, str(conn.hop)))
+        return each(reply)
 
     async def _send_payload(self, protocol: SMTPProtocol, data: bytes) -> aiosmtplib.SMTPResponse:
         payload = b"." + data if data.startswith(b".") else data
@@ -499,6 +496,17 @@ class _TryNextHop(Exception):
     def __init__(self, error: DeliveryError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _rcpt_taken(
+    rcpt: str, response: aiosmtplib.SMTPResponse, outcomes: list[RecipientOutcome],
+    each: Callable[..., list[RecipientOutcome]],
+) -> bool:
+    """True if the RCPT reply accepts ``rcpt``; else its outcome is added to ``outcomes``."""
+    if response.code in (250, 251):
+        return True
+    outcomes += each(_session_reply(response.code, response.message), [rcpt])
+    return False
 
 
 def _dsn_rcpt_options(params: dict[str, str]) -> list[bytes]:
