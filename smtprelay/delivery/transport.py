@@ -304,7 +304,9 @@ class Transport:
         if refusal is not None:
             self.checkin(conn)
             return each(refusal)
-        if client.supports_extension("pipelining") and client.protocol is not None:
+        protocol = client.protocol
+        if client.supports_extension("pipelining") and protocol is not None \
+                and protocol.transport is not None:  # else: the lost connection shows below
             return await self._pipelined(conn, sender, recipients, data, options,
                                          rcpt_params if dsn else {}, each)
         try:
