@@ -167,7 +167,6 @@ class WorkerPool:
 
     def apply(self, settings: Settings, authenticator: Authenticator | None) -> None:
         """A reload: each worker reads the accepted file again itself."""
-        self.settings = settings
         self._signal(signal.SIGHUP)
 
     def close(self) -> None:

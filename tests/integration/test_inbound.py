@@ -26,9 +26,7 @@ import trustme
 
 from smtprelay import config, replies
 from smtprelay.envelope import Envelope
-from smtprelay.inbound.handler import Intake
-from smtprelay.inbound.policy import Policy
-from smtprelay.inbound.server import InboundServer
+from smtprelay.inbound.server import InboundServer, build_intake
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool
 from smtprelay.spool.store import NewFile
@@ -809,13 +807,7 @@ def test_internal_fault_is_451_without_details(
 
     async def scenario() -> tuple[aiosmtplib.SMTPResponseException, str, str]:
         spool = BrokenSpool(Path(settings.spool.dir))
-        intake = Intake(
-            hostname=settings.server.hostname,
-            policy=Policy(settings.relay, settings.server.max_recipients),
-            authenticator=None,
-            spool=spool,
-            max_message_size=settings.server.max_message_size,
-        )
+        intake = build_intake(settings, spool, None, None)
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
         try:
@@ -887,14 +879,8 @@ def test_message_committed_after_the_client_left_still_reaches_delivery(
 
     async def scenario() -> None:
         spool = SlowSpool(Path(settings.spool.dir))
-        intake = Intake(
-            hostname=settings.server.hostname,
-            policy=Policy(settings.relay, settings.server.max_recipients),
-            authenticator=None,
-            spool=spool,
-            max_message_size=settings.server.max_message_size,
-            on_queued=lambda envelope, data: handed_over.append(envelope.qid),
-        )
+        intake = build_intake(settings, spool, None,
+                              lambda envelope, data: handed_over.append(envelope.qid))
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
         try:
