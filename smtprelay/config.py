@@ -80,6 +80,10 @@ class TLSSettings(_Section):
     cert_file: str = ""
     key_file: str = ""
     min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # How long a client may take to complete a TLS handshake (implicit TLS or STARTTLS);
+    # short, so that plaintext clients on the implicit-TLS port and stalled handshakes
+    # give their connection slot back quickly.
+    handshake_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class AuthSettings(_Section):
@@ -274,6 +278,7 @@ def _describe(error: ValidationError) -> str:
 
 _DURATION_KEYS = {
     "server.timeout",
+    "tls.handshake_timeout",
     "bounce.delay_warning",
     "delivery.retry_schedule",
     "delivery.max_queue_lifetime",
