@@ -73,6 +73,10 @@ class ServerSettings(_Section):
     # SMTP sessions served by this many worker processes beside the main one (which
     # delivers); 0 serves them in the main process.
     workers: Int = Field(default=1, ge=0, le=64)
+    # Load balancers (CIDRs) that send a PROXY protocol header (v1 or v2) in front of
+    # every connection; empty: no header is expected. When set, every connection must
+    # come from one of them and start with a valid header.
+    proxy_protocol: tuple[Network, ...] = ()
 
 
 class TLSSettings(_Section):

@@ -110,6 +110,13 @@ def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
           event="tls-failed")
 
 
+def proxy_refused(ip: str, reason: str) -> None:
+    """A connection closed before the greeting: it came from an address not allowed to
+    send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
+    _emit("smtpd", f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
+          level=logging.WARNING, client_ip=ip, reason=reason, event="proxy-refused")
+
+
 def timeout(ip: str, after: str) -> None:
     _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
           event="timeout")

@@ -70,6 +70,16 @@ class Handshake:
         raw.set_protocol(self._tls)
         self._tls.connection_made(raw)
 
+    def feed(self, data: bytes) -> None:
+        """Bytes that arrived before the handshake began (after a PROXY header)."""
+        view = memoryview(data)
+        while view:
+            buffer = self._tls.get_buffer(len(view))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            self._tls.buffer_updated(n)
+            view = view[n:]
+
     async def result(self, min_version: str) -> asyncio.Transport:
         """The TLS transport once the handshake is done, or HandshakeFailed (the
         connection is then closed)."""

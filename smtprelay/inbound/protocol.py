@@ -21,15 +21,16 @@ import logging
 import ssl
 from base64 import b64decode
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.smtp import MISSING
-from aiosmtpd.smtp import SMTP as _AiosmtpdSMTP
 
 from smtprelay import ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
-from smtprelay.inbound import address, dsnparams, handshake
+from smtprelay.inbound import address, dsnparams
+from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake, Transaction
+from smtprelay.inbound.proxyheader import Network
 from smtprelay.replies import Reply
 
 log = logging.getLogger("smtprelay.inbound")
@@ -40,11 +41,9 @@ _TERMINATOR = b"\r\n.\r\n"
 _READ_LIMIT = 256 * 1024
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
-# How long a closing connection may take to send its last reply before it is cut off.
-_CLOSE_GRACE = 5.0
 
 
-class Session(_AiosmtpdSMTP):
+class Session(Connection):
     line_length_limit = _READ_LIMIT
 
     def __init__(
@@ -54,22 +53,27 @@ class Session(_AiosmtpdSMTP):
         hostname: str,
         max_message_size: int,
         timeout: float,
+        allow_plaintext_auth: bool,
         tls_context: ssl.SSLContext,
         implicit_tls: bool,
         handshake_timeout: float,
         min_tls_version: str,
-        allow_plaintext_auth: bool,
-        on_close: Callable[[Session], None],
+        proxy_from: tuple[Network, ...],
+        on_close: Callable[[Connection], None],
     ) -> None:
         super().__init__(
-            _Hooks(self),
+            tls_context=tls_context,
+            implicit_tls=implicit_tls,
+            handshake_timeout=handshake_timeout,
+            min_tls_version=min_tls_version,
+            proxy_from=proxy_from,
+            on_close=on_close,
+            handler=_Hooks(self),
             data_size_limit=max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="ESMTP smtprelay",
-            # STARTTLS is offered on plain listeners only.
-            tls_context=None if implicit_tls else tls_context,
             timeout=timeout,
             # On the implicit-TLS port the whole connection is encrypted already.
             auth_require_tls=not (allow_plaintext_auth or implicit_tls),
@@ -77,129 +81,23 @@ class Session(_AiosmtpdSMTP):
         )
         self.intake = intake
         self.max_message_size = max_message_size
-        self.implicit_tls = implicit_tls
-        self.on_close = on_close
         self.command_size_limits = collections.defaultdict(
             lambda: 512, {"MAIL": 1024, "RCPT": 1024}
         )
         self.txn: Transaction | None = None
         self.auth_user: str | None = None
         self.auth_method: str | None = None
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.stage = "CONNECT"
-        self.closing = False
-        self.handshake_timeout = handshake_timeout
-        self.min_tls_version = min_tls_version
-        self._handshake_context = tls_context
-        # The TCP connection, and its peer: kept apart from aiosmtpd's transport (which
-        # becomes the TLS one) so that a connection can always be aborted and named.
-        self._raw: asyncio.BaseTransport | None = None
-        self._peer: tuple[str, int] | None = None
-        self._handshake: asyncio.Task[None] | None = None  # implicit TLS only
-        self._upgrading = False  # a TLS handshake is under way
-        self._released = False
 
-    # --- connection ---------------------------------------------------------------
-    #
-    # Every way a connection can end goes through connection_lost or a failed handshake,
-    # and both give the connection slot back (on_close, once): a client that closes
-    # before the greeting, resets, fails or abandons a TLS handshake, times out, or stops
-    # reading while the relay writes.
+    # --- what the connection below needs to know ------------------------------------
 
-    @property
-    def ip(self) -> str:
-        return self._peer[0] if self._peer else "unknown"
+    def in_transaction(self) -> bool:
+        return self.txn is not None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._raw is None:
-            self._raw = transport
-            peer = transport.get_extra_info("peername")
-            self._peer = (str(peer[0]), int(peer[1])) if peer else None
-            maillog.connect(self.ip)
-            if self.implicit_tls:  # the SMTP session starts once the handshake is done
-                self._handshake = self.loop.create_task(self._implicit_handshake(
-                    self._begin_tls(transport)))
-                return
-        super().connection_made(transport)
-
-    async def _implicit_handshake(self, started: handshake.Handshake) -> None:
-        tls = await self._upgrade(started, "implicit TLS")
-        if tls is not None:
-            super().connection_made(tls)
-
-    def _begin_tls(self, raw: asyncio.BaseTransport) -> handshake.Handshake:
-        self._upgrading = True
-        return handshake.Handshake(raw, self, self._handshake_context, self.handshake_timeout)
-
-    async def _upgrade(self, started: handshake.Handshake, where: str
-                       ) -> asyncio.Transport | None:
-        """The TLS transport, or None when the handshake failed: then the failure is
-        logged, the connection closed and its slot given back."""
-        try:
-            return await started.result(self.min_tls_version)
-        except handshake.HandshakeFailed as e:
-            if e.kind == "closed":  # a health check or a port scan, not a TLS problem
-                maillog.lost_connection(self.ip, "STARTTLS" if self.session else "CONNECT")
-            else:
-                maillog.tls_failed(self.ip, where, e.reason, e.kind)
-            if self._timeout_handle is not None:
-                self._timeout_handle.cancel()
-            self._release()
-            return None
-        finally:
-            self._upgrading = False
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.session is not None:  # aiosmtpd's state exists once SMTP has started
-            super().connection_lost(error)
-        if self._upgrading:
-            return  # the failed handshake is logged, and the slot given back, by _upgrade
-        if self.txn is not None or self.stage == "DATA":
-            maillog.lost_connection(self.ip, self.stage)
-        self._release()
-
-    def eof_received(self) -> bool | None:
-        # aiosmtpd stops reading at EOF but asks to keep the connection half open, so
-        # a client that connects and closes (a health check, a scanner) would hold its
-        # slot until the idle timeout. A client that has closed its side ends the session.
-        super().eof_received()
-        return False
-
-    def _release(self) -> None:
-        """The connection is over: log it and give its slot back, once."""
-        if not self._released:
-            self._released = True
-            maillog.disconnect(self.ip, self.counts)
-            self.on_close(self)
-
-    def _timeout_cb(self) -> None:
-        maillog.timeout(self.ip, self.stage)
+    def forget_transaction(self) -> None:
         self.txn = None
-        self.hang_up(replies.TIMEOUT)
 
-    def close_for_shutdown(self) -> None:
-        """Say goodbye with 421 unless a transaction is under way (that one may finish)."""
-        self.closing = True
-        if self.txn is None:
-            self.hang_up(replies.SHUTTING_DOWN)
-
-    def hang_up(self, reply: Reply) -> None:
-        """Send a final reply and close, without waiting for the client.
-
-        A client that does not read would keep a closing transport (and its slot) for
-        ever, waiting for its buffer to drain: it is cut off after a short grace."""
-        transport = cast(asyncio.WriteTransport | None, self.transport)
-        if transport is None or self._upgrading:  # nothing to say in mid-handshake
-            self._abort()
-            return
-        if not transport.is_closing():
-            transport.write(f"{reply}\r\n".encode())
-            transport.close()
-            self.loop.call_later(_CLOSE_GRACE, self._abort)
-
-    def _abort(self) -> None:
-        if not self._released and self._raw is not None:
-            self._raw.abort()  # type: ignore[attr-defined]
+    def after_starttls(self) -> None:
+        self.auth_user = self.auth_method = None
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()  # type: ignore[no-untyped-call]
@@ -304,41 +202,6 @@ class Session(_AiosmtpdSMTP):
             log.exception("users file unreadable; AUTH not offered")
             return False
         return authenticator.has_users and (self.encrypted or not self._auth_require_tls)
-
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        self.counts["starttls"] += 1
-        self.stage = "STARTTLS"
-        if self.encrypted:
-            await self.push(replies.TLS_ACTIVE)
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: STARTTLS")
-            return
-        raw = cast(asyncio.WriteTransport, self.transport)
-        assert raw is not None and self.session is not None
-        # Written directly, and the TLS layer in place before anything else can run: the
-        # client's ClientHello must not reach the SMTP reader.
-        raw.write(f"{replies.STARTTLS_READY}\r\n".encode())
-        # RFC 3207 4.2 and STARTTLS command injection: nothing the client sent in
-        # plaintext after STARTTLS may be read as a command once encrypted.
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
-        tls = await self._upgrade(self._begin_tls(raw), "STARTTLS")
-        if tls is None:
-            assert self._handler_coroutine is not None
-            self._handler_coroutine.cancel()  # the session is over; nothing to answer
-            return
-        # What aiosmtpd's connection_made does after its own STARTTLS: the streams now
-        # read and write through TLS, and the session starts afresh (RFC 3207 4.2).
-        self._original_transport = raw
-        self._tls_protocol = tls  # type: ignore[assignment]  # aiosmtpd tests it for truth
-        self._reader._transport = tls  # type: ignore[attr-defined]
-        self._writer._transport = tls  # type: ignore[attr-defined]
-        self.transport = tls
-        self._set_rset_state()
-        self.session = self._create_session()
-        self.session.peer = self._peer  # type: ignore[assignment]
-        self.session.ssl = {"ssl_object": tls.get_extra_info("ssl_object")}
-        self.auth_user = self.auth_method = None
 
     # --- AUTH (called through aiosmtpd's smtp_AUTH, which checks TLS and state) -------
 

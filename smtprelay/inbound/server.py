@@ -23,6 +23,7 @@ from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.inbound import handshake
 from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -161,7 +162,7 @@ class InboundServer:
     share: int = 1
     # Told the number of open sessions whenever it changes (a worker reports it).
     on_sessions: Callable[[int], None] | None = None
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[Connection] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
     _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -197,6 +198,7 @@ class InboundServer:
             implicit_tls=implicit,
             handshake_timeout=self.settings.tls.handshake_timeout,
             min_tls_version=self.settings.tls.min_version,
+            proxy_from=server.proxy_protocol,
             allow_plaintext_auth=self.settings.auth.allow_plaintext,
             on_close=self._closed,
         )
@@ -232,7 +234,7 @@ class InboundServer:
         for server in self.servers:
             server.close()
 
-    def _closed(self, session: Session) -> None:
+    def _closed(self, session: Connection) -> None:
         self.sessions.discard(session)
         if self.on_sessions is not None:
             self.on_sessions(len(self.sessions))
