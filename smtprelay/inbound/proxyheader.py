@@ -103,6 +103,8 @@ async def client_address(prelude: Prelude, balancer: tuple[str, int],
     except asyncio.IncompleteReadError:
         raise ProxyRefused("closed before a complete PROXY header") from None
     if not data.valid:
+        if prelude.closed:  # aiosmtpd's parser reports it as a failed read
+            raise ProxyRefused("closed before a complete PROXY header")
         raise ProxyRefused(data.error or "not a PROXY header")
     local = data.version == 2 and data.command == V2_CMD.LOCAL
     if local or data.src_addr is None or data.src_port is None:  # v1 UNKNOWN too
