@@ -72,14 +72,16 @@ class InFlight:
                 self.active -= 1
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler
-                         ) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             async with self.slot(request.path in self.heavy_paths):
                 return await handler(request)
         except Busy:
             self.refused += 1
-            response = error(503, "busy", f"too many HTTP requests at once (limit "
-                             f"{self.limit}); try again shortly")
+            response = error(
+                503,
+                "busy",
+                f"too many HTTP requests at once (limit {self.limit}); try again shortly",
+            )
             response.headers["Retry-After"] = str(max(1, math.ceil(self.wait)))
             return response

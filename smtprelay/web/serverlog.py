@@ -39,8 +39,7 @@ class MalformedRequests(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError):
             # aiohttp's debug chatter only when the operator asked for debug.
-            return record.levelno > logging.DEBUG or logging.getLogger().isEnabledFor(
-                logging.DEBUG)
+            return record.levelno > logging.DEBUG or logging.getLogger().isEnabledFor(logging.DEBUG)
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
         client = str(remote or "unknown")
         left_out = self.budget.allow(client)

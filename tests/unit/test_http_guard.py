@@ -67,8 +67,9 @@ def test_remembered_addresses_are_bounded() -> None:
 
 def test_log_budget_per_address_says_how_many_lines_were_left_out() -> None:
     clock = Clock()
-    budget = LogBudget(burst=3, interval=10.0, global_burst=1000, global_interval=0.001,
-                       clock=clock)
+    budget = LogBudget(
+        burst=3, interval=10.0, global_burst=1000, global_interval=0.001, clock=clock
+    )
     answers = [budget.allow("192.0.2.9") for _ in range(7)]
     assert answers == [0, 0, 0, None, None, None, None]
     assert budget.allow("192.0.2.10") == 0  # another address has its own budget
@@ -81,8 +82,7 @@ def test_log_budget_per_address_says_how_many_lines_were_left_out() -> None:
 
 def test_log_budget_bounds_all_addresses_together() -> None:
     clock = Clock()
-    budget = LogBudget(burst=5, interval=1.0, global_burst=4, global_interval=1.0,
-                       clock=clock)
+    budget = LogBudget(burst=5, interval=1.0, global_burst=4, global_interval=1.0, clock=clock)
     written = [budget.allow(f"192.0.2.{n}") for n in range(10)]  # rotating addresses
     assert written.count(None) == 6
     assert written[:4] == [0, 0, 0, 0]

@@ -31,15 +31,15 @@ def serve(limits: InFlight, test: Run) -> None:
         app = web.Application(middlewares=[limits.middleware])
         app.router.add_get("/light", hold)
         app.router.add_get("/heavy", hold)
-        async with TestServer(app, host="127.0.0.1") as server, \
-                aiohttp.ClientSession() as session:
+        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
             await test(server, session, release, entered)
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-async def get(server: TestServer, session: aiohttp.ClientSession, path: str
-              ) -> tuple[int, Any, str | None]:
+async def get(
+    server: TestServer, session: aiohttp.ClientSession, path: str
+) -> tuple[int, Any, str | None]:
     async with session.get(server.make_url(path)) as response:
         return response.status, await response.json(), response.headers.get("Retry-After")
 
@@ -56,8 +56,12 @@ async def until(condition: Callable[[], bool]) -> None:
 def test_requests_over_the_cap_wait_then_get_503_with_retry_after() -> None:
     limits = InFlight(2, wait=0.2, max_waiting=1)
 
-    async def test(server: TestServer, session: aiohttp.ClientSession,
-                   release: asyncio.Event, entered: list[str]) -> None:
+    async def test(
+        server: TestServer,
+        session: aiohttp.ClientSession,
+        release: asyncio.Event,
+        entered: list[str],
+    ) -> None:
         held = [asyncio.create_task(get(server, session, "/light")) for _ in range(2)]
         await until(lambda: len(entered) == 2)
         waiting = asyncio.create_task(get(server, session, "/light"))
@@ -81,8 +85,12 @@ def test_requests_over_the_cap_wait_then_get_503_with_retry_after() -> None:
 def test_a_waiting_request_gets_the_slot_that_frees() -> None:
     limits = InFlight(1, wait=30.0)
 
-    async def test(server: TestServer, session: aiohttp.ClientSession,
-                   release: asyncio.Event, entered: list[str]) -> None:
+    async def test(
+        server: TestServer,
+        session: aiohttp.ClientSession,
+        release: asyncio.Event,
+        entered: list[str],
+    ) -> None:
         first = asyncio.create_task(get(server, session, "/light"))
         await until(lambda: len(entered) == 1)
         second = asyncio.create_task(get(server, session, "/light"))
@@ -99,8 +107,12 @@ def test_a_waiting_request_gets_the_slot_that_frees() -> None:
 def test_heavy_paths_have_a_smaller_cap_and_leave_room_for_the_rest() -> None:
     limits = InFlight(3, heavy_paths={"/heavy"}, heavy_limit=1, wait=0.2)
 
-    async def test(server: TestServer, session: aiohttp.ClientSession,
-                   release: asyncio.Event, entered: list[str]) -> None:
+    async def test(
+        server: TestServer,
+        session: aiohttp.ClientSession,
+        release: asyncio.Event,
+        entered: list[str],
+    ) -> None:
         heavy = asyncio.create_task(get(server, session, "/heavy"))
         await until(lambda: entered == ["/heavy"])
         assert (await get(server, session, "/heavy"))[0] == 503  # one heavy at a time
