@@ -118,11 +118,10 @@ async def _penalise(ctx: Context, request: web.Request) -> None:
     """One warning line (rate-limited per address), then the address's delay."""
     client = request.remote or "unknown"
     failures, delay = ctx.penalty.failure(client)
-    waits = ctx.penalty.may_wait()
     left_out = ctx.log_budget.allow(client_key(client))
     if left_out is not None:
         more = f"; {left_out} more from this address not logged" if left_out else ""
-        answered = f"answered after {delay:g}s" if waits and delay > 0 else "answered at once"
+        answered = f"answered after {delay:g}s" if delay > 0 else "answered at once"
         log.warning(
             "unknown[%s]: bad bearer token (%s %s; %d recent failure%s, %s)%s",
             printable(client),
@@ -134,7 +133,7 @@ async def _penalise(ctx: Context, request: web.Request) -> None:
             more,
             extra={"service": "http"},
         )
-    if not waits or delay <= 0:
+    if delay <= 0:
         return
     ctx.penalty.waiting += 1
     try:

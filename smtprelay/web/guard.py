@@ -12,6 +12,11 @@ that floods gets ``LINE_BURST`` lines, then one line per ``LINE_INTERVAL`` that 
 many were left out, and all addresses together at most ``GLOBAL_BURST`` lines then one
 per ``GLOBAL_INTERVAL``.
 
+Every failure is delayed, however many are waiting: a request sleeping out its delay
+holds nothing but its own connection (no slot of ``web.limits``), and answering any
+of them early would tell a guesser at once that its token is wrong. So a client gets
+at most as many answers per ``MAX_DELAY`` as it holds connections open.
+
 Neither class awaits anything: the caller sleeps. Both take a ``clock`` for tests.
 """
 
@@ -27,9 +32,6 @@ BASE_DELAY = 0.5
 MAX_DELAY = 8.0
 FORGET = 600.0
 MAX_ADDRESSES = 10_000  # remembered at once; the least recently failing are forgotten
-# Requests sleeping out a penalty at once. Beyond it a failure is answered without the
-# delay: memory and sockets stay bounded, and the log line is still written.
-MAX_WAITING = 256
 
 LINE_BURST = 10
 LINE_INTERVAL = 6.0
@@ -66,16 +68,14 @@ class Penalty:
         cap: float = MAX_DELAY,
         forget: float = FORGET,
         max_addresses: int = MAX_ADDRESSES,
-        max_waiting: int = MAX_WAITING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base = base
         self.cap = cap
         self.forget = forget
         self.max_addresses = max_addresses
-        self.max_waiting = max_waiting
         self.clock = clock
-        self.waiting = 0  # requests the caller is delaying now (see ``wait``)
+        self.waiting = 0  # requests the caller is delaying now
         self._seen: OrderedDict[str, _Failures] = OrderedDict()
 
     def failure(self, address: str) -> tuple[int, float]:
@@ -98,11 +98,6 @@ class Penalty:
         if entry is None or self.clock() - entry.last > self.forget:
             return 0
         return entry.count
-
-    def may_wait(self) -> bool:
-        """Whether one more request may sleep out its delay (the caller counts
-        ``waiting`` up and down around the sleep)."""
-        return self.waiting < self.max_waiting
 
 
 @dataclass
