@@ -43,10 +43,12 @@ from tests.integration.delivery_support import (
 )
 from tests.integration.dns_server import TestDNSServer
 from tests.integration.sinks import Sink, wait_until
+from tests.integration.test_ops_files import fail2ban_regex, tool
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
 TOKEN = "test-token-5f1c9a0e7d"
+HTTP_FILTER = Path(__file__).parents[2] / "conf" / "fail2ban" / "filter.d" / "smtprelay-http.conf"
 BUSY = "450 4.2.1 Mailbox busy, try later"
 
 
@@ -619,3 +621,24 @@ def test_bad_tokens_are_logged_and_slowed_together_and_valid_ones_are_not(
     for status, answer in answers.values():
         assert (status, answer["error"]["code"]) == (401, "unauthorized")
     assert "Traceback" not in relay.log()
+
+
+def test_fail2ban_filter_matches_wrong_tokens_and_in_aggressive_mode_malformed_requests(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    tool("fail2ban-regex", "fail2ban")
+    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
+                                            "bad_token_max_delay": "0"}})
+    api = api_of(relay)
+    for n in range(3):
+        assert api.get("/status", token=f"guess-{n}")[0] == 401
+    assert api.get("/status")[0] == 200
+    assert api.get("/no-such-path")[0] == 404  # a valid token's mistake: never matched
+    assert raw_request(api.port, b"GARBAGE\r\n\r\n")[0] == 400
+    assert relay.stop() == 0
+
+    hosts, counts, report = fail2ban_regex(relay.log_path, str(HTTP_FILTER))
+    assert hosts == [LOOPBACK] * 3 and counts["matched"] == 3, report
+    hosts, counts, report = fail2ban_regex(relay.log_path, f"{HTTP_FILTER}[mode=aggressive]")
+    assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
+    assert "HTTP GET /no-such-path: 404" in report.split("Missed line(s):", 1)[1], report
