@@ -6,7 +6,8 @@ other error: ``{"error": {"code": "...", "message": "..."}}``.
 
 Request hygiene: a wrong token is logged and answered after a delay per client address
 (``web.guard``); at most ``[http] max_requests`` requests with a good token are served
-at once (``web.limits``); every refused request is one log line, and so is every
+at once (``web.limits``), and connections are bounded per address and in all
+(``web.connections``); every refused request is one log line, and so is every
 request aiohttp cannot parse (``web.serverlog``), never a traceback.
 """
 
@@ -28,6 +29,7 @@ from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
 from smtprelay.web import queue, status
+from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, Context, Problem, context, error
 from smtprelay.web.guard import client_key
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
@@ -195,10 +197,13 @@ class HttpServer:
             shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
         self._monitor: asyncio.Task[None] | None = None
+        self.connections = ConnectionCap()
 
     async def start(self) -> None:
         """Bind ``endpoint``; raises OSError if it cannot."""
         await self._runner.setup()
+        assert self._runner.server is not None
+        self.connections.install(self._runner.server)
         site = web.TCPSite(
             self._runner, self.endpoint.host, self.endpoint.port, reuse_address=True, backlog=128
         )

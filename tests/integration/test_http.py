@@ -30,6 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import ids
+from smtprelay.web.connections import PER_ADDRESS
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.delivery_support import (
     MX1,
@@ -642,3 +643,27 @@ def test_fail2ban_filter_matches_wrong_tokens_and_in_aggressive_mode_malformed_r
     hosts, counts, report = fail2ban_regex(relay.log_path, f"{HTTP_FILTER}[mode=aggressive]")
     assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
     assert "HTTP GET /no-such-path: 404" in report.split("Missed line(s):", 1)[1], report
+
+
+def test_one_address_cannot_hold_every_http_connection(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    held = [socket.create_connection((LOOPBACK, api.port), timeout=30)
+            for _ in range(PER_ADDRESS)]
+    try:
+        # The connections were accepted in order: the next one is over the bound and
+        # answered at once, before it sends anything.
+        status, headers, body = raw_request(api.port, b"")
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert json.loads(body)["error"]["code"] == "busy"
+        refused = [line for line in relay.log().splitlines() if "connection refused" in line]
+        assert len(refused) == 1, refused
+        assert f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from " \
+            "this address" in refused[0]
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: api.get("/status")[0] == 200, 30, "a slot after the others closed")
+    assert "Traceback" not in relay.log()
