@@ -192,6 +192,11 @@ class HttpSettings(_Section):
     tokens_file: str = ""
     # How long a finished message's event history stays visible in /messages/{qid}.
     history_retention: Duration = Field(default=3600.0, ge=0)
+    # Requests served at once; more wait a moment, then get 503 with Retry-After.
+    max_requests: int = Field(default=32, ge=1)
+    # A wrong bearer token is answered after 0.5 s, doubling with each recent failure
+    # from the same address, up to this; 0: at once (each failure is logged either way).
+    bad_token_max_delay: Duration = Field(default=8.0, ge=0)
 
 
 class LogSettings(_Section):
@@ -290,6 +295,7 @@ _DURATION_KEYS = {
     "delivery.command_timeout",
     "delivery.data_timeout",
     "http.history_retention",
+    "http.bad_token_max_delay",
 }
 
 

@@ -34,7 +34,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from smtprelay.envelope import Envelope
+from smtprelay.envelope import Envelope, RecipientState
 
 MAIL_LOGGER = "smtprelay.mail"
 MAX_MESSAGES = 100_000
@@ -96,6 +96,55 @@ class History:
             if event.get("event") == "delivery":
                 states[str(event.get("recipient"))] = str(event.get("status"))
         return states
+
+    def settled(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """``envelope`` (as accepted, in its JSON form) brought up to date from the
+        log: each recipient's final state, attempts, last reply and relay; the
+        message's state (its outcome), attempts (the most any recipient had) and no
+        next attempt. The accepted copy was written before any attempt was made."""
+        shown = dict(envelope)
+        attempts: Tally[str] = Tally()
+        last: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            if event.get("event") != "delivery":
+                continue
+            address = str(event.get("recipient"))
+            last[address] = event
+            if not _expiry(event):  # the relay's own verdict, not an attempt
+                attempts[address] += 1
+        recipients = []
+        for accepted in shown.get("recipients", []):
+            recipient = dict(accepted)
+            address = recipient.get("address", "")
+            final = last.get(address)
+            if final is not None:
+                recipient["state"] = _RECIPIENT_STATES.get(str(final.get("status")),
+                                                           recipient.get("state"))
+                recipient["attempts"] = attempts[address]
+                recipient["last_reply"] = (
+                    f"{final.get('code')} {final.get('dsn')} {final.get('reason')}")
+                relay = final.get("relay")
+                recipient["last_relay"] = relay if relay and relay != "none" else None
+            recipients.append(recipient)
+        shown["recipients"] = recipients
+        if self.removed_at is not None:
+            shown["state"] = self.outcome
+            shown["next_attempt"] = None
+        shown["attempts"] = max(attempts.values(), default=0)
+        return shown
+
+
+# A recipient's last delivery status -> its state in the envelope (RecipientState).
+_RECIPIENT_STATES = {"sent": RecipientState.DELIVERED.value,
+                     "bounced": RecipientState.FAILED.value,
+                     "deferred": RecipientState.PENDING.value}
+# The relay's own verdict when a message's lifetime ends (delivery.scheduler.EXPIRED):
+# logged like a delivery, but nothing was attempted.
+_EXPIRED_DSN = "5.4.7"
+
+
+def _expiry(event: Mapping[str, Any]) -> bool:
+    return event.get("dsn") == _EXPIRED_DSN and event.get("relay") == "none"
 
 
 class Stats(logging.Handler):
