@@ -47,7 +47,9 @@ class Supervisor:
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
         if error is None:
@@ -101,8 +103,9 @@ class Supervisor:
             raise TaskDied(name, "ended unexpectedly")
 
 
-def detach(coro: Coroutine[Any, Any, None], owner: set[asyncio.Task[None]],
-           what: str) -> asyncio.Task[None]:
+def detach(
+    coro: Coroutine[Any, Any, None], owner: set[asyncio.Task[None]], what: str
+) -> asyncio.Task[None]:
     """Run ``coro`` as a task kept in ``owner`` until it is done; log its failure."""
     task = asyncio.get_running_loop().create_task(coro)
     owner.add(task)

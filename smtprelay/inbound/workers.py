@@ -65,6 +65,7 @@ class WorkerPool:
         # After a worker died: find what it queued but could not announce.
         self.on_lost = on_lost
         self._sockets: list[tuple[socket.socket, bool]] = []
+        self._endpoints: list[tuple[Endpoint, bool]] = []
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
 
@@ -74,6 +75,9 @@ class WorkerPool:
         sockets are the pool's from now on: closed by :meth:`close`, or if the start
         fails."""
         self._sockets = bind(self.settings) if sockets is None else sockets
+        # Kept: /healthz names the listeners while the pool stops, its sockets closed.
+        self._endpoints = [(Endpoint(*s.getsockname()[:2]), implicit)
+                           for s, implicit in self._sockets]
         try:
             for index in range(self.count):
                 await self._spawn(index)
@@ -170,13 +174,13 @@ class WorkerPool:
 
     @property
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(*s.getsockname()[:2]) for s, _ in self._sockets]
+        return [endpoint for endpoint, _ in self._endpoints]
 
     def states(self) -> list[ListenerState]:
         serving = not self._stopping and bool(self._workers) and all(
             w.ready.is_set() and w.process.returncode is None for w in self._workers.values())
-        return [ListenerState(Endpoint(*s.getsockname()[:2]), implicit, serving)
-                for s, implicit in self._sockets]
+        return [ListenerState(endpoint, implicit, serving)
+                for endpoint, implicit in self._endpoints]
 
     @property
     def session_count(self) -> int:

@@ -81,10 +81,13 @@ def test_a_busy_http_port_stops_the_start_before_any_greeting(
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        relay = make_daemon(start=False, overrides={
-            "server": {"workers": workers},
-            "http": {"listen": f"{LOOPBACK}:{port}"},
-        })
+        relay = make_daemon(
+            start=False,
+            overrides={
+                "server": {"workers": workers},
+                "http": {"listen": f"{LOOPBACK}:{port}"},
+            },
+        )
         assert relay.tls_port is not None
         probers = [_Prober(relay.port), _Prober(relay.tls_port, tls=True)]
         for prober in probers:
@@ -100,8 +103,10 @@ def test_a_busy_http_port_stops_the_start_before_any_greeting(
     for prober in probers:
         assert all(data == b"" for data in prober.received), prober.received
     log = relay.log()
-    assert f"cannot start: [http] listen {LOOPBACK}:{port}: cannot listen: " \
-           "Address already in use" in log
+    assert (
+        f"cannot start: [http] listen {LOOPBACK}:{port}: cannot listen: "
+        "Address already in use" in log
+    )
     assert "Traceback" not in log
     assert "smtprelay ready" not in log and "inbound worker" not in log
     assert "Task was destroyed" not in log and "never retrieved" not in log
