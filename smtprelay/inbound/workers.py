@@ -4,7 +4,9 @@ The main process binds the listening sockets (so a worker that dies and is repla
 loses no connection: they wait in the backlog), starts the workers
 (:mod:`smtprelay.inbound.worker`) with those sockets and a channel each, and reads the
 channels: each queued message goes to delivery, each mail-log event to the statistics.
-A worker that exits unexpectedly is logged and replaced after a second.
+A worker that exits unexpectedly is logged and replaced after a second by
+:meth:`WorkerPool.run`, a long-lived task of the daemon; if it cannot be replaced, that
+task fails and the daemon stops (see :mod:`smtprelay.tasks`).
 """
 
 from __future__ import annotations
