@@ -70,7 +70,7 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     try:
         for endpoint, implicit in kinds:
             try:
-                bound += [(sock, implicit) for sock in _listen(endpoint)]
+                bound += [(sock, implicit) for sock in listen(endpoint)]
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
     except OSError:
@@ -80,7 +80,8 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     return bound
 
 
-def _listen(endpoint: Endpoint) -> list[socket.socket]:
+def listen(endpoint: Endpoint) -> list[socket.socket]:
+    """Listening sockets for ``endpoint`` (also the HTTP endpoint's), not serving yet."""
     infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []

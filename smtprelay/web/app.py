@@ -14,9 +14,8 @@ request aiohttp cannot parse (``web.serverlog``), never a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
-from smtprelay.inbound.server import Listeners
+from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
@@ -179,7 +178,12 @@ class HttpStartError(Exception):
 
 
 class HttpServer:
-    """The aiohttp site and the event-loop monitor that /healthz reads."""
+    """The aiohttp site and the event-loop monitor that /healthz reads.
+
+    Started in steps so that the daemon binds every listener before any serves:
+    :meth:`bind` (may fail: the port is taken), :meth:`start` (serve), :meth:`run`
+    (the monitor, a long-lived task of the daemon), :meth:`stop`.
+    """
 
     def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
         self.ctx = ctx
@@ -196,24 +200,25 @@ class HttpServer:
             keepalive_timeout=KEEPALIVE,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
-        self._monitor: asyncio.Task[None] | None = None
         self.connections = ConnectionCap()
+        self._sockets: list[socket.socket] = []
+
+    def bind(self) -> None:
+        """Bind ``endpoint`` (every address its host name has); raises OSError if it
+        cannot."""
+        self._sockets = listen(self.endpoint)
 
     async def start(self) -> None:
-        """Bind ``endpoint``; raises OSError if it cannot."""
+        """Serve on the bound sockets."""
         await self._runner.setup()
         assert self._runner.server is not None
         self.connections.install(self._runner.server)
-        site = web.TCPSite(
-            self._runner, self.endpoint.host, self.endpoint.port, reuse_address=True, backlog=128
-        )
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
+        for sock in self._sockets:
+            await web.SockSite(self._runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
         self.ctx.http_endpoints = [str(Endpoint(*addr[:2])) for addr in self._runner.addresses]
-        self._monitor = asyncio.get_running_loop().create_task(self.ctx.health.monitor.run())
+
+    async def run(self) -> None:
+        await self.ctx.health.monitor.run()
 
     @property
     def endpoints(self) -> list[str]:
@@ -238,11 +243,9 @@ class HttpServer:
         self.ctx.settings = settings
 
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
         await self._runner.cleanup()
+        for sock in self._sockets:  # bound but never served (a start that failed)
+            sock.close()
         self.ctx.health.probe.close()
 
 
@@ -254,14 +257,17 @@ def _tokens(settings: Settings) -> TokenFile:
         raise HttpStartError(f"[http] tokens_file {path}: {e.strerror or e}") from None
 
 
-async def start(
+def bind(
     settings: Settings,
     scheduler: Scheduler,
     inbound: Listeners,
     stats: Stats,
     spool: Spool,
+    delivering: Callable[[], bool],
 ) -> HttpServer:
-    """The endpoint of ``[http] listen``, serving; raises HttpStartError naming the key."""
+    """The endpoint of ``[http] listen``, bound but not serving yet (``start`` it);
+    raises HttpStartError naming the key. ``delivering``: is the delivery loop running
+    (for /healthz)?"""
     endpoint = settings.http.listen
     assert endpoint is not None
 
@@ -273,16 +279,14 @@ async def start(
             down.append(f"all {limit} SMTP connection slots in use")
         return down
 
-    health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down)
+    health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down, delivering)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
     ctx.penalty.cap = settings.http.bad_token_max_delay
     server = HttpServer(ctx, endpoint)
     try:
-        await server.start()
+        server.bind()
     except OSError as e:
         health.probe.close()
-        # aiohttp rewords the error ("error while attempting to bind on address ..."):
-        # the plain system message names the problem best.
-        reason = os.strerror(e.errno) if e.errno else str(e)
+        reason = e.strerror or str(e)
         raise HttpStartError(f"[http] listen {endpoint}: cannot listen: {reason}") from None
     return server

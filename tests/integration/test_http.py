@@ -146,7 +146,8 @@ def test_every_endpoint_but_healthz_needs_a_token(
     api = api_of(relay)
     assert api.get("/healthz", token="") == (200, {
         "status": "ok",
-        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok"},
+        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok",
+                   "delivery": "ok"},
     })
     for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/queue"),
                          ("GET", f"/messages/{ids.new_id()}"), ("POST", "/queue/flush"),
