@@ -14,9 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtprelay import config
 from smtprelay.inbound import auth
 from smtprelay.inbound.auth import Authenticator, UsersFileError, read_users, write_users
 from smtprelay.inbound.authlimit import Throttle
+from smtprelay.inbound.server import InboundServer, build_intake, users
+from smtprelay.spool import Spool
 
 IP = "192.0.2.9"
 
@@ -403,3 +406,34 @@ def test_inherit_keeps_the_failure_record_and_the_pool(tmp_path: Path) -> None:
         return new.throttle.failures(IP), len(new._memo)
 
     assert run(check()) == (1, 1)
+
+
+def test_reload_hands_the_record_to_the_new_authenticator(tmp_path: Path) -> None:
+    """InboundServer.apply (SIGHUP): a reload must not wipe a guessing client's penalty."""
+    path = tmp_path / "users"
+    _write(path, {"alice": "right"})
+    raw = {"server": {"hostname": "relay.test"}, "spool": {"dir": str(tmp_path / "spool")},
+           "auth": {"users_file": str(path)}}
+
+    async def check() -> tuple[Authenticator, Authenticator, bool, bool]:
+        before = config.parse(raw)
+        old = users(before)
+        assert old is not None
+        await old.verify(IP, "alice", b"wrong")
+        spool = Spool(tmp_path / "spool")
+        try:
+            intake = build_intake(before, spool, old, None)
+            inbound = InboundServer(before, intake, None)  # type: ignore[arg-type]
+            header_before = intake.authenticated_header
+            inbound.apply(config.parse({**raw, "auth": {**raw["auth"],
+                                                        "authenticated_header": True}}),
+                          users(before))
+            assert intake.authenticator is not None
+            return old, intake.authenticator, header_before, intake.authenticated_header
+        finally:
+            spool.close()
+
+    old, new, header_before, header_after = run(check())
+    assert new is not old and new.throttle is old.throttle and new.pool is old.pool
+    assert new.throttle.failures(IP) == 1
+    assert (header_before, header_after) == (False, True)
