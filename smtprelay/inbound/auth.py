@@ -149,7 +149,8 @@ class Authenticator:
 
     async def verify(self, ip: str, username: str, password: bytes) -> bool:
         """True if the password is the user's. Waits for this client's turn and penalty
-        (see :class:`~smtprelay.inbound.authlimit.Throttle`); never raises for any input."""
+        (see :class:`~smtprelay.inbound.authlimit.Throttle`). No input makes it raise; a
+        broken users file raises UsersFileError."""
         self.refresh()
         password = password[:MAX_PASSWORD]
         hashed = self._users.get(username)
@@ -161,6 +162,11 @@ class Authenticator:
         if hashed is not None and self._memo.get(username) == (digest, hashed):
             return True  # only the right password gets here: no need to wait or slow down
         async with self.throttle.turn(ip) as turn:
+            if hashed is not None and self._memo.get(username) == (digest, hashed):
+                # Checked by another session of this client while this one waited for
+                # its turn (an application opening several connections at once).
+                turn.ok = True
+                return True
             matched = await self.pool.run(
                 turn.priority, _checkpw, password, hashed if hashed is not None else self._dummy
             )

@@ -81,7 +81,7 @@ class Throttle:
         step: float = 0.5,
         max_delay: float = 10.0,
         memory: float = 900.0,
-        max_clients: int = 50_000,
+        max_clients: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

@@ -437,3 +437,27 @@ def test_reload_hands_the_record_to_the_new_authenticator(tmp_path: Path) -> Non
     assert new is not old and new.throttle is old.throttle and new.pool is old.pool
     assert new.throttle.failures(IP) == 1
     assert (header_before, header_after) == (False, True)
+
+
+def test_parallel_first_logins_of_one_client_pay_bcrypt_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application opening five connections at once: its checks take turns, and the
+    ones after the first find the password already checked."""
+    path = tmp_path / "users"
+    _write(path, {"alice": "right"})
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def recording(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+
+    async def check() -> list[bool]:
+        a = make(path)
+        return list(await asyncio.gather(*(a.verify(IP, "alice", b"right") for _ in range(5))))
+
+    assert run(check()) == [True] * 5
+    assert calls == [b"right"]
