@@ -73,6 +73,10 @@ class ServerSettings(_Section):
     # SMTP sessions served by this many worker processes beside the main one (which
     # delivers); 0 serves them in the main process.
     workers: Int = Field(default=1, ge=0, le=64)
+    # Load balancers (CIDRs) that send a PROXY protocol header (v1 or v2) in front of
+    # every connection; empty: no header is expected. When set, every connection must
+    # come from one of them and start with a valid header.
+    proxy_protocol: tuple[Network, ...] = ()
 
 
 class TLSSettings(_Section):
@@ -80,6 +84,10 @@ class TLSSettings(_Section):
     cert_file: str = ""
     key_file: str = ""
     min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # How long a client may take to complete a TLS handshake (implicit TLS or STARTTLS);
+    # short, so that plaintext clients on the implicit-TLS port and stalled handshakes
+    # give their connection slot back quickly.
+    handshake_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class AuthSettings(_Section):
@@ -277,6 +285,7 @@ def _describe(error: ValidationError) -> str:
 
 _DURATION_KEYS = {
     "server.timeout",
+    "tls.handshake_timeout",
     "bounce.delay_warning",
     "delivery.retry_schedule",
     "delivery.max_queue_lifetime",

@@ -146,6 +146,10 @@ class Stats(logging.Handler):
             ["command", "class"], registry=r)
         self.auth_failures = Counter(
             "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.", registry=r)
+        self.tls_failures = Counter(
+            "smtprelay_smtpd_tls_failures",
+            "TLS handshakes that failed or were abandoned, by kind (protocol_version, "
+            "no_shared_cipher, not_tls, timeout, closed, other).", ["kind"], registry=r)
         self.connections = Counter(
             "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r)
         self.operator = Counter(
@@ -234,6 +238,9 @@ class Stats(logging.Handler):
         elif event == "auth-failed":
             self.counts["auth_failed"] += 1
             self.auth_failures.inc()
+        elif event == "tls-failed":
+            self.counts["tls_failed"] += 1
+            self.tls_failures.labels(str(fields.get("kind"))).inc()
         elif event == "connect":
             self.counts["connections"] += 1
             self.connections.inc()
@@ -334,5 +341,6 @@ class Stats(logging.Handler):
             "deleted": counts.get("deleted", 0),
             "notices": counts.get("notices", 0),
             "auth_failed": counts.get("auth_failed", 0),
+            "tls_failed": counts.get("tls_failed", 0),
             "connections": counts.get("connections", 0),
         }

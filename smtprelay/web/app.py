@@ -169,7 +169,12 @@ async def start(
     assert endpoint is not None
 
     def listeners_down() -> list[str]:
-        return [str(state.endpoint) for state in inbound.states() if not state.serving]
+        down = [str(state.endpoint) for state in inbound.states() if not state.serving]
+        # A relay whose every slot is taken admits nobody: not healthy for a balancer.
+        limit = ctx.settings.server.max_connections
+        if inbound.session_count >= limit:
+            down.append(f"all {limit} SMTP connection slots in use")
+        return down
 
     health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
