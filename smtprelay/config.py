@@ -94,6 +94,9 @@ class AuthSettings(_Section):
     # Empty means: no SMTP AUTH at all (only trusted networks may relay).
     users_file: str = ""
     allow_plaintext: Bool = False
+    # "(Authenticated sender: NAME)" in Received: hands every recipient a login name;
+    # off by default, as Postfix's smtpd_sasl_authenticated_header.
+    authenticated_header: Bool = False
 
 
 class RelaySettings(_Section):

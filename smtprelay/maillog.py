@@ -86,10 +86,15 @@ def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
 
 
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
-    # Same shape as Postfix so existing fail2ban filters (postfix-sasl) match too.
+    """Postfix's line (smtpd_sasl_glue.c) to the letter, so that fail2ban's postfix filter
+    (mode auth) matches too: the name the client tried, at most 100 characters, with
+    anything unprintable as "?" (Postfix's printable()), "(unavailable)" if it sent none."""
+    shown = "(unavailable)"
+    if username is not None:
+        shown = "".join(c if c.isprintable() else "?" for c in username[:100])
     _emit("smtpd", f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
-          "authentication failure", level=logging.WARNING, client_ip=ip,
-          mechanism=mechanism, sasl_username=username, event="auth-failed")
+          f"authentication failure, sasl_username={shown}", level=logging.WARNING,
+          client_ip=ip, mechanism=mechanism, sasl_username=username, event="auth-failed")
 
 
 def lost_connection(ip: str, after: str) -> None:

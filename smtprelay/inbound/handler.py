@@ -44,6 +44,8 @@ class Intake:
     max_message_size: int
     # Told about each message once it is durable (the delivery stage listens here).
     on_queued: Callable[[Envelope, bytes], None] | None = None
+    # Name the AUTH user in Received: ([auth] authenticated_header).
+    authenticated_header: bool = False
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
@@ -62,7 +64,7 @@ class Intake:
             protocol=client.protocol,
             qid=txn.qid,
             tls=client.tls,
-            auth_user=client.auth_user,
+            auth_user=client.auth_user if self.authenticated_header else None,
             recipients=[r.address for r in txn.recipients],
             now=now,
         )

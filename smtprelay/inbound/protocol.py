@@ -212,9 +212,6 @@ class Session(Connection):
         if authenticator is None or not self._auth_offered():
             return str(replies.AUTH_UNAVAILABLE)
         mechanism = args[0].upper()
-        penalty = authenticator.penalty(self.ip)
-        if penalty:
-            await asyncio.sleep(penalty)
         credentials = await self._read_credentials(mechanism, args[1] if len(args) > 1 else None)
         if credentials is None:
             return None  # the exchange was aborted and already answered
@@ -226,8 +223,8 @@ class Session(Connection):
             self.session.authenticated = True
             self.auth_user, self.auth_method = username, mechanism
             return str(replies.AUTH_OK)
+        # verify() has already waited out this client's penalty for failing before.
         maillog.auth_failed(self.ip, mechanism, username)
-        await asyncio.sleep(authenticator.penalty(self.ip))
         return str(replies.AUTH_FAILED)
 
     async def _read_credentials(

@@ -113,6 +113,7 @@ def build_intake(
         spool=spool,
         max_message_size=settings.server.max_message_size,
         on_queued=on_queued,
+        authenticated_header=settings.auth.authenticated_header,
     )
 
 
@@ -225,7 +226,10 @@ class InboundServer:
     def apply(self, settings: Settings, authenticator: Authenticator | None) -> None:
         """New settings for new sessions (reload); the TLS context is updated by the caller."""
         self.intake.policy = Policy(settings.relay, settings.server.max_recipients)
+        if authenticator is not None and self.intake.authenticator is not None:
+            authenticator.inherit(self.intake.authenticator)
         self.intake.authenticator = authenticator
+        self.intake.authenticated_header = settings.auth.authenticated_header
         self.intake.max_message_size = settings.server.max_message_size
         self.intake.hostname = settings.server.hostname
         self.settings = settings

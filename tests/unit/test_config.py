@@ -40,6 +40,7 @@ def test_defaults_from_empty_dict() -> None:
     assert s.tls.min_version == "TLSv1.2"
     assert s.tls.cert_file == "" and s.tls.key_file == ""
     assert s.auth.users_file == "" and s.auth.allow_plaintext is False
+    assert s.auth.authenticated_header is False
     assert s.relay.trusted_networks == (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -119,6 +120,7 @@ def test_bad_duration() -> None:
         ({"server": {"timeout": "0s"}}, "[server] timeout:"),
         ({"server": 5}, "[server]"),
         ({"auth": {"allow_plaintext": "sometimes"}}, "[auth] allow_plaintext:"),
+        ({"auth": {"authenticated_header": "no"}}, "[auth] authenticated_header:"),
         ({"relay": {"trusted_networks": ["10.0.0.0/33"]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"trusted_networks": ["not-a-net"]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"trusted_networks": [10]}}, "[relay] trusted_networks[0]:"),
