@@ -183,13 +183,20 @@ def test_long_lines_reach_a_receiver_that_refuses_them(
 def test_without_folding_the_strict_receiver_refuses_the_message(
     make_daemon: Callable[..., Daemon], strict_sink: StrictSink
 ) -> None:
-    """The same message with line_length_limit = 0: what the folding prevents."""
+    """The same message with line_length_limit = 0: what the folding prevents; then the
+    limit set again by a reload."""
     relay = _relay_to(make_daemon, f"{SINK_HOST}:{strict_sink.port}", line_length_limit=0)
     qid = submit(relay, [RCPT], ORIGINAL)
     [bounced] = wait_status(relay, qid, RCPT, "bounced")
     assert bounced.reply.startswith("500 ") and "Line too long" in bounced.reply
     assert strict_sink.messages == []
     assert "warning: folded" not in relay.log()
+    # Turned on by a reload (SIGHUP), the next delivery folds.
+    relay.reconfigure({"delivery": {"line_length_limit": LIMIT}})
+    assert "configuration reloaded" in relay.hup()
+    qid = submit(relay, [RCPT], ORIGINAL)
+    wait_status(relay, qid, RCPT, "sent")
+    _assert_content_kept(strict_sink.messages[0].content)
 
 
 def test_lines_at_the_limit_are_sent_byte_for_byte(
