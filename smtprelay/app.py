@@ -79,6 +79,7 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
         timeouts=Timeouts(delivery.connect_timeout, delivery.command_timeout,
                           delivery.data_timeout),
         max_idle_per_hop=delivery.per_destination_concurrency,
+        line_length_limit=delivery.line_length_limit,
     )
     scheduler = Scheduler(spool, Router(delivery, resolver), transport, delivery)
     scheduler.notices = Notices(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -125,6 +126,16 @@ def _parse_nameserver(value: object) -> Endpoint:
     raise ValueError(f"{value!r} is not a name server address like \"127.0.0.1:5353\"")
 
 
+# RFC 5322 2.1.1 recommends lines of at most 78 characters: a smaller limit is no use.
+MIN_LINE_LENGTH = 78
+
+
+def _line_length_limit(value: int) -> int:
+    if value != 0 and value < MIN_LINE_LENGTH:
+        raise ValueError(f"{value} is neither 0 (off) nor at least {MIN_LINE_LENGTH} octets")
+    return value
+
+
 Nameserver = Annotated[Endpoint, BeforeValidator(_parse_nameserver)]
 DEFAULT_RETRY_SCHEDULE = (300.0, 600.0, 1200.0, 2400.0, 4200.0)
 
@@ -156,6 +167,9 @@ class DeliverySettings(_Section):
     connect_timeout: Duration = Field(default=30.0, gt=0)
     command_timeout: Duration = Field(default=300.0, gt=0)
     data_timeout: Duration = Field(default=600.0, gt=0)
+    # Lines longer than this (octets, without CRLF) are folded on output, as Postfix's
+    # smtp_line_length_limit; 0 sends them as they are.
+    line_length_limit: Annotated[Int, AfterValidator(_line_length_limit)] = 998
     smarthost: SmarthostSettings = SmarthostSettings()
     routes: dict[Domain, EndpointField] = Field(default_factory=dict)
 

@@ -157,6 +157,13 @@ def delivery(
           event="delivery")
 
 
+def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
+    """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
+    _emit("smtp", f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
+          f"(longest {longest}) for delivery", qid, level=logging.WARNING, count=count,
+          longest=longest, limit=limit, event="folded")
+
+
 _NOTICE_WORDS = {
     "failure": "sender non-delivery notification",
     "delay": "sender delay notification",

@@ -334,7 +334,8 @@ class Scheduler:
         try:
             params = {r.address: r.params for r in envelope.recipients if r.params}
             outcomes = await self.transport.deliver(
-                route, hops, envelope.sender, addresses, data, envelope.mail_params, params
+                route, hops, envelope.sender, addresses, data, envelope.mail_params, params,
+                qid=envelope.qid,
             )
         except DeliveryError as e:
             if e.unreachable:

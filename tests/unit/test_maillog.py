@@ -248,3 +248,17 @@ def test_setup_chooses_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
         for h in saved[0]:
             root.addHandler(h)
         root.setLevel(saved[1])
+
+
+def test_folded_lines_text_and_json(capture: Callable[..., io.StringIO]) -> None:
+    text = capture(maillog.TextFormatter(under_journald=True))
+    as_json = capture(maillog.JsonFormatter())
+    maillog.folded_lines("0123456789ABC", 3, 52311, 998)
+    [line] = _lines(text)
+    assert line.endswith(
+        f"smtprelay/smtp[{PID}]: 0123456789ABC: warning: folded 3 line(s) longer than 998 "
+        "octets (longest 52311) for delivery"
+    )
+    obj = json.loads(_lines(as_json)[0])
+    assert (obj["event"], obj["level"], obj["count"], obj["longest"], obj["limit"]) == (
+        "folded", "warning", 3, 52311, 998)
