@@ -236,8 +236,13 @@ def test_long_lines_through_a_postfix_next_hop(
         wait_until(
             lambda: strict_sink.messages, 30, lambda: f"Postfix to the strict sink\n{postfix.log()}"
         )
-        assert re.search(
-            rf"postfix/smtp\[\d+\]: \w+: to=<{RCPT}>, relay=.*status=sent", postfix.log()
+        # Postfix logs the delivery just after the sink's 250: wait for the line.
+        wait_until(
+            lambda: re.search(
+                rf"postfix/smtp\[\d+\]: \w+: to=<{RCPT}>, relay=.*status=sent", postfix.log()
+            ),
+            30,
+            lambda: f"Postfix's delivery line\n{postfix.log()}",
         )
     [received] = strict_sink.messages
     assert received.content.count(b"Received: ") >= 2  # Postfix's and the relay's
