@@ -29,6 +29,7 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope, QueueState
+from smtprelay.inbound import local
 from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
@@ -134,6 +135,8 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             server = InboundServer(settings, intake, tls_context)
             await server.start()
             inbound = server
+        # The local submission socket (smtprelay-sendmail), served here in the main process.
+        inbound = await local.attach(settings, spool, on_queued, inbound)
     except (OSError, UsersFileError, TLSError, WorkerStartError) as e:
         raise StartupError(str(e)) from None
     http = None

@@ -28,6 +28,11 @@ from pydantic import (
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/smtprelay/smtprelay.toml")
+# The local submission socket ([server] local_socket): where ``smtprelay-sendmail`` looks
+# when it cannot read the configuration (the systemd unit's RuntimeDirectory).
+DEFAULT_LOCAL_SOCKET = "/run/smtprelay/submit.sock"
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 # TOML has real booleans and integers: "yes" is not true and true is not 1.
 Int = Annotated[int, Strict()]
@@ -58,6 +63,34 @@ Network = Annotated[
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
 
 
+def _parse_socket_path(value: object) -> str:
+    """``""`` (off) or an absolute path short enough for a Unix socket address."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a path string")
+    if not value:
+        return ""
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path (clients elsewhere connect to it)")
+    if len(os.fsencode(value)) > _MAX_SOCKET_PATH:
+        raise ValueError(f"{value!r} is longer than {_MAX_SOCKET_PATH} bytes, "
+                         "the limit of a Unix socket path")
+    return value
+
+
+def _parse_mode(value: object) -> int:
+    """File permissions as an octal string: ``"0666"``, ``"660"``."""
+    if isinstance(value, str) and value and len(value) <= 4 and all(c in "01234567"
+                                                                     for c in value):
+        mode = int(value, 8)
+        if mode <= 0o777:
+            return mode
+    raise ValueError(f"{value!r} is not a file mode like \"0666\" (octal, at most 0777)")
+
+
+SocketPath = Annotated[str, BeforeValidator(_parse_socket_path)]
+Mode = Annotated[int, BeforeValidator(_parse_mode)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -73,6 +106,21 @@ class ServerSettings(_Section):
     # SMTP sessions served by this many worker processes beside the main one (which
     # delivers); 0 serves them in the main process.
     workers: Int = Field(default=1, ge=0, le=64)
+    # The domain added to addresses without one in local submissions (the local_socket:
+    # envelope and From/To/Cc/... headers), as Postfix's myorigin. Empty: hostname.
+    origin: Annotated[str, BeforeValidator(lambda v: _parse_domain(v) if v else "")] = ""
+    # Local submission (smtprelay-sendmail) on a Unix socket; "" turns it off.
+    local_socket: SocketPath = DEFAULT_LOCAL_SOCKET
+    local_socket_mode: Mode = 0o666
+    # Group of the socket file ("" = the daemon's own); the daemon must be a member.
+    local_socket_group: str = ""
+
+    @model_validator(mode="after")
+    def _origin_defaults_to_hostname(self) -> ServerSettings:
+        if not self.origin:
+            # Frozen model: set once here, while it is being built.
+            object.__setattr__(self, "origin", self.hostname.rstrip(".").lower())
+        return self
 
 
 class TLSSettings(_Section):
@@ -310,6 +358,8 @@ def _render(model: BaseModel, table: str, lines: list[str]) -> None:
 
 
 def _toml_value(name: str, value: object) -> str:
+    if name == "server.local_socket_mode" and isinstance(value, int):
+        return _toml_string(f"{value:04o}")
     if name in _DURATION_KEYS:
         if isinstance(value, tuple):
             return "[" + ", ".join(_toml_string(format_duration(v)) for v in value) + "]"
