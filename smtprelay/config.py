@@ -115,12 +115,10 @@ class ServerSettings(_Section):
     # Group of the socket file ("" = the daemon's own); the daemon must be a member.
     local_socket_group: str = ""
 
-    @model_validator(mode="after")
-    def _origin_defaults_to_hostname(self) -> ServerSettings:
-        if not self.origin:
-            # Frozen model: set once here, while it is being built.
-            object.__setattr__(self, "origin", self.hostname.rstrip(".").lower())
-        return self
+    @property
+    def origin_domain(self) -> str:
+        """``origin``, else ``hostname``: what domainless local addresses get."""
+        return self.origin or self.hostname.strip().rstrip(".").lower()
 
 
 class TLSSettings(_Section):

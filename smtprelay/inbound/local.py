@@ -62,11 +62,26 @@ LOCAL = maillog.LOCAL_CLIENT
 # --- addresses without a domain ------------------------------------------------------------
 
 # Headers whose addresses are qualified (Postfix's cleanup rewrites the same set).
-ADDRESS_HEADERS = frozenset({
-    "from", "sender", "reply-to", "to", "cc", "bcc", "apparently-to", "errors-to",
-    "return-receipt-to", "disposition-notification-to", "resent-from", "resent-sender",
-    "resent-reply-to", "resent-to", "resent-cc", "resent-bcc",
-})
+ADDRESS_HEADERS = frozenset(
+    {
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "bcc",
+        "apparently-to",
+        "errors-to",
+        "return-receipt-to",
+        "disposition-notification-to",
+        "resent-from",
+        "resent-sender",
+        "resent-reply-to",
+        "resent-to",
+        "resent-cc",
+        "resent-bcc",
+    }
+)
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _SPECIALS = '()<>[]:;@\\,."'
@@ -161,8 +176,12 @@ def qualify_address_list(value: str, origin: str) -> str:
             if j < 0:
                 return value  # malformed: leave it alone
             inner = value[i + 1 : j].strip()
-            if inner and "@" not in inner and ":" not in inner and not any(
-                    ch.isspace() or ch in '"\\()<,;' for ch in inner):
+            if (
+                inner
+                and "@" not in inner
+                and ":" not in inner
+                and not any(ch.isspace() or ch in '"\\()<,;' for ch in inner)
+            ):
                 inserts.append(i + 1 + len(value[i + 1 : j].rstrip()))
             angle = True
             j += 1
@@ -201,8 +220,11 @@ def _local_part_end(tokens: list[_Token]) -> int | None:
         seq.pop(0)
     while seq and seq[-1].kind == "space":
         seq.pop()
-    kept = [t for k, t in enumerate(seq) if not (
-        t.kind == "space" and "dot" in (seq[k - 1].kind, seq[k + 1].kind))]
+    kept = [
+        t
+        for k, t in enumerate(seq)
+        if not (t.kind == "space" and "dot" in (seq[k - 1].kind, seq[k + 1].kind))
+    ]
     kinds = [t.kind for t in kept]
     if not kinds or kinds != ["word", *["dot", "word"] * ((len(kinds) - 1) // 2)]:
         return None
@@ -282,8 +304,10 @@ class LocalIntake(Intake):
         # Postfix's pickup: "Received: by host (Postfix, from userid 33)\n\tid QID; date".
         uid = "unknown" if self.uid is None else str(self.uid)
         stamp = format_datetime(datetime.fromtimestamp(int(now)).astimezone())
-        return (f"Received: by {self.hostname} (smtprelay, from userid {uid})\r\n"
-                f"\tid {txn.qid}; {stamp}\r\n").encode()
+        return (
+            f"Received: by {self.hostname} (smtprelay, from userid {uid})\r\n"
+            f"\tid {txn.qid}; {stamp}\r\n"
+        ).encode()
 
 
 class LocalSession(Session):
@@ -413,7 +437,8 @@ class LocalServer:
         info = os.stat(self.path)
         self._inode = (info.st_dev, info.st_ino)
         self.server = await asyncio.get_running_loop().create_server(
-            self._protocol, sock=self.sock, backlog=1024)
+            self._protocol, sock=self.sock, backlog=1024
+        )
 
     def _protocol(self) -> asyncio.Protocol:
         server = self.settings.server
@@ -428,7 +453,7 @@ class LocalServer:
             spool=self.spool,
             max_message_size=server.max_message_size,
             on_queued=self.on_queued,
-            origin=server.origin,
+            origin=server.origin_domain,
         )
         session = LocalSession(
             intake,
@@ -515,7 +540,9 @@ class LocalSubmission:
 
 
 async def attach(
-    settings: Settings, spool: Spool, on_queued: Callable[[Envelope, bytes], None] | None,
+    settings: Settings,
+    spool: Spool,
+    on_queued: Callable[[Envelope, bytes], None] | None,
     inner: Listeners,
 ) -> Listeners:
     """``inner`` plus the ``[server] local_socket`` listener, or ``inner`` alone when it
@@ -529,9 +556,15 @@ async def attach(
         sock = bind(server.local_socket, server.local_socket_mode, server.local_socket_group)
     except OSError as e:
         if "local_socket" not in server.model_fields_set and e.errno in (
-                errno.EACCES, errno.EPERM, errno.EROFS):
-            log.warning("local submission off: %s (set [server] local_socket to a path "
-                        "this user may create, or to \"\" to turn it off)", e.strerror)
+            errno.EACCES,
+            errno.EPERM,
+            errno.EROFS,
+        ):
+            log.warning(
+                "local submission off: %s (set [server] local_socket to a path "
+                'this user may create, or to "" to turn it off)',
+                e.strerror,
+            )
             return inner
         inner.close()
         await inner.drain(0.0)
