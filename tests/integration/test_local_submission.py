@@ -319,3 +319,36 @@ class UnixSMTP(smtplib.SMTP):
         sock.settimeout(10)
         sock.connect(self.path)
         return sock
+
+
+def test_reload_applies_origin_to_new_sessions(
+    make_daemon: Callable[..., Daemon],
+    make_sink: Callable[..., Sink],
+    sink_port: int,
+    short_path: Path,
+) -> None:
+    """SIGHUP: a new [server] origin applies to the next local session; a new socket
+    mode is reported as needing a restart. The start-up line names the socket."""
+    sink = make_sink(MX1)
+    daemon = local_relay(make_daemon, sink_port, short_path)
+    assert f"smtprelay ready: smtp on {LOOPBACK}:{daemon.port}" in daemon.log()
+    assert f", {short_path}; http on " in daemon.log()
+    daemon.reconfigure(
+        {
+            "server": {"origin": "dest.test", "local_socket_mode": "0600"},
+        }
+    )
+    assert "configuration reloaded" in daemon.hup()
+    assert "[server] local_socket_mode changes only on restart" in daemon.log()
+    result = subprocess.run(
+        [str(BIN / "smtprelay-sendmail"), "-C", str(daemon.config), "-t"],
+        input="To: carol\nSubject: s\n\nx\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    message = one_message(sink)
+    assert message.rcpt_tos == ("carol@dest.test",)
+    assert b"\r\nTo: carol@dest.test\r\n" in message.content
+    assert stat.S_IMODE(short_path.stat().st_mode) == 0o666  # unchanged until a restart
