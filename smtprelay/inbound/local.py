@@ -338,7 +338,17 @@ class LocalSession(Session):
             self.given_sender = given if given is not None else self.txn.sender
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        await super().smtp_RCPT(qualify_command(arg, self.local.origin)[0])
+        qualified, given = qualify_command(arg, self.local.origin)
+        txn = self.txn
+        if txn is not None and given:
+            # "sendmail -t root" with "To: root@ORIGIN": one recipient, as Postfix's
+            # cleanup removes duplicates; the caller cannot see that they are the same.
+            address = given if "@" in given else f"{given}@{self.local.origin}"
+            if any(r.address.lower() == address.lower() for r in txn.recipients):
+                self.counts["rcpt"] += 1
+                await self.push(replies.RECIPIENT_OK)
+                return
+        await super().smtp_RCPT(qualified)
 
     def log_client(self, txn: Transaction) -> None:
         maillog.pickup(txn.qid, self.uid, self.user, self.given_sender)

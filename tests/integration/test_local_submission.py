@@ -186,7 +186,8 @@ def test_headers_and_envelope_of_a_script(
         "To: alice@dest.test, bob\nCc: carol (Carol C.)\nBcc: dave\n"
         "Subject: To: subject is not an address\n\nTo: nor is the body\n"
     )
-    result = as_nobody(["-t", "-i", "-f", "bounces"], text)
+    # bob twice (as given and qualified): one recipient, as Postfix's cleanup does.
+    result = as_nobody(["-t", "-i", "-f", "bounces", f"bob@{ORIGIN}"], text)
     assert (result.returncode, result.stderr) == (0, "")
     message = one_message(sink)
     assert message.mail_from == f"bounces@{ORIGIN}"
@@ -352,3 +353,20 @@ def test_reload_applies_origin_to_new_sessions(
     assert message.rcpt_tos == ("carol@dest.test",)
     assert b"\r\nTo: carol@dest.test\r\n" in message.content
     assert stat.S_IMODE(short_path.stat().st_mode) == 0o666  # unchanged until a restart
+
+
+def test_exit_codes_without_config_and_daemon(default_socket: Path, tmp_path: Path) -> None:
+    """Nothing at the default socket: with a configuration that exists but is not
+    readable the relay is installed and down (75, try again later); with none at all
+    it is a configuration error (78). Both reasons are given."""
+    existing = tmp_path / "unreadable.toml"
+    existing.write_text("[server]\n")
+    existing.chmod(0o600)
+    result = as_nobody(["bob@dest.test"], "Subject: s\n\nx\n", SMTPRELAY_CONFIG=str(existing))
+    assert result.returncode == 75, result.stderr
+    assert f"{existing}: Permission denied" in result.stderr
+    assert f"not reachable at {DEFAULT_LOCAL_SOCKET}" in result.stderr
+    missing = "/nonexistent/smtprelay.toml"
+    result = as_nobody(["bob@dest.test"], "Subject: s\n\nx\n", SMTPRELAY_CONFIG=missing)
+    assert result.returncode == 78, result.stderr
+    assert "configuration error" in result.stderr and DEFAULT_LOCAL_SOCKET in result.stderr
