@@ -25,12 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from smtprelay import defaults
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
-DEFAULT_CONFIG_PATH = Path("/etc/smtprelay/smtprelay.toml")
-# The local submission socket ([server] local_socket): where ``smtprelay-sendmail`` looks
-# when it cannot read the configuration (the systemd unit's RuntimeDirectory).
-DEFAULT_LOCAL_SOCKET = "/run/smtprelay/submit.sock"
+# In a module of their own so that smtprelay-sendmail can start without pydantic.
+DEFAULT_CONFIG_PATH = defaults.DEFAULT_CONFIG_PATH
+DEFAULT_LOCAL_SOCKET = defaults.DEFAULT_LOCAL_SOCKET
+config_path = defaults.config_path
 # sun_path is 108 bytes on Linux, one of them the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -100,7 +101,7 @@ class ServerSettings(_Section):
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
-    max_recipients: Int = Field(default=1000, gt=0)
+    max_recipients: Int = Field(default=defaults.DEFAULT_MAX_RECIPIENTS, gt=0)
     max_connections: Int = Field(default=200, gt=0)
     timeout: Duration = Field(default=300.0, gt=0)
     # SMTP sessions served by this many worker processes beside the main one (which
@@ -251,14 +252,6 @@ class Settings(_Section):
 
 class ConfigError(Exception):
     """Configuration is unusable; the message names the file or key and what is wrong."""
-
-
-def config_path(explicit: str | None) -> Path:
-    """``-c FILE``, else ``$SMTPRELAY_CONFIG``, else ``/etc/smtprelay/smtprelay.toml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("SMTPRELAY_CONFIG")
-    return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
 def load(path: Path) -> Settings:

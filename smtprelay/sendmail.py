@@ -50,9 +50,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from smtprelay import config
+# Not smtprelay.config: pydantic costs more CPU than all the rest of a run, and a caller
+# who cannot read the configuration does not need it (imported in find_relay otherwise).
+from smtprelay import defaults
+
+if TYPE_CHECKING:
+    from smtprelay import config
 
 EX_OK = 0
 EX_USAGE = 64
@@ -433,8 +438,9 @@ class Relay:
 
     @property
     def max_recipients(self) -> int:
-        server = self.settings.server if self.settings else config.ServerSettings()
-        return server.max_recipients
+        if self.settings is None:
+            return defaults.DEFAULT_MAX_RECIPIENTS
+        return self.settings.server.max_recipients
 
 
 class _UnixSMTP(smtplib.SMTP):
@@ -637,13 +643,18 @@ def _xtext(text: str) -> str:
 def find_relay(path: Path) -> Relay:
     """The configured local socket; the default one when the file cannot be read (a
     ``0640 root:smtprelay`` file and a ``www-data`` caller); the ``[server] listen``
-    addresses when it sets ``local_socket = ""``. ConfigError if the file is invalid."""
+    addresses when it sets ``local_socket = ""``. Failure (78) if the file is invalid."""
     try:
         with path.open("rb"):
             pass
     except OSError as e:
-        return Relay(config.DEFAULT_LOCAL_SOCKET, None, f"{path}: {e.strerror or e}")
-    settings = config.load(path)
+        return Relay(defaults.DEFAULT_LOCAL_SOCKET, None, f"{path}: {e.strerror or e}")
+    from smtprelay import config  # only now: see the import of defaults
+
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:
+        raise Failure(EX_CONFIG, f"configuration error: {e}") from None
     return Relay(settings.server.local_socket or None, settings)
 
 
@@ -667,16 +678,18 @@ def run(
     if opts.show_help:
         print(
             USAGE.format(
-                prog=prog, default=config.DEFAULT_CONFIG_PATH, socket=config.DEFAULT_LOCAL_SOCKET
+                prog=prog,
+                default=defaults.DEFAULT_CONFIG_PATH,
+                socket=defaults.DEFAULT_LOCAL_SOCKET,
             ),
             end="",
         )
         return EX_OK
     try:
-        relay = find_relay(config.config_path(opts.config or config_file))
-    except config.ConfigError as e:
-        print(f"{prog}: configuration error: {e}; message not sent", file=sys.stderr)
-        return EX_CONFIG
+        relay = find_relay(defaults.config_path(opts.config or config_file))
+    except Failure as e:
+        print(f"{prog}: {e}; message not sent", file=sys.stderr)
+        return e.code
     try:
         raw = read_message(stdin or sys.stdin.buffer, opts.ignore_dots)
     except OSError as e:
