@@ -386,7 +386,8 @@ def bind(path: str, mode: int, group: str) -> socket.socket:
     try:
         sock.bind(path)
         try:
-            # After bind, so the file never has a wider mode than asked for.
+            # Before listen(): until then a connect is refused, so nobody gets in
+            # under the mode the umask gave the new file.
             os.chmod(path, mode)
             if gid != -1:
                 os.chown(path, -1, gid)
