@@ -103,6 +103,9 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     except app.StartupError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILED
+    except app.DaemonFault as e:  # its traceback is in the log already
+        log.error("stopped after a fault: %s", e)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -107,6 +107,10 @@ class ServerSettings(_Section):
     # SMTP sessions served by this many worker processes beside the main one (which
     # delivers); 0 serves them in the main process.
     workers: Int = Field(default=1, ge=0, le=64)
+    # Load balancers (CIDRs) that send a PROXY protocol header (v1 or v2) in front of
+    # every connection; empty: no header is expected. When set, every connection must
+    # come from one of them and start with a valid header.
+    proxy_protocol: tuple[Network, ...] = ()
     # The domain added to addresses without one in local submissions (the local_socket:
     # envelope and From/To/Cc/... headers), as Postfix's myorigin. Empty: hostname.
     origin: Annotated[str, BeforeValidator(lambda v: _parse_domain(v) if v else "")] = ""
@@ -127,6 +131,10 @@ class TLSSettings(_Section):
     cert_file: str = ""
     key_file: str = ""
     min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # How long a client may take to complete a TLS handshake (implicit TLS or STARTTLS);
+    # short, so that plaintext clients on the implicit-TLS port and stalled handshakes
+    # give their connection slot back quickly.
+    handshake_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class AuthSettings(_Section):
@@ -231,6 +239,11 @@ class HttpSettings(_Section):
     tokens_file: str = ""
     # How long a finished message's event history stays visible in /messages/{qid}.
     history_retention: Duration = Field(default=3600.0, ge=0)
+    # Requests served at once; more wait a moment, then get 503 with Retry-After.
+    max_requests: int = Field(default=32, ge=1)
+    # A wrong bearer token is answered after 0.5 s, doubling with each recent failure
+    # from the same address, up to this; 0: at once (each failure is logged either way).
+    bad_token_max_delay: Duration = Field(default=8.0, ge=0)
 
 
 class LogSettings(_Section):
@@ -313,6 +326,7 @@ def _describe(error: ValidationError) -> str:
 
 _DURATION_KEYS = {
     "server.timeout",
+    "tls.handshake_timeout",
     "bounce.delay_warning",
     "delivery.retry_schedule",
     "delivery.max_queue_lifetime",
@@ -320,6 +334,7 @@ _DURATION_KEYS = {
     "delivery.command_timeout",
     "delivery.data_timeout",
     "http.history_retention",
+    "http.bad_token_max_delay",
 }
 
 

@@ -116,6 +116,21 @@ def too_many_connections(ip: str, limit: int) -> None:
           level=logging.WARNING, client_ip=ip, limit=limit, event="connection-limit")
 
 
+def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
+    """A TLS handshake that did not complete (``where``: "implicit TLS" or "STARTTLS");
+    ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
+    _emit("smtpd", f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
+          level=logging.WARNING, client_ip=ip, tls=where, reason=reason, kind=kind,
+          event="tls-failed")
+
+
+def proxy_refused(ip: str, reason: str) -> None:
+    """A connection closed before the greeting: it came from an address not allowed to
+    send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
+    _emit("smtpd", f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
+          level=logging.WARNING, client_ip=ip, reason=reason, event="proxy-refused")
+
+
 def timeout(ip: str, after: str) -> None:
     _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
           event="timeout")

@@ -35,6 +35,7 @@ import os
 import pwd
 import re
 import socket
+import ssl
 import stat
 import struct
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from smtprelay import maillog, replies
 from smtprelay.config import Settings
 from smtprelay.envelope import Client, Envelope
 from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -315,6 +317,7 @@ class LocalSession(Session):
 
     def __init__(self, intake: LocalIntake, **kwargs: Any) -> None:
         super().__init__(intake, **kwargs)
+        self.tls_context = None  # aiosmtpd's: no STARTTLS in EHLO
         self.local = intake
         self.uid: int | None = None
         self.user: str | None = None
@@ -329,6 +332,11 @@ class LocalSession(Session):
             self.uid = self.local.uid = peer_uid(transport)
             self.user = None if self.uid is None else user_name(self.uid)
         super().connection_made(transport)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        # Nothing to protect between two processes of this machine.
+        self.counts["starttls"] += 1
+        await self.push(replies.NO_STARTTLS)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         qualified, given = qualify_command(arg, self.local.origin)
@@ -420,6 +428,10 @@ def _remove_stale(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "another process is listening on it")
 
 
+# The session code wants a TLS context; the local socket never offers TLS.
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
 class _Refuse(asyncio.Protocol):
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -439,14 +451,16 @@ class LocalServer:
     on_queued: Callable[[Envelope, bytes], None] | None
     path: str
     sock: socket.socket
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[Connection] = field(default_factory=set)
     server: asyncio.Server | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _inode: tuple[int, int] = (0, 0)
 
-    async def start(self) -> None:
+    def __post_init__(self) -> None:
         info = os.stat(self.path)
         self._inode = (info.st_dev, info.st_ino)
+
+    async def start(self) -> None:
         self.server = await asyncio.get_running_loop().create_server(
             self._protocol, sock=self.sock, backlog=1024
         )
@@ -471,16 +485,19 @@ class LocalServer:
             hostname=server.hostname,
             max_message_size=server.max_message_size,
             timeout=server.timeout,
-            starttls_context=None,
-            implicit_tls=False,
             allow_plaintext_auth=False,
+            tls_context=_NO_TLS,  # never used: STARTTLS is refused
+            implicit_tls=False,
+            handshake_timeout=self.settings.tls.handshake_timeout,
+            min_tls_version=self.settings.tls.min_version,
+            proxy_from=(),
             on_close=self._closed,
         )
         self.sessions.add(session)
         self._idle.clear()
         return session
 
-    def _closed(self, session: Session) -> None:
+    def _closed(self, session: Connection) -> None:
         self.sessions.discard(session)
         if not self.sessions:
             self._idle.set()
@@ -502,6 +519,8 @@ class LocalServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        else:
+            self.sock.close()  # bound but never served (the start failed elsewhere)
         # Remove the file unless something else has replaced it since.
         with contextlib.suppress(OSError):
             info = os.stat(self.path)
@@ -550,21 +569,15 @@ class LocalSubmission:
         await asyncio.gather(self.inner.drain(grace), self.local.drain(grace))
 
 
-async def attach(
-    settings: Settings,
-    spool: Spool,
-    on_queued: Callable[[Envelope, bytes], None] | None,
-    inner: Listeners,
-) -> Listeners:
-    """``inner`` plus the ``[server] local_socket`` listener, or ``inner`` alone when it
-    is ``""``. Left at its default, a socket that cannot be made (``make run`` as a
-    user who may not write /run) is a warning; set explicitly, an OSError that stops
-    the start (``inner`` is closed first)."""
+def bind_socket(settings: Settings) -> socket.socket | None:
+    """The listening ``[server] local_socket``, or None when it is ``""``. Left at its
+    default, a socket that cannot be made (``make run`` as a user who may not write
+    /run) is a warning and None; set explicitly, an OSError that stops the start."""
     server = settings.server
     if not server.local_socket:
-        return inner
+        return None
     try:
-        sock = bind(server.local_socket, server.local_socket_mode, server.local_socket_group)
+        return bind(server.local_socket, server.local_socket_mode, server.local_socket_group)
     except OSError as e:
         if "local_socket" not in server.model_fields_set and e.errno in (
             errno.EACCES,
@@ -576,10 +589,25 @@ async def attach(
                 'this user may create, or to "" to turn it off)',
                 e.strerror,
             )
-            return inner
-        inner.close()
-        await inner.drain(0.0)
-        raise OSError(e.errno, e.strerror) from None
-    local = LocalServer(settings, spool, on_queued, server.local_socket, sock)
-    await local.start()
-    return LocalSubmission(inner, local)
+            return None
+        raise
+
+
+def wrap(
+    inner: Listeners,
+    settings: Settings,
+    spool: Spool,
+    on_queued: Callable[[Envelope, bytes], None] | None,
+    sock: socket.socket | None,
+) -> Listeners:
+    """``inner`` and the local socket ``sock`` (bound, not yet served) as one."""
+    if sock is None:
+        return inner
+    path = settings.server.local_socket
+    return LocalSubmission(inner, LocalServer(settings, spool, on_queued, path, sock))
+
+
+async def start(listeners: Listeners) -> None:
+    """Serve the local socket of :func:`wrap`'s result (nothing if it has none)."""
+    if isinstance(listeners, LocalSubmission):
+        await listeners.local.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from typing import Protocol, cast
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
+from smtprelay.inbound import handshake
 from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -67,7 +70,7 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     try:
         for endpoint, implicit in kinds:
             try:
-                bound += [(sock, implicit) for sock in _listen(endpoint)]
+                bound += [(sock, implicit) for sock in listen(endpoint)]
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
     except OSError:
@@ -77,7 +80,8 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     return bound
 
 
-def _listen(endpoint: Endpoint) -> list[socket.socket]:
+def listen(endpoint: Endpoint) -> list[socket.socket]:
+    """Listening sockets for ``endpoint`` (also the HTTP endpoint's), not serving yet."""
     infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -122,16 +126,30 @@ def users(settings: Settings) -> Authenticator | None:
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 421 to a connection over ``max_connections`` and hangs up."""
+    """Answers 421 to a connection over ``max_connections`` and hangs up (on the
+    implicit-TLS port after the handshake, so that the client can read the reply)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None) -> None:
         self.limit = limit
+        self.tls = tls
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
-        transport = cast(asyncio.WriteTransport, transport)
         peer = transport.get_extra_info("peername")
         maillog.too_many_connections(str(peer[0]) if peer else "unknown", self.limit)
+        if self.tls is None:
+            self._refuse(transport)
+            return
+        started = handshake.Handshake(transport, self, *self.tls)
+        self._task = asyncio.get_running_loop().create_task(self._refuse_over_tls(started))
+
+    async def _refuse_over_tls(self, started: handshake.Handshake) -> None:
+        with contextlib.suppress(handshake.HandshakeFailed):
+            self._refuse(await started.result(""))
+
+    def _refuse(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
+        transport = cast(asyncio.WriteTransport, transport)
         transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
         transport.close()
 
@@ -145,7 +163,7 @@ class InboundServer:
     share: int = 1
     # Told the number of open sessions whenever it changes (a worker reports it).
     on_sessions: Callable[[int], None] | None = None
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[Connection] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
     _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -155,11 +173,10 @@ class InboundServer:
         listener of the settings; raises OSError naming the address if one cannot bind."""
         loop = asyncio.get_running_loop()
         for sock, implicit in bind(self.settings) if sockets is None else sockets:
+            # Implicit TLS too is served as plain TCP: the session runs the handshake
+            # itself, so that one that fails still gives its connection slot back.
             server = await loop.create_server(
-                lambda implicit=implicit: self._protocol(implicit),
-                sock=sock,
-                ssl=self.tls_context if implicit else None,
-                backlog=1024,
+                functools.partial(self._protocol, implicit), sock=sock, backlog=1024,
             )
             self.servers.append(server)
             self._implicit.append(implicit)
@@ -171,14 +188,18 @@ class InboundServer:
     def _protocol(self, implicit: bool) -> asyncio.Protocol:
         server = self.settings.server
         if len(self.sessions) >= self.limit:
-            return _Refuse(server.max_connections)
+            tls = (self.tls_context, self.settings.tls.handshake_timeout) if implicit else None
+            return _Refuse(server.max_connections, tls)
         session = Session(
             self.intake,
             hostname=server.hostname,
             max_message_size=server.max_message_size,
             timeout=server.timeout,
-            starttls_context=None if implicit else self.tls_context,
+            tls_context=self.tls_context,
             implicit_tls=implicit,
+            handshake_timeout=self.settings.tls.handshake_timeout,
+            min_tls_version=self.settings.tls.min_version,
+            proxy_from=server.proxy_protocol,
             allow_plaintext_auth=self.settings.auth.allow_plaintext,
             on_close=self._closed,
         )
@@ -214,7 +235,7 @@ class InboundServer:
         for server in self.servers:
             server.close()
 
-    def _closed(self, session: Session) -> None:
+    def _closed(self, session: Connection) -> None:
         self.sessions.discard(session)
         if self.on_sessions is not None:
             self.on_sessions(len(self.sessions))

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay import __version__, ids
-from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.envelope import Envelope, QueueState
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Context, Problem, context
 from smtprelay.web.queue import summary
@@ -98,14 +98,7 @@ async def message(request: web.Request) -> web.Response:
         assert history is not None
         state = history.outcome
         if history.envelope is not None:
-            shown = json.loads(history.envelope)
-            final = history.recipient_states()
-            for recipient in shown["recipients"]:
-                status = final.get(recipient["address"])
-                if status == "sent":
-                    recipient["state"] = RecipientState.DELIVERED.value
-                elif status == "bounced":
-                    recipient["state"] = RecipientState.FAILED.value
+            shown = history.settled(json.loads(history.envelope))
     return web.json_response({
         "qid": qid,
         "status": state,

@@ -230,6 +230,7 @@ def test_socket_grants_nothing_on_tcp(
         code, _ = local.ehlo("localhost")
         assert code == 250
         assert not local.has_extn("auth") and not local.has_extn("starttls")
+        assert local.docmd("STARTTLS")[0] == 502
         code, _ = local.docmd("AUTH", "PLAIN AGFwcDEAc2VjcmV0LXB3")
         assert code >= 500
         local.mail("app@sender.test")
