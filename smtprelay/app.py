@@ -28,6 +28,7 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope, QueueState
+from smtprelay.inbound import local
 from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
@@ -134,6 +135,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
         sockets = bind(settings)
+        local_socket = local.bind_socket(settings)  # smtprelay-sendmail's, or None
     except (OSError, UsersFileError, TLSError) as e:
         raise StartupError(str(e)) from None
     supervisor = Supervisor()
@@ -146,6 +148,8 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     else:
         inbound = server = InboundServer(
             settings, build_intake(settings, spool, authenticator, on_queued), tls_context)
+    # The local submission socket is served by this process, beside either.
+    inbound = local.wrap(inbound, settings, spool, on_queued, local_socket)
     # Every listener is bound before any serves: a port that is taken stops the start
     # before a client has seen a greeting, let alone had mail acknowledged.
     http = None
@@ -158,6 +162,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             await pool.start(sockets)
         else:
             await server.start(sockets)
+        await local.start(inbound)
     except BaseException as e:
         inbound.close()
         await inbound.drain(0.0)

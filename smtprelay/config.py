@@ -26,9 +26,15 @@ from pydantic import (
     model_validator,
 )
 
+from smtprelay import defaults
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
-DEFAULT_CONFIG_PATH = Path("/etc/smtprelay/smtprelay.toml")
+# In a module of their own so that smtprelay-sendmail can start without pydantic.
+DEFAULT_CONFIG_PATH = defaults.DEFAULT_CONFIG_PATH
+DEFAULT_LOCAL_SOCKET = defaults.DEFAULT_LOCAL_SOCKET
+config_path = defaults.config_path
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 # TOML has real booleans and integers: "yes" is not true and true is not 1.
 Int = Annotated[int, Strict()]
@@ -59,6 +65,34 @@ Network = Annotated[
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
 
 
+def _parse_socket_path(value: object) -> str:
+    """``""`` (off) or an absolute path short enough for a Unix socket address."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a path string")
+    if not value:
+        return ""
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path (clients elsewhere connect to it)")
+    if len(os.fsencode(value)) > _MAX_SOCKET_PATH:
+        raise ValueError(f"{value!r} is longer than {_MAX_SOCKET_PATH} bytes, "
+                         "the limit of a Unix socket path")
+    return value
+
+
+def _parse_mode(value: object) -> int:
+    """File permissions as an octal string: ``"0666"``, ``"660"``."""
+    if isinstance(value, str) and value and len(value) <= 4 and all(c in "01234567"
+                                                                     for c in value):
+        mode = int(value, 8)
+        if mode <= 0o777:
+            return mode
+    raise ValueError(f"{value!r} is not a file mode like \"0666\" (octal, at most 0777)")
+
+
+SocketPath = Annotated[str, BeforeValidator(_parse_socket_path)]
+Mode = Annotated[int, BeforeValidator(_parse_mode)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -68,7 +102,7 @@ class ServerSettings(_Section):
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
-    max_recipients: Int = Field(default=1000, gt=0)
+    max_recipients: Int = Field(default=defaults.DEFAULT_MAX_RECIPIENTS, gt=0)
     max_connections: Int = Field(default=200, gt=0)
     timeout: Duration = Field(default=300.0, gt=0)
     # SMTP sessions served by this many worker processes beside the main one (which
@@ -78,6 +112,19 @@ class ServerSettings(_Section):
     # every connection; empty: no header is expected. When set, every connection must
     # come from one of them and start with a valid header.
     proxy_protocol: tuple[Network, ...] = ()
+    # The domain added to addresses without one in local submissions (the local_socket:
+    # envelope and From/To/Cc/... headers), as Postfix's myorigin. Empty: hostname.
+    origin: Annotated[str, BeforeValidator(lambda v: _parse_domain(v) if v else "")] = ""
+    # Local submission (smtprelay-sendmail) on a Unix socket; "" turns it off.
+    local_socket: SocketPath = DEFAULT_LOCAL_SOCKET
+    local_socket_mode: Mode = 0o666
+    # Group of the socket file ("" = the daemon's own); the daemon must be a member.
+    local_socket_group: str = ""
+
+    @property
+    def origin_domain(self) -> str:
+        """``origin``, else ``hostname``: what domainless local addresses get."""
+        return self.origin or self.hostname.strip().rstrip(".").lower()
 
 
 class TLSSettings(_Section):
@@ -237,14 +284,6 @@ class ConfigError(Exception):
     """Configuration is unusable; the message names the file or key and what is wrong."""
 
 
-def config_path(explicit: str | None) -> Path:
-    """``-c FILE``, else ``$SMTPRELAY_CONFIG``, else ``/etc/smtprelay/smtprelay.toml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("SMTPRELAY_CONFIG")
-    return Path(env) if env else DEFAULT_CONFIG_PATH
-
-
 def load(path: Path) -> Settings:
     try:
         with path.open("rb") as f:
@@ -342,6 +381,8 @@ def _render(model: BaseModel, table: str, lines: list[str]) -> None:
 
 
 def _toml_value(name: str, value: object) -> str:
+    if name == "server.local_socket_mode" and isinstance(value, int):
+        return _toml_string(f"{value:04o}")
     if name in _DURATION_KEYS:
         if isinstance(value, tuple):
             return "[" + ", ".join(_toml_string(format_duration(v)) for v in value) + "]"

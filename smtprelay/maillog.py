@@ -30,7 +30,13 @@ def _emit(service: str, text: str, qid: str | None = None, level: int = logging.
         log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
 
 
+# The client "address" of a session on the local submission socket (inbound/local.py).
+LOCAL_CLIENT = "local"
+
+
 def _host(ip: str) -> str:
+    if ip == LOCAL_CLIENT:
+        return LOCAL_CLIENT  # no address, so nothing for fail2ban to ban
     # No reverse DNS for clients: Postfix prints "unknown" in the same place.
     return f"unknown[{ip}]"
 
@@ -52,6 +58,14 @@ def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None
         text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
     _emit("smtpd", text, qid, client_ip=ip, sasl_method=sasl_method,
           sasl_username=sasl_username, event="client")
+
+
+def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
+    """A local submission's first line, as Postfix's pickup writes it (the sender as the
+    caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""
+    text = f"{qid}: uid={uid if uid is not None else 'unknown'} from=<{sender}>"
+    _emit("pickup", text, qid, client_ip=LOCAL_CLIENT, uid=uid, user=user, sender=sender,
+          event="pickup")
 
 
 def message_id(qid: str, value: str) -> None:

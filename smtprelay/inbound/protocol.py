@@ -358,9 +358,13 @@ class Session(Connection):
             await self._reject("RCPT", reply, recipient=parsed.address)
             return
         if not txn.recipients:
-            maillog.client(txn.qid, self.ip, self.auth_method, self.auth_user)
+            self.log_client(txn)
         txn.recipients.append(Recipient(parsed.address, params=parsed.params))
         await self.push(replies.RECIPIENT_OK)
+
+    def log_client(self, txn: Transaction) -> None:
+        """The transaction's first line under its QID (a local submission logs its own)."""
+        maillog.client(txn.qid, self.ip, self.auth_method, self.auth_user)
 
     # --- DATA ---------------------------------------------------------------------
 

@@ -107,6 +107,8 @@ def test_unit_settings() -> None:
     assert one["KillMode"] == "mixed"
     assert one["User"] not in ("", "root")
     assert one["StateDirectory"] == "smtprelay"
+    # The local submission socket's directory, reachable by every user (cron, www-data).
+    assert (one["RuntimeDirectory"], one["RuntimeDirectoryMode"]) == ("smtprelay", "0755")
     assert one["WorkingDirectory"] == "/var/lib/smtprelay"
     assert one["ConfigurationDirectory"] == "smtprelay"
     assert one["UMask"] == "0027"
