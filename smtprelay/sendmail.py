@@ -727,3 +727,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``smtprelay-sendmail`` (link it as /usr/sbin/sendmail)."""
     prog = os.path.basename(sys.argv[0]) or "sendmail"
     sys.exit(run(sys.argv[1:] if argv is None else argv, prog=prog))
+
+
+if __name__ == "__main__":  # python3 -m smtprelay.sendmail, for a PHP sendmail_path
+    main()

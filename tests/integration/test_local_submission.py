@@ -371,3 +371,48 @@ def test_exit_codes_without_config_and_daemon(default_socket: Path, tmp_path: Pa
     result = as_nobody(["bob@dest.test"], "Subject: s\n\nx\n", SMTPRELAY_CONFIG=missing)
     assert result.returncode == 78, result.stderr
     assert "configuration error" in result.stderr and DEFAULT_LOCAL_SOCKET in result.stderr
+
+
+PHP = shutil.which("php")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(PHP is None or not Path(SYSTEM_PYTHON).exists(),
+                    reason="php or Debian's python3 is not installed (apt-get install php-cli)")
+def test_php_mail_as_www_user(
+    make_daemon: Callable[..., Daemon],
+    make_sink: Callable[..., Sink],
+    sink_port: int,
+    default_socket: Path,
+) -> None:
+    """PHP's mail() with sendmail_path pointing at the command, as a user who cannot
+    read the configuration (the README's layout): mail() returns true and the message
+    arrives, its domainless From: qualified."""
+    assert PHP is not None
+    sink = make_sink(MX1)
+    daemon = local_relay(make_daemon, sink_port, default_socket)
+    script = (
+        'exit(mail("alice@dest.test", "php subject", "sent by mail()\\n", '
+        '"From: www\\r\\nX-Mailer: PHP") ? 0 : 1);'
+    )
+    # The test venv's interpreter lives under /root, which user nobody cannot reach from
+    # the shell PHP runs; the command needs only the standard library on this path, so
+    # the system's Python runs it from the checkout, as an install in /opt would.
+    checkout = Path(__file__).resolve().parents[2]
+    sendmail_path = f"{SYSTEM_PYTHON} -m smtprelay.sendmail -t -i"
+    clean = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(checkout),
+             "SMTPRELAY_CONFIG": str(daemon.config)}
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         PHP, "-n", "-d", f"sendmail_path={sendmail_path}", "-r", script],
+        capture_output=True, text=True, env=clean, timeout=60, cwd="/",
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    message = one_message(sink)
+    assert message.rcpt_tos == ("alice@dest.test",)
+    headers = headers_of(message)
+    assert b"To: alice@dest.test" in headers
+    assert b"Subject: php subject" in headers
+    assert f"From: www@{ORIGIN}".encode() in headers
+    assert b"\r\n\r\nsent by mail()\r\n" in message.body()  # PHP adds a newline
+    assert f": uid={NOBODY.pw_uid} from=<nobody>" in daemon.log()
