@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/smtprelay serve -c $(CONFIG)
 
 # Debian tools the integration tests drive: swaks, systemd-analyze, fail2ban-regex, pflogsumm,
-# haproxy, htpasswd (apache2-utils), php (mail() through smtprelay-sendmail), and postfix (a private instance as next hop; "No
-# configuration" leaves /etc/postfix unset).
+# haproxy, htpasswd (apache2-utils), php (mail() through smtprelay-sendmail), and postfix
+# (a private instance as next hop; "No configuration" leaves /etc/postfix unset).
 # swaks speaks TLS only with Net::SSLeay and IO::Socket::SSL, which it merely recommends.
 DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl systemd fail2ban python3-systemd \
 	procps pflogsumm haproxy apache2-utils postfix php-cli
