@@ -504,7 +504,7 @@ class LocalServer:
 
     def state(self) -> ListenerState:
         serving = self.server is not None and self.server.is_serving()
-        return ListenerState(SocketEndpoint(self.path, 0), False, serving)
+        return ListenerState(SocketEndpoint(self.path, 0), False, serving, local=True)
 
     def apply(self, settings: Settings) -> None:
         """A reload: new sessions use the new policy, limits and origin; a new path,

@@ -40,6 +40,7 @@ class ListenerState:
     endpoint: Endpoint
     implicit_tls: bool
     serving: bool
+    local: bool = False  # the Unix socket of local submission (no TLS there)
 
 
 class Listeners(Protocol):

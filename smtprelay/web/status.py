@@ -21,7 +21,8 @@ MAX_TOP = 1000
 def listeners(ctx: Context) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = [
         {"protocol": "smtp", "address": str(state.endpoint),
-         "tls": "implicit" if state.implicit_tls else "starttls", "serving": state.serving}
+         "tls": "implicit" if state.implicit_tls else "none" if state.local else "starttls",
+         "serving": state.serving}
         for state in ctx.inbound.states()]
     found += [{"protocol": "http", "address": a, "tls": "none", "serving": True}
               for a in ctx.http_endpoints]
