@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Any, cast
+from typing import Any
 
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
@@ -52,7 +52,7 @@ from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
-from smtprelay.inbound.server import Listeners, ListenerState
+from smtprelay.inbound.server import Listeners, ListenerState, Refuse
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool
 from smtprelay.units import Endpoint
@@ -432,18 +432,6 @@ def _remove_stale(path: str) -> None:
 _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 
 
-class _Refuse(asyncio.Protocol):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        maillog.too_many_connections(LOCAL, self.limit)
-        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
-        writer = cast(asyncio.WriteTransport, transport)
-        writer.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
-        writer.close()
-
-
 @dataclass
 class LocalServer:
     settings: Settings
@@ -470,7 +458,7 @@ class LocalServer:
         # Its own share of max_connections: a flood on the TCP listeners cannot keep
         # cron's and PHP's mail out.
         if len(self.sessions) >= server.max_connections:
-            return _Refuse(server.max_connections)
+            return Refuse(server.max_connections, None, client=LOCAL)
         intake = LocalIntake(
             hostname=server.hostname,
             policy=_LocalPolicy(self.settings.relay, server.max_recipients),

@@ -127,18 +127,22 @@ def users(settings: Settings) -> Authenticator | None:
     return authenticator
 
 
-class _Refuse(asyncio.Protocol):
+class Refuse(asyncio.Protocol):
     """Answers 421 to a connection over ``max_connections`` and hangs up (on the
-    implicit-TLS port after the handshake, so that the client can read the reply)."""
+    implicit-TLS port after the handshake, so that the client can read the reply).
+    ``client`` names the caller in the log where there is no peer address."""
 
-    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None) -> None:
+    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None,
+                 client: str | None = None) -> None:
         self.limit = limit
         self.tls = tls
+        self.client = client
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        maillog.too_many_connections(str(peer[0]) if peer else "unknown", self.limit)
+        client = self.client or (str(peer[0]) if peer else "unknown")
+        maillog.too_many_connections(client, self.limit)
         if self.tls is None:
             self._refuse(transport)
             return
@@ -191,7 +195,7 @@ class InboundServer:
         server = self.settings.server
         if len(self.sessions) >= self.limit:
             tls = (self.tls_context, self.settings.tls.handshake_timeout) if implicit else None
-            return _Refuse(server.max_connections, tls)
+            return Refuse(server.max_connections, tls)
         session = Session(
             self.intake,
             hostname=server.hostname,
