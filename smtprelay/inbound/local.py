@@ -48,7 +48,7 @@ from smtprelay import maillog, replies
 from smtprelay.config import Settings
 from smtprelay.envelope import Client, Envelope
 from smtprelay.inbound.auth import Authenticator
-from smtprelay.inbound.connection import Connection
+from smtprelay.inbound.connection import Sessions
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -439,9 +439,8 @@ class LocalServer:
     on_queued: Callable[[Envelope, bytes], None] | None
     path: str
     sock: socket.socket
-    sessions: set[Connection] = field(default_factory=set)
+    sessions: Sessions = field(default_factory=Sessions)
     server: asyncio.Server | None = None
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _inode: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
@@ -479,16 +478,10 @@ class LocalServer:
             handshake_timeout=self.settings.tls.handshake_timeout,
             min_tls_version=self.settings.tls.min_version,
             proxy_from=(),
-            on_close=self._closed,
+            on_close=self.sessions.closed,
         )
         self.sessions.add(session)
-        self._idle.clear()
         return session
-
-    def _closed(self, session: Connection) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._idle.set()
 
     def state(self) -> ListenerState:
         serving = self.server is not None and self.server.is_serving()
@@ -516,13 +509,7 @@ class LocalServer:
                 os.unlink(self.path)
 
     async def drain(self, grace: float) -> None:
-        for session in list(self.sessions):
-            session.close_for_shutdown()
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
-        for session in list(self.sessions):
-            session.hang_up(replies.SHUTTING_DOWN)
+        await self.sessions.drain(grace)
 
 
 class LocalSubmission:
