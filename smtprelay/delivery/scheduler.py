@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from smtprelay import ids, maillog
+from smtprelay.addresses import domain_of
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery import backoff
 from smtprelay.delivery.notices import Notices, Result
@@ -44,7 +45,6 @@ from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.routes import Route, Router
 from smtprelay.delivery.transport import Transport
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
-from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.tasks import detach
