@@ -16,14 +16,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Prefixes no worker may load: the delivery stage and what only it uses (the SMTP client,
 # DNS), the main process's reload, and the HTTP endpoint.
-FORBIDDEN = ("smtprelay.delivery", "smtprelay.reload", "smtprelay.web", "aiosmtplib", "dns",
-             "aiohttp")
+FORBIDDEN = (
+    "smtprelay.delivery",
+    "smtprelay.reload",
+    "smtprelay.web",
+    "aiosmtplib",
+    "dns",
+    "aiohttp",
+)
 
 
 def _loaded_after_import(module: str) -> list[str]:
     code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
     loaded: list[str] = json.loads(done.stdout)
     return loaded
 
