@@ -369,5 +369,13 @@ class _PeerNames(logging.Filter):
         args = record.args
         if isinstance(args, tuple):
             record.args = tuple(
-                _host(str(a[0])) if isinstance(a, tuple) and len(a) >= 2 else a for a in args)
+                _Name(_host(str(a[0]))) if isinstance(a, tuple) and len(a) >= 2 else a
+                for a in args)
         return True
+
+
+class _Name(str):
+    """A client name that aiosmtpd's ``%r`` prints without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)

@@ -225,6 +225,7 @@ class Session(Connection):
     async def junk_command(
         self, command: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
     ) -> None:
+        self.counts[command.lower()] += 1
         self.junk_commands += 1
         if self.junk_commands > self.junk_command_limit:
             maillog.too_many_commands(self.ip, "junk commands", command)
@@ -579,7 +580,7 @@ async def _flushed_first(
 
 
 class _Hooks:
-    """aiosmtpd handler hooks: only AUTH, QUIT/RSET counting, and the fault reply."""
+    """aiosmtpd handler hooks: only AUTH, QUIT counting, and the fault reply."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -588,17 +589,9 @@ class _Hooks:
         status = await self._session.authenticate(args)
         return status
 
-    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> Any:
-        self._session.counts["rset"] += 1
-        return MISSING
-
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> Any:
         self._session.counts["quit"] += 1
         return "221 2.0.0 Bye"
-
-    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> Any:
-        self._session.counts["noop"] += 1
-        return MISSING
 
     async def handle_exception(self, error: Exception) -> str:
         session = self._session
