@@ -8,6 +8,7 @@ the final reply of a closed session after the replies it follows.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def session_run(tmp_path: Path) -> Iterator[Run]:
             intake = build_intake(settings, spool, None, None)
             session = Session(
                 intake, hostname="relay.test", max_message_size=100_000, timeout=30,
-                starttls_context=None, implicit_tls=False, allow_plaintext_auth=False,
-                on_close=lambda s: None,
+                tls_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+                implicit_tls=False, handshake_timeout=10, min_tls_version="TLSv1.2",
+                allow_plaintext_auth=False, on_close=lambda s: None,
             )
             if setup is not None:
                 setup(session)
@@ -222,3 +224,11 @@ def test_non_smtp_command_closes_at_once(session_run: Run, line: bytes) -> None:
     lines = transport.text.split("\r\n")[:-1]
     assert lines[-1] == str(replies.NON_SMTP_COMMAND)
     assert not any(line.startswith("250") for line in lines)
+
+
+def test_replies_held_before_starttls_go_out_before_its_220(session_run: Run) -> None:
+    """EHLO and STARTTLS in one segment: the EHLO reply is written before the 220 that
+    the STARTTLS code writes itself (the handshake then fails on this fake transport)."""
+    transport, _ = session_run(b"EHLO client.test\r\nSTARTTLS\r\n")
+    assert transport.writes[1].startswith(b"250-relay.test\r\n")
+    assert transport.writes[2] == f"{replies.STARTTLS_READY}\r\n".encode()
