@@ -53,6 +53,10 @@ _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
 # Replies after which the connection closes: never held back.
 _WRITE_NOW = ("221", "421")
+# Held replies are written once they fill a TLS record (16 KiB) even if more commands
+# are buffered: a client pipelining thousands of commands without reading the replies
+# meets the transport's flow control (drain) as before, and memory stays bounded.
+_HOLD_MAX = 16 * 1024
 # Postfix's junk commands (smtpd_junk_command_limit), with aiosmtpd's EXPN and HELP.
 _JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 # Commands that wait for something other than the next command line (a TLS handshake, a
@@ -116,6 +120,7 @@ class Session(Connection):
         self.junk_commands = 0
         self.unknown_commands = 0
         self._held: list[bytes] = []  # replies not written yet (see _send)
+        self._held_size = 0
         self._smtp_methods = _Commands(self, self._smtp_methods)
 
     # --- what the connection below needs to know ------------------------------------
@@ -174,7 +179,9 @@ class Session(Connection):
         Code paths that wait for anything else first call :meth:`flush_replies`.
         """
         self._held.append(data)
-        if not now and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+        self._held_size += len(data)
+        if (not now and self._held_size < _HOLD_MAX
+                and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
             return
         self.flush_replies()
         await self._writer.drain()
@@ -186,6 +193,7 @@ class Session(Connection):
             return
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
+        self._held_size = 0
         if not self._writer.transport.is_closing():
             self._writer.write(data)
 

@@ -232,3 +232,16 @@ def test_replies_held_before_starttls_go_out_before_its_220(session_run: Run) ->
     transport, _ = session_run(b"EHLO client.test\r\nSTARTTLS\r\n")
     assert transport.writes[1].startswith(b"250-relay.test\r\n")
     assert transport.writes[2] == f"{replies.STARTTLS_READY}\r\n".encode()
+
+
+def test_held_replies_are_written_once_they_fill_a_tls_record(session_run: Run) -> None:
+    """500 pipelined EHLOs (about 100 kB of replies): written in pieces of at most 16 KiB
+    and one reply, so a client that sends without reading meets flow control."""
+    transport, _ = session_run(b"EHLO client.test\r\n" * 500)
+    writes = transport.writes[1:]
+    text = b"".join(writes)
+    assert text.count(b"250-relay.test\r\n") == 500
+    one = len(text) // 500  # every EHLO reply has the same length
+    assert all(len(w) < 16 * 1024 + one for w in writes)
+    # pieces of ~16 KiB: neither one write per reply nor one write for all of them
+    assert len(text) // (16 * 1024 + one) <= len(writes) <= len(text) // (16 * 1024) + 1
