@@ -85,7 +85,7 @@ def session_run(tmp_path: Path) -> Iterator[Run]:
                 intake, hostname="relay.test", max_message_size=100_000, timeout=30,
                 tls_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
                 implicit_tls=False, handshake_timeout=10, min_tls_version="TLSv1.2",
-                allow_plaintext_auth=False, on_close=lambda s: None,
+                proxy_from=(), allow_plaintext_auth=False, on_close=lambda s: None,
             )
             if setup is not None:
                 setup(session)
