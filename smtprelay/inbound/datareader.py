@@ -6,22 +6,22 @@ starts the data). Looking back into the received bytes rather than the stream me
 terminator is found whatever way the chunks were cut, and ``<LF>.<LF>``, ``<CR>.<CR>``
 or ``<LF>.<CR><LF>`` never end the data (SMTP smuggling).
 
-What it keeps is bounded three ways, and whatever it refuses it stops keeping at once
+What it keeps is bounded two ways, and once it refuses a message it keeps nothing more
 (the rest is read and thrown away up to the terminator, so the session stays in step
 with the client and can answer):
 
-* size: RFC 1870 counts the message after dot-unstuffing. Every ``<CRLF>.`` in the
-  stream (and a dot starting the data) loses its dot, so ``received - dots`` is the
-  unstuffed size exactly when the line endings are CRLF; the intake rewrites a bare CR
-  or LF to CRLF, which only adds bytes, so this count never exceeds what the intake
-  will measure. Over ``max_message_size`` the data is refused (552) as soon as the
-  count says so: a session keeps at most the limit plus one chunk (stuffing adds at
-  most a third: ``..<CRLF>`` for ``.<CRLF>``).
-* NUL bytes: refused (554 5.6.0). A next hop that strips NUL would see ``<CRLF>.<CRLF>``
-  in ``<CRLF><NUL>.<CRLF>``: such a message never reaches one.
-* memory across sessions: every chunk kept is taken from the process's
-  :class:`DataBudget` first; when the budget cannot give it, the message is refused
-  with ``452 4.3.1`` (as Postfix answers when its queue file system is full).
+* size: RFC 1870 counts the message after dot-unstuffing. Every ``<CRLF>.`` (and a dot
+  starting the data) loses its dot, so ``bytes - dots`` is the unstuffed size exactly
+  when the line endings are CRLF; the intake rewrites a bare CR or LF to CRLF, which only
+  adds bytes, so the count never exceeds what the intake will measure. Over
+  ``max_message_size`` the data is refused (552) as soon as the count says so: a session
+  keeps at most the limit, the dots stuffed into it and one chunk.
+* memory across sessions: what it keeps is taken from the process's :class:`DataBudget`
+  first; when the budget cannot give it, the message is refused with ``452 4.3.1`` (as
+  Postfix answers when its queue file system is full).
+
+A message holding a NUL byte is refused (554 5.6.0): a next hop that strips NUL would
+see ``<CRLF>.<CRLF>`` in ``<CRLF><NUL>.<CRLF>``, so such a message never reaches one.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ _END_OF_LINE_DOT = b".\r\n"
 _LINE_START_DOT = b"\r\n."
 # Below this, the budget floor; above it, room for four messages of the largest size.
 DEFAULT_BUDGET_FLOOR = 256 * 1024 * 1024
+# A reader takes budget in steps (one per chunk would cost more than reading it).
+_BUDGET_STEP = 64 * 1024
 
 
 class DataBudget:
@@ -74,6 +76,11 @@ class DataReader:
     The bytes returned are everything between the 354 and the terminating ``.<CRLF>``
     (still dot-stuffed). They stay counted in the budget until :meth:`release`, which
     the caller calls once it no longer needs them (after the intake has them on disk).
+
+    Clients send many small chunks (every line that ends in a dot is one), so the work
+    per chunk is kept to what the old line-blind reader did: the budget is taken in steps
+    of up to 64 KiB, dots are counted only once the bytes received pass the limit (below
+    it the unstuffed size cannot be over), and NUL is looked for once, at the end.
     """
 
     def __init__(
@@ -89,63 +96,71 @@ class DataReader:
         self._budget = budget
         self._on_chunk = on_chunk
         self.held = 0  # bytes of ``budget`` this reader holds
-        self.received = 0
-        self.dots = 0
-        self.refusal: Reply | None = None
 
     async def read(self) -> bytes | Reply:
+        limit = self._max
         buf = bytearray()
-        last = b"\r\n"  # the last two bytes received; the data starts a line
+        dots = -1  # <CRLF>. in buf (and a dot starting it), counted once buf passes the limit
         while True:
-            try:
-                chunk = await self._reader.readuntil(_END_OF_LINE_DOT)
-            except asyncio.LimitOverrunError as e:
-                chunk = await self._reader.readexactly(e.consumed)
-            except asyncio.IncompleteReadError as e:
-                raise ConnectionResetError("connection closed during DATA") from e
-            self._on_chunk()
-            self.received += len(chunk)
-            self.dots += _line_start_dots(last, chunk)
-            tail = (last + chunk[-5:])[-5:]
-            last = tail[-2:]
-            end = chunk.endswith(_END_OF_LINE_DOT) and tail[:2] == b"\r\n"
-            if self.refusal is None:
-                self.refusal = self._check(chunk, end)
-                if self.refusal is None:
-                    buf += chunk
-                else:
-                    buf = bytearray()
-                    self.release()
+            chunk = await self._chunk()
+            buf += chunk
+            end = chunk.endswith(_END_OF_LINE_DOT) and (len(buf) == 3 or buf[-5:-3] == b"\r\n")
+            if len(buf) > limit:
+                # More bytes than the limit, but dot-stuffing may account for the excess.
+                dots = _dots(buf, 0) if dots < 0 else dots + _dots(buf, len(buf) - len(chunk))
+                # At the end, the terminator's ".<CRLF>" (one of the dots) is not data.
+                if len(buf) - dots - (2 if end else 0) > limit:
+                    return await self._discard(replies.SIZE_EXCEEDED, buf, end)
+            if len(buf) > self.held and not self._take(len(buf) - self.held):
+                return await self._discard(replies.NO_SPACE, buf, end)
             if end:
-                if self.refusal is not None:
-                    return self.refusal
                 del buf[-3:]
+                if b"\0" in buf:
+                    self.release()
+                    return replies.NUL_IN_DATA
                 return bytes(buf)
 
-    def _check(self, chunk: bytes, end: bool) -> Reply | None:
-        # At the end the terminator's ".<CRLF>" (3 bytes, one of them a counted dot) is
-        # not data; before it, the count is already a lower bound of the final size.
-        unstuffed = self.received - self.dots - (2 if end else 0)
-        if unstuffed > self._max:
-            return replies.SIZE_EXCEEDED
-        if b"\0" in chunk:
-            return replies.NUL_IN_DATA
-        if not self._budget.take(len(chunk), self._max):
-            return replies.NO_SPACE
-        self.held += len(chunk)
-        return None
+    async def _chunk(self) -> bytes:
+        try:
+            chunk = await self._reader.readuntil(_END_OF_LINE_DOT)
+        except asyncio.LimitOverrunError as e:
+            chunk = await self._reader.readexactly(e.consumed)
+        except asyncio.IncompleteReadError as e:
+            raise ConnectionResetError("connection closed during DATA") from e
+        self._on_chunk()
+        return chunk
 
-    @property
-    def unstuffed_size(self) -> int:
-        """The size after dot-unstuffing, once the data was read (exact for CRLF data)."""
-        return self.received - self.dots - 2
+    def _take(self, needed: int) -> bool:
+        wanted = max(needed, min(_BUDGET_STEP, self._max - self.held))
+        if not self._budget.take(wanted, self._max):
+            return False
+        self.held += wanted
+        return True
+
+    async def _discard(self, refusal: Reply, buf: bytearray, end: bool) -> Reply:
+        """Drop what was kept, read up to the terminator, and return ``refusal``."""
+        self.release()
+        tail = (b"\r\n" + bytes(buf[-4:]))[-4:]  # the data starts a line
+        del buf[:]
+        while not end:
+            chunk = await self._chunk()
+            tail = (tail + chunk[-5:])[-5:]
+            end = chunk.endswith(_END_OF_LINE_DOT) and tail[:2] == b"\r\n"
+        return refusal
 
     def release(self) -> None:
         self._budget.give_back(self.held)
         self.held = 0
 
 
-def _line_start_dots(last: bytes, chunk: bytes) -> int:
-    """How many ``<CRLF>.`` end inside ``chunk``, given the two bytes before it."""
-    across = (chunk[:1] == b"." and last == b"\r\n") or (chunk[:2] == b"\n." and last[-1:] == b"\r")
-    return chunk.count(_LINE_START_DOT) + across
+def unstuffed_size(data: bytes) -> int:
+    """The size of ``data`` (as :meth:`DataReader.read` returns it) after dot-unstuffing:
+    every ``<CRLF>.`` and a dot starting the data lose their dot (exact for CRLF data;
+    the intake's rewriting of bare CR or LF only adds bytes)."""
+    return len(data) - _dots(data, 0)
+
+
+def _dots(data: bytes | bytearray, start: int) -> int:
+    """How many line-starting dots ``data`` has at ``start`` or after."""
+    leading = start == 0 and data[:1] == b"."
+    return data.count(_LINE_START_DOT, max(0, start - 2)) + leading
