@@ -6,7 +6,10 @@ systemd (journald adds time and host) a line starts at ``smtprelay/<service>[pid
 elsewhere it starts with an RFC 3339 timestamp and the host name, as Postfix's own log
 file does. ``[log] format = "json"`` emits the same events as JSON objects.
 
-Passwords and AUTH payloads are never passed to this module.
+Passwords and AUTH payloads are never passed to this module. Client data (HELO names,
+addresses, command lines, user names) may hold any byte: the formatters write every
+control character as ``\\ooo`` (as Postfix writes non-printable bytes), so no client can
+forge, split or colour a log line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -136,6 +140,24 @@ def proxy_refused(ip: str, reason: str) -> None:
           level=logging.WARNING, client_ip=ip, reason=reason, event="proxy-refused")
 
 
+def non_smtp_command(ip: str, line: str) -> None:
+    """An HTTP request or other non-SMTP line (the session is closed), as Postfix logs it."""
+    _emit("smtpd", f"warning: non-SMTP command from {_host(ip)}: {line}",
+          level=logging.WARNING, client_ip=ip, command=line, event="non-smtp-command")
+
+
+def too_many_commands(ip: str, what: str, after: str) -> None:
+    """The session was closed for junk or unknown commands (Postfix: "too many errors")."""
+    _emit("smtpd", f"too many {what} after {after} from {_host(ip)}", client_ip=ip,
+          after=after, kind=what, event="too-many-commands")
+
+
+def data_memory_exhausted(ip: str, limit: int, qid: str | None) -> None:
+    _emit("smtpd", f"{qid + ': ' if qid else ''}warning: message data memory limit of "
+          f"{limit} bytes reached: refusing message from {_host(ip)}", qid,
+          level=logging.WARNING, client_ip=ip, limit=limit, event="data-memory-limit")
+
+
 def timeout(ip: str, after: str) -> None:
     _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
           event="timeout")
@@ -229,6 +251,25 @@ def _short(seconds: float) -> str:
 
 _PID = os.getpid()
 
+# C0 and C1 controls, DEL, line/paragraph separators, and the lone surrogates that stand
+# for bytes which were not UTF-8 (surrogateescape): nothing a terminal or a log parser
+# may see raw.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\udc80-\udcff]")
+
+
+def _octal(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code >= 0xDC80:  # a byte that was not UTF-8, decoded with surrogateescape
+        code -= 0xDC00
+    return f"\\{code:03o}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as ``\\ooo`` (ESC -> ``\\033``)."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_octal, text)
+
 
 class _Base(logging.Formatter):
     def __init__(self) -> None:
@@ -246,7 +287,7 @@ class TextFormatter(_Base):
         self.under_journald = under_journald
 
     def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
+        text = escape(record.getMessage())
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         if not hasattr(record, "fields") and record.levelno >= logging.WARNING:
@@ -270,8 +311,9 @@ class JsonFormatter(_Base):
         if qid:
             obj["qid"] = qid
         fields = getattr(record, "fields", {})
-        obj.update({k: v for k, v in fields.items() if v is not None})
-        obj["message"] = record.getMessage()
+        obj.update({k: escape(v) if isinstance(v, str) else v
+                    for k, v in fields.items() if v is not None})
+        obj["message"] = escape(record.getMessage())
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False)
@@ -310,5 +352,30 @@ def setup(fmt: str, level: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    # aiosmtpd logs every command at INFO under "mail.log"; our own events replace it.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs every command at INFO and client mistakes (unknown commands, aborted
+    # AUTH) at WARNING under "mail.log", naming the client as a Python tuple; our own
+    # events replace all of them. What it logs at ERROR (its own faults) still shows,
+    # with the client named as ours are.
+    aiosmtpd = logging.getLogger("mail.log")
+    aiosmtpd.setLevel(logging.ERROR)
+    if not any(isinstance(f, _PeerNames) for f in aiosmtpd.filters):
+        aiosmtpd.addFilter(_PeerNames())
+
+
+class _PeerNames(logging.Filter):
+    """aiosmtpd's ``('1.2.3.4', 5678)`` peer arguments, written as ``unknown[1.2.3.4]``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(
+                _Name(_host(str(a[0]))) if isinstance(a, tuple) and len(a) >= 2 else a
+                for a in args)
+        return True
+
+
+class _Name(str):
+    """A client name that aiosmtpd's ``%r`` prints without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)

@@ -41,11 +41,18 @@ TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# A session that only keeps its slot (NOOP, RSET, VRFY, HELP... or unknown commands) is
+# closed after smtpd's junk/error limits, as Postfix closes it ("too many errors").
+TOO_MANY_JUNK_COMMANDS = Reply(421, "4.7.0", "Error: too many junk commands")
+TOO_MANY_UNKNOWN_COMMANDS = Reply(421, "4.7.0", "Error: too many unrecognized commands")
 
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_HELO = Reply(501, "5.5.2", "Invalid characters in HELO/EHLO argument")
 BAD_PARAMETER = Reply(501, "5.5.4", "Invalid command parameter")
+UNKNOWN_COMMAND = Reply(502, "5.5.2", "Error: command not recognized")
+# Postfix's answer to HTTP and other non-SMTP commands (smtpd_forbidden_commands).
+NON_SMTP_COMMAND = Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye.")
 NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
 NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
@@ -55,6 +62,7 @@ SMTPUTF8_NOT_ADVERTISED = Reply(
 )
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+NUL_IN_DATA = Reply(554, "5.6.0", "Error: message content rejected: NUL character in data")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 SENDER_DOMAIN_DENIED = Reply(553, "5.7.1", "Sender address rejected: domain not allowed")
 RECIPIENT_DOMAIN_DENIED = Reply(550, "5.7.1", "Recipient address rejected: domain not allowed")

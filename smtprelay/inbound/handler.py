@@ -18,6 +18,7 @@ from smtprelay import maillog, replies
 from smtprelay.envelope import Client, Envelope, Recipient
 from smtprelay.inbound import message
 from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.datareader import DataBudget
 from smtprelay.inbound.policy import Policy
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
@@ -46,6 +47,8 @@ class Intake:
     on_queued: Callable[[Envelope, bytes], None] | None = None
     # Name the AUTH user in Received: ([auth] authenticated_header).
     authenticated_header: bool = False
+    # Message data the sessions of this process hold in memory (all of them together).
+    data_budget: DataBudget = field(default_factory=DataBudget)
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)

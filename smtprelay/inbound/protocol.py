@@ -6,8 +6,18 @@ replaces what a relay must get exactly right:
 * MAIL / RCPT: strict path parsing (CR, LF, NUL refused), ESMTP parameters, relay
   policy, and a reply code with an enhanced status code for every outcome.
 * DATA: read in large chunks rather than line by line; only ``<CRLF>.<CRLF>`` ends the
-  data (``<LF>.<LF>``, ``<CR>.<CR>`` and ``<LF>.<CR><LF>`` never do); size is enforced while
-  reading without buffering an oversized message.
+  data (``<LF>.<LF>``, ``<CR>.<CR>`` and ``<LF>.<CR><LF>`` never do); size, NUL bytes and
+  the process's memory budget are enforced while reading (:mod:`.datareader`).
+* replies: one write per reply, and the replies of a pipelined batch (RFC 2920) in one
+  write: a reply is held while the client has more complete command lines buffered, and
+  written before the session could wait for anything (input, a password check, the
+  disk). Held replies therefore never span an await that yields to the event loop.
+* junk: NOOP, RSET, VRFY, EXPN and HELP are counted (Postfix's junk commands) and the
+  session is closed after ``junk_command_limit`` of them without a message accepted;
+  unknown commands get ``502 5.5.2`` and close the session after
+  ``unknown_command_limit``; HTTP and other non-SMTP lines close it at once, as
+  Postfix's ``smtpd_forbidden_commands`` do. These, not aiosmtpd's own log lines, are
+  what the log says about them.
 * every reply carries an enhanced status code (RFC 2034), and an internal fault is a
   ``451 4.3.0`` plus a log line, never aiosmtpd's ``500`` with the exception text.
 """
@@ -17,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import functools
 import logging
 import ssl
 from base64 import b64decode
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING
@@ -29,22 +40,41 @@ from smtprelay import dsnparams, ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
 from smtprelay.inbound import address
 from smtprelay.inbound.connection import Connection
+from smtprelay.inbound.datareader import DataReader
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.proxyheader import Network
 from smtprelay.replies import Reply
 
 log = logging.getLogger("smtprelay.inbound")
 
-_END_OF_LINE_DOT = b".\r\n"
-_TERMINATOR = b"\r\n.\r\n"
 # How much of the stream the reader buffers: large, so DATA is read in a few big chunks.
 _READ_LIMIT = 256 * 1024
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
+# Replies after which the connection closes: never held back.
+_WRITE_NOW = ("221", "421")
+# Held replies are written once they fill a TLS record (16 KiB) even if more commands
+# are buffered: a client pipelining thousands of commands without reading the replies
+# meets the transport's flow control (drain) as before, and memory stays bounded.
+_HOLD_MAX = 16 * 1024
+# Postfix's junk commands (smtpd_junk_command_limit), with aiosmtpd's EXPN and HELP.
+_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
+# Commands that wait for something other than the next command line (a TLS handshake, a
+# password check), or write their reply themselves: the replies held so far go first.
+_FLUSH_FIRST = frozenset({"STARTTLS", "AUTH"})
+# Postfix's smtpd_forbidden_commands: HTTP/proxy requests and lines not starting with a
+# letter are not SMTP; the client is told so and disconnected at once.
+_NON_SMTP_COMMANDS = frozenset({"CONNECT", "GET", "POST"})
 
 
 class Session(Connection):
     line_length_limit = _READ_LIMIT
+    # As Postfix's smtpd_junk_command_limit: junk commands allowed per session (the
+    # count starts again after each accepted message); the next one closes it.
+    junk_command_limit = 100
+    # Unknown commands answered with 502; the next one closes the session (aiosmtpd's
+    # bogus-command budget, with an enhanced code and a log line of our own).
+    unknown_command_limit = 5
 
     def __init__(
         self,
@@ -87,6 +117,11 @@ class Session(Connection):
         self.txn: Transaction | None = None
         self.auth_user: str | None = None
         self.auth_method: str | None = None
+        self.junk_commands = 0
+        self.unknown_commands = 0
+        self._held: list[bytes] = []  # replies not written yet (see _send)
+        self._held_size = 0
+        self._smtp_methods = _Commands(self, self._smtp_methods)
 
     # --- what the connection below needs to know ------------------------------------
 
@@ -121,14 +156,53 @@ class Session(Connection):
 
     async def push(self, status: str | bytes | Reply) -> None:
         if isinstance(status, bytes):  # only aiosmtpd's AUTH challenges are pre-encoded
-            await super().push(status)
+            await self._send(status + b"\r\n")
             return
-        await super().push(replies.add_enhanced_code(str(status)))
+        text = replies.add_enhanced_code(str(status))
+        await self._send(f"{text}\r\n".encode("utf-8", "surrogateescape"),
+                         now=text[:3] in _WRITE_NOW)
         if self.closing and self.txn is None:
+            self.flush_replies()
             self.hang_up(replies.SHUTTING_DOWN)
 
-    async def _push_raw(self, line: str) -> None:
-        await super().push(line)
+    async def _push_raw(self, *lines: str) -> None:
+        """Reply lines exactly as given (no enhanced code added), in one write."""
+        await self._send("".join(f"{line}\r\n" for line in lines).encode())
+
+    async def _send(self, data: bytes, *, now: bool = False) -> None:
+        """Write ``data``, or hold it while the client has more command lines buffered.
+
+        RFC 2920: the replies to a pipelined batch may go together. Like Postfix, hold a
+        reply while another complete command line is already in the input buffer (its
+        reply follows without waiting for the client) and write everything held as soon
+        as the buffer has no complete line left, i.e. before the session would wait.
+        Code paths that wait for anything else first call :meth:`flush_replies`.
+        """
+        self._held.append(data)
+        self._held_size += len(data)
+        if (not now and self._held_size < _HOLD_MAX
+                and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            return
+        self.flush_replies()
+        await self._writer.drain()
+
+    def flush_replies(self) -> None:
+        """Write every held reply (one write for all of them)."""
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_size = 0
+        if not self._writer.transport.is_closing():
+            self._writer.write(data)
+
+    async def _close_with(self, reply: Reply) -> None:
+        """Answer with a final reply after the held ones, close, and read no further."""
+        self.flush_replies()
+        self.hang_up(reply)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
 
     async def _reject(
         self, command: str, reply: Reply, *, sender: str | None = None,
@@ -148,6 +222,38 @@ class Session(Connection):
             proto="ESMTP" if self.session and self.session.extended_smtp else "SMTP",
         )
         await self.push(reply)
+
+    # --- junk and unknown commands -------------------------------------------------
+
+    @property
+    def hung_up(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing()
+
+    async def junk_command(
+        self, command: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
+    ) -> None:
+        self.counts[command.lower()] += 1
+        self.junk_commands += 1
+        if self.junk_commands > self.junk_command_limit:
+            maillog.too_many_commands(self.ip, "junk commands", command)
+            await self._close_with(replies.TOO_MANY_JUNK_COMMANDS)
+            return
+        await method(arg)
+
+    async def unknown_command(self, command: str, arg: str | None) -> None:
+        self.counts["unknown"] += 1
+        if command in _NON_SMTP_COMMANDS or not ("A" <= command[:1] <= "Z"):
+            text = command if arg is None else f"{command} {arg}"
+            maillog.non_smtp_command(self.ip, text[:100])
+            await self._close_with(replies.NON_SMTP_COMMAND)
+            return
+        self.unknown_commands += 1
+        if self.unknown_commands > self.unknown_command_limit:
+            maillog.too_many_commands(self.ip, "unrecognized commands", "UNKNOWN")
+            await self._close_with(replies.TOO_MANY_UNKNOWN_COMMANDS)
+            return
+        await self.push(replies.UNKNOWN_COMMAND)
 
     # --- greeting -----------------------------------------------------------------
 
@@ -188,9 +294,7 @@ class Session(Connection):
             lines.append("STARTTLS")
         if self._auth_offered():
             lines.append("AUTH PLAIN LOGIN")
-        for line in lines[:-1]:
-            await self._push_raw(f"250-{line}")
-        await self._push_raw(f"250 {lines[-1]}")
+        await self._push_raw(*(f"250-{line}" for line in lines[:-1]), f"250 {lines[-1]}")
 
     def _auth_offered(self) -> bool:
         authenticator = self.intake.authenticator
@@ -383,62 +487,39 @@ class Session(Connection):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        budget = self.intake.data_budget
+        if not budget.has_room(int(txn.mail_params.get("SIZE") or 1), self.max_message_size):
+            # Nothing to read into: say so before the client sends the data.
+            maillog.data_memory_exhausted(self.ip, budget.limit(self.max_message_size),
+                                          txn.qid)
+            await self._reject("DATA", replies.NO_SPACE)
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self._reader, max_message_size=self.max_message_size,
+                            budget=budget, on_chunk=self._reset_timeout)
         try:
-            raw = await self._read_data()
+            raw = await self._read_data(reader)
             self.stage = "END-OF-MESSAGE"
-            if raw is None:
-                reply = replies.SIZE_EXCEEDED
+            if isinstance(raw, Reply):
+                reply = raw
+                if reply == replies.NO_SPACE:
+                    maillog.data_memory_exhausted(
+                        self.ip, budget.limit(self.max_message_size), txn.qid)
                 maillog.reject("END-OF-MESSAGE", self.ip, reply, sender=txn.sender, qid=txn.qid)
             else:
                 reply = await self.intake.accept(txn, self._client(), raw)
+                if reply.code == 250:  # as Postfix: junk is counted between messages
+                    self.junk_commands = 0
         finally:
+            reader.release()
             self.txn = None
         await self.push(reply)
 
-    async def _read_data(self) -> bytes | None:
-        """Everything up to ``<CRLF>.<CRLF>`` (exclusive of ``.<CRLF>``), None if too large.
-
-        The exact size check (RFC 1870: after dot-unstuffing) is the intake's; this cap
-        only bounds memory, at twice the limit because stuffing can at most double it.
-
-        The reader is asked for chunks ending in ``.<CRLF>``; a chunk ends the data only
-        if the two bytes before that dot, in what was received so far, are CRLF (or the
-        dot starts the data). Looking back into the collected bytes rather than the stream
-        means the terminator is found whatever way the chunks were cut.
-        """
-        reader = self._reader
-        limit = 2 * self.max_message_size + len(_TERMINATOR)
-        buf = bytearray()
-        received = 0
-        overflow = False
-        tail = b""  # last bytes seen, kept while discarding an oversized message
-        while True:
-            try:
-                chunk = await reader.readuntil(_END_OF_LINE_DOT)
-            except asyncio.LimitOverrunError as e:
-                chunk = await reader.readexactly(e.consumed)
-            except asyncio.IncompleteReadError as e:
-                raise ConnectionResetError("connection closed during DATA") from e
-            self._reset_timeout()
-            received += len(chunk)
-            if not overflow and received > limit:
-                overflow = True
-                tail = bytes(buf[-4:])
-                buf.clear()
-            if overflow:
-                tail = (tail + chunk)[-5:]
-                if chunk.endswith(_END_OF_LINE_DOT) and (
-                    tail.endswith(_TERMINATOR) or received == len(_END_OF_LINE_DOT)
-                ):
-                    return None
-                continue
-            buf += chunk
-            if chunk.endswith(_END_OF_LINE_DOT) and (
-                len(buf) == 3 or buf[-5:-3] == b"\r\n"
-            ):
-                del buf[-3:]
-                return bytes(buf)
+    async def _read_data(self, reader: DataReader) -> bytes | Reply:
+        """The data up to ``<CRLF>.<CRLF>`` (still dot-stuffed, without ``.<CRLF>``), or
+        the reply refusing it (too large, NUL bytes, no memory): see :mod:`.datareader`."""
+        self.flush_replies()  # the 354, even if the client sent data before it
+        return await reader.read()
 
     def _client(self) -> Client:
         assert self.session is not None
@@ -469,8 +550,45 @@ def _valid_utf8(text: str) -> bool:
     return True
 
 
+async def _ignore(arg: str | None) -> None:
+    """What any command does once the session has hung up."""
+
+
+class _Commands(dict[str, Any]):
+    """aiosmtpd's command table (``smtp_*`` methods by verb), as aiosmtpd looks commands
+    up in it: junk commands are counted before they run, and an unknown command gets
+    the session's own answer instead of aiosmtpd's."""
+
+    def __init__(self, session: Session, methods: dict[str, Any]) -> None:
+        super().__init__(methods)
+        self._session = session
+
+    def get(self, command: str, default: Any = None) -> Any:
+        session = self._session
+        if session.hung_up:
+            return _ignore
+        method = super().get(command)
+        if method is None:
+            return functools.partial(session.unknown_command, command)
+        # (update_wrapper keeps the method's attributes: aiosmtpd's HELP reads them)
+        if command in _JUNK_COMMANDS:
+            return functools.update_wrapper(
+                functools.partial(session.junk_command, command, method), method)
+        if command in _FLUSH_FIRST:
+            return functools.update_wrapper(functools.partial(_flushed_first, session, method),
+                                            method)
+        return method
+
+
+async def _flushed_first(
+    session: Session, method: Callable[[str | None], Awaitable[None]], arg: str | None
+) -> None:
+    session.flush_replies()
+    await method(arg)
+
+
 class _Hooks:
-    """aiosmtpd handler hooks: only AUTH, QUIT/RSET counting, and the fault reply."""
+    """aiosmtpd handler hooks: only AUTH, QUIT counting, and the fault reply."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -479,17 +597,9 @@ class _Hooks:
         status = await self._session.authenticate(args)
         return status
 
-    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> Any:
-        self._session.counts["rset"] += 1
-        return MISSING
-
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> Any:
         self._session.counts["quit"] += 1
         return "221 2.0.0 Bye"
-
-    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> Any:
-        self._session.counts["noop"] += 1
-        return MISSING
 
     async def handle_exception(self, error: Exception) -> str:
         session = self._session

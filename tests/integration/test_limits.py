@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import aiosmtplib
 import pytest
 import trustme
 
-from smtprelay import replies
-from tests.integration.daemon import LOOPBACK, Daemon
+from smtprelay import config, replies
+from smtprelay.inbound.datareader import DataBudget
+from smtprelay.inbound.server import InboundServer, build_intake
+from smtprelay.spool import Spool
+from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.test_inbound import (
     HELO,
     RECIPIENT,
@@ -255,3 +260,119 @@ def test_active_client_is_not_timed_out(impatient: Daemon) -> None:
             time.sleep(0.4)
             assert_reply(raw.cmd("NOOP"), replies.OK)
         assert raw.cmd("QUIT").startswith("221 ")
+
+
+# --- junk, unknown and non-SMTP commands ------------------------------------------------
+
+
+def test_junk_commands_close_the_session_after_100(small: Daemon) -> None:
+    """A NOOP now and then no longer keeps a slot forever (Postfix's junk limit)."""
+    mark = log_mark(small)
+    with RawClient(small.port) as raw:
+        raw.ehlo()
+        raw.send(b"NOOP\r\n" * 50 + b"RSET\r\n" * 30 + b"VRFY bob\r\n" * 20)
+        for _ in range(100):
+            assert raw.reply()[-1][:1] in ("2", "5")  # answered, the session still open
+        raw.send(b"NOOP\r\nMAIL FROM:<app@example.com>\r\n")
+        assert raw.wait_closed() == f"{replies.TOO_MANY_JUNK_COMMANDS}\r\n".encode()
+    wait_for_log(small, r"too many junk commands after NOOP from unknown\[127\.0\.0\.1\]$",
+                 start=mark)
+    wait_for_log(small, r"disconnect from unknown\[127\.0\.0\.1\] "
+                        r"ehlo=1 noop=51 rset=30 vrfy=20 ", start=mark)
+
+
+def test_accepted_message_starts_the_junk_count_again(small: Daemon) -> None:
+    with RawClient(small.port) as raw:
+        raw.ehlo()
+        for _ in range(3):  # 3 x 60 junk commands, a message after each 60
+            raw.send(b"RSET\r\nNOOP\r\n" * 30)
+            for _ in range(60):
+                assert_reply(raw.reply()[-1], replies.OK)
+            assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+            assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}>"), replies.RECIPIENT_OK)
+            assert raw.cmd("DATA").startswith("354 ")
+            qid_of(raw.cmd(b"Subject: between the junk\r\n\r\nbody\r\n."))
+        assert raw.cmd("QUIT").startswith("221 ")
+
+
+def test_unknown_commands_get_502_and_then_421(small: Daemon) -> None:
+    mark = log_mark(small)
+    with RawClient(small.port) as raw:
+        raw.ehlo()
+        for _ in range(5):
+            assert raw.cmd("XYZZY") == str(replies.UNKNOWN_COMMAND)
+        raw.send(b"ETRN example.net\r\n")
+        assert raw.wait_closed() == f"{replies.TOO_MANY_UNKNOWN_COMMANDS}\r\n".encode()
+    wait_for_log(small, r"too many unrecognized commands after UNKNOWN from "
+                        r"unknown\[127\.0\.0\.1\]$", start=mark)
+    assert "unrecognised" not in small.log()[mark:]  # aiosmtpd's own line is gone
+
+
+def test_http_request_is_answered_and_closed_at_once(small: Daemon) -> None:
+    mark = log_mark(small)
+    with RawClient(small.port) as raw:
+        raw.send(b"GET / HTTP/1.1\r\nHost: relay.test\r\n\r\n")
+        assert raw.wait_closed() == f"{replies.NON_SMTP_COMMAND}\r\n".encode()
+    wait_for_log(small, r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: "
+                        r"GET / HTTP/1\.1$", start=mark)
+
+
+# --- memory held by over-limit DATA -----------------------------------------------------
+
+
+def test_over_limit_data_memory_stays_bounded(tmp_path: Path) -> None:
+    """Eight sessions each send 40 times the size limit at once. The bytes the DATA
+    readers hold (counted by the process's budget) stay within one message and one read
+    per session -- never the whole DATA -- and every session is answered 552."""
+    limit = 100_000
+    sessions = 8
+    port = free_port()
+    settings = config.parse({
+        "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"],
+                   "max_message_size": limit},
+        "spool": {"dir": str(tmp_path / "spool")},
+    })
+    # lines ending in a dot: the reader gets one line per read, and keeps each line
+    line_bytes = b"x" * 997 + b".\r\n"
+    data = line_bytes * (40 * limit // len(line_bytes)) + b".\r\n"
+
+    async def one() -> str:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        await reader.readline()
+        writer.write(f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
+                     "DATA\r\n".encode())
+        while not (await reader.readline()).startswith(b"354"):
+            pass
+        for i in range(0, len(data), 65536):
+            writer.write(data[i:i + 65536])
+            await writer.drain()
+        reply = (await reader.readline()).decode().rstrip()
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        writer.close()
+        return reply
+
+    async def scenario() -> tuple[list[str], DataBudget]:
+        spool = Spool(Path(settings.spool.dir))
+        intake = build_intake(settings, spool, None, None)
+        budget = intake.data_budget
+        # no STARTTLS in this test: a context without a certificate will do
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        inbound = InboundServer(settings, intake, context)
+        await inbound.start()
+        try:
+            results = await asyncio.gather(*(one() for _ in range(sessions)))
+        finally:
+            inbound.close()
+            await inbound.drain(2.0)
+            spool.close()
+        return results, budget
+
+    results, budget = asyncio.run(asyncio.wait_for(scenario(), 60))
+    for reply in results:
+        assert_reply(reply, replies.SIZE_EXCEEDED)
+    # each read is one line here: a session holds at most the limit and one line (before
+    # this budget, a reader kept up to twice the limit before dropping anything)
+    assert 0 < budget.peak <= sessions * (limit + len(line_bytes))
+    assert budget.peak < len(data)  # less than ONE session's DATA, for all eight together
+    assert budget.held == 0

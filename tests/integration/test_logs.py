@@ -173,3 +173,76 @@ def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
     assert reject["sender"] == SENDER
     assert reject["command"] == "RCPT"
     assert PASSWORD not in relay.log()
+
+
+# --- client bytes in the log --------------------------------------------------------------
+
+FORGED = "2026-12-04T12:00:00.000+00:00 vm smtprelay/smtpd[1]: connect from unknown[6.6.6.6]"
+# A terminal escape, a CR and a whole forged log line, then a NUL: a line not starting with
+# a letter is a non-SMTP command, which the log quotes.
+HOSTILE_LINE = b"\x1b[2J\x1b[1;31m\r" + FORGED.encode() + b"\x00"
+ESCAPED_LINE = r"\033[2J\033[1;31m\015" + FORGED + r"\000"
+HOSTILE_HELO = b"evil\x1b[31m.test"
+
+
+def send_hostile_input(daemon: Daemon) -> None:
+    with RawClient(daemon.port) as raw:
+        raw.cmd(b"EHLO " + HOSTILE_HELO)
+        # refused for its domain: the reject line names the HELO
+        assert_reply(raw.cmd(b"MAIL FROM:<app@evil.test>"), replies.SENDER_DOMAIN_DENIED)
+        assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+        # refused for its syntax: the reject line quotes the address
+        assert_reply(raw.cmd(b"RCPT TO:<bob\x1b[8m\x07@example.net>"),
+                     replies.BAD_RECIPIENT_SYNTAX)
+        raw.send(HOSTILE_LINE + b"\r\n")
+        assert raw.wait_closed() == f"{replies.NON_SMTP_COMMAND}\r\n".encode()
+
+
+def assert_no_raw_controls(text: str) -> None:
+    for char in text:
+        assert char in "\n" or (" " <= char != "\x7f" and not "\x80" <= char <= "\x9f"), (
+            f"raw control character {char!r} in the log:\n{text[-3000:]}")
+
+
+def test_client_bytes_are_escaped_in_the_text_log(relay: Daemon) -> None:
+    mark = log_mark(relay)
+    send_hostile_input(relay)
+    line = wait_for_log(relay, r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: (.*)$",
+                        start=mark)
+    # (aiosmtpd hands over the first word in upper case)
+    assert line.group(1).upper() == ESCAPED_LINE.upper()
+    wait_for_log(relay, r"disconnect from unknown\[127\.0\.0\.1\]", start=mark)
+    text = relay.log()[mark:]
+    assert_no_raw_controls(text)
+    # the forged line is inside the warning, never a line of its own
+    assert not re.search(r"^\S+ vm smtprelay/smtpd\[1\]:", text, re.MULTILINE)
+    assert_log(relay, r"reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .* "
+                      r"helo=<evil\\033\[31m\.test>$", start=mark)
+    assert_log(relay, r"reject: RCPT from unknown\[127\.0\.0\.1\]: 501 5\.1\.3 .* "
+                      r"to=<bob\\033\[8m\\007@example\.net>", start=mark)
+    # aiosmtpd's own lines (a Python tuple for the client) are gone
+    assert "('127.0.0.1'" not in text and "unrecognised" not in text
+
+
+def test_client_bytes_are_escaped_in_the_json_log(make_daemon: Callable[..., Daemon]) -> None:
+    relay = make_daemon(overrides={"log": {"format": "json"},
+                                   "relay": {"allowed_sender_domains": ["example.com"]}})
+    send_hostile_input(relay)
+
+    def events() -> list[dict[str, Any]]:
+        records = json_lines(relay)
+        return records if any(r.get("event") == "disconnect" for r in records) else []
+
+    records = wait_for(events, what="the disconnect event")
+    for record in records:
+        for value in record.values():
+            if isinstance(value, str):
+                assert_no_raw_controls(value)
+    (non_smtp,) = [r for r in records if r.get("event") == "non-smtp-command"]
+    assert non_smtp["level"] == "warning"
+    assert non_smtp["command"].upper() == ESCAPED_LINE.upper()
+    assert non_smtp["message"].endswith(non_smtp["command"])
+    (reject,) = [r for r in records if r.get("event") == "reject" and r["command"] == "MAIL"]
+    assert reject["message"].endswith(r"helo=<evil\033[31m.test>")
+    (reject,) = [r for r in records if r.get("event") == "reject" and r["command"] == "RCPT"]
+    assert reject["recipient"] == r"bob\033[8m\007@example.net"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
 
 from smtprelay import replies
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.sinks import Sink
+from tests.integration.sinks import free_port as sink_free_port
 from tests.integration.test_inbound import (
     RECIPIENT,
     SENDER,
     RawClient,
     assert_crlf_only,
+    assert_log,
     assert_reply,
     client_context,
     log_mark,
@@ -171,3 +175,35 @@ def test_starttls_command_injection_is_discarded(relay: Daemon) -> None:
         ehlo = raw.ehlo()
         assert ehlo[0].startswith("250-"), ehlo
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+
+
+def test_nul_in_data_never_reaches_the_next_hop(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """``<CRLF><NUL>.<CRLF>`` would end the data at a next hop that strips NUL, and what
+    follows would be a second message there. A message holding NUL is refused (554 5.6.0),
+    nothing of it is queued, and the session goes on: the sink gets only the clean one."""
+    port = sink_free_port([LOOPBACK])
+    with Sink(LOOPBACK, port) as sink:
+        relay = Daemon(tmp_path / "relay", ca, overrides={
+            "delivery.smarthost": {"hosts": [f"{LOOPBACK}:{port}"], "tls": "none"},
+        }).start()
+        try:
+            mark = log_mark(relay)
+            with RawClient(relay.port) as raw:
+                open_transaction(raw)
+                raw.send(b"Subject: nul\r\n\r\nfirst\r\n\x00.\r\n" + SMUGGLED + b"\r\n.\r\n")
+                assert raw.reply() == [str(replies.NUL_IN_DATA)]
+                assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
+                assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}>"), replies.RECIPIENT_OK)
+                assert raw.cmd("DATA").startswith("354 ")
+                qid = qid_of(raw.cmd(b"Subject: clean\r\n\r\nbody\r\n."))
+            wait_for_log(relay, rf"{qid}: removed", start=mark, timeout=15)
+            assert_log(relay, r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: "
+                              r"554 5\.6\.0 ", start=mark)
+        finally:
+            relay.kill()
+    (received,) = sink.messages
+    assert received.mail_from == SENDER and received.rcpt_tos == (RECIPIENT,)
+    assert b"\0" not in received.content and b"smuggled" not in received.content
+    assert received.body().endswith(b"\r\nSubject: clean\r\n\r\nbody\r\n")

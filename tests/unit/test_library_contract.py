@@ -92,7 +92,18 @@ ATTRIBUTES = [
         "inbound/protocol.py, connection.py",
         "the fast DATA reader; re-pointed at the TLS transport",
     ),
-    (aiosmtpd.smtp.SMTP, "_writer", "inbound/connection.py", "re-pointed at the TLS transport"),
+    (
+        aiosmtpd.smtp.SMTP,
+        "_writer",
+        "inbound/connection.py, protocol.py",
+        "re-pointed at the TLS transport; the replies (held ones in one write)",
+    ),
+    (
+        aiosmtpd.smtp.SMTP,
+        "_smtp_methods",
+        "inbound/protocol.py",
+        "the command table, wrapped to count junk commands and answer unknown ones",
+    ),
     (
         aiosmtpd.smtp.SMTP,
         "_tls_protocol",
@@ -108,8 +119,8 @@ ATTRIBUTES = [
     (
         aiosmtpd.smtp.SMTP,
         "_handler_coroutine",
-        "inbound/connection.py",
-        "cancelled when a STARTTLS handshake fails",
+        "inbound/connection.py, protocol.py",
+        "cancelled when a STARTTLS handshake fails or a session is closed for junk",
     ),
     (
         aiosmtpd.smtp.SMTP,
@@ -126,8 +137,9 @@ ATTRIBUTES = [
     (
         asyncio.StreamReader,
         "_buffer",
-        "inbound/connection.py",
-        "cleared at STARTTLS (no plaintext carried into TLS)",
+        "inbound/connection.py, protocol.py",
+        "cleared at STARTTLS (no plaintext carried into TLS); replies are held while it "
+        "holds a complete command line (pipelining)",
     ),
     (
         asyncio.StreamReader,
@@ -186,6 +198,14 @@ def test_attribute_is_assigned(owner: type, member: str, user: str, why: str) ->
     assert _assigns(owner, member), (
         f"{_label(owner, member)} is no longer set by {owner.__module__}: "
         f"smtprelay/{user} uses it ({why})"
+    )
+
+
+def test_commands_are_looked_up_with_get() -> None:
+    source = inspect.getsource(aiosmtpd.smtp.SMTP._handle_client)
+    assert "self._smtp_methods.get(command)" in source, (
+        "aiosmtpd no longer looks commands up with self._smtp_methods.get(): "
+        "smtprelay/inbound/protocol.py's _Commands (junk and unknown commands) relies on it"
     )
 
 

@@ -262,3 +262,54 @@ def test_folded_lines_text_and_json(capture: Callable[..., io.StringIO]) -> None
     obj = json.loads(_lines(as_json)[0])
     assert (obj["event"], obj["level"], obj["count"], obj["longest"], obj["limit"]) == (
         "folded", "warning", 3, 52311, 998)
+
+
+# --- client bytes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("plain text, é and 中文 stay", "plain text, é and 中文 stay"),
+        ("a\x1b[31mb", r"a\033[31mb"),
+        ("cr\rlf\nnul\x00tab\tdel\x7f", r"cr\015lf\012nul\000tab\011del\177"),
+        ("c1\x9b and \u2028", r"c1\233 and \u2028"),
+        ("not utf-8: \udcff", r"not utf-8: \377"),  # a byte kept by surrogateescape
+        (r"a backslash \ stays", r"a backslash \ stays"),
+    ],
+)
+def test_escape(text: str, escaped: str) -> None:
+    assert maillog.escape(text) == escaped
+    assert maillog.escape(escaped) == escaped  # escaping twice changes nothing
+
+
+def test_text_and_json_lines_escape_client_data(capture: Callable[..., io.StringIO]) -> None:
+    text = capture(maillog.TextFormatter(under_journald=True))
+    as_json = capture(maillog.JsonFormatter())
+    helo = "x\r2026-01-01T00:00:00.000+00:00 vm smtprelay/smtpd[1]: forged\x1b[0m"
+    maillog.reject("RCPT", "192.0.2.1", replies.RELAY_DENIED, sender="a\x00@b",
+                   recipient="r\x07@c", helo=helo)
+    (line,) = text.getvalue().splitlines()
+    assert line.endswith(r"helo=<x\0152026-01-01T00:00:00.000+00:00 vm smtprelay/smtpd[1]: "
+                         r"forged\033[0m>")
+    assert r"from=<a\000@b> to=<r\007@c>" in line
+    record = json.loads(as_json.getvalue())
+    assert record["sender"] == r"a\000@b" and record["recipient"] == r"r\007@c"
+    assert record["message"] == line.split(": ", 1)[1]
+
+
+def test_aiosmtpd_lines_name_the_client_as_ours(capture: Callable[..., io.StringIO]) -> None:
+    maillog.setup("text", "info")
+    aiosmtpd = logging.getLogger("mail.log")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(maillog.TextFormatter(under_journald=True))
+    aiosmtpd.addHandler(handler)
+    try:
+        aiosmtpd.warning("%r unrecognised: %s", ("192.0.2.1", 4000), "X\x1bY")  # below ERROR
+        aiosmtpd.error("%r SMTP session exception: %s", ("192.0.2.1", 4000), "X\x1bY")
+    finally:
+        aiosmtpd.removeHandler(handler)
+        logging.getLogger().handlers.clear()
+    assert stream.getvalue() == (
+        f"smtprelay/main[{PID}]: error: unknown[192.0.2.1] SMTP session exception: X\\033Y\n")
