@@ -360,6 +360,9 @@ def setup(fmt: str, level: str) -> None:
     aiosmtpd.setLevel(logging.ERROR)
     if not any(isinstance(f, _PeerNames) for f in aiosmtpd.filters):
         aiosmtpd.addFilter(_PeerNames())
+    # Its PROXY protocol parser warns with the client's bytes under "mail.debug"; a bad
+    # header is our own line (proxy_refused), escaped.
+    logging.getLogger("mail.debug").setLevel(logging.ERROR)
 
 
 class _PeerNames(logging.Filter):
