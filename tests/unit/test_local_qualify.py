@@ -1,4 +1,4 @@
-"""Local submission (inbound/local.py): domainless addresses get ``@[server] origin``
+"""Local submission (inbound/qualify.py): domainless addresses get ``@[server] origin``
 in the commands and headers; the [server] keys of the socket are checked."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from smtprelay import config
-from smtprelay.inbound.local import qualify_address_list, qualify_command, qualify_headers
+from smtprelay.inbound.qualify import qualify_address_list, qualify_command, qualify_headers
 
 ORIGIN = "origin.test"
 
