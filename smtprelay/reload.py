@@ -24,6 +24,7 @@ from smtprelay import config, maillog, tls
 from smtprelay.config import Settings
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.delivery.transport import Transport
 from smtprelay.inbound.auth import Authenticator, UsersFileError
 from smtprelay.inbound.server import InboundServer, Listeners, users
 from smtprelay.web.tokens import read_tokens
@@ -78,7 +79,11 @@ def reload(running: Running) -> bool:
     """Apply the configuration file again; False (and a log line) when it is refused."""
     try:
         new, authenticator = prepare(running.path)
-        router = Router(new.delivery, running.scheduler.router.resolver)
+        # The scheduler sees its router and transport through Protocols (delivery/
+        # interfaces.py); the daemon's are the real ones, whose settings change here.
+        current = running.scheduler.router
+        assert isinstance(current, Router)
+        router = Router(new.delivery, current.resolver)
         if new.http.tokens_file:
             try:
                 read_tokens(Path(new.http.tokens_file))
@@ -105,7 +110,9 @@ def reload(running: Running) -> bool:
             log.warning("reload: %s changes only on restart", name)
     running.inbound.apply(new, authenticator)
     running.scheduler.router = router
-    running.scheduler.transport.line_length_limit = new.delivery.line_length_limit  # next delivery
+    transport = running.scheduler.transport
+    if isinstance(transport, Transport):
+        transport.line_length_limit = new.delivery.line_length_limit  # next delivery
     if running.scheduler.notices is not None:
         running.scheduler.notices.settings = new.bounce
     maillog.setup(new.log.format, new.log.level)

@@ -39,10 +39,10 @@ from typing import TypeVar
 from smtprelay import ids, maillog
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery import backoff
+from smtprelay.delivery.interfaces import Deliverer, NextHops
 from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
-from smtprelay.delivery.routes import Route, Router
-from smtprelay.delivery.transport import Transport
+from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
@@ -90,8 +90,8 @@ class Scheduler:
     def __init__(
         self,
         spool: Spool,
-        router: Router,
-        transport: Transport,
+        router: NextHops,
+        transport: Deliverer,
         settings: DeliverySettings,
         *,
         active_limit: int = 2000,
