@@ -1,33 +1,46 @@
-"""The one place where library errors become the delivery stage's outcomes.
+"""The delivery stage's exception tree, and the one place library errors map into it.
 
 aiosmtplib, ssl, the operating system and dnspython each raise their own exceptions;
 the context managers here (like httpx's ``map_httpcore_exceptions``) turn them into
-the relay's, so the rest of ``delivery/`` catches only what is listed below.
+the relay's, so the rest of ``delivery/`` catches only what is listed below:
+``lookup_errors`` (DNS, used by resolver.py), ``connect_errors`` (TCP connect),
+``session_errors``/``starttls_errors``/``auth_errors`` (session.py) and
+``link_errors`` (a conversation that breaks during a transaction, transaction.py).
 
-The exception tree of the delivery stage::
+The tree::
 
-    DeliveryError          the whole attempt failed; carries the Reply the scheduler
-                           records for every recipient of the attempt. Its code decides:
-                           4xx transient (deferred, tried again after the back-off),
-                           5xx permanent (bounced). ``unreachable`` (no TCP connection
-                           at all) is the only failure that counts towards marking a
-                           destination dead. Raised by the resolver (DNS), the router
-                           and ``Transport.deliver`` (no hop would talk). This is the
-                           only exception the scheduler sees from a delivery.
+    DeliveryError          the whole attempt failed; carries the Reply recorded for
+                           every recipient of the attempt, and the relay it came from.
+                           Its code decides: 4xx transient (deferred, tried again after
+                           the back-off), 5xx permanent (bounced, a failure notice).
+                           ``unreachable`` (no TCP connection at all) is the only
+                           failure that counts towards marking a destination dead.
+                           Raised by the resolver and router (DNS) and by
+                           ``Transport.deliver`` (no hop would talk).
     HopSignal              control flow inside one ``Transport.deliver``; never leaves it
       TLSHandshakeFailed   STARTTLS failed or was refused: opportunistic TLS retries in
                            plaintext, any other policy becomes DeliveryError TLS_FAILED
       StaleConnection      a reused connection had been closed by the server: the same
                            hop gets one fresh connection
       TryNextHop           the hop failed before a transaction started (lost at MAIL,
-                           MAIL refused 4xx): the next hop is tried with its error kept
+                           MAIL refused 4xx): the next hop is tried, its error kept
       LinkLost             the conversation broke (timeout, disconnect, malformed
                            reply); carries the transient Reply for the recipients
                            whose outcome is not known yet
 
-Once a transaction is under way the results are per recipient (RecipientOutcome), not
-exceptions: a remote 4xx/5xx reply is a Reply (``remote_reply``), a broken
-conversation is ``LOST``/``TIMED_OUT`` (``transport_reply``), both 4xx.
+Transient (4xx): DNS SERVFAIL/timeout/no nameserver (LOOKUP_FAILED), connect refused
+or timed out (CONNECTION_FAILED, unreachable), TLS not offered or failed, AUTH failed,
+a lost or timed-out conversation (LOST, TIMED_OUT), any remote 4xx. Permanent (5xx):
+NXDOMAIN (NOT_FOUND), null MX, mail loops, a remote 5xx, and the transport's own
+refusals before sending (message too big, SMTPUTF8 or 8BITMIME not supported, unsafe
+address) -- these last are per-recipient outcomes, not exceptions.
+
+What the scheduler sees: ``NextHops.hops`` raises DeliveryError or returns hops;
+``Deliverer.deliver`` raises DeliveryError or returns one RecipientOutcome per
+recipient (its Reply classified by code as above). Anything else escaping an attempt
+is a fault: the scheduler logs it with its traceback and retries the message later.
+Once a transaction is under way results are per recipient, not exceptions: a remote
+reply is a Reply (``remote_reply``), a broken conversation ``transport_reply``.
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ import ssl
 from collections.abc import Iterator
 
 import aiosmtplib
+import dns.exception
+import dns.resolver
 
 from smtprelay.replies import Reply
 
@@ -46,6 +61,8 @@ TIMED_OUT = Reply(451, "4.4.2", "Conversation timed out")
 TLS_NOT_OFFERED = Reply(451, "4.7.4", "TLS is required, but was not offered by host")
 TLS_FAILED = Reply(451, "4.7.5", "Cannot start TLS")
 AUTH_FAILED = Reply(451, "4.7.8", "Authentication with the smarthost failed")
+LOOKUP_FAILED = Reply(451, "4.4.3", "Host or domain name lookup failed")
+NOT_FOUND = Reply(550, "5.1.2", "Host or domain name not found")
 
 # What a broken conversation raises: aiosmtplib's own errors (disconnects, timeouts,
 # malformed replies), the socket's, and asyncio's timeouts.
@@ -111,6 +128,18 @@ def transport_reply(error: BaseException) -> Reply:
 
 def tls_failed(detail: object, relay: str) -> DeliveryError:
     return DeliveryError(TLS_FAILED.with_text(f"{TLS_FAILED.text}: {detail}"), relay)
+
+
+@contextlib.contextmanager
+def lookup_errors(name: str) -> Iterator[None]:
+    """DNS: NXDOMAIN is permanent NOT_FOUND; no server answering, a timeout or YXDOMAIN
+    is transient LOOKUP_FAILED. NoAnswer passes through (the resolver decides)."""
+    try:
+        yield
+    except dns.resolver.NXDOMAIN:
+        raise DeliveryError(NOT_FOUND.with_text(f"{NOT_FOUND.text}: {name}")) from None
+    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN):
+        raise DeliveryError(LOOKUP_FAILED.with_text(f"{LOOKUP_FAILED.text}: {name}")) from None
 
 
 @contextlib.contextmanager
