@@ -41,6 +41,7 @@ deps:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy smtprelay
+	$(BIN)/lint-imports
 
 test: $(STAMP) deps lint
 	$(BIN)/pytest

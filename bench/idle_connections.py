@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from queue_scale import rss_kb  # main process + inbound workers (bench/ is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 TOKEN = "idle-bench"
@@ -39,20 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
-
-
-def rss_kb(pid: int) -> int:
-    """VmRSS of the daemon and its inbound workers together."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids = [pid, *(int(c) for c in f.read().split())]
-    except OSError:
-        pids = [pid]
-    total = 0
-    for one in pids:
-        with open(f"/proc/{one}/status") as f:
-            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return total
 
 
 def start(workdir: Path, port: int, http_port: int, connections: int, workers: int
@@ -137,7 +125,7 @@ def main() -> None:
         idle: list[socket.socket] = []
         try:
             client_sessions(port, 5)  # warm up
-            before_rss = rss_kb(proc.pid)
+            before_rss = rss_kb(proc.pid, "VmRSS")
             baseline = client_sessions(port, args.clients)
             opened = time.monotonic()
             for _ in range(args.connections):
@@ -148,7 +136,7 @@ def main() -> None:
                     sys.exit(f"session {len(idle)} was refused: {greeting!r}")
             opening = time.monotonic() - opened
             time.sleep(2)  # let the workers report and settle
-            after_rss = rss_kb(proc.pid)
+            after_rss = rss_kb(proc.pid, "VmRSS")
             sessions = open_sessions(http_port)
             loaded = client_sessions(port, args.clients)
         finally:

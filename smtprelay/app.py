@@ -29,7 +29,6 @@ from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.inbound import local
-from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
     InboundServer,
@@ -46,6 +45,7 @@ from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.stats import Stats
 from smtprelay.tasks import Supervisor, TaskDied
 from smtprelay.tls import TLSError, server_context
+from smtprelay.usersfile import UsersFileError
 
 if TYPE_CHECKING:
     from smtprelay.web.app import HttpServer

@@ -42,6 +42,8 @@ from email.header import Header
 from email.utils import format_datetime, parseaddr
 from typing import Final, Literal, get_args
 
+from smtprelay.dsnparams import xtext_decode
+
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 Ret = Literal["FULL", "HDRS"]
 
@@ -54,7 +56,6 @@ SUBJECT_SUCCESS: Final = "Successful Mail Delivery Report"
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _SMTP_REPLY = re.compile(r"[2-5]\d\d(?:[ -]|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
 _UTF8_ADDR_HEX = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _NOT_BCHARS = re.compile(r"[^0-9A-Za-z'()+_,\-./:=?]")
 _CRLF = b"\r\n"
@@ -214,7 +215,7 @@ def _status_part(
     fields: list[bytes] = []
     # RFC 3464 section 2.2: Original-Envelope-Id comes first, then Reporting-MTA.
     if envid is not None:
-        fields.append(_field("Original-Envelope-Id", _ascii(_xtext_decode(envid))))
+        fields.append(_field("Original-Envelope-Id", _ascii(xtext_decode(envid))))
     fields.append(_field("Reporting-MTA", f"dns; {host}"))
     if qid is not None:
         fields.append(_field("X-Smtprelay-Queue-ID", _one_line(qid)))
@@ -267,16 +268,8 @@ def _decode_orcpt(value: str) -> tuple[str, str]:
     if kind.lower() == "utf-8":
         decoded = _UTF8_ADDR_HEX.sub(lambda m: _chr(int(m.group(1), 16)), address)
     else:
-        decoded = _xtext_decode(address)
+        decoded = xtext_decode(address)
     return kind, _one_line(decoded)
-
-
-def _xtext_decode(value: str) -> str:
-    """RFC 3461 xtext: ``+HH`` is the byte HH; the bytes are read as UTF-8."""
-    data = bytearray()
-    for i, piece in enumerate(_XTEXT_HEX.split(value)):  # text, hex, text, hex, ...
-        data += bytes([int(piece, 16)]) if i % 2 else piece.encode("utf-8", "replace")
-    return data.decode("utf-8", "replace")
 
 
 def _chr(code: int) -> str:

@@ -9,8 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay import __version__, config, maillog, queuecli
-from smtprelay.inbound import auth
+from smtprelay import __version__, config, maillog, queuecli, usersfile
 from smtprelay.tls import TLSError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
         code = EXIT_USAGE
-    except (Failure, auth.UsersFileError, TLSError, OSError) as e:
+    except (Failure, usersfile.UsersFileError, TLSError, OSError) as e:
         print(f"smtprelay: {e}", file=sys.stderr)
         code = EXIT_FAILED
     except KeyboardInterrupt:
@@ -112,7 +111,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
 def _check_config(args: argparse.Namespace, settings: config.Settings) -> int:
     print(config.effective(settings), end="")
     if settings.auth.users_file:
-        users = auth.read_users(Path(settings.auth.users_file))
+        users = usersfile.read_users(Path(settings.auth.users_file))
         print(f"# {len(users)} user(s) in {settings.auth.users_file}", file=sys.stderr)
     return EXIT_OK
 
@@ -125,15 +124,15 @@ def _users_path(settings: config.Settings) -> Path:
 
 def _user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     path = _users_path(settings)
-    auth.validate_name(args.name)
-    users = auth.read_users(path)
+    usersfile.validate_name(args.name)
+    users = usersfile.read_users(path)
     existed = args.name in users
     password = _read_password()
-    if auth.password_truncated(password):
-        print(f"smtprelay: note: only the first {auth.MAX_PASSWORD} bytes of the password count "
-              "(bcrypt; htpasswd -B does the same)", file=sys.stderr)
-    users[args.name] = auth.hash_password(password)
-    auth.write_users(path, users)
+    if usersfile.password_truncated(password):
+        print(f"smtprelay: note: only the first {usersfile.MAX_PASSWORD} bytes of the password "
+              "count (bcrypt; htpasswd -B does the same)", file=sys.stderr)
+    users[args.name] = usersfile.hash_password(password)
+    usersfile.write_users(path, users)
     print(f"user {args.name} {'updated' if existed else 'added'} in {path}")
     return EXIT_OK
 
@@ -152,15 +151,15 @@ def _read_password() -> str:
 
 def _user_del(args: argparse.Namespace, settings: config.Settings) -> int:
     path = _users_path(settings)
-    users = auth.read_users(path)
+    users = usersfile.read_users(path)
     if users.pop(args.name, None) is None:
         raise Failure(f"no user {args.name} in {path}")
-    auth.write_users(path, users)
+    usersfile.write_users(path, users)
     print(f"user {args.name} removed from {path}")
     return EXIT_OK
 
 
 def _user_list(args: argparse.Namespace, settings: config.Settings) -> int:
-    for name in sorted(auth.read_users(_users_path(settings))):
+    for name in sorted(usersfile.read_users(_users_path(settings))):
         print(name)
     return EXIT_OK

@@ -9,7 +9,8 @@ and delivery concurrency need a restart; a change to them is logged. A configura
 that does not load is refused with a log line and the running one stays, as
 ``nginx -s reload`` does. Inbound worker processes get a SIGHUP from the main process
 once it has accepted the file, and apply its inbound part themselves
-(:func:`reload_inbound`).
+(:func:`smtprelay.inbound.reload.reload_inbound`, which this module composes: the check
+of the file is the same, then the delivery stage and the HTTP endpoint apply theirs).
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtprelay import config, maillog, tls
+from smtprelay import maillog, tls
 from smtprelay.config import Settings
-from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
-from smtprelay.delivery.transport import Transport
-from smtprelay.inbound.auth import Authenticator, UsersFileError
-from smtprelay.inbound.server import InboundServer, Listeners, users
+from smtprelay.inbound.reload import Refused, prepare
+from smtprelay.inbound.server import Listeners
 from smtprelay.web.tokens import read_tokens
 
 log = logging.getLogger("smtprelay")
@@ -43,47 +42,12 @@ class Running:
     on_reload: list[Callable[[Settings], None]] = field(default_factory=list)
 
 
-class Refused(Exception):
-    """The file does not load; the message says why."""
-
-
-def prepare(path: Path) -> tuple[Settings, Authenticator | None]:
-    """Load the file and what it names that a reload must check before applying
-    anything: users file and certificate. Raises Refused."""
-    try:
-        new = config.load(path)
-        authenticator = users(new)
-        # Load the certificate into a scratch context first: a bad file must not leave
-        # the live context half-changed.
-        tls.load(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), new)
-    except (config.ConfigError, UsersFileError, tls.TLSError, OSError) as e:
-        raise Refused(str(e)) from None
-    return new, authenticator
-
-
-def reload_inbound(path: Path, inbound: InboundServer, tls_context: ssl.SSLContext) -> bool:
-    """A worker's part of a reload: certificate, policy, limits, users, logging."""
-    try:
-        new, authenticator = prepare(path)
-    except Refused as e:
-        log.error("reload refused, the running configuration stays: %s", e)
-        return False
-    tls.load(tls_context, new)
-    inbound.apply(new, authenticator)
-    maillog.setup(new.log.format, new.log.level)
-    log.info("inbound worker: configuration reloaded from %s", path)
-    return True
-
-
 def reload(running: Running) -> bool:
     """Apply the configuration file again; False (and a log line) when it is refused."""
     try:
         new, authenticator = prepare(running.path)
-        # The scheduler sees its router and transport through Protocols (delivery/
-        # interfaces.py); the daemon's are the real ones, whose settings change here.
-        current = running.scheduler.router
-        assert isinstance(current, Router)
-        router = Router(new.delivery, current.resolver)
+        # Built before anything is applied: it reads the smarthost's password file.
+        router = running.scheduler.router_for(new)
         if new.http.tokens_file:
             try:
                 read_tokens(Path(new.http.tokens_file))
@@ -109,12 +73,7 @@ def reload(running: Running) -> bool:
         if before != after:
             log.warning("reload: %s changes only on restart", name)
     running.inbound.apply(new, authenticator)
-    running.scheduler.router = router
-    transport = running.scheduler.transport
-    if isinstance(transport, Transport):
-        transport.line_length_limit = new.delivery.line_length_limit  # next delivery
-    if running.scheduler.notices is not None:
-        running.scheduler.notices.settings = new.bounce
+    running.scheduler.apply(new, router)
     maillog.setup(new.log.format, new.log.level)
     for apply in running.on_reload:
         apply(new)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from smtprelay.config import DeliverySettings
 from smtprelay.delivery.outcome import Hop, RecipientOutcome
 from smtprelay.delivery.routes import Route
 
@@ -26,6 +27,11 @@ class NextHops(Protocol):
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
         """Addresses to try in order; raises DeliveryError (DNS failure, null MX ...)."""
+        ...
+
+    def reloaded(self, settings: DeliverySettings) -> NextHops:
+        """A router for reloaded settings, sharing this one's resolver (and its cache);
+        raises OSError if a file it names cannot be read."""
         ...
 
 
@@ -44,6 +50,10 @@ class Deliverer(Protocol):
     ) -> list[RecipientOutcome]:
         """One outcome per recipient (a Reply each: 2xx delivered, 4xx later, 5xx
         failed); raises DeliveryError when no hop would take the message at all."""
+        ...
+
+    def apply(self, settings: DeliverySettings) -> None:
+        """Reloaded settings, for the next delivery."""
         ...
 
     async def close(self) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from smtprelay import bounce, ids, maillog
 from smtprelay.config import BounceSettings
+from smtprelay.dsnparams import notify_wants
 from smtprelay.envelope import Client, Envelope, Recipient, RecipientState
-from smtprelay.inbound.dsnparams import notify_wants
 from smtprelay.spool import Spool, SpoolError
 
 POSTMASTER_NOTICE = "postmaster"

@@ -37,14 +37,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from smtprelay import ids, maillog
-from smtprelay.config import DeliverySettings
+from smtprelay.addresses import domain_of
+from smtprelay.config import DeliverySettings, Settings
 from smtprelay.delivery import backoff
 from smtprelay.delivery.interfaces import Deliverer, NextHops
 from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
-from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.tasks import detach
@@ -126,6 +126,22 @@ class Scheduler:
         self._fresh_bytes = 0
         self._operator = asyncio.Lock()
         self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
+
+    # --- reload -------------------------------------------------------------------
+
+    def router_for(self, settings: Settings) -> NextHops:
+        """The router of reloaded settings (same resolver), built before anything is
+        applied: it reads the smarthost's password file."""
+        return self.router.reloaded(settings.delivery)
+
+    def apply(self, settings: Settings, router: NextHops) -> None:
+        """Reloaded settings, for the next delivery attempts: routes and smarthosts
+        (``router``, from :meth:`router_for`), line folding and bounce settings. Limits
+        and the retry schedule keep their start-up values."""
+        self.router = router
+        self.transport.apply(settings.delivery)
+        if self.notices is not None:
+            self.notices.settings = settings.bounce
 
     # --- queue --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from smtprelay import maillog
+from smtprelay.config import DeliverySettings
 from smtprelay.delivery import linefold
 from smtprelay.delivery.errors import (
     CONNECTION_FAILED,
@@ -60,6 +61,10 @@ class Transport:
     def __post_init__(self) -> None:
         self._pool = Pool(self.idle_timeout, self.max_idle_per_hop)
         self._opener = Opener(self.helo_name, self.ca_file, self.timeouts)
+
+    def apply(self, settings: DeliverySettings) -> None:
+        """Reloaded settings: only line folding changes without a restart."""
+        self.line_length_limit = settings.line_length_limit
 
     @property
     def connections_opened(self) -> int:

@@ -12,6 +12,18 @@ import ipaddress
 import re
 from typing import NamedTuple
 
+from smtprelay.addresses import domain_of
+
+__all__ = [
+    "FORBIDDEN",
+    "ParameterError",
+    "ParsedArgument",
+    "PathError",
+    "domain_of",
+    "parse",
+    "parse_params",
+]
+
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
 # Non-ASCII allowed with SMTPUTF8, except lone surrogates: aiosmtpd decodes bytes that are
 # not UTF-8 to those, and they cannot be stored or sent on.
@@ -132,7 +144,3 @@ def parse_params(text: str) -> dict[str, str]:
             raise ParameterError(f"duplicate parameter {key}")
         params[key] = match.group(2) or ""
     return params
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].rstrip(".").lower()

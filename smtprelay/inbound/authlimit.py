@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import ipaddress
 import itertools
 import math
 import os
@@ -28,25 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from smtprelay.clientkey import client_key
+
 T = TypeVar("T")
 
 # Admission order for the bcrypt pool (lower first).
 KNOWN = 0  # this address logged in successfully within the memory period
 NEUTRAL = 1  # nothing known about this address
 SUSPECT = 2  # this address has failed attempts
-
-
-def client_key(ip: str) -> str:
-    """The unit the slow-down applies to: the IPv4 address, or the IPv6 /64."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 @dataclass

@@ -15,6 +15,7 @@ greeting. STARTTLS runs the same handshake in mid-session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -255,3 +256,41 @@ class Connection(_AiosmtpdSMTP):
     def _abort(self) -> None:
         if not self._released and self._raw is not None:
             self._raw.abort()  # type: ignore[attr-defined]
+
+
+class Sessions:
+    """The open connections of a listener: counted from accept until they end, told to
+    leave on stop. ``on_change`` hears the count whenever it changes (a worker reports
+    it to the main process)."""
+
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
+        self.on_change = on_change
+        self._open: set[Connection] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, connection: Connection) -> None:
+        self._open.add(connection)
+        self._idle.clear()
+        if self.on_change is not None:
+            self.on_change(len(self._open))
+
+    def closed(self, connection: Connection) -> None:
+        self._open.discard(connection)
+        if self.on_change is not None:
+            self.on_change(len(self._open))
+        if not self._open:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Ask idle sessions to leave with 421; give transactions ``grace`` seconds."""
+        for connection in list(self._open):
+            connection.close_for_shutdown()
+        if self._open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for connection in list(self._open):
+            connection.hang_up(replies.SHUTTING_DOWN)

@@ -42,17 +42,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Any, cast
+from typing import Any
 
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
 from smtprelay.envelope import Client, Envelope
 from smtprelay.inbound.auth import Authenticator
-from smtprelay.inbound.connection import Connection
+from smtprelay.inbound.connection import Sessions
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
-from smtprelay.inbound.server import Listeners, ListenerState
+from smtprelay.inbound.server import Listeners, ListenerState, Refuse
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool
 from smtprelay.units import Endpoint
@@ -432,18 +432,6 @@ def _remove_stale(path: str) -> None:
 _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 
 
-class _Refuse(asyncio.Protocol):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        maillog.too_many_connections(LOCAL, self.limit)
-        # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
-        writer = cast(asyncio.WriteTransport, transport)
-        writer.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
-        writer.close()
-
-
 @dataclass
 class LocalServer:
     settings: Settings
@@ -451,9 +439,8 @@ class LocalServer:
     on_queued: Callable[[Envelope, bytes], None] | None
     path: str
     sock: socket.socket
-    sessions: set[Connection] = field(default_factory=set)
+    sessions: Sessions = field(default_factory=Sessions)
     server: asyncio.Server | None = None
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _inode: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
@@ -470,7 +457,7 @@ class LocalServer:
         # Its own share of max_connections: a flood on the TCP listeners cannot keep
         # cron's and PHP's mail out.
         if len(self.sessions) >= server.max_connections:
-            return _Refuse(server.max_connections)
+            return Refuse(server.max_connections, None, client=LOCAL)
         intake = LocalIntake(
             hostname=server.hostname,
             policy=_LocalPolicy(self.settings.relay, server.max_recipients),
@@ -491,16 +478,10 @@ class LocalServer:
             handshake_timeout=self.settings.tls.handshake_timeout,
             min_tls_version=self.settings.tls.min_version,
             proxy_from=(),
-            on_close=self._closed,
+            on_close=self.sessions.closed,
         )
         self.sessions.add(session)
-        self._idle.clear()
         return session
-
-    def _closed(self, session: Connection) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._idle.set()
 
     def state(self) -> ListenerState:
         serving = self.server is not None and self.server.is_serving()
@@ -528,13 +509,7 @@ class LocalServer:
                 os.unlink(self.path)
 
     async def drain(self, grace: float) -> None:
-        for session in list(self.sessions):
-            session.close_for_shutdown()
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
-        for session in list(self.sessions):
-            session.hang_up(replies.SHUTTING_DOWN)
+        await self.sessions.drain(grace)
 
 
 class LocalSubmission:

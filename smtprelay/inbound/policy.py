@@ -9,8 +9,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from smtprelay import replies
+from smtprelay.addresses import domain_of
 from smtprelay.config import RelaySettings
-from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
 
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
-from smtprelay import ids, maillog, replies
+from smtprelay import dsnparams, ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
-from smtprelay.inbound import address, dsnparams
+from smtprelay.inbound import address
 from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.proxyheader import Network

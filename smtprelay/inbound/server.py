@@ -23,7 +23,7 @@ from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.inbound import handshake
 from smtprelay.inbound.auth import Authenticator
-from smtprelay.inbound.connection import Connection
+from smtprelay.inbound.connection import Sessions
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -127,18 +127,22 @@ def users(settings: Settings) -> Authenticator | None:
     return authenticator
 
 
-class _Refuse(asyncio.Protocol):
+class Refuse(asyncio.Protocol):
     """Answers 421 to a connection over ``max_connections`` and hangs up (on the
-    implicit-TLS port after the handshake, so that the client can read the reply)."""
+    implicit-TLS port after the handshake, so that the client can read the reply).
+    ``client`` names the caller in the log where there is no peer address."""
 
-    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None) -> None:
+    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None,
+                 client: str | None = None) -> None:
         self.limit = limit
         self.tls = tls
+        self.client = client
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        maillog.too_many_connections(str(peer[0]) if peer else "unknown", self.limit)
+        client = self.client or (str(peer[0]) if peer else "unknown")
+        maillog.too_many_connections(client, self.limit)
         if self.tls is None:
             self._refuse(transport)
             return
@@ -165,10 +169,12 @@ class InboundServer:
     share: int = 1
     # Told the number of open sessions whenever it changes (a worker reports it).
     on_sessions: Callable[[int], None] | None = None
-    sessions: set[Connection] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
     _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: Sessions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.on_sessions)
 
     async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
         """Serve on ``sockets`` (listening, with their implicit-TLS flag), or bind every
@@ -191,7 +197,7 @@ class InboundServer:
         server = self.settings.server
         if len(self.sessions) >= self.limit:
             tls = (self.tls_context, self.settings.tls.handshake_timeout) if implicit else None
-            return _Refuse(server.max_connections, tls)
+            return Refuse(server.max_connections, tls)
         session = Session(
             self.intake,
             hostname=server.hostname,
@@ -203,12 +209,9 @@ class InboundServer:
             min_tls_version=self.settings.tls.min_version,
             proxy_from=server.proxy_protocol,
             allow_plaintext_auth=self.settings.auth.allow_plaintext,
-            on_close=self._closed,
+            on_close=self.sessions.closed,
         )
         self.sessions.add(session)
-        self._idle.clear()
-        if self.on_sessions is not None:
-            self.on_sessions(len(self.sessions))
         return session
 
     @property
@@ -240,19 +243,6 @@ class InboundServer:
         for server in self.servers:
             server.close()
 
-    def _closed(self, session: Connection) -> None:
-        self.sessions.discard(session)
-        if self.on_sessions is not None:
-            self.on_sessions(len(self.sessions))
-        if not self.sessions:
-            self._idle.set()
-
     async def drain(self, grace: float) -> None:
         """Ask idle sessions to leave with 421; give transactions ``grace`` seconds."""
-        for session in list(self.sessions):
-            session.close_for_shutdown()
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
-        for session in list(self.sessions):
-            session.hang_up(replies.SHUTTING_DOWN)
+        await self.sessions.drain(grace)

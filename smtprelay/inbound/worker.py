@@ -30,13 +30,13 @@ from pathlib import Path
 import uvloop
 
 from smtprelay import config, ids, maillog
-from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.channel import LogForwarder, Sender
+from smtprelay.inbound.reload import reload_inbound
 from smtprelay.inbound.server import SHUTDOWN_GRACE, InboundServer, build_intake, users
-from smtprelay.reload import reload_inbound
 from smtprelay.spool import Spool
 from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.tls import TLSError, server_context
+from smtprelay.usersfile import UsersFileError
 
 log = logging.getLogger("smtprelay")
 

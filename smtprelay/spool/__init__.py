@@ -1,4 +1,11 @@
-"""The spool: the durable hand-off between receiving and delivering a message."""
+"""The spool: the durable hand-off between receiving and delivering a message.
+
+One file per message (envelope and message, ``store.Spool``), created complete and
+fsynced before the client hears 250, rewritten after each delivery attempt, removed when
+no recipient is pending; ``recovery.recover`` reads the directory at start-up (partial
+writes removed, unreadable files quarantined). Both stages use it and it uses neither.
+Path of a message: docs/flow.md.
+"""
 
 from smtprelay.spool.store import Spool, SpoolError
 

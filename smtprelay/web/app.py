@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from smtprelay.clientkey import client_key
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.inbound.server import Listeners, listen
@@ -30,7 +31,6 @@ from smtprelay.units import Endpoint
 from smtprelay.web import queue, status
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, Context, Problem, context, error
-from smtprelay.web.guard import client_key
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
 from smtprelay.web.serverlog import printable, server_logger

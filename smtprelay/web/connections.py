@@ -22,7 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from smtprelay.web.guard import LogBudget, client_key
+from smtprelay.clientkey import client_key
+from smtprelay.web.guard import LogBudget
 
 log = logging.getLogger("smtprelay.http")
 

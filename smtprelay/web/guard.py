@@ -22,11 +22,12 @@ Neither class awaits anything: the caller sleeps. Both take a ``clock`` for test
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from smtprelay.clientkey import client_key
 
 BASE_DELAY = 0.5
 MAX_DELAY = 8.0
@@ -37,19 +38,6 @@ LINE_BURST = 10
 LINE_INTERVAL = 6.0
 GLOBAL_BURST = 100
 GLOBAL_INTERVAL = 0.1
-
-
-def client_key(address: str) -> str:
-    """What failures are counted by: the address, or its /64 for IPv6."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web
 
 from smtprelay import ids
+from smtprelay.addresses import domain_of
 from smtprelay.delivery.scheduler import QueueEntry
 from smtprelay.envelope import RecipientState
-from smtprelay.inbound.address import domain_of
 from smtprelay.queueview import queue_item
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Problem, context

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from smtprelay.config import DeliverySettings
 from smtprelay.delivery.interfaces import Deliverer, NextHops
 from smtprelay.delivery.outcome import Hop, RecipientOutcome
 from smtprelay.delivery.routes import Route, TLSPolicy
@@ -25,6 +26,9 @@ class FakeRouter:
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
         return []
+
+    def reloaded(self, settings: DeliverySettings) -> FakeRouter:
+        return self
 
 
 class FakeDeliverer:
@@ -60,6 +64,9 @@ class FakeDeliverer:
         self.delivered += recipients
         return [RecipientOutcome(a, self.reply, "sink[127.0.0.1]:25") for a in recipients]
 
+    def apply(self, settings: DeliverySettings) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -72,6 +79,9 @@ class NoDelivery:
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
         raise AssertionError(f"unexpected look-up of {domain}")
+
+    def reloaded(self, settings: DeliverySettings) -> NoDelivery:
+        return self
 
     async def deliver(
         self,
@@ -86,6 +96,9 @@ class NoDelivery:
         qid: str = "NOQUEUE",
     ) -> list[RecipientOutcome]:
         raise AssertionError(f"unexpected delivery to {recipients}")
+
+    def apply(self, settings: DeliverySettings) -> None:
+        pass
 
     async def close(self) -> None:
         pass

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
+from smtprelay.clientkey import client_key
 from smtprelay.inbound import authlimit
-from smtprelay.inbound.authlimit import KNOWN, NEUTRAL, SUSPECT, BcryptPool, Throttle, client_key
+from smtprelay.inbound.authlimit import KNOWN, NEUTRAL, SUSPECT, BcryptPool, Throttle
 from tests.unit.virtual_time import VirtualTime
 
 A, B = "192.0.2.9", "198.51.100.7"

@@ -3,7 +3,8 @@ of their log lines, on an injected clock."""
 
 from __future__ import annotations
 
-from smtprelay.web.guard import LogBudget, Penalty, client_key
+from smtprelay.clientkey import client_key
+from smtprelay.web.guard import LogBudget, Penalty
 
 
 class Clock:

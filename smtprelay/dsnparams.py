@@ -1,6 +1,9 @@
-"""RFC 3461 DSN parameters on MAIL (RET, ENVID) and RCPT (NOTIFY, ORCPT): syntax checks.
+"""RFC 3461 DSN parameters on MAIL (RET, ENVID) and RCPT (NOTIFY, ORCPT), and xtext.
 
-Values are stored as given (xtext-encoded); the DSN builder decodes them.
+Shared vocabulary of both stages: the inbound stage checks the syntax
+(:func:`mail_params_ok`, :func:`rcpt_params_ok`), the delivery stage asks what the sender
+wants to hear about (:func:`notify_wants`) and the DSN builder decodes xtext
+(:func:`xtext_decode`). Values are stored as given (xtext-encoded).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import re
 
 # xtext: printable ASCII except "+" and "=", or "+" and two upper-case hex digits.
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+# Decoding is lenient about the case of the hex digits (a DSN reports what it was given).
+_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
 MAX_ENVID = 100
@@ -50,3 +55,11 @@ def notify_wants(params: dict[str, str], event: str) -> bool:
     if notify is None:
         return event in ("FAILURE", "DELAY")
     return event in notify.upper().split(",")
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 xtext: ``+HH`` is the byte HH; the bytes are read as UTF-8."""
+    data = bytearray()
+    for i, piece in enumerate(_XTEXT_HEX.split(value)):  # text, hex, text, hex, ...
+        data += bytes([int(piece, 16)]) if i % 2 else piece.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
