@@ -2,29 +2,18 @@
 
 Every failure is expressed as a :class:`Reply`, so the scheduler decides from the code
 alone: 2xx delivered, 4xx try again later, 5xx give up. ``DeliveryError`` is raised for
-failures that concern the whole attempt (no host reachable, DNS failure, policy).
+failures that concern the whole attempt (no host reachable, DNS failure, policy);
+it is defined, with the rest of the stage's exception tree, in errors.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smtprelay.delivery.errors import DeliveryError
 from smtprelay.replies import Reply
 
-
-class DeliveryError(Exception):
-    """``unreachable``: no connection could be made at all (refused, timed out, no route),
-    the only failure that counts towards marking a destination dead."""
-
-    def __init__(self, reply: Reply, relay: str = "none", *, unreachable: bool = False) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-        self.relay = relay
-        self.unreachable = unreachable
-
-    @property
-    def permanent(self) -> bool:
-        return self.reply.code >= 500
+__all__ = ["DeliveryError", "Hop", "RecipientOutcome"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,9 @@
 * an MX that is this relay itself: only more preferred MXs are used, none -> ``5.4.6``;
 * internationalised domains are looked up by their IDNA (A-label) form;
 * answers are cached for their TTL (dnspython's cache).
+
+DNS exceptions become DeliveryError in errors.py (``lookup_errors``); an address
+look-up that fails is not an error here, just an exchanger with no addresses.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from smtprelay.delivery.outcome import DeliveryError, Hop
+from smtprelay.delivery import errors
+from smtprelay.delivery.errors import LOOKUP_FAILED, NOT_FOUND, DeliveryError
+from smtprelay.delivery.outcome import Hop
 from smtprelay.replies import Reply
 from smtprelay.units import Endpoint
 
-LOOKUP_FAILED = Reply(451, "4.4.3", "Host or domain name lookup failed")
-NOT_FOUND = Reply(550, "5.1.2", "Host or domain name not found")
 NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX)")
 LOOP = Reply(554, "5.4.6", "Mail for this domain loops back to myself")
 NO_ADDRESS = Reply(451, "4.4.3", "No address found for any mail exchanger")
@@ -60,15 +63,11 @@ class Resolver:
             return [self._literal_hop(domain)]
         name = _idna(domain)
         try:
-            answer = await self._dns.resolve(name, "MX")
+            with errors.lookup_errors(domain):
+                answer = await self._dns.resolve(name, "MX")
             records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
-        except dns.resolver.NXDOMAIN:
-            raise DeliveryError(NOT_FOUND.with_text(f"{NOT_FOUND.text}: {domain}")) from None
         except dns.resolver.NoAnswer:
             records = [(0, name)]  # implicit MX
-        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN):
-            failed = LOOKUP_FAILED.with_text(f"{LOOKUP_FAILED.text}: {domain}")
-            raise DeliveryError(failed) from None
         if len(records) == 1 and records[0][1] in ("", "."):
             raise DeliveryError(NULL_MX.with_text(f"{NULL_MX.text}: {domain}"))
         exchangers = _order(records)

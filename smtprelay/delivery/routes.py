@@ -59,6 +59,10 @@ class Router:
                 smarthost.hosts, credentials,
             )
 
+    def reloaded(self, settings: DeliverySettings) -> Router:
+        """A router for reloaded settings with the same resolver (and DNS cache)."""
+        return Router(settings, self.resolver)
+
     def route(self, domain: str) -> Route:
         fixed = self.routes.get(domain)
         if fixed is not None:

@@ -40,10 +40,10 @@ from smtprelay import ids, maillog
 from smtprelay.addresses import domain_of
 from smtprelay.config import DeliverySettings, Settings
 from smtprelay.delivery import backoff
+from smtprelay.delivery.interfaces import Deliverer, NextHops
 from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
-from smtprelay.delivery.routes import Route, Router
-from smtprelay.delivery.transport import Transport
+from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
@@ -90,8 +90,8 @@ class Scheduler:
     def __init__(
         self,
         spool: Spool,
-        router: Router,
-        transport: Transport,
+        router: NextHops,
+        transport: Deliverer,
         settings: DeliverySettings,
         *,
         active_limit: int = 2000,
@@ -129,17 +129,17 @@ class Scheduler:
 
     # --- reload -------------------------------------------------------------------
 
-    def router_for(self, settings: Settings) -> Router:
+    def router_for(self, settings: Settings) -> NextHops:
         """The router of reloaded settings (same resolver), built before anything is
         applied: it reads the smarthost's password file."""
-        return Router(settings.delivery, self.router.resolver)
+        return self.router.reloaded(settings.delivery)
 
-    def apply(self, settings: Settings, router: Router) -> None:
+    def apply(self, settings: Settings, router: NextHops) -> None:
         """Reloaded settings, for the next delivery attempts: routes and smarthosts
         (``router``, from :meth:`router_for`), line folding and bounce settings. Limits
         and the retry schedule keep their start-up values."""
         self.router = router
-        self.transport.line_length_limit = settings.delivery.line_length_limit
+        self.transport.apply(settings.delivery)
         if self.notices is not None:
             self.notices.settings = settings.bounce
 

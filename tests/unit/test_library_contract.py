@@ -66,13 +66,13 @@ METHODS = [
     (
         aiosmtplib.protocol.SMTPProtocol,
         "write",
-        "delivery/transport.py",
+        "delivery/transaction.py",
         "the dot-stuffed message written in one call",
     ),
     (
         aiosmtplib.protocol.SMTPProtocol,
         "read_response",
-        "delivery/transport.py",
+        "delivery/transaction.py",
         "the reply to the message",
     ),
     (
@@ -81,7 +81,7 @@ METHODS = [
         "delivery/pipelining.py",
         "forwarded while the protocol is swapped for a batch",
     ),
-    (aiosmtplib.SMTP, "execute_command", "delivery/transport.py", "DATA without data()"),
+    (aiosmtplib.SMTP, "execute_command", "delivery/transaction.py", "DATA without data()"),
 ]
 
 # Instance attributes, assigned in the library's code (``self.<name> = ...``).
@@ -156,10 +156,10 @@ ATTRIBUTES = [
     (
         aiosmtplib.protocol.SMTPProtocol,
         "transport",
-        "delivery/transport.py",
+        "delivery/transaction.py",
         "the transport a pipelined batch swaps the protocol on",
     ),
-    (aiosmtplib.SMTP, "protocol", "delivery/transport.py", "the connection's protocol"),
+    (aiosmtplib.SMTP, "protocol", "delivery/transaction.py", "the connection's protocol"),
 ]
 
 
@@ -213,7 +213,7 @@ def test_read_response_takes_a_timeout() -> None:
     parameters = inspect.signature(aiosmtplib.protocol.SMTPProtocol.read_response).parameters
     assert "timeout" in parameters, (
         "aiosmtplib.protocol.SMTPProtocol.read_response has no timeout parameter: "
-        "smtprelay/delivery/transport.py passes the DATA timeout to it"
+        "smtprelay/delivery/transaction.py passes the DATA timeout to it"
     )
 
 

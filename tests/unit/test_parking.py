@@ -6,51 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
-from smtprelay.delivery.outcome import RecipientOutcome
-from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.delivery.scheduler import PARK_AFTER, Scheduler
-from smtprelay.envelope import Recipient
-from smtprelay.replies import Reply
+from smtprelay.envelope import Envelope, Recipient
 from smtprelay.spool import Spool
+from tests.unit.fakes import FakeDeliverer, FakeRouter
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
-OK = Reply(250, "2.0.0", "ok")
-
-
-class Router:
-    def route(self, domain: str) -> Route:
-        return Route(domain, TLSPolicy("none"))
-
-    async def hops(self, route: Route, domain: str) -> list[Any]:
-        return []
-
-
-class Transport:
-    """Holds each delivery until the test lets it go; counts concurrency per domain."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Semaphore(0)
-        self.running: Counter[str] = Counter()
-        self.most: Counter[str] = Counter()
-        self.delivered: list[str] = []
-
-    async def deliver(self, route: Route, hops: Any, sender: str, addresses: list[str],
-                      *args: Any, **kwargs: Any) -> list[RecipientOutcome]:
-        self.running[route.key] += 1
-        self.most[route.key] = max(self.most[route.key], self.running[route.key])
-        if route.key == "slow.test":
-            await self.gate.acquire()
-        self.running[route.key] -= 1
-        self.delivered += addresses
-        return [RecipientOutcome(a, OK, "sink[127.0.0.1]:25") for a in addresses]
-
-    async def close(self) -> None:
-        pass
 
 
 class CountingSpool(Spool):
@@ -58,7 +23,7 @@ class CountingSpool(Spool):
         super().__init__(root)
         self.loads: Counter[str] = Counter()
 
-    def load(self, qid: str) -> Any:
+    def load(self, qid: str) -> Envelope:
         self.loads[qid] += 1
         return super().load(qid)
 
@@ -76,7 +41,7 @@ def _queue_for_slow(spool: Spool, scheduler: Scheduler, count: int) -> list[str]
     return qids
 
 
-async def _settle(scheduler: Scheduler, transport: Transport, total: int) -> None:
+async def _settle(scheduler: Scheduler, transport: FakeDeliverer, total: int) -> None:
     """Until every message is delivering, waiting for a slot, or parked."""
     for _ in range(500):
         waiting = sum(scheduler._waiting.values())
@@ -91,12 +56,11 @@ async def _settle(scheduler: Scheduler, transport: Transport, total: int) -> Non
 def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> None:
     per_destination = 2
     settings = DeliverySettings(per_destination_concurrency=per_destination, concurrency=10)
-    transport = Transport()
+    transport = FakeDeliverer(gated=("slow.test",))
 
     async def main() -> None:
         spool = CountingSpool(tmp_path / "spool")
-        router: Any = Router()
-        scheduler = Scheduler(spool, router, transport, settings)  # type: ignore[arg-type]
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
         _queue_for_slow(spool, scheduler, 60)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, 60)
@@ -135,12 +99,11 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
 
 def test_parked_messages_answer_operator_actions(tmp_path: Path) -> None:
     settings = DeliverySettings(per_destination_concurrency=1, concurrency=10)
-    transport = Transport()
+    transport = FakeDeliverer(gated=("slow.test",))
 
     async def main() -> None:
         spool = Spool(tmp_path / "spool")
-        router: Any = Router()
-        scheduler = Scheduler(spool, router, transport, settings)  # type: ignore[arg-type]
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
         qids = _queue_for_slow(spool, scheduler, PARK_AFTER + 20)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(qids))

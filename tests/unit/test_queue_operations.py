@@ -6,7 +6,6 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from smtprelay.delivery.notices import Result
 from smtprelay.delivery.scheduler import OPERATOR_BOUNCE, Scheduler
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 from smtprelay.spool import Spool, SpoolError
+from tests.unit.fakes import NoDelivery
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -40,7 +40,7 @@ class FakeNotices:
 
 def make_scheduler(tmp_path: Path, clock: Clock) -> tuple[Scheduler, Spool]:
     spool = Spool(tmp_path / "spool")
-    unused: Any = None  # router and transport: no delivery happens in these tests
+    unused = NoDelivery()  # router and transport: no delivery happens in these tests
     scheduler = Scheduler(spool, unused, unused, DeliverySettings(), clock=clock)
     return scheduler, spool
 

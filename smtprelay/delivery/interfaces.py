@@ -1,0 +1,61 @@
+"""What the scheduler needs from the rest of the delivery stage, as Protocols.
+
+The scheduler decides *when* and *how often*; these two decide *where* and *how*:
+
+* :class:`NextHops` (``routes.Router``): which route a recipient domain takes (its
+  destination key, TLS policy, credentials), and the addresses to try for it.
+* :class:`Deliverer` (``transport.Transport``): one message to one next hop, with a
+  result per recipient.
+
+Unit tests give the scheduler typed fakes of these (tests/unit/fakes.py); integration
+tests use the real ones against SMTP sinks on loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from smtprelay.config import DeliverySettings
+from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.routes import Route
+
+
+class NextHops(Protocol):
+    def route(self, domain: str) -> Route:
+        """The route for ``domain``; recipients with the same ``Route.key`` share limits."""
+        ...
+
+    async def hops(self, route: Route, domain: str) -> list[Hop]:
+        """Addresses to try in order; raises DeliveryError (DNS failure, null MX ...)."""
+        ...
+
+    def reloaded(self, settings: DeliverySettings) -> NextHops:
+        """A router for reloaded settings, sharing this one's resolver (and its cache);
+        raises OSError if a file it names cannot be read."""
+        ...
+
+
+class Deliverer(Protocol):
+    async def deliver(
+        self,
+        route: Route,
+        hops: list[Hop],
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        mail_params: dict[str, str],
+        rcpt_params: dict[str, dict[str, str]] | None = None,
+        *,
+        qid: str = "NOQUEUE",
+    ) -> list[RecipientOutcome]:
+        """One outcome per recipient (a Reply each: 2xx delivered, 4xx later, 5xx
+        failed); raises DeliveryError when no hop would take the message at all."""
+        ...
+
+    def apply(self, settings: DeliverySettings) -> None:
+        """Reloaded settings, for the next delivery."""
+        ...
+
+    async def close(self) -> None:
+        """Close idle connections (at shutdown)."""
+        ...

@@ -1,0 +1,110 @@
+"""Typed fakes of the delivery stage's Protocols (smtprelay/delivery/interfaces.py).
+
+For unit tests of the scheduler; integration tests use the real router and transport
+against SMTP sinks on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from smtprelay.config import DeliverySettings
+from smtprelay.delivery.interfaces import Deliverer, NextHops
+from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.routes import Route, TLSPolicy
+from smtprelay.replies import Reply
+
+OK = Reply(250, "2.0.0", "ok")
+
+
+class FakeRouter:
+    """Every domain is its own destination, with no addresses to look up."""
+
+    def route(self, domain: str) -> Route:
+        return Route(domain, TLSPolicy("none"))
+
+    async def hops(self, route: Route, domain: str) -> list[Hop]:
+        return []
+
+    def reloaded(self, settings: DeliverySettings) -> FakeRouter:
+        return self
+
+
+class FakeDeliverer:
+    """Accepts every recipient (``reply``); records them in ``delivered``. Deliveries to
+    the destination keys in ``gated`` wait until the test releases ``gate`` once each;
+    ``running`` and ``most`` count concurrent deliveries per destination key."""
+
+    def __init__(self, reply: Reply = OK, gated: tuple[str, ...] = ()) -> None:
+        self.reply = reply
+        self.gated = gated
+        self.gate = asyncio.Semaphore(0)
+        self.running: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.delivered: list[str] = []
+
+    async def deliver(
+        self,
+        route: Route,
+        hops: list[Hop],
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        mail_params: dict[str, str],
+        rcpt_params: dict[str, dict[str, str]] | None = None,
+        *,
+        qid: str = "NOQUEUE",
+    ) -> list[RecipientOutcome]:
+        self.running[route.key] += 1
+        self.most[route.key] = max(self.most[route.key], self.running[route.key])
+        if route.key in self.gated:
+            await self.gate.acquire()
+        self.running[route.key] -= 1
+        self.delivered += recipients
+        return [RecipientOutcome(a, self.reply, "sink[127.0.0.1]:25") for a in recipients]
+
+    def apply(self, settings: DeliverySettings) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class NoDelivery:
+    """For tests in which nothing is delivered: any attempt fails the test."""
+
+    def route(self, domain: str) -> Route:
+        raise AssertionError(f"unexpected routing of {domain}")
+
+    async def hops(self, route: Route, domain: str) -> list[Hop]:
+        raise AssertionError(f"unexpected look-up of {domain}")
+
+    def reloaded(self, settings: DeliverySettings) -> NoDelivery:
+        return self
+
+    async def deliver(
+        self,
+        route: Route,
+        hops: list[Hop],
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        mail_params: dict[str, str],
+        rcpt_params: dict[str, dict[str, str]] | None = None,
+        *,
+        qid: str = "NOQUEUE",
+    ) -> list[RecipientOutcome]:
+        raise AssertionError(f"unexpected delivery to {recipients}")
+
+    def apply(self, settings: DeliverySettings) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+# mypy checks here that the fakes implement the Protocols.
+_router: NextHops = FakeRouter()
+_deliverer: Deliverer = FakeDeliverer()
+_none: tuple[NextHops, Deliverer] = (NoDelivery(), NoDelivery())
