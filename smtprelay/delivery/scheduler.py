@@ -20,6 +20,9 @@
   are serialized among themselves. A message under attempt is never touched: hold,
   delete and bounce of such a message are applied when its attempt ends (the answer
   says ``after-attempt``), so a delivery under way is never torn in half.
+* What is queued -- counts by state and destination, oldest arrival, listing order --
+  is kept in a :class:`~smtprelay.delivery.queuecounts.Ledger`, told after every spool
+  write and removal, so status pages never scan the spool.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from smtprelay.config import DeliverySettings
 from smtprelay.delivery import backoff
 from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route, Router
 from smtprelay.delivery.transport import Transport
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
@@ -125,6 +129,7 @@ class Scheduler:
         self._fresh_bytes = 0
         self._operator = asyncio.Lock()
         self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
+        self.ledger = Ledger()  # what the spool holds, for status pages and listings
 
     # --- queue --------------------------------------------------------------------
 
@@ -141,10 +146,39 @@ class Scheduler:
 
     def enqueue_new(self, envelope: Envelope, data: bytes) -> None:
         """A message the intake has just made durable: attempt it now, from memory."""
+        self.ledger.note(envelope)
         if envelope.qid in self._known:
             return
         self._keep_fresh(envelope, data)
         self.enqueue(envelope.qid, envelope.next_attempt)
+
+    def restore(self, envelopes: Iterable[Envelope]) -> None:
+        """Messages found in the spool at start-up: count every one, schedule those
+        not on hold."""
+        for envelope in envelopes:
+            self.ledger.note(envelope)
+            if envelope.state is not QueueState.HOLD:
+                self.enqueue(envelope.qid, envelope.next_attempt)
+
+    async def adopt(self, qids: Iterable[str]) -> None:
+        """Messages in the spool that nobody announced (an inbound worker died between
+        making one durable and telling us): read the envelopes of those the ledger does
+        not know, count them, and schedule them unless held."""
+        loop = asyncio.get_running_loop()
+        for qid in qids:
+            if qid in self.ledger or qid in self._known:
+                continue
+            try:
+                envelope = await loop.run_in_executor(None, self.spool.load, qid)
+            except FileNotFoundError:
+                continue  # delivered and removed meanwhile
+            except (OSError, ValueError) as e:
+                log.error("%s: cannot read the envelope of an unannounced message: %s",
+                          qid, e)
+                continue
+            if qid in self.ledger:  # announced while we read it
+                continue
+            self.restore([envelope])
 
     def _keep_fresh(self, envelope: Envelope, data: bytes) -> None:
         if self._fresh_bytes + len(data) <= FRESH_BYTES:
@@ -175,6 +209,7 @@ class Scheduler:
                 del self._due[qid]
                 task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
+                self.ledger.attempting(qid, True)
                 task.add_done_callback(functools.partial(self._finished, qid))
             self._wakeup.clear()
             timeout = None
@@ -188,6 +223,7 @@ class Scheduler:
 
     def _finished(self, qid: str, _: object) -> None:
         self._active.pop(qid, None)
+        self.ledger.attempting(qid, False)
         self._wakeup.set()
 
     def _reschedule(self, qid: str, due: float) -> None:
@@ -229,9 +265,11 @@ class Scheduler:
                 envelope = await loop.run_in_executor(None, self.spool.load, qid)
             except FileNotFoundError:  # deleted by the operator meanwhile
                 self._known.discard(qid)
+                self.ledger.remove(qid)
                 return
         if envelope.state is QueueState.HOLD:
             self._known.discard(qid)  # released by an operator action, not by time
+            self.ledger.note(envelope)
             return
         activated = self.clock()
         groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
@@ -265,6 +303,7 @@ class Scheduler:
             results += self._record(envelope, outcomes, activated)
             if remaining:
                 await loop.run_in_executor(None, self.spool.update, envelope, data)
+                self.ledger.note(envelope)
         await self._conclude(envelope, data, results)
 
     async def _deliver_group(
@@ -402,6 +441,7 @@ class Scheduler:
                 if self.notices is not None:
                     await self.notices.after_attempt(envelope, results, data, now)
                 await loop.run_in_executor(None, self.spool.update, envelope, data)
+                self.ledger.note(envelope)
                 self._reschedule(envelope.qid, envelope.next_attempt)
                 return
         if self.notices is not None:
@@ -409,6 +449,7 @@ class Scheduler:
         # An unlink, synced by the next commit's directory fsync: after a power loss in
         # between, a delivered message may come back and go out twice, never be lost.
         self.spool.discard(envelope.qid)
+        self.ledger.remove(envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)
 
@@ -471,14 +512,22 @@ class Scheduler:
         """Fail every pending recipient (550 5.0.0) and send the sender a failure notice."""
         return await self._each(qids, self._bounce)
 
-    async def snapshot(self) -> list[QueueEntry]:
-        """Every message in the spool, oldest first (reads each envelope line)."""
-        envelopes = await asyncio.get_running_loop().run_in_executor(None, self._scan)
-        return [QueueEntry(e, e.qid in self._active) for e in envelopes]
+    async def listing(
+        self, after: str | None, limit: int, state: str | None = None,
+        domain: str | None = None,
+    ) -> tuple[list[QueueEntry], str | None]:
+        """Up to ``limit`` queued messages after QID ``after``, oldest first, filtered
+        by state and by a pending recipient's domain, and the ``after`` of the next page
+        (None on the last). Reads only the envelopes of the messages listed."""
+        chosen = [qid for qid, _ in self.ledger.page(after, limit + 1, state, domain)]
+        following = chosen[limit - 1] if len(chosen) > limit else None
+        envelopes = await asyncio.get_running_loop().run_in_executor(
+            None, self._read_envelopes, chosen[:limit])
+        return [QueueEntry(e, e.qid in self._active) for e in envelopes], following
 
-    def _scan(self) -> list[Envelope]:
+    def _read_envelopes(self, qids: list[str]) -> list[Envelope]:
         envelopes = []
-        for qid in sorted(self.spool.ids()):
+        for qid in qids:
             try:
                 envelopes.append(self.spool.load(qid))
             except (OSError, ValueError):  # gone meanwhile, or being rewritten
@@ -542,6 +591,7 @@ class Scheduler:
         try:
             envelope = await self._io(self.spool.load, qid)
         except FileNotFoundError:
+            self.ledger.remove(qid)
             return "not-found"
         except (OSError, ValueError) as e:
             return f"error: {e}"
@@ -564,11 +614,13 @@ class Scheduler:
             try:
                 envelope = await self._io(self.spool.load, qid)
             except FileNotFoundError:
+                self.ledger.remove(qid)
                 return "not-found"
             if envelope.state is not QueueState.HOLD:
                 envelope.state = QueueState.HOLD
                 await self._io(self.spool.update, envelope)
                 maillog.held(qid)
+            self.ledger.note(envelope)
         return "held"
 
     async def _release(self, qid: str) -> str:
@@ -577,13 +629,15 @@ class Scheduler:
         try:
             envelope = await self._io(self.spool.load, qid)
         except FileNotFoundError:
+            self.ledger.remove(qid)
             return "not-found"
         if envelope.state is not QueueState.HOLD:
-            self.enqueue(qid, envelope.next_attempt)  # on disk but unknown: schedule it
+            self.restore([envelope])  # on disk but unknown: count and schedule it
             return "not-held"
         envelope.state = QueueState.ACTIVE
         envelope.next_attempt = self.clock()
         await self._io(self.spool.update, envelope)
+        self.ledger.note(envelope)
         maillog.released(qid)
         self.enqueue(qid, envelope.next_attempt)
         return "released"
@@ -591,8 +645,10 @@ class Scheduler:
     async def _delete(self, qid: str) -> str:
         with self._out_of_schedule(qid):
             if not await self._io(os.path.exists, self.spool.path(qid)):
+                self.ledger.remove(qid)
                 return "not-found"
             await self._io(self.spool.remove, qid)
+            self.ledger.remove(qid)
         maillog.deleted(qid)
         return "deleted"
 
@@ -601,6 +657,7 @@ class Scheduler:
             try:
                 envelope = await self._io(self.spool.load, qid)
             except FileNotFoundError:
+                self.ledger.remove(qid)
                 return "not-found"
             await self._bounce_now(envelope)
         return "bounced"
@@ -620,4 +677,5 @@ class Scheduler:
         if self.notices is not None:
             await self.notices.after_attempt(envelope, results, None, now)
         await self._io(self.spool.remove, qid)
+        self.ledger.remove(qid)
         maillog.removed(qid)
