@@ -101,22 +101,20 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
-        recovered = recover(spool)
+        scheduler = build_scheduler(settings, spool)
+        recovered = recover(spool, scheduler.restore)
         log.info(
             "spool %s: %d message(s) queued, %d partial write(s) removed, %d quarantined",
             settings.spool.dir,
-            len(recovered.envelopes),
+            recovered.count,
             recovered.removed_partial,
             len(recovered.quarantined),
         )
-        scheduler = build_scheduler(settings, spool)
         on_queued: Callable[[Envelope, bytes], None] = scheduler.enqueue_new
         if stats is not None:
             on_queued = _remembering(stats, scheduler.enqueue_new)
             if scheduler.notices is not None:
                 scheduler.notices.enqueue = on_queued
-        scheduler.restore(recovered.envelopes)
-        del recovered
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here

@@ -152,13 +152,13 @@ class Scheduler:
         self._keep_fresh(envelope, data)
         self.enqueue(envelope.qid, envelope.next_attempt)
 
-    def restore(self, envelopes: Iterable[Envelope]) -> None:
-        """Messages found in the spool at start-up: count every one, schedule those
-        not on hold."""
-        for envelope in envelopes:
-            self.ledger.note(envelope)
-            if envelope.state is not QueueState.HOLD:
-                self.enqueue(envelope.qid, envelope.next_attempt)
+    def restore(self, envelope: Envelope) -> None:
+        """A message found in the spool (at start-up, one at a time as recovery reads
+        them, so no list of a million envelopes is ever held): count it, and schedule
+        it unless it is on hold."""
+        self.ledger.note(envelope)
+        if envelope.state is not QueueState.HOLD:
+            self.enqueue(envelope.qid, envelope.next_attempt)
 
     async def adopt(self, qids: Iterable[str]) -> None:
         """Messages in the spool that nobody announced (an inbound worker died between
@@ -178,7 +178,7 @@ class Scheduler:
                 continue
             if qid in self.ledger:  # announced while we read it
                 continue
-            self.restore([envelope])
+            self.restore(envelope)
 
     def _keep_fresh(self, envelope: Envelope, data: bytes) -> None:
         if self._fresh_bytes + len(data) <= FRESH_BYTES:
@@ -632,7 +632,7 @@ class Scheduler:
             self.ledger.remove(qid)
             return "not-found"
         if envelope.state is not QueueState.HOLD:
-            self.restore([envelope])  # on disk but unknown: count and schedule it
+            self.restore(envelope)  # on disk but unknown: count and schedule it
             return "not-held"
         envelope.state = QueueState.ACTIVE
         envelope.next_attempt = self.clock()

@@ -48,7 +48,7 @@ def make_scheduler(tmp_path: Path, clock: Clock) -> tuple[Scheduler, Spool]:
 def queue(scheduler: Scheduler, spool: Spool, due: float) -> str:
     envelope = make_envelope(ids.new_id(), size=len(DATA), next_attempt=due)
     spool.commit(envelope, DATA)
-    scheduler.restore([envelope])
+    scheduler.restore(envelope)
     return envelope.qid
 
 

@@ -286,7 +286,8 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         waiting = envelope(None, "busy1@one.test", arrival=time.time())
         for e in (held_before, waiting):
             spool.commit(e, DATA)
-        scheduler.restore([held_before, waiting])
+        scheduler.restore(held_before)
+        scheduler.restore(waiting)
         check(scheduler, spool)
         running = asyncio.get_running_loop().create_task(scheduler.run())
 

@@ -174,6 +174,18 @@ def test_recover_returns_oldest_first(spool: Spool) -> None:
     assert [e.qid for e in recover(spool).envelopes] == [e.qid for e in made]
 
 
+def test_recover_hands_each_envelope_on_as_it_reads_it(spool: Spool) -> None:
+    """With ``keep`` nothing is collected: a huge queue is never all in memory at once."""
+    made = [make_envelope(size=3) for _ in range(3)]
+    for envelope in made:
+        spool.commit(envelope, b"m\r\n")
+    (spool.queue_dir / (ids.new_id() + ".msg")).write_bytes(b"junk")
+    kept: list[Envelope] = []
+    result = recover(spool, kept.append)
+    assert [e.qid for e in kept] == [e.qid for e in made]
+    assert result.envelopes == [] and result.count == 3 and len(result.quarantined) == 1
+
+
 def test_unexpected_files_are_left_alone(spool: Spool) -> None:
     good = _good(spool, b"hi\r\n")
     q = spool.queue_dir
