@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def rss_kb(pid: int, field: str) -> int:
 
 
 TOKEN = "queue-scale-bench-token"
+READY_TIMEOUT = 900.0
 
 
 def get(port: int, path: str, timeout: float = 120.0) -> tuple[float, bytes]:
@@ -109,6 +111,23 @@ def get(port: int, path: str, timeout: float = 120.0) -> tuple[float, bytes]:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def drain(notify: socket.socket, ready: threading.Event) -> None:
+    """Read every datagram the daemon sends (READY=1, then a STATUS= heartbeat every 5 s)
+    until the socket is closed. A manager that stops reading fills the socket's queue
+    (net.unix.max_dgram_qlen, often 10 datagrams: under a minute of heartbeats), and the
+    daemon's next sd_notify then blocks -- its stop hung that way here, so this bench
+    once never printed its figures."""
+    while True:
+        try:
+            datagram = notify.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:  # closed: the bench is done
+            return
+        if b"READY=1" in datagram:
+            ready.set()
 
 
 def free_port() -> int:
@@ -145,7 +164,10 @@ def main() -> None:
         notify_path = work / "notify.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
-            notify.settimeout(900)  # 1,000,000 messages took 124 s before
+            notify.settimeout(1.0)
+            is_ready = threading.Event()
+            reader = threading.Thread(target=drain, args=(notify, is_ready), daemon=True)
+            reader.start()
             started = time.monotonic()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "smtprelay", "serve", "-c", str(config)],
@@ -153,8 +175,11 @@ def main() -> None:
                 stdout=subprocess.DEVNULL, stderr=open(work / "log", "wb"),  # noqa: SIM115
             )
             try:
-                while b"READY=1" not in notify.recv(4096):
-                    pass
+                while not is_ready.wait(1.0):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the daemon exited with {proc.returncode}")
+                    if time.monotonic() - started > READY_TIMEOUT:
+                        raise RuntimeError(f"no READY=1 within {READY_TIMEOUT:.0f} s")
                 ready = time.monotonic() - started
                 rss_ready = rss_kb(proc.pid, "VmRSS")
                 status_times, metrics_times = [], []
