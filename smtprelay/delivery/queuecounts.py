@@ -115,6 +115,13 @@ class Ledger:
         value = self._entries.get(qid)
         return None if value is None else STATES[_shown(value)]
 
+    def domains(self, qid: str) -> list[str] | None:
+        """The domains of the message's pending recipients (None: not in the ledger)."""
+        value = self._entries.get(qid)
+        if value is None:
+            return None
+        return [domain for domain, _ in self._profiles[value >> _SHIFT] or ()]
+
     def oldest_arrival(self) -> float | None:
         while self._head < len(self._by_arrival):
             if self._by_arrival[self._head] in self._entries:
