@@ -524,3 +524,18 @@ def test_crash_states_cover_the_whole_sequence() -> None:
     assert all(len(s.pending) <= 6 for s in states)
     # Unsynced data is modelled: before the file fsync nothing of the new file is durable.
     assert any(s.durable_contents == {} and len(files(s).get(msg, b"")) > 0 for s in states)
+
+
+def test_an_envelope_longer_than_the_first_read_is_recovered(spool: Spool) -> None:
+    from smtprelay.envelope import Recipient
+    from smtprelay.spool.store import HEAD_CHUNK
+
+    many = make_envelope(size=4, recipients=[Recipient(f"r{n}@example.net") for n in range(300)])
+    assert len(many.to_json()) > 2 * HEAD_CHUNK
+    spool.commit(many, b"ab\r\n")
+    cut = make_envelope(size=4, recipients=[Recipient(f"r{n}@example.net") for n in range(300)])
+    (spool.queue_dir / (cut.qid + ".msg")).write_bytes(cut.to_json()[: 2 * HEAD_CHUNK + 7])
+    result = recover(spool)
+    assert [e.qid for e in result.envelopes] == [many.qid]
+    assert len(result.envelopes[0].recipients) == 300
+    assert result.quarantined == [cut.qid]
