@@ -20,12 +20,21 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/smtprelay serve -c $(CONFIG)
 
-# Debian tools the integration tests drive: swaks, systemd-analyze, fail2ban-regex, pflogsumm.
-DEBS := swaks systemd fail2ban python3-systemd procps pflogsumm
+# Debian tools the integration tests drive: swaks, systemd-analyze, fail2ban-regex, pflogsumm,
+# haproxy, htpasswd (apache2-utils), php (mail() through smtprelay-sendmail), and postfix
+# (a private instance as next hop; "No configuration" leaves /etc/postfix unset).
+# swaks speaks TLS only with Net::SSLeay and IO::Socket::SSL, which it merely recommends.
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl systemd fail2ban python3-systemd \
+	procps pflogsumm haproxy apache2-utils postfix php-cli
 deps:
-	@if ! command -v swaks >/dev/null || ! command -v fail2ban-regex >/dev/null \
-	    || ! command -v systemd-analyze >/dev/null || ! command -v pflogsumm >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null; \
+	@if ! command -v swaks >/dev/null || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
+	    || ! command -v fail2ban-regex >/dev/null \
+	    || ! command -v systemd-analyze >/dev/null || ! command -v pflogsumm >/dev/null \
+	    || ! [ -x /usr/sbin/haproxy ] || ! command -v htpasswd >/dev/null \
+	    || ! [ -x /usr/sbin/postfix ] || ! command -v php >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null; \
 	  else echo "missing tools: sudo apt-get install $(DEBS) (those tests will be skipped)"; fi; \
 	fi
 

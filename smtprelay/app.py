@@ -7,7 +7,6 @@ has made durable (``on_queued``); neither imports the other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -28,11 +27,13 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope
+from smtprelay.inbound import local
 from smtprelay.inbound.auth import UsersFileError
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
     InboundServer,
     Listeners,
+    bind,
     build_intake,
     users,
 )
@@ -42,6 +43,7 @@ from smtprelay.spool import Spool
 from smtprelay.spool.recovery import recover
 from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.stats import Stats
+from smtprelay.tasks import Supervisor, TaskDied
 from smtprelay.tls import TLSError, server_context
 
 if TYPE_CHECKING:
@@ -51,6 +53,13 @@ log = logging.getLogger("smtprelay")
 
 class StartupError(Exception):
     """The daemon cannot start (spool, certificate, users file, listener); says why."""
+
+
+class DaemonFault(Exception):
+    """A long-lived task died (logged with its traceback); the daemon has stopped."""
+
+
+DELIVERY = "the delivery loop"
 
 
 STATUS_PERIOD = 5.0
@@ -70,6 +79,7 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
         timeouts=Timeouts(delivery.connect_timeout, delivery.command_timeout,
                           delivery.data_timeout),
         max_idle_per_hop=delivery.per_destination_concurrency,
+        line_length_limit=delivery.line_length_limit,
     )
     scheduler = Scheduler(spool, Router(delivery, resolver), transport, delivery)
     scheduler.notices = Notices(
@@ -97,7 +107,8 @@ async def serve(settings: Settings, path: Path) -> None:
 
 
 async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None) -> None:
-    asyncio.get_running_loop().set_default_executor(
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
@@ -118,32 +129,48 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
-        inbound: Listeners
-        if settings.server.workers:
-            inbound = WorkerPool(settings, path, on_queued,
-                                 stats.handle if stats is not None else None,
-                                 on_lost=functools.partial(_adopt_unknown, spool, scheduler))
-            await inbound.start()
-        else:
-            intake = build_intake(settings, spool, authenticator, on_queued)
-            server = InboundServer(settings, intake, tls_context)
-            await server.start()
-            inbound = server
-    except (OSError, UsersFileError, TLSError, WorkerStartError) as e:
+        sockets = bind(settings)
+        local_socket = local.bind_socket(settings)  # smtprelay-sendmail's, or None
+    except (OSError, UsersFileError, TLSError) as e:
         raise StartupError(str(e)) from None
+    supervisor = Supervisor()
+    pool: WorkerPool | None = None
+    inbound: Listeners
+    if settings.server.workers:
+        inbound = pool = WorkerPool(
+            settings, path, on_queued, stats.handle if stats is not None else None,
+            on_lost=functools.partial(_adopt_unknown, spool, scheduler))
+    else:
+        inbound = server = InboundServer(
+            settings, build_intake(settings, spool, authenticator, on_queued), tls_context)
+    # The local submission socket is served by this process, beside either.
+    inbound = local.wrap(inbound, settings, spool, on_queued, local_socket)
+    # Every listener is bound before any serves: a port that is taken stops the start
+    # before a client has seen a greeting, let alone had mail acknowledged.
     http = None
-    if stats is not None:
-        try:
-            http = await _start_http(settings, scheduler, inbound, stats, spool)
-        except StartupError:
-            inbound.close()
-            await inbound.drain(0.0)
-            raise
-    delivering = asyncio.get_running_loop().create_task(scheduler.run())
+    try:
+        if stats is not None:
+            http = _bind_http(settings, scheduler, inbound, stats, spool,
+                              functools.partial(supervisor.running, DELIVERY))
+            await http.start()
+        if pool is not None:
+            await pool.start(sockets)
+        else:
+            await server.start(sockets)
+        await local.start(inbound)
+    except BaseException as e:
+        inbound.close()
+        await inbound.drain(0.0)
+        for sock, _ in sockets:
+            sock.close()
+        if http is not None:
+            await http.stop()
+        if isinstance(e, OSError | WorkerStartError):
+            raise StartupError(str(e)) from None
+        raise
     # Signal handlers before READY=1: a reload or stop sent right after start-up must
     # not meet the default action (which for SIGHUP is to die).
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     running = Running(path, settings, inbound, scheduler, tls_context)
@@ -153,21 +180,38 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     listening = "smtp on " + ", ".join(str(e) for e in inbound.endpoints)
     if http is not None:
         listening += "; http on " + ", ".join(http.endpoints)
-    log.info("smtprelay ready: %s; %d message(s) queued", listening, scheduler.queued)
-    systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
-    heartbeat = loop.create_task(_heartbeat(listening, scheduler, inbound))
-    await stop.wait()
-    heartbeat.cancel()
-    log.info("stopping: no new connections, %d session(s) open", inbound.session_count)
-    systemd.notify("STOPPING=1")
-    inbound.close()
-    await inbound.drain(SHUTDOWN_GRACE)
+    fault: TaskDied | None = None
+    try:
+        async with supervisor:
+            supervisor.start(DELIVERY, scheduler.run())
+            if http is not None:
+                supervisor.start("the HTTP server's loop monitor", http.run())
+            if pool is not None:
+                supervisor.start("the inbound workers' supervisor", pool.run())
+            log.info("smtprelay ready: %s; %d message(s) queued", listening, scheduler.queued)
+            systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
+            supervisor.start("the heartbeat", _heartbeat(listening, scheduler, inbound))
+            await stop.wait()
+            supervisor.ending()
+            log.info("stopping: no new connections, %d session(s) open", inbound.session_count)
+            systemd.notify("STOPPING=1")
+            # Delivery and /healthz go on while sessions finish (it says 503 meanwhile).
+            inbound.close()
+            await inbound.drain(SHUTDOWN_GRACE)
+    except TaskDied as e:
+        # Logged with its traceback already. Stop as for SIGTERM, without the part that
+        # died, and exit non-zero: systemd restarts the daemon, the spool has the mail.
+        fault = e
+        log.error("stopping after a fault (%s): no new connections, %d session(s) open",
+                  e, inbound.session_count)
+        systemd.notify("STOPPING=1", f"STATUS=stopping after a fault: {e}")
+        inbound.close()
+        await inbound.drain(SHUTDOWN_GRACE)
     if http is not None:
-        await http.stop()  # after the drain: /healthz says 503 while sessions finish
-    delivering.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await delivering
+        await http.stop()
     await scheduler.stop(SHUTDOWN_GRACE)
+    if fault is not None:
+        raise DaemonFault(str(fault))
     log.info("stopped")
 
 
@@ -205,14 +249,14 @@ def _remembering(
     return queued
 
 
-async def _start_http(
+def _bind_http(
     settings: Settings, scheduler: Scheduler, inbound: Listeners, stats: Stats,
-    spool: Spool,
+    spool: Spool, delivering: Callable[[], bool],
 ) -> HttpServer:
     from smtprelay.web import app as web  # aiohttp only when the endpoint is on
 
     try:
-        return await web.start(settings, scheduler, inbound, stats, spool)
+        return web.bind(settings, scheduler, inbound, stats, spool, delivering)
     except web.HttpStartError as e:
         raise StartupError(str(e)) from None
 

@@ -103,6 +103,9 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     except app.StartupError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILED
+    except app.DaemonFault as e:  # its traceback is in the log already
+        log.error("stopped after a fault: %s", e)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -125,7 +128,11 @@ def _user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     auth.validate_name(args.name)
     users = auth.read_users(path)
     existed = args.name in users
-    users[args.name] = auth.hash_password(_read_password())
+    password = _read_password()
+    if auth.password_truncated(password):
+        print(f"smtprelay: note: only the first {auth.MAX_PASSWORD} bytes of the password count "
+              "(bcrypt; htpasswd -B does the same)", file=sys.stderr)
+    users[args.name] = auth.hash_password(password)
     auth.write_users(path, users)
     print(f"user {args.name} {'updated' if existed else 'added'} in {path}")
     return EXIT_OK

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,9 +26,15 @@ from pydantic import (
     model_validator,
 )
 
+from smtprelay import defaults
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
-DEFAULT_CONFIG_PATH = Path("/etc/smtprelay/smtprelay.toml")
+# In a module of their own so that smtprelay-sendmail can start without pydantic.
+DEFAULT_CONFIG_PATH = defaults.DEFAULT_CONFIG_PATH
+DEFAULT_LOCAL_SOCKET = defaults.DEFAULT_LOCAL_SOCKET
+config_path = defaults.config_path
+# sun_path is 108 bytes on Linux, one of them the terminating NUL.
+_MAX_SOCKET_PATH = 107
 
 # TOML has real booleans and integers: "yes" is not true and true is not 1.
 Int = Annotated[int, Strict()]
@@ -58,6 +65,34 @@ Network = Annotated[
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
 
 
+def _parse_socket_path(value: object) -> str:
+    """``""`` (off) or an absolute path short enough for a Unix socket address."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a path string")
+    if not value:
+        return ""
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path (clients elsewhere connect to it)")
+    if len(os.fsencode(value)) > _MAX_SOCKET_PATH:
+        raise ValueError(f"{value!r} is longer than {_MAX_SOCKET_PATH} bytes, "
+                         "the limit of a Unix socket path")
+    return value
+
+
+def _parse_mode(value: object) -> int:
+    """File permissions as an octal string: ``"0666"``, ``"660"``."""
+    if isinstance(value, str) and value and len(value) <= 4 and all(c in "01234567"
+                                                                     for c in value):
+        mode = int(value, 8)
+        if mode <= 0o777:
+            return mode
+    raise ValueError(f"{value!r} is not a file mode like \"0666\" (octal, at most 0777)")
+
+
+SocketPath = Annotated[str, BeforeValidator(_parse_socket_path)]
+Mode = Annotated[int, BeforeValidator(_parse_mode)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -67,12 +102,29 @@ class ServerSettings(_Section):
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
-    max_recipients: Int = Field(default=1000, gt=0)
+    max_recipients: Int = Field(default=defaults.DEFAULT_MAX_RECIPIENTS, gt=0)
     max_connections: Int = Field(default=200, gt=0)
     timeout: Duration = Field(default=300.0, gt=0)
     # SMTP sessions served by this many worker processes beside the main one (which
     # delivers); 0 serves them in the main process.
     workers: Int = Field(default=1, ge=0, le=64)
+    # Load balancers (CIDRs) that send a PROXY protocol header (v1 or v2) in front of
+    # every connection; empty: no header is expected. When set, every connection must
+    # come from one of them and start with a valid header.
+    proxy_protocol: tuple[Network, ...] = ()
+    # The domain added to addresses without one in local submissions (the local_socket:
+    # envelope and From/To/Cc/... headers), as Postfix's myorigin. Empty: hostname.
+    origin: Annotated[str, BeforeValidator(lambda v: _parse_domain(v) if v else "")] = ""
+    # Local submission (smtprelay-sendmail) on a Unix socket; "" turns it off.
+    local_socket: SocketPath = DEFAULT_LOCAL_SOCKET
+    local_socket_mode: Mode = 0o666
+    # Group of the socket file ("" = the daemon's own); the daemon must be a member.
+    local_socket_group: str = ""
+
+    @property
+    def origin_domain(self) -> str:
+        """``origin``, else ``hostname``: what domainless local addresses get."""
+        return self.origin or self.hostname.strip().rstrip(".").lower()
 
 
 class TLSSettings(_Section):
@@ -80,12 +132,19 @@ class TLSSettings(_Section):
     cert_file: str = ""
     key_file: str = ""
     min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # How long a client may take to complete a TLS handshake (implicit TLS or STARTTLS);
+    # short, so that plaintext clients on the implicit-TLS port and stalled handshakes
+    # give their connection slot back quickly.
+    handshake_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class AuthSettings(_Section):
     # Empty means: no SMTP AUTH at all (only trusted networks may relay).
     users_file: str = ""
     allow_plaintext: Bool = False
+    # "(Authenticated sender: NAME)" in Received: hands every recipient a login name;
+    # off by default, as Postfix's smtpd_sasl_authenticated_header.
+    authenticated_header: Bool = False
 
 
 class RelaySettings(_Section):
@@ -112,6 +171,16 @@ def _parse_nameserver(value: object) -> Endpoint:
             ipaddress.ip_address(endpoint.host)  # name servers are addresses, not names
             return endpoint
     raise ValueError(f"{value!r} is not a name server address like \"127.0.0.1:5353\"")
+
+
+# RFC 5322 2.1.1 recommends lines of at most 78 characters: a smaller limit is no use.
+MIN_LINE_LENGTH = 78
+
+
+def _line_length_limit(value: int) -> int:
+    if value != 0 and value < MIN_LINE_LENGTH:
+        raise ValueError(f"{value} is neither 0 (off) nor at least {MIN_LINE_LENGTH} octets")
+    return value
 
 
 Nameserver = Annotated[Endpoint, BeforeValidator(_parse_nameserver)]
@@ -145,6 +214,9 @@ class DeliverySettings(_Section):
     connect_timeout: Duration = Field(default=30.0, gt=0)
     command_timeout: Duration = Field(default=300.0, gt=0)
     data_timeout: Duration = Field(default=600.0, gt=0)
+    # Lines longer than this (octets, without CRLF) are folded on output, as Postfix's
+    # smtp_line_length_limit; 0 sends them as they are.
+    line_length_limit: Annotated[Int, AfterValidator(_line_length_limit)] = 998
     smarthost: SmarthostSettings = SmarthostSettings()
     routes: dict[Domain, EndpointField] = Field(default_factory=dict)
 
@@ -184,6 +256,11 @@ class HttpSettings(_Section):
     tokens_file: str = ""
     # How long a finished message's event history stays visible in /messages/{qid}.
     history_retention: Duration = Field(default=3600.0, ge=0)
+    # Requests served at once; more wait a moment, then get 503 with Retry-After.
+    max_requests: int = Field(default=32, ge=1)
+    # A wrong bearer token is answered after 0.5 s, doubling with each recent failure
+    # from the same address, up to this; 0: at once (each failure is logged either way).
+    bad_token_max_delay: Duration = Field(default=8.0, ge=0)
 
 
 class LogSettings(_Section):
@@ -205,14 +282,6 @@ class Settings(_Section):
 
 class ConfigError(Exception):
     """Configuration is unusable; the message names the file or key and what is wrong."""
-
-
-def config_path(explicit: str | None) -> Path:
-    """``-c FILE``, else ``$SMTPRELAY_CONFIG``, else ``/etc/smtprelay/smtprelay.toml``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("SMTPRELAY_CONFIG")
-    return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
 def load(path: Path) -> Settings:
@@ -274,6 +343,7 @@ def _describe(error: ValidationError) -> str:
 
 _DURATION_KEYS = {
     "server.timeout",
+    "tls.handshake_timeout",
     "bounce.delay_warning",
     "delivery.retry_schedule",
     "delivery.max_queue_lifetime",
@@ -281,6 +351,7 @@ _DURATION_KEYS = {
     "delivery.command_timeout",
     "delivery.data_timeout",
     "http.history_retention",
+    "http.bad_token_max_delay",
 }
 
 
@@ -310,6 +381,8 @@ def _render(model: BaseModel, table: str, lines: list[str]) -> None:
 
 
 def _toml_value(name: str, value: object) -> str:
+    if name == "server.local_socket_mode" and isinstance(value, int):
+        return _toml_string(f"{value:04o}")
     if name in _DURATION_KEYS:
         if isinstance(value, tuple):
             return "[" + ", ".join(_toml_string(format_duration(v)) for v in value) + "]"

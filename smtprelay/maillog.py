@@ -30,7 +30,13 @@ def _emit(service: str, text: str, qid: str | None = None, level: int = logging.
         log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
 
 
+# The client "address" of a session on the local submission socket (inbound/local.py).
+LOCAL_CLIENT = "local"
+
+
 def _host(ip: str) -> str:
+    if ip == LOCAL_CLIENT:
+        return LOCAL_CLIENT  # no address, so nothing for fail2ban to ban
     # No reverse DNS for clients: Postfix prints "unknown" in the same place.
     return f"unknown[{ip}]"
 
@@ -52,6 +58,14 @@ def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None
         text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
     _emit("smtpd", text, qid, client_ip=ip, sasl_method=sasl_method,
           sasl_username=sasl_username, event="client")
+
+
+def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
+    """A local submission's first line, as Postfix's pickup writes it (the sender as the
+    caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""
+    text = f"{qid}: uid={uid if uid is not None else 'unknown'} from=<{sender}>"
+    _emit("pickup", text, qid, client_ip=LOCAL_CLIENT, uid=uid, user=user, sender=sender,
+          event="pickup")
 
 
 def message_id(qid: str, value: str) -> None:
@@ -86,10 +100,15 @@ def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
 
 
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
-    # Same shape as Postfix so existing fail2ban filters (postfix-sasl) match too.
+    """Postfix's line (smtpd_sasl_glue.c) to the letter, so that fail2ban's postfix filter
+    (mode auth) matches too: the name the client tried, at most 100 characters, with
+    anything unprintable as "?" (Postfix's printable()), "(unavailable)" if it sent none."""
+    shown = "(unavailable)"
+    if username is not None:
+        shown = "".join(c if c.isprintable() else "?" for c in username[:100])
     _emit("smtpd", f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
-          "authentication failure", level=logging.WARNING, client_ip=ip,
-          mechanism=mechanism, sasl_username=username, event="auth-failed")
+          f"authentication failure, sasl_username={shown}", level=logging.WARNING,
+          client_ip=ip, mechanism=mechanism, sasl_username=username, event="auth-failed")
 
 
 def lost_connection(ip: str, after: str) -> None:
@@ -100,6 +119,21 @@ def lost_connection(ip: str, after: str) -> None:
 def too_many_connections(ip: str, limit: int) -> None:
     _emit("smtpd", f"warning: connection limit {limit} reached: refusing {_host(ip)}",
           level=logging.WARNING, client_ip=ip, limit=limit, event="connection-limit")
+
+
+def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
+    """A TLS handshake that did not complete (``where``: "implicit TLS" or "STARTTLS");
+    ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
+    _emit("smtpd", f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
+          level=logging.WARNING, client_ip=ip, tls=where, reason=reason, kind=kind,
+          event="tls-failed")
+
+
+def proxy_refused(ip: str, reason: str) -> None:
+    """A connection closed before the greeting: it came from an address not allowed to
+    send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
+    _emit("smtpd", f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
+          level=logging.WARNING, client_ip=ip, reason=reason, event="proxy-refused")
 
 
 def timeout(ip: str, after: str) -> None:
@@ -135,6 +169,13 @@ def delivery(
     _emit("smtp", text, qid, recipient=recipient, relay=relay, delay=delay,
           dsn=reply.enhanced, code=reply.code, status=status, reason=reply.text,
           event="delivery")
+
+
+def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
+    """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
+    _emit("smtp", f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
+          f"(longest {longest}) for delivery", qid, level=logging.WARNING, count=count,
+          longest=longest, limit=limit, event="folded")
 
 
 _NOTICE_WORDS = {

@@ -105,6 +105,7 @@ def reload(running: Running) -> bool:
             log.warning("reload: %s changes only on restart", name)
     running.inbound.apply(new, authenticator)
     running.scheduler.router = router
+    running.scheduler.transport.line_length_limit = new.delivery.line_length_limit  # next delivery
     if running.scheduler.notices is not None:
         running.scheduler.notices.settings = new.bounce
     maillog.setup(new.log.format, new.log.level)

@@ -32,6 +32,8 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 STARTTLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+# STARTTLS where none is offered (the local submission socket), as Postfix answers.
+NO_STARTTLS = Reply(502, "5.5.1", "Error: command not implemented")
 
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")

@@ -1,11 +1,17 @@
 """``smtprelay sendmail`` / ``smtprelay-sendmail``: the sendmail command line, for cron and PHP.
 
 Reads one message from standard input, completes it as sendmail does (recipients from
-the headers with ``-t``, ``Bcc:`` removed, ``From:``, ``Date:`` and ``Message-ID:``
-added when missing, CRLF line endings) and submits it over SMTP to the relay's own
-``[server] listen`` address on this machine, which trusts loopback. Nothing is written
-anywhere else: the message is either acknowledged by the relay (which means it is on
-disk, DESIGN.md promise 1) or the command exits non-zero and says why on stderr.
+the headers with ``-t``, ``Bcc:`` removed, ``From:`` and ``Date:`` added when missing,
+CRLF line endings) and submits it over SMTP to the daemon on this machine: through its
+local submission socket (``[server] local_socket``, :mod:`smtprelay.inbound.local`),
+which needs neither a trusted loopback nor a readable configuration file -- the default
+``/run/smtprelay/submit.sock`` is used when the file cannot be read, so ``www-data`` and
+cron users need no access to it; the daemon qualifies domainless addresses and adds the
+``Message-ID:``. Only with ``local_socket = ""`` in a readable file does it connect to
+the first ``[server] listen`` address instead (and then qualifies addresses itself).
+Nothing is written anywhere else: the message is either acknowledged by the relay (which
+means it is on disk, DESIGN.md promise 1) or the command exits non-zero and says why on
+stderr.
 
 Exit codes are sendmail's (``<sysexits.h>``), which cron, PHP's ``mail()`` and scripts
 already understand:
@@ -21,7 +27,8 @@ already understand:
 74    EX_IOERR         standard input could not be read
 75    EX_TEMPFAIL      relay not reachable, timed out, connection lost, or any 4xx:
                        nothing was accepted, run the command again later
-78    EX_CONFIG        the configuration file is missing or invalid
+78    EX_CONFIG        the configuration file is invalid, or missing and the default
+                       socket does not answer either
 ====  ===============  =========================================================
 
 When the relay is down the command does not queue the message somewhere else: the spool
@@ -35,15 +42,22 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import socket
 import ssl
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
-from typing import BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
-from smtprelay import config
+# Not smtprelay.config: pydantic costs more CPU than all the rest of a run, and a caller
+# who cannot read the configuration does not need it (imported in find_relay otherwise).
+from smtprelay import defaults
+
+if TYPE_CHECKING:
+    from smtprelay import config
 
 EX_OK = 0
 EX_USAGE = 64
@@ -63,9 +77,10 @@ usage: {prog} [-t] [-i] [-f SENDER] [-F FULL_NAME] [-C FILE] [-v] [--] [RECIPIEN
 Read a message from standard input and hand it to the local smtprelay daemon.
   -t            also send to the To:, Cc: and Bcc: addresses of the message (Bcc: is removed)
   -i, -oi       a line with a single "." does not end the message (read to end of input)
-  -f, -r SENDER envelope sender (default: login@[server] hostname); "" or "<>" for none
+  -f, -r SENDER envelope sender (default: the login name, @[server] origin); "" or "<>" for none
   -F NAME       full name for the From: header, when the message has none
-  -C, -c FILE   configuration file (default: $SMTPRELAY_CONFIG, else {default})
+  -C, -c FILE   configuration file (default: $SMTPRELAY_CONFIG, else {default});
+                if it cannot be read, the relay's socket {socket} is used
   -N NOTIFY     DSN: never, or a list of success,failure,delay
   -R RET        DSN: full or hdrs;   -V ENVID  DSN envelope identifier
   -v            show the SMTP dialogue on stderr
@@ -149,8 +164,10 @@ def parse_args(argv: Sequence[str]) -> Options:
                 if letter == "I":
                     raise UsageError("-I (newaliases) is not supported: smtprelay has no aliases")
                 if letter == "q":
-                    raise UsageError("-q (run the queue) is not supported: the relay "
-                                     "retries by itself; see smtprelay's queue commands")
+                    raise UsageError(
+                        "-q (run the queue) is not supported: the relay "
+                        "retries by itself; see smtprelay's queue commands"
+                    )
                 raise UsageError(f"unknown option -{letter}")
             if letter == "t":
                 opts.extract_recipients = True
@@ -181,15 +198,16 @@ def _apply_value(opts: Options, letter: str, value: str) -> None:
             opts.ignore_dots = not sep or setting.strip().lower() not in ("f", "false", "no")
     elif letter == "b":
         if value != "m":
-            raise UsageError(f"-b{value} is not supported: only -bm (read a message from "
-                             "standard input, the default) is")
+            raise UsageError(
+                f"-b{value} is not supported: only -bm (read a message from "
+                "standard input, the default) is"
+            )
     elif letter == "N":
         words = {w.strip().lower() for w in value.split(",")}
         if words == {"never"}:
             opts.notify = "NEVER"
         elif words and words <= _NOTIFY_WORDS:
-            opts.notify = ",".join(w.upper() for w in ("success", "failure", "delay")
-                                   if w in words)
+            opts.notify = ",".join(w.upper() for w in ("success", "failure", "delay") if w in words)
         else:
             raise UsageError(f"-N {value}: use never, or a list of success,failure,delay")
     elif letter == "R":
@@ -258,15 +276,18 @@ _RESENT_FIELDS = ("resent-to", "resent-cc", "resent-bcc")
 
 @dataclass(frozen=True)
 class Identity:
-    """Who runs the command: login name, full name, and the relay's ``[server] hostname``."""
+    """Who runs the command: login name, full name, and the domain for addresses without
+    one (``[server] origin``), None when the relay qualifies them (the local socket)."""
 
     login: str
     full_name: str
-    hostname: str
+    hostname: str | None
 
     def qualify(self, address: str) -> str:
         """``root`` -> ``root@hostname``, as sendmail appends its own domain."""
-        return address if "@" in address else f"{address}@{self.hostname}"
+        if "@" in address or self.hostname is None:
+            return address
+        return f"{address}@{self.hostname}"
 
 
 @dataclass(frozen=True)
@@ -330,21 +351,26 @@ def prepare(raw: bytes, opts: Options, me: Identity) -> Prepared:
     for address in recipients:
         unique.setdefault(address.lower(), address)
     if not unique:
-        where = "on the command line" + (" or in To:, Cc:, Bcc:" if opts.extract_recipients
-                                          else " (use -t to take them from the headers)")
+        where = "on the command line" + (
+            " or in To:, Cc:, Bcc:"
+            if opts.extract_recipients
+            else " (use -t to take them from the headers)"
+        )
         raise Failure(EX_USAGE, f"no recipient {where}; message not sent")
 
-    sender = me.qualify(opts.sender) if opts.sender else (
-        "" if opts.sender == "" else f"{me.login}@{me.hostname}"
+    sender = (
+        me.qualify(opts.sender)
+        if opts.sender
+        else ("" if opts.sender == "" else me.qualify(me.login))
     )
     out = [f for n, f in zip(names, fields, strict=True) if n not in ("bcc", "resent-bcc")]
     if "from" not in names:
-        address = sender or f"{me.login}@{me.hostname}"
+        address = sender or me.qualify(me.login)
         name = me.full_name if opts.full_name is None else opts.full_name
         out.append([b"From: " + _mailbox(name, address).encode()])
     if "date" not in names:
         out.append([b"Date: " + formatdate(localtime=True).encode()])
-    if "message-id" not in names:
+    if "message-id" not in names and me.hostname is not None:  # else the relay adds it
         out.append([b"Message-ID: " + make_msgid(domain=me.hostname).encode()])
     data = b"".join(line + b"\r\n" for f in out for line in f)
     data += b"\r\n" + b"".join(line + b"\r\n" for line in body)
@@ -362,7 +388,7 @@ def _mailbox(name: str, address: str) -> str:
         return f"{display} <{address}>"
 
 
-def identity(hostname: str) -> Identity:
+def identity(hostname: str | None) -> Identity:
     """Login name and full name (``$NAME``, else the GECOS field, as sendmail does)."""
     login, gecos = "", ""
     try:
@@ -400,7 +426,82 @@ def _is_temporary(code: int) -> bool:
     return code < 500  # 4xx, and an unreadable reply (-1): a protocol error, try again
 
 
-def connect(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP, str]:
+@dataclass(frozen=True)
+class Relay:
+    """Where the message goes: the daemon's local socket, or (``socket`` None) the
+    ``[server] listen`` addresses of ``settings``."""
+
+    socket: str | None
+    settings: config.Settings | None
+    # Why the configuration was not read (the default socket is tried instead).
+    unreadable: str | None = None
+
+    @property
+    def max_recipients(self) -> int:
+        if self.settings is None:
+            return defaults.DEFAULT_MAX_RECIPIENTS
+        return self.settings.server.max_recipients
+
+
+class _UnixSMTP(smtplib.SMTP):
+    """smtplib on a Unix stream socket (the daemon's local submission socket)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # The name in EHLO: the session is local, no name lookup is worth its delay.
+        super().__init__(local_hostname="localhost", timeout=CONNECT_TIMEOUT)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def connect(relay: Relay, verbose: bool) -> tuple[smtplib.SMTP, str]:
+    if relay.socket is not None:
+        return connect_socket(relay, verbose)
+    assert relay.settings is not None
+    return connect_tcp(relay.settings, verbose)
+
+
+def connect_socket(relay: Relay, verbose: bool) -> tuple[smtplib.SMTP, str]:
+    path = relay.socket
+    assert path is not None
+    smtp = _UnixSMTP(path)
+    smtp.set_debuglevel(1 if verbose else 0)
+    try:
+        code, greeting = smtp.connect(path)
+    except OSError as e:
+        smtp.close()
+        reason = f"the relay is not reachable at {path} ({e.strerror or e})"
+        if relay.unreadable is None:
+            raise Failure(EX_TEMPFAIL, reason) from None
+        # No configuration to read and no daemon at the default socket. Installed (the
+        # file exists, it is just not ours to read): the daemon is down, try again later.
+        # Not installed, or the wrong -C: a configuration error.
+        code = EX_CONFIG if "No such file" in relay.unreadable else EX_TEMPFAIL
+        raise Failure(code, f"configuration error: {relay.unreadable}, and {reason}") from None
+    _check_greeting(smtp, code, greeting, path)
+    return smtp, path
+
+
+def _check_greeting(smtp: smtplib.SMTP, code: int, greeting: bytes, where: str) -> None:
+    if code != 220:
+        smtp.close()
+        reply = _reply(code, greeting)
+        if _is_temporary(code):
+            raise Failure(EX_TEMPFAIL, f"relay at {where} is not accepting mail: {reply}")
+        raise Failure(EX_UNAVAILABLE, f"relay at {where} refused the session: {reply}")
+    if smtp.sock is not None:
+        smtp.sock.settimeout(COMMAND_TIMEOUT)
+
+
+def connect_tcp(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP, str]:
     """The first ``[server] listen`` address that answers (then the implicit TLS ones)."""
     hostname = settings.server.hostname
     candidates = [(e, False) for e in settings.server.listen]
@@ -418,8 +519,9 @@ def connect(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP, str
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            smtp = smtplib.SMTP_SSL(local_hostname=hostname, timeout=CONNECT_TIMEOUT,
-                                    context=context)
+            smtp = smtplib.SMTP_SSL(
+                local_hostname=hostname, timeout=CONNECT_TIMEOUT, context=context
+            )
         else:
             smtp = smtplib.SMTP(local_hostname=hostname, timeout=CONNECT_TIMEOUT)
         smtp.set_debuglevel(1 if verbose else 0)
@@ -429,14 +531,7 @@ def connect(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP, str
             smtp.close()
             errors.append(f"{where}: {e.strerror or e}")
             continue
-        if code != 220:
-            smtp.close()
-            reply = _reply(code, greeting)
-            if _is_temporary(code):
-                raise Failure(EX_TEMPFAIL, f"relay at {where} is not accepting mail: {reply}")
-            raise Failure(EX_UNAVAILABLE, f"relay at {where} refused the session: {reply}")
-        if smtp.sock is not None:
-            smtp.sock.settimeout(COMMAND_TIMEOUT)
+        _check_greeting(smtp, code, greeting, where)
         return smtp, where
     raise Failure(EX_TEMPFAIL, "the relay is not reachable (" + "; ".join(errors) + ")")
 
@@ -446,10 +541,10 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def submit(prepared: Prepared, opts: Options, settings: config.Settings) -> list[str]:
+def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
     """Hand the message to the relay. Returns the refused recipients' replies (the
     message went to the others); raises :class:`Failure` when nothing more was accepted."""
-    smtp, where = connect(settings, opts.verbose)
+    smtp, where = connect(relay, opts.verbose)
     accepted: list[str] = []
     refused: list[str] = []
     in_data = False
@@ -458,11 +553,13 @@ def submit(prepared: Prepared, opts: Options, settings: config.Settings) -> list
         if code != 250:
             code, reply = smtp.helo()
             if code != 250:
-                raise Failure(EX_TEMPFAIL if _is_temporary(code) else EX_UNAVAILABLE,
-                              f"relay at {where} refused HELO: {_reply(code, reply)}")
+                raise Failure(
+                    EX_TEMPFAIL if _is_temporary(code) else EX_UNAVAILABLE,
+                    f"relay at {where} refused HELO: {_reply(code, reply)}",
+                )
         mail_params, rcpt_params = _parameters(smtp, prepared, opts)
         # More recipients than the relay takes in one transaction: several transactions.
-        for chunk in _chunks(prepared.recipients, settings.server.max_recipients):
+        for chunk in _chunks(prepared.recipients, relay.max_recipients):
             code, reply = smtp.docmd("MAIL", f"FROM:<{prepared.sender}>{mail_params}")
             if code != 250:
                 text = f"sender <{prepared.sender}> refused: {_reply(code, reply)}"
@@ -498,10 +595,10 @@ def submit(prepared: Prepared, opts: Options, settings: config.Settings) -> list
             e.args = (f"{e}; already accepted for {len(accepted)} recipient(s)",)
         raise
     except (smtplib.SMTPException, OSError) as e:
-        doubt = (" during DATA: the relay may or may not have queued the message"
-                 if in_data else "")
-        raise Failure(EX_TEMPFAIL, f"connection to the relay at {where} lost{doubt} "
-                      f"({e})") from None
+        doubt = " during DATA: the relay may or may not have queued the message" if in_data else ""
+        raise Failure(
+            EX_TEMPFAIL, f"connection to the relay at {where} lost{doubt} ({e})"
+        ) from None
     finally:
         try:
             smtp.quit()
@@ -523,8 +620,9 @@ def _parameters(smtp: smtplib.SMTP, prepared: Prepared, opts: Options) -> tuple[
     addresses = (prepared.sender, *prepared.recipients)
     if not all(a.isascii() for a in addresses):
         if not smtp.has_extn("smtputf8"):
-            raise Failure(EX_DATAERR, "a non-ASCII address needs SMTPUTF8, "
-                          "which the relay does not offer")
+            raise Failure(
+                EX_DATAERR, "a non-ASCII address needs SMTPUTF8, which the relay does not offer"
+            )
         mail.append("SMTPUTF8")
         smtp.command_encoding = "utf-8"
     if smtp.has_extn("dsn"):
@@ -542,11 +640,34 @@ def _xtext(text: str) -> str:
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)
 
 
+def find_relay(path: Path) -> Relay:
+    """The configured local socket; the default one when the file cannot be read (a
+    ``0640 root:smtprelay`` file and a ``www-data`` caller); the ``[server] listen``
+    addresses when it sets ``local_socket = ""``. Failure (78) if the file is invalid."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        return Relay(defaults.DEFAULT_LOCAL_SOCKET, None, f"{path}: {e.strerror or e}")
+    from smtprelay import config  # only now: see the import of defaults
+
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:
+        raise Failure(EX_CONFIG, f"configuration error: {e}") from None
+    return Relay(settings.server.local_socket or None, settings)
+
+
 # --- entry points ------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], config_file: str | None = None, *,
-        stdin: BinaryIO | None = None, prog: str = "sendmail") -> int:
+def run(
+    argv: Sequence[str],
+    config_file: str | None = None,
+    *,
+    stdin: BinaryIO | None = None,
+    prog: str = "sendmail",
+) -> int:
     """The whole command; returns the exit status. ``config_file`` is a ``-c`` given
     before the command (``smtprelay -c FILE sendmail``); ``-C``/``-c`` in ``argv`` wins."""
     try:
@@ -555,21 +676,32 @@ def run(argv: Sequence[str], config_file: str | None = None, *,
         print(f"{prog}: {e}\n" + USAGE.splitlines()[0].format(prog=prog), file=sys.stderr)
         return EX_USAGE
     if opts.show_help:
-        print(USAGE.format(prog=prog, default=config.DEFAULT_CONFIG_PATH), end="")
+        print(
+            USAGE.format(
+                prog=prog,
+                default=defaults.DEFAULT_CONFIG_PATH,
+                socket=defaults.DEFAULT_LOCAL_SOCKET,
+            ),
+            end="",
+        )
         return EX_OK
     try:
-        settings = config.load(config.config_path(opts.config or config_file))
-    except config.ConfigError as e:
-        print(f"{prog}: configuration error: {e}; message not sent", file=sys.stderr)
-        return EX_CONFIG
+        relay = find_relay(defaults.config_path(opts.config or config_file))
+    except Failure as e:
+        print(f"{prog}: {e}; message not sent", file=sys.stderr)
+        return e.code
     try:
         raw = read_message(stdin or sys.stdin.buffer, opts.ignore_dots)
     except OSError as e:
         print(f"{prog}: cannot read the message from standard input: {e}", file=sys.stderr)
         return EX_IOERR
     try:
-        prepared = prepare(raw, opts, identity(settings.server.hostname))
-        refused = submit(prepared, opts, settings)
+        # Over the socket the relay qualifies addresses; over TCP this command does.
+        domain = None
+        if relay.socket is None and relay.settings is not None:
+            domain = relay.settings.server.origin_domain
+        prepared = prepare(raw, opts, identity(domain))
+        refused = submit(prepared, opts, relay)
     except Failure as e:
         retry = " (exit 75: try again later)" if e.code == EX_TEMPFAIL else ""
         print(f"{prog}: message not sent: {e}{retry}", file=sys.stderr)
@@ -582,8 +714,11 @@ def run(argv: Sequence[str], config_file: str | None = None, *,
         print(f"{prog}: internal error; message not sent", file=sys.stderr)
         return EX_SOFTWARE
     if refused:
-        print(f"{prog}: recipient(s) refused, the message was sent to the others: "
-              + "; ".join(refused), file=sys.stderr)
+        print(
+            f"{prog}: recipient(s) refused, the message was sent to the others: "
+            + "; ".join(refused),
+            file=sys.stderr,
+        )
         return EX_NOUSER
     return EX_OK
 
@@ -592,3 +727,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``smtprelay-sendmail`` (link it as /usr/sbin/sendmail)."""
     prog = os.path.basename(sys.argv[0]) or "sendmail"
     sys.exit(run(sys.argv[1:] if argv is None else argv, prog=prog))
+
+
+if __name__ == "__main__":  # python3 -m smtprelay.sendmail, for a PHP sendmail_path
+    main()

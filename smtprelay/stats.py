@@ -34,7 +34,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from smtprelay.envelope import Envelope
+from smtprelay.envelope import Envelope, RecipientState
 
 MAIL_LOGGER = "smtprelay.mail"
 MAX_MESSAGES = 100_000
@@ -97,6 +97,55 @@ class History:
                 states[str(event.get("recipient"))] = str(event.get("status"))
         return states
 
+    def settled(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """``envelope`` (as accepted, in its JSON form) brought up to date from the
+        log: each recipient's final state, attempts, last reply and relay; the
+        message's state (its outcome), attempts (the most any recipient had) and no
+        next attempt. The accepted copy was written before any attempt was made."""
+        shown = dict(envelope)
+        attempts: Tally[str] = Tally()
+        last: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            if event.get("event") != "delivery":
+                continue
+            address = str(event.get("recipient"))
+            last[address] = event
+            if not _expiry(event):  # the relay's own verdict, not an attempt
+                attempts[address] += 1
+        recipients = []
+        for accepted in shown.get("recipients", []):
+            recipient = dict(accepted)
+            address = recipient.get("address", "")
+            final = last.get(address)
+            if final is not None:
+                recipient["state"] = _RECIPIENT_STATES.get(str(final.get("status")),
+                                                           recipient.get("state"))
+                recipient["attempts"] = attempts[address]
+                recipient["last_reply"] = (
+                    f"{final.get('code')} {final.get('dsn')} {final.get('reason')}")
+                relay = final.get("relay")
+                recipient["last_relay"] = relay if relay and relay != "none" else None
+            recipients.append(recipient)
+        shown["recipients"] = recipients
+        if self.removed_at is not None:
+            shown["state"] = self.outcome
+            shown["next_attempt"] = None
+        shown["attempts"] = max(attempts.values(), default=0)
+        return shown
+
+
+# A recipient's last delivery status -> its state in the envelope (RecipientState).
+_RECIPIENT_STATES = {"sent": RecipientState.DELIVERED.value,
+                     "bounced": RecipientState.FAILED.value,
+                     "deferred": RecipientState.PENDING.value}
+# The relay's own verdict when a message's lifetime ends (delivery.scheduler.EXPIRED):
+# logged like a delivery, but nothing was attempted.
+_EXPIRED_DSN = "5.4.7"
+
+
+def _expiry(event: Mapping[str, Any]) -> bool:
+    return event.get("dsn") == _EXPIRED_DSN and event.get("relay") == "none"
+
 
 class Stats(logging.Handler):
     """Attach with :meth:`attach`; every method is safe from any thread."""
@@ -146,6 +195,10 @@ class Stats(logging.Handler):
             ["command", "class"], registry=r)
         self.auth_failures = Counter(
             "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.", registry=r)
+        self.tls_failures = Counter(
+            "smtprelay_smtpd_tls_failures",
+            "TLS handshakes that failed or were abandoned, by kind (protocol_version, "
+            "no_shared_cipher, not_tls, timeout, closed, other).", ["kind"], registry=r)
         self.connections = Counter(
             "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r)
         self.operator = Counter(
@@ -234,6 +287,9 @@ class Stats(logging.Handler):
         elif event == "auth-failed":
             self.counts["auth_failed"] += 1
             self.auth_failures.inc()
+        elif event == "tls-failed":
+            self.counts["tls_failed"] += 1
+            self.tls_failures.labels(str(fields.get("kind"))).inc()
         elif event == "connect":
             self.counts["connections"] += 1
             self.connections.inc()
@@ -334,5 +390,6 @@ class Stats(logging.Handler):
             "deleted": counts.get("deleted", 0),
             "notices": counts.get("notices", 0),
             "auth_failed": counts.get("auth_failed", 0),
+            "tls_failed": counts.get("tls_failed", 0),
             "connections": counts.get("connections", 0),
         }

@@ -24,6 +24,8 @@ _VERSIONS = {
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
 
+_AEAD_ONLY = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS"
+
 
 class TLSError(Exception):
     """The certificate or key cannot be used; the message names the file."""
@@ -58,6 +60,10 @@ def load(context: ssl.SSLContext, settings: Settings) -> None:
     if settings.tls.min_version in ("TLSv1", "TLSv1.1"):
         # Legacy devices: OpenSSL's default security level refuses these versions.
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    else:
+        # TLS 1.2: forward-secret AEAD suites only (no CBC, so no Lucky13-style padding
+        # oracles); TLS 1.3 suites are all AEAD and not affected by this list.
+        context.set_ciphers(_AEAD_ONLY)
     try:
         context.load_cert_chain(cert, key)
     except FileNotFoundError as e:

@@ -57,6 +57,7 @@ from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
+from smtprelay.tasks import detach
 
 DEAD_AFTER = 3
 COOL_OFF = 60.0
@@ -232,6 +233,9 @@ class Scheduler:
                 del self._due[qid]
                 if full and self._park_unread(qid, full):
                     continue
+                # Owned by the scheduler, not by this loop: an attempt outlives a stop of
+                # the loop by up to the grace of stop(), which awaits (or cancels) it.
+                # _attempt_safely lets no exception out.
                 task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
                 self.ledger.attempting(qid, True)
@@ -335,20 +339,24 @@ class Scheduler:
         # spool at the same moment must see each other in the line.
         for key in groups:
             self._waiting[key] += 1
-        tasks = [
-            loop.create_task(
-                self._deliver_group(envelope, data, route, domain, rcpts, activated))
-            for route, domain, rcpts in groups.values()
-        ]
-        remaining = len(tasks)
+        # One group per attempt: if a destination's delivery fails unexpectedly, or the
+        # attempt is cancelled (a stop after its grace), the others are cancelled with it
+        # instead of running on unowned; the attempt is retried (_attempt_safely).
         results: list[Result] = []
-        for next_done in asyncio.as_completed(tasks):
-            outcomes = await next_done
-            remaining -= 1
-            results += self._record(envelope, outcomes, activated)
-            if remaining:
-                await loop.run_in_executor(None, self.spool.update, envelope, data)
-                self.ledger.note(envelope)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    self._deliver_group(envelope, data, route, domain, rcpts, activated))
+                for route, domain, rcpts in groups.values()
+            ]
+            remaining = len(tasks)
+            for next_done in asyncio.as_completed(tasks):
+                outcomes = await next_done
+                remaining -= 1
+                results += self._record(envelope, outcomes, activated)
+                if remaining:
+                    await loop.run_in_executor(None, self.spool.update, envelope, data)
+                    self.ledger.note(envelope)
         await self._conclude(envelope, data, results)
 
     async def _deliver_group(
@@ -410,7 +418,8 @@ class Scheduler:
         try:
             params = {r.address: r.params for r in envelope.recipients if r.params}
             outcomes = await self.transport.deliver(
-                route, hops, envelope.sender, addresses, data, envelope.mail_params, params
+                route, hops, envelope.sender, addresses, data, envelope.mail_params, params,
+                qid=envelope.qid,
             )
         except DeliveryError as e:
             if e.unreachable:
@@ -588,10 +597,8 @@ class Scheduler:
                 if not ids.is_valid(qid):
                     results[qid] = "not-found"
                 elif qid in self._active:
-                    task = asyncio.get_running_loop().create_task(
-                        self._after_attempt(qid, action))
-                    self._later.add(task)
-                    task.add_done_callback(self._later.discard)
+                    detach(self._after_attempt(qid, action), self._later,
+                           f"{qid}: operator action after the attempt")
                     results[qid] = "after-attempt"
                 else:
                     results[qid] = await self._guarded(qid, action)
@@ -603,9 +610,8 @@ class Scheduler:
             await asyncio.sleep(0)  # let the attempt's done callbacks run first
         async with self._operator:
             if qid in self._active:  # started again in between: wait once more
-                task = asyncio.get_running_loop().create_task(self._after_attempt(qid, action))
-                self._later.add(task)
-                task.add_done_callback(self._later.discard)
+                detach(self._after_attempt(qid, action), self._later,
+                       f"{qid}: operator action after the attempt")
                 return
             outcome = await self._guarded(qid, action)
         log.info("%s: operator action after the attempt under way: %s", qid, outcome)

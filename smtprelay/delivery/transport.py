@@ -8,6 +8,9 @@ Timeouts follow RFC 5321 section 4.5.3.2 (the wait after the final dot is 10 min
 
 Connections are kept open after a transaction and reused for the next message to the
 same address (RSET only after an aborted transaction), closed after ``idle_timeout``.
+
+Lines longer than ``line_length_limit`` are folded (linefold.py) once per delivery,
+before SIZE is computed and before dot-stuffing, so both see the bytes that are sent.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import cast
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 
+from smtprelay import maillog
+from smtprelay.delivery import linefold
 from smtprelay.delivery.outcome import DeliveryError, Hop, RecipientOutcome
 from smtprelay.delivery.pipelining import BatchReplies
 from smtprelay.delivery.routes import Route, TLSPolicy
@@ -66,6 +71,7 @@ class Transport:
     timeouts: Timeouts = field(default_factory=Timeouts)
     idle_timeout: float = 10.0
     max_idle_per_hop: int = 20
+    line_length_limit: int = 998  # 0: lines are sent as they are
     _idle: dict[tuple[object, ...], list[_Connection]] = field(default_factory=dict)
     _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
@@ -80,14 +86,21 @@ class Transport:
         data: bytes,
         mail_params: dict[str, str],
         rcpt_params: dict[str, dict[str, str]] | None = None,
+        *,
+        qid: str = "NOQUEUE",
     ) -> list[RecipientOutcome]:
         """Per-recipient outcomes; raises DeliveryError (temporary) if no hop would talk.
 
-        ``rcpt_params`` (address -> NOTIFY/ORCPT) are passed on when the hop speaks DSN.
+        ``rcpt_params`` (address -> NOTIFY/ORCPT) are passed on when the hop speaks DSN;
+        ``qid`` names the message in the log line about folded lines.
         """
         unsafe = [r for r in [sender, *recipients] if any(c in r for c in _UNSAFE)]
         if unsafe:
             return [RecipientOutcome(r, UNSAFE_ADDRESS, "none") for r in recipients]
+        folded = linefold.fold(data, self.line_length_limit)
+        if folded.lines:
+            maillog.folded_lines(qid, folded.lines, folded.longest, self.line_length_limit)
+            data = folded.data
         errors: list[DeliveryError] = []
         for hop in self._reuse_first(route, hops):
             for _ in range(2):  # a reused connection found closed gets one fresh try
@@ -428,6 +441,8 @@ class Transport:
         return each(reply)
 
     async def _send_payload(self, protocol: SMTPProtocol, data: bytes) -> aiosmtplib.SMTPResponse:
+        # ``data`` is folded already: every line a fold made starts with a space or a tab,
+        # so stuffing after folding sees each line that starts with "." as it is sent.
         payload = b"." + data if data.startswith(b".") else data
         payload = payload.replace(b"\r\n.", b"\r\n..")
         if not payload.endswith(b"\r\n"):

@@ -44,6 +44,8 @@ class Intake:
     max_message_size: int
     # Told about each message once it is durable (the delivery stage listens here).
     on_queued: Callable[[Envelope, bytes], None] | None = None
+    # Name the AUTH user in Received: ([auth] authenticated_header).
+    authenticated_header: bool = False
 
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
@@ -55,17 +57,7 @@ class Intake:
             maillog.normalized_line_endings(txn.qid, client.ip, bare)
         facts = message.header_facts(body)
         now = time.time()
-        trace = message.received_header(
-            helo=client.helo,
-            ip=client.ip,
-            hostname=self.hostname,
-            protocol=client.protocol,
-            qid=txn.qid,
-            tls=client.tls,
-            auth_user=client.auth_user,
-            recipients=[r.address for r in txn.recipients],
-            now=now,
-        )
+        trace = self.received(txn, client, now)
         data = trace + message.origin_headers(facts, txn.qid, self.hostname, now) + body
         envelope = Envelope(
             qid=txn.qid,
@@ -95,6 +87,20 @@ class Intake:
             raise
         self._queued(envelope, data)
         return replies.queued(txn.qid)
+
+    def received(self, txn: Transaction, client: Client, now: float) -> bytes:
+        """The Received: header (a local submission writes its own)."""
+        return message.received_header(
+            helo=client.helo,
+            ip=client.ip,
+            hostname=self.hostname,
+            protocol=client.protocol,
+            qid=txn.qid,
+            tls=client.tls,
+            auth_user=client.auth_user if self.authenticated_header else None,
+            recipients=[r.address for r in txn.recipients],
+            now=now,
+        )
 
     def _queued(self, envelope: Envelope, data: bytes) -> None:
         maillog.message_id(envelope.qid, envelope.message_id or "")

@@ -21,15 +21,16 @@ import logging
 import ssl
 from base64 import b64decode
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.smtp import MISSING
-from aiosmtpd.smtp import SMTP as _AiosmtpdSMTP
 
 from smtprelay import ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
 from smtprelay.inbound import address, dsnparams
+from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.handler import Intake, Transaction
+from smtprelay.inbound.proxyheader import Network
 from smtprelay.replies import Reply
 
 log = logging.getLogger("smtprelay.inbound")
@@ -40,10 +41,9 @@ _TERMINATOR = b"\r\n.\r\n"
 _READ_LIMIT = 256 * 1024
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
-_AIOSMTPD_STARTTLS_READY = "220 Ready to start TLS"
 
 
-class Session(_AiosmtpdSMTP):
+class Session(Connection):
     line_length_limit = _READ_LIMIT
 
     def __init__(
@@ -53,19 +53,27 @@ class Session(_AiosmtpdSMTP):
         hostname: str,
         max_message_size: int,
         timeout: float,
-        starttls_context: ssl.SSLContext | None,
-        implicit_tls: bool,
         allow_plaintext_auth: bool,
-        on_close: Callable[[Session], None],
+        tls_context: ssl.SSLContext,
+        implicit_tls: bool,
+        handshake_timeout: float,
+        min_tls_version: str,
+        proxy_from: tuple[Network, ...],
+        on_close: Callable[[Connection], None],
     ) -> None:
         super().__init__(
-            _Hooks(self),
+            tls_context=tls_context,
+            implicit_tls=implicit_tls,
+            handshake_timeout=handshake_timeout,
+            min_tls_version=min_tls_version,
+            proxy_from=proxy_from,
+            on_close=on_close,
+            handler=_Hooks(self),
             data_size_limit=max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=hostname,
             ident="ESMTP smtprelay",
-            tls_context=starttls_context,
             timeout=timeout,
             # On the implicit-TLS port the whole connection is encrypted already.
             auth_require_tls=not (allow_plaintext_auth or implicit_tls),
@@ -73,57 +81,23 @@ class Session(_AiosmtpdSMTP):
         )
         self.intake = intake
         self.max_message_size = max_message_size
-        self.implicit_tls = implicit_tls
-        self.on_close = on_close
         self.command_size_limits = collections.defaultdict(
             lambda: 512, {"MAIL": 1024, "RCPT": 1024}
         )
         self.txn: Transaction | None = None
         self.auth_user: str | None = None
         self.auth_method: str | None = None
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.stage = "CONNECT"
-        self.closing = False
 
-    # --- connection ---------------------------------------------------------------
+    # --- what the connection below needs to know ------------------------------------
 
-    @property
-    def ip(self) -> str:
-        peer = self.session.peer if self.session else None
-        return str(peer[0]) if peer else "unknown"
+    def in_transaction(self) -> bool:
+        return self.txn is not None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        super().connection_made(transport)
-        if first:
-            maillog.connect(self.ip)
-        else:  # STARTTLS done: RFC 3207 4.2, forget everything learnt before it
-            self.auth_user = self.auth_method = None
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.txn is not None or self.stage == "DATA":
-            maillog.lost_connection(self.ip, self.stage)
-        maillog.disconnect(self.ip, self.counts)
-        super().connection_lost(error)
-        self.on_close(self)
-
-    def _timeout_cb(self) -> None:
-        maillog.timeout(self.ip, self.stage)
+    def forget_transaction(self) -> None:
         self.txn = None
-        self.hang_up(replies.TIMEOUT)
 
-    def close_for_shutdown(self) -> None:
-        """Say goodbye with 421 unless a transaction is under way (that one may finish)."""
-        self.closing = True
-        if self.txn is None:
-            self.hang_up(replies.SHUTTING_DOWN)
-
-    def hang_up(self, reply: Reply) -> None:
-        """Send a final reply and close, without waiting for the client."""
-        transport = cast(asyncio.WriteTransport | None, self.transport)
-        if transport is not None and not transport.is_closing():
-            transport.write(f"{reply}\r\n".encode())
-            transport.close()
+    def after_starttls(self) -> None:
+        self.auth_user = self.auth_method = None
 
     def _set_rset_state(self) -> None:
         super()._set_rset_state()  # type: ignore[no-untyped-call]
@@ -149,8 +123,6 @@ class Session(_AiosmtpdSMTP):
         if isinstance(status, bytes):  # only aiosmtpd's AUTH challenges are pre-encoded
             await super().push(status)
             return
-        if status == _AIOSMTPD_STARTTLS_READY:  # the one 220 that is not the greeting
-            status = replies.STARTTLS_READY
         await super().push(replies.add_enhanced_code(str(status)))
         if self.closing and self.txn is None:
             self.hang_up(replies.SHUTTING_DOWN)
@@ -231,13 +203,6 @@ class Session(_AiosmtpdSMTP):
             return False
         return authenticator.has_users and (self.encrypted or not self._auth_require_tls)
 
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        self.counts["starttls"] += 1
-        if self.encrypted:
-            await self.push(replies.TLS_ACTIVE)
-            return
-        await super().smtp_STARTTLS(arg)
-
     # --- AUTH (called through aiosmtpd's smtp_AUTH, which checks TLS and state) -------
 
     async def authenticate(self, args: list[str]) -> str | None:
@@ -247,9 +212,6 @@ class Session(_AiosmtpdSMTP):
         if authenticator is None or not self._auth_offered():
             return str(replies.AUTH_UNAVAILABLE)
         mechanism = args[0].upper()
-        penalty = authenticator.penalty(self.ip)
-        if penalty:
-            await asyncio.sleep(penalty)
         credentials = await self._read_credentials(mechanism, args[1] if len(args) > 1 else None)
         if credentials is None:
             return None  # the exchange was aborted and already answered
@@ -261,8 +223,8 @@ class Session(_AiosmtpdSMTP):
             self.session.authenticated = True
             self.auth_user, self.auth_method = username, mechanism
             return str(replies.AUTH_OK)
+        # verify() has already waited out this client's penalty for failing before.
         maillog.auth_failed(self.ip, mechanism, username)
-        await asyncio.sleep(authenticator.penalty(self.ip))
         return str(replies.AUTH_FAILED)
 
     async def _read_credentials(
@@ -396,9 +358,13 @@ class Session(_AiosmtpdSMTP):
             await self._reject("RCPT", reply, recipient=parsed.address)
             return
         if not txn.recipients:
-            maillog.client(txn.qid, self.ip, self.auth_method, self.auth_user)
+            self.log_client(txn)
         txn.recipients.append(Recipient(parsed.address, params=parsed.params))
         await self.push(replies.RECIPIENT_OK)
+
+    def log_client(self, txn: Transaction) -> None:
+        """The transaction's first line under its QID (a local submission logs its own)."""
+        maillog.client(txn.qid, self.ip, self.auth_method, self.auth_user)
 
     # --- DATA ---------------------------------------------------------------------
 
@@ -483,10 +449,9 @@ class Session(_AiosmtpdSMTP):
             protocol += "S"
         if self.auth_user and self.session.extended_smtp:
             protocol += "A"
-        peer = self.session.peer
         return Client(
             ip=self.ip,
-            port=int(peer[1]) if peer else 0,
+            port=self._peer[1] if self._peer else 0,
             helo=helo,
             auth_user=self.auth_user,
             auth_method=self.auth_method,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from typing import Protocol, cast
 from smtprelay import maillog, replies
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
+from smtprelay.inbound import handshake
 from smtprelay.inbound.auth import Authenticator
+from smtprelay.inbound.connection import Sessions
 from smtprelay.inbound.handler import Intake
 from smtprelay.inbound.policy import Policy
 from smtprelay.inbound.protocol import Session
@@ -37,6 +40,7 @@ class ListenerState:
     endpoint: Endpoint
     implicit_tls: bool
     serving: bool
+    local: bool = False  # the Unix socket of local submission (no TLS there)
 
 
 class Listeners(Protocol):
@@ -67,7 +71,7 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     try:
         for endpoint, implicit in kinds:
             try:
-                bound += [(sock, implicit) for sock in _listen(endpoint)]
+                bound += [(sock, implicit) for sock in listen(endpoint)]
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
     except OSError:
@@ -77,7 +81,8 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
     return bound
 
 
-def _listen(endpoint: Endpoint) -> list[socket.socket]:
+def listen(endpoint: Endpoint) -> list[socket.socket]:
+    """Listening sockets for ``endpoint`` (also the HTTP endpoint's), not serving yet."""
     infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -109,6 +114,7 @@ def build_intake(
         spool=spool,
         max_message_size=settings.server.max_message_size,
         on_queued=on_queued,
+        authenticated_header=settings.auth.authenticated_header,
     )
 
 
@@ -121,17 +127,35 @@ def users(settings: Settings) -> Authenticator | None:
     return authenticator
 
 
-class _Refuse(asyncio.Protocol):
-    """Answers 421 to a connection over ``max_connections`` and hangs up."""
+class Refuse(asyncio.Protocol):
+    """Answers 421 to a connection over ``max_connections`` and hangs up (on the
+    implicit-TLS port after the handshake, so that the client can read the reply).
+    ``client`` names the caller in the log where there is no peer address."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None,
+                 client: str | None = None) -> None:
         self.limit = limit
+        self.tls = tls
+        self.client = client
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = self.client or (str(peer[0]) if peer else "unknown")
+        maillog.too_many_connections(client, self.limit)
+        if self.tls is None:
+            self._refuse(transport)
+            return
+        started = handshake.Handshake(transport, self, *self.tls)
+        self._task = asyncio.get_running_loop().create_task(self._refuse_over_tls(started))
+
+    async def _refuse_over_tls(self, started: handshake.Handshake) -> None:
+        with contextlib.suppress(handshake.HandshakeFailed):
+            self._refuse(await started.result(""))
+
+    def _refuse(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio's, hence a cast and not an assert.
         transport = cast(asyncio.WriteTransport, transport)
-        peer = transport.get_extra_info("peername")
-        maillog.too_many_connections(str(peer[0]) if peer else "unknown", self.limit)
         transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
         transport.close()
 
@@ -145,21 +169,22 @@ class InboundServer:
     share: int = 1
     # Told the number of open sessions whenever it changes (a worker reports it).
     on_sessions: Callable[[int], None] | None = None
-    sessions: set[Session] = field(default_factory=set)
     servers: list[asyncio.Server] = field(default_factory=list)
     _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    sessions: Sessions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.on_sessions)
 
     async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
         """Serve on ``sockets`` (listening, with their implicit-TLS flag), or bind every
         listener of the settings; raises OSError naming the address if one cannot bind."""
         loop = asyncio.get_running_loop()
         for sock, implicit in bind(self.settings) if sockets is None else sockets:
+            # Implicit TLS too is served as plain TCP: the session runs the handshake
+            # itself, so that one that fails still gives its connection slot back.
             server = await loop.create_server(
-                lambda implicit=implicit: self._protocol(implicit),
-                sock=sock,
-                ssl=self.tls_context if implicit else None,
-                backlog=1024,
+                functools.partial(self._protocol, implicit), sock=sock, backlog=1024,
             )
             self.servers.append(server)
             self._implicit.append(implicit)
@@ -171,21 +196,22 @@ class InboundServer:
     def _protocol(self, implicit: bool) -> asyncio.Protocol:
         server = self.settings.server
         if len(self.sessions) >= self.limit:
-            return _Refuse(server.max_connections)
+            tls = (self.tls_context, self.settings.tls.handshake_timeout) if implicit else None
+            return Refuse(server.max_connections, tls)
         session = Session(
             self.intake,
             hostname=server.hostname,
             max_message_size=server.max_message_size,
             timeout=server.timeout,
-            starttls_context=None if implicit else self.tls_context,
+            tls_context=self.tls_context,
             implicit_tls=implicit,
+            handshake_timeout=self.settings.tls.handshake_timeout,
+            min_tls_version=self.settings.tls.min_version,
+            proxy_from=server.proxy_protocol,
             allow_plaintext_auth=self.settings.auth.allow_plaintext,
-            on_close=self._closed,
+            on_close=self.sessions.closed,
         )
         self.sessions.add(session)
-        self._idle.clear()
-        if self.on_sessions is not None:
-            self.on_sessions(len(self.sessions))
         return session
 
     @property
@@ -204,7 +230,10 @@ class InboundServer:
     def apply(self, settings: Settings, authenticator: Authenticator | None) -> None:
         """New settings for new sessions (reload); the TLS context is updated by the caller."""
         self.intake.policy = Policy(settings.relay, settings.server.max_recipients)
+        if authenticator is not None and self.intake.authenticator is not None:
+            authenticator.inherit(self.intake.authenticator)
         self.intake.authenticator = authenticator
+        self.intake.authenticated_header = settings.auth.authenticated_header
         self.intake.max_message_size = settings.server.max_message_size
         self.intake.hostname = settings.server.hostname
         self.settings = settings
@@ -214,19 +243,6 @@ class InboundServer:
         for server in self.servers:
             server.close()
 
-    def _closed(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if self.on_sessions is not None:
-            self.on_sessions(len(self.sessions))
-        if not self.sessions:
-            self._idle.set()
-
     async def drain(self, grace: float) -> None:
         """Ask idle sessions to leave with 421; give transactions ``grace`` seconds."""
-        for session in list(self.sessions):
-            session.close_for_shutdown()
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
-        for session in list(self.sessions):
-            session.hang_up(replies.SHUTTING_DOWN)
+        await self.sessions.drain(grace)

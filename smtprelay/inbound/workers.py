@@ -4,7 +4,9 @@ The main process binds the listening sockets (so a worker that dies and is repla
 loses no connection: they wait in the backlog), starts the workers
 (:mod:`smtprelay.inbound.worker`) with those sockets and a channel each, and reads the
 channels: each queued message goes to delivery, each mail-log event to the statistics.
-A worker that exits unexpectedly is logged and replaced after a second.
+A worker that exits unexpectedly is logged and replaced after a second by
+:meth:`WorkerPool.run`, a long-lived task of the daemon; if it cannot be replaced, that
+task fails and the daemon stops (see :mod:`smtprelay.tasks`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class WorkerStartError(Exception):
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter  # of the channel: only kept to close it
+    reading: asyncio.Task[None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: int = 0
 
@@ -63,14 +67,19 @@ class WorkerPool:
         # After a worker died: find what it queued but could not announce.
         self.on_lost = on_lost
         self._sockets: list[tuple[socket.socket, bool]] = []
+        self._endpoints: list[tuple[Endpoint, bool]] = []
         self._workers: dict[int, _Worker] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self._started = False  # until then a worker that exits fails the start
 
-    async def start(self) -> None:
-        """Bind the listeners, start every worker and wait until all serve."""
-        self._sockets = bind(self.settings)
+    async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
+        """Start every worker on ``sockets`` (listening, with their implicit-TLS flag;
+        by default bind the listeners of the settings) and wait until all serve. The
+        sockets are the pool's from now on: closed by :meth:`close`, or if the start
+        fails."""
+        self._sockets = bind(self.settings) if sockets is None else sockets
+        # Kept: /healthz names the listeners while the pool stops, its sockets closed.
+        self._endpoints = [(Endpoint(*s.getsockname()[:2]), implicit)
+                           for s, implicit in self._sockets]
         try:
             for index in range(self.count):
                 await self._spawn(index)
@@ -84,7 +93,6 @@ class WorkerPool:
         except BaseException:
             await self._abort()
             raise
-        self._started = True
 
     async def _abort(self) -> None:
         self.close()
@@ -102,64 +110,79 @@ class WorkerPool:
                 sys.executable, "-m", "smtprelay.inbound.worker", *argv,
                 pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         # One-way: the writer is only kept to close the channel.
         reader, writer = await asyncio.open_connection(sock=ours, limit=channel.LINE_LIMIT)
-        worker = self._workers[index] = _Worker(index, process)
-        reading = asyncio.get_running_loop().create_task(self._read(worker, reader))
-        watcher = asyncio.get_running_loop().create_task(self._watch(worker, reading, writer))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        worker = _Worker(index, process, writer)
+        # The reader belongs to its worker: whoever sees the worker exit (the
+        # supervisor, or drain) waits for it, so every frame written is read.
+        worker.reading = asyncio.get_running_loop().create_task(self._read(worker, reader))
+        self._workers[index] = worker
         log.info("inbound worker %d started, pid %d", index, process.pid)
+        if self._stopping:  # the pool was closed while this one started
+            process.send_signal(signal.SIGTERM)
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
-            frame = channel.decode(line)
-            if "queued" in frame:
-                envelope, data = channel.split_record(await reader.readexactly(frame["length"]))
-                self.on_queued(envelope, data)
-            elif "log" in frame:
-                if self.on_log is not None:
-                    self.on_log(channel.log_record(frame["log"]))
-            elif "sessions" in frame:
-                worker.sessions = int(frame["sessions"])
-            elif frame.get("ready"):
-                worker.ready.set()
-
-    async def _watch(self, worker: _Worker, reading: asyncio.Task[None],
-                     writer: asyncio.StreamWriter) -> None:
-        code = await worker.process.wait()
-        # Everything the worker wrote before it exited is still to be read.
         try:
-            await reading
+            while line := await reader.readline():
+                frame = channel.decode(line)
+                if "queued" in frame:
+                    envelope, data = channel.split_record(
+                        await reader.readexactly(frame["length"]))
+                    self.on_queued(envelope, data)
+                elif "log" in frame:
+                    if self.on_log is not None:
+                        self.on_log(channel.log_record(frame["log"]))
+                elif "sessions" in frame:
+                    worker.sessions = int(frame["sessions"])
+                elif frame.get("ready"):
+                    worker.ready.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # killed in the middle of a frame: its message is in the spool
         except Exception:
             log.exception("inbound worker %d: unreadable channel", worker.index)
-        writer.close()
-        worker.sessions = 0
-        if self._stopping or not self._started:
-            return
-        log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
-                  worker.index, worker.process.pid, _describe(code))
-        try:
-            await self.on_lost()
-        except Exception:  # the spool unreadable: the next start's recovery finds them
-            log.exception("cannot look for messages inbound worker %d left", worker.index)
-        await asyncio.sleep(RESTART_DELAY)
-        if not self._stopping:
-            await self._spawn(worker.index)
+        finally:
+            worker.sessions = 0
+
+    async def run(self) -> None:
+        """Supervise the workers (a long-lived task of the daemon): a worker that exits
+        while the pool is not stopping is logged and replaced after a second. Returns
+        once the pool stops; raises if a worker cannot be replaced (the daemon then
+        stops: systemd restarts it)."""
+        async with asyncio.TaskGroup() as group:
+            for index in list(self._workers):
+                group.create_task(self._supervise(index), name=f"inbound worker {index}")
+
+    async def _supervise(self, index: int) -> None:
+        while True:
+            worker = self._workers[index]
+            code = await worker.process.wait()
+            await _finish(worker)
+            if self._stopping:
+                return
+            log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
+                      worker.index, worker.process.pid, _describe(code))
+            try:
+                await self.on_lost()
+            except Exception:  # the spool unreadable: the next start's recovery finds them
+                log.exception("cannot look for messages inbound worker %d left", worker.index)
+            await asyncio.sleep(RESTART_DELAY)
+            if not self._stopping:  # else the next turn returns
+                await self._spawn(index)
 
     @property
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(*s.getsockname()[:2]) for s, _ in self._sockets]
+        return [endpoint for endpoint, _ in self._endpoints]
 
     def states(self) -> list[ListenerState]:
         serving = not self._stopping and bool(self._workers) and all(
             w.ready.is_set() and w.process.returncode is None for w in self._workers.values())
-        return [ListenerState(Endpoint(*s.getsockname()[:2]), implicit, serving)
-                for s, implicit in self._sockets]
+        return [ListenerState(endpoint, implicit, serving)
+                for endpoint, implicit in self._endpoints]
 
     @property
     def session_count(self) -> int:
@@ -188,15 +211,23 @@ class WorkerPool:
                     worker.process.kill()
             if late:
                 await asyncio.wait(late)
-        for watcher in list(self._watchers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        # Everything the workers wrote before they exited reaches delivery.
+        await asyncio.gather(*(_finish(w) for w in workers))
 
     def _signal(self, signum: int) -> None:
         for worker in self._workers.values():
             if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signum)
+
+
+async def _finish(worker: _Worker) -> None:
+    """After the worker exited: wait until its channel is read to the end, close it."""
+    if worker.reading is not None:
+        # Shielded: the supervisor, cancelled as the daemon stops, must not cut short
+        # the reading that drain waits for as well.
+        await asyncio.shield(worker.reading)
+    worker.writer.close()
 
 
 async def _ready_or_exit(worker: _Worker) -> None:

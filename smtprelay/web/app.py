@@ -3,36 +3,48 @@
 Every path but ``/healthz`` needs ``Authorization: Bearer <token>`` with a token from
 ``[http] tokens_file``; without one the answer is 401 with a JSON error, as is every
 other error: ``{"error": {"code": "...", "message": "..."}}``.
+
+Request hygiene: a wrong token is logged and answered after a delay per client address
+(``web.guard``); at most ``[http] max_requests`` requests with a good token are served
+at once (``web.limits``), and connections are bounded per address and in all
+(``web.connections``); every refused request is one log line, and so is every
+request aiohttp cannot parse (``web.serverlog``), never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from smtprelay.clientkey import client_key
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
-from smtprelay.inbound.server import Listeners
+from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
 from smtprelay.web import queue, status
+from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
+from smtprelay.web.limits import InFlight
+from smtprelay.web.serverlog import printable, server_logger
 from smtprelay.web.tokens import TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz"})
+# Paths whose answer scans the whole queue: fewer of them run at once.
+HEAVY_PATHS = frozenset({"/status", "/metrics", "/queue"})
 MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT = 3.0
+KEEPALIVE = 15.0
 
 
 @web.middleware
@@ -40,33 +52,62 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Problem as p:
-        return error(p.status, p.code, p.message)
+        return _refused(request, error(p.status, p.code, p.message), p.message)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed",
-                413: "payload_too_large"}.get(e.status, "http_error")
-        message = e.reason if e.status != 404 else f"no such path: {request.path}"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            e.status, "http_error"
+        )
+        message = {
+            404: f"no such path: {request.path}",
+            413: f"the body is larger than {MAX_BODY} bytes",
+        }.get(e.status, e.reason)
         response = error(e.status, code, message)
         if e.status == 405:
             response.headers["Allow"] = e.headers.get("Allow", "")
-        return response
+        return _refused(request, response, message)
     except Exception:
-        log.exception("HTTP %s %s failed", request.method, request.path)
+        log.exception(
+            "HTTP %s %s failed",
+            request.method,
+            printable(request.raw_path),
+            extra={"service": "http"},
+        )
         return error(500, "internal_error", "internal error (details in the log)")
+
+
+def _refused(request: web.Request, response: web.Response, message: str) -> web.Response:
+    """One line per refused request (a 401 logs itself, see ``_penalise``):
+    ``unknown[ADDR]: HTTP POST /queue/hold: 400 the body is nested too deeply``."""
+    level = logging.INFO if response.status < 500 else logging.WARNING
+    log.log(
+        level,
+        "unknown[%s]: HTTP %s %s: %d %s",
+        printable(request.remote or "unknown"),
+        request.method,
+        printable(request.raw_path, 80),
+        response.status,
+        printable(message),
+        extra={"service": "http"},
+    )
+    return response
 
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS:
         return await handler(request)
-    tokens = context(request).tokens
+    ctx = context(request)
+    tokens = ctx.tokens
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         message = tokens.problem or "a bearer token is required (Authorization: Bearer ...)"
     elif not tokens.check(presented):
         message = tokens.problem or "the bearer token is not valid"
+        if tokens.problem is None:  # tokens exist, so this was a guess, or a typo
+            await _penalise(ctx, request)
     else:
         return await handler(request)
     response = error(401, "unauthorized", message)
@@ -74,17 +115,52 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+async def _penalise(ctx: Context, request: web.Request) -> None:
+    """One warning line (rate-limited per address), then the address's delay."""
+    client = request.remote or "unknown"
+    failures, delay = ctx.penalty.failure(client)
+    left_out = ctx.log_budget.allow(client_key(client))
+    if left_out is not None:
+        more = f"; {left_out} more from this address not logged" if left_out else ""
+        answered = f"answered after {delay:g}s" if delay > 0 else "answered at once"
+        log.warning(
+            "unknown[%s]: bad bearer token (%s %s; %d recent failure%s, %s)%s",
+            printable(client),
+            request.method,
+            printable(request.raw_path, 80),
+            failures,
+            "" if failures == 1 else "s",
+            answered,
+            more,
+            extra={"service": "http"},
+        )
+    if delay <= 0:
+        return
+    ctx.penalty.waiting += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        ctx.penalty.waiting -= 1
+
+
 async def healthz(request: web.Request) -> web.Response:
     checks = await context(request).health.checks()
     failing = {name: result for name, result in checks.items() if result != "ok"}
     if not failing:
         return web.json_response({"status": "ok", "checks": checks})
-    return error(503, "unhealthy", "; ".join(f"{k}: {v}" for k, v in failing.items()),
-                 {"status": "unhealthy", "checks": checks})
+    return error(
+        503,
+        "unhealthy",
+        "; ".join(f"{k}: {v}" for k, v in failing.items()),
+        {"status": "unhealthy", "checks": checks},
+    )
 
 
 def build(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY)
+    # The bound is outside the token check: a request holds a slot only once its token
+    # is good, so failed guesses sleeping out their delay never crowd out valid ones.
+    limit = InFlight(ctx.settings.http.max_requests, heavy_paths=HEAVY_PATHS)
+    app = web.Application(middlewares=[_errors, _auth, limit.middleware], client_max_size=MAX_BODY)
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/status", status.status)
@@ -102,27 +178,47 @@ class HttpStartError(Exception):
 
 
 class HttpServer:
-    """The aiohttp site and the event-loop monitor that /healthz reads."""
+    """The aiohttp site and the event-loop monitor that /healthz reads.
+
+    Started in steps so that the daemon binds every listener before any serves:
+    :meth:`bind` (may fail: the port is taken), :meth:`start` (serve), :meth:`run`
+    (the monitor, a long-lived task of the daemon), :meth:`stop`.
+    """
 
     def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
-        self._runner = web.AppRunner(build(ctx), access_log=None,
-                                     shutdown_timeout=SHUTDOWN_TIMEOUT)
-        self._monitor: asyncio.Task[None] | None = None
+        # No access log; aiohttp's complaints about malformed requests become one
+        # warning line each (serverlog). Handlers are not cancelled when the client
+        # goes away: a queue operation is never cut off halfway. Idle keep-alive
+        # connections close after KEEPALIVE s, not aiohttp's hour.
+        self._runner = web.AppRunner(
+            build(ctx),
+            access_log=None,
+            logger=server_logger(),
+            handler_cancellation=False,
+            keepalive_timeout=KEEPALIVE,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        self.connections = ConnectionCap()
+        self._sockets: list[socket.socket] = []
+
+    def bind(self) -> None:
+        """Bind ``endpoint`` (every address its host name has); raises OSError if it
+        cannot."""
+        self._sockets = listen(self.endpoint)
 
     async def start(self) -> None:
-        """Bind ``endpoint``; raises OSError if it cannot."""
+        """Serve on the bound sockets."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.endpoint.host, self.endpoint.port,
-                           reuse_address=True, backlog=128)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
+        assert self._runner.server is not None
+        self.connections.install(self._runner.server)
+        for sock in self._sockets:
+            await web.SockSite(self._runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
         self.ctx.http_endpoints = [str(Endpoint(*addr[:2])) for addr in self._runner.addresses]
-        self._monitor = asyncio.get_running_loop().create_task(self.ctx.health.monitor.run())
+
+    async def run(self) -> None:
+        await self.ctx.health.monitor.run()
 
     @property
     def endpoints(self) -> list[str]:
@@ -133,6 +229,9 @@ class HttpServer:
         old = self.ctx.settings.http
         if settings.http.listen != old.listen:
             log.warning("reload: [http] listen changes only on restart")
+        if settings.http.max_requests != old.max_requests:
+            log.warning("reload: [http] max_requests changes only on restart")
+        self.ctx.penalty.cap = settings.http.bad_token_max_delay
         if settings.http.history_retention != old.history_retention:
             self.ctx.stats.retention = settings.http.history_retention
         if settings.http.tokens_file != old.tokens_file:
@@ -144,11 +243,9 @@ class HttpServer:
         self.ctx.settings = settings
 
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
         await self._runner.cleanup()
+        for sock in self._sockets:  # bound but never served (a start that failed)
+            sock.close()
         self.ctx.health.probe.close()
 
 
@@ -160,26 +257,36 @@ def _tokens(settings: Settings) -> TokenFile:
         raise HttpStartError(f"[http] tokens_file {path}: {e.strerror or e}") from None
 
 
-async def start(
-    settings: Settings, scheduler: Scheduler, inbound: Listeners, stats: Stats,
+def bind(
+    settings: Settings,
+    scheduler: Scheduler,
+    inbound: Listeners,
+    stats: Stats,
     spool: Spool,
+    delivering: Callable[[], bool],
 ) -> HttpServer:
-    """The endpoint of ``[http] listen``, serving; raises HttpStartError naming the key."""
+    """The endpoint of ``[http] listen``, bound but not serving yet (``start`` it);
+    raises HttpStartError naming the key. ``delivering``: is the delivery loop running
+    (for /healthz)?"""
     endpoint = settings.http.listen
     assert endpoint is not None
 
     def listeners_down() -> list[str]:
-        return [str(state.endpoint) for state in inbound.states() if not state.serving]
+        down = [str(state.endpoint) for state in inbound.states() if not state.serving]
+        # A relay whose every slot is taken admits nobody: not healthy for a balancer.
+        limit = ctx.settings.server.max_connections
+        if inbound.session_count >= limit:
+            down.append(f"all {limit} SMTP connection slots in use")
+        return down
 
-    health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down)
+    health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down, delivering)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
+    ctx.penalty.cap = settings.http.bad_token_max_delay
     server = HttpServer(ctx, endpoint)
     try:
-        await server.start()
+        server.bind()
     except OSError as e:
         health.probe.close()
-        # aiohttp rewords the error ("error while attempting to bind on address ..."):
-        # the plain system message names the problem best.
-        reason = os.strerror(e.errno) if e.errno else str(e)
+        reason = e.strerror or str(e)
         raise HttpStartError(f"[http] listen {endpoint}: cannot listen: {reason}") from None
     return server

@@ -12,6 +12,7 @@ from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.inbound.server import Listeners
 from smtprelay.stats import Stats
+from smtprelay.web.guard import LogBudget, Penalty
 from smtprelay.web.health import Health
 from smtprelay.web.tokens import TokenFile
 
@@ -26,6 +27,9 @@ class Context:
     tokens: TokenFile
     started: float = field(default_factory=time.monotonic)
     http_endpoints: list[str] = field(default_factory=list)
+    # Failed bearer tokens: the delay per client address, and their log lines' budget.
+    penalty: Penalty = field(default_factory=Penalty)
+    log_budget: LogBudget = field(default_factory=LogBudget)
 
     @property
     def uptime(self) -> float:
@@ -39,8 +43,9 @@ def context(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-def error(status: int, code: str, message: str, extra: dict[str, Any] | None = None
-          ) -> web.Response:
+def error(
+    status: int, code: str, message: str, extra: dict[str, Any] | None = None
+) -> web.Response:
     """``{"error": {"code": ..., "message": ...}}`` (and ``extra`` keys) with ``status``."""
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     body.update(extra or {})

@@ -1,6 +1,6 @@
 """``/healthz``: can this relay accept and keep mail right now?
 
-Three checks, each answering ``None`` (fine) or the reason it is not:
+Four checks, each answering ``None`` (fine) or the reason it is not:
 
 * the spool is writable: a probe file is created, written and removed in ``queue/``
   (the directory every message is committed to), in a thread of its own so a busy
@@ -9,6 +9,9 @@ Three checks, each answering ``None`` (fine) or the reason it is not:
 * every SMTP listener is serving;
 * the event loop is responsive: a task measures how late a periodic sleep wakes up
   (``LoopMonitor``); a lag over ``MAX_LAG`` fails.
+* the delivery loop is running: mail accepted now would be delivered. It is not
+  before start-up is complete, nor once it has failed (the daemon then stops) or the
+  daemon is stopping.
 """
 
 from __future__ import annotations
@@ -94,11 +97,13 @@ class Health:
         probe: SpoolProbe,
         monitor: LoopMonitor,
         listeners_down: Callable[[], list[str]],
+        delivering: Callable[[], bool],
         max_lag: float = MAX_LAG,
     ) -> None:
         self.probe = probe
         self.monitor = monitor
         self.listeners_down = listeners_down
+        self.delivering = delivering
         self.max_lag = max_lag
 
     async def checks(self) -> dict[str, str]:
@@ -112,4 +117,5 @@ class Health:
             f"stalled: callbacks run {lag:.1f}s late (limit {self.max_lag:g}s)"
             if lag > self.max_lag else "ok"
         )
+        results["delivery"] = "ok" if self.delivering() else "the delivery loop is not running"
         return results

@@ -93,6 +93,8 @@ async def _qids(request: web.Request, *, required: bool) -> list[str] | None:
         body = json.loads(raw)
     except ValueError as e:
         raise Problem(400, "bad_request", f"the body is not JSON: {e}") from None
+    except RecursionError:  # json's C parser recurses once per [ or {
+        raise Problem(400, "bad_request", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise Problem(400, "bad_request", 'the body must be an object: {"qids": [...]}')
     unknown = set(body) - {"qids"}

@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay import __version__, ids
-from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.envelope import Envelope, QueueState
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Context, Problem, context
 from smtprelay.web.queue import queue_summary
@@ -21,7 +21,8 @@ MAX_TOP = 1000
 def listeners(ctx: Context) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = [
         {"protocol": "smtp", "address": str(state.endpoint),
-         "tls": "implicit" if state.implicit_tls else "starttls", "serving": state.serving}
+         "tls": "implicit" if state.implicit_tls else "none" if state.local else "starttls",
+         "serving": state.serving}
         for state in ctx.inbound.states()]
     found += [{"protocol": "http", "address": a, "tls": "none", "serving": True}
               for a in ctx.http_endpoints]
@@ -97,14 +98,7 @@ async def message(request: web.Request) -> web.Response:
         assert history is not None
         state = history.outcome
         if history.envelope is not None:
-            shown = json.loads(history.envelope)
-            final = history.recipient_states()
-            for recipient in shown["recipients"]:
-                status = final.get(recipient["address"])
-                if status == "sent":
-                    recipient["state"] = RecipientState.DELIVERED.value
-                elif status == "bounced":
-                    recipient["state"] = RecipientState.FAILED.value
+            shown = history.settled(json.loads(history.envelope))
     return web.json_response({
         "qid": qid,
         "status": state,

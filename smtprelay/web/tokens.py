@@ -65,7 +65,9 @@ class TokenFile:
 
     def check(self, presented: str) -> bool:
         self.refresh()
-        given = presented.encode()
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them
+        # back to the bytes sent (which match no token) instead of failing.
+        given = presented.encode("utf-8", "surrogateescape")
         ok = False
         for token in self._tokens:  # compare with every one: no early exit to time
             ok |= hmac.compare_digest(token, given)

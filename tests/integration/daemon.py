@@ -82,6 +82,9 @@ class Daemon:
                 "hostname": "relay.test",
                 "listen": [f"{LOOPBACK}:{self.port}"],
                 "listen_implicit_tls": [f"{LOOPBACK}:{self.tls_port}"] if self.tls_port else [],
+                # Off unless a test sets its own path: the default, /run/smtprelay/submit.sock,
+                # would be shared by daemons running side by side.
+                "local_socket": "",
             },
             "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
             "auth": {"users_file": str(self.users_file)},

@@ -8,16 +8,19 @@ sink on MX2.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import http.client
 import json
 import os
+import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import ids
+from smtprelay.web.connections import PER_ADDRESS
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.delivery_support import (
     MX1,
@@ -40,10 +44,12 @@ from tests.integration.delivery_support import (
 )
 from tests.integration.dns_server import TestDNSServer
 from tests.integration.sinks import Sink, wait_until
+from tests.integration.test_ops_files import fail2ban_regex, tool
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
 TOKEN = "test-token-5f1c9a0e7d"
+HTTP_FILTER = Path(__file__).parents[2] / "conf" / "fail2ban" / "filter.d" / "smtprelay-http.conf"
 BUSY = "450 4.2.1 Mailbox busy, try later"
 
 
@@ -133,11 +139,15 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def test_every_endpoint_but_healthz_needs_a_token(
     make_daemon: Callable[..., Daemon], tokens_file: Path
 ) -> None:
-    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    # Fourteen wrong tokens from one address: answered at once here (the delay is
+    # tested in test_bad_tokens_are_logged_and_slowed_together_...).
+    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
+                                            "bad_token_max_delay": "0"}})
     api = api_of(relay)
     assert api.get("/healthz", token="") == (200, {
         "status": "ok",
-        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok"},
+        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok",
+                   "delivery": "ok"},
     })
     for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/queue"),
                          ("GET", f"/messages/{ids.new_id()}"), ("POST", "/queue/flush"),
@@ -292,7 +302,8 @@ def test_metrics_parse_and_count_what_was_sent(
     answer = api.ok("GET", "/status")
     assert answer["counters"] == {
         "received": count, "delivered": count, "deferred": 0, "bounced": 0, "rejected": 1,
-        "deleted": 0, "notices": 0, "auth_failed": 0, "connections": count + 1,
+        "deleted": 0, "notices": 0, "auth_failed": 0, "tls_failed": 0,
+        "connections": count + 1,
     }
     assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "total": 0,
                                "oldest_age_s": 0.0, "attempting": 0}
@@ -349,8 +360,15 @@ def test_message_history_shows_a_deferral_then_the_delivery(
     assert envelope["client"]["auth_user"] == "app1"
     assert envelope["client"]["auth_method"] == "PLAIN"
     assert envelope["client"]["tls"].startswith("TLSv1.")
-    assert envelope["recipients"][0]["address"] == rcpt
-    assert envelope["recipients"][0]["state"] == "delivered"
+    # The envelope as accepted, brought up to date from the log: no stale "active",
+    # "attempts: 0" or "last_reply: null" once the message was delivered.
+    assert envelope["state"] == "delivered"
+    assert envelope["next_attempt"] is None
+    assert envelope["attempts"] == 2
+    assert envelope["recipients"] == [{
+        "address": rcpt, "state": "delivered", "params": {}, "attempts": 2,
+        "last_reply": "250 2.0.0 Ok: queued by sink",
+        "last_relay": f"mx1.dest.test[{MX1}]:{sink.port}"}]
     events = answer["events"]
     kinds = [e["event"] for e in events]
     assert kinds[:3] == ["client", "message-id", "queued"]
@@ -486,3 +504,168 @@ def test_queue_operations_refuse_malformed_requests(
     for action in ("hold", "release", "delete", "bounce", "flush"):
         assert api.ok("POST", f"/queue/{action}", {"qids": [missing]})["results"] == {
             missing: "not-found"}
+
+
+# --- hostile and malformed requests ----------------------------------------------------------
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is on a new connection; (status, headers, body) of the answer."""
+    with socket.create_connection((LOOPBACK, port), timeout=30) as s:
+        # Answered and closed before reading it all: the answer is still there. (No
+        # half-close: aiohttp drops the connection on EOF, a delayed 401 with it.)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(data)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def request_bytes(method: str, path: str, *, token: bytes | None = None, body: bytes = b"",
+                  extra: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n".encode()
+    if token is not None:
+        head += b"Authorization: Bearer " + token + b"\r\n"
+    if body:
+        head += b"Content-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n".encode() + extra
+    return head + b"\r\n" + body
+
+
+def test_malformed_requests_get_a_4xx_and_one_log_line_each(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    port = api_of(relay).port
+    token = TOKEN.encode()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    cases: list[tuple[str, bytes, set[int], str]] = [
+        ("non-UTF-8 token", request_bytes("GET", "/status", token=b"\xff\xfe\x80tok"), {401},
+         "bad bearer token (GET /status; 1 recent failure"),
+        ("100,000-deep JSON", request_bytes("POST", "/queue/hold", token=token, body=deep),
+         {400}, "HTTP POST /queue/hold: 400 the body is nested too deeply"),
+        ("body over 1 MiB", request_bytes("POST", "/queue/hold", token=token,
+                                          body=b" " * (1024 * 1024 + 1)),
+         {413}, "HTTP POST /queue/hold: 413 the body is larger than 1048576 bytes"),
+        ("oversized header", request_bytes("GET", "/status", token=token,
+                                           extra=b"X-Big: " + b"a" * 20_000 + b"\r\n"),
+         {400, 431}, "malformed HTTP request (400 Got more than 8190 bytes"),
+        ("garbage request line", b"GARBAGE\r\n\r\n", {400},
+         "malformed HTTP request (400 Invalid method"),
+        ("control bytes in the request line", b"GET /a\x1b[2J\x00 HTTP/1.1\r\n\r\n", {400},
+         "malformed HTTP request (400 "),
+        ("TLS to the plain port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(60),
+         {400}, "malformed HTTP request (400 "),
+        ("not HTTP/1.x", b"GET / HTTP/9.9\r\n\r\n", {400}, "malformed HTTP request (400 "),
+    ]
+    for name, data, statuses, expected in cases:
+        before = len(relay.log())
+        status, headers, body = raw_request(port, data)
+        assert status in statuses, (name, status, body[:200])
+        if status in (401, 400, 413) and headers.get("content-type", "").startswith(
+                "application/json"):
+            error = json.loads(body)["error"]
+            assert set(error) == {"code", "message"}, (name, error)
+        if status == 401:
+            assert headers["www-authenticate"].startswith("Bearer"), name
+            assert json.loads(body)["error"]["code"] == "unauthorized"
+        new = relay.log()[before:].splitlines()
+        assert len(new) == 1, (name, new)
+        assert expected in new[0], (name, new[0])
+        assert f"unknown[{LOOPBACK}]" in new[0], (name, new[0])
+        assert "\x1b" not in new[0] and "\x00" not in new[0], (name, new[0])
+    log = relay.log()
+    assert "Traceback" not in log and "error:" not in log, log
+    assert "\\x1b" in log  # the control bytes were written escaped
+    assert api_of(relay).get("/status")[0] == 200  # and the endpoint still serves
+
+
+def test_bad_tokens_are_logged_and_slowed_together_and_valid_ones_are_not(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    assert api.get("/status", token="")[0] == 401  # no token at all: no guess, no line
+    assert "bad bearer token" not in relay.log()
+
+    # Four wrong guesses at once from one address: they share its failure count, so
+    # their delays grow one after the other (0.5, 1, 2 and 4 s).
+    answers: dict[int, tuple[int, Any]] = {}
+    finished: list[int] = []
+
+    def guess(n: int) -> None:
+        answers[n] = api.get("/status", token=f"guess-{n}")
+        finished.append(n)
+
+    guesses = [threading.Thread(target=guess, args=(n,)) for n in range(4)]
+    for thread in guesses:
+        thread.start()
+    wait_until(lambda: relay.log().count("bad bearer token") == 4, 30, "four log lines")
+    lines = [line for line in relay.log().splitlines() if "bad bearer token" in line]
+    assert sorted(re.findall(r"; (\d+) recent failures?, answered after ([\d.]+)s", "\n".join(
+        lines))) == [("1", "0.5"), ("2", "1"), ("3", "2"), ("4", "4")], lines
+    for line in lines:
+        assert re.search(r"smtprelay/http\[\d+\]: warning: unknown\[127\.0\.0\.1\]: "
+                         r"bad bearer token \(GET /status;", line), line
+    # Meanwhile a valid token from the same address is served at once: before the
+    # guess that waits 4 s has its answer.
+    assert api.get("/status")[0] == 200
+    assert len(finished) < 4
+    for thread in guesses:
+        thread.join(timeout=60)
+    assert sorted(answers) == [0, 1, 2, 3]
+    for status, answer in answers.values():
+        assert (status, answer["error"]["code"]) == (401, "unauthorized")
+    assert "Traceback" not in relay.log()
+
+
+def test_fail2ban_filter_matches_wrong_tokens_and_in_aggressive_mode_malformed_requests(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    tool("fail2ban-regex", "fail2ban")
+    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
+                                            "bad_token_max_delay": "0"}})
+    api = api_of(relay)
+    for n in range(3):
+        assert api.get("/status", token=f"guess-{n}")[0] == 401
+    assert api.get("/status")[0] == 200
+    assert api.get("/no-such-path")[0] == 404  # a valid token's mistake: never matched
+    assert raw_request(api.port, b"GARBAGE\r\n\r\n")[0] == 400
+    assert relay.stop() == 0
+
+    hosts, counts, report = fail2ban_regex(relay.log_path, str(HTTP_FILTER))
+    assert hosts == [LOOPBACK] * 3 and counts["matched"] == 3, report
+    hosts, counts, report = fail2ban_regex(relay.log_path, f"{HTTP_FILTER}[mode=aggressive]")
+    assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
+    assert "HTTP GET /no-such-path: 404" in report.split("Missed line(s):", 1)[1], report
+
+
+def test_one_address_cannot_hold_every_http_connection(
+    make_daemon: Callable[..., Daemon], tokens_file: Path
+) -> None:
+    relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    api = api_of(relay)
+    held = [socket.create_connection((LOOPBACK, api.port), timeout=30)
+            for _ in range(PER_ADDRESS)]
+    try:
+        # The connections were accepted in order: the next one is over the bound and
+        # answered at once, before it sends anything.
+        status, headers, body = raw_request(api.port, b"")
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert json.loads(body)["error"]["code"] == "busy"
+        refused = [line for line in relay.log().splitlines() if "connection refused" in line]
+        assert len(refused) == 1, refused
+        assert f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from " \
+            "this address" in refused[0]
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: api.get("/status")[0] == 200, 30, "a slot after the others closed")
+    assert "Traceback" not in relay.log()

@@ -38,7 +38,20 @@ HELO = "client.test"
 SENDER = "app@example.com"
 RECIPIENT = "bob@example.net"
 SWAKS = shutil.which("swaks")
-needs_swaks = pytest.mark.skipif(SWAKS is None, reason="swaks is not installed")
+
+
+def _swaks_has_tls() -> bool:
+    # Debian's swaks only recommends the Perl modules it needs for --tls / --tlsc.
+    return SWAKS is not None and subprocess.run(
+        ["perl", "-MNet::SSLeay", "-MIO::Socket::SSL", "-e1"], capture_output=True,
+    ).returncode == 0
+
+
+needs_swaks = pytest.mark.skipif(
+    not _swaks_has_tls(),
+    reason="swaks with TLS support is not installed "
+           "(apt-get install swaks libnet-ssleay-perl libio-socket-ssl-perl; make deps does it)",
+)
 QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([A-Za-z0-9]+)$")
 # A reply line with an RFC 3463 enhanced status code whose class matches the basic code.
 ENHANCED = re.compile(r"^([245])\d\d[ -]([245])\.\d{1,3}\.\d{1,3} ")
@@ -348,7 +361,8 @@ def test_implicit_tls_port(relay: Daemon) -> None:
     assert rest.endswith(message)
     assert b" with ESMTPSA id " + qid.encode() in received
     assert re.search(rb"\(using TLSv1\.[23] with cipher \S+", received), received
-    assert b"(Authenticated sender: app1)" in received
+    # The login name stays out of the message ([auth] authenticated_header = false).
+    assert b"Authenticated sender" not in received and b"app1" not in received
     assert relay.envelope(qid)["client"]["tls"].startswith("TLSv1.")
 
 

@@ -107,6 +107,8 @@ def test_unit_settings() -> None:
     assert one["KillMode"] == "mixed"
     assert one["User"] not in ("", "root")
     assert one["StateDirectory"] == "smtprelay"
+    # The local submission socket's directory, reachable by every user (cron, www-data).
+    assert (one["RuntimeDirectory"], one["RuntimeDirectoryMode"]) == ("smtprelay", "0755")
     assert one["WorkingDirectory"] == "/var/lib/smtprelay"
     assert one["ConfigurationDirectory"] == "smtprelay"
     assert one["UMask"] == "0027"
@@ -151,8 +153,14 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
 # --- fail2ban ---------------------------------------------------------------------------
 
 
+# The user name ends the failure line, Postfix-style: text from the client, which must
+# not make the filter ban the address it names.
+FORGED_USER = "x: warning: unknown[192.0.2.66]: SASL PLAIN authentication failed: x"
+
+
 def failed_auth_session(daemon: Daemon) -> None:
-    """A relay probe, two failed AUTHs (PLAIN, LOGIN), then a good AUTH and a message."""
+    """A relay probe, three failed AUTHs (PLAIN, LOGIN, and PLAIN with a user name that
+    forges another host's failure), then a good AUTH and a message."""
     context = ssl.create_default_context(cafile=str(daemon.ca_file))
     with smtplib.SMTP(LOOPBACK, daemon.port, local_hostname="client.test", timeout=15) as client:
         client.starttls(context=context)
@@ -167,6 +175,9 @@ def failed_auth_session(daemon: Daemon) -> None:
         client.user = "nobody"
         with pytest.raises(smtplib.SMTPAuthenticationError):
             client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+        client.user = FORGED_USER
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.auth("PLAIN", client.auth_plain)
         client.user, client.password = USER, PASSWORD
         assert client.auth("PLAIN", client.auth_plain)[0] == 235
         client.sendmail(SENDER, [RECIPIENT], b"Subject: ok\r\n\r\nbody\r\n")
@@ -194,12 +205,14 @@ def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> No
     daemon = make_daemon(overrides=UNTRUSTED, users={USER: PASSWORD})
     failed_auth_session(daemon)
     log = daemon.log()
-    assert log.count("authentication failed") == 2, log
-    assert f"sasl_username={USER}" in log and "Relay access denied" in log, log
+    assert log.count("authentication failure, sasl_username=") == 3, log
+    for name in (USER, "nobody", FORGED_USER):
+        assert f"authentication failure, sasl_username={name}\n" in log, log
+    assert "Relay access denied" in log, log
 
     hosts, counts, report = fail2ban_regex(daemon.log_path, str(FILTER))
-    assert hosts == [LOOPBACK, LOOPBACK], report
-    assert counts["matched"] == 2 and counts["missed"] == counts["lines"] - 2, report
+    assert hosts == [LOOPBACK] * 3, report
+    assert counts["matched"] == 3 and counts["missed"] == counts["lines"] - 3, report
     # Every line's RFC 3339 timestamp was recognised by the filter's datepattern.
     assert re.search(rf"\[{counts['lines']}\] \{{\^LN-BEG\}}Year-Month-DayT", report), report
     # The good AUTH and the relay probe are among the lines that did not match.
@@ -207,7 +220,7 @@ def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> No
     assert f"sasl_username={USER}" in missed and "Relay access denied" in missed, report
 
     hosts, counts, report = fail2ban_regex(daemon.log_path, f"{FILTER}[mode=aggressive]")
-    assert hosts == [LOOPBACK] * 3 and counts["matched"] == 3, report
+    assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
 
 
 def test_fail2ban_filter_on_journal_lines(
@@ -229,7 +242,7 @@ def test_fail2ban_filter_on_journal_lines(
     journal.write_text("".join(f"{host} smtprelay[{pid}]: {line}\n" for line in lines))
 
     hosts, counts, report = fail2ban_regex(journal, str(FILTER))
-    assert hosts == [LOOPBACK, LOOPBACK] and counts["matched"] == 2, report
+    assert hosts == [LOOPBACK] * 3 and counts["matched"] == 3, report
 
 
 def test_fail2ban_jail_example_loads(tmp_path: Path) -> None:

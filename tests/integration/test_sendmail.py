@@ -218,7 +218,8 @@ def fake_relay(tmp_path: Path, make_sink: Callable[..., Sink]) -> tuple[Sink, Pa
     """A scriptable sink standing in for the daemon at [server] listen."""
     sink = make_sink(MX2)
     config = tmp_path / "fake.toml"
-    write_config(config, {"server": {"hostname": "relay.test",
+    # local_socket = "": the command's TCP path, to [server] listen.
+    write_config(config, {"server": {"hostname": "relay.test", "local_socket": "",
                                      "listen": [f"{MX2}:{sink.port}"]}})
     return sink, config
 
@@ -256,7 +257,7 @@ def test_wildcard_listen_address_is_reached_on_loopback(
     """``listen = ["0.0.0.0:PORT"]``: the command connects to 127.0.0.1:PORT."""
     sink = make_sink(LOOPBACK, port=free_port())
     config = tmp_path / "wild.toml"
-    write_config(config, {"server": {"hostname": "relay.test",
+    write_config(config, {"server": {"hostname": "relay.test", "local_socket": "",
                                      "listen": [f"0.0.0.0:{sink.port}"]}})
     result = shell(pipe("Subject: w\n\nx\n", "bob@dest.test"), config)
     assert (result.returncode, result.stderr) == (0, "")

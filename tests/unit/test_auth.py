@@ -14,8 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtprelay import config
 from smtprelay.inbound import auth
 from smtprelay.inbound.auth import Authenticator, UsersFileError, read_users, write_users
+from smtprelay.inbound.authlimit import Throttle
+from smtprelay.inbound.server import InboundServer, build_intake, users
+from smtprelay.spool import Spool
 
 IP = "192.0.2.9"
 
@@ -26,6 +30,17 @@ def fast_hash(password: str) -> bytes:
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
+
+
+def make(path: Path) -> Authenticator:
+    """An authenticator whose failure penalty passes at once (on its own clock): these
+    tests fail on purpose, and the slow-down has its own tests (test_authlimit.py)."""
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    return Authenticator(path, throttle=Throttle(clock=lambda: clock[0], sleep=sleep))
 
 
 # --- the users file --------------------------------------------------------------------
@@ -44,7 +59,7 @@ def test_read_users_parses_htpasswd_output(tmp_path: Path) -> None:
     assert users["app1"].startswith(b"$2y$04$")
 
     async def check() -> tuple[bool, bool]:
-        a = Authenticator(path)
+        a = make(path)
         return await a.verify(IP, "app1", b"s3cret pw"), await a.verify(IP, "app1", b"wrong")
 
     assert run(check()) == (True, False)
@@ -151,7 +166,7 @@ def test_verify_right_wrong_unknown(tmp_path: Path) -> None:
     _write(path, {"alice": "right", "bob": "other"})
 
     async def check() -> list[bool]:
-        a = Authenticator(path)
+        a = make(path)
         return [
             await a.verify(IP, "alice", b"right"),
             await a.verify(IP, "alice", b"wrong"),
@@ -167,7 +182,7 @@ def test_verify_right_wrong_unknown(tmp_path: Path) -> None:
 
 def test_has_users(tmp_path: Path) -> None:
     path = tmp_path / "users"
-    a = Authenticator(path)
+    a = make(path)
     a.refresh()
     assert not a.has_users
     _write(path, {"alice": "pw"})
@@ -175,72 +190,12 @@ def test_has_users(tmp_path: Path) -> None:
     assert a.has_users
 
 
-def test_penalty_grows_and_resets(tmp_path: Path) -> None:
-    path = tmp_path / "users"
-    _write(path, {"alice": "right"})
-
-    async def check() -> list[float]:
-        a = Authenticator(path, max_delay=10.0)
-        seen = [a.penalty(IP)]
-        for _ in range(3):
-            await a.verify(IP, "alice", b"wrong")
-            seen.append(a.penalty(IP))
-        await a.verify(IP, "nobody", b"x")
-        seen.append(a.penalty(IP))
-        seen.append(a.penalty("198.51.100.1"))  # another client is not slowed down
-        await a.verify(IP, "alice", b"right")
-        seen.append(a.penalty(IP))
-        return seen
-
-    seen = run(check())
-    assert seen[0] == 0
-    assert seen[1] > 0
-    assert seen[1] < seen[2] < seen[3] < seen[4]
-    assert seen[5] == 0
-    assert seen[6] == 0
-
-
-def test_penalty_is_capped(tmp_path: Path) -> None:
-    path = tmp_path / "users"
-    _write(path, {"alice": "right"})
-
-    async def check() -> float:
-        a = Authenticator(path, max_delay=2.0)
-        for _ in range(50):
-            await a.verify(IP, "nobody", b"x")
-        return a.penalty(IP)
-
-    assert run(check()) == 2.0
-
-
-def test_penalty_forgotten_after_quiet_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "users"
-    _write(path, {"alice": "right"})
-    clock = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
-
-    async def check() -> tuple[float, float, float]:
-        a = Authenticator(path, failure_memory=900.0)
-        await a.verify(IP, "nobody", b"x")
-        await a.verify(IP, "nobody", b"x")
-        before = a.penalty(IP)
-        clock[0] += 899
-        still = a.penalty(IP)
-        clock[0] += 2
-        return before, still, a.penalty(IP)
-
-    before, still, after = run(check())
-    assert before > 0 and still == before and after == 0
-
-
 def test_file_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "users"
     _write(path, {"alice": "old"})
 
     async def check() -> list[bool]:
-        a = Authenticator(path)
+        a = make(path)
         seen = [await a.verify(IP, "alice", b"old"), await a.verify(IP, "bob", b"pw")]
         _write(path, {"alice": "old", "bob": "pw"}, bump=10_000_000)  # a user added
         seen.append(await a.verify(IP, "bob", b"pw"))
@@ -263,7 +218,7 @@ def test_file_reread_after_same_size_same_mtime_replacement(tmp_path: Path) -> N
     old = os.stat(path)
 
     async def check() -> tuple[bool, bool]:
-        a = Authenticator(path)
+        a = make(path)
         assert await a.verify(IP, "alice", b"old-password")
         _write(path, {"alice": "new-password"})
         new = os.stat(path)
@@ -279,7 +234,7 @@ def test_broken_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "users"
     path.write_text("alice\n")
     with pytest.raises(UsersFileError, match="line 1"):
-        run(Authenticator(path).verify(IP, "alice", b"x"))
+        run(make(path).verify(IP, "alice", b"x"))
 
 
 def test_memo_skips_bcrypt_for_repeat_success(
@@ -289,7 +244,7 @@ def test_memo_skips_bcrypt_for_repeat_success(
     _write(path, {"alice": "right"})
 
     async def check() -> tuple[bool, bool, bool]:
-        a = Authenticator(path)
+        a = make(path)
         first = await a.verify(IP, "alice", b"right")
 
         def no_bcrypt(*args: object) -> bool:
@@ -309,7 +264,7 @@ def test_memo_does_not_accept_wrong_password_after_right(tmp_path: Path) -> None
     _write(path, {"alice": "right", "bob": "bobpw"})
 
     async def check() -> list[bool]:
-        a = Authenticator(path)
+        a = make(path)
         return [
             await a.verify(IP, "alice", b"right"),
             await a.verify(IP, "alice", b"wrong"),
@@ -327,7 +282,7 @@ def test_changed_hash_voids_memo(tmp_path: Path) -> None:
     _write(path, {"alice": "old"})
 
     async def check() -> tuple[bool, bool, bool]:
-        a = Authenticator(path)
+        a = make(path)
         first = await a.verify(IP, "alice", b"old")
         _write(path, {"alice": "new"}, bump=50_000_000)
         return first, await a.verify(IP, "alice", b"old"), await a.verify(IP, "alice", b"new")
@@ -340,9 +295,169 @@ def test_user_removed_voids_memo(tmp_path: Path) -> None:
     _write(path, {"alice": "pw", "bob": "x"})
 
     async def check() -> tuple[bool, bool]:
-        a = Authenticator(path)
+        a = make(path)
         first = await a.verify(IP, "alice", b"pw")
         _write(path, {"bob": "x"}, bump=50_000_000)
         return first, await a.verify(IP, "alice", b"pw")
 
     assert run(check()) == (True, False)
+
+
+# --- unknown users cost the same; long passwords ----------------------------------------
+
+
+def test_unknown_user_is_checked_against_a_hash_of_the_files_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "users"
+    write_users(path, {
+        "alice": bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=5)),
+        "bob": bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=5)),
+        "carol": bcrypt.hashpw(b"c", bcrypt.gensalt(rounds=4)),
+    })
+    calls: list[tuple[bytes, bytes]] = []
+    real = bcrypt.checkpw
+
+    def recording(password: bytes, hashed: bytes) -> bool:
+        calls.append((password, hashed))
+        return real(password, hashed)
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+
+    async def check() -> list[bool]:
+        a = make(path)
+        return [await a.verify(IP, "nobody", b"a"), await a.verify(IP, "alice", b"x"),
+                await a.verify(IP, "nobody", b"x" * 100)]
+
+    assert run(check()) == [False, False, False]
+    assert [len(p) for p, _ in calls] == [1, 1, 72]
+    unknown, known, long_unknown = (h for _, h in calls)
+    assert known == read_users(path)["alice"]
+    # the most common cost in the file (5), a hash of nobody's
+    assert unknown.startswith(b"$2b$05$") and long_unknown == unknown
+    assert unknown not in read_users(path).values()
+
+
+@pytest.mark.parametrize(("costs", "expected"), [
+    ([], auth.HASH_ROUNDS), ([4], 4), ([4, 6, 6], 6), ([4, 4, 6], 4), ([5, 7], 7),
+])
+def test_dummy_hash_cost(costs: list[int], expected: int) -> None:
+    users = {f"u{n}": f"$2y${cost:02d}${'a' * 53}".encode() for n, cost in enumerate(costs)}
+    dummy = auth.dummy_hash(users)
+    assert dummy.startswith(f"$2b${expected:02d}$".encode())
+    assert not bcrypt.checkpw(b"", auth.dummy_hash({"x": fast_hash("y")}))
+
+
+@pytest.mark.parametrize("cost", ["03", "32", "99", "00"])
+def test_read_users_rejects_costs_bcrypt_refuses(tmp_path: Path, cost: str) -> None:
+    path = tmp_path / "users"
+    path.write_text(f"alice:$2y${cost}${'a' * 53}\n")
+    with pytest.raises(UsersFileError, match=f"line 1: bcrypt cost {cost}"):
+        read_users(path)
+
+
+LONG = ("long-password-" * 8)[:100]  # 100 bytes: bcrypt uses the first 72
+
+
+@pytest.mark.skipif(shutil.which("htpasswd") is None, reason="htpasswd (apache2-utils) missing")
+def test_htpasswd_hashes_the_first_72_bytes_and_so_do_we(tmp_path: Path) -> None:
+    out = subprocess.run(["htpasswd", "-nbB", "-C", "4", "long", LONG],
+                         check=True, capture_output=True, text=True).stdout
+    path = tmp_path / "users"
+    path.write_text(out)
+    path2 = tmp_path / "users2"
+    write_users(path2, {"long": auth.hash_password(LONG)})
+
+    async def check(p: Path) -> list[bool]:
+        a = make(p)
+        return [
+            await a.verify(IP, "long", LONG.encode()),
+            await a.verify(IP, "long", LONG[:72].encode()),  # what bcrypt sees
+            await a.verify(IP, "long", LONG[:72].encode() + b"anything"),
+            await a.verify(IP, "long", LONG[:71].encode()),
+            await a.verify(IP, "long", LONG[:71].encode() + b"X" + LONG[72:].encode()),
+            await a.verify(IP, "nobody", LONG.encode()),
+        ]
+
+    expected = [True, True, True, False, False, False]
+    assert run(check(path)) == expected
+    assert run(check(path2)) == expected
+
+
+def test_hash_password_of_a_long_password() -> None:
+    hashed = auth.hash_password(LONG)  # bcrypt 5 alone raises ValueError here
+    assert bcrypt.checkpw(LONG[:72].encode(), hashed)
+    assert auth.password_truncated(LONG) and not auth.password_truncated(LONG[:72])
+    assert auth.password_truncated("é" * 37)  # bytes count, not characters
+
+
+def test_inherit_keeps_the_failure_record_and_the_pool(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    _write(path, {"alice": "right"})
+
+    async def check() -> tuple[int, int]:
+        old = make(path)
+        await old.verify(IP, "alice", b"wrong")
+        await old.verify(IP, "alice", b"right")
+        await old.verify(IP, "alice", b"wrong")
+        new = Authenticator(path)
+        new.inherit(old)
+        assert new.pool is old.pool
+        return new.throttle.failures(IP), len(new._memo)
+
+    assert run(check()) == (1, 1)
+
+
+def test_reload_hands_the_record_to_the_new_authenticator(tmp_path: Path) -> None:
+    """InboundServer.apply (SIGHUP): a reload must not wipe a guessing client's penalty."""
+    path = tmp_path / "users"
+    _write(path, {"alice": "right"})
+    raw = {"server": {"hostname": "relay.test"}, "spool": {"dir": str(tmp_path / "spool")},
+           "auth": {"users_file": str(path)}}
+
+    async def check() -> tuple[Authenticator, Authenticator, bool, bool]:
+        before = config.parse(raw)
+        old = users(before)
+        assert old is not None
+        await old.verify(IP, "alice", b"wrong")
+        spool = Spool(tmp_path / "spool")
+        try:
+            intake = build_intake(before, spool, old, None)
+            inbound = InboundServer(before, intake, None)  # type: ignore[arg-type]
+            header_before = intake.authenticated_header
+            inbound.apply(config.parse({**raw, "auth": {**raw["auth"],
+                                                        "authenticated_header": True}}),
+                          users(before))
+            assert intake.authenticator is not None
+            return old, intake.authenticator, header_before, intake.authenticated_header
+        finally:
+            spool.close()
+
+    old, new, header_before, header_after = run(check())
+    assert new is not old and new.throttle is old.throttle and new.pool is old.pool
+    assert new.throttle.failures(IP) == 1
+    assert (header_before, header_after) == (False, True)
+
+
+def test_parallel_first_logins_of_one_client_pay_bcrypt_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application opening five connections at once: its checks take turns, and the
+    ones after the first find the password already checked."""
+    path = tmp_path / "users"
+    _write(path, {"alice": "right"})
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def recording(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+
+    async def check() -> list[bool]:
+        a = make(path)
+        return list(await asyncio.gather(*(a.verify(IP, "alice", b"right") for _ in range(5))))
+
+    assert run(check()) == [True] * 5
+    assert calls == [b"right"]

@@ -140,6 +140,21 @@ def test_user_add_list_del(conf: Path, tmp_path: Path) -> None:
     assert smtprelay("user", "list", "-c", str(conf)).stdout == ""
 
 
+def test_user_add_long_password(conf: Path, tmp_path: Path) -> None:
+    """bcrypt uses 72 bytes; like htpasswd -B, the hash is of the first 72, with a note."""
+    long = ("0123456789" * 10)[:100]
+    added = smtprelay("user", "add", "app1", "-c", str(conf), stdin=long + "\n")
+    assert added.returncode == 0, added.stderr
+    assert "Traceback" not in added.stderr
+    assert added.stderr == "smtprelay: note: only the first 72 bytes of the password count " \
+                           "(bcrypt; htpasswd -B does the same)\n"
+    hashed = read_users(tmp_path / "users")["app1"]
+    assert bcrypt.checkpw(long[:72].encode(), hashed)
+    assert not bcrypt.checkpw(long[:71].encode(), hashed)
+    short = smtprelay("user", "add", "app2", "-c", str(conf), stdin=long[:72] + "\n")
+    assert short.returncode == 0 and short.stderr == ""
+
+
 def test_user_add_keeps_other_users(conf: Path, tmp_path: Path) -> None:
     users_file = tmp_path / "users"
     users_file.write_text("zed:" + bcrypt.hashpw(b"z", bcrypt.gensalt(4)).decode() + "\n")

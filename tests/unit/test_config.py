@@ -40,6 +40,7 @@ def test_defaults_from_empty_dict() -> None:
     assert s.tls.min_version == "TLSv1.2"
     assert s.tls.cert_file == "" and s.tls.key_file == ""
     assert s.auth.users_file == "" and s.auth.allow_plaintext is False
+    assert s.auth.authenticated_header is False
     assert s.relay.trusted_networks == (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
@@ -119,6 +120,7 @@ def test_bad_duration() -> None:
         ({"server": {"timeout": "0s"}}, "[server] timeout:"),
         ({"server": 5}, "[server]"),
         ({"auth": {"allow_plaintext": "sometimes"}}, "[auth] allow_plaintext:"),
+        ({"auth": {"authenticated_header": "no"}}, "[auth] authenticated_header:"),
         ({"relay": {"trusted_networks": ["10.0.0.0/33"]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"trusted_networks": ["not-a-net"]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"trusted_networks": [10]}}, "[relay] trusted_networks[0]:"),
@@ -155,10 +157,23 @@ def test_value_with_colon_still_names_the_key() -> None:
         ({"delivery": {"nameservers": ["dns.example:53"]}}, "[delivery] nameservers[0]:"),
         ({"delivery": {"tls": "maybe"}}, "[delivery] tls: 'maybe'"),
         ({"delivery": {"port": 0}}, "[delivery] port:"),
+        ({"delivery": {"line_length_limit": -1}},
+         "[delivery] line_length_limit: -1 is neither 0 (off) nor at least 78 octets"),
+        ({"delivery": {"line_length_limit": 77}},
+         "[delivery] line_length_limit: 77 is neither 0 (off) nor at least 78 octets"),
+        ({"delivery": {"line_length_limit": "998"}}, "[delivery] line_length_limit:"),
+        ({"delivery": {"line_length_limit": True}}, "[delivery] line_length_limit:"),
     ],
 )
 def test_delivery_errors_name_the_table_and_key(raw: dict[str, Any], expected: str) -> None:
     assert _error(raw).startswith(expected)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 998), (0, 0), (78, 78), (4096, 4096)])
+def test_line_length_limit(value: int | None, expected: int) -> None:
+    """Postfix's smtp_line_length_limit: 998 by default, 0 turns folding off."""
+    raw = {} if value is None else {"delivery": {"line_length_limit": value}}
+    assert config.parse(raw).delivery.line_length_limit == expected
 
 
 def test_bad_network_message_quotes_value() -> None:
@@ -258,6 +273,7 @@ _NON_DEFAULT = [
     {"delivery": {"mode": "smarthost", "port": 2525, "tls": "verify", "ca_file": "/ca.pem",
                   "nameservers": ["127.0.0.1:5353", "::1"], "concurrency": 3,
                   "retry_schedule": ["1m", "90s", "1h", 7], "max_queue_lifetime": "2d",
+                  "line_length_limit": 0,
                   "smarthost": {"hosts": ["smtp.example:587", "[2001:db8::1]:465"],
                                 "tls": "implicit", "username": "u", "password_file": "/p"},
                   "routes": {"Example.COM": "127.0.0.2:2525", "b\u00fccher.example": "[::1]:25"}}},

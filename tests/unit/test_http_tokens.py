@@ -38,3 +38,13 @@ def test_no_file_configured_accepts_nothing() -> None:
 def test_missing_file_at_start_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         TokenFile(tmp_path / "absent")
+
+
+def test_a_token_that_is_not_utf8_is_refused_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("tok-one\n")
+    tokens = TokenFile(path)
+    # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes.
+    presented = b"\xff\xfetok-one".decode("utf-8", "surrogateescape")
+    assert not tokens.check(presented)
+    assert tokens.check("tok-one")

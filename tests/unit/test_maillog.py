@@ -106,16 +106,29 @@ def test_text_examples_from_design(capture: Callable[..., io.StringIO]) -> None:
         f"smtprelay/smtpd[{PID}]: 4XJ7Q2M9ZK2: client=unknown[127.0.0.1]",
     ]
     auth_line = _lines(stream)[2]
-    assert auth_line.startswith(
-        f"smtprelay/smtpd[{PID}]: warning: unknown[192.0.2.9]: SASL LOGIN authentication failed"
+    # Postfix's own line (smtpd_sasl_glue.c), to the letter.
+    assert auth_line == (
+        f"smtprelay/smtpd[{PID}]: warning: unknown[192.0.2.9]: SASL LOGIN authentication "
+        "failed: authentication failure, sasl_username=app1"
     )
-    # The shape fail2ban's postfix filter (mode auth) looks for.
+    # The shape fail2ban's postfix filter (mode auth, fail2ban 0.11 and later) looks for.
     assert re.search(
-        r"warning: [-._\w]+\[(?P<host>[\d.]+)\]: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
-        r"authentication failed(:[ A-Za-z0-9+/:]*={0,2})?\s*$",
-        auth_line,
+        r"^[^[]*\[(?P<host>[\d.]+)\](?::\d+)?: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
+        r"authentication failed:(?! Connection lost to authentication server| Invalid "
+        r"authentication mechanism)",
+        auth_line.split(": ", 1)[1],
     ).group("host") == "192.0.2.9"  # type: ignore[union-attr]
-    assert "app1" not in auth_line  # fail2ban lines name the host, never the user
+
+
+def test_auth_failure_names_the_user_printably(capture: Callable[..., io.StringIO]) -> None:
+    stream = capture(maillog.TextFormatter(under_journald=True))
+    maillog.auth_failed("192.0.2.9", "PLAIN", "x\r\nwarning: unknown[10.0.0.1]: SASL \x1b\udcff")
+    maillog.auth_failed("192.0.2.9", "LOGIN", "u" * 300)
+    maillog.auth_failed("192.0.2.9", "LOGIN", None)
+    forged, long, absent = _lines(stream)
+    assert forged.endswith(", sasl_username=x??warning: unknown[10.0.0.1]: SASL ??")
+    assert long.endswith(", sasl_username=" + "u" * 100)  # Postfix's %.100s
+    assert absent.endswith(", sasl_username=(unavailable)")
 
 
 def test_plain_warning_gets_prefix(capture: Callable[..., io.StringIO]) -> None:
@@ -235,3 +248,17 @@ def test_setup_chooses_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
         for h in saved[0]:
             root.addHandler(h)
         root.setLevel(saved[1])
+
+
+def test_folded_lines_text_and_json(capture: Callable[..., io.StringIO]) -> None:
+    text = capture(maillog.TextFormatter(under_journald=True))
+    as_json = capture(maillog.JsonFormatter())
+    maillog.folded_lines("0123456789ABC", 3, 52311, 998)
+    [line] = _lines(text)
+    assert line.endswith(
+        f"smtprelay/smtp[{PID}]: 0123456789ABC: warning: folded 3 line(s) longer than 998 "
+        "octets (longest 52311) for delivery"
+    )
+    obj = json.loads(_lines(as_json)[0])
+    assert (obj["event"], obj["level"], obj["count"], obj["longest"], obj["limit"]) == (
+        "folded", "warning", 3, 52311, 998)

@@ -42,7 +42,7 @@ class Transport:
         self.delivered: list[str] = []
 
     async def deliver(self, route: Route, hops: Any, sender: str, addresses: list[str],
-                      *args: Any) -> list[RecipientOutcome]:
+                      *args: Any, **kwargs: Any) -> list[RecipientOutcome]:
         self.running[route.key] += 1
         self.most[route.key] = max(self.most[route.key], self.running[route.key])
         if route.key == "slow.test":

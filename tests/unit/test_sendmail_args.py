@@ -277,3 +277,14 @@ def test_bad_header_address() -> None:
     with pytest.raises(Failure) as error:
         prepare(b"To: <a\x01b@x.test>\n\nb\n", Options(extract_recipients=True), ME)
     assert error.value.code == EX_DATAERR
+
+
+def test_over_the_local_socket_the_relay_qualifies() -> None:
+    """Identity without a domain (the local socket): addresses stay as given, the
+    relay qualifies them with [server] origin and adds the Message-ID."""
+    me = Identity(login="www-data", full_name="", hostname=None)
+    prepared = prepare(b"To: root, a@x.test\n\nb\n", Options(extract_recipients=True), me)
+    assert prepared.sender == "www-data"
+    assert prepared.recipients == ("root", "a@x.test")
+    assert prepared.data.startswith(b"To: root, a@x.test\r\nFrom: www-data\r\nDate: ")
+    assert b"Message-ID" not in prepared.data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import maillog, stats
-from smtprelay.envelope import Client
+from smtprelay.envelope import Client, Recipient
 from smtprelay.replies import Reply
 from tests.unit.helpers import make_envelope
 
@@ -77,7 +78,7 @@ def test_counts_what_the_log_says(st: stats.Stats) -> None:
 
     assert st.counters() == {
         "received": 1, "delivered": 1, "deferred": 1, "bounced": 1, "rejected": 1,
-        "deleted": 0, "notices": 0, "auth_failed": 1, "connections": 1,
+        "deleted": 0, "notices": 0, "auth_failed": 1, "tls_failed": 0, "connections": 1,
     }
     found = samples(st)
     assert found[("smtprelay_messages_received_total", ())] == 1
@@ -260,3 +261,62 @@ def test_records_without_fields_are_ignored(st: stats.Stats) -> None:
     logging.getLogger(stats.MAIL_LOGGER).info("not a mail event")
     assert st.remembered == 0
     assert sum(st.counters().values()) == 0
+
+
+def test_settled_envelope_shows_each_recipients_final_state_attempts_and_reply(
+    st: stats.Stats,
+) -> None:
+    """/messages/{qid} after the message left the queue: the envelope as accepted
+    (before any attempt) brought up to date from the log."""
+    envelope = make_envelope(QID, recipients=[
+        Recipient("a@x.test"), Recipient("b@x.test"), Recipient("c@x.test")])
+    st.note_queued(envelope)
+    receive(QID, 3)
+    expired = Reply(554, "5.4.7", "Delivery time expired; last error: 451 4.3.0 try later")
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    maillog.delivery(QID, "b@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    maillog.delivery(QID, "c@x.test", "none", 1.0, DELAYS, LATER, "deferred")
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 9.0, DELAYS, SENT, "sent")
+    maillog.delivery(QID, "b@x.test", "mx[192.0.2.8]:25", 9.0, DELAYS, REFUSED, "bounced")
+    maillog.delivery(QID, "c@x.test", "none", 9.0, DELAYS, LATER, "deferred")
+    # The relay's own verdict at the end of the lifetime is not an attempt.
+    maillog.delivery(QID, "c@x.test", "none", 9.0, (0.0, 0.0, 0.0, 0.0), expired, "bounced")
+
+    history = st.history(QID)
+    assert history is not None and history.envelope is not None
+    accepted = json.loads(history.envelope)
+    queued = history.settled(accepted)
+    assert queued["state"] == "active"  # still queued: only the recipients change
+    assert [r["state"] for r in queued["recipients"]] == ["delivered", "failed", "failed"]
+
+    maillog.removed(QID)
+    history = st.history(QID)
+    assert history is not None
+    shown = history.settled(accepted)
+    assert shown["state"] == "partly delivered"
+    assert shown["next_attempt"] is None
+    assert shown["attempts"] == 2
+    assert [(r["address"], r["state"], r["attempts"], r["last_reply"], r["last_relay"])
+            for r in shown["recipients"]] == [
+        ("a@x.test", "delivered", 2, "250 2.0.0 Ok", "mx[192.0.2.7]:25"),
+        ("b@x.test", "failed", 2, "550 5.1.1 no such user", "mx[192.0.2.8]:25"),
+        ("c@x.test", "failed", 2, str(expired), None),
+    ]
+    assert shown["sender"] == "app@example.com"
+    assert accepted["recipients"][0]["attempts"] == 0  # the input is left alone
+
+
+def test_settled_envelope_of_a_deleted_message_keeps_pending_recipients(
+    st: stats.Stats,
+) -> None:
+    envelope = make_envelope(QID, recipients=[Recipient("a@x.test")])
+    st.note_queued(envelope)
+    receive(QID)
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    maillog.deleted(QID)
+    history = st.history(QID)
+    assert history is not None and history.envelope is not None
+    shown = history.settled(json.loads(history.envelope))
+    assert shown["state"] == "deleted"
+    assert [(r["state"], r["attempts"], r["last_reply"]) for r in shown["recipients"]] == [
+        ("pending", 1, "451 4.3.0 try later")]
