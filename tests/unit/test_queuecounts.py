@@ -176,7 +176,7 @@ class Transport:
         self.started = asyncio.Event()
 
     async def deliver(
-        self, route: Route, hops: Any, sender: str, addresses: list[str], *args: Any
+        self, route: Route, hops: Any, sender: str, addresses: list[str], *args: Any, **kw: Any
     ) -> list[RecipientOutcome]:
         if route.key == "slow.test":
             self.started.set()
