@@ -11,21 +11,31 @@ then starts `smtprelay serve` and reports:
   its peak (VmHWM) over the observation window
   while the scheduler works through the queue (every message is attempted, the
   destination is marked dead, and each message is deferred and rewritten);
-* how many messages were deferred (rescheduled) during the window.
+* how many messages were deferred (rescheduled) during the window;
+* with the queue full: ``/status`` and ``/metrics`` latency (median and worst of
+  --requests each, right after READY) and, polled every 0.5 s through the window
+  while the scheduler works, the worst ``/healthz`` and ``/metrics`` latency and the
+  worst event-loop lag the daemon itself reported (``/status`` ``event_loop_lag_s``);
+* the time from SIGTERM to exit (killed, and said so, after --stop-timeout).
 
-Loopback only; bounded by --messages and --observe seconds. Usage:
+The figures are printed before the daemon is stopped, so a slow stop never hides them.
+Loopback only; bounded by --messages, --requests and --observe seconds. Usage:
     .venv/bin/python bench/queue_scale.py [--messages 100000] [--observe 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +90,46 @@ def rss_kb(pid: int, field: str) -> int:
     return total
 
 
+TOKEN = "queue-scale-bench-token"
+READY_TIMEOUT = 900.0
+
+
+def get(port: int, path: str, timeout: float = 120.0) -> tuple[float, bytes]:
+    """Seconds one GET took (a new connection each, as a scraper makes) and its body."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+    finally:
+        conn.close()
+    return time.monotonic() - started, body
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def drain(notify: socket.socket, ready: threading.Event) -> None:
+    """Read every datagram the daemon sends (READY=1, then a STATUS= heartbeat every 5 s)
+    until the socket is closed. A manager that stops reading fills the socket's queue
+    (net.unix.max_dgram_qlen, often 10 datagrams: under a minute of heartbeats), and the
+    daemon's next sd_notify then blocks -- its stop hung that way here, so this bench
+    once never printed its figures."""
+    while True:
+        try:
+            datagram = notify.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:  # closed: the bench is done
+            return
+        if b"READY=1" in datagram:
+            ready.set()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,6 +140,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--observe", type=float, default=30.0)
+    parser.add_argument("--requests", type=int, default=20,
+                        help="/status and /metrics requests each right after READY")
+    parser.add_argument("--stop-timeout", type=float, default=120.0)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="smtprelay-scale-"))
@@ -98,16 +151,23 @@ def main() -> None:
         print(f"filling {args.messages} messages into {spool} ...", flush=True)
         print(f"fill: {fill(spool, args.messages):.1f} s", flush=True)
         config = work / "smtprelay.toml"
+        tokens = work / "tokens"
+        tokens.write_text(TOKEN + "\n")
+        http_port = free_port()
         config.write_text(
             f'[server]\nhostname = "relay.bench"\nlisten = ["127.0.0.1:{free_port()}"]\n'
             f'[spool]\ndir = "{spool}"\n[log]\nlevel = "warning"\n'
+            f'[http]\nlisten = "127.0.0.1:{http_port}"\ntokens_file = "{tokens}"\n'
             f'[delivery]\nmode = "smarthost"\n'
             f'[delivery.smarthost]\nhosts = ["127.0.0.1:{free_port()}"]\ntls = "none"\n'
         )
         notify_path = work / "notify.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(str(notify_path))
-            notify.settimeout(120)
+            notify.settimeout(1.0)
+            is_ready = threading.Event()
+            reader = threading.Thread(target=drain, args=(notify, is_ready), daemon=True)
+            reader.start()
             started = time.monotonic()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "smtprelay", "serve", "-c", str(config)],
@@ -115,29 +175,63 @@ def main() -> None:
                 stdout=subprocess.DEVNULL, stderr=open(work / "log", "wb"),  # noqa: SIM115
             )
             try:
-                while b"READY=1" not in notify.recv(4096):
-                    pass
+                while not is_ready.wait(1.0):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the daemon exited with {proc.returncode}")
+                    if time.monotonic() - started > READY_TIMEOUT:
+                        raise RuntimeError(f"no READY=1 within {READY_TIMEOUT:.0f} s")
                 ready = time.monotonic() - started
                 rss_ready = rss_kb(proc.pid, "VmRSS")
+                status_times, metrics_times = [], []
+                for _ in range(args.requests):
+                    took, body = get(http_port, "/status")
+                    status_times.append(took)
+                    metrics_times.append(get(http_port, "/metrics")[0])
+                shown = json.loads(body)["queue"]
                 deadline = time.monotonic() + args.observe
                 peak = 0
+                worst = {"/healthz": 0.0, "/metrics": 0.0}
+                lag = 0.0
                 while time.monotonic() < deadline and proc.poll() is None:
                     peak = max(peak, rss_kb(proc.pid, "VmHWM"))
+                    for path in worst:
+                        worst[path] = max(worst[path], get(http_port, path)[0])
+                    lag = max(lag, json.loads(get(http_port, "/status")[1])["event_loop_lag_s"])
                     time.sleep(0.5)
                 rss_end = rss_kb(proc.pid, "VmRSS")
                 deferred = sum(
                     1 for p in (spool / "queue").glob("*.msg")
                     if b'"deferred"' in p.open("rb").readline()
                 )
+                print(f"messages queued:          {args.messages}")
+                print(f"start to READY=1:         {ready:.2f} s   (target < 60 s)")
+                print(f"RSS when ready:           {rss_ready / 1024:.0f} MB   "
+                      "(main + inbound workers)")
+                print(f"/status with queue full:  median {ms(statistics.median(status_times))}, "
+                      f"worst {ms(max(status_times))} of {args.requests}; it said "
+                      f"total={shown['total']} active={shown['active']} "
+                      f"deferred={shown['deferred']}")
+                print(f"/metrics with queue full: median {ms(statistics.median(metrics_times))}, "
+                      f"worst {ms(max(metrics_times))} of {args.requests}")
+                print(f"RSS peak over {args.observe:.0f} s:       {peak / 1024:.0f} MB   "
+                      "(target < 500 MB)")
+                print(f"RSS at the end:           {rss_end / 1024:.0f} MB")
+                print(f"worst in the window:      /healthz {ms(worst['/healthz'])}, "
+                      f"/metrics {ms(worst['/metrics'])}, event-loop lag {ms(lag)} "
+                      "(target < 100 ms)")
+                print(f"deferred in the window:   {deferred}", flush=True)
             finally:
+                stopping = time.monotonic()
                 proc.terminate()
-                proc.wait(30)
-        print(f"messages queued:          {args.messages}")
-        print(f"start to READY=1:         {ready:.2f} s   (target < 10 s)")
-        print(f"RSS when ready:           {rss_ready / 1024:.0f} MB   (main + inbound workers)")
-        print(f"RSS peak over {args.observe:.0f} s:       {peak / 1024:.0f} MB   (target < 300 MB)")
-        print(f"RSS at the end:           {rss_end / 1024:.0f} MB")
-        print(f"deferred in the window:   {deferred}")
+                try:
+                    proc.wait(args.stop_timeout)
+                    print(f"SIGTERM to exit:          {time.monotonic() - stopping:.2f} s "
+                          f"(exit code {proc.returncode})")
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    print(f"SIGTERM to exit:          did not exit within "
+                          f"{args.stop_timeout:.0f} s; killed")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from smtprelay.delivery.resolver import Resolver
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
-from smtprelay.envelope import Envelope, QueueState
+from smtprelay.envelope import Envelope
 from smtprelay.inbound import local
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
@@ -113,24 +112,20 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
-        recovered = recover(spool)
+        scheduler = build_scheduler(settings, spool)
+        recovered = recover(spool, scheduler.restore)
         log.info(
             "spool %s: %d message(s) queued, %d partial write(s) removed, %d quarantined",
             settings.spool.dir,
-            len(recovered.envelopes),
+            recovered.count,
             recovered.removed_partial,
             len(recovered.quarantined),
         )
-        scheduler = build_scheduler(settings, spool)
         on_queued: Callable[[Envelope, bytes], None] = scheduler.enqueue_new
         if stats is not None:
             on_queued = _remembering(stats, scheduler.enqueue_new)
             if scheduler.notices is not None:
                 scheduler.notices.enqueue = on_queued
-        for envelope in recovered.envelopes:
-            if envelope.state is not QueueState.HOLD:
-                scheduler.enqueue(envelope.qid, envelope.next_attempt)
-        del recovered
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
@@ -236,12 +231,10 @@ async def _heartbeat(listening: str, scheduler: Scheduler, inbound: Listeners) -
 
 async def _adopt_unknown(spool: Spool, scheduler: Scheduler) -> None:
     """After a worker died: a message it made durable but could not announce is in the
-    spool only. Schedule every queued file the scheduler does not know (a held one is
-    looked at and left alone)."""
+    spool only. Count and schedule every queued file the scheduler does not know (a held
+    one is counted and left alone)."""
     qids = await asyncio.get_running_loop().run_in_executor(None, spool.ids)
-    now = time.time()
-    for qid in qids:
-        scheduler.enqueue(qid, now)
+    await scheduler.adopt(qids)
 
 
 def _remembering(

@@ -33,6 +33,7 @@ from smtprelay.web.tokens import read_tokens
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT = 30.0
 BATCH = 10_000  # the API's most QIDs per request
+PAGE = 1000  # messages per GET /queue request while listing the whole queue
 STATES = ("active", "deferred", "hold")
 # Outcomes of an operator action that mean it did not happen (exit 1).
 FAILED_OUTCOMES = ("not-found",)
@@ -432,14 +433,35 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def fetch_queue(client: Client, state: str | None = None, domain: str | None = None,
+                limit: int | None = None) -> dict[str, Any]:
+    """``GET /queue`` page after page (each request bounded, so a large queue never
+    holds up the daemon), up to ``limit`` messages (None: all of them)."""
+    base = {k: v for k, v in (("state", state), ("domain", domain)) if v}
+    messages: list[dict[str, Any]] = []
+    after: str | None = None
+    total = 0
+    while limit is None or len(messages) < limit:
+        want = PAGE if limit is None else min(PAGE, limit - len(messages))
+        query = {**base, "limit": str(want), **({"after": after} if after else {})}
+        page = client.call("GET", "/queue?" + urllib.parse.urlencode(query))
+        if after is None:
+            total = int(page["total"])
+        messages += page["messages"]
+        after = page.get("next")
+        if not after:
+            break
+    return {"messages": messages, "total": total}
+
+
 def cmd_list(args: argparse.Namespace, settings: config.Settings) -> int:
-    query = {k: v for k, v in (("state", args.state), ("domain", args.domain)) if v}
-    path = "/queue" + ("?" + urllib.parse.urlencode(query) if query else "")
     try:
-        answer = Client(settings).call("GET", path)
+        answer = fetch_queue(Client(settings), args.state, args.domain, args.limit)
     except DaemonDown as e:
         _down_note(str(e))
         answer = spool_list(settings, args.state, args.domain)
+        if args.limit is not None:
+            answer["messages"] = answer["messages"][:args.limit]
     if args.json:
         _print_json(answer)
     else:
@@ -504,7 +526,7 @@ def cmd_delete(args: argparse.Namespace, settings: config.Settings) -> int:
     if not args.all:
         return _act(args, settings, "delete", _check_qids(args.qids))
     try:
-        qids = [m["qid"] for m in Client(settings).call("GET", "/queue")["messages"]]
+        qids = [m["qid"] for m in fetch_queue(Client(settings))["messages"]]
     except DaemonDown:
         spool = _spool(settings)
         try:
@@ -542,7 +564,7 @@ def cmd_trace(args: argparse.Namespace, settings: config.Settings) -> int:
             qids = _check_qids([args.qid])
         else:
             wanted = args.rcpt.strip().strip("<>").lower()
-            listing = client.call("GET", "/queue")
+            listing = fetch_queue(client)
             qids = [m["qid"] for m in listing["messages"]
                     if any(a.lower() == wanted for a in m["recipients"])]
             print(f"smtprelay: the HTTP API keeps histories by queue ID only: searched the "
@@ -578,6 +600,16 @@ def _guard(handler: Callable[[argparse.Namespace, config.Settings], int]
     return run
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``queue ...`` and ``trace`` to the command parser."""
     as_json = argparse.ArgumentParser(add_help=False)
@@ -589,6 +621,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", parents=parents, help="queued messages, like mailq")
     listing.add_argument("--state", choices=STATES)
     listing.add_argument("--domain", metavar="D", help="with a pending recipient in D")
+    listing.add_argument("--limit", metavar="N", type=_positive,
+                         help="only the N oldest (default: all, fetched 1000 at a time)")
     listing.set_defaults(handler=_guard(cmd_list))
     show = actions.add_parser("show", parents=parents,
                               help="envelope, recipients, history and headers of a message")

@@ -10,6 +10,12 @@
   destination with a long line of waiters gets further messages parked in a line of
   its own (QIDs only, out of the active set), each let go when one of its deliveries
   ends (fairness without re-reading a message every second while a backlog drains).
+  A message that falls due while its destination's line is full is parked at once,
+  its destinations known from the ledger, without reading it or starting an attempt:
+  a million messages for one dead smarthost are not a million spool reads.
+* The loop starts at most ``START_BATCH`` attempts and looks at most ``POP_BATCH``
+  due entries before letting other callbacks run (HTTP, health), so a queue falling
+  due all at once never blocks the event loop for long.
 * Dead destinations: after ``DEAD_AFTER`` consecutive attempts in which no host of a
   destination could be reached, it is skipped for ``COOL_OFF`` seconds and its mail
   deferred without a wasted connection attempt each.
@@ -20,6 +26,9 @@
   are serialized among themselves. A message under attempt is never touched: hold,
   delete and bounce of such a message are applied when its attempt ends (the answer
   says ``after-attempt``), so a delivery under way is never torn in half.
+* What is queued -- counts by state and destination, oldest arrival, listing order --
+  is kept in a :class:`~smtprelay.delivery.queuecounts.Ledger`, told after every spool
+  write and removal, so status pages never scan the spool.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from smtprelay.delivery import backoff
 from smtprelay.delivery.interfaces import Deliverer, NextHops
 from smtprelay.delivery.notices import Notices, Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.replies import Reply
@@ -53,6 +63,17 @@ DEAD_AFTER = 3
 COOL_OFF = 60.0
 # Waiters per destination slot before further messages for it are parked.
 PARK_AFTER = 4
+# Messages under attempt at once (reading, waiting for a slot, delivering, saving). Each
+# step of each is a callback of the event loop; with 2,000 a queue falling due at once
+# (a restart with a big queue) kept ~2,000 callbacks ready at a time and delayed the
+# loop by 0.5 s; 500 keeps it near 0.1 s. It stays well above `concurrency` (100) plus
+# one destination's line ((1 + PARK_AFTER) x per_destination_concurrency = 100), so a
+# backlog for one destination still cannot fill the active set.
+ACTIVE_LIMIT = 500
+# Per pass of the loop, before other callbacks get their turn: attempts started, and
+# due entries looked at (parked, or skipped as superseded).
+START_BATCH = 100
+POP_BATCH = 2000
 # Messages just received are kept in memory for their first attempt (no re-reading of
 # what was written a moment ago), up to this many bytes of message data in all.
 FRESH_BYTES = 64 * 1024 * 1024
@@ -94,7 +115,7 @@ class Scheduler:
         transport: Deliverer,
         settings: DeliverySettings,
         *,
-        active_limit: int = 2000,
+        active_limit: int = ACTIVE_LIMIT,
         clock: Callable[[], float] = time.time,
         notices: Notices | None = None,
     ) -> None:
@@ -126,6 +147,7 @@ class Scheduler:
         self._fresh_bytes = 0
         self._operator = asyncio.Lock()
         self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
+        self.ledger = Ledger()  # what the spool holds, for status pages and listings
 
     # --- reload -------------------------------------------------------------------
 
@@ -158,10 +180,39 @@ class Scheduler:
 
     def enqueue_new(self, envelope: Envelope, data: bytes) -> None:
         """A message the intake has just made durable: attempt it now, from memory."""
+        self.ledger.note(envelope)
         if envelope.qid in self._known:
             return
         self._keep_fresh(envelope, data)
         self.enqueue(envelope.qid, envelope.next_attempt)
+
+    def restore(self, envelope: Envelope) -> None:
+        """A message found in the spool (at start-up, one at a time as recovery reads
+        them, so no list of a million envelopes is ever held): count it, and schedule
+        it unless it is on hold."""
+        self.ledger.note(envelope)
+        if envelope.state is not QueueState.HOLD:
+            self.enqueue(envelope.qid, envelope.next_attempt)
+
+    async def adopt(self, qids: Iterable[str]) -> None:
+        """Messages in the spool that nobody announced (an inbound worker died between
+        making one durable and telling us): read the envelopes of those the ledger does
+        not know, count them, and schedule them unless held."""
+        loop = asyncio.get_running_loop()
+        for qid in qids:
+            if qid in self.ledger or qid in self._known:
+                continue
+            try:
+                envelope = await loop.run_in_executor(None, self.spool.load, qid)
+            except FileNotFoundError:
+                continue  # delivered and removed meanwhile
+            except (OSError, ValueError) as e:
+                log.error("%s: cannot read the envelope of an unannounced message: %s",
+                          qid, e)
+                continue
+            if qid in self.ledger:  # announced while we read it
+                continue
+            self.restore(envelope)
 
     def _keep_fresh(self, envelope: Envelope, data: bytes) -> None:
         if self._fresh_bytes + len(data) <= FRESH_BYTES:
@@ -183,19 +234,32 @@ class Scheduler:
     async def run(self) -> None:
         """Start attempts as they fall due; runs until cancelled."""
         loop = asyncio.get_running_loop()
+        limit = PARK_AFTER * self.settings.per_destination_concurrency
         while True:
             now = self.clock()
-            while self._heap and self._heap[0][0] <= now and len(self._active) < self.active_limit:
+            started = looked = 0
+            full = {key for key, count in self._waiting.items() if count >= limit}
+            while (self._heap and self._heap[0][0] <= now
+                   and len(self._active) < self.active_limit
+                   and started < START_BATCH and looked < POP_BATCH):
                 due, qid = heapq.heappop(self._heap)
+                looked += 1
                 if self._due.get(qid) != due:
                     continue  # superseded by a flush, or held or deleted meanwhile
                 del self._due[qid]
+                if full and self._park_unread(qid, full):
+                    continue
                 # Owned by the scheduler, not by this loop: an attempt outlives a stop of
                 # the loop by up to the grace of stop(), which awaits (or cancels) it.
                 # _attempt_safely lets no exception out.
                 task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
+                self.ledger.attempting(qid, True)
                 task.add_done_callback(functools.partial(self._finished, qid))
+                started += 1
+            if started >= START_BATCH or looked >= POP_BATCH:
+                await asyncio.sleep(0)  # more is due: let others run first
+                continue
             self._wakeup.clear()
             timeout = None
             if self._heap and len(self._active) < self.active_limit:
@@ -206,8 +270,25 @@ class Scheduler:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
 
+    def _park_unread(self, qid: str, full: set[str]) -> bool:
+        """Park ``qid`` if one of its destinations has a full line, as ``_attempt`` would
+        after reading it -- here from the ledger, without reading it."""
+        if qid in self._let_go:
+            return False  # its turn came: never parked twice
+        domains = self.ledger.domains(qid)
+        if not domains:
+            return False  # unknown here: the attempt reads it and decides
+        busy = next((key for key in (self.router.route(d).key for d in domains)
+                     if key in full), None)
+        if busy is None:
+            return False
+        self._parked[busy].append(qid)
+        self._parked_qids.add(qid)
+        return True
+
     def _finished(self, qid: str, _: object) -> None:
         self._active.pop(qid, None)
+        self.ledger.attempting(qid, False)
         self._wakeup.set()
 
     def _reschedule(self, qid: str, due: float) -> None:
@@ -249,9 +330,11 @@ class Scheduler:
                 envelope = await loop.run_in_executor(None, self.spool.load, qid)
             except FileNotFoundError:  # deleted by the operator meanwhile
                 self._known.discard(qid)
+                self.ledger.remove(qid)
                 return
         if envelope.state is QueueState.HOLD:
             self._known.discard(qid)  # released by an operator action, not by time
+            self.ledger.note(envelope)
             return
         activated = self.clock()
         groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
@@ -289,6 +372,7 @@ class Scheduler:
                 results += self._record(envelope, outcomes, activated)
                 if remaining:
                     await loop.run_in_executor(None, self.spool.update, envelope, data)
+                    self.ledger.note(envelope)
         await self._conclude(envelope, data, results)
 
     async def _deliver_group(
@@ -427,6 +511,7 @@ class Scheduler:
                 if self.notices is not None:
                     await self.notices.after_attempt(envelope, results, data, now)
                 await loop.run_in_executor(None, self.spool.update, envelope, data)
+                self.ledger.note(envelope)
                 self._reschedule(envelope.qid, envelope.next_attempt)
                 return
         if self.notices is not None:
@@ -434,6 +519,7 @@ class Scheduler:
         # An unlink, synced by the next commit's directory fsync: after a power loss in
         # between, a delivered message may come back and go out twice, never be lost.
         self.spool.discard(envelope.qid)
+        self.ledger.remove(envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)
 
@@ -496,14 +582,22 @@ class Scheduler:
         """Fail every pending recipient (550 5.0.0) and send the sender a failure notice."""
         return await self._each(qids, self._bounce)
 
-    async def snapshot(self) -> list[QueueEntry]:
-        """Every message in the spool, oldest first (reads each envelope line)."""
-        envelopes = await asyncio.get_running_loop().run_in_executor(None, self._scan)
-        return [QueueEntry(e, e.qid in self._active) for e in envelopes]
+    async def listing(
+        self, after: str | None, limit: int, state: str | None = None,
+        domain: str | None = None,
+    ) -> tuple[list[QueueEntry], str | None]:
+        """Up to ``limit`` queued messages after QID ``after``, oldest first, filtered
+        by state and by a pending recipient's domain, and the ``after`` of the next page
+        (None on the last). Reads only the envelopes of the messages listed."""
+        chosen = [qid for qid, _ in self.ledger.page(after, limit + 1, state, domain)]
+        following = chosen[limit - 1] if len(chosen) > limit else None
+        envelopes = await asyncio.get_running_loop().run_in_executor(
+            None, self._read_envelopes, chosen[:limit])
+        return [QueueEntry(e, e.qid in self._active) for e in envelopes], following
 
-    def _scan(self) -> list[Envelope]:
+    def _read_envelopes(self, qids: list[str]) -> list[Envelope]:
         envelopes = []
-        for qid in sorted(self.spool.ids()):
+        for qid in qids:
             try:
                 envelopes.append(self.spool.load(qid))
             except (OSError, ValueError):  # gone meanwhile, or being rewritten
@@ -564,6 +658,7 @@ class Scheduler:
         try:
             envelope = await self._io(self.spool.load, qid)
         except FileNotFoundError:
+            self.ledger.remove(qid)
             return "not-found"
         except (OSError, ValueError) as e:
             return f"error: {e}"
@@ -586,11 +681,13 @@ class Scheduler:
             try:
                 envelope = await self._io(self.spool.load, qid)
             except FileNotFoundError:
+                self.ledger.remove(qid)
                 return "not-found"
             if envelope.state is not QueueState.HOLD:
                 envelope.state = QueueState.HOLD
                 await self._io(self.spool.update, envelope)
                 maillog.held(qid)
+            self.ledger.note(envelope)
         return "held"
 
     async def _release(self, qid: str) -> str:
@@ -599,13 +696,15 @@ class Scheduler:
         try:
             envelope = await self._io(self.spool.load, qid)
         except FileNotFoundError:
+            self.ledger.remove(qid)
             return "not-found"
         if envelope.state is not QueueState.HOLD:
-            self.enqueue(qid, envelope.next_attempt)  # on disk but unknown: schedule it
+            self.restore(envelope)  # on disk but unknown: count and schedule it
             return "not-held"
         envelope.state = QueueState.ACTIVE
         envelope.next_attempt = self.clock()
         await self._io(self.spool.update, envelope)
+        self.ledger.note(envelope)
         maillog.released(qid)
         self.enqueue(qid, envelope.next_attempt)
         return "released"
@@ -613,8 +712,10 @@ class Scheduler:
     async def _delete(self, qid: str) -> str:
         with self._out_of_schedule(qid):
             if not await self._io(os.path.exists, self.spool.path(qid)):
+                self.ledger.remove(qid)
                 return "not-found"
             await self._io(self.spool.remove, qid)
+            self.ledger.remove(qid)
         maillog.deleted(qid)
         return "deleted"
 
@@ -623,6 +724,7 @@ class Scheduler:
             try:
                 envelope = await self._io(self.spool.load, qid)
             except FileNotFoundError:
+                self.ledger.remove(qid)
                 return "not-found"
             await self._bounce_now(envelope)
         return "bounced"
@@ -642,4 +744,5 @@ class Scheduler:
         if self.notices is not None:
             await self.notices.after_attempt(envelope, results, None, now)
         await self._io(self.spool.remove, qid)
+        self.ledger.remove(qid)
         maillog.removed(qid)

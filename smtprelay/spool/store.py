@@ -35,6 +35,8 @@ SUFFIX = ".msg"
 # Threads for the blocking part of spool writes (the fsyncs). Many at once let the
 # filesystem journal commit them together, so more than the CPU count would suggest.
 SYNC_THREADS = 32
+# First read of a message file at recovery: enough for the envelope line of most.
+HEAD_CHUNK = 4096
 
 
 class SpoolError(Exception):
@@ -113,11 +115,27 @@ class Spool:
             return f.read()
 
     def read_both(self, qid: str) -> tuple[Envelope, int]:
-        """The envelope and the size of the data that follows it (for recovery checks)."""
-        with open(self.path(qid), "rb") as f:
-            header = f.readline()
-            size = os.fstat(f.fileno()).st_size - len(header)
-        return Envelope.from_json(header), size
+        """The envelope and the size of the data that follows it (for recovery checks).
+
+        Plain system calls on a descriptor, not a Python file object: recovery does this
+        for every queued message before the daemon is ready, and the buffered-file layer
+        cost more than the reading itself (1,000,000 messages).
+        """
+        fd = os.open(qid + SUFFIX, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._queue_fd)
+        try:
+            total = os.fstat(fd).st_size
+            head = os.read(fd, HEAD_CHUNK)
+            end = head.find(b"\n")
+            while end < 0 and len(head) < total:  # a long envelope (many recipients)
+                more = os.read(fd, 1 << 16)
+                if not more:
+                    break
+                head += more
+                end = head.find(b"\n")
+        finally:
+            os.close(fd)
+        header = head[: end + 1] if end >= 0 else head
+        return Envelope.from_json(header), total - len(header)
 
     def quarantine(self, name: str) -> None:
         """Move a queue file into ``corrupt/`` for the operator."""

@@ -1,4 +1,4 @@
-"""The queue over HTTP: ``GET /queue`` and the operator actions the CLI uses.
+"""The queue over HTTP: ``GET /queue`` (paged) and the operator actions the CLI uses.
 
 ``POST /queue/flush`` (no body or ``{}``: every waiting message; ``{"qids": [...]}``:
 those), ``POST /queue/hold``, ``/queue/release``, ``/queue/delete`` and ``/queue/bounce``
@@ -9,75 +9,78 @@ outcomes are those of :class:`smtprelay.delivery.scheduler.Scheduler`'s actions.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from smtprelay import ids
-from smtprelay.addresses import domain_of
-from smtprelay.delivery.scheduler import QueueEntry
-from smtprelay.envelope import RecipientState
+from smtprelay.delivery.scheduler import QueueEntry, Scheduler
 from smtprelay.queueview import queue_item
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Problem, context
 
 MAX_QIDS = 10_000
+# Messages per GET /queue page: by default, and at most (the CLI pages through all).
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
 
 
 def entry_json(entry: QueueEntry, now: float) -> dict[str, Any]:
     return queue_item(entry.envelope, entry.state, now)
 
 
-def summary(entries: Iterable[QueueEntry], now: float, top: int = 10) -> dict[str, Any]:
+def queue_summary(scheduler: Scheduler, top: int = 10) -> dict[str, Any]:
     """Queue counts by state, the oldest message's age, and the biggest backlogs by
-    recipient domain (pending recipients, and messages with any)."""
-    states: Counter[str] = Counter(dict.fromkeys(QUEUE_STATES, 0))
-    recipients: Counter[str] = Counter()
-    messages: Counter[str] = Counter()
-    oldest: float | None = None
-    total = 0
-    for entry in entries:
-        total += 1
-        states[entry.state] += 1
-        arrival = entry.envelope.arrival
-        oldest = arrival if oldest is None else min(oldest, arrival)
-        domains = [domain_of(r.address) for r in entry.envelope.recipients
-                   if r.state is RecipientState.PENDING]
-        recipients.update(domains)
-        messages.update(set(domains))
+    recipient domain (pending recipients, and messages with any) -- from the
+    scheduler's in-memory ledger: no spool file is read, whatever the queue's size."""
+    ledger = scheduler.ledger
+    oldest = ledger.oldest_arrival()
+    now = scheduler.clock()
     return {
         "queue": {
-            **states,
-            "total": total,
+            **ledger.counts(),
+            "total": len(ledger),
             "oldest_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
         },
-        "destinations": [
-            {"domain": domain, "recipients": count, "messages": messages[domain]}
-            for domain, count in recipients.most_common(top)
-        ],
+        "destinations": ledger.destinations(top),
     }
 
 
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise Problem(400, "bad_request", f"limit: {raw!r} is not a number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(400, "bad_request", f"limit: must be from 1 to {MAX_LIMIT}")
+    return limit
+
+
 async def list_queue(request: web.Request) -> web.Response:
+    """``GET /queue[?state=S][&domain=D][&limit=N][&after=QID]``: at most ``limit``
+    messages (default DEFAULT_LIMIT) in QID order, i.e. oldest first, after ``after``;
+    ``next`` is the ``after`` of the next page (null on the last one), ``total`` the
+    number of queued messages that match. Only the listed envelopes are read."""
     ctx = context(request)
     state = request.query.get("state")
     if state is not None and state not in QUEUE_STATES:
         raise Problem(400, "bad_request",
                       f"state: {state!r} is not one of {', '.join(QUEUE_STATES)}")
     domain = request.query.get("domain", "").strip().rstrip(".").lower() or None
-    entries = await ctx.scheduler.snapshot()
+    after = request.query.get("after") or None
+    if after is not None and not ids.is_valid(after):
+        raise Problem(400, "bad_request", f"after: {after!r} is not a queue ID")
+    limit = _limit(request)
+    entries, following = await ctx.scheduler.listing(after, limit, state, domain)
     now = ctx.scheduler.clock()
-    listed = []
-    for entry in entries:
-        if state is not None and entry.state != state:
-            continue
-        item = entry_json(entry, now)
-        if domain is not None and not any(domain_of(a) == domain for a in item["recipients"]):
-            continue
-        listed.append(item)
-    return web.json_response({"messages": listed, "total": len(listed)})
+    listed = [entry_json(entry, now) for entry in entries]
+    return web.json_response({
+        "messages": listed,
+        "total": ctx.scheduler.ledger.matching(state, domain),
+        "next": following,
+    })
 
 
 async def _qids(request: web.Request, *, required: bool) -> list[str] | None:

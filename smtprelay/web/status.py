@@ -13,7 +13,7 @@ from smtprelay import __version__, ids
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Context, Problem, context
-from smtprelay.web.queue import summary
+from smtprelay.web.queue import queue_summary
 
 MAX_TOP = 1000
 
@@ -37,8 +37,7 @@ async def status(request: web.Request) -> web.Response:
         raise Problem(400, "bad_request", "top: not a number") from None
     if not 0 <= top <= MAX_TOP:
         raise Problem(400, "bad_request", f"top: must be from 0 to {MAX_TOP}")
-    entries = await ctx.scheduler.snapshot()
-    queue = summary(entries, ctx.scheduler.clock(), top)
+    queue = queue_summary(ctx.scheduler, top)
     queue["queue"]["attempting"] = ctx.scheduler.attempting
     return web.json_response({
         "version": __version__,
@@ -56,7 +55,7 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     ctx = context(request)
     stats = ctx.stats
-    queue = summary(await ctx.scheduler.snapshot(), ctx.scheduler.clock(), top=0)["queue"]
+    queue = queue_summary(ctx.scheduler, top=0)["queue"]
     for state in QUEUE_STATES:
         stats.queue_messages.labels(state).set(queue[state])
     stats.queue_oldest.set(queue["oldest_age_s"])

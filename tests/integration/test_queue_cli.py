@@ -79,6 +79,10 @@ def test_list_and_show(relay: Daemon) -> None:
     assert [m["qid"] for m in as_json(relay, "queue", "list", "--domain", "dest.test")
             ["messages"]] == [one]
     assert as_json(relay, "queue", "list", "--state", "hold")["total"] == 0
+    limited = as_json(relay, "queue", "list", "--limit", "1")
+    assert [m["qid"] for m in limited["messages"]] == [min(one, two)]
+    assert limited["total"] == 2
+    assert run(relay, "queue", "list", "--limit", "0").returncode == 2
     assert ok(relay, "queue", "list", "--state", "hold") == "Mail queue is empty\n"
     assert run(relay, "queue", "list", "--state", "frozen").returncode == 2
 

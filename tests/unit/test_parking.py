@@ -7,12 +7,14 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
-from smtprelay.delivery.scheduler import PARK_AFTER, Scheduler
+from smtprelay.delivery.scheduler import PARK_AFTER, START_BATCH, Scheduler
 from smtprelay.envelope import Envelope, Recipient
 from smtprelay.spool import Spool
-from tests.unit.fakes import FakeDeliverer, FakeRouter
+from tests.unit.fakes import FakeDeliverer, FakeRouter, NoDelivery
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -123,6 +125,78 @@ def test_parked_messages_answer_operator_actions(tmp_path: Path) -> None:
         assert f"r{qids.index(deleted)}@slow.test" not in transport.delivered
         assert len(transport.delivered) == len(qids) - 2
         running.cancel()
+        spool.close()
+
+    asyncio.run(main())
+
+
+def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Path) -> None:
+    """Known to the ledger (as every message is in the daemon), a message that falls due
+    while its destination's line is full is parked by the loop itself: it is read once,
+    when its turn comes, never just to be parked."""
+    settings = DeliverySettings(per_destination_concurrency=2, concurrency=10)
+    transport = FakeDeliverer(gated=("slow.test",))
+
+    async def main() -> None:
+        spool = CountingSpool(tmp_path / "spool")
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
+        first = _queue_for_slow(spool, scheduler, 40)
+        running = asyncio.get_running_loop().create_task(scheduler.run())
+        await _settle(scheduler, transport, len(first))
+        assert sum(scheduler._waiting.values()) >= PARK_AFTER * 2  # the line is full
+        later = []
+        for n in range(30):
+            envelope = make_envelope(ids.new_id(), size=len(DATA),
+                                     recipients=[Recipient(f"late{n}@slow.test")])
+            spool.commit(envelope, DATA)
+            scheduler.restore(envelope)  # as recovery does: counted, due now
+            later.append(envelope.qid)
+        await asyncio.sleep(0.2)
+        assert all(q in scheduler._parked_qids for q in later)
+        assert all(spool.loads[q] == 0 for q in later)
+        for _ in range(len(first) + len(later)):
+            transport.gate.release()
+            await asyncio.sleep(0.01)
+        for _ in range(200):
+            if not spool.ids():
+                break
+            await asyncio.sleep(0.02)
+        assert spool.ids() == [] and len(scheduler.ledger) == 0
+        assert all(spool.loads[q] == 1 for q in later)
+        assert sorted(transport.delivered) == sorted(
+            [*(f"r{n}@slow.test" for n in range(40)), *(f"late{n}@slow.test" for n in range(30))])
+        running.cancel()
+        spool.close()
+
+    asyncio.run(main())
+
+
+def test_the_loop_starts_attempts_in_batches_letting_others_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole queue due at once (a restart) is started START_BATCH at a time, with the
+    event loop free for other callbacks (HTTP, health) in between."""
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        scheduler = Scheduler(spool, FakeRouter(), NoDelivery(), DeliverySettings(),
+                              active_limit=10_000)
+        hold = asyncio.Event()
+
+        async def attempt(qid: str) -> None:
+            await hold.wait()
+
+        monkeypatch.setattr(scheduler, "_attempt_safely", attempt)
+        for _ in range(3 * START_BATCH + 5):
+            scheduler.enqueue(ids.new_id(), 0.0)
+        running = asyncio.get_running_loop().create_task(scheduler.run())
+        seen = []
+        for _ in range(5):
+            await asyncio.sleep(0)
+            seen.append(scheduler.attempting)
+        assert seen[:4] == [START_BATCH, 2 * START_BATCH, 3 * START_BATCH, 3 * START_BATCH + 5]
+        hold.set()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         spool.close()
 
     asyncio.run(main())

@@ -48,7 +48,7 @@ def make_scheduler(tmp_path: Path, clock: Clock) -> tuple[Scheduler, Spool]:
 def queue(scheduler: Scheduler, spool: Spool, due: float) -> str:
     envelope = make_envelope(ids.new_id(), size=len(DATA), next_attempt=due)
     spool.commit(envelope, DATA)
-    scheduler.enqueue(envelope.qid, due)
+    scheduler.restore(envelope)
     return envelope.qid
 
 
@@ -170,7 +170,7 @@ def test_a_message_under_attempt_is_acted_on_when_the_attempt_ends(tmp_path: Pat
     asyncio.run(main())
 
 
-def test_snapshot_lists_every_message_with_its_state(tmp_path: Path) -> None:
+def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> None:
     clock = Clock()
 
     async def main() -> None:
@@ -179,9 +179,16 @@ def test_snapshot_lists_every_message_with_its_state(tmp_path: Path) -> None:
         held = queue(scheduler, spool, clock.now + 300)
         await scheduler.hold([held])
         (spool.queue_dir / "stray.tmp").write_bytes(b"x")
-        entries = await scheduler.snapshot()
+        entries, following = await scheduler.listing(None, 10)
         assert [(e.envelope.qid, e.state) for e in entries] == [
             (waiting, "active"), (held, "hold")]
+        assert following is None
+        entries, following = await scheduler.listing(None, 1)
+        assert [e.envelope.qid for e in entries] == [waiting] and following == waiting
+        entries, following = await scheduler.listing(waiting, 1)
+        assert [e.envelope.qid for e in entries] == [held] and following is None
+        entries, _ = await scheduler.listing(None, 10, state="hold")
+        assert [e.envelope.qid for e in entries] == [held]
         spool.close()
 
     asyncio.run(main())

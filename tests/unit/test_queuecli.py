@@ -94,3 +94,38 @@ def test_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert queuecli.confirm("?", yes=False, isatty=lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "")
     assert not queuecli.confirm("?", yes=False, isatty=lambda: True)
+
+
+class PagingDaemon:
+    """Answers GET /queue as the daemon does: ``limit`` per page, ``next`` to go on."""
+
+    def __init__(self, count: int) -> None:
+        self.qids = [f"Q{n:05d}" for n in range(count)]
+        self.paths: list[str] = []
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.paths.append(path)
+        query = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+        limit = int(query["limit"])
+        after = query.get("after")
+        rest = [q for q in self.qids if after is None or q > after]
+        page = rest[:limit]
+        return {"messages": [{"qid": q} for q in page], "total": len(self.qids),
+                "next": page[-1] if len(rest) > limit else None}
+
+
+def test_the_listing_pages_through_the_whole_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queuecli, "PAGE", 3)
+    daemon = PagingDaemon(7)
+    answer = queuecli.fetch_queue(daemon, state="deferred")  # type: ignore[arg-type]
+    assert [m["qid"] for m in answer["messages"]] == daemon.qids
+    assert answer["total"] == 7
+    assert len(daemon.paths) == 3 and all("limit=3" in p for p in daemon.paths)
+    assert all("state=deferred" in p for p in daemon.paths)
+    assert "after=Q00002" in daemon.paths[1]
+    daemon = PagingDaemon(7)
+    answer = queuecli.fetch_queue(daemon, limit=4)  # type: ignore[arg-type]
+    assert [m["qid"] for m in answer["messages"]] == daemon.qids[:4]
+    assert daemon.paths[-1].endswith("limit=1&after=Q00002")

@@ -174,6 +174,18 @@ def test_recover_returns_oldest_first(spool: Spool) -> None:
     assert [e.qid for e in recover(spool).envelopes] == [e.qid for e in made]
 
 
+def test_recover_hands_each_envelope_on_as_it_reads_it(spool: Spool) -> None:
+    """With ``keep`` nothing is collected: a huge queue is never all in memory at once."""
+    made = [make_envelope(size=3) for _ in range(3)]
+    for envelope in made:
+        spool.commit(envelope, b"m\r\n")
+    (spool.queue_dir / (ids.new_id() + ".msg")).write_bytes(b"junk")
+    kept: list[Envelope] = []
+    result = recover(spool, kept.append)
+    assert [e.qid for e in kept] == [e.qid for e in made]
+    assert result.envelopes == [] and result.count == 3 and len(result.quarantined) == 1
+
+
 def test_unexpected_files_are_left_alone(spool: Spool) -> None:
     good = _good(spool, b"hi\r\n")
     q = spool.queue_dir
@@ -512,3 +524,18 @@ def test_crash_states_cover_the_whole_sequence() -> None:
     assert all(len(s.pending) <= 6 for s in states)
     # Unsynced data is modelled: before the file fsync nothing of the new file is durable.
     assert any(s.durable_contents == {} and len(files(s).get(msg, b"")) > 0 for s in states)
+
+
+def test_an_envelope_longer_than_the_first_read_is_recovered(spool: Spool) -> None:
+    from smtprelay.envelope import Recipient
+    from smtprelay.spool.store import HEAD_CHUNK
+
+    many = make_envelope(size=4, recipients=[Recipient(f"r{n}@example.net") for n in range(300)])
+    assert len(many.to_json()) > 2 * HEAD_CHUNK
+    spool.commit(many, b"ab\r\n")
+    cut = make_envelope(size=4, recipients=[Recipient(f"r{n}@example.net") for n in range(300)])
+    (spool.queue_dir / (cut.qid + ".msg")).write_bytes(cut.to_json()[: 2 * HEAD_CHUNK + 7])
+    result = recover(spool)
+    assert [e.qid for e in result.envelopes] == [many.qid]
+    assert len(result.envelopes[0].recipients) == 300
+    assert result.quarantined == [cut.qid]

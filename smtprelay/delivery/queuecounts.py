@@ -1,0 +1,251 @@
+"""What is queued, kept in memory: counts by state and destination without a spool scan.
+
+The :class:`Ledger` mirrors the spool: the scheduler tells it about every envelope it
+has just written (or read at start-up) and every message it has just removed, so
+``/status``, ``/metrics`` and ``GET /queue?limit=`` cost the same with 10 or 1,000,000
+messages queued. It is changed only *after* the spool write succeeded: a write that
+fails leaves the old file, and the ledger still says what that file says.
+
+Memory per message is a few tens of bytes: one dict entry whose key is the queue ID
+the scheduler holds anyway and whose value is a small int (cached by CPython, so no
+object of its own): the state bits and the index of the message's *profile* -- its
+pending recipients per domain, a tuple shared by every message with the same
+destinations (a million messages to a handful of domains share a handful of tuples).
+Two lists in QID order and in arrival order (pointers to the same strings, plus an
+``array`` of arrival times) answer "oldest first" and "page after QID"; entries of
+removed messages are skipped when met and dropped when they outnumber live ones.
+
+A message's *state* is what a full scan shows: ``active`` (new, released, or under
+attempt now), ``deferred`` or ``hold``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+
+from smtprelay.addresses import domain_of
+from smtprelay.envelope import Envelope, QueueState, RecipientState
+
+STATES = ("active", "deferred", "hold")
+_CODE = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 1, QueueState.HOLD: 2}
+_ATTEMPTING = 4  # bit beside the spool state: an attempt is under way (shown as active)
+_SHIFT = 3  # the profile index sits above the state bits
+# Lists of removed entries are compacted once they exceed twice the live ones plus this.
+_SLACK = 1024
+
+Profile = tuple[tuple[str, int], ...]  # (domain, pending recipients), sorted by domain
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._entries: dict[str, int] = {}
+        self._counts = [0, 0, 0]  # by shown state: active, deferred, hold
+        self._profiles: list[Profile | None] = []
+        self._profile_ids: dict[Profile, int] = {}
+        self._profile_refs: list[int] = []
+        self._free_profiles: list[int] = []
+        self.recipients: Counter[str] = Counter()  # pending recipients by domain
+        self.messages: Counter[str] = Counter()  # messages with any, by domain
+        self._by_qid: list[str] = []  # sorted; may hold removed QIDs (skipped)
+        self._by_arrival: list[str] = []  # sorted by _arrivals; from _head on
+        self._arrivals = array("d")
+        self._head = 0
+
+    # --- changes ----------------------------------------------------------------------
+
+    def note(self, envelope: Envelope) -> None:
+        """The envelope as it is now in the spool (new, recovered, or just rewritten)."""
+        qid = envelope.qid
+        profile = self._intern(_profile_of(envelope))
+        old = self._entries.get(qid)
+        attempting = 0
+        if old is None:
+            self._add_to_order(qid, envelope.arrival)
+        else:
+            attempting = old & _ATTEMPTING
+            self._forget(old)
+        value = (profile << _SHIFT) | attempting | _CODE[envelope.state]
+        self._entries[qid] = value
+        self._counts[_shown(value)] += 1
+
+    def remove(self, qid: str) -> None:
+        """The message is no longer in the spool (delivered, bounced, deleted)."""
+        old = self._entries.pop(qid, None)
+        if old is None:
+            return
+        self._forget(old)
+        if len(self._by_qid) > 2 * len(self._entries) + _SLACK:
+            self._by_qid = list(self._live(self._by_qid))
+        if len(self._by_arrival) - self._head > 2 * len(self._entries) + _SLACK:
+            keep = [
+                i
+                for i in range(self._head, len(self._by_arrival))
+                if self._by_arrival[i] in self._entries
+            ]
+            self._by_arrival = [self._by_arrival[i] for i in keep]
+            self._arrivals = array("d", (self._arrivals[i] for i in keep))
+            self._head = 0
+
+    def attempting(self, qid: str, under_way: bool) -> None:
+        """An attempt of ``qid`` started or ended (shown as active meanwhile)."""
+        old = self._entries.get(qid)
+        if old is None:
+            return
+        new = old | _ATTEMPTING if under_way else old & ~_ATTEMPTING
+        if new != old:
+            self._counts[_shown(old)] -= 1
+            self._counts[_shown(new)] += 1
+            self._entries[qid] = new
+
+    # --- questions ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self._entries
+
+    def counts(self) -> dict[str, int]:
+        return dict(zip(STATES, self._counts, strict=True))
+
+    def state(self, qid: str) -> str | None:
+        value = self._entries.get(qid)
+        return None if value is None else STATES[_shown(value)]
+
+    def domains(self, qid: str) -> list[str] | None:
+        """The domains of the message's pending recipients (None: not in the ledger)."""
+        value = self._entries.get(qid)
+        if value is None:
+            return None
+        return [domain for domain, _ in self._profiles[value >> _SHIFT] or ()]
+
+    def oldest_arrival(self) -> float | None:
+        while self._head < len(self._by_arrival):
+            if self._by_arrival[self._head] in self._entries:
+                return self._arrivals[self._head]
+            self._head += 1
+        return None
+
+    def destinations(self, top: int) -> list[dict[str, int | str]]:
+        """The ``top`` domains with the most pending recipients (cost: the number of
+        distinct domains, never the number of messages)."""
+        return [
+            {"domain": domain, "recipients": count, "messages": self.messages[domain]}
+            for domain, count in self.recipients.most_common(top)
+        ]
+
+    def page(
+        self, after: str | None, limit: int, state: str | None = None, domain: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (QID, state) in QID order (= arrival order) after ``after``,
+        with that state and a pending recipient in that domain, if given."""
+        found: list[tuple[str, str]] = []
+        if limit <= 0 or (domain is not None and not self.messages[domain]):
+            return found
+        start = 0 if after is None else bisect.bisect_right(self._by_qid, after)
+        wanted = None if state is None else STATES.index(state)
+        for qid in self._live(self._by_qid, start):
+            value = self._entries[qid]
+            if wanted is not None and _shown(value) != wanted:
+                continue
+            if domain is not None and not any(
+                d == domain for d, _ in self._profiles[value >> _SHIFT] or ()
+            ):
+                continue
+            found.append((qid, STATES[_shown(value)]))
+            if len(found) >= limit:
+                break
+        return found
+
+    def matching(self, state: str | None, domain: str | None) -> int:
+        """How many queued messages have that state and domain (either may be None);
+        with both, counted by a walk of the in-memory entries (no spool reads)."""
+        if domain is None:
+            return len(self._entries) if state is None else self._counts[STATES.index(state)]
+        if state is None:
+            return self.messages[domain]
+        return sum(1 for _ in self._matches(state, domain))
+
+    def _matches(self, state: str, domain: str) -> Iterator[str]:
+        wanted = STATES.index(state)
+        for qid, value in self._entries.items():
+            if _shown(value) == wanted and any(
+                d == domain for d, _ in self._profiles[value >> _SHIFT] or ()
+            ):
+                yield qid
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _live(self, order: list[str], start: int = 0) -> Iterator[str]:
+        previous = None
+        for i in range(start, len(order)):
+            qid = order[i]
+            # A QID removed and noted again has two entries, side by side.
+            if qid != previous and qid in self._entries:
+                yield qid
+            previous = qid
+
+    def _add_to_order(self, qid: str, arrival: float) -> None:
+        if not self._by_qid or qid > self._by_qid[-1]:
+            self._by_qid.append(qid)  # new QIDs are time-ordered: nearly always the end
+        else:
+            bisect.insort(self._by_qid, qid)
+        if not self._arrivals or arrival >= self._arrivals[-1]:
+            self._by_arrival.append(qid)
+            self._arrivals.append(arrival)
+        else:  # a little out of order (another worker), or a notice with an old arrival
+            at = bisect.bisect_right(self._arrivals, arrival, self._head)
+            self._by_arrival.insert(at, qid)
+            self._arrivals.insert(at, arrival)
+
+    def _forget(self, value: int) -> None:
+        """Take one message's ``value`` out of the counts."""
+        self._counts[_shown(value)] -= 1
+        index = value >> _SHIFT
+        profile = self._profiles[index]
+        assert profile is not None
+        self._count_profile(profile, -1)
+        self._profile_refs[index] -= 1
+        if not self._profile_refs[index]:
+            del self._profile_ids[profile]
+            self._profiles[index] = None
+            self._free_profiles.append(index)
+
+    def _intern(self, profile: Profile) -> int:
+        index = self._profile_ids.get(profile)
+        if index is None:
+            if self._free_profiles:
+                index = self._free_profiles.pop()
+                self._profiles[index] = profile
+                self._profile_refs[index] = 0
+            else:
+                index = len(self._profiles)
+                self._profiles.append(profile)
+                self._profile_refs.append(0)
+            self._profile_ids[profile] = index
+        self._profile_refs[index] += 1
+        self._count_profile(profile, +1)
+        return index
+
+    def _count_profile(self, profile: Profile, sign: int) -> None:
+        for domain, count in profile:
+            self.recipients[domain] += sign * count
+            self.messages[domain] += sign
+            if not self.messages[domain]:
+                del self.messages[domain]
+                del self.recipients[domain]
+
+
+def _shown(value: int) -> int:
+    """Index in STATES of what a scan shows: active while an attempt is under way."""
+    return 0 if value & _ATTEMPTING else value & 3
+
+
+def _profile_of(envelope: Envelope) -> Profile:
+    per_domain: Counter[str] = Counter(
+        domain_of(r.address) for r in envelope.recipients if r.state is RecipientState.PENDING
+    )
+    return tuple(sorted(per_domain.items()))
