@@ -40,8 +40,9 @@ log = logging.getLogger("smtprelay.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz"})
-# Paths whose answer scans the whole queue: fewer of them run at once.
-HEAVY_PATHS = frozenset({"/status", "/metrics", "/queue"})
+# Paths whose answer reads envelopes from the spool (up to a page of them): fewer of them
+# run at once. /status and /metrics read only the in-memory counts.
+HEAVY_PATHS = frozenset({"/queue"})
 MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT = 3.0
 KEEPALIVE = 15.0
