@@ -359,6 +359,12 @@ class Scheduler:
         # attempt is cancelled (a stop after its grace), the others are cancelled with it
         # instead of running on unowned; the attempt is retried (_attempt_safely).
         results: list[Result] = []
+        if len(groups) == 1:  # the common case, one destination: no task of its own
+            ((route, domain, rcpts),) = groups.values()
+            outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
+            results += self._record(envelope, outcomes, activated)
+            await self._conclude(envelope, data, results)
+            return
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(
