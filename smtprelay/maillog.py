@@ -22,10 +22,44 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 
 from smtprelay.replies import Reply
 
 log = logging.getLogger("smtprelay.mail")
+
+
+class Event(StrEnum):
+    """The ``event`` field of every mail-log line: one vocabulary for the JSON log, the
+    statistics and histories built from it (:mod:`smtprelay.stats`) and the tests, so a
+    misspelt name fails where it is written instead of silently zeroing a metric."""
+
+    AUTH_FAILED = "auth-failed"
+    BARE_NEWLINE = "bare-newline"
+    CLIENT = "client"
+    CONNECT = "connect"
+    CONNECTION_LIMIT = "connection-limit"
+    DATA_MEMORY_LIMIT = "data-memory-limit"
+    DELIVERY = "delivery"
+    DISCONNECT = "disconnect"
+    FOLDED = "folded"
+    HOLD = "hold"
+    INTERNAL_ERROR = "internal-error"
+    LOST_CONNECTION = "lost-connection"
+    MESSAGE_ID = "message-id"
+    NON_SMTP_COMMAND = "non-smtp-command"
+    NOTICE = "notice"
+    NOTICE_DISCARDED = "notice-discarded"
+    PICKUP = "pickup"
+    PROXY_REFUSED = "proxy-refused"
+    QUEUED = "queued"
+    REJECT = "reject"
+    RELEASE = "release"
+    REMOVED = "removed"
+    SPOOL_ERROR = "spool-error"
+    TIMEOUT = "timeout"
+    TLS_FAILED = "tls-failed"
+    TOO_MANY_COMMANDS = "too-many-commands"
 
 
 def _emit(service: str, text: str, qid: str | None = None, level: int = logging.INFO,
@@ -46,14 +80,14 @@ def _host(ip: str) -> str:
 
 
 def connect(ip: str) -> None:
-    _emit("smtpd", f"connect from {_host(ip)}", client_ip=ip, event="connect")
+    _emit("smtpd", f"connect from {_host(ip)}", client_ip=ip, event=Event.CONNECT)
 
 
 def disconnect(ip: str, counts: Mapping[str, int]) -> None:
     total = sum(counts.values())
     summary = " ".join(f"{cmd.lower()}={n}" for cmd, n in counts.items())
     text = f"disconnect from {_host(ip)} {summary} commands={total}".replace("  ", " ")
-    _emit("smtpd", text, client_ip=ip, event="disconnect", commands=dict(counts))
+    _emit("smtpd", text, client_ip=ip, event=Event.DISCONNECT, commands=dict(counts))
 
 
 def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None) -> None:
@@ -61,7 +95,7 @@ def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None
     if sasl_username:
         text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
     _emit("smtpd", text, qid, client_ip=ip, sasl_method=sasl_method,
-          sasl_username=sasl_username, event="client")
+          sasl_username=sasl_username, event=Event.CLIENT)
 
 
 def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
@@ -69,22 +103,22 @@ def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
     caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""
     text = f"{qid}: uid={uid if uid is not None else 'unknown'} from=<{sender}>"
     _emit("pickup", text, qid, client_ip=LOCAL_CLIENT, uid=uid, user=user, sender=sender,
-          event="pickup")
+          event=Event.PICKUP)
 
 
 def message_id(qid: str, value: str) -> None:
-    _emit("cleanup", f"{qid}: message-id={value}", qid, message_id=value, event="message-id")
+    _emit("cleanup", f"{qid}: message-id={value}", qid, message_id=value, event=Event.MESSAGE_ID)
 
 
 def normalized_line_endings(qid: str, ip: str, count: int) -> None:
     _emit("cleanup", f"{qid}: warning: {count} bare CR or LF line ending(s) from "
           f"{_host(ip)} normalized to CRLF", qid, level=logging.WARNING, client_ip=ip,
-          count=count, event="bare-newline")
+          count=count, event=Event.BARE_NEWLINE)
 
 
 def queued(qid: str, sender: str, size: int, nrcpt: int) -> None:
     _emit("qmgr", f"{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)", qid,
-          sender=sender, size=size, nrcpt=nrcpt, event="queued")
+          sender=sender, size=size, nrcpt=nrcpt, event=Event.QUEUED)
 
 
 def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
@@ -100,7 +134,7 @@ def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
         text += f" helo=<{helo}>"
     _emit("smtpd", text, qid, client_ip=ip, command=command, code=reply.code,
           dsn=reply.enhanced, reason=reply.text, sender=sender, recipient=recipient,
-          event="reject")
+          event=Event.REJECT)
 
 
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
@@ -112,17 +146,17 @@ def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
         shown = "".join(c if c.isprintable() else "?" for c in username[:100])
     _emit("smtpd", f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
           f"authentication failure, sasl_username={shown}", level=logging.WARNING,
-          client_ip=ip, mechanism=mechanism, sasl_username=username, event="auth-failed")
+          client_ip=ip, mechanism=mechanism, sasl_username=username, event=Event.AUTH_FAILED)
 
 
 def lost_connection(ip: str, after: str) -> None:
     _emit("smtpd", f"lost connection after {after} from {_host(ip)}", client_ip=ip,
-          after=after, event="lost-connection")
+          after=after, event=Event.LOST_CONNECTION)
 
 
 def too_many_connections(ip: str, limit: int) -> None:
     _emit("smtpd", f"warning: connection limit {limit} reached: refusing {_host(ip)}",
-          level=logging.WARNING, client_ip=ip, limit=limit, event="connection-limit")
+          level=logging.WARNING, client_ip=ip, limit=limit, event=Event.CONNECTION_LIMIT)
 
 
 def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
@@ -130,47 +164,47 @@ def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
     ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
     _emit("smtpd", f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
           level=logging.WARNING, client_ip=ip, tls=where, reason=reason, kind=kind,
-          event="tls-failed")
+          event=Event.TLS_FAILED)
 
 
 def proxy_refused(ip: str, reason: str) -> None:
     """A connection closed before the greeting: it came from an address not allowed to
     send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
     _emit("smtpd", f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
-          level=logging.WARNING, client_ip=ip, reason=reason, event="proxy-refused")
+          level=logging.WARNING, client_ip=ip, reason=reason, event=Event.PROXY_REFUSED)
 
 
 def non_smtp_command(ip: str, line: str) -> None:
     """An HTTP request or other non-SMTP line (the session is closed), as Postfix logs it."""
     _emit("smtpd", f"warning: non-SMTP command from {_host(ip)}: {line}",
-          level=logging.WARNING, client_ip=ip, command=line, event="non-smtp-command")
+          level=logging.WARNING, client_ip=ip, command=line, event=Event.NON_SMTP_COMMAND)
 
 
 def too_many_commands(ip: str, what: str, after: str) -> None:
     """The session was closed for junk or unknown commands (Postfix: "too many errors")."""
     _emit("smtpd", f"too many {what} after {after} from {_host(ip)}", client_ip=ip,
-          after=after, kind=what, event="too-many-commands")
+          after=after, kind=what, event=Event.TOO_MANY_COMMANDS)
 
 
 def data_memory_exhausted(ip: str, limit: int, qid: str | None) -> None:
     _emit("smtpd", f"{qid + ': ' if qid else ''}warning: message data memory limit of "
           f"{limit} bytes reached: refusing message from {_host(ip)}", qid,
-          level=logging.WARNING, client_ip=ip, limit=limit, event="data-memory-limit")
+          level=logging.WARNING, client_ip=ip, limit=limit, event=Event.DATA_MEMORY_LIMIT)
 
 
 def timeout(ip: str, after: str) -> None:
     _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
-          event="timeout")
+          event=Event.TIMEOUT)
 
 
 def internal_error(ip: str, what: str, qid: str | None = None) -> None:
     _emit("smtpd", f"{qid + ': ' if qid else ''}error: {what} (client {_host(ip)})", qid,
-          level=logging.ERROR, client_ip=ip, event="internal-error")
+          level=logging.ERROR, client_ip=ip, event=Event.INTERNAL_ERROR)
 
 
 def spool_error(qid: str, what: str) -> None:
     _emit("cleanup", f"{qid}: warning: {what}", qid, level=logging.WARNING,
-          event="spool-error")
+          event=Event.SPOOL_ERROR)
 
 
 def delivery(
@@ -190,14 +224,14 @@ def delivery(
     )
     _emit("smtp", text, qid, recipient=recipient, relay=relay, delay=delay,
           dsn=reply.enhanced, code=reply.code, status=status, reason=reply.text,
-          event="delivery")
+          event=Event.DELIVERY)
 
 
 def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
     """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
     _emit("smtp", f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
           f"(longest {longest}) for delivery", qid, level=logging.WARNING, count=count,
-          longest=longest, limit=limit, event="folded")
+          longest=longest, limit=limit, event=Event.FOLDED)
 
 
 _NOTICE_WORDS = {
@@ -211,17 +245,17 @@ _NOTICE_WORDS = {
 def notice_sent(qid: str, kind: str, notice_qid: str) -> None:
     """``QID: sender non-delivery notification: NEWQID``, as Postfix's bounce daemon."""
     _emit("bounce", f"{qid}: {_NOTICE_WORDS[kind]}: {notice_qid}", qid, kind=kind,
-          notice_qid=notice_qid, event="notice")
+          notice_qid=notice_qid, event=Event.NOTICE)
 
 
 def notice_discarded(qid: str, recipient: str) -> None:
     _emit("bounce", f"{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster "
           "set, or it was the postmaster's)", qid, level=logging.WARNING, recipient=recipient,
-          event="notice-discarded")
+          event=Event.NOTICE_DISCARDED)
 
 
 def removed(qid: str) -> None:
-    _emit("qmgr", f"{qid}: removed", qid, event="removed")
+    _emit("qmgr", f"{qid}: removed", qid, event=Event.REMOVED)
 
 
 # Operator actions (HTTP queue operations), logged by "postsuper" as Postfix's are.
@@ -229,15 +263,15 @@ def removed(qid: str) -> None:
 def deleted(qid: str) -> None:
     """The operator deleted a message: its end, like ``removed`` (no notice is sent)."""
     _emit("postsuper", f"{qid}: removed (deleted by operator)", qid,
-          reason="deleted by operator", event="removed")
+          reason="deleted by operator", event=Event.REMOVED)
 
 
 def held(qid: str) -> None:
-    _emit("postsuper", f"{qid}: placed on hold", qid, event="hold")
+    _emit("postsuper", f"{qid}: placed on hold", qid, event=Event.HOLD)
 
 
 def released(qid: str) -> None:
-    _emit("postsuper", f"{qid}: released from hold", qid, event="release")
+    _emit("postsuper", f"{qid}: released from hold", qid, event=Event.RELEASE)
 
 
 def _short(seconds: float) -> str:

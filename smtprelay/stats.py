@@ -35,6 +35,7 @@ from prometheus_client import (
 )
 
 from smtprelay.envelope import Envelope, RecipientState
+from smtprelay.maillog import Event
 
 MAIL_LOGGER = "smtprelay.mail"
 MAX_MESSAGES = 100_000
@@ -78,9 +79,9 @@ class History:
             return "queued"
         final: dict[str, str] = {}
         for event in self.events:
-            if event.get("event") == "removed" and event.get("reason"):
+            if event.get("event") == Event.REMOVED and event.get("reason"):
                 return "deleted"
-            if event.get("event") == "delivery" and event.get("status") != "deferred":
+            if event.get("event") == Event.DELIVERY and event.get("status") != "deferred":
                 final[str(event.get("recipient"))] = str(event.get("status"))
         statuses = set(final.values())
         if statuses == {"sent"}:
@@ -93,7 +94,7 @@ class History:
         """The last delivery status logged for each recipient."""
         states: dict[str, str] = {}
         for event in self.events:
-            if event.get("event") == "delivery":
+            if event.get("event") == Event.DELIVERY:
                 states[str(event.get("recipient"))] = str(event.get("status"))
         return states
 
@@ -106,7 +107,7 @@ class History:
         attempts: Tally[str] = Tally()
         last: dict[str, dict[str, Any]] = {}
         for event in self.events:
-            if event.get("event") != "delivery":
+            if event.get("event") != Event.DELIVERY:
                 continue
             address = str(event.get("recipient"))
             last[address] = event
@@ -266,9 +267,9 @@ class Stats(logging.Handler):
 
     def _count(self, fields: Mapping[str, Any]) -> None:
         event = fields.get("event")
-        if event == "queued":
+        if event == Event.QUEUED:
             return  # counted in _remember, which knows whether it is a notice
-        if event == "delivery":
+        if event == Event.DELIVERY:
             status = str(fields.get("status"))
             self.counts[status] += 1
             self.deliveries.labels(status).inc()
@@ -279,32 +280,32 @@ class Stats(logging.Handler):
                 delay = fields.get("delay")
                 if isinstance(delay, int | float):
                     self.latency.labels(status).observe(max(0.0, float(delay)))
-        elif event == "reject":
+        elif event == Event.REJECT:
             self.counts["rejected"] += 1
             code = fields.get("code")
             cls = f"{code // 100}xx" if isinstance(code, int) else "other"
             self.rejects.labels(str(fields.get("command")), cls).inc()
-        elif event == "auth-failed":
+        elif event == Event.AUTH_FAILED:
             self.counts["auth_failed"] += 1
             self.auth_failures.inc()
-        elif event == "tls-failed":
+        elif event == Event.TLS_FAILED:
             self.counts["tls_failed"] += 1
             self.tls_failures.labels(str(fields.get("kind"))).inc()
-        elif event == "connect":
+        elif event == Event.CONNECT:
             self.counts["connections"] += 1
             self.connections.inc()
-        elif event == "notice":
+        elif event == Event.NOTICE:
             kind = str(fields.get("kind"))
             self.counts["notices"] += 1
             self.notices.labels(kind).inc()
             self._notice_qids.add(str(fields.get("notice_qid")))
-        elif event == "removed":
+        elif event == Event.REMOVED:
             self.counts["removed"] += 1
             self.removed.inc()
             if fields.get("reason"):
                 self.counts["deleted"] += 1
                 self.operator.labels("delete").inc()
-        elif event in ("hold", "release"):
+        elif event in (Event.HOLD, Event.RELEASE):
             self.operator.labels(str(event)).inc()
 
     def _remember(self, qid: str, record: logging.LogRecord, fields: Mapping[str, Any]
@@ -319,14 +320,14 @@ class Stats(logging.Handler):
         entry = self._entry(qid, now)
         entry.add(event)
         kind = fields.get("event")
-        if kind == "queued" and not entry.queued:
+        if kind == Event.QUEUED and not entry.queued:
             entry.queued = True
             if qid in self._notice_qids:
                 self._notice_qids.discard(qid)
             else:
                 self.counts["received"] += 1
                 self.received.inc()
-        elif kind == "removed":
+        elif kind == Event.REMOVED:
             entry.removed_at = now
             self._finished.append((now, qid))
         self._purge(now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -313,3 +314,12 @@ def test_aiosmtpd_lines_name_the_client_as_ours(capture: Callable[..., io.String
         logging.getLogger().handlers.clear()
     assert stream.getvalue() == (
         f"smtprelay/main[{PID}]: error: unknown[192.0.2.1] SMTP session exception: X\\033Y\n")
+
+
+def test_every_event_emitted_is_in_the_vocabulary() -> None:
+    """Each ``event=`` in maillog names a member of Event, so stats.py and the JSON log
+    read the same words (a free string here would silently zero a metric)."""
+    source = inspect.getsource(maillog)
+    assert not re.search(r'event="', source)
+    used = set(re.findall(r"event=Event\.([A-Z_]+)", source))
+    assert used == {member.name for member in maillog.Event}
