@@ -57,7 +57,11 @@ def test_partial_recipient_failure_in_one_transaction(
     data = make_message("partial")
     qid = submit(relay, [ok, later, bad], data)
 
+    # The three lines are written one after another: wait for each (a read of the log
+    # between two of them would miss the later ones).
     wait_status(relay, qid, later, "deferred")
+    wait_status(relay, qid, ok, "sent")
+    wait_status(relay, qid, bad, "bounced")
     mx1 = relay_of("mx1.dest.test", MX1, sink_port)
     (sent,) = deliveries(relay, qid, ok)
     assert (sent.status, sent.dsn, sent.relay) == ("sent", "2.0.0", mx1)
