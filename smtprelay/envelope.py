@@ -21,6 +21,9 @@ class RecipientState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    # Withdrawn by the submitter before delivery (POST /v1/messages/{id}/cancel): never
+    # attempted again, and no notice is sent for it.
+    CANCELED = "canceled"
 
 
 class QueueState(enum.StrEnum):
@@ -53,6 +56,26 @@ class Client:
     protocol: str = "ESMTP"  # the RFC 3848 "with" keyword
 
 
+class SubmittedVia(enum.StrEnum):
+    SMTP = "smtp"  # a listener, or the local socket
+    HTTP = "http"  # POST /v1/messages
+
+
+@with_config(_STRICT)
+@dataclass(slots=True)
+class Submission:
+    """How the message came in, beyond the SMTP client: what the HTTP API returns in a
+    message's status and what events carry."""
+
+    via: SubmittedVia = SubmittedVia.SMTP
+    token: str | None = None  # the name of the HTTP API token that submitted it
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    # The Idempotency-Key of the request that created it, as "TOKEN-NAME:KEY", kept with
+    # the message so that a crash between the fsync and the reply still replays.
+    idempotency_key: str | None = None
+
+
 @with_config(_STRICT)
 @dataclass(slots=True)
 class Envelope:
@@ -71,6 +94,12 @@ class Envelope:
     # What a notice (DSN) generated here is: "failure", "delay", "success", "postmaster".
     notice: str | None = None
     delay_warned: bool = False
+    # Not attempted before this time (a scheduled send; epoch seconds), None: at once.
+    send_at: float | None = None
+    submission: Submission = field(default_factory=Submission)
+    # Who asked to cancel it while an attempt was in flight ("api token NAME"): the
+    # recipients that attempt leaves pending are canceled instead of deferred.
+    cancel_requested_by: str | None = None
 
     version: int = FORMAT_VERSION
 

@@ -28,7 +28,7 @@ from smtprelay import config, ids
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.queueview import queue_item
 from smtprelay.spool.store import Spool
-from smtprelay.web.tokens import read_tokens
+from smtprelay.web.tokens import read_tokens, usable_by_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT = 30.0
@@ -77,12 +77,16 @@ def first_token(settings: config.Settings) -> str:
     if not path:
         raise config.ConfigError("[http] tokens_file: not set; the queue commands need a token")
     try:
-        tokens = read_tokens(Path(path))
+        tokens = usable_by_cli(read_tokens(Path(path)))
     except OSError as e:
         raise config.ConfigError(
             f"[http] tokens_file {path}: cannot read it: {e.strerror or e}") from None
+    except ValueError as e:
+        raise config.ConfigError(f"[http] tokens_file {path}: {e}") from None
     if not tokens:
-        raise config.ConfigError(f"[http] tokens_file {path}: no token in it")
+        raise config.ConfigError(
+            f"[http] tokens_file {path}: no token in it that the CLI can use "
+            "(one written in clear, with scope admin)")
     return tokens[0]
 
 

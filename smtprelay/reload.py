@@ -54,6 +54,8 @@ def reload(running: Running) -> bool:
             except OSError as e:
                 raise Refused(f"[http] tokens_file {new.http.tokens_file}: "
                               f"{e.strerror or e}") from None
+            except ValueError as e:
+                raise Refused(f"[http] tokens_file {new.http.tokens_file}: {e}") from None
     except Refused as e:
         log.error("reload refused, the running configuration stays: %s", e)
         return False

@@ -55,6 +55,7 @@ from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
+from smtprelay.queueops import QueueEntry
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.tasks import detach
@@ -92,19 +93,6 @@ _T = TypeVar("_T")
 class _Dead:
     until: float
     reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    """One queued message as a queue listing shows it."""
-
-    envelope: Envelope
-    attempting: bool  # an attempt is under way right now
-
-    @property
-    def state(self) -> str:
-        """``active`` (new, or being attempted now), ``deferred`` or ``hold``."""
-        return QueueState.ACTIVE.value if self.attempting else self.envelope.state.value
 
 
 class Scheduler:

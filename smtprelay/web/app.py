@@ -30,11 +30,12 @@ from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
 from smtprelay.web import queue, status
 from smtprelay.web.connections import ConnectionCap
-from smtprelay.web.context import CONTEXT, Context, Problem, context, error
+from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
+from smtprelay.web.problem import ApiProblem
 from smtprelay.web.serverlog import printable, server_logger
-from smtprelay.web.tokens import TokenFile
+from smtprelay.web.tokens import Token, TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
@@ -50,9 +51,15 @@ KEEPALIVE = 15.0
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    api = request.path.startswith(V1)
     try:
         return await handler(request)
+    except ApiProblem as p:
+        return _refused(request, p.response(), p.detail)
     except Problem as p:
+        if api:
+            return _refused(request, ApiProblem(p.status, p.code, p.code, p.message).response(),
+                            p.message)
         return _refused(request, error(p.status, p.code, p.message), p.message)
     except web.HTTPException as e:
         if e.status < 400:
@@ -64,9 +71,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             404: f"no such path: {request.path}",
             413: f"the body is larger than {MAX_BODY} bytes",
         }.get(e.status, e.reason)
+        headers = {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None
+        if api:
+            slug = code.replace("_", "-")
+            problem = ApiProblem(e.status, slug, e.reason, message, headers=headers)
+            return _refused(request, problem.response(), message)
         response = error(e.status, code, message)
-        if e.status == 405:
-            response.headers["Allow"] = e.headers.get("Allow", "")
+        if headers:
+            response.headers.update(headers)
         return _refused(request, response, message)
     except Exception:
         log.exception(
@@ -75,6 +87,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             printable(request.raw_path),
             extra={"service": "http"},
         )
+        if api:
+            return ApiProblem(
+                500, "internal-error", "Internal error", "internal error (details in the log)"
+            ).response()
         return error(500, "internal_error", "internal error (details in the log)")
 
 
@@ -105,15 +121,36 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         message = tokens.problem or "a bearer token is required (Authorization: Bearer ...)"
-    elif not tokens.check(presented):
+    elif (token := tokens.check(presented)) is None:
         message = tokens.problem or "the bearer token is not valid"
         if tokens.problem is None:  # tokens exist, so this was a guess, or a typo
             await _penalise(ctx, request)
     else:
+        request[TOKEN] = token
+        if not request.path.startswith(V1) and not _legacy_allowed(token, request):
+            raise Problem(403, "forbidden", f"token {token.name} lacks scope admin")
         return await handler(request)
+    if request.path.startswith(V1):
+        return ApiProblem(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            message,
+            headers={"WWW-Authenticate": 'Bearer realm="smtprelay"'},
+        ).response()
     response = error(401, "unauthorized", message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="smtprelay"'
     return response
+
+
+def _legacy_allowed(token: Token, request: web.Request) -> bool:
+    """The paths before /v1: the queue API needs scope admin; looking at status,
+    metrics and one message's history is also open to scope read."""
+    if token.allows("admin"):
+        return True
+    return request.method in ("GET", "HEAD") and token.allows("read") and (
+        request.path in ("/status", "/metrics") or request.path.startswith("/messages/")
+    )
 
 
 async def _penalise(ctx: Context, request: web.Request) -> None:
@@ -256,6 +293,8 @@ def _tokens(settings: Settings) -> TokenFile:
         return TokenFile(Path(path) if path else None)
     except OSError as e:
         raise HttpStartError(f"[http] tokens_file {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise HttpStartError(f"[http] tokens_file {path}: {e}") from None
 
 
 def bind(

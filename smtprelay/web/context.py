@@ -14,7 +14,8 @@ from smtprelay.inbound.server import Listeners
 from smtprelay.stats import Stats
 from smtprelay.web.guard import LogBudget, Penalty
 from smtprelay.web.health import Health
-from smtprelay.web.tokens import TokenFile
+from smtprelay.web.problem import forbidden
+from smtprelay.web.tokens import Token, TokenFile
 
 
 @dataclass
@@ -37,6 +38,23 @@ class Context:
 
 
 CONTEXT = web.AppKey("context", Context)
+# The token of the request (set by the bearer check); and the prefix of the JSON API,
+# whose errors are RFC 9457 problems.
+TOKEN = "smtprelay.token"
+V1 = "/v1/"
+
+
+def token_of(request: web.Request) -> Token:
+    token: Token = request[TOKEN]
+    return token
+
+
+def require(request: web.Request, scope: str) -> Token:
+    """The request's token if it has ``scope``; else 403 problem+json."""
+    token = token_of(request)
+    if not token.allows(scope):
+        raise forbidden(f"token {token.name} lacks scope {scope}")
+    return token
 
 
 def context(request: web.Request) -> Context:

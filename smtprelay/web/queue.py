@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from smtprelay import ids
-from smtprelay.delivery.scheduler import QueueEntry, Scheduler
+from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.queueops import QueueEntry
 from smtprelay.queueview import queue_item
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Problem, context

@@ -1,0 +1,139 @@
+"""RFC 9457 problem details: every error of the ``/v1`` API.
+
+A handler raises :class:`ApiProblem` (or one of the helpers below); the error middleware
+answers it as ``application/problem+json``::
+
+    {"type": "https://smtprelay.dev/problems/invalid-fields", "title": "Invalid fields",
+     "status": 422, "detail": "2 fields are invalid",
+     "errors": [{"pointer": "/to/0", "detail": "not an email address"}, ...]}
+
+``errors`` names every invalid field at once by its JSON Pointer (RFC 6901) into the
+request body, never only the first. The older paths (``/status``, ``/queue`` ...) keep
+their ``{"error": {...}}`` shape, which the CLI reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://smtprelay.dev/problems/"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    pointer: str  # JSON Pointer into the request body ("" is the whole body)
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "detail": self.detail}
+
+
+def pointer(*parts: str | int) -> str:
+    """The JSON Pointer of a path: ``pointer("to", 0)`` is ``/to/0`` (``~`` and ``/``
+    escaped as RFC 6901 says)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+class ApiProblem(Exception):
+    """Raised by a ``/v1`` handler; answered as problem+json with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        errors: Iterable[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = [e.to_json() for e in self.errors]
+        body.update(self.extra)
+        return body
+
+    def response(self) -> web.Response:
+        return problem_response(self.status, self.body(), self.headers)
+
+
+def problem_response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body, ensure_ascii=False),
+        content_type=MEDIA_TYPE,
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def invalid(errors: Iterable[FieldError], detail: str | None = None) -> ApiProblem:
+    """422: the body is JSON of the right shape at the top, but fields are wrong."""
+    found = list(errors)
+    count = len(found)
+    text = detail or (f"{count} field{'s are' if count != 1 else ' is'} invalid")
+    return ApiProblem(422, "invalid-fields", "Invalid fields", text, found)
+
+
+def bad_json(detail: str) -> ApiProblem:
+    return ApiProblem(400, "malformed-json", "Malformed JSON", detail)
+
+
+def unsupported_media(given: str, wanted: str) -> ApiProblem:
+    return ApiProblem(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        f"Content-Type {given or '(none)'} is not accepted here: send {wanted}",
+    )
+
+
+def not_found(detail: str) -> ApiProblem:
+    return ApiProblem(404, "not-found", "Not found", detail)
+
+
+def conflict(detail: str, slug: str = "conflict") -> ApiProblem:
+    return ApiProblem(409, slug, "Conflict", detail)
+
+
+def forbidden(detail: str) -> ApiProblem:
+    return ApiProblem(403, "forbidden", "Forbidden", detail)
+
+
+def too_large(detail: str) -> ApiProblem:
+    return ApiProblem(413, "too-large", "Content too large", detail)
+
+
+def unavailable(detail: str, retry_after: int = 30) -> ApiProblem:
+    """503 with Retry-After: the spool is not writable, the disk is full, or the daemon
+    is shutting down; the client should try again later, nothing was queued."""
+    return ApiProblem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        detail,
+        headers={"Retry-After": str(retry_after)},
+    )
