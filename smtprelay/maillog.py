@@ -21,7 +21,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 from smtprelay.replies import Reply
@@ -36,6 +36,7 @@ class Event(StrEnum):
 
     AUTH_FAILED = "auth-failed"
     BARE_NEWLINE = "bare-newline"
+    CANCELED = "canceled"
     CLIENT = "client"
     CONNECT = "connect"
     CONNECTION_LIMIT = "connection-limit"
@@ -264,6 +265,12 @@ def deleted(qid: str) -> None:
     """The operator deleted a message: its end, like ``removed`` (no notice is sent)."""
     _emit("postsuper", f"{qid}: removed (deleted by operator)", qid,
           reason="deleted by operator", event=Event.REMOVED)
+
+
+def canceled(qid: str, by: str, recipients: Sequence[str]) -> None:
+    """The submitter withdrew the message's pending recipients (no notice is sent)."""
+    _emit("postsuper", f"{qid}: canceled by {by}", qid, by=by, recipients=list(recipients),
+          event=Event.CANCELED)
 
 
 def held(qid: str) -> None:

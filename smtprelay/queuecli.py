@@ -26,7 +26,7 @@ from typing import Any
 
 from smtprelay import config, ids
 from smtprelay.envelope import Envelope, QueueState
-from smtprelay.queueview import queue_item
+from smtprelay.queueview import queue_item, spool_state
 from smtprelay.spool.store import Spool
 from smtprelay.web.tokens import read_tokens, usable_by_cli
 
@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT = 30.0
 BATCH = 10_000  # the API's most QIDs per request
 PAGE = 1000  # messages per GET /queue request while listing the whole queue
-STATES = ("active", "deferred", "hold")
+STATES = ("active", "deferred", "hold", "scheduled")
 # Outcomes of an operator action that mean it did not happen (exit 1).
 FAILED_OUTCOMES = ("not-found",)
 EXPLAINED = {
@@ -181,6 +181,8 @@ def format_list(messages: Sequence[dict[str, Any]]) -> str:
         total += size
         lines.append(f"{m['qid']:<{width}}{mark} {size:>8} {_clock(m['arrival']):<20} "
                      f"{_sender(m['sender'])}")
+        if m["state"] == "scheduled" and m.get("send_at"):
+            lines.append(f"{indent}(scheduled for {_clock(m['send_at'])})")
         if m.get("last_error"):
             lines.append(f"{indent}({m['last_error']})")
         lines += [f"{indent}{address}" for address in m["recipients"]]
@@ -296,7 +298,7 @@ def _spool(settings: config.Settings) -> Spool:
 
 def envelope_item(envelope: Envelope, now: float) -> dict[str, Any]:
     """As ``GET /queue`` shows it, read from the spool (the daemon is stopped)."""
-    return queue_item(envelope, envelope.state.value, now)
+    return queue_item(envelope, spool_state(envelope, now), now)
 
 
 def _envelopes(spool: Spool) -> list[Envelope]:

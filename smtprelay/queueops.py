@@ -29,6 +29,10 @@ class Outcome(enum.StrEnum):
     AFTER_ATTEMPT = "after-attempt"
     ATTEMPTING = "attempting"  # flush of a message being tried already
     ON_HOLD = "on-hold"  # flush or reschedule of a held message: release it first
+    # Flush of a message waiting for its send_at: it still waits (reschedule it instead).
+    SCHEDULED = "scheduled"
+    # Reschedule of a message attempted already: it follows its retry schedule.
+    ATTEMPTED = "attempted"
     NOT_HELD = "not-held"  # release of a message that is not on hold
     NOT_FOUND = "not-found"
 
@@ -57,11 +61,15 @@ class QueueEntry:
 
     envelope: Envelope
     attempting: bool  # an attempt is under way right now
+    scheduled: bool = False  # waiting for its send_at (never attempted before it)
 
     @property
     def state(self) -> str:
-        """``active`` (new, or being attempted now), ``deferred`` or ``hold``."""
-        return QueueState.ACTIVE.value if self.attempting else self.envelope.state.value
+        """``active`` (new, or being attempted now), ``deferred``, ``hold`` or
+        ``scheduled``."""
+        if self.attempting:
+            return QueueState.ACTIVE.value
+        return "scheduled" if self.scheduled else self.envelope.state.value
 
 
 class QueueOperations(Protocol):

@@ -46,7 +46,7 @@ HEAD_EVENTS = 10
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
                    3600.0, 4 * 3600.0, 86400.0, 5 * 86400.0)
 DELIVERY_STATUSES = ("sent", "deferred", "bounced")
-QUEUE_STATES = ("active", "deferred", "hold")
+QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
 
 # No "*_created" series beside every counter: they double the exposition for nothing
 # Prometheus uses (process-wide setting; this process exports only these metrics).
@@ -79,6 +79,8 @@ class History:
             return "queued"
         final: dict[str, str] = {}
         for event in self.events:
+            if event.get("event") == Event.CANCELED:
+                final.update((str(a), "canceled") for a in event.get("recipients", ()))
             if event.get("event") == Event.REMOVED and event.get("reason"):
                 return "deleted"
             if event.get("event") == Event.DELIVERY and event.get("status") != "deferred":
@@ -88,6 +90,8 @@ class History:
             return "delivered"
         if statuses == {"bounced"}:
             return "bounced"
+        if "canceled" in statuses and "sent" not in statuses:
+            return "canceled"
         return "partly delivered" if statuses else "removed"
 
     def recipient_states(self) -> dict[str, str]:
@@ -305,6 +309,8 @@ class Stats(logging.Handler):
             if fields.get("reason"):
                 self.counts["deleted"] += 1
                 self.operator.labels("delete").inc()
+        elif event == Event.CANCELED:
+            self.counts["canceled"] += 1
         elif event in (Event.HOLD, Event.RELEASE):
             self.operator.labels(str(event)).inc()
 
@@ -389,6 +395,7 @@ class Stats(logging.Handler):
             "bounced": counts.get("bounced", 0),
             "rejected": counts.get("rejected", 0),
             "deleted": counts.get("deleted", 0),
+            "canceled": counts.get("canceled", 0),
             "notices": counts.get("notices", 0),
             "auth_failed": counts.get("auth_failed", 0),
             "tls_failed": counts.get("tls_failed", 0),

@@ -60,6 +60,8 @@ class Notices:
         """Send what this attempt calls for; may set ``envelope.delay_warned``."""
         if not self.settings.enabled:
             return
+        # A canceled recipient is never reported on: the submitter withdrew it.
+        results = [r for r in results if r.recipient.state is not RecipientState.CANCELED]
         failed = [r for r in results if r.action == "failed"]
         relayed = [r for r in results if r.action == "relayed" and not r.dsn_passed
                    and notify_wants(r.recipient.params, "SUCCESS")]
@@ -78,7 +80,9 @@ class Notices:
 
     async def _maybe_warn(self, envelope: Envelope, data: bytes | None, now: float) -> None:
         delay = self.settings.delay_warning
-        if not delay or envelope.delay_warned or now - envelope.arrival < delay:
+        # A scheduled send is late from its send time on, not from its submission.
+        start = max(envelope.arrival, envelope.send_at or envelope.arrival)
+        if not delay or envelope.delay_warned or now - start < delay:
             return
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
         wanted = [

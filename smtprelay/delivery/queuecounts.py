@@ -16,21 +16,25 @@ Two lists in QID order and in arrival order (pointers to the same strings, plus 
 removed messages are skipped when met and dropped when they outnumber live ones.
 
 A message's *state* is what a full scan shows: ``active`` (new, released, or under
-attempt now), ``deferred`` or ``hold``.
+attempt now), ``deferred``, ``hold`` or ``scheduled`` (its ``send_at`` was still ahead
+when it was noted and it has not been attempted; :meth:`Ledger.due` ends that when the
+scheduler takes it up, so the ledger itself never looks at the clock per message).
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from smtprelay.addresses import domain_of
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 
-STATES = ("active", "deferred", "hold")
+STATES = ("active", "deferred", "hold", "scheduled")
 _CODE = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 1, QueueState.HOLD: 2}
+_SCHEDULED = 3  # a fourth value of the two state bits: waiting for its send_at
 _ATTEMPTING = 4  # bit beside the spool state: an attempt is under way (shown as active)
 _SHIFT = 3  # the profile index sits above the state bits
 # Lists of removed entries are compacted once they exceed twice the live ones plus this.
@@ -40,9 +44,10 @@ Profile = tuple[tuple[str, int], ...]  # (domain, pending recipients), sorted by
 
 
 class Ledger:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._entries: dict[str, int] = {}
-        self._counts = [0, 0, 0]  # by shown state: active, deferred, hold
+        self._counts = [0, 0, 0, 0]  # by shown state: active, deferred, hold, scheduled
         self._profiles: list[Profile | None] = []
         self._profile_ids: dict[Profile, int] = {}
         self._profile_refs: list[int] = []
@@ -67,7 +72,7 @@ class Ledger:
         else:
             attempting = old & _ATTEMPTING
             self._forget(old)
-        value = (profile << _SHIFT) | attempting | _CODE[envelope.state]
+        value = (profile << _SHIFT) | attempting | self._code(envelope)
         self._entries[qid] = value
         self._counts[_shown(value)] += 1
 
@@ -88,6 +93,21 @@ class Ledger:
             self._by_arrival = [self._by_arrival[i] for i in keep]
             self._arrivals = array("d", (self._arrivals[i] for i in keep))
             self._head = 0
+
+    def due(self, qid: str) -> None:
+        """``qid``'s send time has come (the scheduler took it up): no longer scheduled."""
+        old = self._entries.get(qid)
+        if old is not None and old & 3 == _SCHEDULED:
+            new = old & ~3 | _CODE[QueueState.ACTIVE]
+            self._counts[_shown(old)] -= 1
+            self._counts[_shown(new)] += 1
+            self._entries[qid] = new
+
+    def _code(self, envelope: Envelope) -> int:
+        if (envelope.state is QueueState.ACTIVE and not envelope.attempts
+                and envelope.send_at is not None and envelope.send_at > self.clock()):
+            return _SCHEDULED
+        return _CODE[envelope.state]
 
     def attempting(self, qid: str, under_way: bool) -> None:
         """An attempt of ``qid`` started or ended (shown as active meanwhile)."""

@@ -42,7 +42,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from smtprelay import ids, maillog
@@ -55,7 +55,8 @@ from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
-from smtprelay.queueops import QueueEntry
+from smtprelay.queueops import CancelResult, Outcome, QueueEntry, QueueOperations, RecipientCancel
+from smtprelay.queueview import due_time
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.tasks import detach
@@ -93,6 +94,17 @@ _T = TypeVar("_T")
 class _Dead:
     until: float
     reply: Reply
+
+
+@dataclass
+class _InFlight:
+    """A message under attempt, as a cancel sees it: the attempt's envelope once read,
+    and a lock that keeps the attempt's spool writes and the cancel's apart (both
+    rewrite the same file through the same temp name)."""
+
+    envelope: Envelope | None = None
+    cancel_by: str | None = None  # asked before the attempt had read the envelope
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Scheduler:
@@ -135,7 +147,8 @@ class Scheduler:
         self._fresh_bytes = 0
         self._operator = asyncio.Lock()
         self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
-        self.ledger = Ledger()  # what the spool holds, for status pages and listings
+        self._in_flight: dict[str, _InFlight] = {}
+        self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
 
     # --- reload -------------------------------------------------------------------
 
@@ -172,7 +185,7 @@ class Scheduler:
         if envelope.qid in self._known:
             return
         self._keep_fresh(envelope, data)
-        self.enqueue(envelope.qid, envelope.next_attempt)
+        self.enqueue(envelope.qid, due_time(envelope))
 
     def restore(self, envelope: Envelope) -> None:
         """A message found in the spool (at start-up, one at a time as recovery reads
@@ -180,7 +193,7 @@ class Scheduler:
         it unless it is on hold."""
         self.ledger.note(envelope)
         if envelope.state is not QueueState.HOLD:
-            self.enqueue(envelope.qid, envelope.next_attempt)
+            self.enqueue(envelope.qid, due_time(envelope))
 
     async def adopt(self, qids: Iterable[str]) -> None:
         """Messages in the spool that nobody announced (an inbound worker died between
@@ -219,6 +232,10 @@ class Scheduler:
     def is_attempting(self, qid: str) -> bool:
         return qid in self._active
 
+    def wake(self) -> None:
+        """Look at the schedule now (the clock was moved: tests, or a suspend)."""
+        self._wakeup.set()
+
     async def run(self) -> None:
         """Start attempts as they fall due; runs until cancelled."""
         loop = asyncio.get_running_loop()
@@ -235,6 +252,7 @@ class Scheduler:
                 if self._due.get(qid) != due:
                     continue  # superseded by a flush, or held or deleted meanwhile
                 del self._due[qid]
+                self.ledger.due(qid)  # its send_at, if it had one, has come
                 if full and self._park_unread(qid, full):
                     continue
                 # Owned by the scheduler, not by this loop: an attempt outlives a stop of
@@ -242,6 +260,7 @@ class Scheduler:
                 # _attempt_safely lets no exception out.
                 task = loop.create_task(self._attempt_safely(qid))
                 self._active[qid] = task
+                self._in_flight[qid] = _InFlight()
                 self.ledger.attempting(qid, True)
                 task.add_done_callback(functools.partial(self._finished, qid))
                 started += 1
@@ -276,6 +295,7 @@ class Scheduler:
 
     def _finished(self, qid: str, _: object) -> None:
         self._active.pop(qid, None)
+        self._in_flight.pop(qid, None)
         self.ledger.attempting(qid, False)
         self._wakeup.set()
 
@@ -324,6 +344,16 @@ class Scheduler:
             self._known.discard(qid)  # released by an operator action, not by time
             self.ledger.note(envelope)
             return
+        flight = self._in_flight.get(qid)
+        if flight is not None:
+            flight.envelope = envelope
+            if flight.cancel_by is not None:
+                envelope.cancel_requested_by = flight.cancel_by
+        if envelope.cancel_requested_by is not None:
+            # Canceled while its attempt was being started, or before a crash that cut
+            # the attempt short: what is pending is canceled, nothing is sent.
+            await self._conclude(envelope, data, [])
+            return
         activated = self.clock()
         groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
         for recipient in envelope.recipients:
@@ -365,7 +395,7 @@ class Scheduler:
                 remaining -= 1
                 results += self._record(envelope, outcomes, activated)
                 if remaining:
-                    await loop.run_in_executor(None, self.spool.update, envelope, data)
+                    await self._save(envelope, data)
                     self.ledger.note(envelope)
         await self._conclude(envelope, data, results)
 
@@ -466,7 +496,7 @@ class Scheduler:
             else:
                 status = "deferred"
             delays = (
-                max(0.0, activated - envelope.next_attempt),  # arrival, for a first attempt
+                max(0.0, activated - due_time(envelope)),  # arrival, for a first attempt
                 max(0.0, started - activated),
                 outcome.connect_time,
                 outcome.transmit_time,
@@ -475,16 +505,29 @@ class Scheduler:
                              now - envelope.arrival, delays, reply, status)
         return final
 
+    def _writing(self, qid: str) -> asyncio.Lock:
+        flight = self._in_flight.get(qid)
+        return flight.writing if flight is not None else asyncio.Lock()
+
+    async def _save(self, envelope: Envelope, data: bytes | None) -> None:
+        """Rewrite the envelope of a message under attempt (never at once with a cancel)."""
+        async with self._writing(envelope.qid):
+            await self._io(self.spool.update, envelope, data)
+
     async def _conclude(
         self, envelope: Envelope, data: bytes | None, results: list[Result]
     ) -> None:
-        loop = asyncio.get_running_loop()
         envelope.attempts += 1
         now = self.clock()
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+        if pending and envelope.cancel_requested_by is not None:
+            _cancel_pending(envelope, envelope.cancel_requested_by)
+            pending = []
         if pending:
+            # A scheduled send's lifetime starts at its send time, not when it came in.
+            start = max(envelope.arrival, envelope.send_at or envelope.arrival)
             delay = backoff.next_delay(
-                envelope.attempts, now - envelope.arrival,
+                envelope.attempts, now - start,
                 self.settings.retry_schedule, self.settings.max_queue_lifetime,
             )
             if delay is None:
@@ -504,15 +547,18 @@ class Scheduler:
                 envelope.next_attempt = now + delay
                 if self.notices is not None:
                     await self.notices.after_attempt(envelope, results, data, now)
-                await loop.run_in_executor(None, self.spool.update, envelope, data)
+                await self._save(envelope, data)
                 self.ledger.note(envelope)
-                self._reschedule(envelope.qid, envelope.next_attempt)
+                # Canceled while it was being saved: the next look cancels it, at once.
+                canceled = envelope.cancel_requested_by is not None
+                self._reschedule(envelope.qid, now if canceled else envelope.next_attempt)
                 return
         if self.notices is not None:
             await self.notices.after_attempt(envelope, results, data, now)
         # An unlink, synced by the next commit's directory fsync: after a power loss in
         # between, a delivered message may come back and go out twice, never be lost.
-        self.spool.discard(envelope.qid)
+        async with self._writing(envelope.qid):  # not under a cancel's rewrite
+            self.spool.discard(envelope.qid)
         self.ledger.remove(envelope.qid)
         self._known.discard(envelope.qid)
         maillog.removed(envelope.qid)
@@ -537,15 +583,21 @@ class Scheduler:
                 self._due.update(dict.fromkeys(self._parked_qids, now))
                 self._parked_qids.clear()
                 self._parked.clear()
-                results = dict.fromkeys(self._due, "flushed")
-                self._due = dict.fromkeys(self._due, now)
-                self._heap = [(now, qid) for qid in self._due]
+                # A scheduled send keeps its time: a flush never sends it early.
+                waiting = {qid: due for qid, due in self._due.items()
+                           if self.ledger.state(qid) == "scheduled"}
+                results = {qid: Outcome.FLUSHED.value for qid in self._due
+                           if qid not in waiting}
+                self._due = {qid: waiting.get(qid, now) for qid in self._due}
+                self._heap = [(due, qid) for qid, due in self._due.items()]
                 heapq.heapify(self._heap)
                 self._wakeup.set()
                 return results
             results = {}
             for qid in qids:
-                if qid in self._due or qid in self._parked_qids:
+                if qid in self._due and self.ledger.state(qid) == "scheduled":
+                    results[qid] = Outcome.SCHEDULED.value
+                elif qid in self._due or qid in self._parked_qids:
                     self._parked_qids.discard(qid)
                     self._push(qid, now)
                     results[qid] = "flushed"
@@ -587,7 +639,8 @@ class Scheduler:
         following = chosen[limit - 1] if len(chosen) > limit else None
         envelopes = await asyncio.get_running_loop().run_in_executor(
             None, self._read_envelopes, chosen[:limit])
-        return [QueueEntry(e, e.qid in self._active) for e in envelopes], following
+        return [QueueEntry(e, e.qid in self._active, self.ledger.state(e.qid) == "scheduled")
+                for e in envelopes], following
 
     def _read_envelopes(self, qids: list[str]) -> list[Envelope]:
         envelopes = []
@@ -700,7 +753,7 @@ class Scheduler:
         await self._io(self.spool.update, envelope)
         self.ledger.note(envelope)
         maillog.released(qid)
-        self.enqueue(qid, envelope.next_attempt)
+        self.enqueue(qid, due_time(envelope))  # a scheduled send still waits for its time
         return "released"
 
     async def _delete(self, qid: str) -> str:
@@ -740,3 +793,119 @@ class Scheduler:
         await self._io(self.spool.remove, qid)
         self.ledger.remove(qid)
         maillog.removed(qid)
+
+    # --- cancel and reschedule (the HTTP API) ------------------------------------------
+
+    async def load(self, qid: str) -> Envelope | None:
+        """The envelope as the spool holds it now; None when the message is not queued."""
+        if not ids.is_valid(qid):
+            return None
+        try:
+            return await self._io(self.spool.load, qid)
+        except FileNotFoundError:
+            return None
+
+    async def cancel(self, qid: str, by: str) -> list[RecipientCancel] | None:
+        """Cancel every pending recipient: CANCELED, never attempted again, no notice;
+        logged ``QID: canceled by BY``. A message under attempt is marked durably
+        (``cancel_requested_by``) and its pending recipients answer ``pending``: what
+        that attempt leaves pending is canceled when it ends. None: not queued. A
+        spool that cannot be read or written raises (OSError, SpoolError)."""
+        if not ids.is_valid(qid):
+            return None
+        async with self._operator:
+            flight = self._in_flight.get(qid)
+            if flight is not None:
+                return await self._cancel_in_flight(qid, flight, by)
+            with self._out_of_schedule(qid):
+                try:
+                    envelope = await self._io(self.spool.load, qid)
+                except FileNotFoundError:
+                    self.ledger.remove(qid)
+                    return None
+                answer = _cancel_answer(envelope, CancelResult.CANCELED)
+                if _cancel_pending(envelope, by):
+                    # A durable removal (not a discard): after a power loss a canceled
+                    # message must not come back and go out.
+                    await self._io(self.spool.remove, qid)
+                    self.ledger.remove(qid)
+                    maillog.removed(qid)
+                elif envelope.state is not QueueState.HOLD:
+                    self.enqueue(qid, due_time(envelope))  # nothing to cancel: as it was
+            return answer
+
+    async def _cancel_in_flight(
+        self, qid: str, flight: _InFlight, by: str
+    ) -> list[RecipientCancel] | None:
+        async with flight.writing:
+            envelope = flight.envelope
+            try:
+                if envelope is None:  # the attempt is still reading it
+                    flight.cancel_by = by
+                    envelope = await self._io(self.spool.load, qid)
+                envelope.cancel_requested_by = by
+                answer = _cancel_answer(envelope, CancelResult.PENDING)
+                # Durable now: an attempt cut short by a crash ends in the cancel on
+                # restart. A copy: the attempt goes on changing its envelope meanwhile.
+                copy = Envelope.from_json(envelope.to_json())
+                await self._io(self.spool.update, copy)
+            except FileNotFoundError:  # the attempt ended and removed it meanwhile
+                if envelope is None:
+                    return None
+                return _cancel_answer(envelope, CancelResult.PENDING)  # final states now
+        log.info("%s: cancel requested by %s during an attempt", qid, by)
+        return answer
+
+    async def reschedule(self, qid: str, send_at: float) -> str:
+        """Move a message not attempted yet (and not on hold) to ``send_at``, durably;
+        a time in the past: at once."""
+        if not ids.is_valid(qid):
+            return Outcome.NOT_FOUND.value
+        async with self._operator:
+            if qid in self._active:
+                return Outcome.ATTEMPTING.value
+            try:
+                envelope = await self._io(self.spool.load, qid)
+            except FileNotFoundError:
+                self.ledger.remove(qid)
+                return Outcome.NOT_FOUND.value
+            if envelope.state is QueueState.HOLD:
+                return Outcome.ON_HOLD.value
+            if envelope.attempts:
+                return Outcome.ATTEMPTED.value
+            with self._out_of_schedule(qid):
+                envelope.send_at = send_at
+                await self._io(self.spool.update, envelope)
+            self.ledger.note(envelope)
+            self.enqueue(qid, due_time(envelope))
+        return Outcome.RESCHEDULED.value
+
+
+def _cancel_pending(envelope: Envelope, by: str) -> list[str]:
+    """Every pending recipient becomes CANCELED (logged once); their addresses."""
+    canceled = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+    for recipient in canceled:
+        recipient.state = RecipientState.CANCELED
+    if canceled:
+        envelope.cancel_requested_by = by
+        maillog.canceled(envelope.qid, by, [r.address for r in canceled])
+    return [r.address for r in canceled]
+
+
+def _cancel_answer(envelope: Envelope, pending: CancelResult) -> list[RecipientCancel]:
+    """Each recipient's answer before the cancel is applied: ``pending`` for those still
+    pending (CANCELED, or PENDING while an attempt is in flight)."""
+    answer = []
+    for r in envelope.recipients:
+        if r.state is RecipientState.PENDING:
+            answer.append(RecipientCancel(r.address, pending))
+        elif r.state is RecipientState.CANCELED:
+            answer.append(RecipientCancel(r.address, CancelResult.CANCELED))
+        else:
+            final = "delivered" if r.state is RecipientState.DELIVERED else "bounced"
+            answer.append(RecipientCancel(r.address, CancelResult.TOO_LATE, final))
+    return answer
+
+
+def _implements(scheduler: Scheduler) -> QueueOperations:
+    return scheduler  # mypy --strict checks here that Scheduler implements QueueOperations

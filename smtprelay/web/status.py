@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay import __version__, ids
 from smtprelay.envelope import Envelope, QueueState
+from smtprelay.queueview import is_scheduled
 from smtprelay.stats import QUEUE_STATES
 from smtprelay.web.context import Context, Problem, context
 from smtprelay.web.queue import queue_summary
@@ -92,6 +93,8 @@ async def message(request: web.Request) -> web.Response:
             state = "hold"
         elif ctx.scheduler.is_attempting(qid):
             state = "attempting"
+        elif is_scheduled(envelope, ctx.scheduler.clock()):
+            state = "scheduled"
         else:
             state = envelope.state.value
     else:

@@ -22,6 +22,7 @@ from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.inbound.address import domain_of
+from smtprelay.queueview import spool_state
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.web.queue import queue_summary
@@ -54,7 +55,7 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
     second = envelope(None, "d@two.test", arrival=60.0)
     ledger.note(first)
     ledger.note(second)
-    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0}
+    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0, "scheduled": 0}
     assert ledger.destinations(10) == [
         {"domain": "one.test", "recipients": 2, "messages": 1},
         {"domain": "two.test", "recipients": 2, "messages": 2},
@@ -64,10 +65,10 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
     first.state = QueueState.DEFERRED
     first.recipients[0].state = RecipientState.DELIVERED  # after a partial attempt
     ledger.note(first)
-    assert ledger.counts() == {"active": 1, "deferred": 1, "hold": 0}
+    assert ledger.counts() == {"active": 1, "deferred": 1, "hold": 0, "scheduled": 0}
     assert ledger.recipients == Counter({"two.test": 2, "one.test": 1})
     ledger.attempting(first.qid, True)  # under attempt: shown as active
-    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0}
+    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0, "scheduled": 0}
     ledger.note(first)  # rewritten during the attempt: still shown active
     assert ledger.state(first.qid) == "active"
     ledger.attempting(first.qid, False)
@@ -75,11 +76,11 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
 
     second.state = QueueState.HOLD
     ledger.note(second)
-    assert ledger.counts() == {"active": 0, "deferred": 1, "hold": 1}
+    assert ledger.counts() == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
     ledger.remove(first.qid)
     ledger.remove(first.qid)  # twice: no harm
     ledger.attempting(first.qid, True)  # unknown: ignored
-    assert ledger.counts() == {"active": 0, "deferred": 0, "hold": 1}
+    assert ledger.counts() == {"active": 0, "deferred": 0, "hold": 1, "scheduled": 0}
     assert ledger.destinations(10) == [{"domain": "two.test", "recipients": 1, "messages": 1}]
     assert ledger.oldest_arrival() == 60.0
     ledger.remove(second.qid)
@@ -217,13 +218,13 @@ class CountingSpool(Spool):
 
 def scan(scheduler: Scheduler, spool: Spool) -> dict[str, Any]:
     """What the status page showed before the ledger: every envelope read."""
-    states: Counter[str] = Counter(active=0, deferred=0, hold=0)
+    states: Counter[str] = Counter(active=0, deferred=0, hold=0, scheduled=0)
     recipients: Counter[str] = Counter()
     messages: Counter[str] = Counter()
     oldest = None
     for qid in sorted(Spool.ids(spool)):
         e = Spool.load(spool, qid)
-        states["active" if scheduler.is_attempting(qid) else e.state.value] += 1
+        states["active" if scheduler.is_attempting(qid) else spool_state(e, scheduler.clock())] += 1
         oldest = e.arrival if oldest is None else min(oldest, e.arrival)
         domains = [domain_of(r.address) for r in e.recipients if r.state is RecipientState.PENDING]
         recipients.update(domains)
@@ -311,7 +312,7 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
             ),
             "the first attempts to end",
         )
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1, "scheduled": 0}
         assert ledger_view(scheduler)["destinations"] == {"one.test": (2, 2), "two.test": (1, 1)}
 
         # An attempt under way (slow.test waits): shown active; a hold asked meanwhile
@@ -321,7 +322,7 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         await until(
             lambda: scheduler.ledger.recipients["one.test"] == 2, "one.test's part to be saved"
         )  # saved between the two destinations
-        assert check(scheduler, spool) == {"active": 1, "deferred": 2, "hold": 1}
+        assert check(scheduler, spool) == {"active": 1, "deferred": 2, "hold": 1, "scheduled": 0}
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         check(scheduler, spool)
         transport.gate.set()
@@ -337,17 +338,17 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         transport.gate.set()
         await until(lambda: scheduler.ledger.state(slow) == "hold", "the hold to land")
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2, "scheduled": 0}
 
         # Operator actions.
         assert await scheduler.release([slow]) == {slow: "released"}
         check(scheduler, spool)
         await until(lambda: scheduler.ledger.state(slow) == "deferred", "a new attempt")
         assert await scheduler.hold([waiting.qid]) == {waiting.qid: "held"}
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2, "scheduled": 0}
         assert await scheduler.delete([waiting.qid]) == {waiting.qid: "deleted"}
         assert await scheduler.bounce([mixed]) == {mixed: "bounced"}
-        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
 
         # Failed actions are rolled back: the spool is unchanged, and so are the counts.
         real_update = Spool.update
@@ -359,12 +360,12 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         assert (await scheduler.hold([slow]))[slow].startswith("error")
         assert (await scheduler.release([held_before.qid]))[held_before.qid].startswith("error")
         monkeypatch.setattr(Spool, "update", real_update)
-        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
         failing = submit("busy5@one.test", sender="fail@notice.test")
         await until(lambda: scheduler.ledger.state(failing) == "deferred", "its deferral")
         result = await scheduler.bounce([failing])
         assert result[failing].startswith("error")  # the notice could not be written
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1}
+        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1, "scheduled": 0}
 
         # A message made durable but never announced (its worker died): adopted.
         orphan = envelope(None, "busy6@four.test", arrival=5.0)

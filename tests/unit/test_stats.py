@@ -78,7 +78,8 @@ def test_counts_what_the_log_says(st: stats.Stats) -> None:
 
     assert st.counters() == {
         "received": 1, "delivered": 1, "deferred": 1, "bounced": 1, "rejected": 1,
-        "deleted": 0, "notices": 0, "auth_failed": 1, "tls_failed": 0, "connections": 1,
+        "deleted": 0, "canceled": 0, "notices": 0, "auth_failed": 1, "tls_failed": 0,
+        "connections": 1,
     }
     found = samples(st)
     assert found[("smtprelay_messages_received_total", ())] == 1
