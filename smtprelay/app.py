@@ -65,7 +65,9 @@ DELIVERY = "the delivery loop"
 STATUS_PERIOD = 5.0
 
 
-def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
+def build_scheduler(
+    settings: Settings, spool: Spool, on_notice: Callable[[Envelope], None] | None = None
+) -> Scheduler:
     delivery = settings.delivery
     resolver = Resolver(
         delivery.nameservers,
@@ -81,12 +83,10 @@ def build_scheduler(settings: Settings, spool: Spool) -> Scheduler:
         max_idle_per_hop=delivery.per_destination_concurrency,
         line_length_limit=delivery.line_length_limit,
     )
-    scheduler = Scheduler(spool, Router(delivery, resolver), transport, delivery)
-    scheduler.notices = Notices(
-        spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime,
-        enqueue=scheduler.enqueue_new,
-    )
-    return scheduler
+    notices = Notices(
+        spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime)
+    return Scheduler(spool, Router(delivery, resolver), transport, delivery,
+                     notices=notices, on_notice=on_notice)
 
 
 async def serve(settings: Settings, path: Path) -> None:
@@ -112,7 +112,8 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
-        scheduler = build_scheduler(settings, spool)
+        scheduler = build_scheduler(
+            settings, spool, stats.note_queued if stats is not None else None)
         recovered = recover(spool, scheduler.restore)
         log.info(
             "spool %s: %d message(s) queued, %d partial write(s) removed, %d quarantined",
@@ -124,8 +125,6 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         on_queued: Callable[[Envelope, bytes], None] = scheduler.enqueue_new
         if stats is not None:
             on_queued = _remembering(stats, scheduler.enqueue_new)
-            if scheduler.notices is not None:
-                scheduler.notices.enqueue = on_queued
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here

@@ -13,11 +13,14 @@ tests use the real ones against SMTP sinks on loopback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from smtprelay.config import DeliverySettings
+from smtprelay.config import BounceSettings, DeliverySettings
+from smtprelay.delivery.notices import Result, Spooled
 from smtprelay.delivery.outcome import Hop, RecipientOutcome
 from smtprelay.delivery.routes import Route
+from smtprelay.envelope import Envelope
 
 
 class NextHops(Protocol):
@@ -59,3 +62,14 @@ class Deliverer(Protocol):
     async def close(self) -> None:
         """Close idle connections (at shutdown)."""
         ...
+
+
+class NoticeSender(Protocol):
+    """``notices.Notices``: the DSNs an attempt calls for, spooled and handed back for
+    the scheduler to schedule (it never calls back into the scheduler)."""
+
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> list[Spooled]: ...
+
+    def apply(self, settings: BounceSettings) -> None: ...

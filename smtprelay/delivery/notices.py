@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtprelay import bounce, ids, maillog
@@ -42,13 +42,20 @@ class Result:
     dsn_passed: bool = False
 
 
+# A notice just made durable in the spool: its envelope and message, for the scheduler.
+Spooled = tuple[Envelope, bytes]
+
+
 @dataclass
 class Notices:
     spool: Spool
     settings: BounceSettings
     hostname: str
     lifetime: float
-    enqueue: Callable[[Envelope, bytes], None]
+
+    def apply(self, settings: BounceSettings) -> None:
+        """Reloaded bounce settings, for the next notices."""
+        self.settings = settings
 
     @property
     def from_address(self) -> str:
@@ -56,34 +63,39 @@ class Notices:
 
     async def after_attempt(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
-    ) -> None:
-        """Send what this attempt calls for; may set ``envelope.delay_warned``."""
+    ) -> list[Spooled]:
+        """Spool what this attempt calls for and return it (the caller schedules it);
+        may set ``envelope.delay_warned``."""
+        spooled: list[Spooled] = []
         if not self.settings.enabled:
-            return
+            return spooled
         # A canceled recipient is never reported on: the submitter withdrew it.
         results = [r for r in results if r.recipient.state is not RecipientState.CANCELED]
         failed = [r for r in results if r.action == "failed"]
         relayed = [r for r in results if r.action == "relayed" and not r.dsn_passed
                    and notify_wants(r.recipient.params, "SUCCESS")]
         if failed and not envelope.sender:
-            await self._report_to_postmaster(envelope, failed, data, now)
+            spooled += await self._report_to_postmaster(envelope, failed, data, now)
             failed = []
         if not envelope.sender:
-            return
+            return spooled
         wanted = [r for r in failed if notify_wants(r.recipient.params, "FAILURE")]
         if wanted:
             copy = [self.settings.notify_admin] if self.settings.notify_admin else []
-            await self._send(envelope, wanted, data, now, "failure", copy)
+            spooled += await self._send(envelope, wanted, data, now, "failure", copy)
         if relayed:
-            await self._send(envelope, relayed, data, now, "success", [])
-        await self._maybe_warn(envelope, data, now)
+            spooled += await self._send(envelope, relayed, data, now, "success", [])
+        spooled += await self._maybe_warn(envelope, data, now)
+        return spooled
 
-    async def _maybe_warn(self, envelope: Envelope, data: bytes | None, now: float) -> None:
+    async def _maybe_warn(
+        self, envelope: Envelope, data: bytes | None, now: float
+    ) -> list[Spooled]:
         delay = self.settings.delay_warning
         # A scheduled send is late from its send time on, not from its submission.
         start = max(envelope.arrival, envelope.send_at or envelope.arrival)
         if not delay or envelope.delay_warned or now - start < delay:
-            return
+            return []
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
         wanted = [
             Result(r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply,
@@ -93,39 +105,41 @@ class Notices:
         if pending:
             envelope.delay_warned = True  # once per message, even if nobody wanted it
         if wanted:
-            await self._send(envelope, wanted, data, now, "delay", [])
+            return await self._send(envelope, wanted, data, now, "delay", [])
+        return []
 
     async def _report_to_postmaster(
         self, envelope: Envelope, failed: Sequence[Result], data: bytes | None, now: float
-    ) -> None:
+    ) -> list[Spooled]:
         if not self.settings.postmaster or envelope.notice == POSTMASTER_NOTICE:
             for result in failed:
                 maillog.notice_discarded(envelope.qid, result.recipient.address)
-            return
-        await self._send(envelope, failed, data, now, POSTMASTER_NOTICE, [],
-                         to=self.settings.postmaster)
+            return []
+        return await self._send(envelope, failed, data, now, POSTMASTER_NOTICE, [],
+                                to=self.settings.postmaster)
 
     async def _send(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
         kind: str, copies: list[str], to: str | None = None,
-    ) -> None:
-        """Spool one notice.
+    ) -> list[Spooled]:
+        """Spool one notice (returned in a list: none when it could not be built).
 
         A notice that cannot be written (full disk) raises: the attempt is then not
         recorded and is made again later, so the sender is not left without one. A notice
         that cannot be built (a bug; retrying would not help) is logged and given up.
         """
         try:
-            await self._spool_notice(envelope, results, data, now, kind, copies, to)
+            return [await self._spool_notice(envelope, results, data, now, kind, copies, to)]
         except (SpoolError, OSError):
             raise
         except Exception:
             log.exception("%s: cannot create the %s notice", envelope.qid, kind)
+            return []
 
     async def _spool_notice(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
         kind: str, copies: list[str], to: str | None,
-    ) -> None:
+    ) -> Spooled:
         loop = asyncio.get_running_loop()
         if data is None:
             data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
@@ -165,7 +179,7 @@ class Notices:
         await loop.run_in_executor(None, self.spool.commit, notice, message)
         maillog.notice_sent(envelope.qid, kind, qid)
         maillog.queued(qid, "", len(message), len(notice.recipients))
-        self.enqueue(notice, message)
+        return notice, message
 
 
 def _dsn_recipient(result: Result, now: float, retry_until: float) -> bounce.DSNRecipient:

@@ -49,8 +49,8 @@ from smtprelay import ids, maillog
 from smtprelay.addresses import domain_of
 from smtprelay.config import DeliverySettings, Settings
 from smtprelay.delivery import backoff
-from smtprelay.delivery.interfaces import Deliverer, NextHops
-from smtprelay.delivery.notices import Notices, Result
+from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
+from smtprelay.delivery.notices import Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route
@@ -115,10 +115,13 @@ class Scheduler:
         transport: Deliverer,
         settings: DeliverySettings,
         *,
+        notices: NoticeSender,
         active_limit: int = ACTIVE_LIMIT,
         clock: Callable[[], float] = time.time,
-        notices: Notices | None = None,
+        on_notice: Callable[[Envelope], None] | None = None,
     ) -> None:
+        """``on_notice``: told of each notice spooled, before it is scheduled (the HTTP
+        endpoint's history remembers it as accepted)."""
         self.spool = spool
         self.router = router
         self.transport = transport
@@ -126,6 +129,7 @@ class Scheduler:
         self.active_limit = active_limit
         self.clock = clock
         self.notices = notices
+        self.on_notice = on_notice
         self._heap: list[tuple[float, str]] = []
         # The due time of each QID's one valid heap entry. An entry whose time differs
         # (superseded by a flush, or the message held or deleted) is skipped when popped.
@@ -163,8 +167,7 @@ class Scheduler:
         and the retry schedule keep their start-up values."""
         self.router = router
         self.transport.apply(settings.delivery)
-        if self.notices is not None:
-            self.notices.settings = settings.bounce
+        self.notices.apply(settings.bounce)
 
     # --- queue --------------------------------------------------------------------
 
@@ -505,6 +508,15 @@ class Scheduler:
                              now - envelope.arrival, delays, reply, status)
         return final
 
+    async def _notify(
+        self, envelope: Envelope, results: list[Result], data: bytes | None, now: float
+    ) -> None:
+        """The notices this attempt calls for: spooled by Notices, scheduled here."""
+        for notice, message in await self.notices.after_attempt(envelope, results, data, now):
+            if self.on_notice is not None:
+                self.on_notice(notice)
+            self.enqueue_new(notice, message)
+
     def _writing(self, qid: str) -> asyncio.Lock:
         flight = self._in_flight.get(qid)
         return flight.writing if flight is not None else asyncio.Lock()
@@ -545,16 +557,14 @@ class Scheduler:
             else:
                 envelope.state = QueueState.DEFERRED
                 envelope.next_attempt = now + delay
-                if self.notices is not None:
-                    await self.notices.after_attempt(envelope, results, data, now)
+                await self._notify(envelope, results, data, now)
                 await self._save(envelope, data)
                 self.ledger.note(envelope)
                 # Canceled while it was being saved: the next look cancels it, at once.
                 canceled = envelope.cancel_requested_by is not None
                 self._reschedule(envelope.qid, now if canceled else envelope.next_attempt)
                 return
-        if self.notices is not None:
-            await self.notices.after_attempt(envelope, results, data, now)
+        await self._notify(envelope, results, data, now)
         # An unlink, synced by the next commit's directory fsync: after a power loss in
         # between, a delivered message may come back and go out twice, never be lost.
         async with self._writing(envelope.qid):  # not under a cancel's rewrite
@@ -788,8 +798,7 @@ class Scheduler:
                 results.append(Result(recipient, "failed", reply.enhanced, str(reply)))
                 maillog.delivery(qid, recipient.address, "none", now - envelope.arrival,
                                  (0.0, 0.0, 0.0, 0.0), reply, "bounced")
-        if self.notices is not None:
-            await self.notices.after_attempt(envelope, results, None, now)
+        await self._notify(envelope, results, None, now)
         await self._io(self.spool.remove, qid)
         self.ledger.remove(qid)
         maillog.removed(qid)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 
-from smtprelay.config import DeliverySettings
-from smtprelay.delivery.interfaces import Deliverer, NextHops
+from smtprelay.config import BounceSettings, DeliverySettings
+from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
+from smtprelay.delivery.notices import Result, Spooled
 from smtprelay.delivery.outcome import Hop, RecipientOutcome
 from smtprelay.delivery.routes import Route, TLSPolicy
+from smtprelay.envelope import Envelope
 from smtprelay.replies import Reply
 
 OK = Reply(250, "2.0.0", "ok")
@@ -104,7 +107,28 @@ class NoDelivery:
         pass
 
 
+class RecordingNotices:
+    """Spools no notice; records the results each attempt reported, by QID."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Result]]] = []
+
+    @property
+    def results(self) -> list[Result]:
+        return [r for _, results in self.calls for r in results]
+
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> list[Spooled]:
+        self.calls.append((envelope.qid, list(results)))
+        return []
+
+    def apply(self, settings: BounceSettings) -> None:
+        pass
+
+
 # mypy checks here that the fakes implement the Protocols.
 _router: NextHops = FakeRouter()
 _deliverer: Deliverer = FakeDeliverer()
 _none: tuple[NextHops, Deliverer] = (NoDelivery(), NoDelivery())
+_notices: NoticeSender = RecordingNotices()

@@ -14,7 +14,7 @@ from smtprelay.config import DeliverySettings
 from smtprelay.delivery.scheduler import PARK_AFTER, START_BATCH, Scheduler
 from smtprelay.envelope import Envelope, Recipient
 from smtprelay.spool import Spool
-from tests.unit.fakes import FakeDeliverer, FakeRouter, NoDelivery
+from tests.unit.fakes import FakeDeliverer, FakeRouter, NoDelivery, RecordingNotices
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -62,7 +62,7 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
 
     async def main() -> None:
         spool = CountingSpool(tmp_path / "spool")
-        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings, notices=RecordingNotices())
         _queue_for_slow(spool, scheduler, 60)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, 60)
@@ -105,7 +105,7 @@ def test_parked_messages_answer_operator_actions(tmp_path: Path) -> None:
 
     async def main() -> None:
         spool = Spool(tmp_path / "spool")
-        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings, notices=RecordingNotices())
         qids = _queue_for_slow(spool, scheduler, PARK_AFTER + 20)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(qids))
@@ -139,7 +139,7 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
 
     async def main() -> None:
         spool = CountingSpool(tmp_path / "spool")
-        scheduler = Scheduler(spool, FakeRouter(), transport, settings)
+        scheduler = Scheduler(spool, FakeRouter(), transport, settings, notices=RecordingNotices())
         first = _queue_for_slow(spool, scheduler, 40)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(first))
@@ -179,6 +179,7 @@ def test_the_loop_starts_attempts_in_batches_letting_others_run(
     async def main() -> None:
         spool = Spool(tmp_path / "spool")
         scheduler = Scheduler(spool, FakeRouter(), NoDelivery(), DeliverySettings(),
+                              notices=RecordingNotices(),
                               active_limit=10_000)
         hold = asyncio.Event()
 

@@ -11,11 +11,11 @@ import pytest
 
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
-from smtprelay.delivery.notices import Result
+from smtprelay.delivery.notices import Result, Spooled
 from smtprelay.delivery.scheduler import OPERATOR_BOUNCE, Scheduler
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 from smtprelay.spool import Spool, SpoolError
-from tests.unit.fakes import NoDelivery
+from tests.unit.fakes import NoDelivery, RecordingNotices
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -29,19 +29,11 @@ class Clock:
         return self.now
 
 
-class FakeNotices:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[Result]]] = []
-
-    async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
-                            data: bytes | None, now: float) -> None:
-        self.calls.append((envelope.qid, list(results)))
-
-
 def make_scheduler(tmp_path: Path, clock: Clock) -> tuple[Scheduler, Spool]:
     spool = Spool(tmp_path / "spool")
     unused = NoDelivery()  # router and transport: no delivery happens in these tests
-    scheduler = Scheduler(spool, unused, unused, DeliverySettings(), clock=clock)
+    scheduler = Scheduler(spool, unused, unused, DeliverySettings(),
+                          notices=RecordingNotices(), clock=clock)
     return scheduler, spool
 
 
@@ -121,8 +113,8 @@ def test_bounce_fails_pending_recipients_and_notifies(tmp_path: Path) -> None:
 
     async def main() -> None:
         scheduler, spool = make_scheduler(tmp_path, clock)
-        notices = FakeNotices()
-        scheduler.notices = notices  # type: ignore[assignment]
+        notices = RecordingNotices()
+        scheduler.notices = notices
         qid = queue(scheduler, spool, clock.now + 300)
         assert await scheduler.bounce([qid]) == {qid: "bounced"}
         assert spool.ids() == []
@@ -196,7 +188,7 @@ def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> N
 
 class FullDiskNotices:
     async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
-                            data: bytes | None, now: float) -> None:
+                            data: bytes | None, now: float) -> list[Spooled]:
         raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
-from smtprelay.delivery.notices import Result
+from smtprelay.delivery.notices import Result, Spooled
 from smtprelay.delivery.outcome import RecipientOutcome
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route, TLSPolicy
@@ -26,6 +26,7 @@ from smtprelay.queueview import spool_state
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.web.queue import queue_summary
+from tests.unit.fakes import RecordingNotices
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -258,9 +259,10 @@ def check(scheduler: Scheduler, spool: Spool) -> dict[str, int]:
 class FailingNotices:
     async def after_attempt(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
-    ) -> None:
+    ) -> list[Spooled]:
         if any(r.action == "failed" for r in results) and envelope.sender == "fail@notice.test":
             raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
+        return []
 
 
 async def until(predicate: Any, what: str) -> None:
@@ -280,7 +282,8 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
     async def main() -> None:
         spool = CountingSpool(tmp_path / "spool")
         router: Any = Router()
-        scheduler = Scheduler(spool, router, transport, settings)  # type: ignore[arg-type]
+        scheduler = Scheduler(spool, router, transport, settings,  # type: ignore[arg-type]
+                              notices=RecordingNotices())
         scheduler.notices = FailingNotices()  # type: ignore[assignment]
         # At start-up: one waiting, one held (counted, never attempted).
         held_before = envelope(None, "ok1@one.test", state=QueueState.HOLD, arrival=10.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.queueops import CancelResult, QueueOperations, RecipientCancel
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool
-from tests.unit.fakes import OK, FakeDeliverer, FakeRouter, NoDelivery
+from tests.unit.fakes import OK, FakeDeliverer, FakeRouter, NoDelivery, RecordingNotices
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -35,16 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RecordingNotices:
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-
-    async def after_attempt(
-        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
-    ) -> None:
-        self.results += results
 
 
 class HalfDeferred:
@@ -94,7 +84,7 @@ def make(
         DeliverySettings(),
         clock=clock,
         notices=notices,
-    )  # type: ignore[arg-type]
+    )
     return scheduler, spool, notices
 
 
@@ -143,7 +133,12 @@ def test_the_scheduler_implements_queue_operations() -> None:
 
 def make_scheduler_clock() -> Callable[[], float]:
     scheduler = Scheduler(
-        Spool.__new__(Spool), FakeRouter(), FakeDeliverer(), DeliverySettings(), clock=Clock()
+        Spool.__new__(Spool),
+        FakeRouter(),
+        FakeDeliverer(),
+        DeliverySettings(),
+        notices=RecordingNotices(),
+        clock=Clock(),
     )
     return scheduler.clock
 
@@ -327,14 +322,11 @@ def test_notices_never_report_a_canceled_recipient(tmp_path: Path) -> None:
     from smtprelay.delivery.notices import Notices
 
     spool = Spool(tmp_path / "spool")
-    queued: list[Envelope] = []
-    notices = Notices(
-        spool, BounceSettings(), "relay.test", 86400.0, enqueue=lambda e, d: queued.append(e)
-    )
+    notices = Notices(spool, BounceSettings(), "relay.test", 86400.0)
     envelope = make_envelope(ids.new_id(), size=len(DATA))
     spool.commit(envelope, DATA)
     canceled = Recipient("bob@example.net", state=RecipientState.CANCELED)
     result = Result(canceled, "failed", "5.0.0", "550 5.0.0 x")
-    asyncio.run(notices.after_attempt(envelope, [result], DATA, NOW))
-    assert queued == []
+    assert asyncio.run(notices.after_attempt(envelope, [result], DATA, NOW)) == []
+    assert spool.ids() == [envelope.qid]  # no notice spooled beside it
     spool.close()
