@@ -56,6 +56,15 @@ class Client:
     protocol: str = "ESMTP"  # the RFC 3848 "with" keyword
 
 
+class NoticeKind(enum.StrEnum):
+    """What a notice (DSN) generated here reports."""
+
+    FAILURE = "failure"
+    DELAY = "delay"
+    SUCCESS = "success"
+    POSTMASTER = "postmaster"  # a failed message from <> (often a notice), to [bounce] postmaster
+
+
 class SubmittedVia(enum.StrEnum):
     SMTP = "smtp"  # a listener, or the local socket
     HTTP = "http"  # POST /v1/messages
@@ -91,8 +100,8 @@ class Envelope:
     next_attempt: float = 0.0
     attempts: int = 0
     message_id: str | None = None
-    # What a notice (DSN) generated here is: "failure", "delay", "success", "postmaster".
-    notice: str | None = None
+    # What a notice (DSN) generated here is (None: not a notice).
+    notice: NoticeKind | None = None
     delay_warned: bool = False
     # Not attempted before this time (a scheduled send; epoch seconds), None: at once.
     send_at: float | None = None

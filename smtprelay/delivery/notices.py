@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from smtprelay import bounce, ids, maillog
 from smtprelay.config import BounceSettings
 from smtprelay.dsnparams import notify_wants
-from smtprelay.envelope import Client, Envelope, Recipient, RecipientState
+from smtprelay.envelope import Client, Envelope, NoticeKind, Recipient, RecipientState
 from smtprelay.spool import Spool, SpoolError
 
-POSTMASTER_NOTICE = "postmaster"
+POSTMASTER_NOTICE = NoticeKind.POSTMASTER
 
 log = logging.getLogger("smtprelay.bounce")
 
@@ -82,9 +82,9 @@ class Notices:
         wanted = [r for r in failed if notify_wants(r.recipient.params, "FAILURE")]
         if wanted:
             copy = [self.settings.notify_admin] if self.settings.notify_admin else []
-            spooled += await self._send(envelope, wanted, data, now, "failure", copy)
+            spooled += await self._send(envelope, wanted, data, now, NoticeKind.FAILURE, copy)
         if relayed:
-            spooled += await self._send(envelope, relayed, data, now, "success", [])
+            spooled += await self._send(envelope, relayed, data, now, NoticeKind.SUCCESS, [])
         spooled += await self._maybe_warn(envelope, data, now)
         return spooled
 
@@ -105,7 +105,7 @@ class Notices:
         if pending:
             envelope.delay_warned = True  # once per message, even if nobody wanted it
         if wanted:
-            return await self._send(envelope, wanted, data, now, "delay", [])
+            return await self._send(envelope, wanted, data, now, NoticeKind.DELAY, [])
         return []
 
     async def _report_to_postmaster(
@@ -120,7 +120,7 @@ class Notices:
 
     async def _send(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
-        kind: str, copies: list[str], to: str | None = None,
+        kind: NoticeKind, copies: list[str], to: str | None = None,
     ) -> list[Spooled]:
         """Spool one notice (returned in a list: none when it could not be built).
 
@@ -138,7 +138,7 @@ class Notices:
 
     async def _spool_notice(
         self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
-        kind: str, copies: list[str], to: str | None,
+        kind: NoticeKind, copies: list[str], to: str | None,
     ) -> Spooled:
         loop = asyncio.get_running_loop()
         if data is None:

@@ -1,34 +1,28 @@
-"""The queue manager: decide when each queued message is attempted, and record results.
+"""The queue manager: decide when each queued message is attempted -- the facade of the
+delivery stage that ``app.py``, ``web/`` and the CLI see (it implements
+:class:`smtprelay.queueops.QueueOperations`).
 
-* A due-time heap of ``(time, QID)`` -- the only per-message memory while a message
-  waits, so a large queue stays small in RAM; envelopes are read from the spool when an
-  attempt starts, message data only once a connection slot is held.
-* A bounded active set (``active_limit`` messages being attempted at once).
-* Per-destination concurrency (``per_destination_concurrency``) under a global limit
-  (``concurrency``). A destination slot is taken before a global one, so messages
-  waiting for a busy destination never hold slots that others could use; and a
-  destination with a long line of waiters gets further messages parked in a line of
-  its own (QIDs only, out of the active set), each let go when one of its deliveries
-  ends (fairness without re-reading a message every second while a backlog drains).
-  A message that falls due while its destination's line is full is parked at once,
-  its destinations known from the ledger, without reading it or starting an attempt:
-  a million messages for one dead smarthost are not a million spool reads.
-* The loop starts at most ``START_BATCH`` attempts and looks at most ``POP_BATCH``
-  due entries before letting other callbacks run (HTTP, health), so a queue falling
-  due all at once never blocks the event loop for long.
-* Dead destinations: after ``DEAD_AFTER`` consecutive attempts in which no host of a
-  destination could be reached, it is skipped for ``COOL_OFF`` seconds and its mail
-  deferred without a wasted connection attempt each.
-* Per-recipient state is written to the spool after every attempt; a message with
-  several destinations is saved after each one finishes, so after a crash only
-  recipients whose delivery was in flight can be tried again.
-* Operator actions (flush, hold, release, delete, bounce; see "operator actions" below)
-  are serialized among themselves. A message under attempt is never touched: hold,
-  delete and bounce of such a message are applied when its attempt ends (the answer
-  says ``after-attempt``), so a delivery under way is never torn in half.
-* What is queued -- counts by state and destination, oldest arrival, listing order --
-  is kept in a :class:`~smtprelay.delivery.queuecounts.Ledger`, told after every spool
-  write and removal, so status pages never scan the spool.
+Its parts, one job each:
+
+* ``delivery/schedule.py`` :class:`Schedule`: the due-time heap (the only per-message
+  memory while a message waits; the loop below sleeps until its head, so waiting
+  messages -- scheduled sends included -- cost no CPU) and the fresh cache;
+* ``delivery/destinations.py`` :class:`Destinations`: per-destination slots under a
+  global limit, lines of waiting and parked messages, dead destinations;
+* ``delivery/attempt.py`` :class:`Attempts`: one attempt of one message, from reading
+  it to concluding it;
+* ``delivery/operator.py`` :class:`Operator`: flush, hold, release, delete, bounce,
+  listing; ``delivery/cancel.py``: cancel and reschedule;
+* ``delivery/queuecounts.py`` :class:`Ledger`: what is queued, by state and
+  destination, told after every spool write and removal, so status pages never scan.
+
+Here: a bounded active set (``active_limit`` messages being attempted at once), and the
+loop that starts attempts as they fall due. The loop starts at most ``START_BATCH``
+attempts and looks at most ``POP_BATCH`` due entries before letting other callbacks run
+(HTTP, health), so a queue falling due all at once never blocks the event loop for long.
+A message that falls due while its destination's line is full is parked at once, its
+destinations known from the ledger, without reading it or starting an attempt: a
+million messages for one dead smarthost are not a million spool reads.
 """
 
 from __future__ import annotations
@@ -36,35 +30,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
-import os
 import time
-from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from smtprelay import ids, maillog
-from smtprelay.addresses import domain_of
 from smtprelay.config import DeliverySettings, Settings
-from smtprelay.delivery import backoff
+from smtprelay.delivery.attempt import Attempts, InFlight
+from smtprelay.delivery.destinations import PARK_AFTER, Destinations
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result
-from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
 from smtprelay.delivery.queuecounts import Ledger
-from smtprelay.delivery.routes import Route
-from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
-from smtprelay.queueops import CancelResult, Outcome, QueueEntry, QueueOperations, RecipientCancel
+from smtprelay.delivery.schedule import Schedule
+from smtprelay.envelope import Envelope, QueueState
+from smtprelay.queueops import QueueEntry, QueueOperations, RecipientCancel
 from smtprelay.queueview import due_time
-from smtprelay.replies import Reply
-from smtprelay.spool import Spool, SpoolError
-from smtprelay.tasks import detach
+from smtprelay.spool import Spool
 
-DEAD_AFTER = 3
-COOL_OFF = 60.0
-# Waiters per destination slot before further messages for it are parked.
-PARK_AFTER = 4
+__all__ = ["ACTIVE_LIMIT", "OPERATOR_BOUNCE", "PARK_AFTER", "Scheduler"]
+
 # Messages under attempt at once (reading, waiting for a slot, delivering, saving). Each
 # step of each is a callback of the event loop; with 2,000 a queue falling due at once
 # (a restart with a big queue) kept ~2,000 callbacks ready at a time and delayed the
@@ -76,35 +61,9 @@ ACTIVE_LIMIT = 500
 # due entries looked at (parked, or skipped as superseded).
 START_BATCH = 100
 POP_BATCH = 2000
-# Messages just received are kept in memory for their first attempt (no re-reading of
-# what was written a moment ago), up to this many bytes of message data in all.
-FRESH_BYTES = 64 * 1024 * 1024
-EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
-# In the DSN an expiry is reported as the temporary condition it was (RFC 3463 X.4.7).
-EXPIRED_STATUS = "4.4.7"
-FAULT_RETRY = 60.0
-UNREACHABLE = Reply(451, "4.4.1", "Destination unreachable")
-OPERATOR_BOUNCE = Reply(550, "5.0.0", "Returned to sender by the operator")
 
 log = logging.getLogger("smtprelay.delivery")
 _T = TypeVar("_T")
-
-
-@dataclass
-class _Dead:
-    until: float
-    reply: Reply
-
-
-@dataclass
-class _InFlight:
-    """A message under attempt, as a cancel sees it: the attempt's envelope once read,
-    and a lock that keeps the attempt's spool writes and the cancel's apart (both
-    rewrite the same file through the same temp name)."""
-
-    envelope: Envelope | None = None
-    cancel_by: str | None = None  # asked before the attempt had read the envelope
-    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Scheduler:
@@ -130,29 +89,13 @@ class Scheduler:
         self.clock = clock
         self.notices = notices
         self.on_notice = on_notice
-        self._heap: list[tuple[float, str]] = []
-        # The due time of each QID's one valid heap entry. An entry whose time differs
-        # (superseded by a flush, or the message held or deleted) is skipped when popped.
-        self._due: dict[str, float] = {}
-        self._known: set[str] = set()  # QIDs in the heap or active: never scheduled twice
-        self._active: dict[str, asyncio.Task[None]] = {}
-        self._wakeup = asyncio.Event()
-        self._global = asyncio.Semaphore(settings.concurrency)
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._waiting: defaultdict[str, int] = defaultdict(int)
-        # Messages parked behind a saturated destination, by route key. A QID counts as
-        # parked while in _parked_qids; deque entries of QIDs taken out since are skipped.
-        self._parked: defaultdict[str, deque[str]] = defaultdict(deque)
-        self._parked_qids: set[str] = set()
-        self._let_go: set[str] = set()  # unparked, not attempted yet
-        self._failures: defaultdict[str, int] = defaultdict(int)
-        self._dead: dict[str, _Dead] = {}
-        self._fresh: dict[str, tuple[Envelope, bytes]] = {}
-        self._fresh_bytes = 0
-        self._operator = asyncio.Lock()
-        self._later: set[asyncio.Task[None]] = set()  # actions waiting for an attempt
-        self._in_flight: dict[str, _InFlight] = {}
+        self.schedule = Schedule()
+        self.destinations = Destinations(settings.concurrency, settings.per_destination_concurrency)
+        self.active: dict[str, asyncio.Task[None]] = {}  # attempts under way
+        self.in_flight: dict[str, InFlight] = {}
         self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
+        self.attempts = Attempts(self)
+        self.operator = Operator(self)
 
     # --- reload -------------------------------------------------------------------
 
@@ -172,22 +115,15 @@ class Scheduler:
     # --- queue --------------------------------------------------------------------
 
     def enqueue(self, qid: str, due: float) -> None:
-        if qid in self._known:
-            return
-        self._known.add(qid)
-        self._push(qid, due)
-
-    def _push(self, qid: str, due: float) -> None:
-        self._due[qid] = due
-        heapq.heappush(self._heap, (due, qid))
-        self._wakeup.set()
+        self.schedule.enqueue(qid, due)
 
     def enqueue_new(self, envelope: Envelope, data: bytes) -> None:
-        """A message the intake has just made durable: attempt it now, from memory."""
+        """A message the intake has just made durable: attempt it now (at its send_at,
+        if it has one), from memory."""
         self.ledger.note(envelope)
-        if envelope.qid in self._known:
+        if envelope.qid in self.schedule.known:
             return
-        self._keep_fresh(envelope, data)
+        self.schedule.keep_fresh(envelope, data)
         self.enqueue(envelope.qid, due_time(envelope))
 
     def restore(self, envelope: Envelope) -> None:
@@ -204,111 +140,110 @@ class Scheduler:
         not know, count them, and schedule them unless held."""
         loop = asyncio.get_running_loop()
         for qid in qids:
-            if qid in self.ledger or qid in self._known:
+            if qid in self.ledger or qid in self.schedule.known:
                 continue
             try:
                 envelope = await loop.run_in_executor(None, self.spool.load, qid)
             except FileNotFoundError:
                 continue  # delivered and removed meanwhile
             except (OSError, ValueError) as e:
-                log.error("%s: cannot read the envelope of an unannounced message: %s",
-                          qid, e)
+                log.error("%s: cannot read the envelope of an unannounced message: %s", qid, e)
                 continue
             if qid in self.ledger:  # announced while we read it
                 continue
             self.restore(envelope)
 
-    def _keep_fresh(self, envelope: Envelope, data: bytes) -> None:
-        if self._fresh_bytes + len(data) <= FRESH_BYTES:
-            self._fresh[envelope.qid] = (envelope, data)
-            self._fresh_bytes += len(data)
-
     @property
     def queued(self) -> int:
-        return len(self._known)
+        return len(self.schedule)
 
     @property
     def attempting(self) -> int:
         """Messages under attempt right now."""
-        return len(self._active)
+        return len(self.active)
 
     def is_attempting(self, qid: str) -> bool:
-        return qid in self._active
+        return qid in self.active
 
     def wake(self) -> None:
         """Look at the schedule now (the clock was moved: tests, or a suspend)."""
-        self._wakeup.set()
+        self.schedule.wakeup.set()
 
     async def run(self) -> None:
         """Start attempts as they fall due; runs until cancelled."""
-        loop = asyncio.get_running_loop()
-        limit = PARK_AFTER * self.settings.per_destination_concurrency
+        schedule = self.schedule
         while True:
             now = self.clock()
             started = looked = 0
-            full = {key for key, count in self._waiting.items() if count >= limit}
-            while (self._heap and self._heap[0][0] <= now
-                   and len(self._active) < self.active_limit
-                   and started < START_BATCH and looked < POP_BATCH):
-                due, qid = heapq.heappop(self._heap)
+            full = self.destinations.full()
+            while (
+                schedule.heap
+                and schedule.heap[0][0] <= now
+                and len(self.active) < self.active_limit
+                and started < START_BATCH
+                and looked < POP_BATCH
+            ):
                 looked += 1
-                if self._due.get(qid) != due:
+                popped = schedule.pop()
+                if popped is None:
                     continue  # superseded by a flush, or held or deleted meanwhile
-                del self._due[qid]
+                _, qid = popped
                 self.ledger.due(qid)  # its send_at, if it had one, has come
                 if full and self._park_unread(qid, full):
                     continue
-                # Owned by the scheduler, not by this loop: an attempt outlives a stop of
-                # the loop by up to the grace of stop(), which awaits (or cancels) it.
-                # _attempt_safely lets no exception out.
-                task = loop.create_task(self._attempt_safely(qid))
-                self._active[qid] = task
-                self._in_flight[qid] = _InFlight()
-                self.ledger.attempting(qid, True)
-                task.add_done_callback(functools.partial(self._finished, qid))
+                self.start(qid)
                 started += 1
             if started >= START_BATCH or looked >= POP_BATCH:
                 await asyncio.sleep(0)  # more is due: let others run first
                 continue
-            self._wakeup.clear()
+            schedule.wakeup.clear()
             timeout = None
-            if self._heap and len(self._active) < self.active_limit:
-                timeout = max(0.0, self._heap[0][0] - now)
+            head = schedule.next_due()
+            if head is not None and len(self.active) < self.active_limit:
+                timeout = max(0.0, head - now)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel
             # that arrives as the event is set, and stopping the daemon would hang.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
+                    await schedule.wakeup.wait()
+
+    def start(self, qid: str) -> asyncio.Task[None]:
+        """Start an attempt of ``qid`` (taken off the schedule), owned by the scheduler,
+        not by the loop: it outlives a stop of the loop by up to the grace of stop(),
+        which awaits (or cancels) it. attempt_safely lets no exception out."""
+        task = asyncio.get_running_loop().create_task(self.attempts.attempt_safely(qid))
+        self.active[qid] = task
+        self.in_flight[qid] = InFlight()
+        self.ledger.attempting(qid, True)
+        task.add_done_callback(functools.partial(self._finished, qid))
+        return task
 
     def _park_unread(self, qid: str, full: set[str]) -> bool:
-        """Park ``qid`` if one of its destinations has a full line, as ``_attempt`` would
+        """Park ``qid`` if one of its destinations has a full line, as an attempt would
         after reading it -- here from the ledger, without reading it."""
-        if qid in self._let_go:
+        if qid in self.destinations.let_go:
             return False  # its turn came: never parked twice
         domains = self.ledger.domains(qid)
         if not domains:
             return False  # unknown here: the attempt reads it and decides
-        busy = next((key for key in (self.router.route(d).key for d in domains)
-                     if key in full), None)
+        busy = next(
+            (key for key in (self.router.route(d).key for d in domains) if key in full), None
+        )
         if busy is None:
             return False
-        self._parked[busy].append(qid)
-        self._parked_qids.add(qid)
+        self.destinations.park(busy, qid)
         return True
 
     def _finished(self, qid: str, _: object) -> None:
-        self._active.pop(qid, None)
-        self._in_flight.pop(qid, None)
+        self.active.pop(qid, None)
+        self.in_flight.pop(qid, None)
         self.ledger.attempting(qid, False)
-        self._wakeup.set()
-
-    def _reschedule(self, qid: str, due: float) -> None:
-        self._push(qid, due)
+        self.schedule.wakeup.set()
 
     async def stop(self, grace: float) -> None:
         """Let attempts under way finish for ``grace`` seconds, then cancel them; operator
         actions waiting for those attempts get the same grace."""
-        for tasks in (list(self._active.values()), list(self._later)):
+        for tasks in (list(self.active.values()), list(self.operator.later)):
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)
                 for task in pending:
@@ -316,604 +251,56 @@ class Scheduler:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.transport.close()
 
-    # --- one attempt of one message ---------------------------------------------------
+    # --- shared by the attempt and the operator actions ---------------------------------
 
-    async def _attempt_safely(self, qid: str) -> None:
-        """An unexpected fault (a full disk while saving state, a bug) must not strand the
-        message in memory: log it and look at the message again later."""
-        try:
-            await self._attempt(qid)
-        except Exception:
-            log.exception("%s: delivery attempt failed; retrying in %.0f s", qid, FAULT_RETRY)
-            self._reschedule(qid, self.clock() + FAULT_RETRY)
-
-    async def _attempt(self, qid: str) -> None:
-        loop = asyncio.get_running_loop()
-        let_go = qid in self._let_go  # unparked: its turn came, it never parks twice
-        self._let_go.discard(qid)
-        fresh = self._fresh.pop(qid, None)
-        data: bytes | None = None
-        if fresh is not None:
-            envelope, data = fresh
-            self._fresh_bytes -= len(data)
-        else:
-            try:
-                envelope = await loop.run_in_executor(None, self.spool.load, qid)
-            except FileNotFoundError:  # deleted by the operator meanwhile
-                self._known.discard(qid)
-                self.ledger.remove(qid)
-                return
-        if envelope.state is QueueState.HOLD:
-            self._known.discard(qid)  # released by an operator action, not by time
-            self.ledger.note(envelope)
-            return
-        flight = self._in_flight.get(qid)
-        if flight is not None:
-            flight.envelope = envelope
-            if flight.cancel_by is not None:
-                envelope.cancel_requested_by = flight.cancel_by
-        if envelope.cancel_requested_by is not None:
-            # Canceled while its attempt was being started, or before a crash that cut
-            # the attempt short: what is pending is canceled, nothing is sent.
-            await self._conclude(envelope, data, [])
-            return
-        activated = self.clock()
-        groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
-        for recipient in envelope.recipients:
-            if recipient.state is RecipientState.PENDING:
-                domain = domain_of(recipient.address)
-                route = self.router.route(domain)
-                groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
-        limit = PARK_AFTER * self.settings.per_destination_concurrency
-        busy = next((key for key in groups if self._waiting[key] >= limit), None)
-        if busy is not None and not let_go:
-            self._parked[busy].append(qid)
-            self._parked_qids.add(qid)
-            if data is not None:  # still fresh: its turn comes without a read
-                self._keep_fresh(envelope, data)
-            return
-        # Counted as waiting now, not when the tasks first run: messages read from the
-        # spool at the same moment must see each other in the line.
-        for key in groups:
-            self._waiting[key] += 1
-        # One group per attempt: if a destination's delivery fails unexpectedly, or the
-        # attempt is cancelled (a stop after its grace), the others are cancelled with it
-        # instead of running on unowned; the attempt is retried (_attempt_safely).
-        results: list[Result] = []
-        if len(groups) == 1:  # the common case, one destination: no task of its own
-            ((route, domain, rcpts),) = groups.values()
-            outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
-            results += self._record(envelope, outcomes, activated)
-            await self._conclude(envelope, data, results)
-            return
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(
-                    self._deliver_group(envelope, data, route, domain, rcpts, activated))
-                for route, domain, rcpts in groups.values()
-            ]
-            remaining = len(tasks)
-            for next_done in asyncio.as_completed(tasks):
-                outcomes = await next_done
-                remaining -= 1
-                results += self._record(envelope, outcomes, activated)
-                if remaining:
-                    await self._save(envelope, data)
-                    self.ledger.note(envelope)
-        await self._conclude(envelope, data, results)
-
-    async def _deliver_group(
-        self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
-        recipients: list[Recipient], activated: float,
-    ) -> tuple[list[RecipientOutcome], float]:
-        """Outcomes for one destination and when the connection attempt started."""
-        addresses = [r.address for r in recipients]
-        waiting = True  # counted in _waiting by _attempt, when it decided not to park
-        try:
-            dead = self._dead.get(route.key)
-            if dead is not None and dead.until > self.clock():
-                # Always temporary: no server said anything about this message.
-                reply = UNREACHABLE.with_text(
-                    f"{dead.reply.text} (destination marked unreachable)")
-                return [RecipientOutcome(a, reply, "none") for a in addresses], self.clock()
-            slot = self._slots.setdefault(route.key, asyncio.Semaphore(
-                self.settings.per_destination_concurrency))
-            async with slot, self._global:
-                self._waiting[route.key] -= 1
-                waiting = False
-                started = self.clock()
-                outcomes = await self._deliver_now(envelope, data, route, domain, addresses)
-                return outcomes, started
-        finally:
-            if waiting:
-                self._waiting[route.key] -= 1
-            self._unpark(route.key)
-
-    def _unpark(self, key: str) -> None:
-        """One delivery to ``key`` ended: let one parked message go; all of them once
-        nothing waits for ``key`` (its route may have changed on reload)."""
-        line = self._parked.get(key)
-        while line:
-            qid = line.popleft()
-            if qid in self._parked_qids:
-                self._parked_qids.discard(qid)
-                self._let_go.add(qid)
-                self._push(qid, self.clock())
-                if self._waiting[key]:
-                    break
-        if line is not None and not line:
-            del self._parked[key]
-
-    async def _deliver_now(
-        self, envelope: Envelope, data: bytes | None, route: Route, domain: str,
-        addresses: list[str],
-    ) -> list[RecipientOutcome]:
-        try:
-            hops = await self.router.hops(route, domain)
-        except DeliveryError as e:
-            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
-        if data is None:  # read only now that a connection slot is held: bounded memory
-            try:
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, self.spool.read_message, envelope.qid)
-            except FileNotFoundError:
-                return []
-        try:
-            params = {r.address: r.params for r in envelope.recipients if r.params}
-            outcomes = await self.transport.deliver(
-                route, hops, envelope.sender, addresses, data, envelope.mail_params, params,
-                qid=envelope.qid,
-            )
-        except DeliveryError as e:
-            if e.unreachable:
-                self._failures[route.key] += 1
-                if self._failures[route.key] >= DEAD_AFTER:
-                    self._dead[route.key] = _Dead(self.clock() + COOL_OFF, e.reply)
-            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
-        self._failures.pop(route.key, None)
-        self._dead.pop(route.key, None)
-        return outcomes
-
-    def _record(
-        self, envelope: Envelope, result: tuple[list[RecipientOutcome], float], activated: float
-    ) -> list[Result]:
-        """Apply and log one destination's outcomes; the final ones, for notices."""
-        outcomes, started = result
-        by_address = {r.address: r for r in envelope.recipients}
-        now = self.clock()
-        final: list[Result] = []
-        for outcome in outcomes:
-            recipient = by_address[outcome.address]
-            recipient.attempts += 1
-            reply = outcome.reply
-            recipient.last_reply = str(reply)
-            recipient.last_relay = outcome.relay if outcome.relay != "none" else None
-            if reply.code < 400:
-                recipient.state, status = RecipientState.DELIVERED, "sent"
-                final.append(Result(recipient, "relayed", reply.enhanced, str(reply),
-                                    outcome.relay, outcome.dsn_passed))
-            elif reply.code >= 500:
-                recipient.state, status = RecipientState.FAILED, "bounced"
-                final.append(Result(recipient, "failed", reply.enhanced, str(reply),
-                                    outcome.relay))
-            else:
-                status = "deferred"
-            delays = (
-                max(0.0, activated - due_time(envelope)),  # arrival, for a first attempt
-                max(0.0, started - activated),
-                outcome.connect_time,
-                outcome.transmit_time,
-            )
-            maillog.delivery(envelope.qid, outcome.address, outcome.relay,
-                             now - envelope.arrival, delays, reply, status)
-        return final
-
-    async def _notify(
+    async def notify(
         self, envelope: Envelope, results: list[Result], data: bytes | None, now: float
     ) -> None:
-        """The notices this attempt calls for: spooled by Notices, scheduled here."""
+        """The notices an attempt (or a bounce) calls for: spooled by Notices, scheduled
+        here."""
         for notice, message in await self.notices.after_attempt(envelope, results, data, now):
             if self.on_notice is not None:
                 self.on_notice(notice)
             self.enqueue_new(notice, message)
 
-    def _writing(self, qid: str) -> asyncio.Lock:
-        flight = self._in_flight.get(qid)
-        return flight.writing if flight is not None else asyncio.Lock()
-
-    async def _save(self, envelope: Envelope, data: bytes | None) -> None:
-        """Rewrite the envelope of a message under attempt (never at once with a cancel)."""
-        async with self._writing(envelope.qid):
-            await self._io(self.spool.update, envelope, data)
-
-    async def _conclude(
-        self, envelope: Envelope, data: bytes | None, results: list[Result]
-    ) -> None:
-        envelope.attempts += 1
-        now = self.clock()
-        pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
-        if pending and envelope.cancel_requested_by is not None:
-            _cancel_pending(envelope, envelope.cancel_requested_by)
-            pending = []
-        if pending:
-            # A scheduled send's lifetime starts at its send time, not when it came in.
-            start = max(envelope.arrival, envelope.send_at or envelope.arrival)
-            delay = backoff.next_delay(
-                envelope.attempts, now - start,
-                self.settings.retry_schedule, self.settings.max_queue_lifetime,
-            )
-            if delay is None:
-                for recipient in pending:
-                    last = recipient.last_reply
-                    reply = EXPIRED.with_text(f"{EXPIRED.text}; last error: {last or 'none'}")
-                    recipient.state = RecipientState.FAILED
-                    recipient.last_reply = str(reply)
-                    results.append(Result(recipient, "failed", EXPIRED_STATUS, last,
-                                          recipient.last_relay or "none"))
-                    maillog.delivery(envelope.qid, recipient.address, "none",
-                                     now - envelope.arrival, (0.0, 0.0, 0.0, 0.0), reply,
-                                     "bounced")
-                pending = []
-            else:
-                envelope.state = QueueState.DEFERRED
-                envelope.next_attempt = now + delay
-                await self._notify(envelope, results, data, now)
-                await self._save(envelope, data)
-                self.ledger.note(envelope)
-                # Canceled while it was being saved: the next look cancels it, at once.
-                canceled = envelope.cancel_requested_by is not None
-                self._reschedule(envelope.qid, now if canceled else envelope.next_attempt)
-                return
-        await self._notify(envelope, results, data, now)
-        # An unlink, synced by the next commit's directory fsync: after a power loss in
-        # between, a delivered message may come back and go out twice, never be lost.
-        async with self._writing(envelope.qid):  # not under a cancel's rewrite
-            self.spool.discard(envelope.qid)
-        self.ledger.remove(envelope.qid)
-        self._known.discard(envelope.qid)
-        maillog.removed(envelope.qid)
-
-    # --- operator actions (the HTTP queue API) ---------------------------------------------
-    #
-    # Each returns {qid: outcome}. Outcomes: "flushed", "held", "released", "deleted",
-    # "bounced"; "after-attempt" (under attempt now: applied when the attempt ends, unless
-    # the message is gone by then); "attempting" (flush of a message under attempt: it
-    # is being tried already); "on-hold" (flush of a held message: release it first);
-    # "not-held" (release of a message that is not on hold); "not-found"; or
-    # "error: ..." when the spool could not be read or written.
-
-    async def flush(self, qids: Iterable[str] | None = None) -> dict[str, str]:
-        """Attempt now. ``None``: every waiting message (held ones stay held). Marks of
-        unreachable destinations are forgotten: the operator asks for a real try."""
-        async with self._operator:
-            self._dead.clear()
-            self._failures.clear()
-            now = self.clock()
-            if qids is None:
-                self._due.update(dict.fromkeys(self._parked_qids, now))
-                self._parked_qids.clear()
-                self._parked.clear()
-                # A scheduled send keeps its time: a flush never sends it early.
-                waiting = {qid: due for qid, due in self._due.items()
-                           if self.ledger.state(qid) == "scheduled"}
-                results = {qid: Outcome.FLUSHED.value for qid in self._due
-                           if qid not in waiting}
-                self._due = {qid: waiting.get(qid, now) for qid in self._due}
-                self._heap = [(due, qid) for qid, due in self._due.items()]
-                heapq.heapify(self._heap)
-                self._wakeup.set()
-                return results
-            results = {}
-            for qid in qids:
-                if qid in self._due and self.ledger.state(qid) == "scheduled":
-                    results[qid] = Outcome.SCHEDULED.value
-                elif qid in self._due or qid in self._parked_qids:
-                    self._parked_qids.discard(qid)
-                    self._push(qid, now)
-                    results[qid] = "flushed"
-                elif qid in self._active:
-                    results[qid] = "attempting"
-                else:
-                    results[qid] = await self._unscheduled_state(qid)
-            if len(self._heap) > 2 * len(self._due) + 1024:  # drop superseded entries
-                self._heap = [(due, qid) for qid, due in self._due.items()]
-                heapq.heapify(self._heap)
-            return results
-
-    async def hold(self, qids: Iterable[str]) -> dict[str, str]:
-        """Put on hold: kept in the spool (state ``hold``, durably), never attempted until
-        released, also after a restart."""
-        return await self._each(qids, self._hold)
-
-    async def release(self, qids: Iterable[str]) -> dict[str, str]:
-        """Take off hold and attempt now."""
-        return await self._each(qids, self._release)
-
-    async def delete(self, qids: Iterable[str]) -> dict[str, str]:
-        """Remove from the spool without a notice; logged ``QID: removed (deleted by
-        operator)``."""
-        return await self._each(qids, self._delete)
-
-    async def bounce(self, qids: Iterable[str]) -> dict[str, str]:
-        """Fail every pending recipient (550 5.0.0) and send the sender a failure notice."""
-        return await self._each(qids, self._bounce)
-
-    async def listing(
-        self, after: str | None, limit: int, state: str | None = None,
-        domain: str | None = None,
-    ) -> tuple[list[QueueEntry], str | None]:
-        """Up to ``limit`` queued messages after QID ``after``, oldest first, filtered
-        by state and by a pending recipient's domain, and the ``after`` of the next page
-        (None on the last). Reads only the envelopes of the messages listed."""
-        chosen = [qid for qid, _ in self.ledger.page(after, limit + 1, state, domain)]
-        following = chosen[limit - 1] if len(chosen) > limit else None
-        envelopes = await asyncio.get_running_loop().run_in_executor(
-            None, self._read_envelopes, chosen[:limit])
-        return [QueueEntry(e, e.qid in self._active, self.ledger.state(e.qid) == "scheduled")
-                for e in envelopes], following
-
-    def _read_envelopes(self, qids: list[str]) -> list[Envelope]:
-        envelopes = []
-        for qid in qids:
-            try:
-                envelopes.append(self.spool.load(qid))
-            except (OSError, ValueError):  # gone meanwhile, or being rewritten
-                continue
-        return envelopes
-
-    async def _each(
-        self, qids: Iterable[str], action: Callable[[str], Awaitable[str]]
-    ) -> dict[str, str]:
-        results: dict[str, str] = {}
-        async with self._operator:
-            for qid in qids:
-                if not ids.is_valid(qid):
-                    results[qid] = "not-found"
-                elif qid in self._active:
-                    detach(self._after_attempt(qid, action), self._later,
-                           f"{qid}: operator action after the attempt")
-                    results[qid] = "after-attempt"
-                else:
-                    results[qid] = await self._guarded(qid, action)
-        return results
-
-    async def _after_attempt(self, qid: str, action: Callable[[str], Awaitable[str]]) -> None:
-        while (attempt := self._active.get(qid)) is not None:
-            await asyncio.wait([attempt])
-            await asyncio.sleep(0)  # let the attempt's done callbacks run first
-        async with self._operator:
-            if qid in self._active:  # started again in between: wait once more
-                detach(self._after_attempt(qid, action), self._later,
-                       f"{qid}: operator action after the attempt")
-                return
-            outcome = await self._guarded(qid, action)
-        log.info("%s: operator action after the attempt under way: %s", qid, outcome)
-
-    async def _guarded(self, qid: str, action: Callable[[str], Awaitable[str]]) -> str:
-        try:
-            return await action(qid)
-        except (OSError, ValueError, SpoolError) as e:
-            log.error("%s: operator action failed: %s", qid, e)
-            return f"error: {getattr(e, 'strerror', None) or e}"
-
-    def _unschedule(self, qid: str) -> float | None:
-        """Take a waiting message out of the schedule; its due time, to put it back."""
-        due = self._due.pop(qid, None)
-        if qid in self._parked_qids:
-            self._parked_qids.discard(qid)
-            due = self.clock()
-        self._known.discard(qid)
-        fresh = self._fresh.pop(qid, None)
-        if fresh is not None:
-            self._fresh_bytes -= len(fresh[1])
-        return due
-
-    async def _io(self, func: Callable[..., _T], *args: object) -> _T:
+    async def io(self, func: Callable[..., _T], *args: object) -> _T:
+        """``func(*args)`` in the spool's threads (blocking file work)."""
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
-    async def _unscheduled_state(self, qid: str) -> str:
-        try:
-            envelope = await self._io(self.spool.load, qid)
-        except FileNotFoundError:
-            self.ledger.remove(qid)
-            return "not-found"
-        except (OSError, ValueError) as e:
-            return f"error: {e}"
-        return "on-hold" if envelope.state is QueueState.HOLD else "not-found"
-
-    @contextlib.contextmanager
-    def _out_of_schedule(self, qid: str) -> Iterator[None]:
-        """Take a message out of the schedule while an operator action works on it, and
-        put it back if the action fails part-way: a failure must not strand it."""
-        due = self._unschedule(qid)
-        try:
-            yield
-        except BaseException:
-            if due is not None:
-                self.enqueue(qid, due)
-            raise
-
-    async def _hold(self, qid: str) -> str:
-        with self._out_of_schedule(qid):
-            try:
-                envelope = await self._io(self.spool.load, qid)
-            except FileNotFoundError:
-                self.ledger.remove(qid)
-                return "not-found"
-            if envelope.state is not QueueState.HOLD:
-                envelope.state = QueueState.HOLD
-                await self._io(self.spool.update, envelope)
-                maillog.held(qid)
-            self.ledger.note(envelope)
-        return "held"
-
-    async def _release(self, qid: str) -> str:
-        if qid in self._known:
-            return "not-held"
-        try:
-            envelope = await self._io(self.spool.load, qid)
-        except FileNotFoundError:
-            self.ledger.remove(qid)
-            return "not-found"
-        if envelope.state is not QueueState.HOLD:
-            self.restore(envelope)  # on disk but unknown: count and schedule it
-            return "not-held"
-        envelope.state = QueueState.ACTIVE
-        envelope.next_attempt = self.clock()
-        await self._io(self.spool.update, envelope)
-        self.ledger.note(envelope)
-        maillog.released(qid)
-        self.enqueue(qid, due_time(envelope))  # a scheduled send still waits for its time
-        return "released"
-
-    async def _delete(self, qid: str) -> str:
-        with self._out_of_schedule(qid):
-            if not await self._io(os.path.exists, self.spool.path(qid)):
-                self.ledger.remove(qid)
-                return "not-found"
-            await self._io(self.spool.remove, qid)
-            self.ledger.remove(qid)
-        maillog.deleted(qid)
-        return "deleted"
-
-    async def _bounce(self, qid: str) -> str:
-        with self._out_of_schedule(qid):
-            try:
-                envelope = await self._io(self.spool.load, qid)
-            except FileNotFoundError:
-                self.ledger.remove(qid)
-                return "not-found"
-            await self._bounce_now(envelope)
-        return "bounced"
-
-    async def _bounce_now(self, envelope: Envelope) -> None:
-        qid = envelope.qid
-        now = self.clock()
-        reply = OPERATOR_BOUNCE
-        results: list[Result] = []
-        for recipient in envelope.recipients:
-            if recipient.state is RecipientState.PENDING:
-                recipient.state = RecipientState.FAILED
-                recipient.last_reply = str(reply)
-                results.append(Result(recipient, "failed", reply.enhanced, str(reply)))
-                maillog.delivery(qid, recipient.address, "none", now - envelope.arrival,
-                                 (0.0, 0.0, 0.0, 0.0), reply, "bounced")
-        await self._notify(envelope, results, None, now)
-        await self._io(self.spool.remove, qid)
-        self.ledger.remove(qid)
-        maillog.removed(qid)
-
-    # --- cancel and reschedule (the HTTP API) ------------------------------------------
+    # --- operator actions (queueops.QueueOperations; see delivery/operator.py) ------------
 
     async def load(self, qid: str) -> Envelope | None:
-        """The envelope as the spool holds it now; None when the message is not queued."""
-        if not ids.is_valid(qid):
-            return None
-        try:
-            return await self._io(self.spool.load, qid)
-        except FileNotFoundError:
-            return None
+        return await self.operator.load(qid)
+
+    async def flush(self, qids: Iterable[str] | None = None) -> dict[str, str]:
+        return await self.operator.flush(qids)
+
+    async def hold(self, qids: Iterable[str]) -> dict[str, str]:
+        return await self.operator.hold(qids)
+
+    async def release(self, qids: Iterable[str]) -> dict[str, str]:
+        return await self.operator.release(qids)
+
+    async def delete(self, qids: Iterable[str]) -> dict[str, str]:
+        return await self.operator.delete(qids)
+
+    async def bounce(self, qids: Iterable[str]) -> dict[str, str]:
+        return await self.operator.bounce(qids)
 
     async def cancel(self, qid: str, by: str) -> list[RecipientCancel] | None:
-        """Cancel every pending recipient: CANCELED, never attempted again, no notice;
-        logged ``QID: canceled by BY``. A message under attempt is marked durably
-        (``cancel_requested_by``) and its pending recipients answer ``pending``: what
-        that attempt leaves pending is canceled when it ends. None: not queued. A
-        spool that cannot be read or written raises (OSError, SpoolError)."""
-        if not ids.is_valid(qid):
-            return None
-        async with self._operator:
-            flight = self._in_flight.get(qid)
-            if flight is not None:
-                return await self._cancel_in_flight(qid, flight, by)
-            with self._out_of_schedule(qid):
-                try:
-                    envelope = await self._io(self.spool.load, qid)
-                except FileNotFoundError:
-                    self.ledger.remove(qid)
-                    return None
-                answer = _cancel_answer(envelope, CancelResult.CANCELED)
-                if _cancel_pending(envelope, by):
-                    # A durable removal (not a discard): after a power loss a canceled
-                    # message must not come back and go out.
-                    await self._io(self.spool.remove, qid)
-                    self.ledger.remove(qid)
-                    maillog.removed(qid)
-                elif envelope.state is not QueueState.HOLD:
-                    self.enqueue(qid, due_time(envelope))  # nothing to cancel: as it was
-            return answer
-
-    async def _cancel_in_flight(
-        self, qid: str, flight: _InFlight, by: str
-    ) -> list[RecipientCancel] | None:
-        async with flight.writing:
-            envelope = flight.envelope
-            try:
-                if envelope is None:  # the attempt is still reading it
-                    flight.cancel_by = by
-                    envelope = await self._io(self.spool.load, qid)
-                envelope.cancel_requested_by = by
-                answer = _cancel_answer(envelope, CancelResult.PENDING)
-                # Durable now: an attempt cut short by a crash ends in the cancel on
-                # restart. A copy: the attempt goes on changing its envelope meanwhile.
-                copy = Envelope.from_json(envelope.to_json())
-                await self._io(self.spool.update, copy)
-            except FileNotFoundError:  # the attempt ended and removed it meanwhile
-                if envelope is None:
-                    return None
-                return _cancel_answer(envelope, CancelResult.PENDING)  # final states now
-        log.info("%s: cancel requested by %s during an attempt", qid, by)
-        return answer
+        return await self.operator.cancel(qid, by)
 
     async def reschedule(self, qid: str, send_at: float) -> str:
-        """Move a message not attempted yet (and not on hold) to ``send_at``, durably;
-        a time in the past: at once."""
-        if not ids.is_valid(qid):
-            return Outcome.NOT_FOUND.value
-        async with self._operator:
-            if qid in self._active:
-                return Outcome.ATTEMPTING.value
-            try:
-                envelope = await self._io(self.spool.load, qid)
-            except FileNotFoundError:
-                self.ledger.remove(qid)
-                return Outcome.NOT_FOUND.value
-            if envelope.state is QueueState.HOLD:
-                return Outcome.ON_HOLD.value
-            if envelope.attempts:
-                return Outcome.ATTEMPTED.value
-            with self._out_of_schedule(qid):
-                envelope.send_at = send_at
-                await self._io(self.spool.update, envelope)
-            self.ledger.note(envelope)
-            self.enqueue(qid, due_time(envelope))
-        return Outcome.RESCHEDULED.value
+        return await self.operator.reschedule(qid, send_at)
 
-
-def _cancel_pending(envelope: Envelope, by: str) -> list[str]:
-    """Every pending recipient becomes CANCELED (logged once); their addresses."""
-    canceled = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
-    for recipient in canceled:
-        recipient.state = RecipientState.CANCELED
-    if canceled:
-        envelope.cancel_requested_by = by
-        maillog.canceled(envelope.qid, by, [r.address for r in canceled])
-    return [r.address for r in canceled]
-
-
-def _cancel_answer(envelope: Envelope, pending: CancelResult) -> list[RecipientCancel]:
-    """Each recipient's answer before the cancel is applied: ``pending`` for those still
-    pending (CANCELED, or PENDING while an attempt is in flight)."""
-    answer = []
-    for r in envelope.recipients:
-        if r.state is RecipientState.PENDING:
-            answer.append(RecipientCancel(r.address, pending))
-        elif r.state is RecipientState.CANCELED:
-            answer.append(RecipientCancel(r.address, CancelResult.CANCELED))
-        else:
-            final = "delivered" if r.state is RecipientState.DELIVERED else "bounced"
-            answer.append(RecipientCancel(r.address, CancelResult.TOO_LATE, final))
-    return answer
+    async def listing(
+        self,
+        after: str | None,
+        limit: int,
+        state: str | None = None,
+        domain: str | None = None,
+    ) -> tuple[list[QueueEntry], str | None]:
+        return await self.operator.listing(after, limit, state, domain)
 
 
 def _implements(scheduler: Scheduler) -> QueueOperations:

@@ -46,8 +46,8 @@ def _queue_for_slow(spool: Spool, scheduler: Scheduler, count: int) -> list[str]
 async def _settle(scheduler: Scheduler, transport: FakeDeliverer, total: int) -> None:
     """Until every message is delivering, waiting for a slot, or parked."""
     for _ in range(500):
-        waiting = sum(scheduler._waiting.values())
-        parked = len(scheduler._parked_qids)
+        waiting = sum(scheduler.destinations.waiting.values())
+        parked = len(scheduler.destinations.parked_qids)
         if (parked + waiting + transport.running["slow.test"] == total
                 and scheduler.attempting == total - parked):
             return
@@ -69,8 +69,8 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
         assert transport.running["slow.test"] == per_destination
         # The line waiting for slots stays short (messages that were already past the
         # check when it filled may join it); the rest is parked, out of the active set.
-        assert sum(scheduler._waiting.values()) < 20
-        assert len(scheduler._parked_qids) > 30
+        assert sum(scheduler.destinations.waiting.values()) < 20
+        assert len(scheduler.destinations.parked_qids) > 30
         # Another destination is not held up by the backlog.
         fast = make_envelope(ids.new_id(), size=len(DATA),
                              recipients=[Recipient("x@fast.test")])
@@ -109,7 +109,7 @@ def test_parked_messages_answer_operator_actions(tmp_path: Path) -> None:
         qids = _queue_for_slow(spool, scheduler, PARK_AFTER + 20)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(qids))
-        parked = [q for q in qids if q in scheduler._parked_qids]
+        parked = [q for q in qids if q in scheduler.destinations.parked_qids]
         assert len(parked) >= 2
         held, deleted = parked[0], parked[1]
         assert await scheduler.hold([held]) == {held: "held"}
@@ -143,7 +143,7 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
         first = _queue_for_slow(spool, scheduler, 40)
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await _settle(scheduler, transport, len(first))
-        assert sum(scheduler._waiting.values()) >= PARK_AFTER * 2  # the line is full
+        assert sum(scheduler.destinations.waiting.values()) >= PARK_AFTER * 2  # the line is full
         later = []
         for n in range(30):
             envelope = make_envelope(ids.new_id(), size=len(DATA),
@@ -152,7 +152,7 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
             scheduler.restore(envelope)  # as recovery does: counted, due now
             later.append(envelope.qid)
         await asyncio.sleep(0.2)
-        assert all(q in scheduler._parked_qids for q in later)
+        assert all(q in scheduler.destinations.parked_qids for q in later)
         assert all(spool.loads[q] == 0 for q in later)
         for _ in range(len(first) + len(later)):
             transport.gate.release()
@@ -186,7 +186,7 @@ def test_the_loop_starts_attempts_in_batches_letting_others_run(
         async def attempt(qid: str) -> None:
             await hold.wait()
 
-        monkeypatch.setattr(scheduler, "_attempt_safely", attempt)
+        monkeypatch.setattr(scheduler.attempts, "attempt_safely", attempt)
         for _ in range(3 * START_BATCH + 5):
             scheduler.enqueue(ids.new_id(), 0.0)
         running = asyncio.get_running_loop().create_task(scheduler.run())

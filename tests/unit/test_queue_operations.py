@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,9 +81,9 @@ def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.Mo
 
         async def attempt(qid: str) -> None:
             attempted.append(qid)
-            scheduler._known.discard(qid)
+            scheduler.schedule.known.discard(qid)
 
-        monkeypatch.setattr(scheduler, "_attempt_safely", attempt)
+        monkeypatch.setattr(scheduler.attempts, "attempt_safely", attempt)
         first = queue(scheduler, spool, clock.now + 300)
         second = queue(scheduler, spool, clock.now + 300)
         running = asyncio.get_running_loop().create_task(scheduler.run())
@@ -94,7 +93,7 @@ def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.Mo
         await asyncio.sleep(0.05)
         assert attempted == [first]
         clock.now += 301  # the superseded entry of `first` falls due: skipped
-        scheduler._wakeup.set()
+        scheduler.wake()
         await asyncio.sleep(0.05)
         assert attempted == [first, second]
         held = queue(scheduler, spool, clock.now + 300)
@@ -131,32 +130,33 @@ def test_bounce_fails_pending_recipients_and_notifies(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_message_under_attempt_is_acted_on_when_the_attempt_ends(tmp_path: Path) -> None:
+def test_a_message_under_attempt_is_acted_on_when_the_attempt_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = Clock()
 
     async def main() -> None:
         scheduler, spool = make_scheduler(tmp_path, clock)
         qid = queue(scheduler, spool, clock.now)
         # Pretend run() started an attempt that defers the message when it ends.
-        scheduler._due.pop(qid)
+        scheduler.schedule.due.pop(qid)
         release = asyncio.Event()
 
-        async def attempt() -> None:
+        async def attempt(qid: str) -> None:
             await release.wait()
-            scheduler._reschedule(qid, clock.now + 600)
+            scheduler.schedule.push(qid, clock.now + 600)
 
-        task = asyncio.get_running_loop().create_task(attempt())
-        scheduler._active[qid] = task
-        task.add_done_callback(functools.partial(scheduler._finished, qid))
+        monkeypatch.setattr(scheduler.attempts, "attempt_safely", attempt)
+        scheduler.start(qid)
 
         assert await scheduler.hold([qid]) == {qid: "after-attempt"}
         assert await scheduler.flush([qid]) == {qid: "attempting"}
         assert spool.load(qid).state is QueueState.ACTIVE  # untouched during the attempt
         release.set()
-        await asyncio.wait_for(asyncio.gather(*scheduler._later), 5)
-        assert not scheduler._later
+        await asyncio.wait_for(scheduler.operator.settled(), 5)
+        assert not scheduler.operator.later
         assert spool.load(qid).state is QueueState.HOLD
-        assert qid not in scheduler._due and scheduler.queued == 0
+        assert qid not in scheduler.schedule.due and scheduler.queued == 0
         spool.close()
 
     asyncio.run(main())

@@ -330,7 +330,7 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         check(scheduler, spool)
         transport.gate.set()
         await until(lambda: slow not in scheduler.ledger, "the slow message to be delivered")
-        await asyncio.gather(*scheduler._later)
+        await scheduler.operator.settled()
         check(scheduler, spool)
 
         # The same, with a message that is deferred: the hold lands after the attempt.

@@ -1,0 +1,354 @@
+"""One attempt of one message: read it (or take it fresh), group its pending recipients
+by destination, deliver each group under that destination's slot, record the outcomes
+and conclude (retry later, expire, cancel, or remove), then the notices it calls for.
+
+Per-recipient state is written to the spool after every attempt; a message with
+several destinations is saved after each one finishes, so after a crash only
+recipients whose delivery was in flight can be tried again. A cancel that arrives
+while an attempt is in flight is applied when it concludes (:class:`InFlight`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from smtprelay import maillog
+from smtprelay.addresses import domain_of
+from smtprelay.delivery import backoff
+from smtprelay.delivery.destinations import UNREACHABLE
+from smtprelay.delivery.notices import Result
+from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.routes import Route
+from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
+from smtprelay.queueview import due_time
+from smtprelay.replies import Reply
+
+if TYPE_CHECKING:
+    from smtprelay.delivery.scheduler import Scheduler
+
+EXPIRED = Reply(554, "5.4.7", "Delivery time expired")
+# In the DSN an expiry is reported as the temporary condition it was (RFC 3463 X.4.7).
+EXPIRED_STATUS = "4.4.7"
+FAULT_RETRY = 60.0
+
+log = logging.getLogger("smtprelay.delivery")
+
+
+@dataclass
+class InFlight:
+    """A message under attempt, as a cancel sees it: the attempt's envelope once read,
+    and a lock that keeps the attempt's spool writes and the cancel's apart (both
+    rewrite the same file through the same temp name)."""
+
+    envelope: Envelope | None = None
+    cancel_by: str | None = None  # asked before the attempt had read the envelope
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Attempts:
+    """The attempts of one :class:`Scheduler` (its state: schedule, destinations, ledger)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+
+    async def attempt_safely(self, qid: str) -> None:
+        """An unexpected fault (a full disk while saving state, a bug) must not strand the
+        message in memory: log it and look at the message again later."""
+        try:
+            await self._attempt(qid)
+        except Exception:
+            log.exception("%s: delivery attempt failed; retrying in %.0f s", qid, FAULT_RETRY)
+            self.s.schedule.push(qid, self.s.clock() + FAULT_RETRY)
+
+    async def _attempt(self, qid: str) -> None:
+        loop = asyncio.get_running_loop()
+        let_go = qid in self.s.destinations.let_go  # unparked: its turn came, it never parks twice
+        self.s.destinations.let_go.discard(qid)
+        fresh = self.s.schedule.take_fresh(qid)
+        data: bytes | None = None
+        if fresh is not None:
+            envelope, data = fresh
+        else:
+            try:
+                envelope = await loop.run_in_executor(None, self.s.spool.load, qid)
+            except FileNotFoundError:  # deleted by the operator meanwhile
+                self.s.schedule.known.discard(qid)
+                self.s.ledger.remove(qid)
+                return
+        if envelope.state is QueueState.HOLD:
+            self.s.schedule.known.discard(qid)  # released by an operator action, not by time
+            self.s.ledger.note(envelope)
+            return
+        flight = self.s.in_flight.get(qid)
+        if flight is not None:
+            flight.envelope = envelope
+            if flight.cancel_by is not None:
+                envelope.cancel_requested_by = flight.cancel_by
+        if envelope.cancel_requested_by is not None:
+            # Canceled while its attempt was being started, or before a crash that cut
+            # the attempt short: what is pending is canceled, nothing is sent.
+            await self._conclude(envelope, data, [])
+            return
+        activated = self.s.clock()
+        groups: dict[str, tuple[Route, str, list[Recipient]]] = {}
+        for recipient in envelope.recipients:
+            if recipient.state is RecipientState.PENDING:
+                domain = domain_of(recipient.address)
+                route = self.s.router.route(domain)
+                groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
+        limit = self.s.destinations.line_limit
+        busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
+        if busy is not None and not let_go:
+            self.s.destinations.parked[busy].append(qid)
+            self.s.destinations.parked_qids.add(qid)
+            if data is not None:  # still fresh: its turn comes without a read
+                self.s.schedule.keep_fresh(envelope, data)
+            return
+        # Counted as waiting now, not when the tasks first run: messages read from the
+        # spool at the same moment must see each other in the line.
+        for key in groups:
+            self.s.destinations.waiting[key] += 1
+        # One group per attempt: if a destination's delivery fails unexpectedly, or the
+        # attempt is cancelled (a stop after its grace), the others are cancelled with it
+        # instead of running on unowned; the attempt is retried (_attempt_safely).
+        results: list[Result] = []
+        if len(groups) == 1:  # the common case, one destination: no task of its own
+            ((route, domain, rcpts),) = groups.values()
+            outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
+            results += self._record(envelope, outcomes, activated)
+            await self._conclude(envelope, data, results)
+            return
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    self._deliver_group(envelope, data, route, domain, rcpts, activated)
+                )
+                for route, domain, rcpts in groups.values()
+            ]
+            remaining = len(tasks)
+            for next_done in asyncio.as_completed(tasks):
+                outcomes = await next_done
+                remaining -= 1
+                results += self._record(envelope, outcomes, activated)
+                if remaining:
+                    await self._save(envelope, data)
+                    self.s.ledger.note(envelope)
+        await self._conclude(envelope, data, results)
+
+    async def _deliver_group(
+        self,
+        envelope: Envelope,
+        data: bytes | None,
+        route: Route,
+        domain: str,
+        recipients: list[Recipient],
+        activated: float,
+    ) -> tuple[list[RecipientOutcome], float]:
+        """Outcomes for one destination and when the connection attempt started."""
+        addresses = [r.address for r in recipients]
+        waiting = True  # counted in _waiting by _attempt, when it decided not to park
+        try:
+            dead = self.s.destinations.dead.get(route.key)
+            if dead is not None and dead.until > self.s.clock():
+                # Always temporary: no server said anything about this message.
+                reply = UNREACHABLE.with_text(f"{dead.reply.text} (destination marked unreachable)")
+                return [RecipientOutcome(a, reply, "none") for a in addresses], self.s.clock()
+            slot = self.s.destinations.slots.setdefault(
+                route.key, asyncio.Semaphore(self.s.settings.per_destination_concurrency)
+            )
+            async with slot, self.s.destinations.global_slots:
+                self.s.destinations.waiting[route.key] -= 1
+                waiting = False
+                started = self.s.clock()
+                outcomes = await self._deliver_now(envelope, data, route, domain, addresses)
+                return outcomes, started
+        finally:
+            if waiting:
+                self.s.destinations.waiting[route.key] -= 1
+            self._unpark(route.key)
+
+    def _unpark(self, key: str) -> None:
+        """One delivery to ``key`` ended: let one parked message go; all of them once
+        nothing waits for ``key`` (its route may have changed on reload)."""
+        line = self.s.destinations.parked.get(key)
+        while line:
+            qid = line.popleft()
+            if qid in self.s.destinations.parked_qids:
+                self.s.destinations.parked_qids.discard(qid)
+                self.s.destinations.let_go.add(qid)
+                self.s.schedule.push(qid, self.s.clock())
+                if self.s.destinations.waiting[key]:
+                    break
+        if line is not None and not line:
+            del self.s.destinations.parked[key]
+
+    async def _deliver_now(
+        self,
+        envelope: Envelope,
+        data: bytes | None,
+        route: Route,
+        domain: str,
+        addresses: list[str],
+    ) -> list[RecipientOutcome]:
+        try:
+            hops = await self.s.router.hops(route, domain)
+        except DeliveryError as e:
+            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
+        if data is None:  # read only now that a connection slot is held: bounded memory
+            try:
+                data = await asyncio.get_running_loop().run_in_executor(
+                    None, self.s.spool.read_message, envelope.qid
+                )
+            except FileNotFoundError:
+                return []
+        try:
+            params = {r.address: r.params for r in envelope.recipients if r.params}
+            outcomes = await self.s.transport.deliver(
+                route,
+                hops,
+                envelope.sender,
+                addresses,
+                data,
+                envelope.mail_params,
+                params,
+                qid=envelope.qid,
+            )
+        except DeliveryError as e:
+            if e.unreachable:
+                self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
+            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
+        self.s.destinations.reached(route.key)
+        return outcomes
+
+    def _record(
+        self, envelope: Envelope, result: tuple[list[RecipientOutcome], float], activated: float
+    ) -> list[Result]:
+        """Apply and log one destination's outcomes; the final ones, for notices."""
+        outcomes, started = result
+        by_address = {r.address: r for r in envelope.recipients}
+        now = self.s.clock()
+        final: list[Result] = []
+        for outcome in outcomes:
+            recipient = by_address[outcome.address]
+            recipient.attempts += 1
+            reply = outcome.reply
+            recipient.last_reply = str(reply)
+            recipient.last_relay = outcome.relay if outcome.relay != "none" else None
+            if reply.code < 400:
+                recipient.state, status = RecipientState.DELIVERED, "sent"
+                final.append(
+                    Result(
+                        recipient,
+                        "relayed",
+                        reply.enhanced,
+                        str(reply),
+                        outcome.relay,
+                        outcome.dsn_passed,
+                    )
+                )
+            elif reply.code >= 500:
+                recipient.state, status = RecipientState.FAILED, "bounced"
+                final.append(Result(recipient, "failed", reply.enhanced, str(reply), outcome.relay))
+            else:
+                status = "deferred"
+            delays = (
+                max(0.0, activated - due_time(envelope)),  # arrival, for a first attempt
+                max(0.0, started - activated),
+                outcome.connect_time,
+                outcome.transmit_time,
+            )
+            maillog.delivery(
+                envelope.qid,
+                outcome.address,
+                outcome.relay,
+                now - envelope.arrival,
+                delays,
+                reply,
+                status,
+            )
+        return final
+
+    def _writing(self, qid: str) -> asyncio.Lock:
+        flight = self.s.in_flight.get(qid)
+        return flight.writing if flight is not None else asyncio.Lock()
+
+    async def _save(self, envelope: Envelope, data: bytes | None) -> None:
+        """Rewrite the envelope of a message under attempt (never at once with a cancel)."""
+        async with self._writing(envelope.qid):
+            await self.s.io(self.s.spool.update, envelope, data)
+
+    async def _conclude(
+        self, envelope: Envelope, data: bytes | None, results: list[Result]
+    ) -> None:
+        envelope.attempts += 1
+        now = self.s.clock()
+        pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+        if pending and envelope.cancel_requested_by is not None:
+            cancel_pending(envelope, envelope.cancel_requested_by)
+            pending = []
+        if pending:
+            # A scheduled send's lifetime starts at its send time, not when it came in.
+            start = max(envelope.arrival, envelope.send_at or envelope.arrival)
+            delay = backoff.next_delay(
+                envelope.attempts,
+                now - start,
+                self.s.settings.retry_schedule,
+                self.s.settings.max_queue_lifetime,
+            )
+            if delay is None:
+                for recipient in pending:
+                    last = recipient.last_reply
+                    reply = EXPIRED.with_text(f"{EXPIRED.text}; last error: {last or 'none'}")
+                    recipient.state = RecipientState.FAILED
+                    recipient.last_reply = str(reply)
+                    results.append(
+                        Result(
+                            recipient,
+                            "failed",
+                            EXPIRED_STATUS,
+                            last,
+                            recipient.last_relay or "none",
+                        )
+                    )
+                    maillog.delivery(
+                        envelope.qid,
+                        recipient.address,
+                        "none",
+                        now - envelope.arrival,
+                        (0.0, 0.0, 0.0, 0.0),
+                        reply,
+                        "bounced",
+                    )
+                pending = []
+            else:
+                envelope.state = QueueState.DEFERRED
+                envelope.next_attempt = now + delay
+                await self.s.notify(envelope, results, data, now)
+                await self._save(envelope, data)
+                self.s.ledger.note(envelope)
+                # Canceled while it was being saved: the next look cancels it, at once.
+                canceled = envelope.cancel_requested_by is not None
+                self.s.schedule.push(envelope.qid, now if canceled else envelope.next_attempt)
+                return
+        await self.s.notify(envelope, results, data, now)
+        # An unlink, synced by the next commit's directory fsync: after a power loss in
+        # between, a delivered message may come back and go out twice, never be lost.
+        async with self._writing(envelope.qid):  # not under a cancel's rewrite
+            self.s.spool.discard(envelope.qid)
+        self.s.ledger.remove(envelope.qid)
+        self.s.schedule.known.discard(envelope.qid)
+        maillog.removed(envelope.qid)
+
+
+def cancel_pending(envelope: Envelope, by: str) -> list[str]:
+    """Every pending recipient becomes CANCELED (logged once); their addresses."""
+    canceled = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
+    for recipient in canceled:
+        recipient.state = RecipientState.CANCELED
+    if canceled:
+        envelope.cancel_requested_by = by
+        maillog.canceled(envelope.qid, by, [r.address for r in canceled])
+    return [r.address for r in canceled]
