@@ -102,8 +102,7 @@ class Attempts:
         limit = self.s.destinations.line_limit
         busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
         if busy is not None and not let_go:
-            self.s.destinations.parked[busy].append(qid)
-            self.s.destinations.parked_qids.add(qid)
+            self.s.destinations.park(busy, qid)
             if data is not None:  # still fresh: its turn comes without a read
                 self.s.schedule.keep_fresh(envelope, data)
             return
@@ -113,7 +112,7 @@ class Attempts:
             self.s.destinations.waiting[key] += 1
         # One group per attempt: if a destination's delivery fails unexpectedly, or the
         # attempt is cancelled (a stop after its grace), the others are cancelled with it
-        # instead of running on unowned; the attempt is retried (_attempt_safely).
+        # instead of running on unowned; the attempt is retried (attempt_safely).
         results: list[Result] = []
         if len(groups) == 1:  # the common case, one destination: no task of its own
             ((route, domain, rcpts),) = groups.values()
