@@ -5,8 +5,11 @@ Fills a fresh spool with N messages (default 100,000; written through smtprelay'
 Spool, with fsync skipped during this set-up only), all routed to a closed loopback port,
 then starts `smtprelay serve` and reports:
 
-* time from exec to READY=1 (sd_notify on our own NOTIFY_SOCKET): recovery scans the
-  whole spool before the listeners open;
+* time from exec to READY=1 (sd_notify on our own NOTIFY_SOCKET): the spool's names
+  are scanned and partial writes removed before it; the envelopes are read after it,
+  while the daemon serves (``/status`` ``queue.loading`` counts those not read yet);
+* time from exec until that load is done (``loading`` 0): the window below lasts at
+  least --observe seconds and until then (at most --load-timeout seconds after READY=1);
 * resident memory (VmRSS, main process and inbound workers together) when ready, and
   its peak (VmHWM) over the observation window
   while the scheduler works through the queue (every message is attempted, the
@@ -20,7 +23,8 @@ then starts `smtprelay serve` and reports:
 
 The figures are printed before the daemon is stopped, so a slow stop never hides them.
 Loopback only; bounded by --messages, --requests and --observe seconds. Usage:
-    .venv/bin/python bench/queue_scale.py [--messages 100000] [--observe 30]
+    .venv/bin/python bench/queue_scale.py [--messages 100000] [--observe 30] [--reuse DIR]
+(--reuse DIR: fill once, keep it in DIR, hard-link it into each run's fresh spool.)
 """
 
 from __future__ import annotations
@@ -69,6 +73,23 @@ def fill(spool_dir: Path, count: int) -> float:
         os.fsync = real_fsync
         spool.close()
     return time.monotonic() - started
+
+
+def reuse(keep: Path, spool: Path, count: int) -> None:
+    """A spool filled once in ``keep`` (filled there first if it is not), hard-linked
+    into ``spool``: the daemon never writes a file in place (a rewrite is a new file
+    renamed over the old name, a removal an unlink), so the kept copy stays as filled."""
+    kept = keep / f"spool-{count}"
+    if not (kept / "filled").exists():
+        shutil.rmtree(kept, ignore_errors=True)
+        print(f"filling {count} messages into {kept} (kept for --reuse) ...", flush=True)
+        print(f"fill: {fill(kept, count):.1f} s", flush=True)
+        (kept / "filled").touch()
+    started = time.monotonic()
+    subprocess.run(["cp", "-al", str(kept), str(spool)], check=True)
+    (spool / "filled").unlink()
+    print(f"linked {count} messages from {kept}: {time.monotonic() - started:.1f} s",
+          flush=True)
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -143,13 +164,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20,
                         help="/status and /metrics requests each right after READY")
     parser.add_argument("--stop-timeout", type=float, default=120.0)
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="fill the spool once in DIR and hard-link it for each run")
+    parser.add_argument("--load-timeout", type=float, default=600.0,
+                        help="longest the window waits for the queue to be loaded")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="smtprelay-scale-"))
     try:
         spool = work / "spool"
-        print(f"filling {args.messages} messages into {spool} ...", flush=True)
-        print(f"fill: {fill(spool, args.messages):.1f} s", flush=True)
+        if args.reuse is not None:
+            reuse(args.reuse, spool, args.messages)
+        else:
+            print(f"filling {args.messages} messages into {spool} ...", flush=True)
+            print(f"fill: {fill(spool, args.messages):.1f} s", flush=True)
         config = work / "smtprelay.toml"
         tokens = work / "tokens"
         tokens.write_text(TOKEN + "\n")
@@ -188,16 +216,25 @@ def main() -> None:
                     status_times.append(took)
                     metrics_times.append(get(http_port, "/metrics")[0])
                 shown = json.loads(body)["queue"]
+                loading = json.loads(body)["queue"].get("loading", 0)
+                loaded = None if loading else time.monotonic() - started
                 deadline = time.monotonic() + args.observe
                 peak = 0
                 worst = {"/healthz": 0.0, "/metrics": 0.0}
                 lag = 0.0
-                while time.monotonic() < deadline and proc.poll() is None:
+                load_deadline = time.monotonic() + args.load_timeout
+                while ((time.monotonic() < deadline
+                        or (loaded is None and time.monotonic() < load_deadline))
+                       and proc.poll() is None):
                     peak = max(peak, rss_kb(proc.pid, "VmHWM"))
                     for path in worst:
                         worst[path] = max(worst[path], get(http_port, path)[0])
-                    lag = max(lag, json.loads(get(http_port, "/status")[1])["event_loop_lag_s"])
+                    now = json.loads(get(http_port, "/status")[1])
+                    lag = max(lag, now["event_loop_lag_s"])
+                    if loaded is None and not now["queue"].get("loading", 0):
+                        loaded = time.monotonic() - started
                     time.sleep(0.5)
+                window = time.monotonic() - deadline + args.observe
                 rss_end = rss_kb(proc.pid, "VmRSS")
                 deferred = sum(
                     1 for p in (spool / "queue").glob("*.msg")
@@ -205,15 +242,17 @@ def main() -> None:
                 )
                 print(f"messages queued:          {args.messages}")
                 print(f"start to READY=1:         {ready:.2f} s   (target < 60 s)")
+                print("start to queue loaded:    "
+                      + (f"{loaded:.2f} s" if loaded is not None else "not within the window"))
                 print(f"RSS when ready:           {rss_ready / 1024:.0f} MB   "
                       "(main + inbound workers)")
                 print(f"/status with queue full:  median {ms(statistics.median(status_times))}, "
                       f"worst {ms(max(status_times))} of {args.requests}; it said "
                       f"total={shown['total']} active={shown['active']} "
-                      f"deferred={shown['deferred']}")
+                      f"deferred={shown['deferred']} loading={shown.get('loading', 0)}")
                 print(f"/metrics with queue full: median {ms(statistics.median(metrics_times))}, "
                       f"worst {ms(max(metrics_times))} of {args.requests}")
-                print(f"RSS peak over {args.observe:.0f} s:       {peak / 1024:.0f} MB   "
+                print(f"RSS peak over {window:.0f} s:       {peak / 1024:.0f} MB   "
                       "(target < 500 MB)")
                 print(f"RSS at the end:           {rss_end / 1024:.0f} MB")
                 print(f"worst in the window:      /healthz {ms(worst['/healthz'])}, "

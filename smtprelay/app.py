@@ -21,6 +21,7 @@ import uvloop
 
 from smtprelay import ids, systemd
 from smtprelay.config import Settings
+from smtprelay.delivery import loader
 from smtprelay.delivery.notices import Notices
 from smtprelay.delivery.resolver import Resolver
 from smtprelay.delivery.routes import Router
@@ -39,7 +40,7 @@ from smtprelay.inbound.server import (
 from smtprelay.inbound.workers import WorkerPool, WorkerStartError
 from smtprelay.reload import Running, reload
 from smtprelay.spool import Spool
-from smtprelay.spool.recovery import recover
+from smtprelay.spool.recovery import Recovered, scan
 from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.stats import Stats
 from smtprelay.tasks import Supervisor, TaskDied
@@ -114,11 +115,17 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     try:
         scheduler = build_scheduler(
             settings, spool, stats.note_queued if stats is not None else None)
-        recovered = recover(spool, scheduler.restore)
+        # Before READY=1 only what safety needs: partial writes removed, names taken. The
+        # envelopes are read after it, while the daemon serves (delivery.loader).
+        recovered = Recovered()
+        found = scan(spool, recovered)
+        scheduler.loading = len(found)  # /status says so from the first request on
+        scheduler.loaded.clear()
         log.info(
-            "spool %s: %d message(s) queued, %d partial write(s) removed, %d quarantined",
+            "spool %s: %d message(s) queued (to be loaded), %d partial write(s) removed, "
+            "%d quarantined",
             settings.spool.dir,
-            recovered.count,
+            len(found),
             recovered.removed_partial,
             len(recovered.quarantined),
         )
@@ -183,11 +190,14 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     try:
         async with supervisor:
             supervisor.start(DELIVERY, scheduler.run())
+            supervisor.start("the start-up load of the queue",
+                             loader.load(spool, found, scheduler, recovered), finite=True)
             if http is not None:
                 supervisor.start("the HTTP server's loop monitor", http.run())
             if pool is not None:
                 supervisor.start("the inbound workers' supervisor", pool.run())
-            log.info("smtprelay ready: %s; %d message(s) queued", listening, scheduler.queued)
+            log.info("smtprelay ready: %s; %d message(s) queued, being loaded", listening,
+                     len(found))
             systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
             supervisor.start("the heartbeat", _heartbeat(listening, scheduler, inbound))
             await stop.wait()
@@ -221,7 +231,8 @@ async def _heartbeat(listening: str, scheduler: Scheduler, inbound: Listeners) -
     period = min(STATUS_PERIOD, interval / 2) if interval else STATUS_PERIOD
     while True:
         await asyncio.sleep(period)
-        lines = [f"STATUS={listening}; {scheduler.queued} queued, "
+        loading = f" ({scheduler.loading} still loading)" if scheduler.loading else ""
+        lines = [f"STATUS={listening}; {scheduler.queued} queued{loading}, "
                  f"{inbound.session_count} SMTP session(s)"]
         if interval:
             lines.append("WATCHDOG=1")

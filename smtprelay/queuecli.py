@@ -446,18 +446,27 @@ def fetch_queue(client: Client, state: str | None = None, domain: str | None = N
     base = {k: v for k, v in (("state", state), ("domain", domain)) if v}
     messages: list[dict[str, Any]] = []
     after: str | None = None
-    total = 0
+    total = loading = 0
     while limit is None or len(messages) < limit:
         want = PAGE if limit is None else min(PAGE, limit - len(messages))
         query = {**base, "limit": str(want), **({"after": after} if after else {})}
         page = client.call("GET", "/queue?" + urllib.parse.urlencode(query))
         if after is None:
             total = int(page["total"])
+            loading = int(page.get("loading", 0))
         messages += page["messages"]
         after = page.get("next")
         if not after:
             break
-    return {"messages": messages, "total": total}
+    return {"messages": messages, "total": total, "loading": loading}
+
+
+def _loading_note(answer: dict[str, Any]) -> None:
+    """The daemon has just started and not read every queued message yet: the listing
+    is short by that many (Postfix's mailq shows only what qmgr has seen, too)."""
+    if answer.get("loading"):
+        print(f"smtprelay: the daemon is still loading the queue after its start: "
+              f"{answer['loading']} queued message(s) not listed yet", file=sys.stderr)
 
 
 def cmd_list(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -468,6 +477,7 @@ def cmd_list(args: argparse.Namespace, settings: config.Settings) -> int:
         answer = spool_list(settings, args.state, args.domain)
         if args.limit is not None:
             answer["messages"] = answer["messages"][:args.limit]
+    _loading_note(answer)
     if args.json:
         _print_json(answer)
     else:

@@ -6,7 +6,8 @@
   or returns while the daemon is not stopping, is logged once with its traceback and
   ends the group with :class:`TaskDied`, so the daemon stops and exits non-zero
   (systemd restarts it; the spool makes that safe) instead of running on without it --
-  accepting mail that nobody delivers.
+  accepting mail that nobody delivers. A task started ``finite`` (the start-up load of
+  the queue) may return when its work is done; its failure is still fatal.
 * :func:`detach`: a short task nobody waits for (an operator action waiting for an
   attempt to end) is kept referenced until it is done, so it cannot be collected while
   pending, and its failure is logged when it happens rather than when it is collected.
@@ -40,6 +41,7 @@ class Supervisor:
     def __init__(self) -> None:
         self._group = asyncio.TaskGroup()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._finite: set[str] = set()
         self._ending = False
 
     async def __aenter__(self) -> Supervisor:
@@ -65,7 +67,10 @@ class Supervisor:
                 raise first from None
             raise
 
-    def start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+    def start(self, name: str, coro: Coroutine[Any, Any, None], *, finite: bool = False) -> None:
+        """``finite``: the task may end by itself, its work done."""
+        if finite:
+            self._finite.add(name)
         self._tasks[name] = self._group.create_task(self._guard(name, coro), name=name)
 
     def running(self, name: str) -> bool:
@@ -98,7 +103,7 @@ class Supervisor:
         except Exception:
             log.critical("%s failed; stopping", name, exc_info=True)
             raise TaskDied(name, "failed") from None
-        if not self._ending and not this.cancelling():
+        if not self._ending and not this.cancelling() and name not in self._finite:
             log.critical("%s ended unexpectedly; stopping", name)
             raise TaskDied(name, "ended unexpectedly")
 

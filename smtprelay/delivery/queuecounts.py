@@ -15,6 +15,13 @@ Two lists in QID order and in arrival order (pointers to the same strings, plus 
 ``array`` of arrival times) answer "oldest first" and "page after QID"; entries of
 removed messages are skipped when met and dropped when they outnumber live ones.
 
+While the start-up loader reads the spool (after READY=1, see delivery.loader), the
+messages it finds are kept in orders of their own (``found=True``): they come in QID
+order, so each is an append, while new mail, already arriving, has larger QIDs --
+inserted into one list, every old message found after a new one would move a million
+pointers. The two are merged once when the load is done (:meth:`Ledger.loaded`);
+until then listings merge them as they go.
+
 A message's *state* is what a full scan shows: ``active`` (new, released, or under
 attempt now), ``deferred``, ``hold`` or ``scheduled`` (its ``send_at`` was still ahead
 when it was noted and it has not been attempted; :meth:`Ledger.due` ends that when the
@@ -24,6 +31,7 @@ scheduler takes it up, so the ledger itself never looks at the clock per message
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 from array import array
 from collections import Counter
@@ -54,21 +62,25 @@ class Ledger:
         self._free_profiles: list[int] = []
         self.recipients: Counter[str] = Counter()  # pending recipients by domain
         self.messages: Counter[str] = Counter()  # messages with any, by domain
-        self._by_qid: list[str] = []  # sorted; may hold removed QIDs (skipped)
-        self._by_arrival: list[str] = []  # sorted by _arrivals; from _head on
-        self._arrivals = array("d")
-        self._head = 0
+        self._order = _Order()
+        self._found: _Order | None = None  # messages the start-up loader found, if any
 
     # --- changes ----------------------------------------------------------------------
 
-    def note(self, envelope: Envelope) -> None:
-        """The envelope as it is now in the spool (new, recovered, or just rewritten)."""
+    def note(self, envelope: Envelope, *, found: bool = False) -> None:
+        """The envelope as it is now in the spool (new, recovered, or just rewritten).
+        ``found``: read by the start-up loader, in QID order."""
         qid = envelope.qid
         profile = self._intern(_profile_of(envelope))
         old = self._entries.get(qid)
         attempting = 0
         if old is None:
-            self._add_to_order(qid, envelope.arrival)
+            if found:
+                if self._found is None:
+                    self._found = _Order()
+                self._found.add(qid, envelope.arrival)
+            else:
+                self._order.add(qid, envelope.arrival)
         else:
             attempting = old & _ATTEMPTING
             self._forget(old)
@@ -82,17 +94,15 @@ class Ledger:
         if old is None:
             return
         self._forget(old)
-        if len(self._by_qid) > 2 * len(self._entries) + _SLACK:
-            self._by_qid = list(self._live(self._by_qid))
-        if len(self._by_arrival) - self._head > 2 * len(self._entries) + _SLACK:
-            keep = [
-                i
-                for i in range(self._head, len(self._by_arrival))
-                if self._by_arrival[i] in self._entries
-            ]
-            self._by_arrival = [self._by_arrival[i] for i in keep]
-            self._arrivals = array("d", (self._arrivals[i] for i in keep))
-            self._head = 0
+        for order in self._orders():
+            order.compact(self._entries)
+
+    def loaded(self) -> None:
+        """The start-up loader is done: merge what it found into the one order (once,
+        linear: both are sorted)."""
+        found, self._found = self._found, None
+        if found is not None:
+            self._order.merge(found)
 
     def due(self, qid: str) -> None:
         """``qid``'s send time has come (the scheduler took it up): no longer scheduled."""
@@ -143,11 +153,9 @@ class Ledger:
         return [domain for domain, _ in self._profiles[value >> _SHIFT] or ()]
 
     def oldest_arrival(self) -> float | None:
-        while self._head < len(self._by_arrival):
-            if self._by_arrival[self._head] in self._entries:
-                return self._arrivals[self._head]
-            self._head += 1
-        return None
+        return min(
+            (a for o in self._orders() if (a := o.oldest(self._entries)) is not None), default=None
+        )
 
     def destinations(self, top: int) -> list[dict[str, int | str]]:
         """The ``top`` domains with the most pending recipients (cost: the number of
@@ -165,9 +173,8 @@ class Ledger:
         found: list[tuple[str, str]] = []
         if limit <= 0 or (domain is not None and not self.messages[domain]):
             return found
-        start = 0 if after is None else bisect.bisect_right(self._by_qid, after)
         wanted = None if state is None else STATES.index(state)
-        for qid in self._live(self._by_qid, start):
+        for qid in self._in_qid_order(after):
             value = self._entries[qid]
             if wanted is not None and _shown(value) != wanted:
                 continue
@@ -199,27 +206,18 @@ class Ledger:
 
     # --- inside ---------------------------------------------------------------------------
 
-    def _live(self, order: list[str], start: int = 0) -> Iterator[str]:
+    def _orders(self) -> list[_Order]:
+        return [self._order] if self._found is None else [self._order, self._found]
+
+    def _in_qid_order(self, after: str | None) -> Iterator[str]:
+        """Live QIDs after ``after``, each once, in QID order (over both orders while
+        the start-up loader runs)."""
         previous = None
-        for i in range(start, len(order)):
-            qid = order[i]
+        for qid in heapq.merge(*(o.qids_after(after) for o in self._orders())):
             # A QID removed and noted again has two entries, side by side.
             if qid != previous and qid in self._entries:
                 yield qid
             previous = qid
-
-    def _add_to_order(self, qid: str, arrival: float) -> None:
-        if not self._by_qid or qid > self._by_qid[-1]:
-            self._by_qid.append(qid)  # new QIDs are time-ordered: nearly always the end
-        else:
-            bisect.insort(self._by_qid, qid)
-        if not self._arrivals or arrival >= self._arrivals[-1]:
-            self._by_arrival.append(qid)
-            self._arrivals.append(arrival)
-        else:  # a little out of order (another worker), or a notice with an old arrival
-            at = bisect.bisect_right(self._arrivals, arrival, self._head)
-            self._by_arrival.insert(at, qid)
-            self._arrivals.insert(at, arrival)
 
     def _forget(self, value: int) -> None:
         """Take one message's ``value`` out of the counts."""
@@ -257,6 +255,68 @@ class Ledger:
             if not self.messages[domain]:
                 del self.messages[domain]
                 del self.recipients[domain]
+
+
+class _Order:
+    """QIDs in QID order and in arrival order; may hold removed QIDs (skipped when met,
+    dropped when they outnumber the live ones)."""
+
+    def __init__(self) -> None:
+        self.by_qid: list[str] = []  # sorted
+        self.by_arrival: list[str] = []  # sorted by arrivals; from head on
+        self.arrivals = array("d")
+        self.head = 0
+
+    def add(self, qid: str, arrival: float) -> None:
+        if not self.by_qid or qid > self.by_qid[-1]:
+            self.by_qid.append(qid)  # new QIDs are time-ordered: nearly always the end
+        else:
+            bisect.insort(self.by_qid, qid)
+        if not self.arrivals or arrival >= self.arrivals[-1]:
+            self.by_arrival.append(qid)
+            self.arrivals.append(arrival)
+        else:  # a little out of order (another worker), or a notice with an old arrival
+            at = bisect.bisect_right(self.arrivals, arrival, self.head)
+            self.by_arrival.insert(at, qid)
+            self.arrivals.insert(at, arrival)
+
+    def qids_after(self, after: str | None) -> Iterator[str]:
+        start = 0 if after is None else bisect.bisect_right(self.by_qid, after)
+        return (self.by_qid[i] for i in range(start, len(self.by_qid)))
+
+    def oldest(self, live: dict[str, int]) -> float | None:
+        while self.head < len(self.by_arrival):
+            if self.by_arrival[self.head] in live:
+                return self.arrivals[self.head]
+            self.head += 1
+        return None
+
+    def compact(self, live: dict[str, int]) -> None:
+        if len(self.by_qid) > 2 * len(live) + _SLACK:
+            self.by_qid = [qid for qid in self.by_qid if qid in live]
+        if len(self.by_arrival) - self.head > 2 * len(live) + _SLACK:
+            keep = [i for i in range(self.head, len(self.by_arrival)) if self.by_arrival[i] in live]
+            self.by_arrival = [self.by_arrival[i] for i in keep]
+            self.arrivals = array("d", (self.arrivals[i] for i in keep))
+            self.head = 0
+
+    def merge(self, other: _Order) -> None:
+        """Take in ``other``'s entries. What the loader found is older than what came
+        meanwhile, nearly always: then a concatenation (a million pointers copied in
+        C, milliseconds on the event loop); else a sort of the two runs (timsort merges
+        them, in C too)."""
+        if not self.by_qid or (other.by_qid and other.by_qid[-1] < self.by_qid[0]):
+            self.by_qid = other.by_qid + self.by_qid
+        else:
+            self.by_qid = sorted(self.by_qid + other.by_qid)
+        qids = other.by_arrival[other.head :] + self.by_arrival[self.head :]
+        arrivals = other.arrivals[other.head :] + self.arrivals[self.head :]
+        split = len(other.by_arrival) - other.head
+        if split and split < len(arrivals) and arrivals[split - 1] > arrivals[split]:
+            order = sorted(range(len(arrivals)), key=arrivals.__getitem__)
+            qids = [qids[i] for i in order]
+            arrivals = array("d", (arrivals[i] for i in order))
+        self.by_arrival, self.arrivals, self.head = qids, arrivals, 0
 
 
 def _shown(value: int) -> int:

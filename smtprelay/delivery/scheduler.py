@@ -96,6 +96,11 @@ class Scheduler:
         self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
         self.attempts = Attempts(self)
         self.operator = Operator(self)
+        # Messages found in the spool at start-up whose envelopes are not read yet
+        # (delivery.loader reads them after READY=1); ``loaded`` is set once all are.
+        self.loading = 0
+        self.loaded = asyncio.Event()
+        self.loaded.set()
 
     # --- reload -------------------------------------------------------------------
 
@@ -126,18 +131,30 @@ class Scheduler:
         self.schedule.keep_fresh(envelope, data)
         self.enqueue(envelope.qid, due_time(envelope))
 
-    def restore(self, envelope: Envelope) -> None:
+    def restore(self, envelope: Envelope, *, found_at_start: bool = False) -> None:
         """A message found in the spool (at start-up, one at a time as recovery reads
         them, so no list of a million envelopes is ever held): count it, and schedule
-        it unless it is on hold."""
-        self.ledger.note(envelope)
+        it unless it is on hold.
+
+        ``found_at_start``: read by the start-up loader, which runs while the daemon
+        already serves. If the ledger or the schedule knows the QID by now, an operator
+        action (or an adoption) got to the message while the loader read it: what they
+        noted is newer than what was read, so the read is dropped."""
+        if found_at_start and (envelope.qid in self.ledger or envelope.qid in self.schedule.known):
+            return
+        self.ledger.note(envelope, found=found_at_start)
         if envelope.state is not QueueState.HOLD:
             self.enqueue(envelope.qid, due_time(envelope))
 
     async def adopt(self, qids: Iterable[str]) -> None:
         """Messages in the spool that nobody announced (an inbound worker died between
         making one durable and telling us): read the envelopes of those the ledger does
-        not know, count them, and schedule them unless held."""
+        not know, count them, and schedule them unless held.
+
+        Not before the start-up load is done: the messages it has yet to read are not
+        in the ledger either, and reading them here, one call each, would read a large
+        queue twice. What a worker left is in the spool all along; it waits."""
+        await self.loaded.wait()
         loop = asyncio.get_running_loop()
         for qid in qids:
             if qid in self.ledger or qid in self.schedule.known:

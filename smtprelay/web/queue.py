@@ -42,6 +42,8 @@ def queue_summary(scheduler: Scheduler, top: int = 10) -> dict[str, Any]:
         "queue": {
             **ledger.counts(),
             "total": len(ledger),
+            # Found in the spool at start-up and not read yet: not in the figures above.
+            "loading": scheduler.loading,
             "oldest_age_s": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
         },
         "destinations": ledger.destinations(top),
@@ -81,6 +83,8 @@ async def list_queue(request: web.Request) -> web.Response:
         "messages": listed,
         "total": ctx.scheduler.ledger.matching(state, domain),
         "next": following,
+        # Queued messages not read yet since the start (neither listed nor counted).
+        "loading": ctx.scheduler.loading,
     })
 
 

@@ -4,16 +4,21 @@ were in flight)."""
 
 from __future__ import annotations
 
+import os
 import re
 import smtplib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtprelay import ids
+from smtprelay.envelope import Client, Envelope, Recipient
+from smtprelay.spool import Spool
 from tests.integration.daemon import LOOPBACK, Daemon
 from tests.integration.delivery_support import (
     MX1,
@@ -133,3 +138,50 @@ def test_kill_9_during_delivery_loses_no_recipient(
     for qid in acked.values():
         for rcpt in RCPTS:
             assert "sent" in statuses(relay, qid, rcpt), (qid, rcpt)
+
+
+FOUND_MESSAGES = 1500
+FOUND_TAG = re.compile(rb"\r\nX-Tag: (found|new)-(\d+)\r\n")
+
+
+def test_a_queue_found_at_start_is_loaded_while_serving_and_delivered_once(
+    tmp_path: Path, dns: TestDNSServer, make_sink: Callable[..., Sink],
+    make_daemon: Callable[..., Daemon], delivery_config: Callable[..., dict[str, Any]],
+) -> None:
+    """The envelopes of a queue found at start-up are read after READY=1, while new mail
+    is accepted and delivered: every message, found or new, reaches the sink exactly
+    once, and the log says when the load is done."""
+    dns.zone.mx("dest.test", 10, "mx1.dest.test")
+    dns.zone.a("mx1.dest.test", MX1)
+    sink = make_sink(MX1, name="mx1.dest.test")
+    spool_dir = tmp_path / "found-spool"
+    spool = Spool(spool_dir)
+    real_fsync = os.fsync
+    os.fsync = lambda fd: None  # set-up only: the fixture's durability is irrelevant
+    try:
+        for n in range(FOUND_MESSAGES):
+            data = make_message(f"found-{n}")
+            spool.commit(Envelope(
+                qid=ids.new_id(), sender="app@example.com",
+                recipients=[Recipient(f"user{n % 7}@dest.test")],
+                client=Client("127.0.0.1", 40000, "fixture"), arrival=time.time(),
+                size=len(data), next_attempt=time.time()), data)
+    finally:
+        os.fsync = real_fsync
+        spool.close()
+    relay = make_daemon(overrides={"spool": {"dir": str(spool_dir)},
+                                   "delivery": delivery_config()})
+    new = [submit(relay, ["late@dest.test"], make_message(f"new-{n}")) for n in range(3)]
+    wait_until(lambda: relay.queued_ids() == [] and "queued message(s) loaded" in relay.log(),
+               120, lambda: f"the queue to empty ({len(relay.queued_ids())} left)\n{relay.log()}")
+    copies: Counter[tuple[bytes, int]] = Counter()
+    for message in sink.messages:
+        match = FOUND_TAG.search(message.content)
+        assert match, message.content[:300]
+        copies[(match.group(1), int(match.group(2)))] += 1
+    expected = {(b"found", n) for n in range(FOUND_MESSAGES)} | {(b"new", n) for n in range(3)}
+    assert set(copies) == expected
+    assert max(copies.values()) == 1, {k: c for k, c in copies.items() if c > 1}
+    assert f"spool: {FOUND_MESSAGES} queued message(s) loaded, 0 quarantined" in relay.log()
+    for qid in new:
+        assert statuses(relay, qid, "late@dest.test") == ["sent"]

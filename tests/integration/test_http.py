@@ -305,8 +305,9 @@ def test_metrics_parse_and_count_what_was_sent(
         "deleted": 0, "canceled": 0, "notices": 0, "auth_failed": 0, "tls_failed": 0,
         "connections": count + 1,
     }
-    assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0, "total": 0,
-                               "oldest_age_s": 0.0, "attempting": 0}
+    assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0,
+                               "total": 0, "loading": 0, "oldest_age_s": 0.0,
+                               "attempting": 0}
     assert answer["uptime_s"] > 0 and answer["version"]
     smtp = [item for item in answer["listeners"] if item["protocol"] == "smtp"]
     assert {"protocol": "smtp", "address": f"{LOOPBACK}:{relay.port}", "tls": "starttls",

@@ -58,6 +58,7 @@ def check_status(api: Api, relay: Daemon) -> dict[str, Any]:
     queue = dict(answer["queue"])
     oldest_age = queue.pop("oldest_age_s")
     assert queue.pop("attempting") == 0
+    assert queue.pop("loading") == 0
     assert queue == expected["queue"]
     assert (
         sorted((d["domain"], d["recipients"], d["messages"]) for d in answer["destinations"])
@@ -131,9 +132,11 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
     for bad in ("limit=0", "limit=x", "limit=10001", "after=nope"):
         assert api.get(f"/queue?{bad}")[0] == 400, bad
 
-    # After a restart the counts come from the envelopes recovery read.
+    # After a restart the counts come from the envelopes the start-up load read.
     assert relay.stop() == 0
     relay.start()
+    wait_until(lambda: api.ok("GET", "/status")["queue"]["loading"] == 0, 20,
+               lambda: f"the queue loaded\n{relay.log()}")
     check_status(api, relay)
     assert api.ok("POST", "/queue/release", {"qids": [deferred[0]]})["results"] == {
         deferred[0]: "released"

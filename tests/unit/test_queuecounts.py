@@ -106,7 +106,8 @@ def test_oldest_arrival_out_of_order_and_after_compaction() -> None:
         e = envelope(None, arrival=200.0 + n)
         ledger.note(e)
         ledger.remove(e.qid)
-    assert len(ledger._by_qid) < 2000 and len(ledger._by_arrival) - ledger._head < 2000
+    order = ledger._order
+    assert len(order.by_qid) < 2000 and len(order.by_arrival) - order.head < 2000
     assert ledger.oldest_arrival() == 100.0
     assert [q for q, _ in ledger.page(None, 10)] == sorted(
         e.qid for e in (made[0], made[1], made[3])
