@@ -3,7 +3,8 @@
 Shared vocabulary of both stages: the inbound stage checks the syntax
 (:func:`mail_params_ok`, :func:`rcpt_params_ok`), the delivery stage asks what the sender
 wants to hear about (:func:`notify_wants`) and the DSN builder decodes xtext
-(:func:`xtext_decode`). Values are stored as given (xtext-encoded).
+(:func:`xtext_decode`); ``smtprelay-sendmail`` encodes its ``-V`` (:func:`xtext_encode`).
+Values are stored as given (xtext-encoded).
 """
 
 from __future__ import annotations
@@ -63,3 +64,8 @@ def xtext_decode(value: str) -> str:
     for i, piece in enumerate(_XTEXT_HEX.split(value)):  # text, hex, text, hex, ...
         data += bytes([int(piece, 16)]) if i % 2 else piece.encode("utf-8", "replace")
     return data.decode("utf-8", "replace")
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 4: ``+`` ``=`` and anything outside ``!``..``~`` as ``+XX``."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in text)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from smtprelay.envelope import Envelope, QueueState, RecipientState
 from smtprelay.queueops import Outcome, QueueEntry, RecipientCancel
 from smtprelay.queueview import due_time
 from smtprelay.replies import Reply
-from smtprelay.spool import SpoolError
+from smtprelay.spool import SpoolError, actions
 from smtprelay.tasks import detach
 
 if TYPE_CHECKING:
@@ -208,48 +207,42 @@ class Operator:
                 self.s.enqueue(qid, due)
             raise
 
+    # hold, release and delete change the file through spool.actions (the same code the
+    # offline CLI runs); the schedule, the ledger and the mail log are the scheduler's.
+
     async def _hold(self, qid: str) -> str:
         with self.out_of_schedule(qid):
-            try:
-                envelope = await self.s.io(self.s.spool.load, qid)
-            except FileNotFoundError:
+            change = await self.s.io(actions.hold, self.s.spool, qid)
+            if change.envelope is None:
                 self.s.ledger.remove(qid)
-                return Outcome.NOT_FOUND.value
-            if envelope.state is not QueueState.HOLD:
-                envelope.state = QueueState.HOLD
-                await self.s.io(self.s.spool.update, envelope)
+                return change.outcome.value
+            if change.changed:
                 maillog.held(qid)
-            self.s.ledger.note(envelope)
-        return Outcome.HELD.value
+            self.s.ledger.note(change.envelope)
+        return change.outcome.value
 
     async def _release(self, qid: str) -> str:
         if qid in self.s.schedule.known:
             return Outcome.NOT_HELD.value
-        try:
-            envelope = await self.s.io(self.s.spool.load, qid)
-        except FileNotFoundError:
+        change = await self.s.io(actions.release, self.s.spool, qid, self.s.clock())
+        envelope = change.envelope
+        if envelope is None:
             self.s.ledger.remove(qid)
-            return Outcome.NOT_FOUND.value
-        if envelope.state is not QueueState.HOLD:
+        elif not change.changed:
             self.s.restore(envelope)  # on disk but unknown: count and schedule it
-            return Outcome.NOT_HELD.value
-        envelope.state = QueueState.ACTIVE
-        envelope.next_attempt = self.s.clock()
-        await self.s.io(self.s.spool.update, envelope)
-        self.s.ledger.note(envelope)
-        maillog.released(qid)
-        self.s.enqueue(qid, due_time(envelope))  # a scheduled send still waits for its time
-        return Outcome.RELEASED.value
+        else:
+            self.s.ledger.note(envelope)
+            maillog.released(qid)
+            self.s.enqueue(qid, due_time(envelope))  # a scheduled send still waits
+        return change.outcome.value
 
     async def _delete(self, qid: str) -> str:
         with self.out_of_schedule(qid):
-            if not await self.s.io(os.path.exists, self.s.spool.path(qid)):
-                self.s.ledger.remove(qid)
-                return Outcome.NOT_FOUND.value
-            await self.s.io(self.s.spool.remove, qid)
+            change = await self.s.io(actions.delete, self.s.spool, qid)
             self.s.ledger.remove(qid)
-        maillog.deleted(qid)
-        return Outcome.DELETED.value
+        if change.changed:
+            maillog.deleted(qid)
+        return change.outcome.value
 
     async def _bounce(self, qid: str) -> str:
         with self.out_of_schedule(qid):
