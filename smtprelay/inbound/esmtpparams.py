@@ -80,5 +80,5 @@ def utf8(params: dict[str, str]) -> bool:
 
 
 def size_hint(params: dict[str, str]) -> int:
-    """The size MAIL FROM declared (at least 1), for reserving the data's memory."""
+    """The size MAIL FROM declared (1 when none), for reserving the data's memory."""
     return int(params.get("SIZE") or 1)
