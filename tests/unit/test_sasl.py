@@ -16,7 +16,7 @@ from smtprelay.replies import Reply
 
 # A user name without NUL (PLAIN separates its fields with NUL), as UTF-8 bytes.
 names = st.text(
-    st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=40
+    st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=40
 )
 passwords = st.binary(max_size=80).filter(lambda b: b"\0" not in b)
 
