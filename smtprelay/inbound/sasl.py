@@ -13,7 +13,6 @@ authorization identity differs from the user name (the relay acts for nobody els
 
 from __future__ import annotations
 
-import binascii
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 
@@ -37,7 +36,7 @@ def decode_response(text: str, *, empty: bool) -> bytes | None:
         return b""
     try:
         return b64decode(text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a non-ASCII character (sent as UTF-8)
         return None
 
 

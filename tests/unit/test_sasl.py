@@ -85,6 +85,14 @@ def test_decode_response_inverts_base64(data: bytes) -> None:
     assert sasl.decode_response(b64(data), empty=False) == data
 
 
+@given(st.text(min_size=1, max_size=20).filter(lambda t: not t.isascii()))
+def test_non_ascii_response_is_not_base64(text: str) -> None:
+    # aiosmtpd hands over the argument decoded as UTF-8: an AUTH PLAIN with non-ASCII
+    # is a client's mistake (501), not an internal error.
+    assert sasl.decode_response(text, empty=True) is None
+    assert read("PLAIN", text, [])[0] == replies.BAD_BASE64
+
+
 def test_equals_sign_is_empty_only_for_plain() -> None:
     assert sasl.decode_response("=", empty=True) == b""
     assert sasl.decode_response("=", empty=False) is None
