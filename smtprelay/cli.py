@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtprelay import __version__, config, maillog, queuecli, usersfile
+from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -17,7 +18,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("smtprelay")
 
 
-class Failure(Exception):
+class CommandFailed(RelayError):
     """The operation failed (exit 1); the message is printed as is."""
 
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
         code = EXIT_USAGE
-    except (Failure, usersfile.UsersFileError, TLSError, OSError) as e:
+    except (CommandFailed, usersfile.UsersFileError, TLSError, OSError) as e:
         print(f"smtprelay: {e}", file=sys.stderr)
         code = EXIT_FAILED
     except KeyboardInterrupt:
@@ -141,11 +142,11 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
         if first != getpass.getpass("Password (again): "):
-            raise Failure("passwords do not match")
+            raise CommandFailed("passwords do not match")
     else:
         first = sys.stdin.readline().rstrip("\r\n")
     if not first:
-        raise Failure("empty password refused")
+        raise CommandFailed("empty password refused")
     return first
 
 
@@ -153,7 +154,7 @@ def _user_del(args: argparse.Namespace, settings: config.Settings) -> int:
     path = _users_path(settings)
     users = usersfile.read_users(path)
     if users.pop(args.name, None) is None:
-        raise Failure(f"no user {args.name} in {path}")
+        raise CommandFailed(f"no user {args.name} in {path}")
     usersfile.write_users(path, users)
     print(f"user {args.name} removed from {path}")
     return EXIT_OK
