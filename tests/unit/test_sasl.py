@@ -15,9 +15,7 @@ from smtprelay.inbound import sasl
 from smtprelay.replies import Reply
 
 # A user name without NUL (PLAIN separates its fields with NUL), as UTF-8 bytes.
-names = st.text(
-    st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=40
-)
+names = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=40)
 passwords = st.binary(max_size=80).filter(lambda b: b"\0" not in b)
 
 
