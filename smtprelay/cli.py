@@ -36,12 +36,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = config.load(config.config_path(getattr(args, "config", None)))
         code = args.handler(args, settings)
+    except (CommandFailed, usersfile.UsersFileError, TLSError, OSError) as e:
+        # Before ConfigError, whose subclasses they are: a bad users file or certificate
+        # is a failed operation (exit 1), a bad configuration file a usage error (exit 2).
+        print(f"smtprelay: {e}", file=sys.stderr)
+        code = EXIT_FAILED
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
         code = EXIT_USAGE
-    except (CommandFailed, usersfile.UsersFileError, TLSError, OSError) as e:
-        print(f"smtprelay: {e}", file=sys.stderr)
-        code = EXIT_FAILED
     except KeyboardInterrupt:
         code = EXIT_FAILED
     sys.exit(code)
