@@ -28,6 +28,7 @@ from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope
+from smtprelay.errors import RelayError
 from smtprelay.inbound import local
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
@@ -52,11 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtprelay")
 
-class StartupError(Exception):
+class StartupError(RelayError):
     """The daemon cannot start (spool, certificate, users file, listener); says why."""
 
 
-class DaemonFault(Exception):
+class DaemonFault(RelayError):
     """A long-lived task died (logged with its traceback); the daemon has stopped."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtprelay import __version__, config, maillog, queuecli, usersfile
+from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -17,7 +18,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("smtprelay")
 
 
-class Failure(Exception):
+class CommandFailed(RelayError):
     """The operation failed (exit 1); the message is printed as is."""
 
 
@@ -35,12 +36,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = config.load(config.config_path(getattr(args, "config", None)))
         code = args.handler(args, settings)
+    except (CommandFailed, usersfile.UsersFileError, TLSError, OSError) as e:
+        # Before ConfigError, whose subclasses they are: a bad users file or certificate
+        # is a failed operation (exit 1), a bad configuration file a usage error (exit 2).
+        print(f"smtprelay: {e}", file=sys.stderr)
+        code = EXIT_FAILED
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
         code = EXIT_USAGE
-    except (Failure, usersfile.UsersFileError, TLSError, OSError) as e:
-        print(f"smtprelay: {e}", file=sys.stderr)
-        code = EXIT_FAILED
     except KeyboardInterrupt:
         code = EXIT_FAILED
     sys.exit(code)
@@ -141,11 +144,11 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
         if first != getpass.getpass("Password (again): "):
-            raise Failure("passwords do not match")
+            raise CommandFailed("passwords do not match")
     else:
         first = sys.stdin.readline().rstrip("\r\n")
     if not first:
-        raise Failure("empty password refused")
+        raise CommandFailed("empty password refused")
     return first
 
 
@@ -153,7 +156,7 @@ def _user_del(args: argparse.Namespace, settings: config.Settings) -> int:
     path = _users_path(settings)
     users = usersfile.read_users(path)
     if users.pop(args.name, None) is None:
-        raise Failure(f"no user {args.name} in {path}")
+        raise CommandFailed(f"no user {args.name} in {path}")
     usersfile.write_users(path, users)
     print(f"user {args.name} removed from {path}")
     return EXIT_OK

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from smtprelay import defaults
+from smtprelay.errors import ConfigError as ConfigError
 from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
 
 # In a module of their own so that smtprelay-sendmail can start without pydantic.
@@ -278,10 +279,6 @@ class Settings(_Section):
     bounce: BounceSettings = BounceSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
-
-
-class ConfigError(Exception):
-    """Configuration is unusable; the message names the file or key and what is wrong."""
 
 
 def load(path: Path) -> Settings:

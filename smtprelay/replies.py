@@ -69,6 +69,39 @@ RECIPIENT_DOMAIN_DENIED = Reply(550, "5.7.1", "Recipient address rejected: domai
 AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed")
 AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_UNAVAILABLE = Reply(503, "5.5.1", "Error: authentication not enabled")
+BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64")
+MALFORMED_PLAIN = Reply(501, "5.5.2", "Malformed PLAIN credentials")
+BYE = Reply(221, "2.0.0", "Bye")
+# 354 carries no enhanced code (RFC 2034 excludes intermediate replies).
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+
+
+def syntax(usage: str) -> Reply:
+    """A command with a missing or extra argument: ``501 5.5.4 Syntax: MAIL FROM:<address>``."""
+    return Reply(501, "5.5.4", f"Syntax: {usage}")
+
+
+def helo(hostname: str) -> str:
+    """The reply to HELO (RFC 5321 4.1.1.1; no enhanced code before EHLO)."""
+    return f"250 {hostname}"
+
+
+def ehlo(hostname: str, *, max_message_size: int, starttls: bool, auth: bool) -> list[str]:
+    """The reply lines to EHLO: the host name, then one capability per line."""
+    lines = [
+        hostname,
+        "PIPELINING",
+        f"SIZE {max_message_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+    ]
+    if starttls:
+        lines.append("STARTTLS")
+    if auth:
+        lines.append("AUTH PLAIN LOGIN")
+    return [*(f"250-{line}" for line in lines[:-1]), f"250 {lines[-1]}"]
 
 
 def queued(qid: str) -> Reply:

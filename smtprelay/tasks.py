@@ -21,10 +21,12 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
+from smtprelay.errors import RelayError
+
 log = logging.getLogger("smtprelay")
 
 
-class TaskDied(Exception):
+class TaskDied(RelayError):
     """A long-lived task ended while the daemon was running; it has been logged."""
 
     def __init__(self, name: str, how: str) -> None:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from smtprelay.config import Settings
+from smtprelay.errors import TLSError as TLSError
 
 log = logging.getLogger("smtprelay.tls")
 
@@ -26,9 +27,6 @@ _VERSIONS = {
 
 _AEAD_ONLY = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS"
 
-
-class TLSError(Exception):
-    """The certificate or key cannot be used; the message names the file."""
 
 
 def certificate_paths(settings: Settings) -> tuple[Path, Path]:

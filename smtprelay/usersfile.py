@@ -16,6 +16,7 @@ from pathlib import Path
 import bcrypt
 
 from smtprelay import safeio
+from smtprelay.errors import UsersFileError as UsersFileError
 
 _NAME = re.compile(r"[^\s:#][^\s:]*")
 _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
@@ -23,9 +24,6 @@ HASH_ROUNDS = 12
 MIN_ROUNDS, MAX_ROUNDS = 4, 31  # what bcrypt accepts
 MAX_PASSWORD = 72  # bytes of a password that bcrypt uses
 
-
-class UsersFileError(Exception):
-    """The users file is unusable; the message names the file and line."""
 
 
 def validate_name(name: str) -> None:

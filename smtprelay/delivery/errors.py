@@ -53,6 +53,7 @@ import aiosmtplib
 import dns.exception
 import dns.resolver
 
+from smtprelay.errors import RelayError
 from smtprelay.replies import Reply
 
 CONNECTION_FAILED = Reply(451, "4.4.1", "Connection failed")
@@ -69,7 +70,7 @@ NOT_FOUND = Reply(550, "5.1.2", "Host or domain name not found")
 _LINK_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError)
 
 
-class DeliveryError(Exception):
+class DeliveryError(RelayError):
     """``unreachable``: no connection could be made at all (refused, timed out, no route),
     the only failure that counts towards marking a destination dead."""
 
@@ -84,7 +85,7 @@ class DeliveryError(Exception):
         return self.reply.code >= 500
 
 
-class HopSignal(Exception):
+class HopSignal(RelayError):
     """Control flow inside one delivery; never raised out of ``Transport.deliver``."""
 
 

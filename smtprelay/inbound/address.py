@@ -13,6 +13,7 @@ import re
 from typing import NamedTuple
 
 from smtprelay.addresses import domain_of
+from smtprelay.errors import RelayError
 
 __all__ = [
     "FORBIDDEN",
@@ -49,7 +50,7 @@ MAX_DOMAIN = 255
 MAX_PATH = 256 + 64  # RFC 5321 4.5.3.1.3 allows 256; be lenient with long local parts
 
 
-class PathError(ValueError):
+class PathError(RelayError, ValueError):
     """The path is malformed; ``non_ascii`` means it needed SMTPUTF8 to be valid."""
 
     def __init__(self, message: str, *, non_ascii: bool = False) -> None:

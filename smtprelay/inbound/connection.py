@@ -161,7 +161,7 @@ class Connection(_AiosmtpdSMTP):
             await self.push(str(replies.TLS_ACTIVE))
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: STARTTLS")
+            await self.push(str(replies.syntax("STARTTLS")))
             return
         raw = cast(asyncio.WriteTransport, self.transport)
         assert raw is not None and self.session is not None

@@ -21,6 +21,8 @@ import contextlib
 import ssl
 from asyncio import sslproto
 
+from smtprelay.errors import RelayError
+
 # OpenSSL reasons worth plain words in the log, with the metric's kind.
 _REASONS = {
     "UNSUPPORTED_PROTOCOL": ("protocol_version", "client offers no TLS version at or above "
@@ -34,7 +36,7 @@ _REASONS = {
 }
 
 
-class HandshakeFailed(Exception):
+class HandshakeFailed(RelayError):
     """The handshake did not complete; ``reason`` is for the log, ``kind`` the metric."""
 
     def __init__(self, reason: str, kind: str) -> None:

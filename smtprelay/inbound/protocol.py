@@ -1,46 +1,35 @@
-"""One SMTP session: aiosmtpd's state machine with the relay's own MAIL, RCPT and DATA.
+"""One SMTP session: the verbs of aiosmtpd's state machine, done the relay's way.
 
-aiosmtpd parses the command loop, STARTTLS and the AUTH exchange. This subclass
-replaces what a relay must get exactly right:
+aiosmtpd parses the command loop, STARTTLS and the AUTH exchange; :mod:`.commandloop`
+writes the replies (one write per pipelined batch) and keeps the junk and unknown
+command limits. This subclass implements what a relay must get exactly right:
 
-* MAIL / RCPT: strict path parsing (CR, LF, NUL refused), ESMTP parameters, relay
-  policy, and a reply code with an enhanced status code for every outcome.
+* EHLO/HELO: the capabilities offered (AUTH only once it may be used).
+* AUTH: the credentials decoded by :mod:`.sasl`, checked by :mod:`.auth`.
+* MAIL / RCPT: strict path parsing (CR, LF, NUL refused; :mod:`.address`), ESMTP
+  parameters (:mod:`.esmtpparams`), relay policy (:mod:`.policy`), and a reply code with
+  an enhanced status code for every outcome, logged as Postfix logs its rejects.
 * DATA: read in large chunks rather than line by line; only ``<CRLF>.<CRLF>`` ends the
   data (``<LF>.<LF>``, ``<CR>.<CR>`` and ``<LF>.<CR><LF>`` never do); size, NUL bytes and
-  the process's memory budget are enforced while reading (:mod:`.datareader`).
-* replies: one write per reply, and the replies of a pipelined batch (RFC 2920) in one
-  write: a reply is held while the client has more complete command lines buffered, and
-  written before the session could wait for anything (input, a password check, the
-  disk). Held replies therefore never span an await that yields to the event loop.
-* junk: NOOP, RSET, VRFY, EXPN and HELP are counted (Postfix's junk commands) and the
-  session is closed after ``junk_command_limit`` of them without a message accepted;
-  unknown commands get ``502 5.5.2`` and close the session after
-  ``unknown_command_limit``; HTTP and other non-SMTP lines close it at once, as
-  Postfix's ``smtpd_forbidden_commands`` do. These, not aiosmtpd's own log lines, are
-  what the log says about them.
-* every reply carries an enhanced status code (RFC 2034), and an internal fault is a
-  ``451 4.3.0`` plus a log line, never aiosmtpd's ``500`` with the exception text.
+  the process's memory budget are enforced while reading (:mod:`.datareader`); the
+  complete transaction goes to the intake (:mod:`.handler`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import collections
-import functools
 import logging
 import ssl
-from base64 import b64decode
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-from aiosmtpd.smtp import MISSING
-
-from smtprelay import dsnparams, ids, maillog, replies
+from smtprelay import ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
-from smtprelay.inbound import address
+from smtprelay.inbound import address, esmtpparams
 from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.datareader import DataReader
+from smtprelay.inbound.greeting import Greeting
+from smtprelay.inbound.greeting import _valid_utf8 as _valid_utf8  # named here by tests
 from smtprelay.inbound.handler import Intake, Transaction
 from smtprelay.inbound.proxyheader import Network
 from smtprelay.replies import Reply
@@ -49,32 +38,12 @@ log = logging.getLogger("smtprelay.inbound")
 
 # How much of the stream the reader buffers: large, so DATA is read in a few big chunks.
 _READ_LIMIT = 256 * 1024
-_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"}
-_RCPT_PARAMS = {"NOTIFY", "ORCPT"}
-# Replies after which the connection closes: never held back.
-_WRITE_NOW = ("221", "421")
-# Held replies are written once they fill a TLS record (16 KiB) even if more commands
-# are buffered: a client pipelining thousands of commands without reading the replies
-# meets the transport's flow control (drain) as before, and memory stays bounded.
-_HOLD_MAX = 16 * 1024
-# Postfix's junk commands (smtpd_junk_command_limit), with aiosmtpd's EXPN and HELP.
-_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
-# Commands that wait for something other than the next command line (a TLS handshake, a
-# password check), or write their reply themselves: the replies held so far go first.
-_FLUSH_FIRST = frozenset({"STARTTLS", "AUTH"})
-# Postfix's smtpd_forbidden_commands: HTTP/proxy requests and lines not starting with a
-# letter are not SMTP; the client is told so and disconnected at once.
-_NON_SMTP_COMMANDS = frozenset({"CONNECT", "GET", "POST"})
 
 
-class Session(Connection):
+class Session(Greeting):
+    """An inbound SMTP session (see the module's description)."""
+
     line_length_limit = _READ_LIMIT
-    # As Postfix's smtpd_junk_command_limit: junk commands allowed per session (the
-    # count starts again after each accepted message); the next one closes it.
-    junk_command_limit = 100
-    # Unknown commands answered with 502; the next one closes the session (aiosmtpd's
-    # bogus-command budget, with an enhanced code and a log line of our own).
-    unknown_command_limit = 5
 
     def __init__(
         self,
@@ -92,13 +61,14 @@ class Session(Connection):
         on_close: Callable[[Connection], None],
     ) -> None:
         super().__init__(
+            intake,
+            max_message_size=max_message_size,
             tls_context=tls_context,
             implicit_tls=implicit_tls,
             handshake_timeout=handshake_timeout,
             min_tls_version=min_tls_version,
             proxy_from=proxy_from,
             on_close=on_close,
-            handler=_Hooks(self),
             data_size_limit=max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -109,19 +79,10 @@ class Session(Connection):
             auth_require_tls=not (allow_plaintext_auth or implicit_tls),
             loop=asyncio.get_running_loop(),
         )
-        self.intake = intake
-        self.max_message_size = max_message_size
         self.command_size_limits = collections.defaultdict(
             lambda: 512, {"MAIL": 1024, "RCPT": 1024}
         )
         self.txn: Transaction | None = None
-        self.auth_user: str | None = None
-        self.auth_method: str | None = None
-        self.junk_commands = 0
-        self.unknown_commands = 0
-        self._held: list[bytes] = []  # replies not written yet (see _send)
-        self._held_size = 0
-        self._smtp_methods = _Commands(self, self._smtp_methods)
 
     # --- what the connection below needs to know ------------------------------------
 
@@ -131,242 +92,14 @@ class Session(Connection):
     def forget_transaction(self) -> None:
         self.txn = None
 
-    def after_starttls(self) -> None:
-        self.auth_user = self.auth_method = None
+    def transaction_qid(self) -> str | None:
+        return self.txn.qid if self.txn else None
 
-    def _set_rset_state(self) -> None:
-        super()._set_rset_state()  # type: ignore[no-untyped-call]
-        self.txn = None
-
-    @property
-    def encrypted(self) -> bool:
-        return self.implicit_tls or self._tls_protocol is not None
-
-    def tls_description(self) -> str | None:
-        if not self.encrypted or self.transport is None:
-            return None
-        obj = self.transport.get_extra_info("ssl_object")
-        if obj is None:
-            return None
-        cipher = obj.cipher()
-        bits = f" ({cipher[2]}/{cipher[2]} bits)" if cipher else ""
-        return f"{obj.version()} with cipher {cipher[0] if cipher else 'unknown'}{bits}"
-
-    # --- replies ------------------------------------------------------------------
-
-    async def push(self, status: str | bytes | Reply) -> None:
-        if isinstance(status, bytes):  # only aiosmtpd's AUTH challenges are pre-encoded
-            await self._send(status + b"\r\n")
-            return
-        text = replies.add_enhanced_code(str(status))
-        await self._send(f"{text}\r\n".encode("utf-8", "surrogateescape"),
-                         now=text[:3] in _WRITE_NOW)
-        if self.closing and self.txn is None:
-            self.flush_replies()
-            self.hang_up(replies.SHUTTING_DOWN)
-
-    async def _push_raw(self, *lines: str) -> None:
-        """Reply lines exactly as given (no enhanced code added), in one write."""
-        await self._send("".join(f"{line}\r\n" for line in lines).encode())
-
-    async def _send(self, data: bytes, *, now: bool = False) -> None:
-        """Write ``data``, or hold it while the client has more command lines buffered.
-
-        RFC 2920: the replies to a pipelined batch may go together. Like Postfix, hold a
-        reply while another complete command line is already in the input buffer (its
-        reply follows without waiting for the client) and write everything held as soon
-        as the buffer has no complete line left, i.e. before the session would wait.
-        Code paths that wait for anything else first call :meth:`flush_replies`.
-        """
-        self._held.append(data)
-        self._held_size += len(data)
-        if (not now and self._held_size < _HOLD_MAX
-                and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
-            return
-        self.flush_replies()
-        await self._writer.drain()
-
-    def flush_replies(self) -> None:
-        """Write every held reply (one write for all of them)."""
-        held = self._held
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        self._held_size = 0
-        if not self._writer.transport.is_closing():
-            self._writer.write(data)
-
-    async def _close_with(self, reply: Reply) -> None:
-        """Answer with a final reply after the held ones, close, and read no further."""
-        self.flush_replies()
-        self.hang_up(reply)
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
-
-    async def _reject(
-        self, command: str, reply: Reply, *, sender: str | None = None,
-        recipient: str | None = None,
-    ) -> None:
-        """Refuse a command and log it, keyed by the QID once one was logged for this
-        transaction (after its first accepted recipient), else NOQUEUE, as Postfix does."""
+    def _reject_context(self) -> tuple[str | None, str | None]:
         txn = self.txn
-        maillog.reject(
-            command,
-            self.ip,
-            reply,
-            sender=sender if sender is not None else txn.sender if txn else None,
-            recipient=recipient,
-            helo=self.session.host_name if self.session else None,
-            qid=txn.qid if txn and txn.recipients else None,
-            proto="ESMTP" if self.session and self.session.extended_smtp else "SMTP",
-        )
-        await self.push(reply)
-
-    # --- junk and unknown commands -------------------------------------------------
-
-    @property
-    def hung_up(self) -> bool:
-        transport = self.transport
-        return transport is None or transport.is_closing()
-
-    async def junk_command(
-        self, command: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
-    ) -> None:
-        self.counts[command.lower()] += 1
-        self.junk_commands += 1
-        if self.junk_commands > self.junk_command_limit:
-            maillog.too_many_commands(self.ip, "junk commands", command)
-            await self._close_with(replies.TOO_MANY_JUNK_COMMANDS)
-            return
-        await method(arg)
-
-    async def unknown_command(self, command: str, arg: str | None) -> None:
-        self.counts["unknown"] += 1
-        if command in _NON_SMTP_COMMANDS or not ("A" <= command[:1] <= "Z"):
-            text = command if arg is None else f"{command} {arg}"
-            maillog.non_smtp_command(self.ip, text[:100])
-            await self._close_with(replies.NON_SMTP_COMMAND)
-            return
-        self.unknown_commands += 1
-        if self.unknown_commands > self.unknown_command_limit:
-            maillog.too_many_commands(self.ip, "unrecognized commands", "UNKNOWN")
-            await self._close_with(replies.TOO_MANY_UNKNOWN_COMMANDS)
-            return
-        await self.push(replies.UNKNOWN_COMMAND)
-
-    # --- greeting -----------------------------------------------------------------
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        await self._greet(hostname, extended=False)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        await self._greet(hostname, extended=True)
-
-    async def _greet(self, hostname: str | None, *, extended: bool) -> None:
-        verb = "EHLO" if extended else "HELO"
-        self.counts[verb.lower()] += 1
-        self.stage = verb
-        if not hostname:
-            await self.push(f"501 5.5.4 Syntax: {verb} hostname")
-            return
-        if (any(c in hostname for c in address.FORBIDDEN) or " " in hostname.strip()
-                or not _valid_utf8(hostname)):
-            await self._reject(verb, replies.BAD_HELO)
-            return
-        assert self.session is not None
-        self._set_rset_state()
-        self.session.extended_smtp = extended
-        self.session.host_name = hostname
-        if not extended:
-            await self._push_raw(f"250 {self.hostname}")
-            return
-        lines = [
-            self.hostname,
-            "PIPELINING",
-            f"SIZE {self.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
-            "DSN",
-        ]
-        if self.tls_context and not self._tls_protocol:
-            lines.append("STARTTLS")
-        if self._auth_offered():
-            lines.append("AUTH PLAIN LOGIN")
-        await self._push_raw(*(f"250-{line}" for line in lines[:-1]), f"250 {lines[-1]}")
-
-    def _auth_offered(self) -> bool:
-        authenticator = self.intake.authenticator
-        if authenticator is None:
-            return False
-        try:
-            authenticator.refresh()
-        except Exception:
-            log.exception("users file unreadable; AUTH not offered")
-            return False
-        return authenticator.has_users and (self.encrypted or not self._auth_require_tls)
-
-    # --- AUTH (called through aiosmtpd's smtp_AUTH, which checks TLS and state) -------
-
-    async def authenticate(self, args: list[str]) -> str | None:
-        self.counts["auth"] += 1
-        self.stage = "AUTH"
-        authenticator = self.intake.authenticator
-        if authenticator is None or not self._auth_offered():
-            return str(replies.AUTH_UNAVAILABLE)
-        mechanism = args[0].upper()
-        credentials = await self._read_credentials(mechanism, args[1] if len(args) > 1 else None)
-        if credentials is None:
-            return None  # the exchange was aborted and already answered
-        if isinstance(credentials, Reply):
-            return str(credentials)
-        username, password = credentials
-        if await authenticator.verify(self.ip, username, password):
-            assert self.session is not None
-            self.session.authenticated = True
-            self.auth_user, self.auth_method = username, mechanism
-            return str(replies.AUTH_OK)
-        # verify() has already waited out this client's penalty for failing before.
-        maillog.auth_failed(self.ip, mechanism, username)
-        return str(replies.AUTH_FAILED)
-
-    async def _read_credentials(
-        self, mechanism: str, initial: str | None
-    ) -> tuple[str, bytes] | Reply | None:
-        bad_base64 = Reply(501, "5.5.2", "Cannot decode base64")
-        if mechanism == "PLAIN":
-            if initial is None:
-                blob = await self.challenge_auth("")
-                if blob is MISSING:
-                    return None
-            else:
-                try:
-                    blob = b64decode(initial, validate=True) if initial != "=" else b""
-                except binascii.Error:
-                    return bad_base64
-            parts = blob.split(b"\0")
-            if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
-                return Reply(501, "5.5.2", "Malformed PLAIN credentials")
-            user_bytes, password = parts[1], parts[2]
-        else:  # LOGIN; aiosmtpd has already refused mechanisms we do not implement
-            if initial is None:
-                user_blob = await self.challenge_auth("Username:")
-                if user_blob is MISSING:
-                    return None
-            else:
-                try:
-                    user_blob = b64decode(initial, validate=True)
-                except binascii.Error:
-                    return bad_base64
-            password_blob = await self.challenge_auth("Password:")
-            if password_blob is MISSING:
-                return None
-            user_bytes, password = user_blob, password_blob
-        try:
-            return user_bytes.decode("utf-8"), password
-        except UnicodeDecodeError:
-            return replies.AUTH_FAILED
+        if txn is None:
+            return None, None
+        return txn.sender, txn.qid if txn.recipients else None
 
     # --- MAIL / RCPT --------------------------------------------------------------
 
@@ -380,17 +113,20 @@ class Session(Connection):
             return
         argument = self._strip_command_keyword("FROM:", arg or "")
         if argument is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            await self.push(replies.syntax("MAIL FROM:<address>"))
             return
         try:
             parsed = address.parse(argument, allow_null=True, utf8=True)
-        except address.ParameterError:
-            await self._reject("MAIL", replies.BAD_PARAMETER)
+        except address.PathError as e:
+            await self._reject("MAIL", esmtpparams.mail_path_reply(e))
             return
-        except address.PathError:
-            await self._reject("MAIL", replies.BAD_SENDER_SYNTAX)
-            return
-        reply = self._check_mail_params(parsed)
+        assert self.session is not None
+        reply = esmtpparams.check_mail(
+            parsed.params,
+            parsed.address,
+            extended=bool(self.session.extended_smtp),
+            max_message_size=self.max_message_size,
+        )
         if reply is None:
             reply = self.intake.policy.check_sender(parsed.address)
             if reply is not None:  # policy refusals name the address, as Postfix does
@@ -400,29 +136,6 @@ class Session(Connection):
             return
         self.txn = Transaction(ids.new_id(), parsed.address, parsed.params)
         await self.push(replies.SENDER_OK)
-
-    def _check_mail_params(self, parsed: address.ParsedArgument) -> Reply | None:
-        params = parsed.params
-        assert self.session is not None
-        if params and not self.session.extended_smtp:
-            return replies.BAD_PARAMETER
-        if not params.keys() <= _MAIL_PARAMS:
-            return replies.UNKNOWN_PARAMETER
-        size = params.get("SIZE")
-        if size is not None:
-            if not size.isdigit():
-                return replies.BAD_PARAMETER
-            if int(size) > self.max_message_size:
-                return replies.SIZE_EXCEEDED
-        if params.get("BODY", "7BIT").upper() not in ("7BIT", "8BITMIME"):
-            return replies.BAD_PARAMETER
-        if params.get("SMTPUTF8", "") != "":
-            return replies.BAD_PARAMETER
-        if "SMTPUTF8" not in params and not parsed.address.isascii():
-            return replies.SMTPUTF8_NOT_ADVERTISED
-        if not dsnparams.mail_params_ok(params):
-            return replies.BAD_PARAMETER
-        return None
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.counts["rcpt"] += 1
@@ -435,21 +148,20 @@ class Session(Connection):
             return
         argument = self._strip_command_keyword("TO:", arg or "")
         if argument is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            await self.push(replies.syntax("RCPT TO:<address>"))
             return
         try:
-            parsed = address.parse(argument, allow_null=False, utf8="SMTPUTF8" in txn.mail_params)
+            parsed = address.parse(
+                argument, allow_null=False, utf8=esmtpparams.utf8(txn.mail_params)
+            )
         except address.PathError as e:
-            bad = (replies.BAD_PARAMETER if isinstance(e, address.ParameterError)
-                   else replies.SMTPUTF8_NOT_ADVERTISED if e.non_ascii
-                   else replies.BAD_RECIPIENT_SYNTAX)
-            await self._reject("RCPT", bad, recipient=argument.strip(" <>")[:100])
+            await self._reject(
+                "RCPT", esmtpparams.rcpt_path_reply(e), recipient=argument.strip(" <>")[:100]
+            )
             return
-        if not parsed.params.keys() <= _RCPT_PARAMS:
-            await self._reject("RCPT", replies.UNKNOWN_PARAMETER, recipient=parsed.address)
-            return
-        if not dsnparams.rcpt_params_ok(parsed.params):
-            await self._reject("RCPT", replies.BAD_PARAMETER, recipient=parsed.address)
+        bad = esmtpparams.check_rcpt(parsed.params)
+        if bad is not None:
+            await self._reject("RCPT", bad, recipient=parsed.address)
             return
         assert self.session is not None
         may_relay = bool(self.session.authenticated) or self.intake.policy.is_trusted(self.ip)
@@ -485,18 +197,21 @@ class Session(Connection):
             await self.push(replies.NEED_RCPT)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(replies.syntax("DATA"))
             return
         budget = self.intake.data_budget
-        if not budget.has_room(int(txn.mail_params.get("SIZE") or 1), self.max_message_size):
+        if not budget.has_room(esmtpparams.size_hint(txn.mail_params), self.max_message_size):
             # Nothing to read into: say so before the client sends the data.
-            maillog.data_memory_exhausted(self.ip, budget.limit(self.max_message_size),
-                                          txn.qid)
+            maillog.data_memory_exhausted(self.ip, budget.limit(self.max_message_size), txn.qid)
             await self._reject("DATA", replies.NO_SPACE)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        reader = DataReader(self._reader, max_message_size=self.max_message_size,
-                            budget=budget, on_chunk=self._reset_timeout)
+        await self.push(replies.START_DATA)
+        reader = DataReader(
+            self._reader,
+            max_message_size=self.max_message_size,
+            budget=budget,
+            on_chunk=self._reset_timeout,
+        )
         try:
             raw = await self._read_data(reader)
             self.stage = "END-OF-MESSAGE"
@@ -504,7 +219,8 @@ class Session(Connection):
                 reply = raw
                 if reply == replies.NO_SPACE:
                     maillog.data_memory_exhausted(
-                        self.ip, budget.limit(self.max_message_size), txn.qid)
+                        self.ip, budget.limit(self.max_message_size), txn.qid
+                    )
                 maillog.reject("END-OF-MESSAGE", self.ip, reply, sender=txn.sender, qid=txn.qid)
             else:
                 reply = await self.intake.accept(txn, self._client(), raw)
@@ -524,7 +240,7 @@ class Session(Connection):
     def _client(self) -> Client:
         assert self.session is not None
         helo = self.session.host_name or ""
-        smtputf8 = self.txn is not None and "SMTPUTF8" in self.txn.mail_params
+        smtputf8 = self.txn is not None and esmtpparams.utf8(self.txn.mail_params)
         protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.session.extended_smtp else "SMTP"
         if self.encrypted and self.session.extended_smtp:
             protocol += "S"
@@ -539,72 +255,3 @@ class Session(Connection):
             tls=self.tls_description(),
             protocol=protocol,
         )
-
-
-def _valid_utf8(text: str) -> bool:
-    """False for text holding bytes that were not UTF-8 (decoded as lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-async def _ignore(arg: str | None) -> None:
-    """What any command does once the session has hung up."""
-
-
-class _Commands(dict[str, Any]):
-    """aiosmtpd's command table (``smtp_*`` methods by verb), as aiosmtpd looks commands
-    up in it: junk commands are counted before they run, and an unknown command gets
-    the session's own answer instead of aiosmtpd's."""
-
-    def __init__(self, session: Session, methods: dict[str, Any]) -> None:
-        super().__init__(methods)
-        self._session = session
-
-    def get(self, command: str, default: Any = None) -> Any:
-        session = self._session
-        if session.hung_up:
-            return _ignore
-        method = super().get(command)
-        if method is None:
-            return functools.partial(session.unknown_command, command)
-        # (update_wrapper keeps the method's attributes: aiosmtpd's HELP reads them)
-        if command in _JUNK_COMMANDS:
-            return functools.update_wrapper(
-                functools.partial(session.junk_command, command, method), method)
-        if command in _FLUSH_FIRST:
-            return functools.update_wrapper(functools.partial(_flushed_first, session, method),
-                                            method)
-        return method
-
-
-async def _flushed_first(
-    session: Session, method: Callable[[str | None], Awaitable[None]], arg: str | None
-) -> None:
-    session.flush_replies()
-    await method(arg)
-
-
-class _Hooks:
-    """aiosmtpd handler hooks: only AUTH, QUIT counting, and the fault reply."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    async def handle_AUTH(self, server: Any, session: Any, envelope: Any, args: list[str]) -> Any:
-        status = await self._session.authenticate(args)
-        return status
-
-    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> Any:
-        self._session.counts["quit"] += 1
-        return "221 2.0.0 Bye"
-
-    async def handle_exception(self, error: Exception) -> str:
-        session = self._session
-        qid = session.txn.qid if session.txn else None
-        log.error("internal error in SMTP session from %s", session.ip, exc_info=error)
-        maillog.internal_error(session.ip, f"{type(error).__name__} during {session.stage}", qid)
-        session.txn = None
-        return str(replies.LOCAL_ERROR)

@@ -20,10 +20,12 @@ from collections.abc import Iterable
 
 from aiosmtpd.proxy_protocol import V2_CMD, get_proxy
 
+from smtprelay.errors import RelayError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ProxyRefused(Exception):
+class ProxyRefused(RelayError):
     """The connection may not go on; the message says why, for the log."""
 
 

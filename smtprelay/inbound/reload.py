@@ -14,14 +14,14 @@ from pathlib import Path
 
 from smtprelay import config, maillog, tls
 from smtprelay.config import Settings
+from smtprelay.errors import ConfigError
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.server import InboundServer, users
-from smtprelay.usersfile import UsersFileError
 
 log = logging.getLogger("smtprelay")
 
 
-class Refused(Exception):
+class Refused(ConfigError):
     """The file does not load; the message says why."""
 
 
@@ -34,7 +34,7 @@ def prepare(path: Path) -> tuple[Settings, Authenticator | None]:
         # Load the certificate into a scratch context first: a bad file must not leave
         # the live context half-changed.
         tls.load(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), new)
-    except (config.ConfigError, UsersFileError, tls.TLSError, OSError) as e:
+    except (ConfigError, OSError) as e:  # the users file and certificate's errors too
         raise Refused(str(e)) from None
     return new, authenticator
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
+from smtprelay.errors import RelayError
 from smtprelay.inbound import channel
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.server import ListenerState, bind
@@ -37,7 +38,7 @@ RESTART_DELAY = 1.0
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(RelayError):
     pass
 
 

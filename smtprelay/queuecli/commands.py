@@ -18,7 +18,7 @@ from smtprelay.queuecli.errors import (
     EXIT_USAGE,
     DaemonDown,
     QueueFailure,
-    UsageError,
+    QueueUsageError,
 )
 from smtprelay.queuecli.format import (
     format_list,
@@ -47,11 +47,11 @@ def _need_daemon(what: str, reason: str) -> QueueFailure:
 
 
 def check_qids(qids: Iterable[str]) -> list[str]:
-    """The queue IDs once each, in the order given; UsageError naming any malformed."""
+    """The queue IDs once each, in the order given; QueueUsageError naming any malformed."""
     qids = list(dict.fromkeys(qids))
     bad = [q for q in qids if not ids.is_valid(q)]
     if bad:
-        raise UsageError(f"not a queue ID: {', '.join(bad)}")
+        raise QueueUsageError(f"not a queue ID: {', '.join(bad)}")
     return qids
 
 
@@ -126,7 +126,7 @@ def _act(
 
 def cmd_flush(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.all and args.qids:
-        raise UsageError("give queue IDs or --all, not both")
+        raise QueueUsageError("give queue IDs or --all, not both")
     return _act(args, settings, "flush", check_qids(args.qids) if args.qids else None)
 
 
@@ -136,7 +136,7 @@ def cmd_action(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_delete(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.all == bool(args.qids):
-        raise UsageError("give queue IDs or --all")
+        raise QueueUsageError("give queue IDs or --all")
     if not args.all:
         return _act(args, settings, "delete", check_qids(args.qids))
     try:
@@ -153,11 +153,11 @@ def cmd_delete(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def confirm(question: str, yes: bool, isatty: Callable[[], bool] | None = None) -> bool:
-    """``--yes``, or a "y" on the terminal; without a terminal, refuse (UsageError)."""
+    """``--yes``, or a "y" on the terminal; without a terminal, refuse (QueueUsageError)."""
     if yes:
         return True
     if not (isatty or sys.stdin.isatty)():
-        raise UsageError("no terminal to confirm on: add --yes to delete every message")
+        raise QueueUsageError("no terminal to confirm on: add --yes to delete every message")
     try:
         answer = input(question)
     except EOFError:
@@ -167,7 +167,7 @@ def confirm(question: str, yes: bool, isatty: Callable[[], bool] | None = None) 
 
 def cmd_trace(args: argparse.Namespace, settings: config.Settings) -> int:
     if bool(args.qid) == bool(args.rcpt):
-        raise UsageError("give a queue ID or --rcpt ADDRESS")
+        raise QueueUsageError("give a queue ID or --rcpt ADDRESS")
     client = Client(settings)
     try:
         if args.qid:
@@ -204,7 +204,7 @@ def guard(handler: Handler) -> Handler:
     def run(args: argparse.Namespace, settings: config.Settings) -> int:
         try:
             return handler(args, settings)
-        except UsageError as e:
+        except QueueUsageError as e:
             print(f"smtprelay: {e}", file=sys.stderr)
             return EXIT_USAGE
         except QueueFailure as e:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
+from smtprelay.errors import RelayError
+
 USAGE = """\
 usage: {prog} [-t] [-i] [-f SENDER] [-F FULL_NAME] [-C FILE] [-v] [--] [RECIPIENT ...]
 Read a message from standard input and hand it to the local smtprelay daemon.
@@ -26,7 +28,7 @@ Exit status: 0 sent, 64 usage, 65 message refused, 67 recipient refused,
 """
 
 
-class UsageError(Exception):
+class SendmailUsageError(RelayError):
     """The command line cannot be used (exit 64)."""
 
 
@@ -55,7 +57,7 @@ class Options:
 
 def parse_args(argv: Sequence[str]) -> Options:
     """Parse sendmail's command line. Options and recipients may be mixed; ``--`` ends
-    the options. Raises :class:`UsageError`."""
+    the options. Raises :class:`SendmailUsageError`."""
     opts = Options()
     words = list(argv)
     i = 0
@@ -80,20 +82,22 @@ def parse_args(argv: Sequence[str]) -> Options:
                 value = word[j + 1 :]
                 if not value:
                     if i >= len(words):
-                        raise UsageError(f"option -{letter} needs a value")
+                        raise SendmailUsageError(f"option -{letter} needs a value")
                     value = words[i]
                     i += 1
                 _apply_value(opts, letter, value)
                 break
             if letter not in _FLAGS:
                 if letter == "I":
-                    raise UsageError("-I (newaliases) is not supported: smtprelay has no aliases")
+                    raise SendmailUsageError(
+                        "-I (newaliases) is not supported: smtprelay has no aliases"
+                    )
                 if letter == "q":
-                    raise UsageError(
+                    raise SendmailUsageError(
                         "-q (run the queue) is not supported: the relay "
                         "retries by itself; see smtprelay's queue commands"
                     )
-                raise UsageError(f"unknown option -{letter}")
+                raise SendmailUsageError(f"unknown option -{letter}")
             if letter == "t":
                 opts.extract_recipients = True
             elif letter == "i":
@@ -123,7 +127,7 @@ def _apply_value(opts: Options, letter: str, value: str) -> None:
             opts.ignore_dots = not sep or setting.strip().lower() not in ("f", "false", "no")
     elif letter == "b":
         if value != "m":
-            raise UsageError(
+            raise SendmailUsageError(
                 f"-b{value} is not supported: only -bm (read a message from "
                 "standard input, the default) is"
             )
@@ -134,14 +138,16 @@ def _apply_value(opts: Options, letter: str, value: str) -> None:
         elif words and words <= _NOTIFY_WORDS:
             opts.notify = ",".join(w.upper() for w in ("success", "failure", "delay") if w in words)
         else:
-            raise UsageError(f"-N {value}: use never, or a list of success,failure,delay")
+            raise SendmailUsageError(f"-N {value}: use never, or a list of success,failure,delay")
     elif letter == "R":
         if value.strip().lower() not in ("full", "hdrs"):
-            raise UsageError(f"-R {value}: use full or hdrs")
+            raise SendmailUsageError(f"-R {value}: use full or hdrs")
         opts.ret = value.strip().upper()
     elif letter == "V":
         if not value or len(value) > 100 or not value.isascii() or not value.isprintable():
-            raise UsageError(f"-V {value!r}: an envelope id is 1 to 100 printable ASCII characters")
+            raise SendmailUsageError(
+                f"-V {value!r}: an envelope id is 1 to 100 printable ASCII characters"
+            )
         opts.envid = value
     else:
         assert letter in _IGNORED_WITH_VALUE, letter  # -B 8BITMIME, -h 17, -X file, ...
@@ -159,13 +165,13 @@ def clean_sender(value: str) -> str:
     """``-f`` accepts ``addr``, ``<addr>``, ``Name <addr>``, and ``""`` / ``<>`` for none."""
     text = value.strip()
     if any(is_control(c) for c in text):  # CR, LF, NUL: never into an SMTP command
-        raise UsageError(f"-f {value!r}: not an address")
+        raise SendmailUsageError(f"-f {value!r}: not an address")
     if text in ("", "<>"):
         return ""
     if "<" in text:
         text = getaddresses([text])[0][1]
     if bad_address(text):
-        raise UsageError(f"-f {value!r}: not an address")
+        raise SendmailUsageError(f"-f {value!r}: not an address")
     return text
 
 
@@ -173,5 +179,5 @@ def _argument_addresses(word: str) -> list[str]:
     """One argument: an address, or a list such as ``"a@x, Bob <b@y>"`` as sendmail reads."""
     found = [address for _, address in getaddresses([word]) if address]
     if not found or any(is_control(c) for c in word) or any(bad_address(a) for a in found):
-        raise UsageError(f"{word!r}: not a recipient address")
+        raise SendmailUsageError(f"{word!r}: not a recipient address")
     return found

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from smtprelay import defaults
-from smtprelay.sendmail.args import USAGE, UsageError, parse_args
+from smtprelay.sendmail.args import USAGE, SendmailUsageError, parse_args
 from smtprelay.sendmail.exits import (
     EX_IOERR,
     EX_NOUSER,
@@ -18,7 +18,7 @@ from smtprelay.sendmail.exits import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
     EX_USAGE,
-    Failure,
+    SubmissionFailed,
 )
 from smtprelay.sendmail.message import identity, prepare, read_message
 from smtprelay.sendmail.relay import find_relay
@@ -36,7 +36,7 @@ def run(
     before the command (``smtprelay -c FILE sendmail``); ``-C``/``-c`` in ``argv`` wins."""
     try:
         opts = parse_args(argv)
-    except UsageError as e:
+    except SendmailUsageError as e:
         print(f"{prog}: {e}\n" + USAGE.splitlines()[0].format(prog=prog), file=sys.stderr)
         return EX_USAGE
     if opts.show_help:
@@ -51,7 +51,7 @@ def run(
         return EX_OK
     try:
         relay = find_relay(defaults.config_path(opts.config or config_file))
-    except Failure as e:
+    except SubmissionFailed as e:
         print(f"{prog}: {e}; message not sent", file=sys.stderr)
         return e.code
     try:
@@ -66,7 +66,7 @@ def run(
             domain = relay.settings.server.origin_domain
         prepared = prepare(raw, opts, identity(domain))
         refused = submit(prepared, opts, relay)
-    except Failure as e:
+    except SubmissionFailed as e:
         retry = " (exit 75: try again later)" if e.code == EX_TEMPFAIL else ""
         print(f"{prog}: message not sent: {e}{retry}", file=sys.stderr)
         return e.code

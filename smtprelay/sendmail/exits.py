@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from smtprelay.errors import RelayError
+
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -13,7 +15,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
-class Failure(Exception):
+class SubmissionFailed(RelayError):
     """The message was not (completely) accepted; ``code`` is the exit status."""
 
     def __init__(self, code: int, message: str) -> None:

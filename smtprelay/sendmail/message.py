@@ -12,7 +12,7 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import BinaryIO
 
 from smtprelay.sendmail.args import Options, bad_address
-from smtprelay.sendmail.exits import EX_DATAERR, EX_USAGE, Failure
+from smtprelay.sendmail.exits import EX_DATAERR, EX_USAGE, SubmissionFailed
 
 
 def read_message(stream: BinaryIO, ignore_dots: bool) -> bytes:
@@ -71,7 +71,7 @@ def _field_value(field_lines: list[bytes]) -> str:
 def prepare(raw: bytes, opts: Options, me: Identity) -> Prepared:
     """Split headers and body, find recipients, remove Bcc, add the missing origin fields.
 
-    Raises :class:`Failure` (64) when there is no recipient at all, or (65) for an
+    Raises :class:`SubmissionFailed` (64) when there is no recipient at all, or (65) for an
     unusable address in a recipient header.
     """
     lines = _EOL.split(raw)
@@ -105,7 +105,9 @@ def prepare(raw: bytes, opts: Options, me: Identity) -> Prepared:
                 if not address:
                     continue  # a group such as "undisclosed-recipients:;"
                 if bad_address(address):
-                    raise Failure(EX_DATAERR, f"{name.title()}: {address!r} is not an address")
+                    raise SubmissionFailed(
+                        EX_DATAERR, f"{name.title()}: {address!r} is not an address"
+                    )
                 recipients.append(me.qualify(address))
     unique: dict[str, str] = {}
     for address in recipients:
@@ -116,7 +118,7 @@ def prepare(raw: bytes, opts: Options, me: Identity) -> Prepared:
             if opts.extract_recipients
             else " (use -t to take them from the headers)"
         )
-        raise Failure(EX_USAGE, f"no recipient {where}; message not sent")
+        raise SubmissionFailed(EX_USAGE, f"no recipient {where}; message not sent")
 
     sender = (
         me.qualify(opts.sender)

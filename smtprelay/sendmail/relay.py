@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 # Not smtprelay.config: pydantic costs more CPU than all the rest of a run, and a caller
 # who cannot read the configuration does not need it (imported in find_relay otherwise).
 from smtprelay import defaults
-from smtprelay.sendmail.exits import EX_CONFIG, EX_TEMPFAIL, EX_UNAVAILABLE, Failure
+from smtprelay.sendmail.exits import EX_CONFIG, EX_TEMPFAIL, EX_UNAVAILABLE, SubmissionFailed
 
 if TYPE_CHECKING:
     from smtprelay import config
@@ -94,12 +94,14 @@ def connect_socket(relay: Relay, verbose: bool) -> tuple[smtplib.SMTP, str]:
         smtp.close()
         reason = f"the relay is not reachable at {path} ({e.strerror or e})"
         if relay.unreadable is None:
-            raise Failure(EX_TEMPFAIL, reason) from None
+            raise SubmissionFailed(EX_TEMPFAIL, reason) from None
         # No configuration to read and no daemon at the default socket. Installed (the
         # file exists, it is just not ours to read): the daemon is down, try again later.
         # Not installed, or the wrong -C: a configuration error.
         code = EX_CONFIG if "No such file" in relay.unreadable else EX_TEMPFAIL
-        raise Failure(code, f"configuration error: {relay.unreadable}, and {reason}") from None
+        raise SubmissionFailed(
+            code, f"configuration error: {relay.unreadable}, and {reason}"
+        ) from None
     _check_greeting(smtp, code, greeting, path)
     return smtp, path
 
@@ -109,8 +111,8 @@ def _check_greeting(smtp: smtplib.SMTP, code: int, greeting: bytes, where: str) 
         smtp.close()
         reply = reply_text(code, greeting)
         if is_temporary(code):
-            raise Failure(EX_TEMPFAIL, f"relay at {where} is not accepting mail: {reply}")
-        raise Failure(EX_UNAVAILABLE, f"relay at {where} refused the session: {reply}")
+            raise SubmissionFailed(EX_TEMPFAIL, f"relay at {where} is not accepting mail: {reply}")
+        raise SubmissionFailed(EX_UNAVAILABLE, f"relay at {where} refused the session: {reply}")
     if smtp.sock is not None:
         smtp.sock.settimeout(COMMAND_TIMEOUT)
 
@@ -121,7 +123,7 @@ def connect_tcp(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP,
     candidates = [(e, False) for e in settings.server.listen]
     candidates += [(e, True) for e in settings.server.listen_implicit_tls]
     if not candidates:
-        raise Failure(EX_CONFIG, "[server] listen: no address to hand the message to")
+        raise SubmissionFailed(EX_CONFIG, "[server] listen: no address to hand the message to")
     errors: list[str] = []
     for endpoint, implicit_tls in candidates:
         host = _local_host(endpoint.host)
@@ -147,13 +149,13 @@ def connect_tcp(settings: config.Settings, verbose: bool) -> tuple[smtplib.SMTP,
             continue
         _check_greeting(smtp, code, greeting, where)
         return smtp, where
-    raise Failure(EX_TEMPFAIL, "the relay is not reachable (" + "; ".join(errors) + ")")
+    raise SubmissionFailed(EX_TEMPFAIL, "the relay is not reachable (" + "; ".join(errors) + ")")
 
 
 def find_relay(path: Path) -> Relay:
     """The configured local socket; the default one when the file cannot be read (a
     ``0640 root:smtprelay`` file and a ``www-data`` caller); the ``[server] listen``
-    addresses when it sets ``local_socket = ""``. Failure (78) if the file is invalid."""
+    addresses when it sets ``local_socket = ""``. SubmissionFailed (78) if the file is invalid."""
     try:
         with path.open("rb"):
             pass
@@ -164,5 +166,5 @@ def find_relay(path: Path) -> Relay:
     try:
         settings = config.load(path)
     except config.ConfigError as e:
-        raise Failure(EX_CONFIG, f"configuration error: {e}") from None
+        raise SubmissionFailed(EX_CONFIG, f"configuration error: {e}") from None
     return Relay(settings.server.local_socket or None, settings)

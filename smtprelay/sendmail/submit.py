@@ -9,7 +9,13 @@ from collections.abc import Iterator, Sequence
 
 from smtprelay.dsnparams import xtext_encode
 from smtprelay.sendmail.args import Options
-from smtprelay.sendmail.exits import EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_UNAVAILABLE, Failure
+from smtprelay.sendmail.exits import (
+    EX_DATAERR,
+    EX_NOUSER,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    SubmissionFailed,
+)
 from smtprelay.sendmail.message import Prepared
 from smtprelay.sendmail.relay import Relay, connect, is_temporary, reply_text
 
@@ -21,7 +27,7 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
     """Hand the message to the relay. Returns the refused recipients' replies (the
-    message went to the others); raises :class:`Failure` when nothing more was accepted."""
+    message went to the others); raises :class:`SubmissionFailed` when nothing more was accepted."""
     smtp, where = connect(relay, opts.verbose)
     accepted: list[str] = []
     refused: list[str] = []
@@ -31,7 +37,7 @@ def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
         if code != 250:
             code, reply = smtp.helo()
             if code != 250:
-                raise Failure(
+                raise SubmissionFailed(
                     EX_TEMPFAIL if is_temporary(code) else EX_UNAVAILABLE,
                     f"relay at {where} refused HELO: {reply_text(code, reply)}",
                 )
@@ -41,7 +47,7 @@ def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
             code, reply = smtp.docmd("MAIL", f"FROM:<{prepared.sender}>{mail_params}")
             if code != 250:
                 text = f"sender <{prepared.sender}> refused: {reply_text(code, reply)}"
-                raise Failure(EX_TEMPFAIL if is_temporary(code) else EX_UNAVAILABLE, text)
+                raise SubmissionFailed(EX_TEMPFAIL if is_temporary(code) else EX_UNAVAILABLE, text)
             taken: list[str] = []
             deferred: list[str] = []
             for rcpt in chunk:
@@ -55,7 +61,9 @@ def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
             if deferred or not taken:
                 smtp.rset()
                 if deferred:  # all or nothing: a retry must not duplicate the message
-                    raise Failure(EX_TEMPFAIL, "recipient deferred: " + "; ".join(deferred))
+                    raise SubmissionFailed(
+                        EX_TEMPFAIL, "recipient deferred: " + "; ".join(deferred)
+                    )
                 continue
             in_data = True
             final: bytes | str
@@ -66,15 +74,15 @@ def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
             in_data = False
             if code != 250:
                 text = f"message refused: {reply_text(code, final)}"
-                raise Failure(EX_TEMPFAIL if is_temporary(code) else EX_DATAERR, text)
+                raise SubmissionFailed(EX_TEMPFAIL if is_temporary(code) else EX_DATAERR, text)
             accepted += taken
-    except Failure as e:
+    except SubmissionFailed as e:
         if accepted:
             e.args = (f"{e}; already accepted for {len(accepted)} recipient(s)",)
         raise
     except (smtplib.SMTPException, OSError) as e:
         doubt = " during DATA: the relay may or may not have queued the message" if in_data else ""
-        raise Failure(
+        raise SubmissionFailed(
             EX_TEMPFAIL, f"connection to the relay at {where} lost{doubt} ({e})"
         ) from None
     finally:
@@ -83,7 +91,7 @@ def submit(prepared: Prepared, opts: Options, relay: Relay) -> list[str]:
         except (smtplib.SMTPException, OSError):
             smtp.close()
     if not accepted:
-        raise Failure(EX_NOUSER, "all recipients refused: " + "; ".join(refused))
+        raise SubmissionFailed(EX_NOUSER, "all recipients refused: " + "; ".join(refused))
     return refused
 
 
@@ -98,7 +106,7 @@ def _parameters(smtp: smtplib.SMTP, prepared: Prepared, opts: Options) -> tuple[
     addresses = (prepared.sender, *prepared.recipients)
     if not all(a.isascii() for a in addresses):
         if not smtp.has_extn("smtputf8"):
-            raise Failure(
+            raise SubmissionFailed(
                 EX_DATAERR, "a non-ASCII address needs SMTPUTF8, which the relay does not offer"
             )
         mail.append("SMTPUTF8")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from smtprelay import safeio
 from smtprelay.envelope import Envelope
+from smtprelay.errors import RelayError
 
 SUFFIX = ".msg"
 # Threads for the blocking part of spool writes (the fsyncs). Many at once let the
@@ -39,7 +40,7 @@ SYNC_THREADS = 32
 HEAD_CHUNK = 4096
 
 
-class SpoolError(Exception):
+class SpoolError(RelayError):
     """A spool operation failed; ``no_space`` tells the client to retry later (452)."""
 
     def __init__(self, message: str, *, no_space: bool = False) -> None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from smtprelay.clientkey import client_key
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.errors import RelayError
 from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
@@ -211,7 +212,7 @@ def build(ctx: Context) -> web.Application:
     return app
 
 
-class HttpStartError(Exception):
+class HttpStartError(RelayError):
     """The endpoint cannot start; the message names the [http] key."""
 
 

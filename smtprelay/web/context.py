@@ -10,6 +10,7 @@ from aiohttp import web
 
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.errors import RelayError
 from smtprelay.inbound.server import Listeners
 from smtprelay.stats import Stats
 from smtprelay.web.guard import LogBudget, Penalty
@@ -70,7 +71,7 @@ def error(
     return web.json_response(body, status=status)
 
 
-class Problem(Exception):
+class Problem(RelayError):
     """Raised by a handler: answered as a JSON error."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

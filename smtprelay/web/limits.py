@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from aiohttp import web
 
+from smtprelay.errors import RelayError
 from smtprelay.web.context import error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -25,7 +26,7 @@ WAIT = 2.0
 HEAVY_LIMIT = 2
 
 
-class Busy(Exception):
+class Busy(RelayError):
     """No slot within the wait (or too many waiting already)."""
 
 

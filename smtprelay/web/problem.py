@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from smtprelay.errors import RelayError
+
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://smtprelay.dev/problems/"
 
@@ -40,7 +42,7 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-class ApiProblem(Exception):
+class ApiProblem(RelayError):
     """Raised by a ``/v1`` handler; answered as problem+json with ``status``."""
 
     def __init__(

@@ -24,7 +24,7 @@ METHODS = [
     (
         aiosmtpd.smtp.SMTP,
         "_set_rset_state",
-        "inbound/protocol.py, connection.py",
+        "inbound/commandloop.py, connection.py",
         "RSET state after EHLO and after a STARTTLS of our own",
     ),
     (
@@ -89,25 +89,25 @@ ATTRIBUTES = [
     (
         aiosmtpd.smtp.SMTP,
         "_reader",
-        "inbound/protocol.py, connection.py",
+        "inbound/protocol.py, commandloop.py, connection.py",
         "the fast DATA reader; re-pointed at the TLS transport",
     ),
     (
         aiosmtpd.smtp.SMTP,
         "_writer",
-        "inbound/connection.py, protocol.py",
+        "inbound/connection.py, commandloop.py",
         "re-pointed at the TLS transport; the replies (held ones in one write)",
     ),
     (
         aiosmtpd.smtp.SMTP,
         "_smtp_methods",
-        "inbound/protocol.py",
+        "inbound/commandloop.py",
         "the command table, wrapped to count junk commands and answer unknown ones",
     ),
     (
         aiosmtpd.smtp.SMTP,
         "_tls_protocol",
-        "inbound/protocol.py, connection.py",
+        "inbound/greeting.py, connection.py",
         "whether the session is encrypted",
     ),
     (
@@ -119,7 +119,7 @@ ATTRIBUTES = [
     (
         aiosmtpd.smtp.SMTP,
         "_handler_coroutine",
-        "inbound/connection.py, protocol.py",
+        "inbound/connection.py, commandloop.py",
         "cancelled when a STARTTLS handshake fails or a session is closed for junk",
     ),
     (
@@ -131,13 +131,13 @@ ATTRIBUTES = [
     (
         aiosmtpd.smtp.SMTP,
         "_auth_require_tls",
-        "inbound/protocol.py",
+        "inbound/greeting.py",
         "whether AUTH is offered in clear text",
     ),
     (
         asyncio.StreamReader,
         "_buffer",
-        "inbound/connection.py, protocol.py",
+        "inbound/connection.py, commandloop.py",
         "cleared at STARTTLS (no plaintext carried into TLS); replies are held while it "
         "holds a complete command line (pipelining)",
     ),
@@ -205,7 +205,7 @@ def test_commands_are_looked_up_with_get() -> None:
     source = inspect.getsource(aiosmtpd.smtp.SMTP._handle_client)
     assert "self._smtp_methods.get(command)" in source, (
         "aiosmtpd no longer looks commands up with self._smtp_methods.get(): "
-        "smtprelay/inbound/protocol.py's _Commands (junk and unknown commands) relies on it"
+        "smtprelay/inbound/commandloop.py's _Commands (junk and unknown commands) relies on it"
     )
 
 
@@ -219,7 +219,7 @@ def test_read_response_takes_a_timeout() -> None:
 
 def test_auth_missing_sentinel_exists() -> None:
     assert hasattr(aiosmtpd.smtp, "MISSING"), (
-        "aiosmtpd.smtp.MISSING is gone: smtprelay/inbound/protocol.py compares AUTH "
+        "aiosmtpd.smtp.MISSING is gone: smtprelay/inbound/greeting.py compares AUTH "
         "answers with it and returns it from handler hooks"
     )
 

@@ -115,7 +115,7 @@ def test_no_http_endpoint_is_a_configuration_error() -> None:
 
 def test_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert commands.confirm("?", yes=True, isatty=lambda: False)
-    with pytest.raises(errors.UsageError, match="--yes"):
+    with pytest.raises(errors.QueueUsageError, match="--yes"):
         commands.confirm("?", yes=False, isatty=lambda: False)
     monkeypatch.setattr("builtins.input", lambda prompt: "y")
     assert commands.confirm("?", yes=False, isatty=lambda: True)

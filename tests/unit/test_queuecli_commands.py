@@ -10,7 +10,13 @@ import pytest
 
 from smtprelay import config, ids
 from smtprelay.queuecli import client, commands
-from smtprelay.queuecli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, QueueFailure, UsageError
+from smtprelay.queuecli.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    QueueFailure,
+    QueueUsageError,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
 def test_queue_ids_once_each_in_order() -> None:
     a, b = ids.new_id(), ids.new_id()
     assert commands.check_qids([b, a, b]) == [b, a]
-    with pytest.raises(UsageError, match=r"not a queue ID: x, \.\./etc"):
+    with pytest.raises(QueueUsageError, match=r"not a queue ID: x, \.\./etc"):
         commands.check_qids([a, "x", "../etc"])
 
 
@@ -55,7 +61,7 @@ def test_parser_refusals(argv: list[str], capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("error", "status"),
     [
-        (UsageError("give queue IDs or --all"), EXIT_USAGE),
+        (QueueUsageError("give queue IDs or --all"), EXIT_USAGE),
         (QueueFailure("no message"), EXIT_FAILED),
         (KeyError("results"), EXIT_FAILED),
     ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtprelay.sendmail.args import Options, UsageError, parse_args
+from smtprelay.sendmail.args import Options, SendmailUsageError, parse_args
 
 # --- the command line ------------------------------------------------------------------
 
@@ -166,6 +166,6 @@ def test_verbose_and_help() -> None:
     ],
 )
 def test_usage_errors(argv: list[str], message: str) -> None:
-    with pytest.raises(UsageError, match=None) as error:
+    with pytest.raises(SendmailUsageError, match=None) as error:
         parse_args(argv)
     assert message in str(error.value)

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from smtprelay.sendmail.args import Options
-from smtprelay.sendmail.exits import EX_DATAERR, EX_USAGE, Failure
+from smtprelay.sendmail.exits import EX_DATAERR, EX_USAGE, SubmissionFailed
 from smtprelay.sendmail.message import Identity, prepare, read_message
 
 # --- standard input ----------------------------------------------------------------------
@@ -147,13 +147,13 @@ def test_dots_and_8bit_bytes_are_kept() -> None:
 
 
 def test_no_recipient() -> None:
-    with pytest.raises(Failure) as error:
+    with pytest.raises(SubmissionFailed) as error:
         prepare(b"To: undisclosed-recipients:;\n\nb\n", Options(extract_recipients=True), ME)
     assert error.value.code == EX_USAGE and "no recipient" in str(error.value)
 
 
 def test_bad_header_address() -> None:
-    with pytest.raises(Failure) as error:
+    with pytest.raises(SubmissionFailed) as error:
         prepare(b"To: <a\x01b@x.test>\n\nb\n", Options(extract_recipients=True), ME)
     assert error.value.code == EX_DATAERR
 

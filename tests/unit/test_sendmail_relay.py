@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from smtprelay import defaults
 from smtprelay.dsnparams import xtext_decode, xtext_encode
-from smtprelay.sendmail.exits import EX_CONFIG, Failure
+from smtprelay.sendmail.exits import EX_CONFIG, SubmissionFailed
 from smtprelay.sendmail.relay import find_relay, is_temporary, reply_text
 
 
@@ -35,7 +35,7 @@ def test_a_readable_configuration_names_socket_or_listeners(tmp_path: Path) -> N
 def test_an_invalid_configuration_is_exit_78(tmp_path: Path) -> None:
     path = tmp_path / "smtprelay.toml"
     path.write_text("[server]\nmax_recipients = -1\n")
-    with pytest.raises(Failure, match=r"configuration error: .*max_recipients") as error:
+    with pytest.raises(SubmissionFailed, match=r"configuration error: .*max_recipients") as error:
         find_relay(path)
     assert error.value.code == EX_CONFIG
 

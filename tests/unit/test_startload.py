@@ -18,7 +18,7 @@ from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.envelope import QueueState, Recipient
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import Recovered, scan
-from tests.unit.fakes import FakeDeliverer, FakeRouter
+from tests.unit.fakes import FakeDeliverer, FakeRouter, RecordingNotices
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -57,7 +57,9 @@ def test_found_messages_are_delivered_once_beside_new_mail_and_operator_actions(
         found = _fill(spool, count)
         (spool.queue_dir / "not-a-qid.msg").write_bytes(b"junk")
         transport = FakeDeliverer()
-        scheduler = Scheduler(spool, FakeRouter(), transport, DeliverySettings())
+        scheduler = Scheduler(
+            spool, FakeRouter(), transport, DeliverySettings(), notices=RecordingNotices()
+        )
         result = Recovered()
         names = scan(spool, result)
         assert len(names) == count and result.quarantined == ["not-a-qid"]
@@ -89,7 +91,7 @@ def test_found_messages_are_delivered_once_beside_new_mail_and_operator_actions(
         }
         # The held one waits, counted as held; nothing else is left.
         assert spool.ids() == [found[-1]] and spool.load(found[-1]).state is QueueState.HOLD
-        assert scheduler.ledger.counts() == {"active": 0, "deferred": 0, "hold": 1}
+        assert scheduler.ledger.counts() == {"active": 0, "deferred": 0, "hold": 1, "scheduled": 0}
         assert result.count == count - 1  # the deleted one was gone when its turn came
         assert [q for q, _ in scheduler.ledger.page(None, 10)] == [found[-1]]
         running.cancel()
@@ -106,7 +108,9 @@ def test_a_read_older_than_an_operator_action_is_dropped(tmp_path: Path) -> None
         spool = Spool(tmp_path / "spool")
         (qid,) = _fill(spool, 1)
         stale = spool.load(qid)
-        scheduler = Scheduler(spool, FakeRouter(), FakeDeliverer(), DeliverySettings())
+        scheduler = Scheduler(
+            spool, FakeRouter(), FakeDeliverer(), DeliverySettings(), notices=RecordingNotices()
+        )
         assert await scheduler.hold([qid]) == {qid: "held"}
         scheduler.restore(stale, found_at_start=True)
         assert scheduler.queued == 0 and scheduler.ledger.state(qid) == "hold"
