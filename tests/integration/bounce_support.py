@@ -108,17 +108,22 @@ def notices_at(sink: Sink) -> list[Received]:
     return [m for m in sink.messages if m.mail_from in ("", "<>")]  # aiosmtpd says "<>"
 
 
-def wait_notices(sink: Sink, count: int, daemon: Daemon, timeout: float = 15.0
-                 ) -> list[Received]:
-    wait_until(lambda: len(notices_at(sink)) >= count, timeout,
-               lambda: f"{count} notice(s) at {sink.host}\n{daemon.log()}")
+def wait_notices(sink: Sink, count: int, daemon: Daemon, timeout: float = 15.0) -> list[Received]:
+    wait_until(
+        lambda: len(notices_at(sink)) >= count,
+        timeout,
+        lambda: f"{count} notice(s) at {sink.host}\n{daemon.log()}",
+    )
     return notices_at(sink)
 
 
 def notice_links(daemon: Daemon, qid: str | None = None) -> list[tuple[str, str, str]]:
     """``(qid, words, notice qid)`` of each ``QID: ... notification: NEWQID`` log line."""
-    return [(m["qid"], m["words"], m["notice"]) for m in NOTICE_LINE.finditer(daemon.log())
-            if qid is None or m["qid"] == qid]
+    return [
+        (m["qid"], m["words"], m["notice"])
+        for m in NOTICE_LINE.finditer(daemon.log())
+        if qid is None or m["qid"] == qid
+    ]
 
 
 def queue_empty(daemon: Daemon) -> bool:
@@ -126,8 +131,11 @@ def queue_empty(daemon: Daemon) -> bool:
 
 
 def wait_queue_empty(daemon: Daemon, timeout: float = 15.0) -> None:
-    wait_until(lambda: queue_empty(daemon), timeout,
-               lambda: f"empty queue, still {daemon.queued_ids()}\n{daemon.log()}")
+    wait_until(
+        lambda: queue_empty(daemon),
+        timeout,
+        lambda: f"empty queue, still {daemon.queued_ids()}\n{daemon.log()}",
+    )
 
 
 # --- reading a DSN --------------------------------------------------------------------------
@@ -153,8 +161,11 @@ class Report:
     raw_parts: list[bytes]  # each part as bytes: its header section, blank line, body
 
     def recipient(self, address: str) -> Message:
-        found = [b for b in self.per_recipient
-                 if b["Final-Recipient"].split(";", 1)[1].strip() == address]
+        found = [
+            b
+            for b in self.per_recipient
+            if b["Final-Recipient"].split(";", 1)[1].strip() == address
+        ]
         assert len(found) == 1, (address, [str(b) for b in self.per_recipient])
         return found[0]
 
@@ -195,11 +206,18 @@ def read_report(content: bytes, status_type: str = "message/delivery-status") ->
         assert isinstance(blocks, list) and len(blocks) >= 2, blocks
     else:  # message/global-delivery-status is opaque to it: parse the blocks ourselves
         raw = _split_parts(content, msg)[1].split(b"\r\n\r\n", 1)[1]
-        blocks = [email.message_from_string(b + "\r\n", policy=email.policy.default)
-                  for b in raw.decode("utf-8").rstrip("\r\n").split("\r\n\r\n")]
+        blocks = [
+            email.message_from_string(b + "\r\n", policy=email.policy.default)
+            for b in raw.decode("utf-8").rstrip("\r\n").split("\r\n\r\n")
+        ]
     return Report(
-        raw=content, msg=msg, text=text, status=status, returned=returned,
-        per_message=blocks[0], per_recipient=list(blocks[1:]),
+        raw=content,
+        msg=msg,
+        text=text,
+        status=status,
+        returned=returned,
+        per_message=blocks[0],
+        per_recipient=list(blocks[1:]),
         raw_parts=_split_parts(content, msg),
     )
 

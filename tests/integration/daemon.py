@@ -108,12 +108,17 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``smtprelay ARGS -c CONFIG`` and return the finished process."""
         return subprocess.run(
             [sys.executable, "-m", "smtprelay", *args, "-c", str(self.config)],
-            input=input, capture_output=True, text=True, check=check, timeout=60,
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
         )
 
     def start(self, timeout: float = 20.0) -> Daemon:
@@ -126,7 +131,9 @@ class Daemon:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "smtprelay", "serve", "-c", str(self.config)],
-                stdout=log, stderr=log, cwd=self.workdir,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
                 env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
             )
             log.close()

@@ -251,7 +251,7 @@ class Sink:
                 self._rcpt_script[address.lower()] = _Scripted(reply, times)
 
     def on_connect(self, action: str | None, times: int | None = None) -> None:
-        """"hang", "drop", a greeting reply like "421 4.3.2 busy", or None (normal)."""
+        """ "hang", "drop", a greeting reply like "421 4.3.2 busy", or None (normal)."""
         with self._lock:
             self._connect_script = None if action is None else _Scripted(action, times)
 
@@ -432,8 +432,9 @@ class Sink:
                 self.in_data_now -= 1
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str | Callable[[], str] = "") -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str | Callable[[], str] = ""
+) -> None:
     """Poll ``predicate`` every 20 ms until true; fail after ``timeout`` seconds.
 
     ``what`` describes the wait in the failure message; a callable is called only then

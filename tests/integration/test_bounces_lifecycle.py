@@ -50,7 +50,9 @@ def message(tag: str, *, sender: str = SENDER) -> bytes:
 
 
 def test_expiry_produces_one_dsn_for_the_message(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """Two recipients deferred until max_queue_lifetime: one DSN for both, Status 4.4.7,
     the last remote reply as Diagnostic-Code and the server that gave it as Remote-MTA."""
@@ -87,7 +89,9 @@ def test_expiry_produces_one_dsn_for_the_message(
 
 
 def test_delay_notice_arrives_once_then_the_failure(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """[bounce] delay_warning = 2s with retries every second: exactly one delay notice
     (headers only, Will-Retry-Until), however many retries follow; at expiry the
@@ -95,8 +99,10 @@ def test_delay_notice_arrives_once_then_the_failure(
     slow = "slow@dest.test"
     reply = "450 4.2.0 Greylisted, try later"
     dest.rcpt_reply(slow, reply)
-    relay = delivering_relay(delivery={"retry_schedule": ["1s"], "max_queue_lifetime": "6s"},
-                             bounce={"delay_warning": "2s"})
+    relay = delivering_relay(
+        delivery={"retry_schedule": ["1s"], "max_queue_lifetime": "6s"},
+        bounce={"delay_warning": "2s"},
+    )
     data = message("delay")
     qid = submit(relay, [slow], data)
 
@@ -131,7 +137,10 @@ def test_delay_notice_arrives_once_then_the_failure(
 
 
 def test_failing_dsn_goes_to_postmaster_once_and_does_not_loop(
-    dest: Sink, mailbox: Sink, admin: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    admin: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """The sender's server refuses the DSN: the postmaster gets one report about it
     (which returns the failed DSN), nothing is sent back to the null sender, and the
@@ -178,7 +187,10 @@ def test_failing_dsn_goes_to_postmaster_once_and_does_not_loop(
 
 
 def test_failing_postmaster_report_is_only_logged(
-    dest: Sink, mailbox: Sink, admin: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    admin: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """The sender's server and the postmaster's both refuse: the report to the
     postmaster is tried once, then logged as discarded; no third notice, empty queue."""
@@ -204,7 +216,10 @@ def test_failing_postmaster_report_is_only_logged(
 
 
 def test_null_sender_message_that_fails_produces_nothing(
-    dest: Sink, mailbox: Sink, admin: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    admin: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """A message from <> (a notice from elsewhere) that fails is never bounced: with no
     [bounce] postmaster it is only logged."""
@@ -223,7 +238,9 @@ def test_null_sender_message_that_fails_produces_nothing(
 
 
 def test_eight_bit_original_is_returned_exactly(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """An 8BITMIME message (Latin-1 and UTF-8 bodies) comes back byte for byte, in an
     8bit part of an 8bit DSN; bounce processors still read it."""
@@ -261,7 +278,9 @@ def test_eight_bit_original_is_returned_exactly(
 
 
 def test_smtputf8_original_and_recipient(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """SMTPUTF8 mail from a UTF-8 sender: the DSN is delivered to that address (with
     SMTPUTF8), returns the message with its UTF-8 header as message/global, and a UTF-8

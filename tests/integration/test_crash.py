@@ -147,7 +147,9 @@ def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> N
     assert daemon.queued_ids() == [good]
     assert sorted(p.name for p in queue.iterdir()) == [f"{good}.msg"]
     assert sorted(p.name for p in (daemon.spool / "corrupt").iterdir()) == [
-        "1K17TWEWEZ4Y4.msg", "1K17TWEWEZ4Y5.msg"]
+        "1K17TWEWEZ4Y4.msg",
+        "1K17TWEWEZ4Y5.msg",
+    ]
     assert "1K17TWEWEZ4Y5: spool file quarantined to corrupt/: message data is" in daemon.log()
     assert "1K17TWEWEZ4Y4: spool file quarantined to corrupt/: unreadable" in daemon.log()
 

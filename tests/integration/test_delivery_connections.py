@@ -40,7 +40,9 @@ def one_mx(dns: TestDNSServer) -> None:
 
 
 def test_connection_reuse(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     """N messages to one destination arrive over fewer than N connections."""
     one_mx(dns)
@@ -60,7 +62,9 @@ def test_connection_reuse(
 
 
 def test_per_destination_limit_is_never_exceeded(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     one_mx(dns)
     limit = 3
@@ -79,7 +83,9 @@ def test_per_destination_limit_is_never_exceeded(
 
 
 def test_connection_closed_by_the_server_while_idle_is_replaced(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     """The server drops an idle kept-open connection (its own idle timeout, 421): the
     next message opens a new connection and is delivered at its first attempt."""

@@ -26,7 +26,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mountpoint.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
@@ -54,7 +55,8 @@ def test_disk_full_gives_452_and_recovers(
             code, reply = client.data(message(n))
             if code != 250:
                 assert (code, reply.split()[0].decode()) == (
-                    replies.NO_SPACE.code, replies.NO_SPACE.enhanced
+                    replies.NO_SPACE.code,
+                    replies.NO_SPACE.enhanced,
                 )
                 refused += 1
                 continue

@@ -60,8 +60,15 @@ class Api:
         self.port = port
         self.token = token
 
-    def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-             raw: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
         headers = {}
         token = token if token is not None else self.token
         if token:
@@ -141,17 +148,26 @@ def test_every_endpoint_but_healthz_needs_a_token(
 ) -> None:
     # Fourteen wrong tokens from one address: answered at once here (the delay is
     # tested in test_bad_tokens_are_logged_and_slowed_together_...).
-    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
-                                            "bad_token_max_delay": "0"}})
+    relay = make_daemon(
+        overrides={"http": {**http_overrides(tokens_file), "bad_token_max_delay": "0"}}
+    )
     api = api_of(relay)
-    assert api.get("/healthz", token="") == (200, {
-        "status": "ok",
-        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok",
-                   "delivery": "ok"},
-    })
-    for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/queue"),
-                         ("GET", f"/messages/{ids.new_id()}"), ("POST", "/queue/flush"),
-                         ("POST", "/queue/delete"), ("GET", "/no-such-path")]:
+    assert api.get("/healthz", token="") == (
+        200,
+        {
+            "status": "ok",
+            "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok", "delivery": "ok"},
+        },
+    )
+    for method, path in [
+        ("GET", "/status"),
+        ("GET", "/metrics"),
+        ("GET", "/queue"),
+        ("GET", f"/messages/{ids.new_id()}"),
+        ("POST", "/queue/flush"),
+        ("POST", "/queue/delete"),
+        ("GET", "/no-such-path"),
+    ]:
         for token in ("", "wrong-token", TOKEN[:-1]):
             status, answer = api.call(method, path, token=token)
             assert status == 401, (method, path, token, answer)
@@ -185,9 +201,7 @@ def test_sighup_applies_a_new_tokens_file_and_refuses_a_missing_one(
     assert api.get("/status")[0] == 401
 
 
-def test_without_a_tokens_file_only_healthz_answers(
-    make_daemon: Callable[..., Daemon]
-) -> None:
+def test_without_a_tokens_file_only_healthz_answers(make_daemon: Callable[..., Daemon]) -> None:
     relay = make_daemon(overrides={"http": http_overrides("")})
     api = api_of(relay)
     assert api.get("/healthz")[0] == 200
@@ -203,8 +217,10 @@ def test_a_busy_http_port_stops_start_up_naming_the_key(
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        relay = make_daemon(start=False, overrides={
-            "http": {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens_file)}})
+        relay = make_daemon(
+            start=False,
+            overrides={"http": {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens_file)}},
+        )
         with pytest.raises(RuntimeError, match="exited 1"):
             relay.start()
     assert f"cannot start: [http] listen {LOOPBACK}:{port}: cannot listen" in relay.log()
@@ -223,8 +239,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mountpoint = tmp_path / "spoolfs"
     mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
     try:
@@ -234,15 +253,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def remount(mountpoint: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True, capture_output=True
+    )
 
 
 def test_healthz_turns_503_when_the_spool_is_not_writable(
     make_daemon: Callable[..., Daemon], tokens_file: Path, tmpfs: Path
 ) -> None:
-    relay = make_daemon(overrides={"spool": {"dir": str(tmpfs / "spool")},
-                                   "http": http_overrides(tokens_file)})
+    relay = make_daemon(
+        overrides={"spool": {"dir": str(tmpfs / "spool")}, "http": http_overrides(tokens_file)}
+    )
     api = api_of(relay)
     assert api.get("/healthz")[0] == 200
     remount(tmpfs, "ro")
@@ -291,8 +312,9 @@ def test_metrics_parse_and_count_what_was_sent(
     assert found[("smtprelay_deliveries_total", (("status", "deferred"),))] == 0
     assert found[("smtprelay_deliveries_total", (("status", "bounced"),))] == 0
     assert found[("smtprelay_delivery_seconds_count", (("status", "sent"),))] == count
-    assert found[("smtprelay_delivery_seconds_bucket",
-                  (("le", "+Inf"), ("status", "sent")))] == count
+    assert (
+        found[("smtprelay_delivery_seconds_bucket", (("le", "+Inf"), ("status", "sent")))] == count
+    )
     assert found[("smtprelay_delivery_replies_total", (("class", "2xx"),))] == count
     assert found[("smtprelay_smtpd_rejects_total", (("class", "5xx"), ("command", "RCPT")))] == 1
     assert found[("smtprelay_smtpd_connections_total", ())] == count + 1
@@ -301,16 +323,33 @@ def test_metrics_parse_and_count_what_was_sent(
 
     answer = api.ok("GET", "/status")
     assert answer["counters"] == {
-        "received": count, "delivered": count, "deferred": 0, "bounced": 0, "rejected": 1,
-        "deleted": 0, "notices": 0, "auth_failed": 0, "tls_failed": 0,
+        "received": count,
+        "delivered": count,
+        "deferred": 0,
+        "bounced": 0,
+        "rejected": 1,
+        "deleted": 0,
+        "notices": 0,
+        "auth_failed": 0,
+        "tls_failed": 0,
         "connections": count + 1,
     }
-    assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "total": 0,
-                               "oldest_age_s": 0.0, "attempting": 0}
+    assert answer["queue"] == {
+        "active": 0,
+        "deferred": 0,
+        "hold": 0,
+        "total": 0,
+        "oldest_age_s": 0.0,
+        "attempting": 0,
+    }
     assert answer["uptime_s"] > 0 and answer["version"]
     smtp = [item for item in answer["listeners"] if item["protocol"] == "smtp"]
-    assert {"protocol": "smtp", "address": f"{LOOPBACK}:{relay.port}", "tls": "starttls",
-            "serving": True} in smtp
+    assert {
+        "protocol": "smtp",
+        "address": f"{LOOPBACK}:{relay.port}",
+        "tls": "starttls",
+        "serving": True,
+    } in smtp
     assert answer["connections"] == 0
 
 
@@ -336,7 +375,8 @@ def test_status_shows_the_queue_and_the_biggest_backlogs(
 
 
 def test_message_history_shows_a_deferral_then_the_delivery(
-    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
+    make_sink: Callable[..., Sink],
 ) -> None:
     rcpt = "later@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test")
@@ -365,10 +405,16 @@ def test_message_history_shows_a_deferral_then_the_delivery(
     assert envelope["state"] == "delivered"
     assert envelope["next_attempt"] is None
     assert envelope["attempts"] == 2
-    assert envelope["recipients"] == [{
-        "address": rcpt, "state": "delivered", "params": {}, "attempts": 2,
-        "last_reply": "250 2.0.0 Ok: queued by sink",
-        "last_relay": f"mx1.dest.test[{MX1}]:{sink.port}"}]
+    assert envelope["recipients"] == [
+        {
+            "address": rcpt,
+            "state": "delivered",
+            "params": {},
+            "attempts": 2,
+            "last_reply": "250 2.0.0 Ok: queued by sink",
+            "last_relay": f"mx1.dest.test[{MX1}]:{sink.port}",
+        }
+    ]
     events = answer["events"]
     kinds = [e["event"] for e in events]
     assert kinds[:3] == ["client", "message-id", "queued"]
@@ -376,7 +422,9 @@ def test_message_history_shows_a_deferral_then_the_delivery(
     assert events[0]["sasl_username"] == "app1"
     attempts = [e for e in events if e["event"] == "delivery"]
     assert [(a["status"], a["code"], a["dsn"]) for a in attempts] == [
-        ("deferred", 450, "4.2.1"), ("sent", 250, "2.0.0")]
+        ("deferred", 450, "4.2.1"),
+        ("sent", 250, "2.0.0"),
+    ]
     assert attempts[0]["reason"] == "Mailbox busy, try later"
     assert attempts[1]["reason"] == "Ok: queued by sink"
     for attempt in attempts:
@@ -401,7 +449,8 @@ def _login(client: smtplib.SMTP) -> bool:
 
 
 def test_queue_operations_on_a_running_daemon(
-    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
+    make_sink: Callable[..., Sink],
 ) -> None:
     """hold keeps a message from being delivered, release delivers it; delete removes
     it (logged); flush retries a deferred message at once; bounce sends the sender a
@@ -436,11 +485,15 @@ def test_queue_operations_on_a_running_daemon(
     # delete: gone from the spool, and the log says the operator did it.
     qid = qids["deleted"]
     assert api.ok("POST", "/queue/delete", {"qids": [qid]}) == {
-        "action": "delete", "results": {qid: "deleted"}}
+        "action": "delete",
+        "results": {qid: "deleted"},
+    }
     assert qid not in relay.queued_ids()
     assert relay.proc is not None
-    assert f"smtprelay/postsuper[{relay.proc.pid}]: {qid}: removed (deleted by operator)" \
+    assert (
+        f"smtprelay/postsuper[{relay.proc.pid}]: {qid}: removed (deleted by operator)"
         in relay.log()
+    )
     assert api.ok("GET", f"/messages/{qid}")["status"] == "deleted"
     assert api.ok("POST", "/queue/delete", {"qids": [qid]})["results"] == {qid: "not-found"}
 
@@ -454,8 +507,9 @@ def test_queue_operations_on_a_running_daemon(
     assert report.get_content_type() == "multipart/report"
     assert "Returned to sender by the operator" in notice.content.decode(errors="replace")
     assert qid not in relay.queued_ids()
-    assert [e["status"] for e in api.ok("GET", f"/messages/{qid}")["events"]
-            if e["event"] == "delivery"] == ["deferred", "bounced"]
+    assert [
+        e["status"] for e in api.ok("GET", f"/messages/{qid}")["events"] if e["event"] == "delivery"
+    ] == ["deferred", "bounced"]
 
     # hold: stays in the spool, untouched by a flush of everything.
     qid = qids["held"]
@@ -491,9 +545,15 @@ def test_queue_operations_refuse_malformed_requests(
 ) -> None:
     relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
     api = api_of(relay)
-    malformed: list[tuple[Any, bytes | None]] = [(None, None), ({}, None), ({"qids": []}, None),
-                      ({"qids": "1K17TWEWEZ4Y1"}, None), ({"qids": ["../../etc/passwd"]}, None),
-                      ({"qids": [ids.new_id()], "force": True}, None), (None, b"{not json")]
+    malformed: list[tuple[Any, bytes | None]] = [
+        (None, None),
+        ({}, None),
+        ({"qids": []}, None),
+        ({"qids": "1K17TWEWEZ4Y1"}, None),
+        ({"qids": ["../../etc/passwd"]}, None),
+        ({"qids": [ids.new_id()], "force": True}, None),
+        (None, b"{not json"),
+    ]
     for body, raw in malformed:
         status, answer = api.call("POST", "/queue/hold", body, raw=raw)
         assert status == 400, (body, raw, answer)
@@ -503,7 +563,8 @@ def test_queue_operations_refuse_malformed_requests(
     missing = ids.new_id()
     for action in ("hold", "release", "delete", "bounce", "flush"):
         assert api.ok("POST", f"/queue/{action}", {"qids": [missing]})["results"] == {
-            missing: "not-found"}
+            missing: "not-found"
+        }
 
 
 # --- hostile and malformed requests ----------------------------------------------------------
@@ -528,8 +589,9 @@ def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def request_bytes(method: str, path: str, *, token: bytes | None = None, body: bytes = b"",
-                  extra: bytes = b"") -> bytes:
+def request_bytes(
+    method: str, path: str, *, token: bytes | None = None, body: bytes = b"", extra: bytes = b""
+) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n".encode()
     if token is not None:
         head += b"Authorization: Bearer " + token + b"\r\n"
@@ -547,22 +609,50 @@ def test_malformed_requests_get_a_4xx_and_one_log_line_each(
     token = TOKEN.encode()
     deep = b"[" * 100_000 + b"]" * 100_000
     cases: list[tuple[str, bytes, set[int], str]] = [
-        ("non-UTF-8 token", request_bytes("GET", "/status", token=b"\xff\xfe\x80tok"), {401},
-         "bad bearer token (GET /status; 1 recent failure"),
-        ("100,000-deep JSON", request_bytes("POST", "/queue/hold", token=token, body=deep),
-         {400}, "HTTP POST /queue/hold: 400 the body is nested too deeply"),
-        ("body over 1 MiB", request_bytes("POST", "/queue/hold", token=token,
-                                          body=b" " * (1024 * 1024 + 1)),
-         {413}, "HTTP POST /queue/hold: 413 the body is larger than 1048576 bytes"),
-        ("oversized header", request_bytes("GET", "/status", token=token,
-                                           extra=b"X-Big: " + b"a" * 20_000 + b"\r\n"),
-         {400, 431}, "malformed HTTP request (400 Got more than 8190 bytes"),
-        ("garbage request line", b"GARBAGE\r\n\r\n", {400},
-         "malformed HTTP request (400 Invalid method"),
-        ("control bytes in the request line", b"GET /a\x1b[2J\x00 HTTP/1.1\r\n\r\n", {400},
-         "malformed HTTP request (400 "),
-        ("TLS to the plain port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(60),
-         {400}, "malformed HTTP request (400 "),
+        (
+            "non-UTF-8 token",
+            request_bytes("GET", "/status", token=b"\xff\xfe\x80tok"),
+            {401},
+            "bad bearer token (GET /status; 1 recent failure",
+        ),
+        (
+            "100,000-deep JSON",
+            request_bytes("POST", "/queue/hold", token=token, body=deep),
+            {400},
+            "HTTP POST /queue/hold: 400 the body is nested too deeply",
+        ),
+        (
+            "body over 1 MiB",
+            request_bytes("POST", "/queue/hold", token=token, body=b" " * (1024 * 1024 + 1)),
+            {413},
+            "HTTP POST /queue/hold: 413 the body is larger than 1048576 bytes",
+        ),
+        (
+            "oversized header",
+            request_bytes(
+                "GET", "/status", token=token, extra=b"X-Big: " + b"a" * 20_000 + b"\r\n"
+            ),
+            {400, 431},
+            "malformed HTTP request (400 Got more than 8190 bytes",
+        ),
+        (
+            "garbage request line",
+            b"GARBAGE\r\n\r\n",
+            {400},
+            "malformed HTTP request (400 Invalid method",
+        ),
+        (
+            "control bytes in the request line",
+            b"GET /a\x1b[2J\x00 HTTP/1.1\r\n\r\n",
+            {400},
+            "malformed HTTP request (400 ",
+        ),
+        (
+            "TLS to the plain port",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(60),
+            {400},
+            "malformed HTTP request (400 ",
+        ),
         ("not HTTP/1.x", b"GET / HTTP/9.9\r\n\r\n", {400}, "malformed HTTP request (400 "),
     ]
     for name, data, statuses, expected in cases:
@@ -570,7 +660,8 @@ def test_malformed_requests_get_a_4xx_and_one_log_line_each(
         status, headers, body = raw_request(port, data)
         assert status in statuses, (name, status, body[:200])
         if status in (401, 400, 413) and headers.get("content-type", "").startswith(
-                "application/json"):
+            "application/json"
+        ):
             error = json.loads(body)["error"]
             assert set(error) == {"code", "message"}, (name, error)
         if status == 401:
@@ -609,11 +700,15 @@ def test_bad_tokens_are_logged_and_slowed_together_and_valid_ones_are_not(
         thread.start()
     wait_until(lambda: relay.log().count("bad bearer token") == 4, 30, "four log lines")
     lines = [line for line in relay.log().splitlines() if "bad bearer token" in line]
-    assert sorted(re.findall(r"; (\d+) recent failures?, answered after ([\d.]+)s", "\n".join(
-        lines))) == [("1", "0.5"), ("2", "1"), ("3", "2"), ("4", "4")], lines
+    assert sorted(
+        re.findall(r"; (\d+) recent failures?, answered after ([\d.]+)s", "\n".join(lines))
+    ) == [("1", "0.5"), ("2", "1"), ("3", "2"), ("4", "4")], lines
     for line in lines:
-        assert re.search(r"smtprelay/http\[\d+\]: warning: unknown\[127\.0\.0\.1\]: "
-                         r"bad bearer token \(GET /status;", line), line
+        assert re.search(
+            r"smtprelay/http\[\d+\]: warning: unknown\[127\.0\.0\.1\]: "
+            r"bad bearer token \(GET /status;",
+            line,
+        ), line
     # Meanwhile a valid token from the same address is served at once: before the
     # guess that waits 4 s has its answer.
     assert api.get("/status")[0] == 200
@@ -630,8 +725,9 @@ def test_fail2ban_filter_matches_wrong_tokens_and_in_aggressive_mode_malformed_r
     make_daemon: Callable[..., Daemon], tokens_file: Path
 ) -> None:
     tool("fail2ban-regex", "fail2ban")
-    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
-                                            "bad_token_max_delay": "0"}})
+    relay = make_daemon(
+        overrides={"http": {**http_overrides(tokens_file), "bad_token_max_delay": "0"}}
+    )
     api = api_of(relay)
     for n in range(3):
         assert api.get("/status", token=f"guess-{n}")[0] == 401
@@ -652,8 +748,7 @@ def test_one_address_cannot_hold_every_http_connection(
 ) -> None:
     relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
     api = api_of(relay)
-    held = [socket.create_connection((LOOPBACK, api.port), timeout=30)
-            for _ in range(PER_ADDRESS)]
+    held = [socket.create_connection((LOOPBACK, api.port), timeout=30) for _ in range(PER_ADDRESS)]
     try:
         # The connections were accepted in order: the next one is over the bound and
         # answered at once, before it sends anything.
@@ -662,8 +757,10 @@ def test_one_address_cannot_hold_every_http_connection(
         assert json.loads(body)["error"]["code"] == "busy"
         refused = [line for line in relay.log().splitlines() if "connection refused" in line]
         assert len(refused) == 1, refused
-        assert f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from " \
+        assert (
+            f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from "
             "this address" in refused[0]
+        )
     finally:
         for sock in held:
             sock.close()

@@ -115,11 +115,23 @@ def test_unit_settings() -> None:
     assert one["CapabilityBoundingSet"] == one["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert one["RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
     assert unit["SystemCallFilter"][0] == "@system-service"
-    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
-                "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
-                "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
-                "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
-                "MemoryDenyWriteExecute"):
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "RestrictNamespaces",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+    ):
         assert one.get(key) == "yes", key
     assert one["ProtectSystem"] == "strict"
 
@@ -142,8 +154,9 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
     unit = unit_copy(tmp_path)
     result = run(analyze, "security", "--offline=true", "--no-pager", str(unit))
     assert result.returncode == 0, result.stdout + result.stderr
-    found = re.search(r"Overall exposure level for smtprelay\.service: (\d+\.\d+) (\S+)",
-                      result.stdout)
+    found = re.search(
+        r"Overall exposure level for smtprelay\.service: (\d+\.\d+) (\S+)", result.stdout
+    )
     assert found, result.stdout
     score = float(found[1])
     print(f"systemd-analyze security: exposure {score} {found[2]}")
@@ -192,11 +205,13 @@ def fail2ban_regex(log: Path, filter_spec: str) -> tuple[list[str], dict[str, in
     report = run(regex, "--print-all-missed", str(log), filter_spec)
     assert report.returncode == 0, report.stdout + report.stderr
     print(report.stdout)
-    totals = re.search(r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed",
-                       report.stdout)
+    totals = re.search(
+        r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", report.stdout
+    )
     assert totals, report.stdout
-    counts = dict(zip(("lines", "ignored", "matched", "missed"), map(int, totals.groups()),
-                      strict=True))
+    counts = dict(
+        zip(("lines", "ignored", "matched", "missed"), map(int, totals.groups()), strict=True)
+    )
     return hosts.stdout.split(), counts, report.stdout
 
 

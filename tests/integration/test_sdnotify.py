@@ -24,7 +24,9 @@ def test_ready_status_watchdog_reloading_stopping(make_daemon: Callable[..., Dae
         env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "smtprelay", "serve", "-c", str(daemon.config)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def wait_for(word: str, timeout: float = 20.0) -> str:
@@ -43,8 +45,9 @@ def test_ready_status_watchdog_reloading_stopping(make_daemon: Callable[..., Dae
             assert f"MAINPID={proc.pid}" in ready.splitlines()
             # WatchdogSec=1s: pings at least every half second, with the queue status.
             ping = wait_for("WATCHDOG=1", timeout=3)
-            assert any(line.startswith("STATUS=") and "queued" in line
-                       for line in ping.splitlines())
+            assert any(
+                line.startswith("STATUS=") and "queued" in line for line in ping.splitlines()
+            )
             wait_for("WATCHDOG=1", timeout=3)
             proc.send_signal(signal.SIGHUP)
             wait_for("RELOADING=1")

@@ -111,4 +111,3 @@ def test_forwarded_mail_log_events_count_in_the_main_process() -> None:
     here, there = direct.history("1K2000000000Q"), remote.history("1K2000000000Q")
     assert here is not None and there is not None
     assert there.events == here.events
-

@@ -33,8 +33,9 @@ class FakeNotices:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[Result]]] = []
 
-    async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
-                            data: bytes | None, now: float) -> None:
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> None:
         self.calls.append((envelope.qid, list(results)))
 
 
@@ -71,16 +72,20 @@ def test_hold_release_delete(tmp_path: Path) -> None:
         assert await scheduler.delete([qid]) == {qid: "deleted"}
         assert spool.ids() == [] and scheduler.queued == 0
         missing = ids.new_id()
-        for action in (scheduler.hold, scheduler.release, scheduler.delete,
-                       scheduler.bounce, scheduler.flush):
+        for action in (
+            scheduler.hold,
+            scheduler.release,
+            scheduler.delete,
+            scheduler.bounce,
+            scheduler.flush,
+        ):
             assert await action([missing]) == {missing: "not-found"}
         spool.close()
 
     asyncio.run(main())
 
 
-def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A flushed message's old heap entry is superseded: it never starts a second attempt."""
     clock = Clock()
     attempted: list[str] = []
@@ -128,8 +133,7 @@ def test_bounce_fails_pending_recipients_and_notifies(tmp_path: Path) -> None:
         assert spool.ids() == []
         [(noticed, results)] = notices.calls
         assert noticed == qid
-        assert [r.recipient.address for r in results] == ["bob@example.net",
-                                                           "carol@example.org"]
+        assert [r.recipient.address for r in results] == ["bob@example.net", "carol@example.org"]
         for result in results:
             assert result.action == "failed" and result.status == "5.0.0"
             assert result.recipient.state is RecipientState.FAILED
@@ -180,8 +184,7 @@ def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> N
         await scheduler.hold([held])
         (spool.queue_dir / "stray.tmp").write_bytes(b"x")
         entries, following = await scheduler.listing(None, 10)
-        assert [(e.envelope.qid, e.state) for e in entries] == [
-            (waiting, "active"), (held, "hold")]
+        assert [(e.envelope.qid, e.state) for e in entries] == [(waiting, "active"), (held, "hold")]
         assert following is None
         entries, following = await scheduler.listing(None, 1)
         assert [e.envelope.qid for e in entries] == [waiting] and following == waiting
@@ -195,8 +198,9 @@ def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> N
 
 
 class FullDiskNotices:
-    async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
-                            data: bytes | None, now: float) -> None:
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> None:
         raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
 
 

@@ -12,9 +12,16 @@ QID = "1K17TWEWEZ4Y1"
 
 
 def item(qid: str = QID, **keys: Any) -> dict[str, Any]:
-    return {"qid": qid, "state": "deferred", "arrival": 1_800_000_000.0, "size": 1834,
-            "sender": "app@example.com", "recipients": ["bob@example.net"],
-            "last_error": "450 4.2.1 Mailbox busy", **keys}
+    return {
+        "qid": qid,
+        "state": "deferred",
+        "arrival": 1_800_000_000.0,
+        "size": 1834,
+        "sender": "app@example.com",
+        "recipients": ["bob@example.net"],
+        "last_error": "450 4.2.1 Mailbox busy",
+        **keys,
+    }
 
 
 def test_an_empty_queue() -> None:
@@ -22,12 +29,20 @@ def test_an_empty_queue() -> None:
 
 
 def test_a_listing_like_mailq() -> None:
-    text = queuecli.format_list([
-        item(),
-        item("1K17TWEWEZ4Y2", state="hold", sender="", size=3000, last_error=None,
-             recipients=["a@x.test", "b@x.test"]),
-        item("1K17TWEWEZ4Y3", state="active", size=10),
-    ])
+    text = queuecli.format_list(
+        [
+            item(),
+            item(
+                "1K17TWEWEZ4Y2",
+                state="hold",
+                sender="",
+                size=3000,
+                last_error=None,
+                recipients=["a@x.test", "b@x.test"],
+            ),
+            item("1K17TWEWEZ4Y3", state="active", size=10),
+        ]
+    )
     lines = text.splitlines()
     assert lines[0].startswith("-Queue ID-")
     assert lines[1].startswith(f"{QID}      1834 ") and lines[1].endswith(" app@example.com")
@@ -48,31 +63,41 @@ def test_one_request_is_singular() -> None:
 def test_action_results_and_their_exit_status() -> None:
     answer = {"action": "hold", "results": {QID: "held", "1K17TWEWEZ4Y2": "not-found"}}
     assert queuecli.format_results(answer) == (
-        f"{QID}: held\n1K17TWEWEZ4Y2: not-found (no such message in the queue)\n")
+        f"{QID}: held\n1K17TWEWEZ4Y2: not-found (no such message in the queue)\n"
+    )
     assert queuecli.results_failed(answer)
     assert not queuecli.results_failed({"action": "hold", "results": {QID: "after-attempt"}})
     assert queuecli.results_failed({"action": "hold", "results": {QID: "error: EIO"}})
     assert queuecli.format_results({"action": "flush", "flushed": 3}) == (
-        "flush: 3 message(s) scheduled for delivery now\n")
+        "flush: 3 message(s) scheduled for delivery now\n"
+    )
 
 
 def test_a_timeline_drops_the_qid_prefix() -> None:
-    answer = {"qid": QID, "history_complete": False, "events_omitted": 2, "events": [
-        {"time": 1_800_000_000.0, "service": "qmgr", "text": f"{QID}: from=<a@b>"},
-        {"time": 1_800_000_001.5, "service": "smtp", "text": f"{QID}: to=<c@d>, status=sent"},
-    ]}
+    answer = {
+        "qid": QID,
+        "history_complete": False,
+        "events_omitted": 2,
+        "events": [
+            {"time": 1_800_000_000.0, "service": "qmgr", "text": f"{QID}: from=<a@b>"},
+            {"time": 1_800_000_001.5, "service": "smtp", "text": f"{QID}: to=<c@d>, status=sent"},
+        ],
+    }
     lines = queuecli.timeline(answer).splitlines()
     assert lines[0].endswith("+0.000s qmgr      from=<a@b>")
     assert lines[1].endswith("+1.500s smtp      to=<c@d>, status=sent")
     assert lines[2] == "(history incomplete: 2 event(s) omitted from the middle)"
 
 
-@pytest.mark.parametrize(("listen", "url"), [
-    ("0.0.0.0:8025", "http://127.0.0.1:8025"),
-    ("[::]:8025", "http://[::1]:8025"),
-    ("[::1]:9000", "http://[::1]:9000"),
-    ("192.0.2.1:80", "http://192.0.2.1:80"),
-])
+@pytest.mark.parametrize(
+    ("listen", "url"),
+    [
+        ("0.0.0.0:8025", "http://127.0.0.1:8025"),
+        ("[::]:8025", "http://[::1]:8025"),
+        ("[::1]:9000", "http://[::1]:9000"),
+        ("192.0.2.1:80", "http://192.0.2.1:80"),
+    ],
+)
 def test_the_api_address(listen: str, url: str) -> None:
     settings = config.Settings(http=config.HttpSettings(listen=listen))
     assert queuecli.base_url(settings) == url
@@ -112,8 +137,11 @@ class PagingDaemon:
         after = query.get("after")
         rest = [q for q in self.qids if after is None or q > after]
         page = rest[:limit]
-        return {"messages": [{"qid": q} for q in page], "total": len(self.qids),
-                "next": page[-1] if len(rest) > limit else None}
+        return {
+            "messages": [{"qid": q} for q in page],
+            "total": len(self.qids),
+            "next": page[-1] if len(rest) > limit else None,
+        }
 
 
 def test_the_listing_pages_through_the_whole_queue(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,16 +26,35 @@ def test_defaults() -> None:
     assert parse_args([]) == Options()
 
 
-@pytest.mark.parametrize("argv", [["-t", "-i"], ["-ti"], ["-it"], ["-t", "-oi"], ["-oi", "-t"],
-                                  ["-t", "-o", "i"], ["-t", "-O", "IgnoreDots=True"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-t", "-i"],
+        ["-ti"],
+        ["-it"],
+        ["-t", "-oi"],
+        ["-oi", "-t"],
+        ["-t", "-o", "i"],
+        ["-t", "-O", "IgnoreDots=True"],
+    ],
+)
 def test_t_and_i_in_every_spelling(argv: list[str]) -> None:
     opts = parse_args(argv)
     assert (opts.extract_recipients, opts.ignore_dots) == (True, True)
 
 
-@pytest.mark.parametrize("argv", [["-f", "app@x.test"], ["-fapp@x.test"], ["-r", "app@x.test"],
-                                  ["-rapp@x.test"], ["-f", "<app@x.test>"],
-                                  ["-f", "App <app@x.test>"], ["-tfapp@x.test"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-f", "app@x.test"],
+        ["-fapp@x.test"],
+        ["-r", "app@x.test"],
+        ["-rapp@x.test"],
+        ["-f", "<app@x.test>"],
+        ["-f", "App <app@x.test>"],
+        ["-tfapp@x.test"],
+    ],
+)
 def test_sender(argv: list[str]) -> None:
     assert parse_args(argv).sender == "app@x.test"
 
@@ -65,9 +84,31 @@ def test_config_file(argv: list[str]) -> None:
 
 def test_ignored_options_take_their_values() -> None:
     """-o<x> with its value attached, and the options that take a separate value."""
-    argv = ["-odi", "-oem", "-oL9", "-oeq", "-B", "8BITMIME", "-B8BITMIME", "-h", "17",
-            "-L", "label", "-X", "/tmp/log", "-Am", "-G", "-U", "-m", "-n", "-s", "-bm",
-            "-O", "DeliveryMode=b", "bob@x.test"]
+    argv = [
+        "-odi",
+        "-oem",
+        "-oL9",
+        "-oeq",
+        "-B",
+        "8BITMIME",
+        "-B8BITMIME",
+        "-h",
+        "17",
+        "-L",
+        "label",
+        "-X",
+        "/tmp/log",
+        "-Am",
+        "-G",
+        "-U",
+        "-m",
+        "-n",
+        "-s",
+        "-bm",
+        "-O",
+        "DeliveryMode=b",
+        "bob@x.test",
+    ]
     opts = parse_args(argv)
     assert opts.recipients == ["bob@x.test"]
     assert opts == Options(recipients=["bob@x.test"])
@@ -80,8 +121,7 @@ def test_cron_command_line() -> None:
 
 def test_php_mail_command_line() -> None:
     opts = parse_args(["-t", "-i", "-f", "www@site.test"])
-    assert (opts.extract_recipients, opts.ignore_dots, opts.sender) == (True, True,
-                                                                       "www@site.test")
+    assert (opts.extract_recipients, opts.ignore_dots, opts.sender) == (True, True, "www@site.test")
 
 
 def test_recipients_anywhere_and_after_double_dash() -> None:
@@ -113,27 +153,30 @@ def test_verbose_and_help() -> None:
     assert parse_args(["--help"]).show_help
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["-x"], "unknown option -x"),
-    (["-tx"], "unknown option -x"),
-    (["-f"], "option -f needs a value"),
-    (["-t", "-F"], "option -F needs a value"),
-    (["-bs"], "-bs is not supported"),
-    (["-bp"], "-bp is not supported"),
-    (["-q"], "-q (run the queue) is not supported"),
-    (["-q1h"], "-q (run the queue) is not supported"),
-    (["-I"], "newaliases"),
-    (["-N", "sometimes"], "-N sometimes"),
-    (["-N", "never,success"], "-N never,success"),
-    (["-R", "all"], "-R all"),
-    (["-V", "a\x01b"], "envelope id"),
-    (["-V", "x" * 101], "envelope id"),
-    (["-f", "a b@x.test"], "not an address"),
-    (["-f", "a@x.test\r\nRCPT TO:<e@v>"], "not an address"),
-    (["bob@x.test>\r\nRCPT TO:<e@v.test"], "not a recipient address"),
-    (["undisclosed-recipients:;"], "not a recipient address"),
-    ([""], "not a recipient address"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-x"], "unknown option -x"),
+        (["-tx"], "unknown option -x"),
+        (["-f"], "option -f needs a value"),
+        (["-t", "-F"], "option -F needs a value"),
+        (["-bs"], "-bs is not supported"),
+        (["-bp"], "-bp is not supported"),
+        (["-q"], "-q (run the queue) is not supported"),
+        (["-q1h"], "-q (run the queue) is not supported"),
+        (["-I"], "newaliases"),
+        (["-N", "sometimes"], "-N sometimes"),
+        (["-N", "never,success"], "-N never,success"),
+        (["-R", "all"], "-R all"),
+        (["-V", "a\x01b"], "envelope id"),
+        (["-V", "x" * 101], "envelope id"),
+        (["-f", "a b@x.test"], "not an address"),
+        (["-f", "a@x.test\r\nRCPT TO:<e@v>"], "not an address"),
+        (["bob@x.test>\r\nRCPT TO:<e@v.test"], "not a recipient address"),
+        (["undisclosed-recipients:;"], "not a recipient address"),
+        ([""], "not a recipient address"),
+    ],
+)
 def test_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=None) as error:
         parse_args(argv)
@@ -169,13 +212,17 @@ def headers_of(data: bytes) -> list[bytes]:
 
 
 def test_extract_recipients_and_remove_bcc() -> None:
-    raw = (b"To: a@x.test, B <b@x.test>\nCc: c@x.test\nBcc: d@x.test,\n\te@x.test\n"
-           b"Subject: s\nFrom: Me <me@x.test>\nDate: x\nMessage-ID: <1@x>\n\nbody\n")
+    raw = (
+        b"To: a@x.test, B <b@x.test>\nCc: c@x.test\nBcc: d@x.test,\n\te@x.test\n"
+        b"Subject: s\nFrom: Me <me@x.test>\nDate: x\nMessage-ID: <1@x>\n\nbody\n"
+    )
     prepared = prepare(raw, Options(extract_recipients=True), ME)
     assert prepared.recipients == ("a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test")
-    assert prepared.data == (b"To: a@x.test, B <b@x.test>\r\nCc: c@x.test\r\nSubject: s\r\n"
-                             b"From: Me <me@x.test>\r\nDate: x\r\nMessage-ID: <1@x>\r\n"
-                             b"\r\nbody\r\n")
+    assert prepared.data == (
+        b"To: a@x.test, B <b@x.test>\r\nCc: c@x.test\r\nSubject: s\r\n"
+        b"From: Me <me@x.test>\r\nDate: x\r\nMessage-ID: <1@x>\r\n"
+        b"\r\nbody\r\n"
+    )
     assert prepared.sender == "cron@relay.test"
 
 
@@ -194,15 +241,18 @@ def test_resent_headers_replace_the_originals_with_t() -> None:
 
 
 def test_argv_and_header_recipients_add_up_without_duplicates() -> None:
-    prepared = prepare(b"To: A@x.test, root\n\nb\n",
-                       Options(extract_recipients=True, recipients=["a@x.test", "z@x.test"]), ME)
+    prepared = prepare(
+        b"To: A@x.test, root\n\nb\n",
+        Options(extract_recipients=True, recipients=["a@x.test", "z@x.test"]),
+        ME,
+    )
     assert prepared.recipients == ("a@x.test", "z@x.test", "root@relay.test")
 
 
 def test_missing_from_date_message_id_are_added() -> None:
     prepared = prepare(b"Subject: s\n\nb\n", Options(recipients=["a@x.test"]), ME)
     headers = headers_of(prepared.data)
-    assert headers[:2] == [b"Subject: s", b'From: Cron User <cron@relay.test>']
+    assert headers[:2] == [b"Subject: s", b"From: Cron User <cron@relay.test>"]
     assert headers[2].startswith(b"Date: ")
     assert headers[3].startswith(b"Message-ID: <") and headers[3].endswith(b"@relay.test>")
 
@@ -233,8 +283,9 @@ def test_unqualified_sender_gets_the_hostname() -> None:
 def test_line_endings_become_crlf() -> None:
     raw = b"From: f@x\rDate: d\r\nMessage-ID: <m@x>\n\na\rb\r\nc\nno final newline"
     prepared = prepare(raw, Options(recipients=["a@x.test"]), ME)
-    assert prepared.data == (b"From: f@x\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\n"
-                             b"a\r\nb\r\nc\r\nno final newline\r\n")
+    assert prepared.data == (
+        b"From: f@x\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\na\r\nb\r\nc\r\nno final newline\r\n"
+    )
 
 
 def test_no_headers_at_all() -> None:

@@ -25,8 +25,10 @@ def test_a_worker_that_exits_before_serving_fails_the_start(
 ) -> None:
     port = _free_port()
     path = tmp_path / "smtprelay.toml"
-    path.write_text(f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n'
-                    f'[spool]\ndir = "{tmp_path / "spool"}"\n')
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n'
+        f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+    )
     settings = config.load(path)
     # Stands in for the interpreter: exits at once, as a worker that cannot start does.
     failing = tmp_path / "python"
