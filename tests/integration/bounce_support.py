@@ -25,8 +25,9 @@ from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.delivery_support import QUEUED
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.inbound_support import line, qid_of
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 SENDER = "app@sender.test"
 POSTMASTER = "postmaster@admin.test"
@@ -79,9 +80,7 @@ def submit(
             assert code == 250, (rcpt, reply)
         code, reply = c.data(data)
         assert code == 250, reply
-    match = QUEUED.search(reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(line(code, reply))
 
 
 def message(tag: str, *, sender: str = SENDER, body: str = "") -> bytes:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.inbound_support import line, qid_of
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 # Loopback addresses of the receiving servers; DOWN has no listener unless a test
 # puts a misbehaving one there.
 MX1, MX2, MX3, DOWN = "127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.4"
 SENDER = "app@sender.test"
-QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 DELIVERY = re.compile(
     r"smtprelay/smtp\[\d+\]: (?P<qid>[0-9A-Za-z]+): to=<(?P<to>[^>]*)>, "
     r"relay=(?P<relay>\S+), delay=(?P<delay>[\d.]+), delays=(?P<delays>[\d./]+), "
@@ -79,9 +80,7 @@ def send(
         assert code == 250, (rcpt, reply)
     code, reply = client.data(data)
     assert code == 250, reply
-    match = QUEUED.search(reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(line(code, reply))
 
 
 def submit(daemon: Daemon, recipients: list[str], data: bytes, sender: str = SENDER) -> str:

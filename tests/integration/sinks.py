@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -430,22 +430,3 @@ class Sink:
         finally:
             with self._lock:
                 self.in_data_now -= 1
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 20.0, what: str | Callable[[], str] = ""
-) -> None:
-    """Poll ``predicate`` every 20 ms until true; fail after ``timeout`` seconds.
-
-    ``what`` describes the wait in the failure message; a callable is called only then
-    (e.g. to show a log as it is at the time of the failure).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    if predicate():
-        return
-    text = what() if callable(what) else what
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {text or predicate}")

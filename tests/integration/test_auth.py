@@ -17,7 +17,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     HELO,
     PASSWORD,
     RECIPIENT,

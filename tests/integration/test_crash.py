@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.inbound_support import line, qid_of
 
 CLIENTS = 16
 MESSAGES = 2000
 KILL_AFTER = 800  # acknowledgements before the kill
-QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
 
 
 def body(n: int) -> bytes:
@@ -56,7 +56,7 @@ class Sender:
                     client.rcpt("sink@example.net")
                     code, reply = client.data(body(n))
                     assert code == 250, reply
-                    qid = QUEUED.search(reply.decode()).group(1)  # type: ignore[union-attr]
+                    qid = qid_of(line(code, reply))
                     with self.lock:
                         self.acked[n] = qid
                         self.in_flight.discard(n)

@@ -26,7 +26,8 @@ from tests.integration.delivery_support import (
     wait_status,
 )
 from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 

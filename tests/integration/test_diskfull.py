@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import smtplib
 import subprocess
@@ -14,8 +13,7 @@ import pytest
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-
-QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
+from tests.integration.inbound_support import line, qid_of
 
 
 @pytest.fixture
@@ -60,7 +58,7 @@ def test_disk_full_gives_452_and_recovers(
                 )
                 refused += 1
                 continue
-            acked[QUEUED.search(reply.decode()).group(1)] = n  # type: ignore[union-attr]
+            acked[qid_of(line(code, reply))] = n
     assert acked and refused, "the tiny filesystem must fill up during the test"
     assert "No space left on device" in daemon.log()
 

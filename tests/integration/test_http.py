@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
-import http.client
 import json
 import os
 import re
@@ -27,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import ids
 from smtprelay.web.connections import PER_ADDRESS
-from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.debian_tools import fail2ban_regex, tool
 from tests.integration.delivery_support import (
     MX1,
     MX2,
@@ -42,102 +41,14 @@ from tests.integration.delivery_support import (
     wait_removed,
     wait_status,
 )
-from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
-from tests.integration.test_ops_files import fail2ban_regex, tool
+from tests.integration.http_support import TOKEN, Api, api_of, http_overrides, metric_samples
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
-TOKEN = "test-token-5f1c9a0e7d"
 HTTP_FILTER = Path(__file__).parents[2] / "conf" / "fail2ban" / "filter.d" / "smtprelay-http.conf"
 BUSY = "450 4.2.1 Mailbox busy, try later"
-
-
-class Api:
-    """A tiny HTTP client for the relay's endpoint; answers (status, JSON or text)."""
-
-    def __init__(self, port: int, token: str | None = TOKEN) -> None:
-        self.port = port
-        self.token = token
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        token: str | None = None,
-        raw: bytes | None = None,
-    ) -> tuple[int, Any]:
-        headers = {}
-        token = token if token is not None else self.token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=30)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            kind = response.getheader("Content-Type", "")
-        finally:
-            conn.close()
-        if kind.startswith("application/json"):
-            return response.status, json.loads(payload)
-        return response.status, payload.decode()
-
-    def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
-        return self.call("GET", path, **kwargs)
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, answer = self.call(method, path, body)
-        assert status == 200, (method, path, status, answer)
-        return answer
-
-
-def http_overrides(tokens_file: Path | str) -> dict[str, Any]:
-    return {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens_file)}
-
-
-def api_of(relay: Daemon) -> Api:
-    return Api(int(relay.sections["http"]["listen"].rsplit(":", 1)[1]))
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> Path:
-    path = tmp_path / "http-tokens"
-    path.write_text(f"# operators\n{TOKEN}\n")
-    return path
-
-
-@pytest.fixture
-def zone(dns: TestDNSServer) -> TestDNSServer:
-    dns.zone.mx("dest.test", 10, "mx1.dest.test")
-    dns.zone.a("mx1.dest.test", MX1)
-    dns.zone.mx("sender.test", 10, "mx.sender.test")
-    dns.zone.a("mx.sender.test", MX2)
-    return dns
-
-
-@pytest.fixture
-def relay_with_api(
-    zone: TestDNSServer, delivering_relay: Callable[..., Daemon], tokens_file: Path
-) -> Callable[..., tuple[Daemon, Api]]:
-    def start(**delivery: Any) -> tuple[Daemon, Api]:
-        relay = delivering_relay(delivery=delivery, http=http_overrides(tokens_file))
-        return relay, api_of(relay)
-
-    return start
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 # --- tokens --------------------------------------------------------------------------------
@@ -467,14 +378,12 @@ def test_queue_operations_on_a_running_daemon(
         wait_status(relay, qid, rcpts[name], "deferred")
 
     # The deferral is logged just before the envelope is rewritten as deferred: poll.
-    deadline = time.monotonic() + 10
-    while True:
-        listing = api.ok("GET", "/queue?state=deferred")
+    def all_deferred() -> dict[str, Any] | None:
+        listing: dict[str, Any] = api.ok("GET", "/queue?state=deferred")
         found = sorted(m["qid"] for m in listing["messages"])
-        if found == sorted(qids.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert found == sorted(qids.values())
+        return listing if found == sorted(qids.values()) else None
+
+    listing = wait_until(all_deferred, 10, lambda: f"all of {sorted(qids.values())} deferred")
     first = listing["messages"][0]
     assert first["last_error"] == BUSY and first["attempts"] == 1
     assert first["sender"] == SENDER

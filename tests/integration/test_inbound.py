@@ -1,7 +1,6 @@
 """Inbound SMTP against the real daemon: clients, TLS, spool bytes, replies, syntax.
 
-The helpers at the top (raw socket client, submit, log polling) are shared with
-test_auth.py, test_limits.py, test_smuggling.py and test_logs.py.
+The helpers (raw socket client, submit, log polling) are in inbound_support.py.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import logging
 import re
 import shutil
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,11 +29,30 @@ from smtprelay.spool import Spool
 from smtprelay.spool.store import NewFile
 from smtprelay.tls import server_context
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.inbound_support import (
+    HELO,
+    PASSWORD,
+    QUEUED,
+    RECIPIENT,
+    SENDER,
+    USER,
+    RawClient,
+    assert_crlf_only,
+    assert_log,
+    assert_reply,
+    authenticated,
+    client_context,
+    line,
+    log_mark,
+    qid_of,
+    smtp,
+    split_received,
+    start_relay,
+    submit,
+    wait_for_log,
+)
+from tests.polling import wait_until_async
 
-USER, PASSWORD = "app1", "secret-pw"
-HELO = "client.test"
-SENDER = "app@example.com"
-RECIPIENT = "bob@example.net"
 SWAKS = shutil.which("swaks")
 
 
@@ -57,201 +73,8 @@ needs_swaks = pytest.mark.skipif(
     reason="swaks with TLS support is not installed "
     "(apt-get install swaks libnet-ssleay-perl libio-socket-ssl-perl; make deps does it)",
 )
-QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([A-Za-z0-9]+)$")
 # A reply line with an RFC 3463 enhanced status code whose class matches the basic code.
 ENHANCED = re.compile(r"^([245])\d\d[ -]([245])\.\d{1,3}\.\d{1,3} ")
-
-
-# --- helpers shared by the inbound test modules -----------------------------------------
-
-
-def start_relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, **kwargs: Any) -> Daemon:
-    """A daemon for a whole module (one user app1/secret-pw unless told otherwise)."""
-    kwargs.setdefault("users", {USER: PASSWORD})
-    return Daemon(tmp_path_factory.mktemp("relay"), ca, **kwargs).start()
-
-
-def client_context(daemon: Daemon) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(daemon.ca_file))
-
-
-def line(code: int, text: bytes | str) -> str:
-    """smtplib's (code, text) as the reply line the server sent."""
-    return f"{code} {text.decode() if isinstance(text, bytes) else text}"
-
-
-def assert_reply(actual: str, expected: Reply) -> None:
-    """``actual`` is a reply line carrying ``expected``'s basic and enhanced code."""
-    prefix = f"{expected.code} {expected.enhanced} "
-    assert actual.startswith(prefix), f"expected {prefix!r}..., got {actual!r}"
-
-
-def qid_of(reply_line: str) -> str:
-    match = QUEUED.match(reply_line)
-    assert match, f"not a 'queued as' reply: {reply_line!r}"
-    return match.group(1)
-
-
-def submit(
-    client: smtplib.SMTP,
-    message: bytes,
-    sender: str = SENDER,
-    recipients: tuple[str, ...] = (RECIPIENT,),
-    options: tuple[str, ...] = (),
-) -> str:
-    """MAIL, RCPT..., DATA with smtplib; returns the QID of the 250 reply."""
-    code, text = client.mail(sender, list(options))
-    assert_reply(line(code, text), replies.SENDER_OK)
-    for recipient in recipients:
-        code, text = client.rcpt(recipient)
-        assert_reply(line(code, text), replies.RECIPIENT_OK)
-    code, text = client.data(message)
-    return qid_of(line(code, text))
-
-
-def smtp(daemon: Daemon, port: int | None = None) -> smtplib.SMTP:
-    client = smtplib.SMTP(LOOPBACK, port or daemon.port, local_hostname=HELO, timeout=15)
-    client.ehlo()
-    return client
-
-
-def authenticated(daemon: Daemon) -> smtplib.SMTP:
-    client = smtp(daemon)
-    client.starttls(context=client_context(daemon))
-    client.ehlo()
-    client.login(USER, PASSWORD)
-    return client
-
-
-def wait_for(predicate: Any, timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def wait_for_log(
-    daemon: Daemon, pattern: str, start: int = 0, timeout: float = 5.0
-) -> re.Match[str]:
-    """The first match of the regex ``pattern`` (multiline) in the log after ``start``."""
-    regex = re.compile(pattern, re.MULTILINE)
-    try:
-        match: re.Match[str] = wait_for(
-            lambda: regex.search(daemon.log()[start:]), timeout, pattern
-        )
-        return match
-    except AssertionError:
-        raise AssertionError(
-            f"log has no line matching {pattern!r}:\n{daemon.log()[start:][-4000:]}"
-        ) from None
-
-
-def assert_log(daemon: Daemon, pattern: str, start: int = 0) -> re.Match[str]:
-    """Like wait_for_log, without waiting: for lines logged before the reply was sent."""
-    match = re.search(pattern, daemon.log()[start:], re.MULTILINE)
-    assert match, f"log has no line matching {pattern!r}:\n{daemon.log()[start:][-4000:]}"
-    return match
-
-
-def log_mark(daemon: Daemon) -> int:
-    return len(daemon.log())
-
-
-def split_received(eml: bytes) -> tuple[bytes, bytes]:
-    """(the Received: header this relay prepended, everything after it)."""
-    assert eml.startswith(b"Received: "), eml[:200]
-    end = 0
-    for _ in range(50):  # the header has a handful of folded lines
-        nl = eml.index(b"\r\n", end) + 2
-        end = nl
-        if eml[end : end + 1] not in (b"\t", b" "):
-            break
-    return eml[:end], eml[end:]
-
-
-def assert_crlf_only(data: bytes) -> None:
-    """Every CR is followed by LF and every LF preceded by CR."""
-    assert data.count(b"\r") == data.count(b"\r\n") == data.count(b"\n"), (
-        f"bare CR or LF in {data!r}"
-    )
-
-
-class RawClient:
-    """A plain-socket SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock: socket.socket = socket.create_connection((LOOPBACK, port), timeout=timeout)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def _line(self) -> str:
-        for _ in range(1000):
-            if b"\r\n" in self.buffer:
-                raw, _, self.buffer = self.buffer.partition(b"\r\n")
-                return raw.decode("utf-8", "replace")
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(f"connection closed; unparsed {self.buffer!r}")
-            self.buffer += data
-        raise AssertionError(f"no end of line in {self.buffer[:200]!r}")
-
-    def reply(self) -> list[str]:
-        """All lines of one reply (multi-line replies use ``NNN-``)."""
-        lines = []
-        for _ in range(100):
-            text = self._line()
-            lines.append(text)
-            if text[3:4] != "-":
-                return lines
-        raise AssertionError(f"endless multi-line reply: {lines}")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def cmd(self, command: bytes | str) -> str:
-        """Send one command line (CRLF added) and return the last line of the reply."""
-        if isinstance(command, str):
-            command = command.encode()
-        self.send(command + b"\r\n")
-        return self.reply()[-1]
-
-    def ehlo(self, name: str = HELO) -> list[str]:
-        self.send(f"EHLO {name}\r\n".encode())
-        return self.reply()
-
-    def starttls(self, context: ssl.SSLContext) -> str:
-        ready = self.cmd("STARTTLS")
-        if ready.startswith("220"):
-            self.sock = context.wrap_socket(self.sock, server_hostname=LOOPBACK)
-        return ready
-
-    def wait_closed(self, timeout: float = 5.0) -> bytes:
-        """Read until the server closes; returns what it sent meanwhile."""
-        self.sock.settimeout(timeout)
-        received = self.buffer
-        for _ in range(1000):
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                return received
-            if not data:
-                return received
-            received += data
-        raise AssertionError("server kept talking instead of closing")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -344,6 +167,17 @@ def run_swaks(*args: str) -> str:
     return result.stdout
 
 
+def swaks_qid(output: str) -> str:
+    """The queue ID of the ``<~  250 ... queued as QID`` line of swaks's transcript."""
+    queued = [
+        text[4:]
+        for text in output.splitlines()
+        if text.startswith("<~  ") and QUEUED.match(text[4:])
+    ]
+    assert queued, output
+    return qid_of(queued[0])
+
+
 @needs_swaks
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_starttls_auth(relay: Daemon, mechanism: str) -> None:
@@ -361,9 +195,7 @@ def test_swaks_starttls_auth(relay: Daemon, mechanism: str) -> None:
         "--auth-password",
         PASSWORD,
     )
-    match = re.search(r"^<~  (250 2\.0\.0 Ok: queued as [A-Za-z0-9]+)$", output, re.MULTILINE)
-    assert match, output
-    qid = qid_of(match.group(1))
+    qid = swaks_qid(output)
     assert qid in relay.queued_ids()
     assert re.search(r"^<~  235 2\.7\.0 ", output, re.MULTILINE), output
     assert b"Subject: swaks test\r\n" in relay.message(qid)
@@ -387,9 +219,7 @@ def test_swaks_implicit_tls(relay: Daemon) -> None:
         "--auth-password",
         PASSWORD,
     )
-    match = re.search(r"^<~  (250 2\.0\.0 Ok: queued as [A-Za-z0-9]+)$", output, re.MULTILINE)
-    assert match, output
-    assert qid_of(match.group(1)) in relay.queued_ids()
+    assert swaks_qid(output) in relay.queued_ids()
 
 
 def test_implicit_tls_port(relay: Daemon) -> None:
@@ -1040,10 +870,7 @@ def test_message_committed_after_the_client_left_still_reaches_delivery(
             await writer.drain()
             await asyncio.sleep(0.1)  # the commit is under way
             writer.transport.abort()  # hang up without waiting for the reply
-            for _ in range(50):
-                if handed_over:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: handed_over, 2.5, "the message handed to delivery")
         finally:
             inbound.close()
             await inbound.drain(2.0)

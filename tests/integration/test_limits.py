@@ -18,7 +18,7 @@ from smtprelay.inbound.datareader import DataBudget
 from smtprelay.inbound.server import InboundServer, build_intake
 from smtprelay.spool import Spool
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     HELO,
     RECIPIENT,
     SENDER,
@@ -32,9 +32,9 @@ from tests.integration.test_inbound import (
     smtp,
     start_relay,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
 # --- allow-lists ------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ def test_connection_limit(make_daemon: Callable[..., Daemon]) -> None:
         with RawClient(relay.port) as again:
             return again.greeting[-1].startswith("220 ")
 
-    wait_for(greeted, timeout=5, what="a free connection slot")
+    wait_until(greeted, timeout=5, what="a free connection slot")
     wait_for_log(relay, r"warning: connection limit 2 reached: refusing unknown\[127\.0\.0\.1\]")
 
 

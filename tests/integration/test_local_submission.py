@@ -26,7 +26,8 @@ import pytest
 from smtprelay.config import DEFAULT_LOCAL_SOCKET
 from tests.integration.daemon import LOOPBACK, Daemon
 from tests.integration.delivery_support import MX1
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 

@@ -12,7 +12,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import Daemon
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     PASSWORD,
     RECIPIENT,
     SENDER,
@@ -27,9 +27,9 @@ from tests.integration.test_inbound import (
     smtp,
     start_relay,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
@@ -158,7 +158,7 @@ def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
         records = json_lines(relay)
         return records if sum(r.get("event") == "disconnect" for r in records) >= 2 else []
 
-    records = wait_for(events, what="two disconnect events")
+    records = wait_until(events, timeout=5, what="two disconnect events")
     assert all(
         {"time", "host", "program", "pid", "level", "message"} <= r.keys() for r in records
     ), records
@@ -259,7 +259,7 @@ def test_client_bytes_are_escaped_in_the_json_log(make_daemon: Callable[..., Dae
         records = json_lines(relay)
         return records if any(r.get("event") == "disconnect" for r in records) else []
 
-    records = wait_for(events, what="the disconnect event")
+    records = wait_until(events, timeout=5, what="the disconnect event")
     for record in records:
         for value in record.values():
             if isinstance(value, str):

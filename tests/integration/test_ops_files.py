@@ -22,7 +22,6 @@ import shutil
 import smtplib
 import socket
 import ssl
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ import pytest
 
 from smtprelay.app import SHUTDOWN_GRACE
 from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.debian_tools import fail2ban_regex, run, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "smtprelay.service"
@@ -47,17 +47,6 @@ SECURITY_THRESHOLD = 2.0
 USER, PASSWORD = "app1", "pw"
 SENDER, RECIPIENT = "app@example.com", "bob@example.net"
 UNTRUSTED = {"relay": {"trusted_networks": ["10.0.0.0/8"]}}
-
-
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not found: apt-get install {package}")
-    return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
 
 
 # --- systemd unit ---------------------------------------------------------------------
@@ -195,24 +184,6 @@ def failed_auth_session(daemon: Daemon) -> None:
         assert client.auth("PLAIN", client.auth_plain)[0] == 235
         client.sendmail(SENDER, [RECIPIENT], b"Subject: ok\r\n\r\nbody\r\n")
     assert daemon.stop() == 0  # every line is written once the daemon has exited
-
-
-def fail2ban_regex(log: Path, filter_spec: str) -> tuple[list[str], dict[str, int], str]:
-    """(matched hosts, line counts, full report) of fail2ban-regex on ``log``."""
-    regex = tool("fail2ban-regex", "fail2ban")
-    hosts = run(regex, "--out=ip", str(log), filter_spec)
-    assert hosts.returncode == 0, hosts.stdout + hosts.stderr
-    report = run(regex, "--print-all-missed", str(log), filter_spec)
-    assert report.returncode == 0, report.stdout + report.stderr
-    print(report.stdout)
-    totals = re.search(
-        r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed", report.stdout
-    )
-    assert totals, report.stdout
-    counts = dict(
-        zip(("lines", "ignored", "matched", "missed"), map(int, totals.groups()), strict=True)
-    )
-    return hosts.stdout.split(), counts, report.stdout
 
 
 def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> None:

@@ -41,7 +41,10 @@ from tests.integration.delivery_support import (
     removed,
     send,
 )
-from tests.integration.sinks import Sink, free_port, wait_until
+from tests.integration.inbound_support import line as reply_line
+from tests.integration.inbound_support import qid_of
+from tests.integration.sinks import Sink, free_port
+from tests.polling import wait_until
 
 PFLOGSUMM = shutil.which("pflogsumm") or next(
     (p for p in ("/usr/sbin/pflogsumm", "/usr/bin/pflogsumm") if shutil.which(p)), None
@@ -92,9 +95,7 @@ def _transaction(
             assert code == 250, (rcpt, reply)
     code, reply = client.data(make_message(tag))
     assert code == 250, reply
-    match = re.search(r"queued as ([0-9A-Za-z]+)", reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(reply_line(code, reply))
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,16 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     RECIPIENT,
     SENDER,
     assert_reply,
     client_context,
     line,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
@@ -96,7 +96,7 @@ class Balancer:
                 return False
             return True
 
-        wait_for(listening, timeout=10, what="haproxy listening")
+        wait_until(listening, timeout=10, what="haproxy listening")
 
     def stop(self) -> None:
         self.proc.terminate()

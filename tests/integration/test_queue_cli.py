@@ -17,7 +17,7 @@ import pytest
 from smtprelay import ids
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.delivery_support import SENDER, make_message, submit
-from tests.integration.sinks import wait_until
+from tests.polling import wait_until
 
 TOKEN = "queue-cli-token-0b7e4d"
 

@@ -11,16 +11,11 @@ from typing import Any
 
 from tests.integration.daemon import Daemon
 from tests.integration.delivery_support import MX1, MX2, make_message, submit, wait_removed
-from tests.integration.sinks import Sink, wait_until
-from tests.integration.test_http import (  # noqa: F401  (fixtures)
-    Api,
-    metric_samples,
-    relay_with_api,
-    tokens_file,
-    zone,
-)
+from tests.integration.http_support import Api, metric_samples
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
 BUSY = "450 4.2.1 Mailbox busy, try later"
 BAD = "550 5.1.1 No such user"
@@ -74,7 +69,7 @@ def check_status(api: Api, relay: Daemon) -> dict[str, Any]:
 
 
 def test_status_counts_equal_a_spool_scan_across_a_restart(
-    relay_with_api: Callable[..., tuple[Daemon, Api]],  # noqa: F811
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
     make_sink: Callable[..., Sink],
 ) -> None:
     sink = make_sink(MX1, name="mx1.dest.test")

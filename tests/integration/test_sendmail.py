@@ -20,7 +20,8 @@ import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port, write_config
 from tests.integration.delivery_support import MX1, MX2
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 

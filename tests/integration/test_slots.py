@@ -16,8 +16,9 @@ import pytest
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.test_http import Api, api_of, http_overrides, metric_samples
-from tests.integration.test_inbound import RawClient, assert_reply, client_context, wait_for
+from tests.integration.http_support import Api, api_of, http_overrides, metric_samples
+from tests.integration.inbound_support import RawClient, assert_reply, client_context
+from tests.polling import wait_until
 
 LIMIT = 4
 
@@ -130,7 +131,7 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api], abandoned: list[sock
         sock.sendall(b"EHLO idle.test\r\nSTARTTLS\r\n")
         _read_until(sock, b"220 2.0.0")
         abandoned.append(sock)
-    wait_for(lambda: open_sessions(api) == 0, timeout=15, what="every slot given back")
+    wait_until(lambda: open_sessions(api) == 0, timeout=15, what="every slot given back")
 
     # Every slot is usable: LIMIT real sessions get in, the next is refused.
     clients = [RawClient(relay.port) for _ in range(LIMIT)]
@@ -145,7 +146,7 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api], abandoned: list[sock
     finally:
         for client in clients:
             client.close()
-    wait_for(lambda: open_sessions(api) == 0, timeout=10, what="slots back after QUIT-less close")
+    wait_until(lambda: open_sessions(api) == 0, timeout=10, what="slots back after QUIT-less close")
 
     log = relay.log()
     assert "Traceback" not in log and "internal error" not in log
@@ -192,7 +193,7 @@ def test_a_client_that_stops_reading_is_cut_off(limited: tuple[Daemon, Api]) -> 
             except BlockingIOError:
                 break  # the relay has stopped reading: its own writes are stuck
         assert open_sessions(api) == 1
-        wait_for(lambda: open_sessions(api) == 0, timeout=20, what="the stuck session cut off")
+        wait_until(lambda: open_sessions(api) == 0, timeout=20, what="the stuck session cut off")
     finally:
         sock.close()
     assert "timeout after" in relay.log()
@@ -235,6 +236,8 @@ def test_tls12_offers_only_aead_suites(limited: tuple[Daemon, Api]) -> None:
     with pytest.raises(ssl.SSLError):
         tls12("ECDHE+AES256+SHA384:ECDHE+AES128+SHA256:ECDHE+SHA1:AES+SHA1")  # CBC only
     key = ("smtprelay_smtpd_tls_failures_total", (("kind", "no_shared_cipher"),))
-    wait_for(
-        lambda: metric_samples(api.get("/metrics")[1]).get(key) == 1, what="the failure counted"
+    wait_until(
+        lambda: metric_samples(api.get("/metrics")[1]).get(key) == 1,
+        timeout=5,
+        what="the failure counted",
     )

@@ -11,9 +11,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.sinks import Sink
-from tests.integration.sinks import free_port as sink_free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     RECIPIENT,
     SENDER,
     RawClient,
@@ -27,6 +25,8 @@ from tests.integration.test_inbound import (
     start_relay,
     wait_for_log,
 )
+from tests.integration.sinks import Sink
+from tests.integration.sinks import free_port as sink_free_port
 
 
 @pytest.fixture(scope="module")

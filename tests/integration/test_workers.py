@@ -28,6 +28,7 @@ from tests.integration.delivery_support import (
     wait_removed,
 )
 from tests.integration.sinks import Sink
+from tests.polling import wait_until
 from tests.unit.helpers import make_envelope
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
@@ -88,15 +89,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return result
-
-
 def _status(daemon: Daemon) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://{daemon.sections['http']['listen']}/status",
@@ -130,8 +122,8 @@ def test_messages_from_many_sessions_are_all_delivered(
     with smtplib.SMTP(LOOPBACK, relay.port) as one, smtplib.SMTP(LOOPBACK, relay.port) as two:
         one.ehlo("client.test")
         two.ehlo("client.test")
-        _wait(lambda: _status(relay)["connections"] == 2, 10, "2 open sessions")
-    _wait(lambda: _status(relay)["connections"] == 0, 10, "no open session")
+        wait_until(lambda: _status(relay)["connections"] == 2, 10, "2 open sessions")
+    wait_until(lambda: _status(relay)["connections"] == 0, 10, "no open session")
 
     def session(n: int) -> list[str]:
         with smtplib.SMTP(LOOPBACK, relay.port, timeout=10) as client:
@@ -141,7 +133,7 @@ def test_messages_from_many_sessions_are_all_delivered(
     with ThreadPoolExecutor(8) as pool:
         qids = [q for batch in pool.map(session, range(8)) for q in batch]
     assert len(set(qids)) == 80
-    _wait(lambda: len(sink.messages) >= 80, 30, "80 deliveries")
+    wait_until(lambda: len(sink.messages) >= 80, 30, "80 deliveries")
     for qid in qids:
         wait_removed(relay, qid)
     bodies = sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages)
@@ -179,7 +171,7 @@ def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
     path.write_bytes(stray.to_json() + b"\n" + data)
 
     os.kill(victim, signal.SIGKILL)
-    line = _wait(
+    line = wait_until(
         lambda: re.search(
             r"inbound worker 0 \(pid (\d+)\) exited with signal "
             r"SIGKILL; starting a new one",
@@ -189,8 +181,10 @@ def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
         "the restart line",
     )
     assert int(line.group(1)) == victim
-    (replacement,) = _wait(lambda: [p for p in _workers(relay) if p != victim], 20, "a new worker")
-    _wait(lambda: _healthz(relay) == 200, 20, "/healthz 200 again")
+    (replacement,) = wait_until(
+        lambda: [p for p in _workers(relay) if p != victim], 20, "a new worker"
+    )
+    wait_until(lambda: _healthz(relay) == 200, 20, "/healthz 200 again")
     after = submit(relay, [RCPT], make_message("after"))
     for qid in (before, stray.qid, after):
         wait_removed(relay, qid, timeout=30)
@@ -207,7 +201,7 @@ def test_killing_the_main_process_takes_the_workers_with_it(
     workers = _workers(relay)
     assert len(workers) == 2
     relay.kill()
-    _wait(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
+    wait_until(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
     # Nobody accepts on the port any more: no orphan keeps taking mail.
     with pytest.raises(OSError), socket.create_connection((LOOPBACK, relay.port), timeout=2):
         pass
@@ -224,7 +218,7 @@ def test_reload_reaches_the_workers(
         send(client, [RCPT], big)
     relay.reconfigure({"server": {"max_message_size": 4000}})
     assert "configuration reloaded" in relay.hup()
-    _wait(
+    wait_until(
         lambda: relay.log().count("inbound worker: configuration reloaded") == 2,
         10,
         "both workers to reload",

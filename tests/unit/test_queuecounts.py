@@ -25,6 +25,7 @@ from smtprelay.inbound.address import domain_of
 from smtprelay.replies import Reply
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.web.queue import queue_summary
+from tests.polling import wait_until_async
 from tests.unit.helpers import make_envelope
 
 DATA = b"Subject: t\r\n\r\nhello\r\n"
@@ -262,14 +263,6 @@ class FailingNotices:
             raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
 
 
-async def until(predicate: Any, what: str) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(what)
-
-
 def test_every_transition_keeps_the_counts_equal_to_a_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,7 +294,7 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         delivered = submit("ok1@one.test")
         bounced = submit("bad1@one.test")
         mixed = submit("ok2@one.test", "busy2@two.test", "bad2@three.test")
-        await until(
+        await wait_until_async(
             lambda: (
                 delivered not in scheduler.ledger
                 and bounced not in scheduler.ledger
@@ -309,6 +302,7 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
                 and scheduler.ledger.state(waiting.qid) == "deferred"
                 and not scheduler.attempting
             ),
+            5,
             "the first attempts to end",
         )
         assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1}
@@ -318,14 +312,16 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         # is applied when it ends.
         slow = submit("ok3@slow.test", "ok4@one.test")
         await asyncio.wait_for(transport.started.wait(), 5)
-        await until(
-            lambda: scheduler.ledger.recipients["one.test"] == 2, "one.test's part to be saved"
+        await wait_until_async(
+            lambda: scheduler.ledger.recipients["one.test"] == 2, 5, "one.test's part to be saved"
         )  # saved between the two destinations
         assert check(scheduler, spool) == {"active": 1, "deferred": 2, "hold": 1}
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         check(scheduler, spool)
         transport.gate.set()
-        await until(lambda: slow not in scheduler.ledger, "the slow message to be delivered")
+        await wait_until_async(
+            lambda: slow not in scheduler.ledger, 5, "the slow message to be delivered"
+        )
         await asyncio.gather(*scheduler._later)
         check(scheduler, spool)
 
@@ -336,13 +332,17 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         await asyncio.wait_for(transport.started.wait(), 5)
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         transport.gate.set()
-        await until(lambda: scheduler.ledger.state(slow) == "hold", "the hold to land")
+        await wait_until_async(
+            lambda: scheduler.ledger.state(slow) == "hold", 5, "the hold to land"
+        )
         assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2}
 
         # Operator actions.
         assert await scheduler.release([slow]) == {slow: "released"}
         check(scheduler, spool)
-        await until(lambda: scheduler.ledger.state(slow) == "deferred", "a new attempt")
+        await wait_until_async(
+            lambda: scheduler.ledger.state(slow) == "deferred", 5, "a new attempt"
+        )
         assert await scheduler.hold([waiting.qid]) == {waiting.qid: "held"}
         assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2}
         assert await scheduler.delete([waiting.qid]) == {waiting.qid: "deleted"}
@@ -361,7 +361,9 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         monkeypatch.setattr(Spool, "update", real_update)
         assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1}
         failing = submit("busy5@one.test", sender="fail@notice.test")
-        await until(lambda: scheduler.ledger.state(failing) == "deferred", "its deferral")
+        await wait_until_async(
+            lambda: scheduler.ledger.state(failing) == "deferred", 5, "its deferral"
+        )
         result = await scheduler.bounce([failing])
         assert result[failing].startswith("error")  # the notice could not be written
         assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1}
