@@ -193,16 +193,19 @@ def read_report(content: bytes, status_type: str = "message/delivery-status") ->
     assert msg["MIME-Version"] == "1.0"
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["Date"] is not None and msg["Message-ID"] is not None
-    parts = msg.get_payload()
-    assert isinstance(parts, list)
-    assert len(parts) == 3, [p.get_content_type() for p in parts]
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    parts = [p for p in payload if isinstance(p, Message)]
+    assert len(parts) == len(payload) == 3, [p.get_content_type() for p in parts]
     text, status, returned = parts
     assert text.get_content_type() == "text/plain"
     assert status.get_content_type() == status_type
-    blocks = status.get_payload()
     if status_type == "message/delivery-status":
         # The email package parses message/delivery-status into its field blocks.
-        assert isinstance(blocks, list) and len(blocks) >= 2, blocks
+        fields = status.get_payload()
+        assert isinstance(fields, list) and len(fields) >= 2, fields
+        blocks = [b for b in fields if isinstance(b, Message)]
+        assert len(blocks) == len(fields), fields
     else:  # message/global-delivery-status is opaque to it: parse the blocks ourselves
         raw = _split_parts(content, msg)[1].split(b"\r\n\r\n", 1)[1]
         blocks = [

@@ -217,4 +217,7 @@ class Daemon:
         return self.message_file(qid).read_bytes().split(b"\n", 1)[1]
 
     def envelope(self, qid: str) -> dict[str, Any]:
-        return json.loads(self.message_file(qid).read_bytes().split(b"\n", 1)[0])
+        envelope: dict[str, Any] = json.loads(
+            self.message_file(qid).read_bytes().split(b"\n", 1)[0]
+        )
+        return envelope

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from email.message import Message
 
 import pytest
 from flufl.bounce import scan_message
@@ -125,6 +126,7 @@ def test_failure_dsn_structure_fields_and_flufl(
     returned = report.returned_body()
     assert returned.startswith(b"Received: ") and returned.endswith(data)
     inner = report.returned.get_payload(0)
+    assert isinstance(inner, Message)
     assert inner["Message-ID"] == "<structure@sender.test>"
     assert inner["Subject"] == "bounce test structure"
 

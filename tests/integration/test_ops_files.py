@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay.app import SHUTDOWN_GRACE
+from smtprelay.inbound.server import SHUTDOWN_GRACE
 from tests.integration.daemon import LOOPBACK, Daemon
 from tests.integration.debian_tools import fail2ban_regex, run, tool
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -105,7 +106,7 @@ class Balancer:
 
 @pytest.fixture
 def cluster(tmp_path: Path, ca: trustme.CA) -> Iterator[tuple[list[Daemon], Balancer]]:
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "server": {"proxy_protocol": [f"{LOOPBACK}/32"]},
         "relay": {"trusted_networks": [f"{TRUSTED_CLIENT}/32"]},
         "tls": {"handshake_timeout": "2s"},

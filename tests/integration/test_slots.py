@@ -217,14 +217,15 @@ def test_implicit_tls_over_the_limit_is_told_so_over_tls(limited: tuple[Daemon, 
 
 def test_tls12_offers_only_aead_suites(limited: tuple[Daemon, Api]) -> None:
     relay, api = limited
-    assert relay.tls_port
+    tls_port = relay.tls_port
+    assert tls_port
 
     def tls12(ciphers: str) -> str:
         context = client_context(relay)
         context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(ciphers)
         with (
-            connect(relay.tls_port) as sock,
+            connect(tls_port) as sock,
             context.wrap_socket(sock, server_hostname="localhost") as tls,
         ):
             cipher = tls.cipher()

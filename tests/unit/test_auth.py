@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import bcrypt
 import pytest
@@ -22,13 +24,14 @@ from smtprelay.inbound.server import InboundServer, build_intake, users
 from smtprelay.spool import Spool
 
 IP = "192.0.2.9"
+T = TypeVar("T")
 
 
 def fast_hash(password: str) -> bytes:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -260,7 +263,7 @@ def test_memo_skips_bcrypt_for_repeat_success(
         def no_bcrypt(*args: object) -> bool:
             raise AssertionError("bcrypt called for a remembered password")
 
-        monkeypatch.setattr(auth.bcrypt, "checkpw", no_bcrypt)
+        monkeypatch.setattr(bcrypt, "checkpw", no_bcrypt)
         second = await a.verify(IP, "alice", b"right")
         monkeypatch.undo()
         wrong = await a.verify(IP, "alice", b"wrong")
@@ -335,7 +338,7 @@ def test_unknown_user_is_checked_against_a_hash_of_the_files_cost(
         calls.append((password, hashed))
         return real(password, hashed)
 
-    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+    monkeypatch.setattr(bcrypt, "checkpw", recording)
 
     async def check() -> list[bool]:
         a = make(path)
@@ -481,7 +484,7 @@ def test_parallel_first_logins_of_one_client_pay_bcrypt_once(
         calls.append(password)
         return real(password, hashed)
 
-    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+    monkeypatch.setattr(bcrypt, "checkpw", recording)
 
     async def check() -> list[bool]:
         a = make(path)

@@ -88,8 +88,8 @@ def delivered(address: str, action: str = "delivered") -> DSNRecipient:
     return DSNRecipient(
         address,
         None,
-        action,
-        "2.0.0",  # type: ignore[arg-type]
+        action,  # type: ignore[arg-type]
+        "2.0.0",
         "250 2.0.0 Ok: queued as 12345",
         "mx.example.org",
         LAST_ATTEMPT,

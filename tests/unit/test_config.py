@@ -356,10 +356,10 @@ def test_effective_reparses_property(
 def test_settings_are_frozen() -> None:
     settings = config.parse({})
     with pytest.raises(Exception) as info:
-        settings.server.timeout = 1.0  # type: ignore[misc]
+        settings.server.timeout = 1.0
     assert settings.server.timeout == 300.0
     assert "frozen" in str(info.value).lower()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError
-        settings.server = settings.server  # type: ignore[misc]
+        settings.server = settings.server
     with pytest.raises(AttributeError):
         settings.relay.trusted_networks.append(None)  # type: ignore[attr-defined]

@@ -106,7 +106,7 @@ def test_helo_that_is_not_utf8_never_reaches_an_envelope() -> None:
 
 
 def _record(**changes: Any) -> dict[str, Any]:
-    record = json.loads(make_envelope(size=42).to_json())
+    record: dict[str, Any] = json.loads(make_envelope(size=42).to_json())
     record.update(changes)
     return record
 

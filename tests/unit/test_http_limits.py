@@ -32,7 +32,8 @@ def serve(limits: InFlight, test: Run) -> None:
         app = web.Application(middlewares=[limits.middleware])
         app.router.add_get("/light", hold)
         app.router.add_get("/heavy", hold)
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        server = TestServer(app, host="127.0.0.1")
+        async with server, aiohttp.ClientSession() as session:
             await test(server, session, release, entered)
 
     asyncio.run(asyncio.wait_for(main(), 60))

@@ -115,15 +115,14 @@ def test_text_examples_from_design(capture: Callable[..., io.StringIO]) -> None:
         "failed: authentication failure, sasl_username=app1"
     )
     # The shape fail2ban's postfix filter (mode auth, fail2ban 0.11 and later) looks for.
-    assert (
-        re.search(
-            r"^[^[]*\[(?P<host>[\d.]+)\](?::\d+)?: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
-            r"authentication failed:(?! Connection lost to authentication server| Invalid "
-            r"authentication mechanism)",
-            auth_line.split(": ", 1)[1],
-        ).group("host")
-        == "192.0.2.9"
-    )  # type: ignore[union-attr]
+    match = re.search(
+        r"^[^[]*\[(?P<host>[\d.]+)\](?::\d+)?: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
+        r"authentication failed:(?! Connection lost to authentication server| Invalid "
+        r"authentication mechanism)",
+        auth_line.split(": ", 1)[1],
+    )
+    assert match, auth_line
+    assert match.group("host") == "192.0.2.9"
 
 
 def test_auth_failure_names_the_user_printably(capture: Callable[..., io.StringIO]) -> None:

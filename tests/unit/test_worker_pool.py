@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_a_worker_that_exits_before_serving_fails_the_start(
     failing = tmp_path / "python"
     failing.write_text("#!/bin/sh\nexit 3\n")
     failing.chmod(0o755)
-    monkeypatch.setattr(workers.sys, "executable", str(failing))
+    monkeypatch.setattr(sys, "executable", str(failing))
     # A start that waited for the ready timeout would hang the test (pytest-timeout).
     monkeypatch.setattr(workers, "READY_TIMEOUT", 3600.0)
 
