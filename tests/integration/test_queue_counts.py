@@ -91,9 +91,12 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
 
     def settled() -> bool:
         queued = relay.queued_ids()
-        return (
-            all(relay.envelope(q)["state"] == "deferred" for q in queued) and len(queued) == 4
-        )  # the deferred and the mixed; the notice has gone
+        try:
+            states = [relay.envelope(q)["state"] for q in queued]
+        except FileNotFoundError:  # a notice removed between the listing and the read
+            return False
+        # the deferred and the mixed; the notice has gone
+        return all(state == "deferred" for state in states) and len(queued) == 4
 
     wait_until(
         lambda: settled() and api.ok("GET", "/status")["queue"]["attempting"] == 0,
