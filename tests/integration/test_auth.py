@@ -109,6 +109,7 @@ def test_no_users_means_no_auth(make_daemon: Callable[..., Daemon]) -> None:
         assert_reply(raw.cmd(f"AUTH PLAIN {PLAIN_BLOB}"), replies.AUTH_UNAVAILABLE)
 
 
+@pytest.mark.slow
 def test_wrong_password(make_daemon: Callable[..., Daemon]) -> None:
     # Failed attempts are slowed down per client (0.5 s more each): two failures only.
     relay = make_daemon(users={USER: PASSWORD})
@@ -324,6 +325,7 @@ def test_long_passwords_from_htpasswd_and_user_add_log_in(
     assert "Traceback" not in log and "internal error" not in log and " 451 " not in log
 
 
+@pytest.mark.slow
 def test_parallel_wrong_passwords_from_one_address_are_slowed_together(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from email.message import Message
 
+import pytest
 from flufl.bounce import all_failures, scan_message
 
 from tests.integration.bounce_support import (
@@ -90,6 +91,7 @@ def test_expiry_produces_one_dsn_for_the_message(
     assert_clean_log(relay)
 
 
+@pytest.mark.slow
 def test_delay_notice_arrives_once_then_the_failure(
     dest: Sink,
     mailbox: Sink,

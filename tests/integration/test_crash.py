@@ -130,6 +130,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(make_daemon: Callable[...,
     assert set(counts) == set(range(MESSAGES))
 
 
+@pytest.mark.slow
 def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> None:
     """Leftovers of an interrupted commit are cleaned up; a good message stays queued."""
     daemon = make_daemon()

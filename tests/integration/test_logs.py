@@ -142,6 +142,7 @@ def json_lines(daemon: Daemon) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.slow
 def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
     relay = make_daemon(
         users={USER: PASSWORD},

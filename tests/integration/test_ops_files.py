@@ -186,6 +186,7 @@ def failed_auth_session(daemon: Daemon) -> None:
     assert daemon.stop() == 0  # every line is written once the daemon has exited
 
 
+@pytest.mark.slow
 def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> None:
     tool("fail2ban-regex", "fail2ban")
     daemon = make_daemon(overrides=UNTRUSTED, users={USER: PASSWORD})
@@ -209,6 +210,7 @@ def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> No
     assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
 
 
+@pytest.mark.slow
 def test_fail2ban_filter_on_journal_lines(
     make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

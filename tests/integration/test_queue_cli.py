@@ -61,6 +61,7 @@ def deferred(relay: Daemon, *rcpts: str) -> list[str]:
     return qids
 
 
+@pytest.mark.slow
 def test_list_and_show(relay: Daemon) -> None:
     one, two = deferred(relay, "one@dest.test", "two@other.test")
 
@@ -106,6 +107,7 @@ def test_list_and_show(relay: Daemon) -> None:
     assert run(relay, "queue", "show", "not-a-qid").returncode == 2
 
 
+@pytest.mark.slow
 def test_actions(relay: Daemon) -> None:
     held, flushed, bounced, deleted = deferred(
         relay, "held@dest.test", "flushed@dest.test", "bounced@dest.test", "deleted@dest.test"
@@ -202,6 +204,7 @@ def test_a_wrong_token_or_no_tokens_file(relay: Daemon, tmp_path: Path) -> None:
     assert done.returncode == 2 and "tokens_file" in done.stderr
 
 
+@pytest.mark.slow
 def test_fallback_to_the_spool_when_the_daemon_is_stopped(relay: Daemon) -> None:
     held, deleted = deferred(relay, "held@dest.test", "deleted@dest.test")
     relay.stop()

@@ -173,6 +173,7 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api], abandoned: list[sock
     assert "stopping: no new connections, 0 session(s) open" in relay.log()
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_is_cut_off(limited: tuple[Daemon, Api]) -> None:
     """The relay's replies fill the client's window; the session times out and its
     connection is aborted rather than waiting for ever to flush."""
