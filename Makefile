@@ -38,9 +38,11 @@ deps:
 	  else echo "missing tools: sudo apt-get install $(DEBS) (those tests will be skipped)"; fi; \
 	fi
 
+# mypy checks the tests with the same strict settings as the product (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy smtprelay
+	$(BIN)/ruff format --check tests
+	$(BIN)/mypy smtprelay tests
 	$(BIN)/lint-imports
 
 test: $(STAMP) deps lint

@@ -25,8 +25,9 @@ from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.delivery_support import QUEUED
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.inbound_support import line, qid_of
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 SENDER = "app@sender.test"
 POSTMASTER = "postmaster@admin.test"
@@ -79,9 +80,7 @@ def submit(
             assert code == 250, (rcpt, reply)
         code, reply = c.data(data)
         assert code == 250, reply
-    match = QUEUED.search(reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(line(code, reply))
 
 
 def message(tag: str, *, sender: str = SENDER, body: str = "") -> bytes:
@@ -108,17 +107,22 @@ def notices_at(sink: Sink) -> list[Received]:
     return [m for m in sink.messages if m.mail_from in ("", "<>")]  # aiosmtpd says "<>"
 
 
-def wait_notices(sink: Sink, count: int, daemon: Daemon, timeout: float = 15.0
-                 ) -> list[Received]:
-    wait_until(lambda: len(notices_at(sink)) >= count, timeout,
-               lambda: f"{count} notice(s) at {sink.host}\n{daemon.log()}")
+def wait_notices(sink: Sink, count: int, daemon: Daemon, timeout: float = 15.0) -> list[Received]:
+    wait_until(
+        lambda: len(notices_at(sink)) >= count,
+        timeout,
+        lambda: f"{count} notice(s) at {sink.host}\n{daemon.log()}",
+    )
     return notices_at(sink)
 
 
 def notice_links(daemon: Daemon, qid: str | None = None) -> list[tuple[str, str, str]]:
     """``(qid, words, notice qid)`` of each ``QID: ... notification: NEWQID`` log line."""
-    return [(m["qid"], m["words"], m["notice"]) for m in NOTICE_LINE.finditer(daemon.log())
-            if qid is None or m["qid"] == qid]
+    return [
+        (m["qid"], m["words"], m["notice"])
+        for m in NOTICE_LINE.finditer(daemon.log())
+        if qid is None or m["qid"] == qid
+    ]
 
 
 def queue_empty(daemon: Daemon) -> bool:
@@ -126,8 +130,11 @@ def queue_empty(daemon: Daemon) -> bool:
 
 
 def wait_queue_empty(daemon: Daemon, timeout: float = 15.0) -> None:
-    wait_until(lambda: queue_empty(daemon), timeout,
-               lambda: f"empty queue, still {daemon.queued_ids()}\n{daemon.log()}")
+    wait_until(
+        lambda: queue_empty(daemon),
+        timeout,
+        lambda: f"empty queue, still {daemon.queued_ids()}\n{daemon.log()}",
+    )
 
 
 # --- reading a DSN --------------------------------------------------------------------------
@@ -153,8 +160,11 @@ class Report:
     raw_parts: list[bytes]  # each part as bytes: its header section, blank line, body
 
     def recipient(self, address: str) -> Message:
-        found = [b for b in self.per_recipient
-                 if b["Final-Recipient"].split(";", 1)[1].strip() == address]
+        found = [
+            b
+            for b in self.per_recipient
+            if b["Final-Recipient"].split(";", 1)[1].strip() == address
+        ]
         assert len(found) == 1, (address, [str(b) for b in self.per_recipient])
         return found[0]
 
@@ -183,23 +193,33 @@ def read_report(content: bytes, status_type: str = "message/delivery-status") ->
     assert msg["MIME-Version"] == "1.0"
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["Date"] is not None and msg["Message-ID"] is not None
-    parts = msg.get_payload()
-    assert isinstance(parts, list)
-    assert len(parts) == 3, [p.get_content_type() for p in parts]
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    parts = [p for p in payload if isinstance(p, Message)]
+    assert len(parts) == len(payload) == 3, [p.get_content_type() for p in parts]
     text, status, returned = parts
     assert text.get_content_type() == "text/plain"
     assert status.get_content_type() == status_type
-    blocks = status.get_payload()
     if status_type == "message/delivery-status":
         # The email package parses message/delivery-status into its field blocks.
-        assert isinstance(blocks, list) and len(blocks) >= 2, blocks
+        fields = status.get_payload()
+        assert isinstance(fields, list) and len(fields) >= 2, fields
+        blocks = [b for b in fields if isinstance(b, Message)]
+        assert len(blocks) == len(fields), fields
     else:  # message/global-delivery-status is opaque to it: parse the blocks ourselves
         raw = _split_parts(content, msg)[1].split(b"\r\n\r\n", 1)[1]
-        blocks = [email.message_from_string(b + "\r\n", policy=email.policy.default)
-                  for b in raw.decode("utf-8").rstrip("\r\n").split("\r\n\r\n")]
+        blocks = [
+            email.message_from_string(b + "\r\n", policy=email.policy.default)
+            for b in raw.decode("utf-8").rstrip("\r\n").split("\r\n\r\n")
+        ]
     return Report(
-        raw=content, msg=msg, text=text, status=status, returned=returned,
-        per_message=blocks[0], per_recipient=list(blocks[1:]),
+        raw=content,
+        msg=msg,
+        text=text,
+        status=status,
+        returned=returned,
+        per_message=blocks[0],
+        per_recipient=list(blocks[1:]),
         raw_parts=_split_parts(content, msg),
     )
 

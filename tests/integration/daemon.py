@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import trustme
+
+from tests.polling import wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -108,12 +109,17 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``smtprelay ARGS -c CONFIG`` and return the finished process."""
         return subprocess.run(
             [sys.executable, "-m", "smtprelay", *args, "-c", str(self.config)],
-            input=input, capture_output=True, text=True, check=check, timeout=60,
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
         )
 
     def start(self, timeout: float = 20.0) -> Daemon:
@@ -126,21 +132,29 @@ class Daemon:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "smtprelay", "serve", "-c", str(self.config)],
-                stdout=log, stderr=log, cwd=self.workdir,
+                stdout=log,
+                stderr=log,
+                cwd=self.workdir,
                 env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
             )
             log.close()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"smtprelay exited {self.proc.returncode}:\n{self.log()}")
-                try:
+            proc = self.proc
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"smtprelay exited {proc.returncode}:\n{self.log()}")
+                try:  # the receive timeout paces the polling
                     message = notify.recv(4096).decode()
                 except TimeoutError:
-                    continue
+                    return False
                 self.notifications.append(message)
-                if "READY=1" in message.splitlines():
-                    return self
+                return "READY=1" in message.splitlines()
+
+            try:
+                wait_until(ready, timeout, "READY=1", interval=0)
+                return self
+            except AssertionError:
+                pass
         self.kill()
         raise RuntimeError(f"smtprelay did not become ready:\n{self.log()}")
 
@@ -155,13 +169,14 @@ class Daemon:
         assert self.proc is not None
         seen = self.log().count("reload")
         self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def outcome() -> str | None:
             lines = [line for line in self.log().splitlines() if "reload" in line]
-            if len(lines) > seen:
-                return lines[-1]
-            time.sleep(0.05)
-        raise AssertionError(f"no reload outcome logged:\n{self.log()[-2000:]}")
+            return lines[-1] if len(lines) > seen else None
+
+        return wait_until(
+            outcome, timeout, lambda: f"a reload outcome logged:\n{self.log()[-2000:]}"
+        )
 
     def log(self) -> str:
         try:
@@ -202,4 +217,7 @@ class Daemon:
         return self.message_file(qid).read_bytes().split(b"\n", 1)[1]
 
     def envelope(self, qid: str) -> dict[str, Any]:
-        return json.loads(self.message_file(qid).read_bytes().split(b"\n", 1)[0])
+        envelope: dict[str, Any] = json.loads(
+            self.message_file(qid).read_bytes().split(b"\n", 1)[0]
+        )
+        return envelope

@@ -38,8 +38,15 @@ def sink_port() -> int:
 @pytest.fixture
 def sink_cert(ca: trustme.CA) -> trustme.LeafCert:
     return ca.issue_cert(
-        "mx1.dest.test", "mx2.dest.test", "mx.other.test", "localhost",
-        MX1, MX2, MX3, DOWN, "::1",
+        "mx1.dest.test",
+        "mx2.dest.test",
+        "mx.other.test",
+        "localhost",
+        MX1,
+        MX2,
+        MX3,
+        DOWN,
+        "::1",
     )
 
 
@@ -95,8 +102,9 @@ def delivering_relay(
 ) -> Callable[..., Daemon]:
     """``delivering_relay(delivery={...}, **sections)``: a daemon delivering by MX (by default)."""
 
-    def start(name: str = "relay", delivery: dict[str, Any] | None = None,
-              **sections: dict[str, Any]) -> Daemon:
+    def start(
+        name: str = "relay", delivery: dict[str, Any] | None = None, **sections: dict[str, Any]
+    ) -> Daemon:
         overrides: dict[str, dict[str, Any]] = {"delivery": delivery_config(**(delivery or {}))}
         overrides.update(sections)
         return make_daemon(name=name, overrides=overrides)

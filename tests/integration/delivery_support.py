@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.inbound_support import line, qid_of
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 # Loopback addresses of the receiving servers; DOWN has no listener unless a test
 # puts a misbehaving one there.
 MX1, MX2, MX3, DOWN = "127.0.0.2", "127.0.0.3", "127.0.0.5", "127.0.0.4"
 SENDER = "app@sender.test"
-QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 DELIVERY = re.compile(
     r"smtprelay/smtp\[\d+\]: (?P<qid>[0-9A-Za-z]+): to=<(?P<to>[^>]*)>, "
     r"relay=(?P<relay>\S+), delay=(?P<delay>[\d.]+), delays=(?P<delays>[\d./]+), "
@@ -64,8 +65,13 @@ def make_message(tag: str | int, *, sender: str = SENDER, extra: str = "") -> by
     ).encode()
 
 
-def send(client: smtplib.SMTP, recipients: list[str], data: bytes, sender: str = SENDER,
-         mail_options: tuple[str, ...] = ()) -> str:
+def send(
+    client: smtplib.SMTP,
+    recipients: list[str],
+    data: bytes,
+    sender: str = SENDER,
+    mail_options: tuple[str, ...] = (),
+) -> str:
     """One transaction on an open connection; returns the queue ID from the 250 reply."""
     code, reply = client.mail(sender, list(mail_options))
     assert code == 250, reply
@@ -74,9 +80,7 @@ def send(client: smtplib.SMTP, recipients: list[str], data: bytes, sender: str =
         assert code == 250, (rcpt, reply)
     code, reply = client.data(data)
     assert code == 250, reply
-    match = QUEUED.search(reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(line(code, reply))
 
 
 def submit(daemon: Daemon, recipients: list[str], data: bytes, sender: str = SENDER) -> str:
@@ -88,14 +92,23 @@ def submit(daemon: Daemon, recipients: list[str], data: bytes, sender: str = SEN
 # --- observing -----------------------------------------------------------------------------
 
 
-def deliveries(daemon: Daemon, qid: str | None = None, to: str | None = None
-               ) -> list[LogDelivery]:
+def deliveries(daemon: Daemon, qid: str | None = None, to: str | None = None) -> list[LogDelivery]:
     """The ``QID: to=<...>, relay=..., status=...`` lines of the daemon log, in order."""
     found = []
     for m in DELIVERY.finditer(daemon.log()):
         if (qid is None or m["qid"] == qid) and (to is None or m["to"] == to):
-            found.append(LogDelivery(m["qid"], m["to"], m["relay"], float(m["delay"]),
-                                     m["delays"], m["dsn"], m["status"], m["reply"]))
+            found.append(
+                LogDelivery(
+                    m["qid"],
+                    m["to"],
+                    m["relay"],
+                    float(m["delay"]),
+                    m["delays"],
+                    m["dsn"],
+                    m["status"],
+                    m["reply"],
+                )
+            )
     return found
 
 
@@ -104,30 +117,36 @@ def statuses(daemon: Daemon, qid: str, to: str) -> list[str]:
 
 
 def removed(daemon: Daemon, qid: str) -> bool:
-    return re.search(rf"smtprelay/qmgr\[\d+\]: {qid}: removed$", daemon.log(),
-                     re.MULTILINE) is not None
+    return (
+        re.search(rf"smtprelay/qmgr\[\d+\]: {qid}: removed$", daemon.log(), re.MULTILINE)
+        is not None
+    )
 
 
 def wait_removed(daemon: Daemon, qid: str, timeout: float = 20.0) -> None:
-    wait_until(lambda: removed(daemon, qid), timeout,
-               lambda: f"{qid}: removed\n{daemon.log()}")
+    wait_until(lambda: removed(daemon, qid), timeout, lambda: f"{qid}: removed\n{daemon.log()}")
     assert qid not in daemon.queued_ids()
 
 
-def wait_status(daemon: Daemon, qid: str, to: str, status: str, count: int = 1,
-                timeout: float = 20.0) -> list[LogDelivery]:
+def wait_status(
+    daemon: Daemon, qid: str, to: str, status: str, count: int = 1, timeout: float = 20.0
+) -> list[LogDelivery]:
     """Wait for ``count`` delivery lines with ``status`` for ``to``; return them."""
 
     def seen() -> list[LogDelivery]:
         return [d for d in deliveries(daemon, qid, to) if d.status == status]
 
-    wait_until(lambda: len(seen()) >= count, timeout,
-               lambda: f"{count}x {qid}: to=<{to}> status={status}\n{daemon.log()}")
+    wait_until(
+        lambda: len(seen()) >= count,
+        timeout,
+        lambda: f"{count}x {qid}: to=<{to}> status={status}\n{daemon.log()}",
+    )
     return seen()
 
 
-def envelope_when(daemon: Daemon, qid: str, predicate: Callable[[dict[str, Any]], bool],
-                  timeout: float = 10.0) -> dict[str, Any]:
+def envelope_when(
+    daemon: Daemon, qid: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
     """Poll the spooled envelope JSON until ``predicate`` holds; return it."""
     holder: list[dict[str, Any]] = []
 
@@ -141,8 +160,7 @@ def envelope_when(daemon: Daemon, qid: str, predicate: Callable[[dict[str, Any]]
             return True
         return False
 
-    wait_until(check, timeout,
-               lambda: f"envelope of {qid} in the expected state\n{daemon.log()}")
+    wait_until(check, timeout, lambda: f"envelope of {qid} in the expected state\n{daemon.log()}")
     return holder[0]
 
 
@@ -155,8 +173,9 @@ def relay_of(name: str, ip: str, port: int) -> str:
     return f"{name}[{ip}]:{port}"
 
 
-def assert_delivered_intact(sink: Sink, qid: str, data: bytes, recipients: list[str],
-                            sender: str = SENDER) -> None:
+def assert_delivered_intact(
+    sink: Sink, qid: str, data: bytes, recipients: list[str], sender: str = SENDER
+) -> None:
     """The sink got exactly one copy for these recipients: Received: + the exact bytes."""
     copies = [m for m in sink.messages if m.body() == data]
     assert len(copies) == 1, f"{len(copies)} copies of {qid} at {sink.host}"
@@ -165,5 +184,6 @@ def assert_delivered_intact(sink: Sink, qid: str, data: bytes, recipients: list[
     assert copy.mail_from == sender
     first = copy.content.split(b"\r\n", 2)
     assert first[0].startswith(b"Received: from client.test (unknown [127.0.0.1])"), first
-    assert re.fullmatch(rf"\tby relay\.test \(smtprelay\) with \w+ id {qid};?".encode(),
-                        first[1]), first
+    assert re.fullmatch(
+        rf"\tby relay\.test \(smtprelay\) with \w+ id {qid};?".encode(), first[1]
+    ), first

@@ -114,7 +114,9 @@ class Zone:
     def _soa(name: str) -> RR:
         zone = name.split(".")[-1] + "." if name else "."
         return RR(
-            DNSLabel(zone), QTYPE.SOA, ttl=TTL,
+            DNSLabel(zone),
+            QTYPE.SOA,
+            ttl=TTL,
             rdata=SOA("ns.test.", "hostmaster.test.", (1, 60, 60, 60, TTL)),
         )
 
@@ -156,8 +158,7 @@ class TestDNSServer:
             try:
                 for tcp in (False, True):
                     servers.append(
-                        DNSServer(self.zone, address=LOOPBACK, port=port, tcp=tcp,
-                                  logger=_Quiet())
+                        DNSServer(self.zone, address=LOOPBACK, port=port, tcp=tcp, logger=_Quiet())
                     )
             except OSError as e:
                 for server in servers:
@@ -168,8 +169,10 @@ class TestDNSServer:
             for server in servers:
                 # A short poll interval: shutdown() waits up to one interval.
                 server.thread = threading.Thread(
-                    target=server.server.serve_forever, kwargs={"poll_interval": 0.05},
-                    name=f"dns {'tcp' if server is servers[1] else 'udp'}", daemon=True,
+                    target=server.server.serve_forever,
+                    kwargs={"poll_interval": 0.05},
+                    name=f"dns {'tcp' if server is servers[1] else 'udp'}",
+                    daemon=True,
                 )
                 server.thread.start()
             return self

@@ -14,8 +14,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.polling import wait_until
 
 POSTFIX = "/usr/sbin/postfix"
 
@@ -107,13 +108,17 @@ class PostfixPeer:
         done = self._postfix("start")
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr}\n{self.log()}")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             with socket.socket() as probe:
                 probe.settimeout(1)
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.1)
+                return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+        try:
+            wait_until(listening, 20, "postfix listening", interval=0.1)
+            return self
+        except AssertionError:
+            pass
         self.stop()
         raise RuntimeError(f"postfix did not listen on 127.0.0.1:{self.port}\n{self.log()}")
 

@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,7 +251,7 @@ class Sink:
                 self._rcpt_script[address.lower()] = _Scripted(reply, times)
 
     def on_connect(self, action: str | None, times: int | None = None) -> None:
-        """"hang", "drop", a greeting reply like "421 4.3.2 busy", or None (normal)."""
+        """ "hang", "drop", a greeting reply like "421 4.3.2 busy", or None (normal)."""
         with self._lock:
             self._connect_script = None if action is None else _Scripted(action, times)
 
@@ -430,21 +430,3 @@ class Sink:
         finally:
             with self._lock:
                 self.in_data_now -= 1
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str | Callable[[], str] = "") -> None:
-    """Poll ``predicate`` every 20 ms until true; fail after ``timeout`` seconds.
-
-    ``what`` describes the wait in the failure message; a callable is called only then
-    (e.g. to show a log as it is at the time of the failure).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    if predicate():
-        return
-    text = what() if callable(what) else what
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {text or predicate}")

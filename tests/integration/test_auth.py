@@ -17,7 +17,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     HELO,
     PASSWORD,
     RECIPIENT,
@@ -109,6 +109,7 @@ def test_no_users_means_no_auth(make_daemon: Callable[..., Daemon]) -> None:
         assert_reply(raw.cmd(f"AUTH PLAIN {PLAIN_BLOB}"), replies.AUTH_UNAVAILABLE)
 
 
+@pytest.mark.slow
 def test_wrong_password(make_daemon: Callable[..., Daemon]) -> None:
     # Failed attempts are slowed down per client (0.5 s more each): two failures only.
     relay = make_daemon(users={USER: PASSWORD})
@@ -132,14 +133,25 @@ def test_wrong_password(make_daemon: Callable[..., Daemon]) -> None:
         client.user, client.password = USER, PASSWORD
         code, text = client.auth("PLAIN", client.auth_plain)
         assert_reply(line(code, text), replies.AUTH_OK)
-    assert_log(relay, r"warning: unknown\[127\.0\.0\.1\]: SASL PLAIN authentication failed: "
-               r"authentication failure, sasl_username=app1$")
-    assert_log(relay, r"warning: unknown\[127\.0\.0\.1\]: SASL LOGIN authentication failed: "
-               r"authentication failure, sasl_username=nobody$")
+    assert_log(
+        relay,
+        r"warning: unknown\[127\.0\.0\.1\]: SASL PLAIN authentication failed: "
+        r"authentication failure, sasl_username=app1$",
+    )
+    assert_log(
+        relay,
+        r"warning: unknown\[127\.0\.0\.1\]: SASL LOGIN authentication failed: "
+        r"authentication failure, sasl_username=nobody$",
+    )
     log = relay.log()
     plain_blob = base64.b64encode(f"\0{USER}\0{wrong}".encode()).decode()
-    for secret in (wrong, PASSWORD, base64.b64encode(wrong.encode()).decode(), plain_blob,
-                   PLAIN_BLOB):
+    for secret in (
+        wrong,
+        PASSWORD,
+        base64.b64encode(wrong.encode()).decode(),
+        plain_blob,
+        PLAIN_BLOB,
+    ):
         assert secret not in log
 
 
@@ -166,8 +178,10 @@ def test_relay_denied_from_untrusted_network(untrusted: Daemon) -> None:
         raw.ehlo("pc")
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
         reply = raw.cmd("RCPT TO:<x@example.org>")
-        assert reply == f"{replies.RELAY_DENIED.code} {replies.RELAY_DENIED.enhanced} " \
-                        f"<x@example.org>: {replies.RELAY_DENIED.text}"
+        assert (
+            reply == f"{replies.RELAY_DENIED.code} {replies.RELAY_DENIED.enhanced} "
+            f"<x@example.org>: {replies.RELAY_DENIED.text}"
+        )
         assert_reply(raw.cmd("DATA"), replies.NEED_RCPT)
         # TLS alone grants nothing
         raw.starttls(client_context(relay))
@@ -187,8 +201,11 @@ def test_relay_denied_from_untrusted_network(untrusted: Daemon) -> None:
 def test_relay_allowed_after_auth_from_untrusted_network(untrusted: Daemon) -> None:
     relay = untrusted
     with authenticated(relay) as client:
-        qid = submit(client, b"Subject: authenticated relay\r\n\r\nbody\r\n",
-                     recipients=("x@example.org", RECIPIENT))
+        qid = submit(
+            client,
+            b"Subject: authenticated relay\r\n\r\nbody\r\n",
+            recipients=("x@example.org", RECIPIENT),
+        )
     envelope = relay.envelope(qid)
     assert envelope["client"]["auth_user"] == USER
     assert [r["address"] for r in envelope["recipients"]] == ["x@example.org", RECIPIENT]
@@ -202,8 +219,9 @@ def test_relay_allowed_after_auth_from_untrusted_network(untrusted: Daemon) -> N
 def test_implicit_tls_auth_relays_from_untrusted_network(untrusted: Daemon) -> None:
     relay = untrusted
     assert relay.tls_port
-    with smtplib.SMTP_SSL(LOOPBACK, relay.tls_port, local_hostname=HELO,
-                          context=client_context(relay), timeout=15) as client:
+    with smtplib.SMTP_SSL(
+        LOOPBACK, relay.tls_port, local_hostname=HELO, context=client_context(relay), timeout=15
+    ) as client:
         client.ehlo()
         client.mail(SENDER)
         code, text = client.rcpt(RECIPIENT)
@@ -220,8 +238,9 @@ def test_implicit_tls_auth_relays_from_untrusted_network(untrusted: Daemon) -> N
 def from_address(relay: Daemon, source: str) -> smtplib.SMTP:
     """A STARTTLS session from ``source`` (any 127.0.0.0/8 address is ours on loopback;
     each is a client of its own for the AUTH slow-down)."""
-    client = smtplib.SMTP(LOOPBACK, relay.port, local_hostname=HELO, timeout=30,
-                          source_address=(source, 0))
+    client = smtplib.SMTP(
+        LOOPBACK, relay.port, local_hostname=HELO, timeout=30, source_address=(source, 0)
+    )
     client.ehlo()
     client.starttls(context=client_context(relay))
     client.ehlo()
@@ -235,9 +254,12 @@ def auth_plain(client: smtplib.SMTP, user: str, password: str) -> str:
 
 
 def users_file(relay: Daemon, users: dict[str, str], rounds: int) -> None:
-    relay.users_file.write_text("".join(
-        f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds)).decode()}\n"
-        for name, pw in users.items()))
+    relay.users_file.write_text(
+        "".join(
+            f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds)).decode()}\n"
+            for name, pw in users.items()
+        )
+    )
 
 
 def test_unknown_and_existing_users_take_the_same_time(
@@ -260,8 +282,9 @@ def test_unknown_and_existing_users_take_the_same_time(
                 took[kind].append(time.perf_counter() - start)
             assert_reply(reply, replies.AUTH_FAILED)
     known, unknown = (statistics.median(took[k]) for k in ("known", "unknown"))
-    print(f"median AUTH reply: known user {known * 1000:.1f} ms, "
-          f"unknown user {unknown * 1000:.1f} ms")
+    print(
+        f"median AUTH reply: known user {known * 1000:.1f} ms, unknown user {unknown * 1000:.1f} ms"
+    )
     assert 0.5 < unknown / known < 2.0, took
     # and each kind is as often the faster one: no systematic gap hides under the medians
     faster = sum(u < k for u, k in zip(took["unknown"], took["known"], strict=True))
@@ -276,8 +299,11 @@ def test_long_passwords_from_htpasswd_and_user_add_log_in(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     relay = make_daemon(users={"cli-user": LONG}, overrides=UNTRUSTED)
-    subprocess.run(["htpasswd", "-B", "-b", str(relay.users_file), "ht-user", LONG],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["htpasswd", "-B", "-b", str(relay.users_file), "ht-user", LONG],
+        check=True,
+        capture_output=True,
+    )
     assert relay.users_file.read_text().count("\n") == 2
     mark = log_mark(relay)
     for n, user in enumerate(("cli-user", "ht-user")):
@@ -299,6 +325,7 @@ def test_long_passwords_from_htpasswd_and_user_add_log_in(
     assert "Traceback" not in log and "internal error" not in log and " 451 " not in log
 
 
+@pytest.mark.slow
 def test_parallel_wrong_passwords_from_one_address_are_slowed_together(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -345,8 +372,9 @@ def test_parallel_wrong_passwords_from_one_address_are_slowed_together(
     for client in [*clients, single]:
         client.close()
     parallel, single_count = len(replies_at["parallel"]), len(replies_at["single"])
-    print(f"in {window} s: 8 sessions from one address {parallel} answers, "
-          f"one session {single_count}")
+    print(
+        f"in {window} s: 8 sessions from one address {parallel} answers, one session {single_count}"
+    )
     assert single_count >= 3
     assert parallel <= single_count + 1  # one session's rate, not eight times it
     later = replies_at["parallel"][3:]
@@ -356,7 +384,8 @@ def test_parallel_wrong_passwords_from_one_address_are_slowed_together(
 
 
 def test_authenticated_header_names_the_user_only_when_asked(
-    make_daemon: Callable[..., Daemon], untrusted: Daemon,
+    make_daemon: Callable[..., Daemon],
+    untrusted: Daemon,
 ) -> None:
     with authenticated(untrusted) as client:
         quiet = submit(client, b"Subject: default\r\n\r\nbody\r\n")
@@ -364,8 +393,9 @@ def test_authenticated_header_names_the_user_only_when_asked(
     assert b"Authenticated sender" not in received and USER.encode() not in received
     assert b" with ESMTPSA id " in received  # that AUTH was used stays visible (RFC 3848)
 
-    relay = make_daemon(users={USER: PASSWORD},
-                        overrides={**UNTRUSTED, "auth": {"authenticated_header": True}})
+    relay = make_daemon(
+        users={USER: PASSWORD}, overrides={**UNTRUSTED, "auth": {"authenticated_header": True}}
+    )
     with authenticated(relay) as client:
         named = submit(client, b"Subject: header on\r\n\r\nbody\r\n")
     received, _ = split_received(relay.message(named))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from email.message import Message
 
 import pytest
 from flufl.bounce import scan_message
@@ -53,7 +54,9 @@ DEFAULT_FROM = "Mail Delivery System <MAILER-DAEMON@relay.test>"
 
 
 def test_failure_dsn_structure_fields_and_flufl(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """One message, four recipients on two destinations: one accepted, three refused by
     the remote servers in the same attempt. One DSN covers the three, with every field
@@ -69,8 +72,12 @@ def test_failure_dsn_structure_fields_and_flufl(
     relay = delivering_relay()
     data = message("structure")
     before = time.time()
-    qid = submit(relay, {ok: [], bad1: ["ORCPT=rfc822;bad1@dest.test"], bad2: [], bad3: []},
-                 data, mail_options=["ENVID=structure-envid"])
+    qid = submit(
+        relay,
+        {ok: [], bad1: ["ORCPT=rfc822;bad1@dest.test"], bad2: [], bad3: []},
+        data,
+        mail_options=["ENVID=structure-envid"],
+    )
     after = time.time()
 
     wait_removed(relay, qid)
@@ -119,6 +126,7 @@ def test_failure_dsn_structure_fields_and_flufl(
     returned = report.returned_body()
     assert returned.startswith(b"Received: ") and returned.endswith(data)
     inner = report.returned.get_payload(0)
+    assert isinstance(inner, Message)
     assert inner["Message-ID"] == "<structure@sender.test>"
     assert inner["Subject"] == "bounce test structure"
 
@@ -143,7 +151,9 @@ def test_failure_dsn_structure_fields_and_flufl(
 
 
 def test_recipients_failing_at_different_attempts(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """A recipient refused at once and another refused only at a later attempt: one DSN
     per event, each about the recipients that failed then (none repeated)."""
@@ -176,7 +186,10 @@ def test_recipients_failing_at_different_attempts(
 
 @pytest.mark.parametrize("ret", ["FULL", "HDRS"])
 def test_ret_and_orcpt(
-    ret: str, dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    ret: str,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """RET=FULL returns the message, RET=HDRS its header section as text/rfc822-headers.
     ORCPT is reported as Original-Recipient, xtext-decoded; a bounce processor keys on
@@ -186,9 +199,15 @@ def test_ret_and_orcpt(
     dest.rcpt_reply(alias, "550 5.1.1 No such user")
     relay = delivering_relay()
     data = message(f"ret-{ret}", body="A body line that must not come back with HDRS.\r\n")
-    qid = submit(relay, {plus: ["ORCPT=rfc822;bob+2Btag@dest.test"],
-                         alias: ["ORCPT=rfc822;list-member@sender.test"]},
-                 data, mail_options=[f"RET={ret}"])
+    qid = submit(
+        relay,
+        {
+            plus: ["ORCPT=rfc822;bob+2Btag@dest.test"],
+            alias: ["ORCPT=rfc822;list-member@sender.test"],
+        },
+        data,
+        mail_options=[f"RET={ret}"],
+    )
     wait_removed(relay, qid)
     wait_queue_empty(relay)
     (notice,) = notices_at(mailbox)
@@ -214,7 +233,9 @@ def test_ret_and_orcpt(
 
 
 def test_oversized_original_is_returned_as_headers(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """Above [bounce] max_return_size only the header section comes back, and the
     text says why."""
@@ -234,7 +255,9 @@ def test_oversized_original_is_returned_as_headers(
 
 
 def test_notify_never_sends_nothing(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """NOTIFY=NEVER: no DSN for that recipient; a recipient of the same message who did
     not say NEVER still gets reported, alone."""
@@ -260,7 +283,10 @@ def test_notify_never_sends_nothing(
 
 
 def test_notify_success_to_a_server_without_dsn_gives_relayed(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory, sink_port: int,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
+    sink_port: int,
 ) -> None:
     """NOTIFY=SUCCESS to a next hop that does not speak DSN (aiosmtpd): the relay says
     so with Action: relayed (RFC 3461 section 4.2), headers only. NOTIFY=SUCCESS alone
@@ -269,8 +295,15 @@ def test_notify_success_to_a_server_without_dsn_gives_relayed(
     dest.rcpt_reply(refused, "550 5.1.1 No such user")
     relay = delivering_relay()
     data = message("success")
-    qid = submit(relay, {asked: ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;asked@dest.test"],
-                         silent: [], refused: ["NOTIFY=SUCCESS"]}, data)
+    qid = submit(
+        relay,
+        {
+            asked: ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;asked@dest.test"],
+            silent: [],
+            refused: ["NOTIFY=SUCCESS"],
+        },
+        data,
+    )
     wait_removed(relay, qid)
     wait_queue_empty(relay)
     assert len(dest.delivered_to(asked)) == 1
@@ -293,14 +326,18 @@ def test_notify_success_to_a_server_without_dsn_gives_relayed(
 
 
 def test_notify_admin_gets_a_copy_of_failure_notices(
-    dest: Sink, mailbox: Sink, admin: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    admin: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """[bounce] notify_admin: the same failure notice goes to the admin too (success
     reports do not); [bounce] sender is the From: of notices."""
     bad, ok = "bad@dest.test", "ok@dest.test"
     dest.rcpt_reply(bad, "550 5.1.1 No such user")
-    relay = delivering_relay(bounce={"notify_admin": ADMIN,
-                                     "sender": "Relay Bounces <bounces@relay.test>"})
+    relay = delivering_relay(
+        bounce={"notify_admin": ADMIN, "sender": "Relay Bounces <bounces@relay.test>"}
+    )
     qid = submit(relay, {bad: [], ok: ["NOTIFY=SUCCESS"]}, message("admin-copy"))
     wait_removed(relay, qid)
     wait_queue_empty(relay)
@@ -326,14 +363,18 @@ def test_notify_admin_gets_a_copy_of_failure_notices(
 
 
 def test_bounce_disabled_sends_nothing(
-    dest: Sink, mailbox: Sink, admin: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    admin: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """[bounce] enabled = false: no notice of any kind, to anyone; the failure is still
     logged and the message removed."""
     bad, ok = "bad@dest.test", "ok@dest.test"
     dest.rcpt_reply(bad, "550 5.1.1 No such user")
-    relay = delivering_relay(bounce={"enabled": False, "notify_admin": ADMIN,
-                                     "postmaster": POSTMASTER})
+    relay = delivering_relay(
+        bounce={"enabled": False, "notify_admin": ADMIN, "postmaster": POSTMASTER}
+    )
     qid = submit(relay, {bad: [], ok: ["NOTIFY=SUCCESS,FAILURE"]}, message("disabled"))
     null = submit(relay, [bad], message("disabled-null", sender=""), sender="")
     wait_removed(relay, qid)
@@ -347,7 +388,9 @@ def test_bounce_disabled_sends_nothing(
 
 
 def test_arrival_date_is_the_queue_arrival(
-    dest: Sink, mailbox: Sink, delivering_relay: RelayFactory,
+    dest: Sink,
+    mailbox: Sink,
+    delivering_relay: RelayFactory,
 ) -> None:
     """Arrival-Date is when the relay accepted the message, Last-Attempt-Date when it
     gave up: with a retry in between, they differ by about the retry interval."""

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.inbound_support import line, qid_of
 
 CLIENTS = 16
 MESSAGES = 2000
 KILL_AFTER = 800  # acknowledgements before the kill
-QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
 
 
 def body(n: int) -> bytes:
@@ -56,7 +56,7 @@ class Sender:
                     client.rcpt("sink@example.net")
                     code, reply = client.data(body(n))
                     assert code == 250, reply
-                    qid = QUEUED.search(reply.decode()).group(1)  # type: ignore[union-attr]
+                    qid = qid_of(line(code, reply))
                     with self.lock:
                         self.acked[n] = qid
                         self.in_flight.discard(n)
@@ -130,6 +130,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(make_daemon: Callable[...,
     assert set(counts) == set(range(MESSAGES))
 
 
+@pytest.mark.slow
 def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> None:
     """Leftovers of an interrupted commit are cleaned up; a good message stays queued."""
     daemon = make_daemon()
@@ -147,7 +148,9 @@ def test_restart_recovers_partial_files(make_daemon: Callable[..., Daemon]) -> N
     assert daemon.queued_ids() == [good]
     assert sorted(p.name for p in queue.iterdir()) == [f"{good}.msg"]
     assert sorted(p.name for p in (daemon.spool / "corrupt").iterdir()) == [
-        "1K17TWEWEZ4Y4.msg", "1K17TWEWEZ4Y5.msg"]
+        "1K17TWEWEZ4Y4.msg",
+        "1K17TWEWEZ4Y5.msg",
+    ]
     assert "1K17TWEWEZ4Y5: spool file quarantined to corrupt/: message data is" in daemon.log()
     assert "1K17TWEWEZ4Y4: spool file quarantined to corrupt/: unreadable" in daemon.log()
 

@@ -17,7 +17,8 @@ from tests.integration.delivery_support import (
     wait_removed,
 )
 from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
@@ -40,7 +41,9 @@ def one_mx(dns: TestDNSServer) -> None:
 
 
 def test_connection_reuse(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     """N messages to one destination arrive over fewer than N connections."""
     one_mx(dns)
@@ -60,7 +63,9 @@ def test_connection_reuse(
 
 
 def test_per_destination_limit_is_never_exceeded(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     one_mx(dns)
     limit = 3
@@ -79,7 +84,9 @@ def test_per_destination_limit_is_never_exceeded(
 
 
 def test_connection_closed_by_the_server_while_idle_is_replaced(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     """The server drops an idle kept-open connection (its own idle timeout, 421): the
     next message opens a new connection and is delivered at its first attempt."""

@@ -42,7 +42,9 @@ def two_mx(dns: TestDNSServer, first_ip: str = MX1) -> None:
 
 
 def test_mx_preference_lowest_first(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     two_mx(dns)
@@ -67,8 +69,11 @@ def test_mx_preference_lowest_first(
 
 @pytest.mark.parametrize("failure", ["refused", "hang", "drop", "421"])
 def test_fallback_to_second_mx_when_first_is_down(
-    failure: str, dns: TestDNSServer, make_sink: Callable[..., Sink],
-    delivering_relay: Callable[..., Daemon], sink_port: int,
+    failure: str,
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
+    sink_port: int,
 ) -> None:
     """refused: nothing listens; hang: TCP accepted, no greeting (command timeout 3 s);
     drop: greeting, then the connection closes at EHLO; 421: the greeting is 421."""
@@ -92,7 +97,9 @@ def test_fallback_to_second_mx_when_first_is_down(
 
 
 def test_implicit_mx_uses_the_domain_address(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     dns.zone.a("implicit.test", MX2)  # no MX records at all: the domain is its own MX
@@ -107,7 +114,9 @@ def test_implicit_mx_uses_the_domain_address(
 
 
 def test_mx_with_only_an_ipv6_address(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     dns.zone.mx("six.test", 10, "mx6.six.test")
@@ -123,7 +132,9 @@ def test_mx_with_only_an_ipv6_address(
 
 
 def test_null_mx_bounces_without_connecting(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     dns.zone.null_mx("nomail.test")
     dns.zone.a("nomail.test", MX1)  # an address exists, but null MX says: no mail here
@@ -138,7 +149,9 @@ def test_null_mx_bounces_without_connecting(
 
 
 def test_nxdomain_bounces(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     """One message, a good domain and one that does not exist: one sent, one bounced."""
@@ -160,7 +173,9 @@ def test_nxdomain_bounces(
 
 
 def test_servfail_defers_then_delivers_when_dns_recovers(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     dns.zone.mx("dest.test", 10, "mx1.dest.test")
@@ -191,7 +206,9 @@ def test_servfail_defers_then_delivers_when_dns_recovers(
 
 
 def test_route_overrides_mx(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     """[delivery.routes] sends a domain to a fixed host:port whatever its MX says."""
@@ -211,7 +228,9 @@ def test_route_overrides_mx(
 
 
 def test_mx_pointing_at_this_relay_uses_only_better_mxs(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     """RFC 5321 5.1: the relay (hostname relay.test) is an MX of loop.test, so only
@@ -237,7 +256,9 @@ def test_mx_pointing_at_this_relay_uses_only_better_mxs(
 
 
 def test_internationalised_domain_is_looked_up_by_its_a_label(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
     sink_port: int,
 ) -> None:
     dns.zone.mx("xn--bcher-kva.test", 10, "mx1.dest.test")  # bücher.test

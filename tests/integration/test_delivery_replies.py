@@ -27,7 +27,8 @@ from tests.integration.delivery_support import (
     wait_status,
 )
 from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
@@ -43,7 +44,10 @@ def dest(dns: TestDNSServer) -> str:
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
 def test_partial_recipient_failure_in_one_transaction(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory, sink_port: int,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
+    sink_port: int,
     pipelining: bool,
 ) -> None:
     """250 / 450 / 550 to three RCPTs of one transaction: sent, deferred, bounced;
@@ -99,7 +103,9 @@ def test_partial_recipient_failure_in_one_transaction(
 
 
 def test_pipelined_transaction_with_every_recipient_refused(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
 ) -> None:
     """All RCPTs refused in a pipelined batch: the server refuses the DATA that came
     with them, nothing is sent, the recipients bounce, and the connection (reset) carries
@@ -121,7 +127,9 @@ def test_pipelined_transaction_with_every_recipient_refused(
 
 
 def test_temporary_failure_then_success_on_retry(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
 ) -> None:
     rcpt = "grey@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test")
@@ -141,7 +149,9 @@ def test_temporary_failure_then_success_on_retry(
 
 
 def test_expiry_after_max_queue_lifetime(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
 ) -> None:
     rcpt = "forever@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test")
@@ -160,14 +170,20 @@ def test_expiry_after_max_queue_lifetime(
     assert sink.messages == []
 
 
-@pytest.mark.parametrize(("failure", "dsn"), [
-    ("451 4.3.0 Queue file write error", "4.3.0"),
-    ("554 5.6.0 Message rejected as spam", "5.6.0"),
-    ("drop", "4.4.2"),
-    ("hang", "4.4.2"),
-])
+@pytest.mark.parametrize(
+    ("failure", "dsn"),
+    [
+        ("451 4.3.0 Queue file write error", "4.3.0"),
+        ("554 5.6.0 Message rejected as spam", "5.6.0"),
+        ("drop", "4.4.2"),
+        ("hang", "4.4.2"),
+    ],
+)
 def test_failure_at_the_final_dot(
-    failure: str, dsn: str, dest: str, make_sink: Callable[..., Sink],
+    failure: str,
+    dsn: str,
+    dest: str,
+    make_sink: Callable[..., Sink],
     delivering_relay: RelayFactory,
 ) -> None:
     """The server fails the first transaction after the data: a 4xx, or a dropped or
@@ -196,7 +212,10 @@ def test_failure_at_the_final_dot(
 
 
 def test_tls_required_without_starttls_defers(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory, sink_port: int,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
+    sink_port: int,
 ) -> None:
     rcpt = "secret@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test")  # no STARTTLS offered
@@ -218,7 +237,10 @@ def test_tls_required_without_starttls_defers(
 
 @pytest.mark.parametrize("policy", ["opportunistic", "required", "verify"])
 def test_starttls_is_used_when_offered(
-    policy: str, dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    policy: str,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
     sink_cert: trustme.LeafCert,
 ) -> None:
     rcpt = "tls@dest.test"
@@ -234,7 +256,10 @@ def test_starttls_is_used_when_offered(
 
 
 def test_tls_verify_with_a_certificate_for_another_name_defers(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory, ca: trustme.CA,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
+    ca: trustme.CA,
 ) -> None:
     rcpt = "verify@dest.test"
     wrong = ca.issue_cert("some-other-host.test")
@@ -249,7 +274,9 @@ def test_tls_verify_with_a_certificate_for_another_name_defers(
 
 
 def test_opportunistic_tls_handshake_failure_falls_back_to_plaintext(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
     sink_cert: trustme.LeafCert,
 ) -> None:
     """STARTTLS offered, but the handshake fails (the server speaks only TLS 1.0):
@@ -257,8 +284,9 @@ def test_opportunistic_tls_handshake_failure_falls_back_to_plaintext(
     import ssl
 
     rcpt = "fallback@dest.test"
-    sink = make_sink(MX1, name="mx1.dest.test", tls_cert=sink_cert,
-                     tls_max_version=ssl.TLSVersion.TLSv1)
+    sink = make_sink(
+        MX1, name="mx1.dest.test", tls_cert=sink_cert, tls_max_version=ssl.TLSVersion.TLSv1
+    )
     relay = delivering_relay()
     data = make_message("tls-fallback")
     qid = submit(relay, [rcpt], data)
@@ -271,7 +299,9 @@ def test_opportunistic_tls_handshake_failure_falls_back_to_plaintext(
 
 
 def test_opportunistic_tls_refused_by_454_continues_in_plaintext(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
     sink_cert: trustme.LeafCert,
 ) -> None:
     """STARTTLS advertised, but the command answered "454 TLS not available due to
@@ -291,7 +321,9 @@ def test_opportunistic_tls_refused_by_454_continues_in_plaintext(
 
 
 def test_message_too_big_for_the_next_hop_bounces_without_sending(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
 ) -> None:
     rcpt = "small@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test", size_limit=300)  # EHLO: SIZE 300
@@ -305,7 +337,9 @@ def test_message_too_big_for_the_next_hop_bounces_without_sending(
 
 
 def test_a_destination_marked_unreachable_defers_new_mail_never_bounces_it(
-    dest: str, make_sink: Callable[..., Sink], delivering_relay: RelayFactory,
+    dest: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: RelayFactory,
 ) -> None:
     """Three sessions in a row refused at the greeting (554) mark the destination
     unreachable for a while. Whatever becomes of those three messages, a new message
@@ -317,8 +351,9 @@ def test_a_destination_marked_unreachable_defers_new_mail_never_bounces_it(
 
     def first_result(rcpt: str, tag: str) -> LogDelivery:
         qid = submit(relay, [rcpt], make_message(tag))
-        wait_until(lambda: deliveries(relay, qid, rcpt), 10,
-                   lambda: f"a result for {qid}\n{relay.log()}")
+        wait_until(
+            lambda: deliveries(relay, qid, rcpt), 10, lambda: f"a result for {qid}\n{relay.log()}"
+        )
         return deliveries(relay, qid, rcpt)[0]
 
     for n in range(3):

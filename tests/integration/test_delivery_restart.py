@@ -31,13 +31,16 @@ from tests.integration.delivery_support import (
     wait_status,
 )
 from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
 
 def test_message_spooled_before_start_up_is_delivered(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], make_daemon: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    make_daemon: Callable[..., Daemon],
     delivery_config: Callable[..., dict[str, Any]],
 ) -> None:
     dns.zone.mx("dest.test", 10, "mx1.dest.test")
@@ -56,10 +59,13 @@ def test_message_spooled_before_start_up_is_delivered(
 
     # Second life: same spool, delivery by MX to a live server.
     sink = make_sink(MX1, name="mx1.dest.test")
-    second = make_daemon(name="second", overrides={
-        "spool": {"dir": str(first.spool)},
-        "delivery": delivery_config(),
-    })
+    second = make_daemon(
+        name="second",
+        overrides={
+            "spool": {"dir": str(first.spool)},
+            "delivery": delivery_config(),
+        },
+    )
     for qid, (rcpt, data) in sent.items():
         wait_removed(second, qid)
         assert statuses(second, qid, rcpt) == ["sent"]
@@ -77,7 +83,9 @@ RCPTS = ("alice@one.test", "bob@two.test")  # two destinations, one receiving ho
 
 @pytest.mark.slow
 def test_kill_9_during_delivery_loses_no_recipient(
-    dns: TestDNSServer, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
 ) -> None:
     for domain in ("one.test", "two.test"):
         dns.zone.mx(domain, 10, "mx.shared.test")
@@ -90,8 +98,9 @@ def test_kill_9_during_delivery_loses_no_recipient(
 
     def submitter() -> None:
         try:
-            with smtplib.SMTP(LOOPBACK, relay.port, local_hostname="client.test",
-                              timeout=30) as client:
+            with smtplib.SMTP(
+                LOOPBACK, relay.port, local_hostname="client.test", timeout=30
+            ) as client:
                 client.ehlo()
                 for n in range(KILL_MESSAGES):
                     acked[n] = send(client, list(RCPTS), bodies[n])
@@ -100,8 +109,9 @@ def test_kill_9_during_delivery_loses_no_recipient(
 
     thread = threading.Thread(target=submitter)
     thread.start()
-    wait_until(lambda: len(sink.messages) >= KILL_AFTER or not thread.is_alive(), 60,
-               "deliveries to start")
+    wait_until(
+        lambda: len(sink.messages) >= KILL_AFTER or not thread.is_alive(), 60, "deliveries to start"
+    )
     wait_until(lambda: len(sink.messages) >= KILL_AFTER, 60, f"{KILL_AFTER} deliveries")
     killed_at = time.monotonic()
     relay.kill()
@@ -112,8 +122,11 @@ def test_kill_9_during_delivery_loses_no_recipient(
 
     sink.data_delay = 0.0
     relay.start()
-    wait_until(lambda: relay.queued_ids() == [], 60,
-               lambda: f"the queue to empty ({len(relay.queued_ids())} left)\n{relay.log()}")
+    wait_until(
+        lambda: relay.queued_ids() == [],
+        60,
+        lambda: f"the queue to empty ({len(relay.queued_ids())} left)\n{relay.log()}",
+    )
 
     copies: Counter[tuple[int, str]] = Counter()
     first_copy_at: dict[tuple[int, str], float] = {}
@@ -131,8 +144,11 @@ def test_kill_9_during_delivery_loses_no_recipient(
     # by the sink just before the kill (its result not yet in the spool), never earlier.
     duplicates = {key: c for key, c in copies.items() if c > 1}
     assert all(c == 2 for c in duplicates.values()), duplicates
-    early = {key: round(killed_at - first_copy_at[key], 2) for key in duplicates
-             if first_copy_at[key] < killed_at - 1.0}
+    early = {
+        key: round(killed_at - first_copy_at[key], 2)
+        for key in duplicates
+        if first_copy_at[key] < killed_at - 1.0
+    }
     assert early == {}, f"delivered again though delivered long before the kill: {early}"
     # Every acknowledged recipient is logged as sent (in one life or the other).
     for qid in acked.values():
@@ -145,8 +161,11 @@ FOUND_TAG = re.compile(rb"\r\nX-Tag: (found|new)-(\d+)\r\n")
 
 
 def test_a_queue_found_at_start_is_loaded_while_serving_and_delivered_once(
-    tmp_path: Path, dns: TestDNSServer, make_sink: Callable[..., Sink],
-    make_daemon: Callable[..., Daemon], delivery_config: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    make_daemon: Callable[..., Daemon],
+    delivery_config: Callable[..., dict[str, Any]],
 ) -> None:
     """The envelopes of a queue found at start-up are read after READY=1, while new mail
     is accepted and delivered: every message, found or new, reaches the sink exactly
@@ -161,19 +180,28 @@ def test_a_queue_found_at_start_is_loaded_while_serving_and_delivered_once(
     try:
         for n in range(FOUND_MESSAGES):
             data = make_message(f"found-{n}")
-            spool.commit(Envelope(
-                qid=ids.new_id(), sender="app@example.com",
-                recipients=[Recipient(f"user{n % 7}@dest.test")],
-                client=Client("127.0.0.1", 40000, "fixture"), arrival=time.time(),
-                size=len(data), next_attempt=time.time()), data)
+            spool.commit(
+                Envelope(
+                    qid=ids.new_id(),
+                    sender="app@example.com",
+                    recipients=[Recipient(f"user{n % 7}@dest.test")],
+                    client=Client("127.0.0.1", 40000, "fixture"),
+                    arrival=time.time(),
+                    size=len(data),
+                    next_attempt=time.time(),
+                ),
+                data,
+            )
     finally:
         os.fsync = real_fsync
         spool.close()
-    relay = make_daemon(overrides={"spool": {"dir": str(spool_dir)},
-                                   "delivery": delivery_config()})
+    relay = make_daemon(overrides={"spool": {"dir": str(spool_dir)}, "delivery": delivery_config()})
     new = [submit(relay, ["late@dest.test"], make_message(f"new-{n}")) for n in range(3)]
-    wait_until(lambda: relay.queued_ids() == [] and "queued message(s) loaded" in relay.log(),
-               120, lambda: f"the queue to empty ({len(relay.queued_ids())} left)\n{relay.log()}")
+    wait_until(
+        lambda: relay.queued_ids() == [] and "queued message(s) loaded" in relay.log(),
+        120,
+        lambda: f"the queue to empty ({len(relay.queued_ids())} left)\n{relay.log()}",
+    )
     copies: Counter[tuple[bytes, int]] = Counter()
     for message in sink.messages:
         match = FOUND_TAG.search(message.content)

@@ -29,8 +29,12 @@ USER, PASSWORD = "relay-user", "s3cret smarthost pw"
 
 @pytest.mark.parametrize("first", ["down", "auth-rejected", "tls-refused"])
 def test_smarthost_auth_and_failover(
-    first: str, make_sink: Callable[..., Sink], delivering_relay: Callable[..., Daemon],
-    sink_port: int, sink_cert: trustme.LeafCert, tmp_path: Path,
+    first: str,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
+    sink_port: int,
+    sink_cert: trustme.LeafCert,
+    tmp_path: Path,
 ) -> None:
     """down: nothing listens on the first host; auth-rejected: it refuses our password
     (535); tls-refused: it does not offer STARTTLS, which a smarthost requires."""
@@ -38,19 +42,22 @@ def test_smarthost_auth_and_failover(
     password_file.write_text(PASSWORD + "\n")  # the trailing newline is not the password
     first_sink = None
     if first == "auth-rejected":
-        first_sink = make_sink(DOWN, tls_cert=sink_cert, auth=(USER, "another password"),
-                               auth_required=True)
+        first_sink = make_sink(
+            DOWN, tls_cert=sink_cert, auth=(USER, "another password"), auth_required=True
+        )
     elif first == "tls-refused":
         first_sink = make_sink(DOWN, auth=(USER, PASSWORD), auth_require_tls=False)
     second = make_sink(MX2, tls_cert=sink_cert, auth=(USER, PASSWORD), auth_required=True)
     relay = delivering_relay(
         delivery={"mode": "smarthost"},
-        **{"delivery.smarthost": {
-            "hosts": [f"{DOWN}:{sink_port}", f"{MX2}:{sink_port}"],
-            "tls": "starttls",
-            "username": USER,
-            "password_file": str(password_file),
-        }},
+        **{
+            "delivery.smarthost": {
+                "hosts": [f"{DOWN}:{sink_port}", f"{MX2}:{sink_port}"],
+                "tls": "starttls",
+                "username": USER,
+                "password_file": str(password_file),
+            }
+        },
     )
     data = make_message(f"smarthost-{first}")
     rcpts = ["x@anywhere.test", "y@elsewhere.test"]
@@ -78,24 +85,35 @@ def test_smarthost_auth_and_failover(
 
 
 def test_smarthost_by_name_verified_and_failover_past_an_unknown_name(
-    dns: TestDNSServer, make_sink: Callable[..., Sink],
-    delivering_relay: Callable[..., Daemon], sink_port: int, ca: trustme.CA, tmp_path: Path,
+    dns: TestDNSServer,
+    make_sink: Callable[..., Sink],
+    delivering_relay: Callable[..., Daemon],
+    sink_port: int,
+    ca: trustme.CA,
+    tmp_path: Path,
 ) -> None:
     """Smarthosts named by host name: the first does not exist (NXDOMAIN), the second is
     found in DNS and its certificate is verified against that name."""
     dns.zone.a("smtp.provider.test", MX2)
     password_file = tmp_path / "smarthost.pw"
     password_file.write_text(PASSWORD)
-    sink = make_sink(MX2, name="smtp.provider.test", tls_cert=ca.issue_cert("smtp.provider.test"),
-                     auth=(USER, PASSWORD), auth_required=True)
+    sink = make_sink(
+        MX2,
+        name="smtp.provider.test",
+        tls_cert=ca.issue_cert("smtp.provider.test"),
+        auth=(USER, PASSWORD),
+        auth_required=True,
+    )
     relay = delivering_relay(
         delivery={"mode": "smarthost"},
-        **{"delivery.smarthost": {
-            "hosts": [f"gone.provider.test:{sink_port}", f"smtp.provider.test:{sink_port}"],
-            "tls": "starttls",
-            "username": USER,
-            "password_file": str(password_file),
-        }},
+        **{
+            "delivery.smarthost": {
+                "hosts": [f"gone.provider.test:{sink_port}", f"smtp.provider.test:{sink_port}"],
+                "tls": "starttls",
+                "username": USER,
+                "password_file": str(password_file),
+            }
+        },
     )
     data = make_message("smarthost-by-name")
     qid = submit(relay, ["z@anywhere.test"], data)

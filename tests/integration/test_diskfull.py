@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import smtplib
 import subprocess
@@ -14,8 +13,7 @@ import pytest
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-
-QUEUED = re.compile(r"queued as ([0-9A-Z]+)")
+from tests.integration.inbound_support import line, qid_of
 
 
 @pytest.fixture
@@ -26,7 +24,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mountpoint.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
@@ -54,11 +53,12 @@ def test_disk_full_gives_452_and_recovers(
             code, reply = client.data(message(n))
             if code != 250:
                 assert (code, reply.split()[0].decode()) == (
-                    replies.NO_SPACE.code, replies.NO_SPACE.enhanced
+                    replies.NO_SPACE.code,
+                    replies.NO_SPACE.enhanced,
                 )
                 refused += 1
                 continue
-            acked[QUEUED.search(reply.decode()).group(1)] = n  # type: ignore[union-attr]
+            acked[qid_of(line(code, reply))] = n
     assert acked and refused, "the tiny filesystem must fill up during the test"
     assert "No space left on device" in daemon.log()
 

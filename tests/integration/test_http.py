@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
-import http.client
 import json
 import os
 import re
@@ -27,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from smtprelay import ids
 from smtprelay.web.connections import PER_ADDRESS
-from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.debian_tools import fail2ban_regex, tool
 from tests.integration.delivery_support import (
     MX1,
     MX2,
@@ -42,95 +41,14 @@ from tests.integration.delivery_support import (
     wait_removed,
     wait_status,
 )
-from tests.integration.dns_server import TestDNSServer
-from tests.integration.sinks import Sink, wait_until
-from tests.integration.test_ops_files import fail2ban_regex, tool
+from tests.integration.http_support import TOKEN, Api, api_of, http_overrides, metric_samples
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
-TOKEN = "test-token-5f1c9a0e7d"
 HTTP_FILTER = Path(__file__).parents[2] / "conf" / "fail2ban" / "filter.d" / "smtprelay-http.conf"
 BUSY = "450 4.2.1 Mailbox busy, try later"
-
-
-class Api:
-    """A tiny HTTP client for the relay's endpoint; answers (status, JSON or text)."""
-
-    def __init__(self, port: int, token: str | None = TOKEN) -> None:
-        self.port = port
-        self.token = token
-
-    def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-             raw: bytes | None = None) -> tuple[int, Any]:
-        headers = {}
-        token = token if token is not None else self.token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=30)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            kind = response.getheader("Content-Type", "")
-        finally:
-            conn.close()
-        if kind.startswith("application/json"):
-            return response.status, json.loads(payload)
-        return response.status, payload.decode()
-
-    def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
-        return self.call("GET", path, **kwargs)
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, answer = self.call(method, path, body)
-        assert status == 200, (method, path, status, answer)
-        return answer
-
-
-def http_overrides(tokens_file: Path | str) -> dict[str, Any]:
-    return {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens_file)}
-
-
-def api_of(relay: Daemon) -> Api:
-    return Api(int(relay.sections["http"]["listen"].rsplit(":", 1)[1]))
-
-
-@pytest.fixture
-def tokens_file(tmp_path: Path) -> Path:
-    path = tmp_path / "http-tokens"
-    path.write_text(f"# operators\n{TOKEN}\n")
-    return path
-
-
-@pytest.fixture
-def zone(dns: TestDNSServer) -> TestDNSServer:
-    dns.zone.mx("dest.test", 10, "mx1.dest.test")
-    dns.zone.a("mx1.dest.test", MX1)
-    dns.zone.mx("sender.test", 10, "mx.sender.test")
-    dns.zone.a("mx.sender.test", MX2)
-    return dns
-
-
-@pytest.fixture
-def relay_with_api(
-    zone: TestDNSServer, delivering_relay: Callable[..., Daemon], tokens_file: Path
-) -> Callable[..., tuple[Daemon, Api]]:
-    def start(**delivery: Any) -> tuple[Daemon, Api]:
-        relay = delivering_relay(delivery=delivery, http=http_overrides(tokens_file))
-        return relay, api_of(relay)
-
-    return start
-
-
-def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 # --- tokens --------------------------------------------------------------------------------
@@ -141,17 +59,26 @@ def test_every_endpoint_but_healthz_needs_a_token(
 ) -> None:
     # Fourteen wrong tokens from one address: answered at once here (the delay is
     # tested in test_bad_tokens_are_logged_and_slowed_together_...).
-    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
-                                            "bad_token_max_delay": "0"}})
+    relay = make_daemon(
+        overrides={"http": {**http_overrides(tokens_file), "bad_token_max_delay": "0"}}
+    )
     api = api_of(relay)
-    assert api.get("/healthz", token="") == (200, {
-        "status": "ok",
-        "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok",
-                   "delivery": "ok"},
-    })
-    for method, path in [("GET", "/status"), ("GET", "/metrics"), ("GET", "/queue"),
-                         ("GET", f"/messages/{ids.new_id()}"), ("POST", "/queue/flush"),
-                         ("POST", "/queue/delete"), ("GET", "/no-such-path")]:
+    assert api.get("/healthz", token="") == (
+        200,
+        {
+            "status": "ok",
+            "checks": {"spool": "ok", "listeners": "ok", "event_loop": "ok", "delivery": "ok"},
+        },
+    )
+    for method, path in [
+        ("GET", "/status"),
+        ("GET", "/metrics"),
+        ("GET", "/queue"),
+        ("GET", f"/messages/{ids.new_id()}"),
+        ("POST", "/queue/flush"),
+        ("POST", "/queue/delete"),
+        ("GET", "/no-such-path"),
+    ]:
         for token in ("", "wrong-token", TOKEN[:-1]):
             status, answer = api.call(method, path, token=token)
             assert status == 401, (method, path, token, answer)
@@ -185,9 +112,7 @@ def test_sighup_applies_a_new_tokens_file_and_refuses_a_missing_one(
     assert api.get("/status")[0] == 401
 
 
-def test_without_a_tokens_file_only_healthz_answers(
-    make_daemon: Callable[..., Daemon]
-) -> None:
+def test_without_a_tokens_file_only_healthz_answers(make_daemon: Callable[..., Daemon]) -> None:
     relay = make_daemon(overrides={"http": http_overrides("")})
     api = api_of(relay)
     assert api.get("/healthz")[0] == 200
@@ -203,8 +128,10 @@ def test_a_busy_http_port_stops_start_up_naming_the_key(
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        relay = make_daemon(start=False, overrides={
-            "http": {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens_file)}})
+        relay = make_daemon(
+            start=False,
+            overrides={"http": {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens_file)}},
+        )
         with pytest.raises(RuntimeError, match="exited 1"):
             relay.start()
     assert f"cannot start: [http] listen {LOOPBACK}:{port}: cannot listen" in relay.log()
@@ -223,8 +150,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mountpoint = tmp_path / "spoolfs"
     mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
     try:
@@ -234,15 +164,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def remount(mountpoint: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True, capture_output=True
+    )
 
 
 def test_healthz_turns_503_when_the_spool_is_not_writable(
     make_daemon: Callable[..., Daemon], tokens_file: Path, tmpfs: Path
 ) -> None:
-    relay = make_daemon(overrides={"spool": {"dir": str(tmpfs / "spool")},
-                                   "http": http_overrides(tokens_file)})
+    relay = make_daemon(
+        overrides={"spool": {"dir": str(tmpfs / "spool")}, "http": http_overrides(tokens_file)}
+    )
     api = api_of(relay)
     assert api.get("/healthz")[0] == 200
     remount(tmpfs, "ro")
@@ -291,8 +223,9 @@ def test_metrics_parse_and_count_what_was_sent(
     assert found[("smtprelay_deliveries_total", (("status", "deferred"),))] == 0
     assert found[("smtprelay_deliveries_total", (("status", "bounced"),))] == 0
     assert found[("smtprelay_delivery_seconds_count", (("status", "sent"),))] == count
-    assert found[("smtprelay_delivery_seconds_bucket",
-                  (("le", "+Inf"), ("status", "sent")))] == count
+    assert (
+        found[("smtprelay_delivery_seconds_bucket", (("le", "+Inf"), ("status", "sent")))] == count
+    )
     assert found[("smtprelay_delivery_replies_total", (("class", "2xx"),))] == count
     assert found[("smtprelay_smtpd_rejects_total", (("class", "5xx"), ("command", "RCPT")))] == 1
     assert found[("smtprelay_smtpd_connections_total", ())] == count + 1
@@ -301,17 +234,36 @@ def test_metrics_parse_and_count_what_was_sent(
 
     answer = api.ok("GET", "/status")
     assert answer["counters"] == {
-        "received": count, "delivered": count, "deferred": 0, "bounced": 0, "rejected": 1,
-        "deleted": 0, "canceled": 0, "notices": 0, "auth_failed": 0, "tls_failed": 0,
+        "received": count,
+        "delivered": count,
+        "deferred": 0,
+        "bounced": 0,
+        "rejected": 1,
+        "deleted": 0,
+        "canceled": 0,
+        "notices": 0,
+        "auth_failed": 0,
+        "tls_failed": 0,
         "connections": count + 1,
     }
-    assert answer["queue"] == {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0,
-                               "total": 0, "loading": 0, "oldest_age_s": 0.0,
-                               "attempting": 0}
+    assert answer["queue"] == {
+        "active": 0,
+        "deferred": 0,
+        "hold": 0,
+        "scheduled": 0,
+        "total": 0,
+        "loading": 0,
+        "oldest_age_s": 0.0,
+        "attempting": 0,
+    }
     assert answer["uptime_s"] > 0 and answer["version"]
     smtp = [item for item in answer["listeners"] if item["protocol"] == "smtp"]
-    assert {"protocol": "smtp", "address": f"{LOOPBACK}:{relay.port}", "tls": "starttls",
-            "serving": True} in smtp
+    assert {
+        "protocol": "smtp",
+        "address": f"{LOOPBACK}:{relay.port}",
+        "tls": "starttls",
+        "serving": True,
+    } in smtp
     assert answer["connections"] == 0
 
 
@@ -337,7 +289,8 @@ def test_status_shows_the_queue_and_the_biggest_backlogs(
 
 
 def test_message_history_shows_a_deferral_then_the_delivery(
-    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
+    make_sink: Callable[..., Sink],
 ) -> None:
     rcpt = "later@dest.test"
     sink = make_sink(MX1, name="mx1.dest.test")
@@ -366,10 +319,16 @@ def test_message_history_shows_a_deferral_then_the_delivery(
     assert envelope["state"] == "delivered"
     assert envelope["next_attempt"] is None
     assert envelope["attempts"] == 2
-    assert envelope["recipients"] == [{
-        "address": rcpt, "state": "delivered", "params": {}, "attempts": 2,
-        "last_reply": "250 2.0.0 Ok: queued by sink",
-        "last_relay": f"mx1.dest.test[{MX1}]:{sink.port}"}]
+    assert envelope["recipients"] == [
+        {
+            "address": rcpt,
+            "state": "delivered",
+            "params": {},
+            "attempts": 2,
+            "last_reply": "250 2.0.0 Ok: queued by sink",
+            "last_relay": f"mx1.dest.test[{MX1}]:{sink.port}",
+        }
+    ]
     events = answer["events"]
     kinds = [e["event"] for e in events]
     assert kinds[:3] == ["client", "message-id", "queued"]
@@ -377,7 +336,9 @@ def test_message_history_shows_a_deferral_then_the_delivery(
     assert events[0]["sasl_username"] == "app1"
     attempts = [e for e in events if e["event"] == "delivery"]
     assert [(a["status"], a["code"], a["dsn"]) for a in attempts] == [
-        ("deferred", 450, "4.2.1"), ("sent", 250, "2.0.0")]
+        ("deferred", 450, "4.2.1"),
+        ("sent", 250, "2.0.0"),
+    ]
     assert attempts[0]["reason"] == "Mailbox busy, try later"
     assert attempts[1]["reason"] == "Ok: queued by sink"
     for attempt in attempts:
@@ -402,7 +363,8 @@ def _login(client: smtplib.SMTP) -> bool:
 
 
 def test_queue_operations_on_a_running_daemon(
-    relay_with_api: Callable[..., tuple[Daemon, Api]], make_sink: Callable[..., Sink],
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
+    make_sink: Callable[..., Sink],
 ) -> None:
     """hold keeps a message from being delivered, release delivers it; delete removes
     it (logged); flush retries a deferred message at once; bounce sends the sender a
@@ -419,14 +381,12 @@ def test_queue_operations_on_a_running_daemon(
         wait_status(relay, qid, rcpts[name], "deferred")
 
     # The deferral is logged just before the envelope is rewritten as deferred: poll.
-    deadline = time.monotonic() + 10
-    while True:
-        listing = api.ok("GET", "/queue?state=deferred")
+    def all_deferred() -> dict[str, Any] | None:
+        listing: dict[str, Any] = api.ok("GET", "/queue?state=deferred")
         found = sorted(m["qid"] for m in listing["messages"])
-        if found == sorted(qids.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert found == sorted(qids.values())
+        return listing if found == sorted(qids.values()) else None
+
+    listing = wait_until(all_deferred, 10, lambda: f"all of {sorted(qids.values())} deferred")
     first = listing["messages"][0]
     assert first["last_error"] == BUSY and first["attempts"] == 1
     assert first["sender"] == SENDER
@@ -437,11 +397,15 @@ def test_queue_operations_on_a_running_daemon(
     # delete: gone from the spool, and the log says the operator did it.
     qid = qids["deleted"]
     assert api.ok("POST", "/queue/delete", {"qids": [qid]}) == {
-        "action": "delete", "results": {qid: "deleted"}}
+        "action": "delete",
+        "results": {qid: "deleted"},
+    }
     assert qid not in relay.queued_ids()
     assert relay.proc is not None
-    assert f"smtprelay/postsuper[{relay.proc.pid}]: {qid}: removed (deleted by operator)" \
+    assert (
+        f"smtprelay/postsuper[{relay.proc.pid}]: {qid}: removed (deleted by operator)"
         in relay.log()
+    )
     assert api.ok("GET", f"/messages/{qid}")["status"] == "deleted"
     assert api.ok("POST", "/queue/delete", {"qids": [qid]})["results"] == {qid: "not-found"}
 
@@ -455,8 +419,9 @@ def test_queue_operations_on_a_running_daemon(
     assert report.get_content_type() == "multipart/report"
     assert "Returned to sender by the operator" in notice.content.decode(errors="replace")
     assert qid not in relay.queued_ids()
-    assert [e["status"] for e in api.ok("GET", f"/messages/{qid}")["events"]
-            if e["event"] == "delivery"] == ["deferred", "bounced"]
+    assert [
+        e["status"] for e in api.ok("GET", f"/messages/{qid}")["events"] if e["event"] == "delivery"
+    ] == ["deferred", "bounced"]
 
     # hold: stays in the spool, untouched by a flush of everything.
     qid = qids["held"]
@@ -492,9 +457,15 @@ def test_queue_operations_refuse_malformed_requests(
 ) -> None:
     relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
     api = api_of(relay)
-    malformed: list[tuple[Any, bytes | None]] = [(None, None), ({}, None), ({"qids": []}, None),
-                      ({"qids": "1K17TWEWEZ4Y1"}, None), ({"qids": ["../../etc/passwd"]}, None),
-                      ({"qids": [ids.new_id()], "force": True}, None), (None, b"{not json")]
+    malformed: list[tuple[Any, bytes | None]] = [
+        (None, None),
+        ({}, None),
+        ({"qids": []}, None),
+        ({"qids": "1K17TWEWEZ4Y1"}, None),
+        ({"qids": ["../../etc/passwd"]}, None),
+        ({"qids": [ids.new_id()], "force": True}, None),
+        (None, b"{not json"),
+    ]
     for body, raw in malformed:
         status, answer = api.call("POST", "/queue/hold", body, raw=raw)
         assert status == 400, (body, raw, answer)
@@ -504,7 +475,8 @@ def test_queue_operations_refuse_malformed_requests(
     missing = ids.new_id()
     for action in ("hold", "release", "delete", "bounce", "flush"):
         assert api.ok("POST", f"/queue/{action}", {"qids": [missing]})["results"] == {
-            missing: "not-found"}
+            missing: "not-found"
+        }
 
 
 # --- hostile and malformed requests ----------------------------------------------------------
@@ -529,8 +501,9 @@ def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def request_bytes(method: str, path: str, *, token: bytes | None = None, body: bytes = b"",
-                  extra: bytes = b"") -> bytes:
+def request_bytes(
+    method: str, path: str, *, token: bytes | None = None, body: bytes = b"", extra: bytes = b""
+) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n".encode()
     if token is not None:
         head += b"Authorization: Bearer " + token + b"\r\n"
@@ -548,22 +521,50 @@ def test_malformed_requests_get_a_4xx_and_one_log_line_each(
     token = TOKEN.encode()
     deep = b"[" * 100_000 + b"]" * 100_000
     cases: list[tuple[str, bytes, set[int], str]] = [
-        ("non-UTF-8 token", request_bytes("GET", "/status", token=b"\xff\xfe\x80tok"), {401},
-         "bad bearer token (GET /status; 1 recent failure"),
-        ("100,000-deep JSON", request_bytes("POST", "/queue/hold", token=token, body=deep),
-         {400}, "HTTP POST /queue/hold: 400 the body is nested too deeply"),
-        ("body over 1 MiB", request_bytes("POST", "/queue/hold", token=token,
-                                          body=b" " * (1024 * 1024 + 1)),
-         {413}, "HTTP POST /queue/hold: 413 the body is larger than 1048576 bytes"),
-        ("oversized header", request_bytes("GET", "/status", token=token,
-                                           extra=b"X-Big: " + b"a" * 20_000 + b"\r\n"),
-         {400, 431}, "malformed HTTP request (400 Got more than 8190 bytes"),
-        ("garbage request line", b"GARBAGE\r\n\r\n", {400},
-         "malformed HTTP request (400 Invalid method"),
-        ("control bytes in the request line", b"GET /a\x1b[2J\x00 HTTP/1.1\r\n\r\n", {400},
-         "malformed HTTP request (400 "),
-        ("TLS to the plain port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(60),
-         {400}, "malformed HTTP request (400 "),
+        (
+            "non-UTF-8 token",
+            request_bytes("GET", "/status", token=b"\xff\xfe\x80tok"),
+            {401},
+            "bad bearer token (GET /status; 1 recent failure",
+        ),
+        (
+            "100,000-deep JSON",
+            request_bytes("POST", "/queue/hold", token=token, body=deep),
+            {400},
+            "HTTP POST /queue/hold: 400 the body is nested too deeply",
+        ),
+        (
+            "body over 1 MiB",
+            request_bytes("POST", "/queue/hold", token=token, body=b" " * (1024 * 1024 + 1)),
+            {413},
+            "HTTP POST /queue/hold: 413 the body is larger than 1048576 bytes",
+        ),
+        (
+            "oversized header",
+            request_bytes(
+                "GET", "/status", token=token, extra=b"X-Big: " + b"a" * 20_000 + b"\r\n"
+            ),
+            {400, 431},
+            "malformed HTTP request (400 Got more than 8190 bytes",
+        ),
+        (
+            "garbage request line",
+            b"GARBAGE\r\n\r\n",
+            {400},
+            "malformed HTTP request (400 Invalid method",
+        ),
+        (
+            "control bytes in the request line",
+            b"GET /a\x1b[2J\x00 HTTP/1.1\r\n\r\n",
+            {400},
+            "malformed HTTP request (400 ",
+        ),
+        (
+            "TLS to the plain port",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(60),
+            {400},
+            "malformed HTTP request (400 ",
+        ),
         ("not HTTP/1.x", b"GET / HTTP/9.9\r\n\r\n", {400}, "malformed HTTP request (400 "),
     ]
     for name, data, statuses, expected in cases:
@@ -571,7 +572,8 @@ def test_malformed_requests_get_a_4xx_and_one_log_line_each(
         status, headers, body = raw_request(port, data)
         assert status in statuses, (name, status, body[:200])
         if status in (401, 400, 413) and headers.get("content-type", "").startswith(
-                "application/json"):
+            "application/json"
+        ):
             error = json.loads(body)["error"]
             assert set(error) == {"code", "message"}, (name, error)
         if status == 401:
@@ -610,11 +612,15 @@ def test_bad_tokens_are_logged_and_slowed_together_and_valid_ones_are_not(
         thread.start()
     wait_until(lambda: relay.log().count("bad bearer token") == 4, 30, "four log lines")
     lines = [line for line in relay.log().splitlines() if "bad bearer token" in line]
-    assert sorted(re.findall(r"; (\d+) recent failures?, answered after ([\d.]+)s", "\n".join(
-        lines))) == [("1", "0.5"), ("2", "1"), ("3", "2"), ("4", "4")], lines
+    assert sorted(
+        re.findall(r"; (\d+) recent failures?, answered after ([\d.]+)s", "\n".join(lines))
+    ) == [("1", "0.5"), ("2", "1"), ("3", "2"), ("4", "4")], lines
     for line in lines:
-        assert re.search(r"smtprelay/http\[\d+\]: warning: unknown\[127\.0\.0\.1\]: "
-                         r"bad bearer token \(GET /status;", line), line
+        assert re.search(
+            r"smtprelay/http\[\d+\]: warning: unknown\[127\.0\.0\.1\]: "
+            r"bad bearer token \(GET /status;",
+            line,
+        ), line
     # Meanwhile a valid token from the same address is served at once: before the
     # guess that waits 4 s has its answer.
     assert api.get("/status")[0] == 200
@@ -631,8 +637,9 @@ def test_fail2ban_filter_matches_wrong_tokens_and_in_aggressive_mode_malformed_r
     make_daemon: Callable[..., Daemon], tokens_file: Path
 ) -> None:
     tool("fail2ban-regex", "fail2ban")
-    relay = make_daemon(overrides={"http": {**http_overrides(tokens_file),
-                                            "bad_token_max_delay": "0"}})
+    relay = make_daemon(
+        overrides={"http": {**http_overrides(tokens_file), "bad_token_max_delay": "0"}}
+    )
     api = api_of(relay)
     for n in range(3):
         assert api.get("/status", token=f"guess-{n}")[0] == 401
@@ -653,8 +660,7 @@ def test_one_address_cannot_hold_every_http_connection(
 ) -> None:
     relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
     api = api_of(relay)
-    held = [socket.create_connection((LOOPBACK, api.port), timeout=30)
-            for _ in range(PER_ADDRESS)]
+    held = [socket.create_connection((LOOPBACK, api.port), timeout=30) for _ in range(PER_ADDRESS)]
     try:
         # The connections were accepted in order: the next one is over the bound and
         # answered at once, before it sends anything.
@@ -663,8 +669,10 @@ def test_one_address_cannot_hold_every_http_connection(
         assert json.loads(body)["error"]["code"] == "busy"
         refused = [line for line in relay.log().splitlines() if "connection refused" in line]
         assert len(refused) == 1, refused
-        assert f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from " \
+        assert (
+            f"unknown[{LOOPBACK}]: HTTP connection refused: {PER_ADDRESS} open from "
             "this address" in refused[0]
+        )
     finally:
         for sock in held:
             sock.close()

@@ -1,7 +1,6 @@
 """Inbound SMTP against the real daemon: clients, TLS, spool bytes, replies, syntax.
 
-The helpers at the top (raw socket client, submit, log polling) are shared with
-test_auth.py, test_limits.py, test_smuggling.py and test_logs.py.
+The helpers (raw socket client, submit, log polling) are in inbound_support.py.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import logging
 import re
 import shutil
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,215 +29,52 @@ from smtprelay.spool import Spool
 from smtprelay.spool.store import NewFile
 from smtprelay.tls import server_context
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.inbound_support import (
+    HELO,
+    PASSWORD,
+    QUEUED,
+    RECIPIENT,
+    SENDER,
+    USER,
+    RawClient,
+    assert_crlf_only,
+    assert_log,
+    assert_reply,
+    authenticated,
+    client_context,
+    line,
+    log_mark,
+    qid_of,
+    smtp,
+    split_received,
+    start_relay,
+    submit,
+    wait_for_log,
+)
+from tests.polling import wait_until_async
 
-USER, PASSWORD = "app1", "secret-pw"
-HELO = "client.test"
-SENDER = "app@example.com"
-RECIPIENT = "bob@example.net"
 SWAKS = shutil.which("swaks")
 
 
 def _swaks_has_tls() -> bool:
     # Debian's swaks only recommends the Perl modules it needs for --tls / --tlsc.
-    return SWAKS is not None and subprocess.run(
-        ["perl", "-MNet::SSLeay", "-MIO::Socket::SSL", "-e1"], capture_output=True,
-    ).returncode == 0
+    return (
+        SWAKS is not None
+        and subprocess.run(
+            ["perl", "-MNet::SSLeay", "-MIO::Socket::SSL", "-e1"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
 
 
 needs_swaks = pytest.mark.skipif(
     not _swaks_has_tls(),
     reason="swaks with TLS support is not installed "
-           "(apt-get install swaks libnet-ssleay-perl libio-socket-ssl-perl; make deps does it)",
+    "(apt-get install swaks libnet-ssleay-perl libio-socket-ssl-perl; make deps does it)",
 )
-QUEUED = re.compile(r"^250 2\.0\.0 Ok: queued as ([A-Za-z0-9]+)$")
 # A reply line with an RFC 3463 enhanced status code whose class matches the basic code.
 ENHANCED = re.compile(r"^([245])\d\d[ -]([245])\.\d{1,3}\.\d{1,3} ")
-
-
-# --- helpers shared by the inbound test modules -----------------------------------------
-
-
-def start_relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA,
-                **kwargs: Any) -> Daemon:
-    """A daemon for a whole module (one user app1/secret-pw unless told otherwise)."""
-    kwargs.setdefault("users", {USER: PASSWORD})
-    return Daemon(tmp_path_factory.mktemp("relay"), ca, **kwargs).start()
-
-
-def client_context(daemon: Daemon) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(daemon.ca_file))
-
-
-def line(code: int, text: bytes | str) -> str:
-    """smtplib's (code, text) as the reply line the server sent."""
-    return f"{code} {text.decode() if isinstance(text, bytes) else text}"
-
-
-def assert_reply(actual: str, expected: Reply) -> None:
-    """``actual`` is a reply line carrying ``expected``'s basic and enhanced code."""
-    prefix = f"{expected.code} {expected.enhanced} "
-    assert actual.startswith(prefix), f"expected {prefix!r}..., got {actual!r}"
-
-
-def qid_of(reply_line: str) -> str:
-    match = QUEUED.match(reply_line)
-    assert match, f"not a 'queued as' reply: {reply_line!r}"
-    return match.group(1)
-
-
-def submit(client: smtplib.SMTP, message: bytes, sender: str = SENDER,
-           recipients: tuple[str, ...] = (RECIPIENT,), options: tuple[str, ...] = ()) -> str:
-    """MAIL, RCPT..., DATA with smtplib; returns the QID of the 250 reply."""
-    code, text = client.mail(sender, list(options))
-    assert_reply(line(code, text), replies.SENDER_OK)
-    for recipient in recipients:
-        code, text = client.rcpt(recipient)
-        assert_reply(line(code, text), replies.RECIPIENT_OK)
-    code, text = client.data(message)
-    return qid_of(line(code, text))
-
-
-def smtp(daemon: Daemon, port: int | None = None) -> smtplib.SMTP:
-    client = smtplib.SMTP(LOOPBACK, port or daemon.port, local_hostname=HELO, timeout=15)
-    client.ehlo()
-    return client
-
-
-def authenticated(daemon: Daemon) -> smtplib.SMTP:
-    client = smtp(daemon)
-    client.starttls(context=client_context(daemon))
-    client.ehlo()
-    client.login(USER, PASSWORD)
-    return client
-
-
-def wait_for(predicate: Any, timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def wait_for_log(daemon: Daemon, pattern: str, start: int = 0,
-                 timeout: float = 5.0) -> re.Match[str]:
-    """The first match of the regex ``pattern`` (multiline) in the log after ``start``."""
-    regex = re.compile(pattern, re.MULTILINE)
-    try:
-        match: re.Match[str] = wait_for(lambda: regex.search(daemon.log()[start:]), timeout,
-                                        pattern)
-        return match
-    except AssertionError:
-        raise AssertionError(
-            f"log has no line matching {pattern!r}:\n{daemon.log()[start:][-4000:]}"
-        ) from None
-
-
-def assert_log(daemon: Daemon, pattern: str, start: int = 0) -> re.Match[str]:
-    """Like wait_for_log, without waiting: for lines logged before the reply was sent."""
-    match = re.search(pattern, daemon.log()[start:], re.MULTILINE)
-    assert match, f"log has no line matching {pattern!r}:\n{daemon.log()[start:][-4000:]}"
-    return match
-
-
-def log_mark(daemon: Daemon) -> int:
-    return len(daemon.log())
-
-
-def split_received(eml: bytes) -> tuple[bytes, bytes]:
-    """(the Received: header this relay prepended, everything after it)."""
-    assert eml.startswith(b"Received: "), eml[:200]
-    end = 0
-    for _ in range(50):  # the header has a handful of folded lines
-        nl = eml.index(b"\r\n", end) + 2
-        end = nl
-        if eml[end:end + 1] not in (b"\t", b" "):
-            break
-    return eml[:end], eml[end:]
-
-
-def assert_crlf_only(data: bytes) -> None:
-    """Every CR is followed by LF and every LF preceded by CR."""
-    assert data.count(b"\r") == data.count(b"\r\n") == data.count(b"\n"), (
-        f"bare CR or LF in {data!r}"
-    )
-
-
-class RawClient:
-    """A plain-socket SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock: socket.socket = socket.create_connection((LOOPBACK, port), timeout=timeout)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def _line(self) -> str:
-        for _ in range(1000):
-            if b"\r\n" in self.buffer:
-                raw, _, self.buffer = self.buffer.partition(b"\r\n")
-                return raw.decode("utf-8", "replace")
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(f"connection closed; unparsed {self.buffer!r}")
-            self.buffer += data
-        raise AssertionError(f"no end of line in {self.buffer[:200]!r}")
-
-    def reply(self) -> list[str]:
-        """All lines of one reply (multi-line replies use ``NNN-``)."""
-        lines = []
-        for _ in range(100):
-            text = self._line()
-            lines.append(text)
-            if text[3:4] != "-":
-                return lines
-        raise AssertionError(f"endless multi-line reply: {lines}")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def cmd(self, command: bytes | str) -> str:
-        """Send one command line (CRLF added) and return the last line of the reply."""
-        if isinstance(command, str):
-            command = command.encode()
-        self.send(command + b"\r\n")
-        return self.reply()[-1]
-
-    def ehlo(self, name: str = HELO) -> list[str]:
-        self.send(f"EHLO {name}\r\n".encode())
-        return self.reply()
-
-    def starttls(self, context: ssl.SSLContext) -> str:
-        ready = self.cmd("STARTTLS")
-        if ready.startswith("220"):
-            self.sock = context.wrap_socket(self.sock, server_hostname=LOOPBACK)
-        return ready
-
-    def wait_closed(self, timeout: float = 5.0) -> bytes:
-        """Read until the server closes; returns what it sent meanwhile."""
-        self.sock.settimeout(timeout)
-        received = self.buffer
-        for _ in range(1000):
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                return received
-            if not data:
-                return received
-            received += data
-        raise AssertionError("server kept talking instead of closing")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -261,8 +95,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
     ("mechanism", "initial_response"),
     [("PLAIN", True), ("PLAIN", False), ("LOGIN", True), ("LOGIN", False)],
 )
-def test_smtplib_starttls_auth_send(relay: Daemon, mechanism: str,
-                                    initial_response: bool) -> None:
+def test_smtplib_starttls_auth_send(relay: Daemon, mechanism: str, initial_response: bool) -> None:
     message = b"Subject: auth " + mechanism.encode() + b"\r\n\r\nbody\r\n"
     with smtp(relay) as client:
         code, _ = client.starttls(context=client_context(relay))
@@ -285,8 +118,9 @@ def test_aiosmtplib_starttls_login_send(relay: Daemon) -> None:
     message = b"Subject: aiosmtplib\r\n\r\nasync body\r\n"
 
     async def scenario() -> tuple[str, dict[str, Any]]:
-        client = aiosmtplib.SMTP(hostname=LOOPBACK, port=relay.port, start_tls=False,
-                                 local_hostname=HELO, timeout=15)
+        client = aiosmtplib.SMTP(
+            hostname=LOOPBACK, port=relay.port, start_tls=False, local_hostname=HELO, timeout=15
+        )
         async with client:
             await client.ehlo()
             assert not client.supports_extension("auth")
@@ -295,8 +129,7 @@ def test_aiosmtplib_starttls_login_send(relay: Daemon) -> None:
             assert client.supports_extension("auth")
             response = await client.login(USER, PASSWORD)
             assert_reply(f"{response.code} {response.message}", replies.AUTH_OK)
-            refused, text = await client.sendmail(SENDER, [RECIPIENT, "carol@example.org"],
-                                                  message)
+            refused, text = await client.sendmail(SENDER, [RECIPIENT, "carol@example.org"], message)
         return text, refused
 
     text, refused = asyncio.run(asyncio.wait_for(scenario(), 30))
@@ -311,23 +144,58 @@ def test_aiosmtplib_starttls_login_send(relay: Daemon) -> None:
 def run_swaks(*args: str) -> str:
     assert SWAKS is not None
     result = subprocess.run(
-        [SWAKS, "--from", SENDER, "--to", RECIPIENT, "--helo", HELO, "--timeout", "15",
-         "--header", "Subject: swaks test", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            SWAKS,
+            "--from",
+            SENDER,
+            "--to",
+            RECIPIENT,
+            "--helo",
+            HELO,
+            "--timeout",
+            "15",
+            "--header",
+            "Subject: swaks test",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
+def swaks_qid(output: str) -> str:
+    """The queue ID of the ``<~  250 ... queued as QID`` line of swaks's transcript."""
+    queued = [
+        text[4:]
+        for text in output.splitlines()
+        if text.startswith("<~  ") and QUEUED.match(text[4:])
+    ]
+    assert queued, output
+    return qid_of(queued[0])
+
+
 @needs_swaks
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_starttls_auth(relay: Daemon, mechanism: str) -> None:
-    output = run_swaks("--server", f"{LOOPBACK}:{relay.port}", "--tls", "--tls-verify",
-                       "--tls-ca-path", str(relay.ca_file), "--auth", mechanism,
-                       "--auth-user", USER, "--auth-password", PASSWORD)
-    match = re.search(r"^<~  (250 2\.0\.0 Ok: queued as [A-Za-z0-9]+)$", output, re.MULTILINE)
-    assert match, output
-    qid = qid_of(match.group(1))
+    output = run_swaks(
+        "--server",
+        f"{LOOPBACK}:{relay.port}",
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(relay.ca_file),
+        "--auth",
+        mechanism,
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+    )
+    qid = swaks_qid(output)
     assert qid in relay.queued_ids()
     assert re.search(r"^<~  235 2\.7\.0 ", output, re.MULTILINE), output
     assert b"Subject: swaks test\r\n" in relay.message(qid)
@@ -337,19 +205,29 @@ def test_swaks_starttls_auth(relay: Daemon, mechanism: str) -> None:
 @needs_swaks
 def test_swaks_implicit_tls(relay: Daemon) -> None:
     assert relay.tls_port
-    output = run_swaks("--server", f"{LOOPBACK}:{relay.tls_port}", "--tls-on-connect",
-                       "--tls-verify", "--tls-ca-path", str(relay.ca_file),
-                       "--auth", "PLAIN", "--auth-user", USER, "--auth-password", PASSWORD)
-    match = re.search(r"^<~  (250 2\.0\.0 Ok: queued as [A-Za-z0-9]+)$", output, re.MULTILINE)
-    assert match, output
-    assert qid_of(match.group(1)) in relay.queued_ids()
+    output = run_swaks(
+        "--server",
+        f"{LOOPBACK}:{relay.tls_port}",
+        "--tls-on-connect",
+        "--tls-verify",
+        "--tls-ca-path",
+        str(relay.ca_file),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        PASSWORD,
+    )
+    assert swaks_qid(output) in relay.queued_ids()
 
 
 def test_implicit_tls_port(relay: Daemon) -> None:
     assert relay.tls_port
     message = b"Subject: implicit\r\n\r\nover TLS from the start\r\n"
-    with smtplib.SMTP_SSL(LOOPBACK, relay.tls_port, local_hostname=HELO,
-                          context=client_context(relay), timeout=15) as client:
+    with smtplib.SMTP_SSL(
+        LOOPBACK, relay.tls_port, local_hostname=HELO, context=client_context(relay), timeout=15
+    ) as client:
         client.ehlo()
         assert client.has_extn("auth")
         assert "PLAIN" in client.esmtp_features["auth"].split()
@@ -398,7 +276,9 @@ def test_spool_adds_received_date_and_message_id_when_missing(relay: Daemon) -> 
     assert envelope["qid"] == qid
     assert envelope["sender"] == SENDER
     assert [(r["address"], r["state"]) for r in envelope["recipients"]] == [
-        (RECIPIENT, "pending"), ("carol@example.org", "pending")]
+        (RECIPIENT, "pending"),
+        ("carol@example.org", "pending"),
+    ]
     client_info = envelope["client"]
     assert client_info["ip"] == LOOPBACK
     assert client_info["helo"] == HELO
@@ -414,9 +294,11 @@ def test_spool_adds_received_date_and_message_id_when_missing(relay: Daemon) -> 
 
 
 def test_spool_adds_only_received_when_date_and_message_id_present(relay: Daemon) -> None:
-    message = (b"Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
-               b"Message-ID: <abc.123@app.example.com>\r\n"
-               b"Subject: complete\r\n\r\nbody line 1\r\nbody line 2\r\n")
+    message = (
+        b"Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+        b"Message-ID: <abc.123@app.example.com>\r\n"
+        b"Subject: complete\r\n\r\nbody line 1\r\nbody line 2\r\n"
+    )
     with smtp(relay) as client:
         qid = submit(client, message)
     eml = relay.message(qid)
@@ -430,8 +312,7 @@ def test_spool_adds_only_received_when_date_and_message_id_present(relay: Daemon
 
 
 def test_dot_stuffing_is_undone_exactly_once(relay: Daemon) -> None:
-    message = (b"Subject: dots\r\n\r\n.hidden\r\n..two\r\n.\r\n...\r\nmid.dle\r\n"
-               b". space\r\nend\r\n")
+    message = b"Subject: dots\r\n\r\n.hidden\r\n..two\r\n.\r\n...\r\nmid.dle\r\n. space\r\nend\r\n"
     with smtp(relay) as client:
         qid = submit(client, message)  # smtplib stuffs every leading dot
     assert split_received(relay.message(qid))[1].endswith(b"@relay.test>\r\n" + message)
@@ -454,8 +335,9 @@ def test_empty_message(relay: Daemon) -> None:
     with smtp(relay) as client:
         qid2 = submit(client, b"")
     _, rest = split_received(relay.message(qid))
-    assert re.fullmatch(rb"Date: [^\r\n]+\r\nMessage-ID: <" + qid.encode() + rb"@relay.test>\r\n",
-                        rest), rest
+    assert re.fullmatch(
+        rb"Date: [^\r\n]+\r\nMessage-ID: <" + qid.encode() + rb"@relay.test>\r\n", rest
+    ), rest
     _, rest2 = split_received(relay.message(qid2))
     assert rest2.endswith(b"@relay.test>\r\n\r\n")
     for q in (qid, qid2):
@@ -503,10 +385,26 @@ def test_every_reply_carries_an_enhanced_status_code(relay: Daemon) -> None:
         assert "250-ENHANCEDSTATUSCODES" in ehlo or "250 ENHANCEDSTATUSCODES" in ehlo
         seen = {}
         for command in [
-            "NOOP", "RSET", "DATA", "RCPT TO:<bob@example.net>", f"MAIL FROM:<{SENDER}>",
-            "DATA", f"MAIL FROM:<{SENDER}>", "RCPT TO:<bob@example.net>", "RSET", "HELP",
-            "VRFY bob", "EXPN staff", "XYZZY", "", "MAIL FROM:", "RCPT TO:", "NOOP",
-            "STARTTLS now", "AUTH PLAIN", "DATA x",
+            "NOOP",
+            "RSET",
+            "DATA",
+            "RCPT TO:<bob@example.net>",
+            f"MAIL FROM:<{SENDER}>",
+            "DATA",
+            f"MAIL FROM:<{SENDER}>",
+            "RCPT TO:<bob@example.net>",
+            "RSET",
+            "HELP",
+            "VRFY bob",
+            "EXPN staff",
+            "XYZZY",
+            "",
+            "MAIL FROM:",
+            "RCPT TO:",
+            "NOOP",
+            "STARTTLS now",
+            "AUTH PLAIN",
+            "DATA x",
         ]:
             seen[command] = reply = raw.cmd(command)
             assert_enhanced(reply)
@@ -570,8 +468,9 @@ def test_second_starttls_is_refused(relay: Daemon) -> None:
 
 def test_starttls_on_implicit_tls_port_is_refused(relay: Daemon) -> None:
     assert relay.tls_port
-    with smtplib.SMTP_SSL(LOOPBACK, relay.tls_port, local_hostname=HELO,
-                          context=client_context(relay), timeout=15) as client:
+    with smtplib.SMTP_SSL(
+        LOOPBACK, relay.tls_port, local_hostname=HELO, context=client_context(relay), timeout=15
+    ) as client:
         code, text = client.docmd("STARTTLS")
         assert code // 100 in (4, 5), (code, text)
         assert_enhanced(line(code, text))
@@ -593,11 +492,21 @@ def test_helo_session_works_and_refuses_esmtp_parameters(relay: Daemon) -> None:
 # --- address and parameter syntax -------------------------------------------------------
 
 
-@pytest.mark.parametrize("argument", [
-    "<a b@example.com>", "<@example.com>", "<user@>", "<user@example.com>x",
-    "<user@example.com", "<user@@example.com>", "<user@exa mple.com>", "<user@[300.1.1.1]>",
-    "<user@-example.com>", "<" + "a" * 400 + "@example.com>",
-])
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "<a b@example.com>",
+        "<@example.com>",
+        "<user@>",
+        "<user@example.com>x",
+        "<user@example.com",
+        "<user@@example.com>",
+        "<user@exa mple.com>",
+        "<user@[300.1.1.1]>",
+        "<user@-example.com>",
+        "<" + "a" * 400 + "@example.com>",
+    ],
+)
 def test_malformed_sender(relay: Daemon, argument: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -605,10 +514,18 @@ def test_malformed_sender(relay: Daemon, argument: str) -> None:
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
 
 
-@pytest.mark.parametrize("argument", [
-    "<>", "<bob>", "<bob@example.net>junk", "<bob@exa_mple.net>", "<bob@example..net>",
-    "<b\"ob@example.net>", "<@relay.example:>",
-])
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "<>",
+        "<bob>",
+        "<bob@example.net>junk",
+        "<bob@exa_mple.net>",
+        "<bob@example..net>",
+        '<b"ob@example.net>',
+        "<@relay.example:>",
+    ],
+)
 def test_malformed_recipient(relay: Daemon, argument: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -630,12 +547,20 @@ def test_lenient_path_forms_are_accepted(relay: Daemon) -> None:
     envelope = relay.envelope(qid)
     assert envelope["sender"] == SENDER
     assert [r["address"] for r in envelope["recipients"]] == [
-        RECIPIENT, "carol@example.org", '"odd name"@example.org', "dave@[192.0.2.1]"]
+        RECIPIENT,
+        "carol@example.org",
+        '"odd name"@example.org',
+        "dave@[192.0.2.1]",
+    ]
 
 
-@pytest.mark.parametrize("command", [
-    f"MAIL FROM:<{SENDER}> FOO=BAR", f"MAIL FROM:<{SENDER}> XFORWARD",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"MAIL FROM:<{SENDER}> FOO=BAR",
+        f"MAIL FROM:<{SENDER}> XFORWARD",
+    ],
+)
 def test_unknown_mail_parameter(relay: Daemon, command: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -656,8 +581,15 @@ def test_malformed_dsn_mail_parameters_get_501(relay: Daemon, params: str) -> No
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}> {params}"), replies.BAD_PARAMETER)
 
 
-@pytest.mark.parametrize("params", ["NOTIFY=NEVER", "NOTIFY=SUCCESS,FAILURE,DELAY",
-                                    "ORCPT=rfc822;bob+2Btag@example.net", "notify=failure"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "NOTIFY=NEVER",
+        "NOTIFY=SUCCESS,FAILURE,DELAY",
+        "ORCPT=rfc822;bob+2Btag@example.net",
+        "notify=failure",
+    ],
+)
 def test_dsn_rcpt_parameters_are_accepted(relay: Daemon, params: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -665,9 +597,17 @@ def test_dsn_rcpt_parameters_are_accepted(relay: Daemon, params: str) -> None:
         assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}> {params}"), replies.RECIPIENT_OK)
 
 
-@pytest.mark.parametrize("params", ["NOTIFY=NEVER,FAILURE", "NOTIFY=SOMETIMES",
-                                    "NOTIFY=FAILURE,FAILURE", "ORCPT=bob@example.net",
-                                    "ORCPT=rfc822;", "ORCPT=rfc822;a=b"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        "NOTIFY=NEVER,FAILURE",
+        "NOTIFY=SOMETIMES",
+        "NOTIFY=FAILURE,FAILURE",
+        "ORCPT=bob@example.net",
+        "ORCPT=rfc822;",
+        "ORCPT=rfc822;a=b",
+    ],
+)
 def test_malformed_dsn_rcpt_parameters_get_501(relay: Daemon, params: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -682,10 +622,14 @@ def test_unknown_rcpt_parameter(relay: Daemon) -> None:
         assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}> FOO=1"), replies.UNKNOWN_PARAMETER)
 
 
-@pytest.mark.parametrize("command", [
-    f"MAIL FROM:<{SENDER}> SIZE=abc", f"MAIL FROM:<{SENDER}> BODY=BINARYMIME",
-    f"MAIL FROM:<{SENDER}> SMTPUTF8=yes",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        f"MAIL FROM:<{SENDER}> SIZE=abc",
+        f"MAIL FROM:<{SENDER}> BODY=BINARYMIME",
+        f"MAIL FROM:<{SENDER}> SMTPUTF8=yes",
+    ],
+)
 def test_bad_mail_parameter_value(relay: Daemon, command: str) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
@@ -695,13 +639,16 @@ def test_bad_mail_parameter_value(relay: Daemon, command: str) -> None:
 def test_non_ascii_address_needs_smtputf8(relay: Daemon) -> None:
     with RawClient(relay.port) as raw:
         raw.ehlo()
-        assert_reply(raw.cmd("MAIL FROM:<jörg@example.com>".encode()),
-                     replies.SMTPUTF8_NOT_ADVERTISED)
+        assert_reply(
+            raw.cmd("MAIL FROM:<jörg@example.com>".encode()), replies.SMTPUTF8_NOT_ADVERTISED
+        )
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
-        assert_reply(raw.cmd("RCPT TO:<андрей@example.net>".encode()),
-                     replies.SMTPUTF8_NOT_ADVERTISED)
-        assert_reply(raw.cmd("RCPT TO:<bob@bücher.example>".encode()),
-                     replies.SMTPUTF8_NOT_ADVERTISED)
+        assert_reply(
+            raw.cmd("RCPT TO:<андрей@example.net>".encode()), replies.SMTPUTF8_NOT_ADVERTISED
+        )
+        assert_reply(
+            raw.cmd("RCPT TO:<bob@bücher.example>".encode()), replies.SMTPUTF8_NOT_ADVERTISED
+        )
 
 
 def test_non_ascii_address_with_smtputf8(relay: Daemon) -> None:
@@ -718,7 +665,9 @@ def test_non_ascii_address_with_smtputf8(relay: Daemon) -> None:
     envelope = relay.envelope(qid)
     assert envelope["sender"] == "jörg@example.com"
     assert [r["address"] for r in envelope["recipients"]] == [
-        "андрей@example.net", "bob@bücher.example"]
+        "андрей@example.net",
+        "bob@bücher.example",
+    ]
     assert "SMTPUTF8" in envelope["mail_params"]
     received, rest = split_received(relay.message(qid))
     assert b" with UTF8SMTP id " in received
@@ -747,9 +696,14 @@ def test_non_utf8_helo_is_refused_or_queued(relay: Daemon) -> None:
     assert set(relay.queued_ids()) - before == {qid}
 
 
-@pytest.mark.parametrize("command", [
-    b"MAIL FROM:<caf\xe9@example.com> SMTPUTF8", b"RCPT TO:<b\xffb@example.net>",
-], ids=["sender", "recipient"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"MAIL FROM:<caf\xe9@example.com> SMTPUTF8",
+        b"RCPT TO:<b\xffb@example.net>",
+    ],
+    ids=["sender", "recipient"],
+)
 def test_non_utf8_address_is_refused_not_451(relay: Daemon, command: bytes) -> None:
     # RFC 6531 addresses are UTF-8; bytes that are not UTF-8 are a syntax error (5xx at
     # MAIL/RCPT), never a message that is taken and then fails with 451 on every retry.
@@ -813,11 +767,13 @@ def test_internal_fault_is_451_without_details(
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    settings = config.parse({
-        "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"]},
-        "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
-        "spool": {"dir": str(tmp_path / "spool")},
-    })
+    settings = config.parse(
+        {
+            "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"]},
+            "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
+            "spool": {"dir": str(tmp_path / "spool")},
+        }
+    )
 
     async def scenario() -> tuple[aiosmtplib.SMTPResponseException, str, str]:
         spool = BrokenSpool(Path(settings.spool.dir))
@@ -825,8 +781,9 @@ def test_internal_fault_is_451_without_details(
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
         try:
-            client = aiosmtplib.SMTP(hostname=LOOPBACK, port=port, start_tls=False,
-                                     local_hostname=HELO, timeout=10)
+            client = aiosmtplib.SMTP(
+                hostname=LOOPBACK, port=port, start_tls=False, local_hostname=HELO, timeout=10
+            )
             async with client:
                 await client.mail(SENDER)
                 await client.rcpt(RECIPIENT)
@@ -885,23 +842,27 @@ def test_message_committed_after_the_client_left_still_reaches_delivery(
     the write completes the message exists and must be handed to delivery at once --
     not wait in the spool until the next restart."""
     port = free_port()
-    settings = config.parse({
-        "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"]},
-        "spool": {"dir": str(tmp_path / "spool")},
-    })
+    settings = config.parse(
+        {
+            "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"]},
+            "spool": {"dir": str(tmp_path / "spool")},
+        }
+    )
     handed_over: list[str] = []
 
     async def scenario() -> None:
         spool = SlowSpool(Path(settings.spool.dir))
-        intake = build_intake(settings, spool, None,
-                              lambda envelope, data: handed_over.append(envelope.qid))
+        intake = build_intake(
+            settings, spool, None, lambda envelope, data: handed_over.append(envelope.qid)
+        )
         inbound = InboundServer(settings, intake, server_context(settings))
         await inbound.start()
         try:
             reader, writer = await asyncio.open_connection(LOOPBACK, port)
             await reader.readline()
-            writer.write(f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
-                         "DATA\r\n".encode())
+            writer.write(
+                f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+            )
             await writer.drain()
             while not (await reader.readline()).startswith(b"354"):
                 pass
@@ -909,10 +870,7 @@ def test_message_committed_after_the_client_left_still_reaches_delivery(
             await writer.drain()
             await asyncio.sleep(0.1)  # the commit is under way
             writer.transport.abort()  # hang up without waiting for the reply
-            for _ in range(50):
-                if handed_over:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: handed_over, 2.5, "the message handed to delivery")
         finally:
             inbound.close()
             await inbound.drain(2.0)

@@ -18,7 +18,7 @@ from smtprelay.inbound.datareader import DataBudget
 from smtprelay.inbound.server import InboundServer, build_intake
 from smtprelay.spool import Spool
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     HELO,
     RECIPIENT,
     SENDER,
@@ -32,19 +32,25 @@ from tests.integration.test_inbound import (
     smtp,
     start_relay,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
 # --- allow-lists ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def allow_listed(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Daemon]:
-    daemon = start_relay(tmp_path_factory, ca, overrides={"relay": {
-        "allowed_sender_domains": ["example.com"],
-        "allowed_recipient_domains": ["example.net", ".example.org"],
-    }})
+    daemon = start_relay(
+        tmp_path_factory,
+        ca,
+        overrides={
+            "relay": {
+                "allowed_sender_domains": ["example.com"],
+                "allowed_recipient_domains": ["example.net", ".example.org"],
+            }
+        },
+    )
     yield daemon
     daemon.kill()
 
@@ -53,8 +59,7 @@ def test_allowed_sender_domains(allow_listed: Daemon) -> None:
     with RawClient(allow_listed.port) as raw:
         raw.ehlo()
         assert_reply(raw.cmd("MAIL FROM:<app@evil.test>"), replies.SENDER_DOMAIN_DENIED)
-        assert_reply(raw.cmd("MAIL FROM:<app@example.com.evil.test>"),
-                     replies.SENDER_DOMAIN_DENIED)
+        assert_reply(raw.cmd("MAIL FROM:<app@example.com.evil.test>"), replies.SENDER_DOMAIN_DENIED)
         assert_reply(raw.cmd("MAIL FROM:<app@notexample.com>"), replies.SENDER_DOMAIN_DENIED)
         assert_reply(raw.cmd("MAIL FROM:<app@EXAMPLE.Com>"), replies.SENDER_OK)
         assert_reply(raw.cmd("RSET"), replies.OK)
@@ -69,8 +74,12 @@ def test_allowed_sender_domains(allow_listed: Daemon) -> None:
 def test_allowed_recipient_domains(allow_listed: Daemon) -> None:
     with smtp(allow_listed) as client:
         client.mail(SENDER)
-        for refused in ("x@other.test", "x@example.net.other.test", "x@sub.example.net",
-                        "x@badexample.org"):
+        for refused in (
+            "x@other.test",
+            "x@example.net.other.test",
+            "x@sub.example.net",
+            "x@badexample.org",
+        ):
             code, text = client.rcpt(refused)
             assert_reply(line(code, text), replies.RECIPIENT_DOMAIN_DENIED)
         for accepted in (RECIPIENT, "y@Example.NET", "z@deep.sub.example.org"):
@@ -78,7 +87,10 @@ def test_allowed_recipient_domains(allow_listed: Daemon) -> None:
             assert_reply(line(code, text), replies.RECIPIENT_OK)
         qid = qid_of(line(*client.data(b"Subject: allowed\r\n\r\nbody\r\n")))
     assert [r["address"] for r in allow_listed.envelope(qid)["recipients"]] == [
-        RECIPIENT, "y@Example.NET", "z@deep.sub.example.org"]
+        RECIPIENT,
+        "y@Example.NET",
+        "z@deep.sub.example.org",
+    ]
 
 
 # --- message size -----------------------------------------------------------------------
@@ -96,8 +108,11 @@ def small(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
 def message_of(size: int, dots: bool = False) -> bytes:
     """A message of exactly ``size`` bytes; with ``dots`` every body line starts with '.'."""
     head = b"Subject: size test\r\n\r\n"
-    body_line = b".123456789012345678901234567890123456789012345678\r\n" if dots else \
-        b"0123456789012345678901234567890123456789012345678\r\n"
+    body_line = (
+        b".123456789012345678901234567890123456789012345678\r\n"
+        if dots
+        else b"0123456789012345678901234567890123456789012345678\r\n"
+    )
     body = body_line * ((size - len(head)) // len(body_line) + 1)
     message = (head + body)[: size - 2] + b"\r\n"
     assert len(message) == size
@@ -129,8 +144,9 @@ def test_data_over_limit_is_refused_and_session_survives(small: Daemon, size: in
         assert set(small.queued_ids()) == before
         qid = submit(client, b"Subject: small\r\n\r\nfits\r\n")
     assert set(small.queued_ids()) == before | {qid}
-    assert_log(small, r"reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: 552 5\.3\.4 ",
-               start=mark)
+    assert_log(
+        small, r"reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: 552 5\.3\.4 ", start=mark
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,8 +160,9 @@ def test_message_within_the_limit_is_accepted(small: Daemon, size: int, dots: bo
     message = message_of(size, dots=dots)
 
     async def scenario() -> str:
-        client = aiosmtplib.SMTP(hostname=LOOPBACK, port=small.port, start_tls=False,
-                                 local_hostname=HELO, timeout=15)
+        client = aiosmtplib.SMTP(
+            hostname=LOOPBACK, port=small.port, start_tls=False, local_hostname=HELO, timeout=15
+        )
         async with client:
             try:
                 _, text = await client.sendmail(SENDER, [RECIPIENT], message)
@@ -214,7 +231,7 @@ def test_connection_limit(make_daemon: Callable[..., Daemon]) -> None:
         with RawClient(relay.port) as again:
             return again.greeting[-1].startswith("220 ")
 
-    wait_for(greeted, timeout=5, what="a free connection slot")
+    wait_until(greeted, timeout=5, what="a free connection slot")
     wait_for_log(relay, r"warning: connection limit 2 reached: refusing unknown\[127\.0\.0\.1\]")
 
 
@@ -275,10 +292,15 @@ def test_junk_commands_close_the_session_after_100(small: Daemon) -> None:
             assert raw.reply()[-1][:1] in ("2", "5")  # answered, the session still open
         raw.send(b"NOOP\r\nMAIL FROM:<app@example.com>\r\n")
         assert raw.wait_closed() == f"{replies.TOO_MANY_JUNK_COMMANDS}\r\n".encode()
-    wait_for_log(small, r"too many junk commands after NOOP from unknown\[127\.0\.0\.1\]$",
-                 start=mark)
-    wait_for_log(small, r"disconnect from unknown\[127\.0\.0\.1\] "
-                        r"ehlo=1 noop=51 rset=30 vrfy=20 ", start=mark)
+    wait_for_log(
+        small, r"too many junk commands after NOOP from unknown\[127\.0\.0\.1\]$", start=mark
+    )
+    wait_for_log(
+        small,
+        r"disconnect from unknown\[127\.0\.0\.1\] "
+        r"ehlo=1 noop=51 rset=30 vrfy=20 ",
+        start=mark,
+    )
 
 
 def test_accepted_message_starts_the_junk_count_again(small: Daemon) -> None:
@@ -303,8 +325,12 @@ def test_unknown_commands_get_502_and_then_421(small: Daemon) -> None:
             assert raw.cmd("XYZZY") == str(replies.UNKNOWN_COMMAND)
         raw.send(b"ETRN example.net\r\n")
         assert raw.wait_closed() == f"{replies.TOO_MANY_UNKNOWN_COMMANDS}\r\n".encode()
-    wait_for_log(small, r"too many unrecognized commands after UNKNOWN from "
-                        r"unknown\[127\.0\.0\.1\]$", start=mark)
+    wait_for_log(
+        small,
+        r"too many unrecognized commands after UNKNOWN from "
+        r"unknown\[127\.0\.0\.1\]$",
+        start=mark,
+    )
     assert "unrecognised" not in small.log()[mark:]  # aiosmtpd's own line is gone
 
 
@@ -313,8 +339,12 @@ def test_http_request_is_answered_and_closed_at_once(small: Daemon) -> None:
     with RawClient(small.port) as raw:
         raw.send(b"GET / HTTP/1.1\r\nHost: relay.test\r\n\r\n")
         assert raw.wait_closed() == f"{replies.NON_SMTP_COMMAND}\r\n".encode()
-    wait_for_log(small, r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: "
-                        r"GET / HTTP/1\.1$", start=mark)
+    wait_for_log(
+        small,
+        r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: "
+        r"GET / HTTP/1\.1$",
+        start=mark,
+    )
 
 
 # --- memory held by over-limit DATA -----------------------------------------------------
@@ -327,11 +357,16 @@ def test_over_limit_data_memory_stays_bounded(tmp_path: Path) -> None:
     limit = 100_000
     sessions = 8
     port = free_port()
-    settings = config.parse({
-        "server": {"hostname": "relay.test", "listen": [f"{LOOPBACK}:{port}"],
-                   "max_message_size": limit},
-        "spool": {"dir": str(tmp_path / "spool")},
-    })
+    settings = config.parse(
+        {
+            "server": {
+                "hostname": "relay.test",
+                "listen": [f"{LOOPBACK}:{port}"],
+                "max_message_size": limit,
+            },
+            "spool": {"dir": str(tmp_path / "spool")},
+        }
+    )
     # lines ending in a dot: the reader gets one line per read, and keeps each line
     line_bytes = b"x" * 997 + b".\r\n"
     data = line_bytes * (40 * limit // len(line_bytes)) + b".\r\n"
@@ -339,12 +374,13 @@ def test_over_limit_data_memory_stays_bounded(tmp_path: Path) -> None:
     async def one() -> str:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         await reader.readline()
-        writer.write(f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n"
-                     "DATA\r\n".encode())
+        writer.write(
+            f"EHLO {HELO}\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+        )
         while not (await reader.readline()).startswith(b"354"):
             pass
         for i in range(0, len(data), 65536):
-            writer.write(data[i:i + 65536])
+            writer.write(data[i : i + 65536])
             await writer.drain()
         reply = (await reader.readline()).decode().rstrip()
         writer.write(b"QUIT\r\n")

@@ -26,7 +26,8 @@ import pytest
 from smtprelay.config import DEFAULT_LOCAL_SOCKET
 from tests.integration.daemon import LOOPBACK, Daemon
 from tests.integration.delivery_support import MX1
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
@@ -377,8 +378,10 @@ PHP = shutil.which("php")
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-@pytest.mark.skipif(PHP is None or not Path(SYSTEM_PYTHON).exists(),
-                    reason="php or Debian's python3 is not installed (apt-get install php-cli)")
+@pytest.mark.skipif(
+    PHP is None or not Path(SYSTEM_PYTHON).exists(),
+    reason="php or Debian's python3 is not installed (apt-get install php-cli)",
+)
 def test_php_mail_as_www_user(
     make_daemon: Callable[..., Daemon],
     make_sink: Callable[..., Sink],
@@ -400,12 +403,30 @@ def test_php_mail_as_www_user(
     # the system's Python runs it from the checkout, as an install in /opt would.
     checkout = Path(__file__).resolve().parents[2]
     sendmail_path = f"{SYSTEM_PYTHON} -m smtprelay.sendmail -t -i"
-    clean = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(checkout),
-             "SMTPRELAY_CONFIG": str(daemon.config)}
+    clean = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "PYTHONPATH": str(checkout),
+        "SMTPRELAY_CONFIG": str(daemon.config),
+    }
     result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         PHP, "-n", "-d", f"sendmail_path={sendmail_path}", "-r", script],
-        capture_output=True, text=True, env=clean, timeout=60, cwd="/",
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            PHP,
+            "-n",
+            "-d",
+            f"sendmail_path={sendmail_path}",
+            "-r",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+        cwd="/",
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     message = one_message(sink)

@@ -12,7 +12,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import Daemon
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     PASSWORD,
     RECIPIENT,
     SENDER,
@@ -27,9 +27,9 @@ from tests.integration.test_inbound import (
     smtp,
     start_relay,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
@@ -39,10 +39,14 @@ def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
     """Text log, started outside journald (lines begin with a timestamp and the host)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("JOURNAL_STREAM", raising=False)
-        daemon = start_relay(tmp_path_factory, ca, overrides={
-            "relay": {"allowed_sender_domains": ["example.com"]},
-            "server": {"max_recipients": 2},
-        })
+        daemon = start_relay(
+            tmp_path_factory,
+            ca,
+            overrides={
+                "relay": {"allowed_sender_domains": ["example.com"]},
+                "server": {"max_recipients": 2},
+            },
+        )
     yield daemon
     daemon.kill()
 
@@ -67,11 +71,11 @@ def test_text_log_lines_for_one_message(relay: Daemon) -> None:
     expected = [
         smtpd + r"connect from unknown\[127\.0\.0\.1\]$",
         smtpd + rf"{qid}: client=unknown\[127\.0\.0\.1\], sasl_method=PLAIN, "
-                rf"sasl_username={USER}$",
+        rf"sasl_username={USER}$",
         cleanup + rf"{qid}: message-id=<{qid}@relay\.test>$",
         qmgr + rf"{qid}: from=<{re.escape(SENDER)}>, size={size}, nrcpt=2 \(queue active\)$",
         smtpd + r"disconnect from unknown\[127\.0\.0\.1\] ehlo=2 starttls=1 auth=1 mail=1 "
-                r"rcpt=2 data=1 quit=1 commands=9$",
+        r"rcpt=2 data=1 quit=1 commands=9$",
     ]
     wait_for_log(relay, expected[-1], start=mark)
     log = relay.log()[mark:]
@@ -88,8 +92,9 @@ def test_client_line_without_auth_and_message_id_from_header(relay: Daemon) -> N
         qid = submit(client, b"Message-ID: <given.1@app.example.com>\r\n\r\nx\r\n")
     assert_log(relay, prefix(relay, "qmgr") + rf"{qid}: from=<")
     assert_log(relay, prefix(relay, "smtpd") + rf"{qid}: client=unknown\[127\.0\.0\.1\]$")
-    assert_log(relay, prefix(relay, "cleanup")
-               + rf"{qid}: message-id=<given\.1@app\.example\.com>$")
+    assert_log(
+        relay, prefix(relay, "cleanup") + rf"{qid}: message-id=<given\.1@app\.example\.com>$"
+    )
 
 
 def test_mail_reject_names_the_refused_sender(relay: Daemon) -> None:
@@ -98,8 +103,12 @@ def test_mail_reject_names_the_refused_sender(relay: Daemon) -> None:
         raw.ehlo("pc")
         assert_reply(raw.cmd("MAIL FROM:<app@evil.test>"), replies.SENDER_DOMAIN_DENIED)
     # Postfix: "NOQUEUE: reject: MAIL from host[ip]: 553 5.7.1 ...; from=<app@evil.test> ..."
-    assert_log(relay, r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .*; "
-                      r"from=<app@evil\.test> proto=ESMTP helo=<pc>$", start=mark)
+    assert_log(
+        relay,
+        r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .*; "
+        r"from=<app@evil\.test> proto=ESMTP helo=<pc>$",
+        start=mark,
+    )
 
 
 def test_rcpt_reject_inside_a_transaction_is_keyed_by_its_qid(relay: Daemon) -> None:
@@ -113,9 +122,12 @@ def test_rcpt_reject_inside_a_transaction_is_keyed_by_its_qid(relay: Daemon) -> 
         assert_reply(line(code, text), replies.TOO_MANY_RECIPIENTS)
         qid = qid_of(line(*client.data(b"Subject: one recipient\r\n\r\nbody\r\n")))
     assert_log(relay, rf"{qid}: client=")
-    assert_log(relay, rf"{qid}: reject: RCPT from unknown\[127\.0\.0\.1\]: 452 4\.5\.3 "
-                      r"Too many recipients; from=<app@example\.com> "
-                      r"to=<carol@example\.org> proto=ESMTP helo=<client\.test>$")
+    assert_log(
+        relay,
+        rf"{qid}: reject: RCPT from unknown\[127\.0\.0\.1\]: 452 4\.5\.3 "
+        r"Too many recipients; from=<app@example\.com> "
+        r"to=<carol@example\.org> proto=ESMTP helo=<client\.test>$",
+    )
 
 
 def json_lines(daemon: Daemon) -> list[dict[str, Any]]:
@@ -130,9 +142,12 @@ def json_lines(daemon: Daemon) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.slow
 def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
-    relay = make_daemon(users={USER: PASSWORD}, overrides={
-        "log": {"format": "json"}, "relay": {"trusted_networks": ["10.0.0.0/8"]}})
+    relay = make_daemon(
+        users={USER: PASSWORD},
+        overrides={"log": {"format": "json"}, "relay": {"trusted_networks": ["10.0.0.0/8"]}},
+    )
     with authenticated(relay) as client:
         qid = submit(client, b"Subject: json\r\n\r\nbody\r\n")
     with smtp(relay) as client:  # not authenticated, not trusted: refused
@@ -144,9 +159,10 @@ def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
         records = json_lines(relay)
         return records if sum(r.get("event") == "disconnect" for r in records) >= 2 else []
 
-    records = wait_for(events, what="two disconnect events")
-    assert all({"time", "host", "program", "pid", "level", "message"} <= r.keys()
-               for r in records), records
+    records = wait_until(events, timeout=5, what="two disconnect events")
+    assert all(
+        {"time", "host", "program", "pid", "level", "message"} <= r.keys() for r in records
+    ), records
     by_event: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_event.setdefault(str(record.get("event")), []).append(record)
@@ -157,8 +173,9 @@ def test_json_log(make_daemon: Callable[..., Daemon]) -> None:
     assert queued["sender"] == SENDER
     assert queued["nrcpt"] == 1
     assert queued["size"] == relay.envelope(qid)["size"]
-    assert re.fullmatch(rf"{qid}: from=<{re.escape(SENDER)}>, size=\d+, nrcpt=1 \(queue active\)",
-                        queued["message"])
+    assert re.fullmatch(
+        rf"{qid}: from=<{re.escape(SENDER)}>, size=\d+, nrcpt=1 \(queue active\)", queued["message"]
+    )
     (client_event,) = by_event["client"]
     assert client_event["qid"] == qid
     assert client_event["sasl_username"] == USER
@@ -192,8 +209,7 @@ def send_hostile_input(daemon: Daemon) -> None:
         assert_reply(raw.cmd(b"MAIL FROM:<app@evil.test>"), replies.SENDER_DOMAIN_DENIED)
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
         # refused for its syntax: the reject line quotes the address
-        assert_reply(raw.cmd(b"RCPT TO:<bob\x1b[8m\x07@example.net>"),
-                     replies.BAD_RECIPIENT_SYNTAX)
+        assert_reply(raw.cmd(b"RCPT TO:<bob\x1b[8m\x07@example.net>"), replies.BAD_RECIPIENT_SYNTAX)
         raw.send(HOSTILE_LINE + b"\r\n")
         assert raw.wait_closed() == f"{replies.NON_SMTP_COMMAND}\r\n".encode()
 
@@ -201,14 +217,16 @@ def send_hostile_input(daemon: Daemon) -> None:
 def assert_no_raw_controls(text: str) -> None:
     for char in text:
         assert char in "\n" or (" " <= char != "\x7f" and not "\x80" <= char <= "\x9f"), (
-            f"raw control character {char!r} in the log:\n{text[-3000:]}")
+            f"raw control character {char!r} in the log:\n{text[-3000:]}"
+        )
 
 
 def test_client_bytes_are_escaped_in_the_text_log(relay: Daemon) -> None:
     mark = log_mark(relay)
     send_hostile_input(relay)
-    line = wait_for_log(relay, r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: (.*)$",
-                        start=mark)
+    line = wait_for_log(
+        relay, r"warning: non-SMTP command from unknown\[127\.0\.0\.1\]: (.*)$", start=mark
+    )
     # (aiosmtpd hands over the first word in upper case)
     assert line.group(1).upper() == ESCAPED_LINE.upper()
     wait_for_log(relay, r"disconnect from unknown\[127\.0\.0\.1\]", start=mark)
@@ -216,24 +234,33 @@ def test_client_bytes_are_escaped_in_the_text_log(relay: Daemon) -> None:
     assert_no_raw_controls(text)
     # the forged line is inside the warning, never a line of its own
     assert not re.search(r"^\S+ vm smtprelay/smtpd\[1\]:", text, re.MULTILINE)
-    assert_log(relay, r"reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .* "
-                      r"helo=<evil\\033\[31m\.test>$", start=mark)
-    assert_log(relay, r"reject: RCPT from unknown\[127\.0\.0\.1\]: 501 5\.1\.3 .* "
-                      r"to=<bob\\033\[8m\\007@example\.net>", start=mark)
+    assert_log(
+        relay,
+        r"reject: MAIL from unknown\[127\.0\.0\.1\]: 553 5\.7\.1 .* "
+        r"helo=<evil\\033\[31m\.test>$",
+        start=mark,
+    )
+    assert_log(
+        relay,
+        r"reject: RCPT from unknown\[127\.0\.0\.1\]: 501 5\.1\.3 .* "
+        r"to=<bob\\033\[8m\\007@example\.net>",
+        start=mark,
+    )
     # aiosmtpd's own lines (a Python tuple for the client) are gone
     assert "('127.0.0.1'" not in text and "unrecognised" not in text
 
 
 def test_client_bytes_are_escaped_in_the_json_log(make_daemon: Callable[..., Daemon]) -> None:
-    relay = make_daemon(overrides={"log": {"format": "json"},
-                                   "relay": {"allowed_sender_domains": ["example.com"]}})
+    relay = make_daemon(
+        overrides={"log": {"format": "json"}, "relay": {"allowed_sender_domains": ["example.com"]}}
+    )
     send_hostile_input(relay)
 
     def events() -> list[dict[str, Any]]:
         records = json_lines(relay)
         return records if any(r.get("event") == "disconnect" for r in records) else []
 
-    records = wait_for(events, what="the disconnect event")
+    records = wait_until(events, timeout=5, what="the disconnect event")
     for record in records:
         for value in record.values():
             if isinstance(value, str):

@@ -20,7 +20,8 @@ import pytest
 from tests.integration.daemon import Daemon, free_port
 from tests.integration.delivery_support import statuses, submit, wait_status
 from tests.integration.postfix_peer import PostfixPeer, unavailable
-from tests.integration.sinks import Sink, _SinkSMTP, wait_until
+from tests.integration.sinks import Sink, _SinkSMTP
+from tests.polling import wait_until
 from tests.unfold import longest_line, unfolds_to
 
 LIMIT = 998

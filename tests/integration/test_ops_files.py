@@ -22,15 +22,15 @@ import shutil
 import smtplib
 import socket
 import ssl
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from smtprelay.app import SHUTDOWN_GRACE
+from smtprelay.inbound.server import SHUTDOWN_GRACE
 from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.debian_tools import fail2ban_regex, run, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "smtprelay.service"
@@ -47,17 +47,6 @@ SECURITY_THRESHOLD = 2.0
 USER, PASSWORD = "app1", "pw"
 SENDER, RECIPIENT = "app@example.com", "bob@example.net"
 UNTRUSTED = {"relay": {"trusted_networks": ["10.0.0.0/8"]}}
-
-
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not found: apt-get install {package}")
-    return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
 
 
 # --- systemd unit ---------------------------------------------------------------------
@@ -115,11 +104,23 @@ def test_unit_settings() -> None:
     assert one["CapabilityBoundingSet"] == one["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert one["RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
     assert unit["SystemCallFilter"][0] == "@system-service"
-    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
-                "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
-                "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
-                "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
-                "MemoryDenyWriteExecute"):
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "RestrictNamespaces",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+    ):
         assert one.get(key) == "yes", key
     assert one["ProtectSystem"] == "strict"
 
@@ -142,8 +143,9 @@ def test_unit_security_exposure(tmp_path: Path) -> None:
     unit = unit_copy(tmp_path)
     result = run(analyze, "security", "--offline=true", "--no-pager", str(unit))
     assert result.returncode == 0, result.stdout + result.stderr
-    found = re.search(r"Overall exposure level for smtprelay\.service: (\d+\.\d+) (\S+)",
-                      result.stdout)
+    found = re.search(
+        r"Overall exposure level for smtprelay\.service: (\d+\.\d+) (\S+)", result.stdout
+    )
     assert found, result.stdout
     score = float(found[1])
     print(f"systemd-analyze security: exposure {score} {found[2]}")
@@ -184,22 +186,7 @@ def failed_auth_session(daemon: Daemon) -> None:
     assert daemon.stop() == 0  # every line is written once the daemon has exited
 
 
-def fail2ban_regex(log: Path, filter_spec: str) -> tuple[list[str], dict[str, int], str]:
-    """(matched hosts, line counts, full report) of fail2ban-regex on ``log``."""
-    regex = tool("fail2ban-regex", "fail2ban")
-    hosts = run(regex, "--out=ip", str(log), filter_spec)
-    assert hosts.returncode == 0, hosts.stdout + hosts.stderr
-    report = run(regex, "--print-all-missed", str(log), filter_spec)
-    assert report.returncode == 0, report.stdout + report.stderr
-    print(report.stdout)
-    totals = re.search(r"Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed",
-                       report.stdout)
-    assert totals, report.stdout
-    counts = dict(zip(("lines", "ignored", "matched", "missed"), map(int, totals.groups()),
-                      strict=True))
-    return hosts.stdout.split(), counts, report.stdout
-
-
+@pytest.mark.slow
 def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> None:
     tool("fail2ban-regex", "fail2ban")
     daemon = make_daemon(overrides=UNTRUSTED, users={USER: PASSWORD})
@@ -223,6 +210,7 @@ def test_fail2ban_filter_on_daemon_log(make_daemon: Callable[..., Daemon]) -> No
     assert hosts == [LOOPBACK] * 4 and counts["matched"] == 4, report
 
 
+@pytest.mark.slow
 def test_fail2ban_filter_on_journal_lines(
     make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -41,7 +41,10 @@ from tests.integration.delivery_support import (
     removed,
     send,
 )
-from tests.integration.sinks import Sink, free_port, wait_until
+from tests.integration.inbound_support import line as reply_line
+from tests.integration.inbound_support import qid_of
+from tests.integration.sinks import Sink, free_port
+from tests.polling import wait_until
 
 PFLOGSUMM = shutil.which("pflogsumm") or next(
     (p for p in ("/usr/sbin/pflogsumm", "/usr/bin/pflogsumm") if shutil.which(p)), None
@@ -70,8 +73,13 @@ class Run:
     report: str  # pflogsumm's output
 
 
-def _transaction(client: smtplib.SMTP, recipients: list[str], tag: str,
-                 refused: str | None = None, refused_first: bool = True) -> str:
+def _transaction(
+    client: smtplib.SMTP,
+    recipients: list[str],
+    tag: str,
+    refused: str | None = None,
+    refused_first: bool = True,
+) -> str:
     """One transaction; ``refused`` is a RCPT the relay must reject (550 5.7.1), sent
     before the accepted recipients or after them."""
     if refused is None:
@@ -87,9 +95,7 @@ def _transaction(client: smtplib.SMTP, recipients: list[str], tag: str,
             assert code == 250, (rcpt, reply)
     code, reply = client.data(make_message(tag))
     assert code == 250, reply
-    match = re.search(r"queued as ([0-9A-Za-z]+)", reply.decode())
-    assert match, reply
-    return match.group(1)
+    return qid_of(reply_line(code, reply))
 
 
 @pytest.fixture(scope="module")
@@ -109,43 +115,56 @@ def run(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Ru
             # Under journald the daemon leaves time and host to the journal; here the
             # lines must be the whole syslog line, as in /var/log/mail.log.
             patch.delenv("JOURNAL_STREAM", raising=False)
-            daemon = Daemon(tmp_path_factory.mktemp("pflogsumm"), ca, overrides={
-                "delivery": {
-                    "retry_schedule": ["1h"],  # the deferred one is tried once in the test
-                    "max_queue_lifetime": "1d",
-                    "connect_timeout": "2s",
-                    "command_timeout": "3s",
-                    "data_timeout": "3s",
+            daemon = Daemon(
+                tmp_path_factory.mktemp("pflogsumm"),
+                ca,
+                overrides={
+                    "delivery": {
+                        "retry_schedule": ["1h"],  # the deferred one is tried once in the test
+                        "max_queue_lifetime": "1d",
+                        "connect_timeout": "2s",
+                        "command_timeout": "3s",
+                        "data_timeout": "3s",
+                    },
+                    "delivery.routes": {
+                        DEST: f"{MX1}:{port}",
+                        OTHER: f"{MX2}:{port}",
+                        SENDER_DOMAIN: f"{MX3}:{port}",
+                    },
+                    "relay": {"allowed_recipient_domains": [DEST, OTHER]},
+                    "bounce": {"enabled": True, "delay_warning": "0"},
                 },
-                "delivery.routes": {
-                    DEST: f"{MX1}:{port}",
-                    OTHER: f"{MX2}:{port}",
-                    SENDER_DOMAIN: f"{MX3}:{port}",
-                },
-                "relay": {"allowed_recipient_domains": [DEST, OTHER]},
-                "bounce": {"enabled": True, "delay_warning": "0"},
-            }).start()
+            ).start()
         received = []
-        with smtplib.SMTP(LOOPBACK, daemon.port, local_hostname="client.test",
-                          timeout=30) as client:
+        with smtplib.SMTP(
+            LOOPBACK, daemon.port, local_hostname="client.test", timeout=30
+        ) as client:
             client.ehlo()
-            received.append(_transaction(client, DELIVERED_DEST[:2], "dest-1",
-                                         refused=REFUSED[0], refused_first=True))
+            received.append(
+                _transaction(
+                    client, DELIVERED_DEST[:2], "dest-1", refused=REFUSED[0], refused_first=True
+                )
+            )
             for i, rcpt in enumerate(DELIVERED_DEST[2:], start=2):
                 received.append(_transaction(client, [rcpt], f"dest-{i}"))
-            received.append(_transaction(client, DELIVERED_OTHER, "other",
-                                         refused=REFUSED[1], refused_first=False))
+            received.append(
+                _transaction(
+                    client, DELIVERED_OTHER, "other", refused=REFUSED[1], refused_first=False
+                )
+            )
             received.append(_transaction(client, BOUNCED, "bounced"))
             deferred_qid = _transaction(client, [DEFERRED], "deferred")
             received.append(deferred_qid)
 
         def settled() -> bool:
             done = [qid for qid in received if qid != deferred_qid]
-            return (all(removed(daemon, qid) for qid in done)
-                    and any(d.status == "deferred" for d in deliveries(daemon, deferred_qid))
-                    and len(sinks[SENDER_DOMAIN].messages) == 1
-                    and len(deliveries(daemon, to=SENDER)) == 1
-                    and "disconnect from" in daemon.log())
+            return (
+                all(removed(daemon, qid) for qid in done)
+                and any(d.status == "deferred" for d in deliveries(daemon, deferred_qid))
+                and len(sinks[SENDER_DOMAIN].messages) == 1
+                and len(deliveries(daemon, to=SENDER)) == 1
+                and "disconnect from" in daemon.log()
+            )
 
         wait_until(settled, 30, lambda: f"all deliveries settled\n{daemon.log()}")
         # The scenario happened as scripted (else the report could not be right either).
@@ -160,7 +179,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Ru
         assert PFLOGSUMM is not None
         result = subprocess.run(
             [PFLOGSUMM, "--syslog-name=smtprelay", str(daemon.log_path)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
             env={**os.environ, "LC_ALL": "C"},
         )
         assert result.returncode == 0, result.stderr
@@ -182,7 +203,7 @@ def section(report: str, title: str) -> list[str]:
     for i, line in enumerate(lines):
         if line.strip() == title.strip() and i + 1 < len(lines) and lines[i + 1].startswith("-"):
             body = []
-            for rest in lines[i + 2:]:
+            for rest in lines[i + 2 :]:
                 if not rest.strip():
                     break
                 body.append(rest)
@@ -262,19 +283,20 @@ def test_per_domain_delivery_counts(run: Run) -> None:
 
 def test_per_domain_received_counts(run: Run) -> None:
     rows = domain_table(run.report, "Host/Domain Summary: Messages Received")
-    assert {domain: cells[0] for domain, cells in rows.items()} == {SENDER_DOMAIN: 7}, \
-        _context(run)
+    assert {domain: cells[0] for domain, cells in rows.items()} == {SENDER_DOMAIN: 7}, _context(run)
 
 
 def test_problem_details(run: Run) -> None:
     """The detail sections give the right reasons: the 450 deferral, the 550 bounces
     (by relay), and the two refused RCPTs, keyed by recipient as for Postfix's lines."""
     deferral = section(run.report, "message deferral detail")
-    assert deferral == ["  smtp (total: 1)", "         1   4.2.1 Mailbox busy, try later"], \
+    assert deferral == ["  smtp (total: 1)", "         1   4.2.1 Mailbox busy, try later"], (
         _context(run)
+    )
     bounce = section(run.report, "message bounce detail (by relay)")
     assert [line.strip() for line in bounce] == [
-        f"{MX1}[{MX1}]:{run.port} (total: 2)", "2   5.1.1 No such user",
+        f"{MX1}[{MX1}]:{run.port} (total: 2)",
+        "2   5.1.1 No such user",
     ], _context(run)
     reject = section(run.report, "message reject detail")
     assert [line.strip() for line in reject] == [

@@ -10,27 +10,30 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     RECIPIENT,
     SENDER,
     assert_reply,
     client_context,
     line,
     submit,
-    wait_for,
     wait_for_log,
 )
+from tests.polling import wait_until
 
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists()
-                                      else None)
-pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed "
-                                "(apt-get install haproxy; make deps does it)")
+HAPROXY = shutil.which("haproxy") or (
+    "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+)
+pytestmark = pytest.mark.skipif(
+    HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy; make deps does it)"
+)
 
 TRUSTED_CLIENT = "127.0.0.5"  # in the nodes' trusted_networks
 OTHER_CLIENT = "127.0.0.6"  # not: must authenticate
@@ -66,23 +69,35 @@ class Balancer:
         a, b = nodes
         assert a.tls_port and b.tls_port
         self.config = workdir / "haproxy.cfg"
-        self.config.write_text(HAPROXY_CONFIG.format(
-            host=LOOPBACK, smtp=self.smtp_port, smtps=self.smtps_port, a=a.port, b=b.port,
-            a_tls=a.tls_port, b_tls=b.tls_port))
+        self.config.write_text(
+            HAPROXY_CONFIG.format(
+                host=LOOPBACK,
+                smtp=self.smtp_port,
+                smtps=self.smtps_port,
+                a=a.port,
+                b=b.port,
+                a_tls=a.tls_port,
+                b_tls=b.tls_port,
+            )
+        )
         assert HAPROXY is not None
-        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
         def listening() -> bool:
             try:
-                socket.create_connection((LOOPBACK, self.smtps_port), timeout=1,
-                                         source_address=(PROBE, 0)).close()
+                socket.create_connection(
+                    (LOOPBACK, self.smtps_port), timeout=1, source_address=(PROBE, 0)
+                ).close()
             except OSError:
                 assert self.proc.poll() is None, self.proc.stderr
                 return False
             return True
 
-        wait_for(listening, timeout=10, what="haproxy listening")
+        wait_until(listening, timeout=10, what="haproxy listening")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -91,7 +106,7 @@ class Balancer:
 
 @pytest.fixture
 def cluster(tmp_path: Path, ca: trustme.CA) -> Iterator[tuple[list[Daemon], Balancer]]:
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "server": {"proxy_protocol": [f"{LOOPBACK}/32"]},
         "relay": {"trusted_networks": [f"{TRUSTED_CLIENT}/32"]},
         "tls": {"handshake_timeout": "2s"},
@@ -104,19 +119,20 @@ def cluster(tmp_path: Path, ca: trustme.CA) -> Iterator[tuple[list[Daemon], Bala
         node.kill()
 
 
-def test_nodes_see_the_client_address_haproxy_saw(
-        cluster: tuple[list[Daemon], Balancer]) -> None:
+def test_nodes_see_the_client_address_haproxy_saw(cluster: tuple[list[Daemon], Balancer]) -> None:
     nodes, balancer = cluster
     qids = []
     # Round robin: a, b, a, b; the header is v1 to node a and v2 to node b.
     for _ in nodes:
-        with smtplib.SMTP(LOOPBACK, balancer.smtp_port, timeout=15,
-                          source_address=(TRUSTED_CLIENT, 0)) as client:
+        with smtplib.SMTP(
+            LOOPBACK, balancer.smtp_port, timeout=15, source_address=(TRUSTED_CLIENT, 0)
+        ) as client:
             client.ehlo("trusted.test")
             qids.append(submit(client, b"Subject: via haproxy\r\n\r\nbody\r\n"))
     for _ in nodes:
-        with smtplib.SMTP(LOOPBACK, balancer.smtp_port, timeout=15,
-                          source_address=(OTHER_CLIENT, 0)) as client:
+        with smtplib.SMTP(
+            LOOPBACK, balancer.smtp_port, timeout=15, source_address=(OTHER_CLIENT, 0)
+        ) as client:
             client.ehlo("other.test")
             client.mail(SENDER)
             code, text = client.rcpt(RECIPIENT)
@@ -134,9 +150,13 @@ def test_nodes_see_the_client_address_haproxy_saw(
 def test_implicit_tls_behind_haproxy(cluster: tuple[list[Daemon], Balancer]) -> None:
     nodes, balancer = cluster
     for _ in nodes:
-        with smtplib.SMTP_SSL(LOOPBACK, balancer.smtps_port, timeout=15,
-                              source_address=(TRUSTED_CLIENT, 0),
-                              context=client_context(nodes[0])) as client:
+        with smtplib.SMTP_SSL(
+            LOOPBACK,
+            balancer.smtps_port,
+            timeout=15,
+            source_address=(TRUSTED_CLIENT, 0),
+            context=client_context(nodes[0]),
+        ) as client:
             client.ehlo("trusted.test")
             submit(client, b"Subject: implicit via haproxy\r\n\r\nbody\r\n")
     for node in nodes:
@@ -153,19 +173,26 @@ def _greeting_or_close(sock: socket.socket) -> bytes:
 
 
 def test_a_header_from_anyone_else_or_no_header_closes(
-        cluster: tuple[list[Daemon], Balancer]) -> None:
+    cluster: tuple[list[Daemon], Balancer],
+) -> None:
     node = cluster[0][0]
     with socket.create_connection((LOOPBACK, node.port), source_address=(FORGER, 0)) as sock:
         sock.sendall(f"PROXY TCP4 {TRUSTED_CLIENT} {LOOPBACK} 40000 25\r\n".encode())
         assert _greeting_or_close(sock) == b""
-    wait_for_log(node, rf"warning: PROXY protocol: not a load balancer in \[server\] "
-                       rf"proxy_protocol: closing connection from unknown\[{FORGER}\]")
+    wait_for_log(
+        node,
+        rf"warning: PROXY protocol: not a load balancer in \[server\] "
+        rf"proxy_protocol: closing connection from unknown\[{FORGER}\]",
+    )
     # From the balancer's address but without a header: plain SMTP is not a header.
     with socket.create_connection((LOOPBACK, node.port)) as sock:
         sock.sendall(b"EHLO sneaky.test\r\n")
         assert _greeting_or_close(sock) == b""
-    wait_for_log(node, rf"warning: PROXY protocol: .*: closing connection from "
-                       rf"unknown\[{LOOPBACK}\]")
+    wait_for_log(
+        node,
+        rf"warning: PROXY protocol: .*: closing connection from "
+        rf"unknown\[{LOOPBACK}\]",
+    )
     # Silence: the header must come within the handshake time limit (the relay closes
     # first; the client's own 10 s timeout would raise instead).
     with socket.create_connection((LOOPBACK, node.port)) as sock:

@@ -17,7 +17,7 @@ import pytest
 from smtprelay import ids
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.delivery_support import SENDER, make_message, submit
-from tests.integration.sinks import wait_until
+from tests.polling import wait_until
 
 TOKEN = "queue-cli-token-0b7e4d"
 
@@ -26,14 +26,15 @@ TOKEN = "queue-cli-token-0b7e4d"
 def relay(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Daemon:
     tokens = tmp_path / "http-tokens"
     tokens.write_text(f"# operators\n{TOKEN}\nsecond-token\n")
-    return make_daemon(overrides={
-        "http": {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens)},
-        "delivery": {"retry_schedule": ["1h"]},
-    })
+    return make_daemon(
+        overrides={
+            "http": {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens)},
+            "delivery": {"retry_schedule": ["1h"]},
+        }
+    )
 
 
-def run(relay: Daemon, *args: str, input: str | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def run(relay: Daemon, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     done = relay.cli(*args, input=input, check=False)
     assert "Traceback" not in done.stderr, done.stderr
     return done
@@ -60,6 +61,7 @@ def deferred(relay: Daemon, *rcpts: str) -> list[str]:
     return qids
 
 
+@pytest.mark.slow
 def test_list_and_show(relay: Daemon) -> None:
     one, two = deferred(relay, "one@dest.test", "two@other.test")
 
@@ -76,8 +78,9 @@ def test_list_and_show(relay: Daemon) -> None:
     assert listing["total"] == 2
     assert sorted(m["qid"] for m in listing["messages"]) == sorted([one, two])
     assert all(m["state"] == "deferred" and m["attempts"] == 1 for m in listing["messages"])
-    assert [m["qid"] for m in as_json(relay, "queue", "list", "--domain", "dest.test")
-            ["messages"]] == [one]
+    assert [
+        m["qid"] for m in as_json(relay, "queue", "list", "--domain", "dest.test")["messages"]
+    ] == [one]
     assert as_json(relay, "queue", "list", "--state", "hold")["total"] == 0
     limited = as_json(relay, "queue", "list", "--limit", "1")
     assert [m["qid"] for m in limited["messages"]] == [min(one, two)]
@@ -104,18 +107,17 @@ def test_list_and_show(relay: Daemon) -> None:
     assert run(relay, "queue", "show", "not-a-qid").returncode == 2
 
 
+@pytest.mark.slow
 def test_actions(relay: Daemon) -> None:
     held, flushed, bounced, deleted = deferred(
-        relay, "held@dest.test", "flushed@dest.test", "bounced@dest.test",
-        "deleted@dest.test")
+        relay, "held@dest.test", "flushed@dest.test", "bounced@dest.test", "deleted@dest.test"
+    )
 
     assert ok(relay, "queue", "hold", held) == f"{held}: held\n"
     assert relay.envelope(held)["state"] == "hold"
-    [line] = [line for line in ok(relay, "queue", "list").splitlines()
-              if line.startswith(held)]
+    [line] = [line for line in ok(relay, "queue", "list").splitlines() if line.startswith(held)]
     assert line.startswith(f"{held}!")
-    assert as_json(relay, "queue", "hold", held) == {"action": "hold",
-                                                     "results": {held: "held"}}
+    assert as_json(relay, "queue", "hold", held) == {"action": "hold", "results": {held: "held"}}
     flush_held = ok(relay, "queue", "flush", held)
     assert flush_held == f"{held}: on-hold (not flushed: release it first)\n"
     assert ok(relay, "queue", "release", held) == f"{held}: released\n"
@@ -123,19 +125,19 @@ def test_actions(relay: Daemon) -> None:
     answer = as_json(relay, "queue", "release", held)
     assert answer == {"action": "release", "results": {held: "not-held"}}
 
-    assert ok(relay, "queue", "flush", flushed) in (f"{flushed}: flushed\n",
-                                                    f"{flushed}: attempting "
-                                                    "(a delivery attempt is under way "
-                                                    "already)\n")
+    assert ok(relay, "queue", "flush", flushed) in (
+        f"{flushed}: flushed\n",
+        f"{flushed}: attempting (a delivery attempt is under way already)\n",
+    )
     assert as_json(relay, "queue", "flush", flushed)["action"] == "flush"
     assert "message(s) scheduled for delivery now" in ok(relay, "queue", "flush")
     assert as_json(relay, "queue", "flush", "--all")["action"] == "flush"
     assert run(relay, "queue", "flush", "--all", flushed).returncode == 2
 
-    assert ok(relay, "queue", "bounce", bounced) in (f"{bounced}: bounced\n",
-                                                     f"{bounced}: after-attempt (applied "
-                                                     "when the delivery attempt under way "
-                                                     "ends)\n")
+    assert ok(relay, "queue", "bounce", bounced) in (
+        f"{bounced}: bounced\n",
+        f"{bounced}: after-attempt (applied when the delivery attempt under way ends)\n",
+    )
     wait_until(lambda: bounced not in relay.queued_ids(), 20, relay.log)
     assert "Returned to sender by the operator" in ok(relay, "trace", bounced)
     done = run(relay, "queue", "bounce", bounced, "--json")
@@ -144,8 +146,10 @@ def test_actions(relay: Daemon) -> None:
     done = run(relay, "queue", "bounce", bounced)
     assert done.returncode == 1 and "not-found" in done.stdout
 
-    assert as_json(relay, "queue", "delete", deleted) == {"action": "delete",
-                                                          "results": {deleted: "deleted"}}
+    assert as_json(relay, "queue", "delete", deleted) == {
+        "action": "delete",
+        "results": {deleted: "deleted"},
+    }
     assert deleted not in relay.queued_ids()
     done = run(relay, "queue", "delete", deleted)
     assert done.returncode == 1
@@ -170,8 +174,7 @@ def test_trace(relay: Daemon) -> None:
     lines = text.splitlines()
     assert lines[0] == f"{qid}: deferred, from=<{SENDER}> to <traced@dest.test>"
     assert any("qmgr" in line and f"from=<{SENDER}>" in line for line in lines)
-    assert any("to=<traced@dest.test>" in line and "status=deferred" in line
-               for line in lines)
+    assert any("to=<traced@dest.test>" in line and "status=deferred" in line for line in lines)
     assert f"{qid}: " not in "\n".join(lines[1:])  # the QID prefix is dropped
     answer = as_json(relay, "trace", qid)
     assert answer["qid"] == qid and answer["history_complete"] is True
@@ -201,6 +204,7 @@ def test_a_wrong_token_or_no_tokens_file(relay: Daemon, tmp_path: Path) -> None:
     assert done.returncode == 2 and "tokens_file" in done.stderr
 
 
+@pytest.mark.slow
 def test_fallback_to_the_spool_when_the_daemon_is_stopped(relay: Daemon) -> None:
     held, deleted = deferred(relay, "held@dest.test", "deleted@dest.test")
     relay.stop()
@@ -218,8 +222,10 @@ def test_fallback_to_the_spool_when_the_daemon_is_stopped(relay: Daemon) -> None
     assert done.stdout == f"{held}: held\n"
     assert relay.envelope(held)["state"] == "hold"
     assert ok(relay, "queue", "list").splitlines()[1].startswith(f"{held}!")
-    assert as_json(relay, "queue", "release", held) == {"action": "release",
-                                                        "results": {held: "released"}}
+    assert as_json(relay, "queue", "release", held) == {
+        "action": "release",
+        "results": {held: "released"},
+    }
     assert relay.envelope(held)["state"] == "active"
     assert ok(relay, "queue", "hold", held) == f"{held}: held\n"
     assert ok(relay, "queue", "delete", deleted) == f"{deleted}: deleted\n"

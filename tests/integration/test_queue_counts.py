@@ -11,16 +11,11 @@ from typing import Any
 
 from tests.integration.daemon import Daemon
 from tests.integration.delivery_support import MX1, MX2, make_message, submit, wait_removed
-from tests.integration.sinks import Sink, wait_until
-from tests.integration.test_http import (  # noqa: F401  (fixtures)
-    Api,
-    metric_samples,
-    relay_with_api,
-    tokens_file,
-    zone,
-)
+from tests.integration.http_support import Api, metric_samples
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
 BUSY = "450 4.2.1 Mailbox busy, try later"
 BAD = "550 5.1.1 No such user"
@@ -75,7 +70,7 @@ def check_status(api: Api, relay: Daemon) -> dict[str, Any]:
 
 
 def test_status_counts_equal_a_spool_scan_across_a_restart(
-    relay_with_api: Callable[..., tuple[Daemon, Api]],  # noqa: F811
+    relay_with_api: Callable[..., tuple[Daemon, Api]],
     make_sink: Callable[..., Sink],
 ) -> None:
     sink = make_sink(MX1, name="mx1.dest.test")
@@ -97,9 +92,12 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
 
     def settled() -> bool:
         queued = relay.queued_ids()
-        return (
-            all(relay.envelope(q)["state"] == "deferred" for q in queued) and len(queued) == 4
-        )  # the deferred and the mixed; the notice has gone
+        try:
+            states = [relay.envelope(q)["state"] for q in queued]
+        except FileNotFoundError:  # a notice removed between the listing and the read
+            return False
+        # the deferred and the mixed; the notice has gone
+        return all(state == "deferred" for state in states) and len(queued) == 4
 
     wait_until(
         lambda: settled() and api.ok("GET", "/status")["queue"]["attempting"] == 0,
@@ -135,8 +133,11 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
     # After a restart the counts come from the envelopes the start-up load read.
     assert relay.stop() == 0
     relay.start()
-    wait_until(lambda: api.ok("GET", "/status")["queue"]["loading"] == 0, 20,
-               lambda: f"the queue loaded\n{relay.log()}")
+    wait_until(
+        lambda: api.ok("GET", "/status")["queue"]["loading"] == 0,
+        20,
+        lambda: f"the queue loaded\n{relay.log()}",
+    )
     check_status(api, relay)
     assert api.ok("POST", "/queue/release", {"qids": [deferred[0]]})["results"] == {
         deferred[0]: "released"

@@ -14,16 +14,11 @@ from smtprelay.envelope import Client, Envelope, Recipient
 from smtprelay.spool import Spool
 from tests.integration.daemon import Daemon
 from tests.integration.delivery_support import MX1, MX2, SENDER, make_message, wait_removed
-from tests.integration.sinks import Sink, wait_until
-from tests.integration.test_http import (  # noqa: F401  (fixtures)
-    api_of,
-    http_overrides,
-    metric_samples,
-    tokens_file,
-    zone,
-)
+from tests.integration.http_support import api_of, http_overrides, metric_samples
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
 # Far enough ahead that the first life, its stop and the second start all happen
 # before it (checked below: the test says so if the machine was slower than that).
@@ -57,11 +52,11 @@ def spool_scheduled(
 
 
 def test_scheduled_message_waits_survives_a_restart_and_is_sent_at_its_time(
-    zone: Any,  # noqa: F811
+    zone: Any,
     make_sink: Callable[..., Sink],
     make_daemon: Callable[..., Daemon],
     delivery_config: Callable[..., dict[str, Any]],
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
 ) -> None:
     mx = make_sink(MX1, name="mx1.dest.test")
     senders_mx = make_sink(MX2, name="mx.sender.test")  # where a bounce would go

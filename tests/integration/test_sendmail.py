@@ -20,7 +20,8 @@ import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port, write_config
 from tests.integration.delivery_support import MX1, MX2
-from tests.integration.sinks import Received, Sink, wait_until
+from tests.integration.sinks import Received, Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 
@@ -29,28 +30,36 @@ LOGIN = pwd.getpwuid(os.getuid()).pw_name
 
 
 @pytest.fixture
-def relay(make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink],
-          sink_port: int) -> tuple[Daemon, Sink]:
+def relay(
+    make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink], sink_port: int
+) -> tuple[Daemon, Sink]:
     """The daemon (hostname relay.test), delivering dest.test and relay.test to a sink
     and refusing (550 5.7.1) recipients in any other domain."""
     sink = make_sink(MX1)
-    daemon = make_daemon(overrides={
-        "delivery.routes": {
-            "dest.test": f"{MX1}:{sink_port}",
-            "relay.test": f"{MX1}:{sink_port}",
-        },
-        "relay": {"allowed_recipient_domains": ["dest.test", "relay.test"]},
-    })
+    daemon = make_daemon(
+        overrides={
+            "delivery.routes": {
+                "dest.test": f"{MX1}:{sink_port}",
+                "relay.test": f"{MX1}:{sink_port}",
+            },
+            "relay": {"allowed_recipient_domains": ["dest.test", "relay.test"]},
+        }
+    )
     return daemon, sink
 
 
 def shell(command: str, config: Path | str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``command`` with /bin/sh, as cron runs a job (PATH has the venv's scripts)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("NAME", "SMTPRELAY_CONFIG")}
-    full_env.update(PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                    SMTPRELAY_CONFIG=str(config), NAME="", **env)
-    return subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
-                          env=full_env, timeout=60)
+    full_env.update(
+        PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        SMTPRELAY_CONFIG=str(config),
+        NAME="",
+        **env,
+    )
+    return subprocess.run(
+        ["/bin/sh", "-c", command], capture_output=True, text=True, env=full_env, timeout=60
+    )
 
 
 def pipe(text: str, args: str) -> str:
@@ -75,22 +84,29 @@ def test_cron_style_pipe_with_t_and_i(relay: tuple[Daemon, Sink]) -> None:
     """``-t -i`` from a real pipe: recipients from To/Cc/Bcc (a folded Bcc too), Bcc
     removed, From/Date/Message-ID added, LF made CRLF, a lone "." kept as content."""
     daemon, sink = relay
-    text = ("To: Alice <alice@dest.test>\n"
-            "Cc: carol@dest.test, \"Dee, D.\" <dee@dest.test>\n"
-            "Bcc: bob@dest.test,\n  hidden@dest.test\n"
-            "Subject: nightly report\n"
-            "\n"
-            "line one\n.\n..two dots\nlast\n")
+    text = (
+        "To: Alice <alice@dest.test>\n"
+        'Cc: carol@dest.test, "Dee, D." <dee@dest.test>\n'
+        "Bcc: bob@dest.test,\n  hidden@dest.test\n"
+        "Subject: nightly report\n"
+        "\n"
+        "line one\n.\n..two dots\nlast\n"
+    )
     result = shell(pipe(text, "-t -i"), daemon.config)
     assert (result.returncode, result.stderr) == (0, "")
     (message,) = received(sink)
     assert message.mail_from == f"{LOGIN}@relay.test"
-    assert message.rcpt_tos == ("alice@dest.test", "carol@dest.test", "dee@dest.test",
-                                "bob@dest.test", "hidden@dest.test")
+    assert message.rcpt_tos == (
+        "alice@dest.test",
+        "carol@dest.test",
+        "dee@dest.test",
+        "bob@dest.test",
+        "hidden@dest.test",
+    )
     headers, body = split(message)
     assert headers[:3] == [
         b"To: Alice <alice@dest.test>",
-        b"Cc: carol@dest.test, \"Dee, D.\" <dee@dest.test>",
+        b'Cc: carol@dest.test, "Dee, D." <dee@dest.test>',
         b"Subject: nightly report",
     ]
     assert headers[3] == f"From: {LOGIN}@relay.test".encode()
@@ -104,8 +120,10 @@ def test_cron_exact_arguments(relay: tuple[Daemon, Sink]) -> None:
     """Vixie cron runs ``sendmail -FCronDaemon -odi -oem -oi -t`` with ``To: root``: the
     unqualified address gets [server] hostname; the message's own From: is kept."""
     daemon, sink = relay
-    text = ("From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> backup\n"
-            "Date: Fri, 27 Nov 2026 09:15:02 +0000\nMessage-ID: <cron.1@host>\n\nok\n")
+    text = (
+        "From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> backup\n"
+        "Date: Fri, 27 Nov 2026 09:15:02 +0000\nMessage-ID: <cron.1@host>\n\nok\n"
+    )
     result = shell(pipe(text, "-FCronDaemon -odi -oem -oi -t"), daemon.config)
     assert (result.returncode, result.stderr) == (0, "")
     (message,) = received(sink)
@@ -117,8 +135,10 @@ def test_cron_exact_arguments(relay: tuple[Daemon, Sink]) -> None:
 
 def test_f_sets_envelope_sender_and_F_the_from_name(relay: tuple[Daemon, Sink]) -> None:
     daemon, sink = relay
-    result = shell(pipe("Subject: hi\n\nbody\n", "-i -f app@sender.test -F 'Jöhn Dœ, ops' "
-                        "bob@dest.test"), daemon.config)
+    result = shell(
+        pipe("Subject: hi\n\nbody\n", "-i -f app@sender.test -F 'Jöhn Dœ, ops' bob@dest.test"),
+        daemon.config,
+    )
     assert (result.returncode, result.stderr) == (0, "")
     (message,) = received(sink)
     assert (message.mail_from, message.rcpt_tos) == ("app@sender.test", ("bob@dest.test",))
@@ -130,10 +150,13 @@ def test_f_sets_envelope_sender_and_F_the_from_name(relay: tuple[Daemon, Sink]) 
 
 def test_attached_f_r_alias_and_null_sender(relay: tuple[Daemon, Sink]) -> None:
     daemon, sink = relay
-    assert shell(pipe("Subject: a\n\n1\n", "-fapp@sender.test bob@dest.test"),
-                 daemon.config).returncode == 0
-    assert shell(pipe("Subject: b\n\n2\n", "-r '<>' bob@dest.test"),
-                 daemon.config).returncode == 0
+    assert (
+        shell(
+            pipe("Subject: a\n\n1\n", "-fapp@sender.test bob@dest.test"), daemon.config
+        ).returncode
+        == 0
+    )
+    assert shell(pipe("Subject: b\n\n2\n", "-r '<>' bob@dest.test"), daemon.config).returncode == 0
     first, second = sorted(received(sink, 2), key=lambda m: b"Subject: b" in m.content)
     assert first.mail_from == "app@sender.test"
     assert second.mail_from == "<>"  # -r <>: the null sender; From: is the login user
@@ -155,8 +178,9 @@ def test_recipients_from_argv_and_headers_together(relay: tuple[Daemon, Sink]) -
     an argument may be a list; duplicates are sent once."""
     daemon, sink = relay
     text = "To: alice@dest.test\nSubject: both\n\nx\n"
-    result = shell(pipe(text, "-t -i 'Ed <ed@dest.test>, alice@dest.test' -- fay@dest.test"),
-                   daemon.config)
+    result = shell(
+        pipe(text, "-t -i 'Ed <ed@dest.test>, alice@dest.test' -- fay@dest.test"), daemon.config
+    )
     assert (result.returncode, result.stderr) == (0, "")
     (message,) = received(sink)
     assert message.rcpt_tos == ("ed@dest.test", "alice@dest.test", "fay@dest.test")
@@ -166,8 +190,11 @@ def test_smtprelay_sendmail_subcommand_and_config_flags(relay: tuple[Daemon, Sin
     """``smtprelay sendmail`` is the same command; -C / -c FILE (after the command) and
     ``smtprelay -c FILE sendmail`` name the configuration."""
     daemon, sink = relay
-    for args in (f"sendmail -C {daemon.config} -t -i", f"sendmail -c {daemon.config} -ti",
-                 f"-c {daemon.config} sendmail -oi -t"):
+    for args in (
+        f"sendmail -C {daemon.config} -t -i",
+        f"sendmail -c {daemon.config} -ti",
+        f"-c {daemon.config} sendmail -oi -t",
+    ):
         text = f"To: bob@dest.test\nSubject: {args}\n\nx\n"
         command = f"printf '%s' {shlex.quote(text)} | {sys.executable} -m smtprelay {args}"
         result = shell(command, "/nonexistent.toml")
@@ -189,8 +216,7 @@ def test_refused_recipient_is_reported(relay: tuple[Daemon, Sink]) -> None:
     """5xx for one recipient: the others get the message, exit 67 (EX_NOUSER) with the
     relay's reply; 5xx for all: nothing is queued, exit 67."""
     daemon, sink = relay
-    result = shell(pipe("Subject: x\n\nx\n", "bob@dest.test eve@elsewhere.test"),
-                   daemon.config)
+    result = shell(pipe("Subject: x\n\nx\n", "bob@dest.test eve@elsewhere.test"), daemon.config)
     assert result.returncode == 67
     assert "<eve@elsewhere.test>: 550 5.7.1" in result.stderr
     (message,) = received(sink)
@@ -219,8 +245,16 @@ def fake_relay(tmp_path: Path, make_sink: Callable[..., Sink]) -> tuple[Sink, Pa
     sink = make_sink(MX2)
     config = tmp_path / "fake.toml"
     # local_socket = "": the command's TCP path, to [server] listen.
-    write_config(config, {"server": {"hostname": "relay.test", "local_socket": "",
-                                     "listen": [f"{MX2}:{sink.port}"]}})
+    write_config(
+        config,
+        {
+            "server": {
+                "hostname": "relay.test",
+                "local_socket": "",
+                "listen": [f"{MX2}:{sink.port}"],
+            }
+        },
+    )
     return sink, config
 
 
@@ -257,8 +291,16 @@ def test_wildcard_listen_address_is_reached_on_loopback(
     """``listen = ["0.0.0.0:PORT"]``: the command connects to 127.0.0.1:PORT."""
     sink = make_sink(LOOPBACK, port=free_port())
     config = tmp_path / "wild.toml"
-    write_config(config, {"server": {"hostname": "relay.test", "local_socket": "",
-                                     "listen": [f"0.0.0.0:{sink.port}"]}})
+    write_config(
+        config,
+        {
+            "server": {
+                "hostname": "relay.test",
+                "local_socket": "",
+                "listen": [f"0.0.0.0:{sink.port}"],
+            }
+        },
+    )
     result = shell(pipe("Subject: w\n\nx\n", "bob@dest.test"), config)
     assert (result.returncode, result.stderr) == (0, "")
     (message,) = received(sink)
@@ -270,8 +312,9 @@ def test_esmtp_parameters_reach_the_relay(make_daemon: Callable[..., Daemon]) ->
     SMTPUTF8; SIZE is declared. (Delivery goes to a closed port: the message stays queued.)"""
     daemon = make_daemon()
     text = "Subject: é\n\nnaïve\n"
-    result = shell(pipe(text, "-N success,failure -R hdrs -V 'job 7' -i bób@dest.test"),
-                   daemon.config)
+    result = shell(
+        pipe(text, "-N success,failure -R hdrs -V 'job 7' -i bób@dest.test"), daemon.config
+    )
     assert (result.returncode, result.stderr) == (0, "")
     (qid,) = daemon.queued_ids()
     envelope = daemon.envelope(qid)
@@ -290,8 +333,12 @@ def test_more_recipients_than_max_recipients(
 ) -> None:
     """[server] max_recipients = 2 and five recipients: three transactions, all accepted."""
     sink = make_sink(MX1)
-    daemon = make_daemon(overrides={"server": {"max_recipients": 2},
-                                    "delivery.routes": {"dest.test": f"{MX1}:{sink_port}"}})
+    daemon = make_daemon(
+        overrides={
+            "server": {"max_recipients": 2},
+            "delivery.routes": {"dest.test": f"{MX1}:{sink_port}"},
+        }
+    )
     rcpts = [f"r{n}@dest.test" for n in range(5)]
     result = shell(pipe("Subject: many\n\nx\n", " ".join(rcpts)), daemon.config)
     assert (result.returncode, result.stderr) == (0, "")

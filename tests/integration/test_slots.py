@@ -16,8 +16,9 @@ import pytest
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.test_http import Api, api_of, http_overrides, metric_samples
-from tests.integration.test_inbound import RawClient, assert_reply, client_context, wait_for
+from tests.integration.http_support import Api, api_of, http_overrides, metric_samples
+from tests.integration.inbound_support import RawClient, assert_reply, client_context
+from tests.polling import wait_until
 
 LIMIT = 4
 
@@ -30,13 +31,16 @@ def tokens(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=[1, 0], ids=["worker", "in-process"])
-def limited(request: pytest.FixtureRequest, make_daemon: Callable[..., Daemon],
-            tokens: Path) -> tuple[Daemon, Api]:
-    relay = make_daemon(overrides={
-        "server": {"max_connections": LIMIT, "timeout": "2s", "workers": request.param},
-        "tls": {"handshake_timeout": "1s"},
-        "http": http_overrides(tokens),
-    })
+def limited(
+    request: pytest.FixtureRequest, make_daemon: Callable[..., Daemon], tokens: Path
+) -> tuple[Daemon, Api]:
+    relay = make_daemon(
+        overrides={
+            "server": {"max_connections": LIMIT, "timeout": "2s", "workers": request.param},
+            "tls": {"handshake_timeout": "1s"},
+            "http": http_overrides(tokens),
+        }
+    )
     return relay, Api(api_of(relay).port, token="slots-token")
 
 
@@ -103,14 +107,16 @@ def abandoned() -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def test_every_slot_comes_back(limited: tuple[Daemon, Api],
-                               abandoned: list[socket.socket]) -> None:
+def test_every_slot_comes_back(limited: tuple[Daemon, Api], abandoned: list[socket.socket]) -> None:
     relay, api = limited
     assert relay.tls_port
     probes: list[tuple[Callable[[int], Any], int]] = [
-        (close_at_once, relay.port), (reset, relay.port),
-        (close_at_once, relay.tls_port), (reset, relay.tls_port),
-        (plaintext_on_tls_port, relay.tls_port), (garbage_after_starttls, relay.port),
+        (close_at_once, relay.port),
+        (reset, relay.port),
+        (close_at_once, relay.tls_port),
+        (reset, relay.tls_port),
+        (plaintext_on_tls_port, relay.tls_port),
+        (garbage_after_starttls, relay.port),
         (tls10_only, relay.tls_port),
     ]
     for probe, port in probes:
@@ -125,7 +131,7 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api],
         sock.sendall(b"EHLO idle.test\r\nSTARTTLS\r\n")
         _read_until(sock, b"220 2.0.0")
         abandoned.append(sock)
-    wait_for(lambda: open_sessions(api) == 0, timeout=15, what="every slot given back")
+    wait_until(lambda: open_sessions(api) == 0, timeout=15, what="every slot given back")
 
     # Every slot is usable: LIMIT real sessions get in, the next is refused.
     clients = [RawClient(relay.port) for _ in range(LIMIT)]
@@ -140,13 +146,16 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api],
     finally:
         for client in clients:
             client.close()
-    wait_for(lambda: open_sessions(api) == 0, timeout=10, what="slots back after QUIT-less close")
+    wait_until(lambda: open_sessions(api) == 0, timeout=10, what="slots back after QUIT-less close")
 
     log = relay.log()
     assert "Traceback" not in log and "internal error" not in log
     failed = metric_samples(api.get("/metrics")[1])  # the slots' return implies the counts
-    kinds = {labels[0][1]: n for (name, labels), n in failed.items()
-             if name == "smtprelay_smtpd_tls_failures_total"}
+    kinds = {
+        labels[0][1]: n
+        for (name, labels), n in failed.items()
+        if name == "smtprelay_smtpd_tls_failures_total"
+    }
     assert kinds["protocol_version"] == 3 * LIMIT
     assert kinds["not_tls"] == 3 * LIMIT  # plaintext on the TLS port
     assert kinds["other"] == 3 * LIMIT  # garbage after STARTTLS
@@ -154,14 +163,17 @@ def test_every_slot_comes_back(limited: tuple[Daemon, Api],
     assert kinds["timeout"] == LIMIT
     assert "client offers no TLS version at or above min_version TLSv1.2" in log
     assert "warning: TLS handshake failed (STARTTLS) from unknown[127.0.0.1]" in log
-    assert "warning: TLS handshake failed (implicit TLS) from unknown[127.0.0.1]: no " \
-           "handshake within 1s" in log
+    assert (
+        "warning: TLS handshake failed (implicit TLS) from unknown[127.0.0.1]: no "
+        "handshake within 1s" in log
+    )
 
     # Idle: nothing open, so a stop does not wait out the grace period for ghosts.
     assert relay.stop() == 0
     assert "stopping: no new connections, 0 session(s) open" in relay.log()
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_is_cut_off(limited: tuple[Daemon, Api]) -> None:
     """The relay's replies fill the client's window; the session times out and its
     connection is aborted rather than waiting for ever to flush."""
@@ -182,7 +194,7 @@ def test_a_client_that_stops_reading_is_cut_off(limited: tuple[Daemon, Api]) -> 
             except BlockingIOError:
                 break  # the relay has stopped reading: its own writes are stuck
         assert open_sessions(api) == 1
-        wait_for(lambda: open_sessions(api) == 0, timeout=20, what="the stuck session cut off")
+        wait_until(lambda: open_sessions(api) == 0, timeout=20, what="the stuck session cut off")
     finally:
         sock.close()
     assert "timeout after" in relay.log()
@@ -194,8 +206,10 @@ def test_implicit_tls_over_the_limit_is_told_so_over_tls(limited: tuple[Daemon, 
     clients = [RawClient(relay.port) for _ in range(LIMIT)]
     try:
         context = client_context(relay)
-        with connect(relay.tls_port) as sock, \
-                context.wrap_socket(sock, server_hostname="localhost") as tls:
+        with (
+            connect(relay.tls_port) as sock,
+            context.wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
             assert_reply(tls.recv(1000).decode().strip(), replies.TOO_MANY_CONNECTIONS)
     finally:
         for client in clients:
@@ -204,14 +218,17 @@ def test_implicit_tls_over_the_limit_is_told_so_over_tls(limited: tuple[Daemon, 
 
 def test_tls12_offers_only_aead_suites(limited: tuple[Daemon, Api]) -> None:
     relay, api = limited
-    assert relay.tls_port
+    tls_port = relay.tls_port
+    assert tls_port
 
     def tls12(ciphers: str) -> str:
         context = client_context(relay)
         context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(ciphers)
-        with connect(relay.tls_port) as sock, \
-                context.wrap_socket(sock, server_hostname="localhost") as tls:
+        with (
+            connect(tls_port) as sock,
+            context.wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
             cipher = tls.cipher()
             assert cipher is not None
             return cipher[0]
@@ -221,5 +238,8 @@ def test_tls12_offers_only_aead_suites(limited: tuple[Daemon, Api]) -> None:
     with pytest.raises(ssl.SSLError):
         tls12("ECDHE+AES256+SHA384:ECDHE+AES128+SHA256:ECDHE+SHA1:AES+SHA1")  # CBC only
     key = ("smtprelay_smtpd_tls_failures_total", (("kind", "no_shared_cipher"),))
-    wait_for(lambda: metric_samples(api.get("/metrics")[1]).get(key) == 1,
-             what="the failure counted")
+    wait_until(
+        lambda: metric_samples(api.get("/metrics")[1]).get(key) == 1,
+        timeout=5,
+        what="the failure counted",
+    )

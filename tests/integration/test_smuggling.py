@@ -11,9 +11,7 @@ import trustme
 
 from smtprelay import replies
 from tests.integration.daemon import LOOPBACK, Daemon
-from tests.integration.sinks import Sink
-from tests.integration.sinks import free_port as sink_free_port
-from tests.integration.test_inbound import (
+from tests.integration.inbound_support import (
     RECIPIENT,
     SENDER,
     RawClient,
@@ -27,6 +25,8 @@ from tests.integration.test_inbound import (
     start_relay,
     wait_for_log,
 )
+from tests.integration.sinks import Sink
+from tests.integration.sinks import free_port as sink_free_port
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
     daemon.kill()
 
 
-SMUGGLED = (b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\n"
-            b"From: ceo@example.com\r\nSubject: smuggled\r\n\r\npay now\r\n")
+SMUGGLED = (
+    b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\n"
+    b"From: ceo@example.com\r\nSubject: smuggled\r\n\r\npay now\r\n"
+)
 
 # Fake end-of-data sequences seen in the wild (SMTP smuggling, 2023), and relatives.
 FAKE_ENDS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\r\n.\n", b"\n.\r"]
@@ -95,8 +97,10 @@ def test_pipelined_commands_after_data_are_not_a_second_message(relay: Daemon) -
     before = set(relay.queued_ids())
     with RawClient(relay.port) as raw:
         open_transaction(raw)
-        raw.send(b"Subject: one\r\n\r\nbody\r\n.\r\n"
-                 b"MAIL FROM:<app@example.com>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n")
+        raw.send(
+            b"Subject: one\r\n\r\nbody\r\n.\r\n"
+            b"MAIL FROM:<app@example.com>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n"
+        )
         first = qid_of(raw.reply()[0])
         assert_reply(raw.reply()[0], replies.SENDER_OK)
         assert_reply(raw.reply()[0], replies.RECIPIENT_OK)
@@ -114,13 +118,18 @@ def test_bare_lf_message_is_normalised_and_logged(relay: Daemon) -> None:
         qid = qid_of(raw.reply()[0])
     eml = relay.message(qid)
     assert_crlf_only(eml)
-    assert eml.endswith(b"Subject: unix\r\nFrom: app@example.com\r\n\r\nline one\r\nline two"
-                        b"\r\n\r\n")
+    assert eml.endswith(
+        b"Subject: unix\r\nFrom: app@example.com\r\n\r\nline one\r\nline two\r\n\r\n"
+    )
     # the header block was recognised after normalisation: no second Date/Message-ID mix-up
     assert eml.count(b"\r\nMessage-ID: ") == 1
     assert relay.envelope(qid)["size"] == len(eml)
-    wait_for_log(relay, rf"{qid}: warning: 5 bare CR or LF line ending\(s\) from "
-                        r"unknown\[127\.0\.0\.1\] normalized to CRLF", start=mark)
+    wait_for_log(
+        relay,
+        rf"{qid}: warning: 5 bare CR or LF line ending\(s\) from "
+        r"unknown\[127\.0\.0\.1\] normalized to CRLF",
+        start=mark,
+    )
 
 
 def test_bare_cr_message_is_normalised(relay: Daemon) -> None:
@@ -148,17 +157,20 @@ def test_cr_or_nul_in_command_arguments(relay: Daemon, bad: bytes) -> None:
         assert_reply(raw.cmd(b"EHLO client" + bad + b".test"), replies.BAD_HELO)
         assert_reply(raw.cmd(b"HELO client" + bad + b".test"), replies.BAD_HELO)
         raw.ehlo()
-        assert_reply(raw.cmd(b"MAIL FROM:<app" + bad + b"@example.com>"),
-                     replies.BAD_SENDER_SYNTAX)
-        assert_reply(raw.cmd(b"MAIL FROM:<app@example.com" + bad + b">"),
-                     replies.BAD_SENDER_SYNTAX)
-        assert_reply(raw.cmd(b"MAIL FROM:<app@example.com> BODY=8BITMIME" + bad + b"X"),
-                     replies.BAD_SENDER_SYNTAX)
+        assert_reply(raw.cmd(b"MAIL FROM:<app" + bad + b"@example.com>"), replies.BAD_SENDER_SYNTAX)
+        assert_reply(raw.cmd(b"MAIL FROM:<app@example.com" + bad + b">"), replies.BAD_SENDER_SYNTAX)
+        assert_reply(
+            raw.cmd(b"MAIL FROM:<app@example.com> BODY=8BITMIME" + bad + b"X"),
+            replies.BAD_SENDER_SYNTAX,
+        )
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
-        assert_reply(raw.cmd(b"RCPT TO:<bob" + bad + b"@example.net>"),
-                     replies.BAD_RECIPIENT_SYNTAX)
-        assert_reply(raw.cmd(b"RCPT TO:<bob@example.net>" + bad + b"RCPT TO:<x@y.example>"),
-                     replies.BAD_RECIPIENT_SYNTAX)
+        assert_reply(
+            raw.cmd(b"RCPT TO:<bob" + bad + b"@example.net>"), replies.BAD_RECIPIENT_SYNTAX
+        )
+        assert_reply(
+            raw.cmd(b"RCPT TO:<bob@example.net>" + bad + b"RCPT TO:<x@y.example>"),
+            replies.BAD_RECIPIENT_SYNTAX,
+        )
         assert_reply(raw.cmd(f"RCPT TO:<{RECIPIENT}>"), replies.RECIPIENT_OK)
 
 
@@ -177,17 +189,19 @@ def test_starttls_command_injection_is_discarded(relay: Daemon) -> None:
         assert_reply(raw.cmd(f"MAIL FROM:<{SENDER}>"), replies.SENDER_OK)
 
 
-def test_nul_in_data_never_reaches_the_next_hop(
-    tmp_path: Path, ca: trustme.CA
-) -> None:
+def test_nul_in_data_never_reaches_the_next_hop(tmp_path: Path, ca: trustme.CA) -> None:
     """``<CRLF><NUL>.<CRLF>`` would end the data at a next hop that strips NUL, and what
     follows would be a second message there. A message holding NUL is refused (554 5.6.0),
     nothing of it is queued, and the session goes on: the sink gets only the clean one."""
     port = sink_free_port([LOOPBACK])
     with Sink(LOOPBACK, port) as sink:
-        relay = Daemon(tmp_path / "relay", ca, overrides={
-            "delivery.smarthost": {"hosts": [f"{LOOPBACK}:{port}"], "tls": "none"},
-        }).start()
+        relay = Daemon(
+            tmp_path / "relay",
+            ca,
+            overrides={
+                "delivery.smarthost": {"hosts": [f"{LOOPBACK}:{port}"], "tls": "none"},
+            },
+        ).start()
         try:
             mark = log_mark(relay)
             with RawClient(relay.port) as raw:
@@ -199,8 +213,12 @@ def test_nul_in_data_never_reaches_the_next_hop(
                 assert raw.cmd("DATA").startswith("354 ")
                 qid = qid_of(raw.cmd(b"Subject: clean\r\n\r\nbody\r\n."))
             wait_for_log(relay, rf"{qid}: removed", start=mark, timeout=15)
-            assert_log(relay, r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: "
-                              r"554 5\.6\.0 ", start=mark)
+            assert_log(
+                relay,
+                r": reject: END-OF-MESSAGE from unknown\[127\.0\.0\.1\]: "
+                r"554 5\.6\.0 ",
+                start=mark,
+            )
         finally:
             relay.kill()
     (received,) = sink.messages

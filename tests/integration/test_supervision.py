@@ -29,7 +29,8 @@ import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon
 from tests.integration.delivery_support import MX1, make_message, submit
-from tests.integration.sinks import Sink, wait_until
+from tests.integration.sinks import Sink
+from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
 

@@ -28,6 +28,7 @@ from tests.integration.delivery_support import (
     wait_removed,
 )
 from tests.integration.sinks import Sink
+from tests.polling import wait_until
 from tests.unit.helpers import make_envelope
 
 pytest_plugins = ["tests.integration.delivery_fixtures"]
@@ -38,8 +39,9 @@ RCPT = "bob@dest.test"
 TOKEN = "workers-test-token"
 
 
-def _relay(make_daemon: Callable[..., Daemon], sink_port: int, workers: int,
-           **sections: dict[str, Any]) -> Daemon:
+def _relay(
+    make_daemon: Callable[..., Daemon], sink_port: int, workers: int, **sections: dict[str, Any]
+) -> Daemon:
     overrides: dict[str, dict[str, Any]] = {
         "server": {"workers": workers},
         "delivery.smarthost": {"hosts": [f"{MX1}:{sink_port}"], "tls": "none"},
@@ -68,8 +70,7 @@ def _children(pid: int) -> list[int]:
 
 def _workers(daemon: Daemon) -> list[int]:
     assert daemon.proc is not None
-    return [p for p in _children(daemon.proc.pid)
-            if b"smtprelay.inbound.worker" in _cmdline(p)]
+    return [p for p in _children(daemon.proc.pid) if b"smtprelay.inbound.worker" in _cmdline(p)]
 
 
 def _cmdline(pid: int) -> bytes:
@@ -88,18 +89,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return result
-
-
 def _status(daemon: Daemon) -> dict[str, Any]:
-    request = urllib.request.Request(f"http://{daemon.sections['http']['listen']}/status",
-                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    request = urllib.request.Request(
+        f"http://{daemon.sections['http']['listen']}/status",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer: dict[str, Any] = json.load(response)
         return answer
@@ -116,7 +110,9 @@ def _healthz(daemon: Daemon) -> int:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_messages_from_many_sessions_are_all_delivered(
-    workers: int, make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink],
+    workers: int,
+    make_daemon: Callable[..., Daemon],
+    make_sink: Callable[..., Sink],
     sink_port: int,
 ) -> None:
     sink = make_sink(MX1)
@@ -126,8 +122,8 @@ def test_messages_from_many_sessions_are_all_delivered(
     with smtplib.SMTP(LOOPBACK, relay.port) as one, smtplib.SMTP(LOOPBACK, relay.port) as two:
         one.ehlo("client.test")
         two.ehlo("client.test")
-        _wait(lambda: _status(relay)["connections"] == 2, 10, "2 open sessions")
-    _wait(lambda: _status(relay)["connections"] == 0, 10, "no open session")
+        wait_until(lambda: _status(relay)["connections"] == 2, 10, "2 open sessions")
+    wait_until(lambda: _status(relay)["connections"] == 0, 10, "no open session")
 
     def session(n: int) -> list[str]:
         with smtplib.SMTP(LOOPBACK, relay.port, timeout=10) as client:
@@ -137,7 +133,7 @@ def test_messages_from_many_sessions_are_all_delivered(
     with ThreadPoolExecutor(8) as pool:
         qids = [q for batch in pool.map(session, range(8)) for q in batch]
     assert len(set(qids)) == 80
-    _wait(lambda: len(sink.messages) >= 80, 30, "80 deliveries")
+    wait_until(lambda: len(sink.messages) >= 80, 30, "80 deliveries")
     for qid in qids:
         wait_removed(relay, qid)
     bodies = sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages)
@@ -151,7 +147,9 @@ def test_messages_from_many_sessions_are_all_delivered(
 
 
 def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
-    make_daemon: Callable[..., Daemon], make_sink: Callable[..., Sink], sink_port: int,
+    make_daemon: Callable[..., Daemon],
+    make_sink: Callable[..., Sink],
+    sink_port: int,
 ) -> None:
     """A worker killed between making a message durable and announcing it: the main
     process starts a new worker and finds the message in the spool itself."""
@@ -162,19 +160,31 @@ def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
     # What the worker leaves when it dies after the fsync, before the announcement: a
     # durable queue file the scheduler was never told about.
     data = make_message("stray")
-    stray = make_envelope(ids.new_id(), size=len(data), recipients=[Recipient(RCPT)],
-                          arrival=time.time(), next_attempt=time.time())
+    stray = make_envelope(
+        ids.new_id(),
+        size=len(data),
+        recipients=[Recipient(RCPT)],
+        arrival=time.time(),
+        next_attempt=time.time(),
+    )
     path = relay.spool / "queue" / f"{stray.qid}.msg"
     path.write_bytes(stray.to_json() + b"\n" + data)
 
     os.kill(victim, signal.SIGKILL)
-    line = _wait(lambda: re.search(r"inbound worker 0 \(pid (\d+)\) exited with signal "
-                                   r"SIGKILL; starting a new one", relay.log()), 10,
-                 "the restart line")
+    line = wait_until(
+        lambda: re.search(
+            r"inbound worker 0 \(pid (\d+)\) exited with signal "
+            r"SIGKILL; starting a new one",
+            relay.log(),
+        ),
+        10,
+        "the restart line",
+    )
     assert int(line.group(1)) == victim
-    (replacement,) = _wait(lambda: [p for p in _workers(relay) if p != victim], 20,
-                           "a new worker")
-    _wait(lambda: _healthz(relay) == 200, 20, "/healthz 200 again")
+    (replacement,) = wait_until(
+        lambda: [p for p in _workers(relay) if p != victim], 20, "a new worker"
+    )
+    wait_until(lambda: _healthz(relay) == 200, 20, "/healthz 200 again")
     after = submit(relay, [RCPT], make_message("after"))
     for qid in (before, stray.qid, after):
         wait_removed(relay, qid, timeout=30)
@@ -184,20 +194,22 @@ def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
 
 
 def test_killing_the_main_process_takes_the_workers_with_it(
-    make_daemon: Callable[..., Daemon], sink_port: int,
+    make_daemon: Callable[..., Daemon],
+    sink_port: int,
 ) -> None:
     relay = _relay(make_daemon, sink_port, 2)
     workers = _workers(relay)
     assert len(workers) == 2
     relay.kill()
-    _wait(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
+    wait_until(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
     # Nobody accepts on the port any more: no orphan keeps taking mail.
     with pytest.raises(OSError), socket.create_connection((LOOPBACK, relay.port), timeout=2):
         pass
 
 
 def test_reload_reaches_the_workers(
-    make_daemon: Callable[..., Daemon], sink_port: int,
+    make_daemon: Callable[..., Daemon],
+    sink_port: int,
 ) -> None:
     relay = _relay(make_daemon, sink_port, 2)
     big = make_message("big", extra="x" * 5000)
@@ -206,8 +218,11 @@ def test_reload_reaches_the_workers(
         send(client, [RCPT], big)
     relay.reconfigure({"server": {"max_message_size": 4000}})
     assert "configuration reloaded" in relay.hup()
-    _wait(lambda: relay.log().count("inbound worker: configuration reloaded") == 2, 10,
-          "both workers to reload")
+    wait_until(
+        lambda: relay.log().count("inbound worker: configuration reloaded") == 2,
+        10,
+        "both workers to reload",
+    )
     for _ in range(6):  # fresh connections, served by either worker
         with smtplib.SMTP(LOOPBACK, relay.port) as client:
             client.ehlo("client.test")
@@ -218,7 +233,8 @@ def test_reload_reaches_the_workers(
 
 
 def test_stop_waits_for_the_workers_and_exits_0(
-    make_daemon: Callable[..., Daemon], sink_port: int,
+    make_daemon: Callable[..., Daemon],
+    sink_port: int,
 ) -> None:
     relay = _relay(make_daemon, sink_port, 2)
     workers = _workers(relay)

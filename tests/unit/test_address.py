@@ -20,8 +20,11 @@ dot_atoms = st.lists(atoms, min_size=1, max_size=4).map(".".join)
 def _quoted(*, space: bool) -> st.SearchStrategy[str]:
     # qtextSMTP is %d32-33 / %d35-91 / %d93-126; quoted-pairSMTP is "\" %d32-126.
     # '>' is left out here; it has its own test below.
-    qtext = [chr(c) for c in [32, 33, *range(35, 92), *range(93, 127)]
-             if chr(c) != ">" and (space or c != 32)]
+    qtext = [
+        chr(c)
+        for c in [32, 33, *range(35, 92), *range(93, 127)]
+        if chr(c) != ">" and (space or c != 32)
+    ]
     pair_chars = [chr(c) for c in range(32, 127) if chr(c) != ">" and (space or c != 32)]
     piece = st.one_of(st.sampled_from(qtext), st.sampled_from(pair_chars).map(lambda c: "\\" + c))
     return st.lists(piece, max_size=12).map(lambda p: '"' + "".join(p) + '"')
@@ -47,9 +50,7 @@ keywords = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,8}", fullmatch=True)
 values = st.text(
     alphabet=[chr(c) for c in range(0x21, 0x7F) if chr(c) != "="], min_size=1, max_size=10
 )
-param_dicts = st.dictionaries(
-    keywords.map(str.upper), st.one_of(st.just(""), values), max_size=4
-)
+param_dicts = st.dictionaries(keywords.map(str.upper), st.one_of(st.just(""), values), max_size=4)
 
 
 def _render(params: dict[str, str], lower: bool) -> str:
@@ -113,15 +114,11 @@ def test_known_good_examples() -> None:
 def test_quoted_local_part_may_contain_angle_bracket() -> None:
     """RFC 5321 qtextSMTP includes '>' (%d62); the unbracketed form already accepts it,
     and so does a '<' in the same place."""
-    assert parse('"a<b"@example.com', allow_null=False, utf8=False).address == (
-        '"a<b"@example.com'
-    )
+    assert parse('"a<b"@example.com', allow_null=False, utf8=False).address == ('"a<b"@example.com')
     assert parse('<"a<b"@example.com>', allow_null=False, utf8=False).address == (
         '"a<b"@example.com'
     )
-    assert parse('"a>b"@example.com', allow_null=False, utf8=False).address == (
-        '"a>b"@example.com'
-    )
+    assert parse('"a>b"@example.com', allow_null=False, utf8=False).address == ('"a>b"@example.com')
     assert parse('<"a>b"@example.com>', allow_null=False, utf8=False).address == (
         '"a>b"@example.com'
     )
@@ -207,10 +204,17 @@ def test_non_ascii_local_part_needs_smtputf8(
     assert parse(argument, allow_null=False, utf8=True).address == address
 
 
-@given(dot_atoms, st.text(alphabet=st.characters(min_codepoint=0x80,
-                                                exclude_categories=["Cs", "Zs", "Zl", "Zp",
-                                                                    "Cc"]),
-                          min_size=1, max_size=5), hostnames)
+@given(
+    dot_atoms,
+    st.text(
+        alphabet=st.characters(
+            min_codepoint=0x80, exclude_categories=["Cs", "Zs", "Zl", "Zp", "Cc"]
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    hostnames,
+)
 def test_non_ascii_domain_needs_smtputf8(local: str, label: str, domain: str) -> None:
     address = f"{local}@{label}.{domain}"
     with pytest.raises(PathError) as info:
@@ -270,11 +274,12 @@ def test_source_route_to_nothing_is_not_null() -> None:
 
 
 def test_params_upper_case_dict() -> None:
-    parsed = parse("<a@example.com> SIZE=100 BODY=8BITMIME SMTPUTF8", allow_null=False,
-                   utf8=True)
+    parsed = parse("<a@example.com> SIZE=100 BODY=8BITMIME SMTPUTF8", allow_null=False, utf8=True)
     assert parsed.params == {"SIZE": "100", "BODY": "8BITMIME", "SMTPUTF8": ""}
     assert parse_params("size=100 body=8bitmime smtputf8") == {
-        "SIZE": "100", "BODY": "8bitmime", "SMTPUTF8": ""
+        "SIZE": "100",
+        "BODY": "8bitmime",
+        "SMTPUTF8": "",
     }
     assert parse_params("  SIZE=1   BODY=7BIT  ") == {"SIZE": "1", "BODY": "7BIT"}
     assert parse_params("") == {}
@@ -282,8 +287,18 @@ def test_params_upper_case_dict() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["SIZE=1 SIZE=2", "size=1 SIZE=2", "SMTPUTF8 smtputf8", "=x", "A=", "-A=1", "A=b=c",
-     "A_B=1", "SIZE=\x7f", "K\u00e9Y=1"],
+    [
+        "SIZE=1 SIZE=2",
+        "size=1 SIZE=2",
+        "SMTPUTF8 smtputf8",
+        "=x",
+        "A=",
+        "-A=1",
+        "A=b=c",
+        "A_B=1",
+        "SIZE=\x7f",
+        "K\u00e9Y=1",
+    ],
 )
 def test_bad_params_raise(bad: str) -> None:
     with pytest.raises(PathError):
@@ -302,15 +317,19 @@ def test_params_round_trip(params: dict[str, str], lower: bool) -> None:
 
 @pytest.mark.parametrize(
     ("address", "domain"),
-    [("a@Example.COM", "example.com"), ('"x@y"@b.example.', "b.example"),
-     ("a@[192.0.2.1]", "[192.0.2.1]")],
+    [
+        ("a@Example.COM", "example.com"),
+        ('"x@y"@b.example.', "b.example"),
+        ("a@[192.0.2.1]", "[192.0.2.1]"),
+    ],
 )
 def test_domain_of(address: str, domain: str) -> None:
     assert domain_of(address) == domain
 
 
-@pytest.mark.parametrize("argument", ["<caf\udce9@example.com>", "<user@caf\udce9.example>",
-                                      "<\ud83d@example.com>"])
+@pytest.mark.parametrize(
+    "argument", ["<caf\udce9@example.com>", "<user@caf\udce9.example>", "<\ud83d@example.com>"]
+)
 def test_invalid_utf8_rejected_even_with_smtputf8(argument: str) -> None:
     """aiosmtpd decodes command arguments as UTF-8 with surrogateescape, so bytes that
     are not UTF-8 arrive as lone surrogates (b'caf\\xe9' -> 'caf\\udce9'). RFC 6531

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import bcrypt
 import pytest
@@ -22,13 +24,14 @@ from smtprelay.inbound.server import InboundServer, build_intake, users
 from smtprelay.spool import Spool
 
 IP = "192.0.2.9"
+T = TypeVar("T")
 
 
 def fast_hash(password: str) -> bytes:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -50,7 +53,9 @@ def make(path: Path) -> Authenticator:
 def test_read_users_parses_htpasswd_output(tmp_path: Path) -> None:
     out = subprocess.run(
         ["htpasswd", "-nbB", "-C", "4", "app1", "s3cret pw"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path = tmp_path / "users"
     path.write_text("# made by htpasswd\n" + out)
@@ -108,15 +113,21 @@ def test_read_users_not_utf8(tmp_path: Path) -> None:
 
 
 user_names = st.text(
-    alphabet=st.characters(exclude_categories=["Cs", "Zs", "Zl", "Zp", "Cc"],
-                           exclude_characters=":"),
-    min_size=1, max_size=12,
+    alphabet=st.characters(
+        exclude_categories=["Cs", "Zs", "Zl", "Zp", "Cc"], exclude_characters=":"
+    ),
+    min_size=1,
+    max_size=12,
 ).filter(lambda n: not n.startswith("#") and not any(c.isspace() for c in n))
 fake_hashes = st.builds(
     lambda v, cost, rest: f"$2{v}${cost:02d}${rest}".encode(),
-    st.sampled_from("aby"), st.integers(4, 31),
-    st.text(alphabet="./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
-            min_size=53, max_size=53),
+    st.sampled_from("aby"),
+    st.integers(4, 31),
+    st.text(
+        alphabet="./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+        min_size=53,
+        max_size=53,
+    ),
 )
 
 
@@ -224,8 +235,10 @@ def test_file_reread_after_same_size_same_mtime_replacement(tmp_path: Path) -> N
         new = os.stat(path)
         assert new.st_size == old.st_size and new.st_ino != old.st_ino
         os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))  # same coarse tick
-        return (await a.verify(IP, "alice", b"new-password"),
-                await a.verify(IP, "alice", b"old-password"))
+        return (
+            await a.verify(IP, "alice", b"new-password"),
+            await a.verify(IP, "alice", b"old-password"),
+        )
 
     assert run(check()) == (True, False)
 
@@ -250,7 +263,7 @@ def test_memo_skips_bcrypt_for_repeat_success(
         def no_bcrypt(*args: object) -> bool:
             raise AssertionError("bcrypt called for a remembered password")
 
-        monkeypatch.setattr(auth.bcrypt, "checkpw", no_bcrypt)
+        monkeypatch.setattr(bcrypt, "checkpw", no_bcrypt)
         second = await a.verify(IP, "alice", b"right")
         monkeypatch.undo()
         wrong = await a.verify(IP, "alice", b"wrong")
@@ -310,11 +323,14 @@ def test_unknown_user_is_checked_against_a_hash_of_the_files_cost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "users"
-    write_users(path, {
-        "alice": bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=5)),
-        "bob": bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=5)),
-        "carol": bcrypt.hashpw(b"c", bcrypt.gensalt(rounds=4)),
-    })
+    write_users(
+        path,
+        {
+            "alice": bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=5)),
+            "bob": bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=5)),
+            "carol": bcrypt.hashpw(b"c", bcrypt.gensalt(rounds=4)),
+        },
+    )
     calls: list[tuple[bytes, bytes]] = []
     real = bcrypt.checkpw
 
@@ -322,12 +338,15 @@ def test_unknown_user_is_checked_against_a_hash_of_the_files_cost(
         calls.append((password, hashed))
         return real(password, hashed)
 
-    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+    monkeypatch.setattr(bcrypt, "checkpw", recording)
 
     async def check() -> list[bool]:
         a = make(path)
-        return [await a.verify(IP, "nobody", b"a"), await a.verify(IP, "alice", b"x"),
-                await a.verify(IP, "nobody", b"x" * 100)]
+        return [
+            await a.verify(IP, "nobody", b"a"),
+            await a.verify(IP, "alice", b"x"),
+            await a.verify(IP, "nobody", b"x" * 100),
+        ]
 
     assert run(check()) == [False, False, False]
     assert [len(p) for p, _ in calls] == [1, 1, 72]
@@ -338,9 +357,16 @@ def test_unknown_user_is_checked_against_a_hash_of_the_files_cost(
     assert unknown not in read_users(path).values()
 
 
-@pytest.mark.parametrize(("costs", "expected"), [
-    ([], auth.HASH_ROUNDS), ([4], 4), ([4, 6, 6], 6), ([4, 4, 6], 4), ([5, 7], 7),
-])
+@pytest.mark.parametrize(
+    ("costs", "expected"),
+    [
+        ([], auth.HASH_ROUNDS),
+        ([4], 4),
+        ([4, 6, 6], 6),
+        ([4, 4, 6], 4),
+        ([5, 7], 7),
+    ],
+)
 def test_dummy_hash_cost(costs: list[int], expected: int) -> None:
     users = {f"u{n}": f"$2y${cost:02d}${'a' * 53}".encode() for n, cost in enumerate(costs)}
     dummy = auth.dummy_hash(users)
@@ -361,8 +387,9 @@ LONG = ("long-password-" * 8)[:100]  # 100 bytes: bcrypt uses the first 72
 
 @pytest.mark.skipif(shutil.which("htpasswd") is None, reason="htpasswd (apache2-utils) missing")
 def test_htpasswd_hashes_the_first_72_bytes_and_so_do_we(tmp_path: Path) -> None:
-    out = subprocess.run(["htpasswd", "-nbB", "-C", "4", "long", LONG],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["htpasswd", "-nbB", "-C", "4", "long", LONG], check=True, capture_output=True, text=True
+    ).stdout
     path = tmp_path / "users"
     path.write_text(out)
     path2 = tmp_path / "users2"
@@ -412,8 +439,11 @@ def test_reload_hands_the_record_to_the_new_authenticator(tmp_path: Path) -> Non
     """InboundServer.apply (SIGHUP): a reload must not wipe a guessing client's penalty."""
     path = tmp_path / "users"
     _write(path, {"alice": "right"})
-    raw = {"server": {"hostname": "relay.test"}, "spool": {"dir": str(tmp_path / "spool")},
-           "auth": {"users_file": str(path)}}
+    raw = {
+        "server": {"hostname": "relay.test"},
+        "spool": {"dir": str(tmp_path / "spool")},
+        "auth": {"users_file": str(path)},
+    }
 
     async def check() -> tuple[Authenticator, Authenticator, bool, bool]:
         before = config.parse(raw)
@@ -425,9 +455,10 @@ def test_reload_hands_the_record_to_the_new_authenticator(tmp_path: Path) -> Non
             intake = build_intake(before, spool, old, None)
             inbound = InboundServer(before, intake, None)  # type: ignore[arg-type]
             header_before = intake.authenticated_header
-            inbound.apply(config.parse({**raw, "auth": {**raw["auth"],
-                                                        "authenticated_header": True}}),
-                          users(before))
+            inbound.apply(
+                config.parse({**raw, "auth": {**raw["auth"], "authenticated_header": True}}),
+                users(before),
+            )
             assert intake.authenticator is not None
             return old, intake.authenticator, header_before, intake.authenticated_header
         finally:
@@ -453,7 +484,7 @@ def test_parallel_first_logins_of_one_client_pay_bcrypt_once(
         calls.append(password)
         return real(password, hashed)
 
-    monkeypatch.setattr(auth.bcrypt, "checkpw", recording)
+    monkeypatch.setattr(bcrypt, "checkpw", recording)
 
     async def check() -> list[bool]:
         a = make(path)

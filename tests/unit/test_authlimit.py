@@ -21,8 +21,14 @@ def throttle(time: VirtualTime, **kwargs: float) -> Throttle:
     return Throttle(clock=time.clock, sleep=time.sleep, **kwargs)  # type: ignore[arg-type]
 
 
-async def attempt(th: Throttle, time: VirtualTime, ip: str, ok: bool,
-                  starts: list[tuple[str, float]], work: float = 0.0) -> None:
+async def attempt(
+    th: Throttle,
+    time: VirtualTime,
+    ip: str,
+    ok: bool,
+    starts: list[tuple[str, float]],
+    work: float = 0.0,
+) -> None:
     async with th.turn(ip) as turn:
         starts.append((ip, time.now))
         if work:
@@ -30,14 +36,17 @@ async def attempt(th: Throttle, time: VirtualTime, ip: str, ok: bool,
         turn.ok = ok
 
 
-@pytest.mark.parametrize(("ip", "key"), [
-    ("192.0.2.9", "192.0.2.9"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-    ("::ffff:192.0.2.9", "192.0.2.9"),
-    ("not-an-address", "not-an-address"),
-])
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("192.0.2.9", "192.0.2.9"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:192.0.2.9", "192.0.2.9"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
 def test_client_key(ip: str, key: str) -> None:
     assert client_key(ip) == key
 
@@ -89,8 +98,9 @@ def test_another_address_is_not_queued_behind_a_penalised_one() -> None:
     async def scenario() -> None:
         for _ in range(3):  # A has failed three times: its next turn is 6 s away
             await attempt(th, time, A, False, starts, 0.25)
-        waiting = [asyncio.ensure_future(attempt(th, time, A, False, starts, 0.25))
-                   for _ in range(10)]
+        waiting = [
+            asyncio.ensure_future(attempt(th, time, A, False, starts, 0.25)) for _ in range(10)
+        ]
         for _ in range(10):
             await asyncio.sleep(0)
         await attempt(th, time, B, True, starts, 0.25)  # B logs in meanwhile
@@ -263,9 +273,15 @@ def test_pool_admits_known_clients_first_and_suspects_last() -> None:
         pool = BcryptPool(1)
         busy = asyncio.ensure_future(pool.run(NEUTRAL, check, "busy"))
         await asyncio.to_thread(running.wait, 10)
-        queued = [asyncio.ensure_future(pool.run(priority, check, name)) for priority, name in
-                  [(SUSPECT, "guess1"), (NEUTRAL, "new"), (SUSPECT, "guess2"),
-                   (KNOWN, "known")]]
+        queued = [
+            asyncio.ensure_future(pool.run(priority, check, name))
+            for priority, name in [
+                (SUSPECT, "guess1"),
+                (NEUTRAL, "new"),
+                (SUSPECT, "guess2"),
+                (KNOWN, "known"),
+            ]
+        ]
         await asyncio.sleep(0.05)
         gate.set()
         await asyncio.gather(busy, *queued)

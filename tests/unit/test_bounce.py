@@ -85,8 +85,16 @@ def delayed(address: str, reply: str = REPLY_CAROL, **kw: Any) -> DSNRecipient:
 
 
 def delivered(address: str, action: str = "delivered") -> DSNRecipient:
-    return DSNRecipient(address, None, action, "2.0.0",  # type: ignore[arg-type]
-                        "250 2.0.0 Ok: queued as 12345", "mx.example.org", LAST_ATTEMPT, None)
+    return DSNRecipient(
+        address,
+        None,
+        action,  # type: ignore[arg-type]
+        "2.0.0",
+        "250 2.0.0 Ok: queued as 12345",
+        "mx.example.org",
+        LAST_ATTEMPT,
+        None,
+    )
 
 
 def dsn(recipients: Sequence[DSNRecipient], **kw: Any) -> bytes:
@@ -225,18 +233,21 @@ def test_email_package_reads_the_same_blocks() -> None:
 
 def test_will_retry_until_only_for_delayed() -> None:
     # A caller passing a retry deadline for a failure must not make it look retried.
-    raw = dsn([failed("bob@example.net", will_retry_until=RETRY_UNTIL),
-               delayed("carol@example.org")])
+    raw = dsn(
+        [failed("bob@example.net", will_retry_until=RETRY_UNTIL), delayed("carol@example.org")]
+    )
     _, bob, carol = status_blocks(raw)
     assert "will-retry-until" not in bob
     assert "will-retry-until" in carol
 
 
 def test_original_recipient_only_when_orcpt_given() -> None:
-    raw = dsn([
-        failed("bob@example.net", original="rfc822;bob@example.net"),
-        failed("dave@example.net", REPLY_DAVE),
-    ])
+    raw = dsn(
+        [
+            failed("bob@example.net", original="rfc822;bob@example.net"),
+            failed("dave@example.net", REPLY_DAVE),
+        ]
+    )
     _, bob, dave = status_blocks(raw)
     assert bob["original-recipient"] == "rfc822;bob@example.net"
     assert "original-recipient" not in dave
@@ -244,8 +255,9 @@ def test_original_recipient_only_when_orcpt_given() -> None:
 
 
 def test_orcpt_and_envid_are_xtext_decoded() -> None:
-    raw = dsn([failed("bob@example.net", original="rfc822;bob+2Btag@example.net")],
-              envid="QQ+2B314159")
+    raw = dsn(
+        [failed("bob@example.net", original="rfc822;bob+2Btag@example.net")], envid="QQ+2B314159"
+    )
     per_message, bob = status_blocks(raw)
     assert bob["original-recipient"] == "rfc822;bob+tag@example.net"
     assert per_message["original-envelope-id"] == "QQ+314159"
@@ -253,8 +265,17 @@ def test_orcpt_and_envid_are_xtext_decoded() -> None:
 
 
 def test_missing_remote_details_are_left_out() -> None:
-    raw = dsn([failed("bob@example.net", diagnostic=None, remote_mta=None,
-                      last_attempt=None, status="5.4.7")])
+    raw = dsn(
+        [
+            failed(
+                "bob@example.net",
+                diagnostic=None,
+                remote_mta=None,
+                last_attempt=None,
+                status="5.4.7",
+            )
+        ]
+    )
     _, bob = status_blocks(raw)
     assert set(bob) == {"final-recipient", "action", "status"}
     assert "5.4.7" in text_part(raw)
@@ -358,8 +379,9 @@ def test_oversized_original_falls_back_to_headers_and_says_so() -> None:
 
 
 def test_original_at_the_limit_is_returned_whole() -> None:
-    (_, _, (head, content)) = parts(dsn([failed("bob@example.net")],
-                                        max_original_bytes=len(ORIGINAL)))
+    (_, _, (head, content)) = parts(
+        dsn([failed("bob@example.net")], max_original_bytes=len(ORIGINAL))
+    )
     assert head["content-type"] == "message/rfc822"
     assert content == ORIGINAL
 
@@ -466,12 +488,14 @@ def test_non_ascii_reply_stays_ascii_in_a_plain_status_part() -> None:
 
 
 def test_flufl_finds_exactly_the_failed_recipients() -> None:
-    raw = dsn([
-        failed("bob@example.net"),
-        delayed("carol@example.org"),
-        failed("dave@example.net", REPLY_DAVE, status="5.7.1"),
-        delivered("erin@example.org"),
-    ])
+    raw = dsn(
+        [
+            failed("bob@example.net"),
+            delayed("carol@example.org"),
+            failed("dave@example.net", REPLY_DAVE, status="5.7.1"),
+            delivered("erin@example.org"),
+        ]
+    )
     for msg in (for_flufl(raw), parse(raw)):
         assert scan_message(msg) == {b"bob@example.net", b"dave@example.net"}
         temporary, permanent = all_failures(msg)
@@ -527,8 +551,14 @@ def test_bare_lf_in_the_original_becomes_crlf() -> None:
 def test_crlf_in_values_cannot_inject_header_lines() -> None:
     evil = "\r\nX-Injected: yes\r\nBcc: victim@example.org\r\n\r\nbody"
     raw = dsn(
-        [failed("bob@example.net" + evil, "550 5.1.1 no such user" + evil,
-                remote_mta="mx1.example.net" + evil, original="rfc822;bob@example.net" + evil)],
+        [
+            failed(
+                "bob@example.net" + evil,
+                "550 5.1.1 no such user" + evil,
+                remote_mta="mx1.example.net" + evil,
+                original="rfc822;bob@example.net" + evil,
+            )
+        ],
         envelope_sender=SENDER + evil,
         envid="ENV" + evil,
         qid=QID,
@@ -543,14 +573,22 @@ def test_crlf_in_values_cannot_inject_header_lines() -> None:
     assert len(msg.get_payload()) == 3
     per_message, bob = status_blocks(raw)
     assert set(bob) == {
-        "original-recipient", "final-recipient", "action", "status", "remote-mta",
-        "diagnostic-code", "last-attempt-date",
+        "original-recipient",
+        "final-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
+        "last-attempt-date",
     }
     assert bob["diagnostic-code"] == (
         "smtp; 550 5.1.1 no such user X-Injected: yes Bcc: victim@example.org body"
     )
     assert set(per_message) == {
-        "original-envelope-id", "reporting-mta", "x-smtprelay-queue-id", "arrival-date"
+        "original-envelope-id",
+        "reporting-mta",
+        "x-smtprelay-queue-id",
+        "arrival-date",
     }
 
 
@@ -563,8 +601,10 @@ def test_long_diagnostic_is_folded_and_unfolds_to_the_reply() -> None:
 
 
 def test_multiline_reply_becomes_one_field() -> None:
-    reply = "550-5.1.1 The email account that you tried to reach does not exist.\r\n" \
-            "550 5.1.1 Please try double-checking the recipient's email address."
+    reply = (
+        "550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        "550 5.1.1 Please try double-checking the recipient's email address."
+    )
     raw = dsn([failed("bob@example.net", reply)])
     assert status_blocks(raw)[1]["diagnostic-code"] == "smtp; " + reply.replace("\r\n", " ")
 
@@ -582,7 +622,11 @@ def test_any_values_give_a_well_formed_dsn(
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     _, first, second = status_blocks(raw)
     assert set(first) <= {
-        "final-recipient", "action", "status", "remote-mta", "diagnostic-code",
+        "final-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
         "last-attempt-date",
     }
     assert first["action"] == "failed"

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ async def _pair() -> tuple[channel.Sender, asyncio.StreamReader]:
     return channel.Sender(writer), reader
 
 
-async def _frames(reader: asyncio.StreamReader, n: int) -> list[tuple[dict, bytes]]:
+async def _frames(reader: asyncio.StreamReader, n: int) -> list[tuple[dict[str, Any], bytes]]:
     got = []
     for _ in range(n):
         frame = channel.decode(await reader.readline())
@@ -42,7 +43,12 @@ def test_frames_of_one_loop_iteration_go_out_in_one_write(
         sender, reader = await _pair()
         writes: list[bytes] = []
         real = sender._writer.write
-        monkeypatch.setattr(sender._writer, "write", lambda b: (writes.append(b), real(b)))
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            real(data)
+
+        monkeypatch.setattr(sender._writer, "write", write)
         envelope = make_envelope(size=11)
         sender.send({"ready": True})
         sender.queued(envelope, b"hello\nworld")
@@ -111,4 +117,3 @@ def test_forwarded_mail_log_events_count_in_the_main_process() -> None:
     here, there = direct.history("1K2000000000Q"), remote.history("1K2000000000Q")
     assert here is not None and there is not None
     assert there.events == here.events
-

@@ -24,7 +24,12 @@ def smtprelay(
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "smtprelay", *args],
-        input=stdin, capture_output=True, text=True, cwd=REPO, env=full_env, timeout=60,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=full_env,
+        timeout=60,
     )
 
 
@@ -146,8 +151,10 @@ def test_user_add_long_password(conf: Path, tmp_path: Path) -> None:
     added = smtprelay("user", "add", "app1", "-c", str(conf), stdin=long + "\n")
     assert added.returncode == 0, added.stderr
     assert "Traceback" not in added.stderr
-    assert added.stderr == "smtprelay: note: only the first 72 bytes of the password count " \
-                           "(bcrypt; htpasswd -B does the same)\n"
+    assert (
+        added.stderr == "smtprelay: note: only the first 72 bytes of the password count "
+        "(bcrypt; htpasswd -B does the same)\n"
+    )
     hashed = read_users(tmp_path / "users")["app1"]
     assert bcrypt.checkpw(long[:72].encode(), hashed)
     assert not bcrypt.checkpw(long[:71].encode(), hashed)
@@ -172,7 +179,7 @@ def test_user_del_unknown_exit_1(conf: Path) -> None:
 
 def test_user_add_without_users_file_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("[server]\nhostname = \"relay.test\"\n")
+    path.write_text('[server]\nhostname = "relay.test"\n')
     result = smtprelay("user", "add", "app1", "-c", str(path), stdin="pw\n")
     assert result.returncode == 2
     assert "[auth] users_file" in _one_line_error(result)

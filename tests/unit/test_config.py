@@ -125,8 +125,7 @@ def test_bad_duration() -> None:
         ({"relay": {"trusted_networks": ["not-a-net"]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"trusted_networks": [10]}}, "[relay] trusted_networks[0]:"),
         ({"relay": {"allowed_sender_domains": ["a b"]}}, "[relay] allowed_sender_domains[0]:"),
-        ({"relay": {"allowed_recipient_domains": ["@x"]}},
-         "[relay] allowed_recipient_domains[0]:"),
+        ({"relay": {"allowed_recipient_domains": ["@x"]}}, "[relay] allowed_recipient_domains[0]:"),
         ({"tls": {"min_version": "TLSv9"}}, "[tls] min_version:"),
         ({"tls": {"min_version": "SSLv3"}}, "[tls] min_version:"),
         ({"log": {"format": "xml"}}, "[log] format:"),
@@ -146,8 +145,10 @@ def test_value_with_colon_still_names_the_key() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"delivery": {"retry_schedule": ["5m", "5x"]}},
-         "[delivery] retry_schedule[1]: '5x' is not a duration"),
+        (
+            {"delivery": {"retry_schedule": ["5m", "5x"]}},
+            "[delivery] retry_schedule[1]: '5x' is not a duration",
+        ),
         ({"delivery": {"retry_schedule": []}}, "[delivery] retry_schedule:"),
         ({"delivery": {"smarthost": {"foo": 1}}}, "[delivery.smarthost] foo: unknown key"),
         ({"delivery": {"bogus": {}}}, "[delivery] bogus: unknown key"),
@@ -157,10 +158,14 @@ def test_value_with_colon_still_names_the_key() -> None:
         ({"delivery": {"nameservers": ["dns.example:53"]}}, "[delivery] nameservers[0]:"),
         ({"delivery": {"tls": "maybe"}}, "[delivery] tls: 'maybe'"),
         ({"delivery": {"port": 0}}, "[delivery] port:"),
-        ({"delivery": {"line_length_limit": -1}},
-         "[delivery] line_length_limit: -1 is neither 0 (off) nor at least 78 octets"),
-        ({"delivery": {"line_length_limit": 77}},
-         "[delivery] line_length_limit: 77 is neither 0 (off) nor at least 78 octets"),
+        (
+            {"delivery": {"line_length_limit": -1}},
+            "[delivery] line_length_limit: -1 is neither 0 (off) nor at least 78 octets",
+        ),
+        (
+            {"delivery": {"line_length_limit": 77}},
+            "[delivery] line_length_limit: 77 is neither 0 (off) nor at least 78 octets",
+        ),
         ({"delivery": {"line_length_limit": "998"}}, "[delivery] line_length_limit:"),
         ({"delivery": {"line_length_limit": True}}, "[delivery] line_length_limit:"),
     ],
@@ -257,26 +262,57 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _NON_DEFAULT = [
     {},
-    {"server": {"hostname": "relay.example.net", "timeout": "45s", "max_message_size": "10MiB",
-                "max_recipients": 5, "max_connections": 7,
-                "listen": ["0.0.0.0:25", "[::1]:2525"], "listen_implicit_tls": ["[::]:465"]}},
+    {
+        "server": {
+            "hostname": "relay.example.net",
+            "timeout": "45s",
+            "max_message_size": "10MiB",
+            "max_recipients": 5,
+            "max_connections": 7,
+            "listen": ["0.0.0.0:25", "[::1]:2525"],
+            "listen_implicit_tls": ["[::]:465"],
+        }
+    },
     {"server": {"timeout": 0.25}},
     {"server": {"timeout": "7d"}},
     {"server": {"timeout": 1_000_001}},
-    {"tls": {"cert_file": "/etc/ssl/a \"quoted\" path.pem", "key_file": "C:\\keys\\k.pem",
-             "min_version": "TLSv1.3"}},
+    {
+        "tls": {
+            "cert_file": '/etc/ssl/a "quoted" path.pem',
+            "key_file": "C:\\keys\\k.pem",
+            "min_version": "TLSv1.3",
+        }
+    },
     {"auth": {"users_file": "/etc/smtprelay/users", "allow_plaintext": True}},
-    {"relay": {"trusted_networks": [], "allowed_sender_domains": ["example.com", ".example.org"],
-               "allowed_recipient_domains": ["b\u00fccher.example"]}},
+    {
+        "relay": {
+            "trusted_networks": [],
+            "allowed_sender_domains": ["example.com", ".example.org"],
+            "allowed_recipient_domains": ["b\u00fccher.example"],
+        }
+    },
     {"relay": {"trusted_networks": ["10.0.0.0/8", "2001:db8::/32", "::ffff:0:0/96"]}},
     {"spool": {"dir": "/var/spool/smtprelay"}, "log": {"format": "json", "level": "debug"}},
-    {"delivery": {"mode": "smarthost", "port": 2525, "tls": "verify", "ca_file": "/ca.pem",
-                  "nameservers": ["127.0.0.1:5353", "::1"], "concurrency": 3,
-                  "retry_schedule": ["1m", "90s", "1h", 7], "max_queue_lifetime": "2d",
-                  "line_length_limit": 0,
-                  "smarthost": {"hosts": ["smtp.example:587", "[2001:db8::1]:465"],
-                                "tls": "implicit", "username": "u", "password_file": "/p"},
-                  "routes": {"Example.COM": "127.0.0.2:2525", "b\u00fccher.example": "[::1]:25"}}},
+    {
+        "delivery": {
+            "mode": "smarthost",
+            "port": 2525,
+            "tls": "verify",
+            "ca_file": "/ca.pem",
+            "nameservers": ["127.0.0.1:5353", "::1"],
+            "concurrency": 3,
+            "retry_schedule": ["1m", "90s", "1h", 7],
+            "max_queue_lifetime": "2d",
+            "line_length_limit": 0,
+            "smarthost": {
+                "hosts": ["smtp.example:587", "[2001:db8::1]:465"],
+                "tls": "implicit",
+                "username": "u",
+                "password_file": "/p",
+            },
+            "routes": {"Example.COM": "127.0.0.2:2525", "b\u00fccher.example": "[::1]:25"},
+        }
+    },
 ]
 
 
@@ -320,10 +356,10 @@ def test_effective_reparses_property(
 def test_settings_are_frozen() -> None:
     settings = config.parse({})
     with pytest.raises(Exception) as info:
-        settings.server.timeout = 1.0  # type: ignore[misc]
+        settings.server.timeout = 1.0
     assert settings.server.timeout == 300.0
     assert "frozen" in str(info.value).lower()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError
-        settings.server = settings.server  # type: ignore[misc]
+        settings.server = settings.server
     with pytest.raises(AttributeError):
         settings.relay.trusted_networks.append(None)  # type: ignore[attr-defined]

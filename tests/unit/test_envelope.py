@@ -22,8 +22,7 @@ from tests.unit.helpers import make_envelope
 
 texts = st.text(max_size=30)
 finite = st.floats(allow_nan=False, allow_infinity=False)
-params = st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9-]{0,8}", fullmatch=True), texts,
-                         max_size=4)
+params = st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9-]{0,8}", fullmatch=True), texts, max_size=4)
 
 recipients = st.builds(
     Recipient,
@@ -107,7 +106,7 @@ def test_helo_that_is_not_utf8_never_reaches_an_envelope() -> None:
 
 
 def _record(**changes: Any) -> dict[str, Any]:
-    record = json.loads(make_envelope(size=42).to_json())
+    record: dict[str, Any] = json.loads(make_envelope(size=42).to_json())
     record.update(changes)
     return record
 
@@ -180,9 +179,19 @@ def test_unknown_keys_are_ignored() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"{", b"null", b"[]", b"42", b'"text"', b"\xff\xfe", b"{}",
-     b'{"version": 1}', b'{"version": 1, "recipients": "bob@example.net"}',
-     b'{"version": 1, "recipients": [null]}'],
+    [
+        b"",
+        b"{",
+        b"null",
+        b"[]",
+        b"42",
+        b'"text"',
+        b"\xff\xfe",
+        b"{}",
+        b'{"version": 1}',
+        b'{"version": 1, "recipients": "bob@example.net"}',
+        b'{"version": 1, "recipients": [null]}',
+    ],
 )
 def test_garbage_rejected(raw: bytes) -> None:
     _rejects(raw)

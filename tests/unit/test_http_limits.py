@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from smtprelay.web.limits import InFlight
+from tests.polling import wait_until_async
 
 Run = Callable[[TestServer, aiohttp.ClientSession, asyncio.Event, list[str]], Awaitable[None]]
 
@@ -31,7 +32,8 @@ def serve(limits: InFlight, test: Run) -> None:
         app = web.Application(middlewares=[limits.middleware])
         app.router.add_get("/light", hold)
         app.router.add_get("/heavy", hold)
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        server = TestServer(app, host="127.0.0.1")
+        async with server, aiohttp.ClientSession() as session:
             await test(server, session, release, entered)
 
     asyncio.run(asyncio.wait_for(main(), 60))
@@ -44,15 +46,6 @@ async def get(
         return response.status, await response.json(), response.headers.get("Retry-After")
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll: the counts live in the middleware, which signals nothing."""
-    for _ in range(3000):  # 30 s at most: a safety net
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
-
-
 def test_requests_over_the_cap_wait_then_get_503_with_retry_after() -> None:
     limits = InFlight(2, wait=0.2, max_waiting=1)
 
@@ -63,9 +56,9 @@ def test_requests_over_the_cap_wait_then_get_503_with_retry_after() -> None:
         entered: list[str],
     ) -> None:
         held = [asyncio.create_task(get(server, session, "/light")) for _ in range(2)]
-        await until(lambda: len(entered) == 2)
+        await wait_until_async(lambda: len(entered) == 2, 30)
         waiting = asyncio.create_task(get(server, session, "/light"))
-        await until(lambda: limits.waiting == 1)
+        await wait_until_async(lambda: limits.waiting == 1, 30)
         # One is waiting already (max_waiting): the next is refused at once.
         status, body, retry = await get(server, session, "/light")
         assert (status, body["error"]["code"], retry) == (503, "busy", "1")
@@ -92,9 +85,9 @@ def test_a_waiting_request_gets_the_slot_that_frees() -> None:
         entered: list[str],
     ) -> None:
         first = asyncio.create_task(get(server, session, "/light"))
-        await until(lambda: len(entered) == 1)
+        await wait_until_async(lambda: len(entered) == 1, 30)
         second = asyncio.create_task(get(server, session, "/light"))
-        await until(lambda: limits.waiting == 1)
+        await wait_until_async(lambda: limits.waiting == 1, 30)
         assert len(entered) == 1
         release.set()
         assert (await first)[0] == 200
@@ -114,10 +107,10 @@ def test_heavy_paths_have_a_smaller_cap_and_leave_room_for_the_rest() -> None:
         entered: list[str],
     ) -> None:
         heavy = asyncio.create_task(get(server, session, "/heavy"))
-        await until(lambda: entered == ["/heavy"])
+        await wait_until_async(lambda: entered == ["/heavy"], 30)
         assert (await get(server, session, "/heavy"))[0] == 503  # one heavy at a time
         light = [asyncio.create_task(get(server, session, "/light")) for _ in range(2)]
-        await until(lambda: len(entered) == 3)  # the light ones still get slots
+        await wait_until_async(lambda: len(entered) == 3, 30)  # the light ones still get slots
         assert sorted(entered) == ["/heavy", "/light", "/light"]
         release.set()
         assert (await heavy)[0] == 200

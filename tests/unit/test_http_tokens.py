@@ -22,8 +22,7 @@ def test_named_token_with_scopes_senders_and_a_hash(tmp_path: Path) -> None:
     digest = hash_secret("s3cret-erp")
     path = tmp_path / "tokens"
     path.write_text(
-        f"erp {digest} scopes=send,read senders=Example.com,example.org\n"
-        "ops tok-ops scopes=admin\n"
+        f"erp {digest} scopes=send,read senders=Example.com,example.org\nops tok-ops scopes=admin\n"
     )
     tokens = TokenFile(path)
     erp = tokens.check("s3cret-erp")

@@ -77,8 +77,10 @@ def test_text_line_under_journald(capture: Callable[..., io.StringIO]) -> None:
     ]
 
 
-@pytest.mark.parametrize(("tz", "offset"), [("UTC0", "+00:00"), ("EST5", "-05:00"),
-                                            ("NST3:30", "-03:30"), ("IST-5:30", "+05:30")])
+@pytest.mark.parametrize(
+    ("tz", "offset"),
+    [("UTC0", "+00:00"), ("EST5", "-05:00"), ("NST3:30", "-03:30"), ("IST-5:30", "+05:30")],
+)
 def test_timestamp_offset(
     capture: Callable[..., io.StringIO], monkeypatch: pytest.MonkeyPatch, tz: str, offset: str
 ) -> None:
@@ -113,12 +115,14 @@ def test_text_examples_from_design(capture: Callable[..., io.StringIO]) -> None:
         "failed: authentication failure, sasl_username=app1"
     )
     # The shape fail2ban's postfix filter (mode auth, fail2ban 0.11 and later) looks for.
-    assert re.search(
+    match = re.search(
         r"^[^[]*\[(?P<host>[\d.]+)\](?::\d+)?: SASL ((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) "
         r"authentication failed:(?! Connection lost to authentication server| Invalid "
         r"authentication mechanism)",
         auth_line.split(": ", 1)[1],
-    ).group("host") == "192.0.2.9"  # type: ignore[union-attr]
+    )
+    assert match, auth_line
+    assert match.group("host") == "192.0.2.9"
 
 
 def test_auth_failure_names_the_user_printably(capture: Callable[..., io.StringIO]) -> None:
@@ -136,8 +140,10 @@ def test_plain_warning_gets_prefix(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.TextFormatter(under_journald=True))
     logging.getLogger("smtprelay.mail").warning("disk is %s", "slow")
     logging.getLogger("smtprelay.mail").info("just info")
-    assert _lines(stream) == [f"smtprelay/main[{PID}]: warning: disk is slow",
-                              f"smtprelay/main[{PID}]: just info"]
+    assert _lines(stream) == [
+        f"smtprelay/main[{PID}]: warning: disk is slow",
+        f"smtprelay/main[{PID}]: just info",
+    ]
 
 
 # --- reject: the Postfix NOQUEUE shape --------------------------------------------------
@@ -147,8 +153,9 @@ def test_reject_rcpt_exact_postfix_shape(capture: Callable[..., io.StringIO]) ->
     stream = capture(maillog.TextFormatter(under_journald=True))
     # The session names the refused address in the reply text, as Postfix does.
     reply = replies.RELAY_DENIED.with_text(f"<x@example.org>: {replies.RELAY_DENIED.text}")
-    maillog.reject("RCPT", "192.0.2.9", reply, sender="a@b.example",
-                   recipient="x@example.org", helo="pc")
+    maillog.reject(
+        "RCPT", "192.0.2.9", reply, sender="a@b.example", recipient="x@example.org", helo="pc"
+    )
     assert _lines(stream) == [
         f"smtprelay/smtpd[{PID}]: NOQUEUE: reject: RCPT from unknown[192.0.2.9]: 554 5.7.1 "
         "<x@example.org>: Relay access denied; from=<a@b.example> to=<x@example.org> "
@@ -158,12 +165,20 @@ def test_reject_rcpt_exact_postfix_shape(capture: Callable[..., io.StringIO]) ->
 
 def test_reject_variants(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.TextFormatter(under_journald=True))
-    maillog.reject("MAIL", "192.0.2.9", replies.SENDER_DOMAIN_DENIED, sender="a@evil.test",
-                   helo="pc")
+    maillog.reject(
+        "MAIL", "192.0.2.9", replies.SENDER_DOMAIN_DENIED, sender="a@evil.test", helo="pc"
+    )
     denied = replies.RELAY_DENIED.with_text(f"<x@y.test>: {replies.RELAY_DENIED.text}")
     maillog.reject("RCPT", "192.0.2.9", denied, sender="", recipient="x@y.test", proto="SMTP")
-    maillog.reject("RCPT", "192.0.2.9", replies.TOO_MANY_RECIPIENTS, sender="a@b.test",
-                   recipient="x@y.test", helo="pc", qid="0123456789ABC")
+    maillog.reject(
+        "RCPT",
+        "192.0.2.9",
+        replies.TOO_MANY_RECIPIENTS,
+        sender="a@b.test",
+        recipient="x@y.test",
+        helo="pc",
+        qid="0123456789ABC",
+    )
     prefix = f"smtprelay/smtpd[{PID}]: "
     assert _lines(stream) == [
         prefix + "NOQUEUE: reject: MAIL from unknown[192.0.2.9]: 553 5.7.1 Sender address "
@@ -215,8 +230,9 @@ def test_json_reject_fields(capture: Callable[..., io.StringIO]) -> None:
     stream = capture(maillog.JsonFormatter())
     # The session names the refused address in the reply text, as Postfix does.
     reply = replies.RELAY_DENIED.with_text(f"<x@example.org>: {replies.RELAY_DENIED.text}")
-    maillog.reject("RCPT", "192.0.2.9", reply, sender="a@b.example",
-                   recipient="x@example.org", helo="pc")
+    maillog.reject(
+        "RCPT", "192.0.2.9", reply, sender="a@b.example", recipient="x@example.org", helo="pc"
+    )
     obj = json.loads(_lines(stream)[0])
     assert obj["code"] == 554 and obj["dsn"] == "5.7.1"
     assert obj["recipient"] == "x@example.org" and obj["sender"] == "a@b.example"
@@ -262,7 +278,12 @@ def test_folded_lines_text_and_json(capture: Callable[..., io.StringIO]) -> None
     )
     obj = json.loads(_lines(as_json)[0])
     assert (obj["event"], obj["level"], obj["count"], obj["longest"], obj["limit"]) == (
-        "folded", "warning", 3, 52311, 998)
+        "folded",
+        "warning",
+        3,
+        52311,
+        998,
+    )
 
 
 # --- client bytes ----------------------------------------------------------------------------
@@ -288,11 +309,14 @@ def test_text_and_json_lines_escape_client_data(capture: Callable[..., io.String
     text = capture(maillog.TextFormatter(under_journald=True))
     as_json = capture(maillog.JsonFormatter())
     helo = "x\r2026-01-01T00:00:00.000+00:00 vm smtprelay/smtpd[1]: forged\x1b[0m"
-    maillog.reject("RCPT", "192.0.2.1", replies.RELAY_DENIED, sender="a\x00@b",
-                   recipient="r\x07@c", helo=helo)
+    maillog.reject(
+        "RCPT", "192.0.2.1", replies.RELAY_DENIED, sender="a\x00@b", recipient="r\x07@c", helo=helo
+    )
     (line,) = text.getvalue().splitlines()
-    assert line.endswith(r"helo=<x\0152026-01-01T00:00:00.000+00:00 vm smtprelay/smtpd[1]: "
-                         r"forged\033[0m>")
+    assert line.endswith(
+        r"helo=<x\0152026-01-01T00:00:00.000+00:00 vm smtprelay/smtpd[1]: "
+        r"forged\033[0m>"
+    )
     assert r"from=<a\000@b> to=<r\007@c>" in line
     record = json.loads(as_json.getvalue())
     assert record["sender"] == r"a\000@b" and record["recipient"] == r"r\007@c"
@@ -313,7 +337,8 @@ def test_aiosmtpd_lines_name_the_client_as_ours(capture: Callable[..., io.String
         aiosmtpd.removeHandler(handler)
         logging.getLogger().handlers.clear()
     assert stream.getvalue() == (
-        f"smtprelay/main[{PID}]: error: unknown[192.0.2.1] SMTP session exception: X\\033Y\n")
+        f"smtprelay/main[{PID}]: error: unknown[192.0.2.1] SMTP session exception: X\\033Y\n"
+    )
 
 
 def test_every_event_emitted_is_in_the_vocabulary() -> None:

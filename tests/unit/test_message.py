@@ -74,8 +74,13 @@ def test_normalize_counts_bare_line_endings(raw: bytes) -> None:
     assert bare == _bare_count(raw)
 
 
-@given(st.lists(st.binary().map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")) |
-                st.sampled_from([b".", b"..", b"...", b".x", b"x.", b""]), max_size=12))
+@given(
+    st.lists(
+        st.binary().map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+        | st.sampled_from([b".", b"..", b"...", b".x", b"x.", b""]),
+        max_size=12,
+    )
+)
 @example([b".", b""])
 @example([b"..", b".", b""])
 def test_normalize_crlf_input_is_rfc5321_unstuffing(lines: list[bytes]) -> None:
@@ -157,8 +162,10 @@ def test_header_facts_finds_date_any_case(name: bytes) -> None:
 
 
 def test_header_facts_ignores_body() -> None:
-    msg = (b"From: a@example.com\r\nSubject: s\r\n\r\n"
-           b"Message-ID: <body@example.com>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n")
+    msg = (
+        b"From: a@example.com\r\nSubject: s\r\n\r\n"
+        b"Message-ID: <body@example.com>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+    )
     assert header_facts(msg) == HeaderFacts(None, False)
 
 
@@ -189,14 +196,21 @@ header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,12}", fullmatch=True).filt
     lambda n: n.lower() not in ("message-id", "date")
 )
 header_lines = st.builds(
-    lambda n, v: f"{n}: {v}\r\n".encode(), header_names,
+    lambda n, v: f"{n}: {v}\r\n".encode(),
+    header_names,
     st.text(alphabet="abcdefgh <>@.:", max_size=20),
 )
 
 
-@given(st.lists(header_lines, min_size=1, max_size=6), st.booleans(), st.booleans(),
-       st.lists(st.sampled_from([b"Message-ID: <b@x>\r\n", b"Date: today\r\n",
-                                 b"text\r\n", b"\r\n"]), max_size=6))
+@given(
+    st.lists(header_lines, min_size=1, max_size=6),
+    st.booleans(),
+    st.booleans(),
+    st.lists(
+        st.sampled_from([b"Message-ID: <b@x>\r\n", b"Date: today\r\n", b"text\r\n", b"\r\n"]),
+        max_size=6,
+    ),
+)
 def test_header_facts_property(
     headers: list[bytes], with_id: bool, with_date: bool, body: list[bytes]
 ) -> None:
@@ -220,8 +234,14 @@ _NOW = 1_700_000_000.0
 
 def _received(**overrides: object) -> bytes:
     args: dict[str, object] = dict(
-        helo="client.example", ip="192.0.2.5", hostname="relay.example.net", protocol="ESMTP",
-        qid="0123456789ABC", tls=None, auth_user=None, recipients=["bob@example.org"],
+        helo="client.example",
+        ip="192.0.2.5",
+        hostname="relay.example.net",
+        protocol="ESMTP",
+        qid="0123456789ABC",
+        tls=None,
+        auth_user=None,
+        recipients=["bob@example.org"],
         now=_NOW,
     )
     args.update(overrides)
@@ -256,8 +276,11 @@ def test_received_several_recipients_no_for() -> None:
 
 def test_received_tls_and_auth() -> None:
     value = _parse_header(
-        _received(tls="TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)",
-                  auth_user="app1", protocol="ESMTPSA")
+        _received(
+            tls="TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)",
+            auth_user="app1",
+            protocol="ESMTPSA",
+        )
     )
     assert "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))" in value
     assert "(Authenticated sender: app1)" in value
@@ -287,15 +310,24 @@ def test_received_non_ascii_helo_survives() -> None:
 
 
 @given(
-    st.text(alphabet=st.characters(blacklist_characters="\r\n\x00 ", codec="ascii",
-                                   min_codepoint=0x21), min_size=1, max_size=30),
-    st.lists(st.from_regex(r"[a-z]{1,8}@[a-z]{1,8}\.example", fullmatch=True), min_size=1,
-             max_size=3),
-    st.booleans(), st.booleans(),
+    st.text(
+        alphabet=st.characters(blacklist_characters="\r\n\x00 ", codec="ascii", min_codepoint=0x21),
+        min_size=1,
+        max_size=30,
+    ),
+    st.lists(
+        st.from_regex(r"[a-z]{1,8}@[a-z]{1,8}\.example", fullmatch=True), min_size=1, max_size=3
+    ),
+    st.booleans(),
+    st.booleans(),
 )
 def test_received_always_parses(helo: str, rcpts: list[str], tls: bool, auth: bool) -> None:
-    header = _received(helo=helo, recipients=rcpts, tls="TLSv1.2 with cipher X" if tls else None,
-                       auth_user="app" if auth else None)
+    header = _received(
+        helo=helo,
+        recipients=rcpts,
+        tls="TLSv1.2 with cipher X" if tls else None,
+        auth_user="app" if auth else None,
+    )
     value = _parse_header(header)
     assert value.count("(") == value.count(")")
     assert ("for <" in value) == (len(rcpts) == 1)
@@ -311,8 +343,7 @@ def test_origin_headers_adds_only_missing() -> None:
     only_id = origin_headers(HeaderFacts(None, True), "0123456789ABC", "relay.example", _NOW)
     assert only_id == b"Message-ID: <0123456789ABC@relay.example>\r\n"
 
-    only_date = origin_headers(HeaderFacts("<x@y>", False), "0123456789ABC", "relay.example",
-                               _NOW)
+    only_date = origin_headers(HeaderFacts("<x@y>", False), "0123456789ABC", "relay.example", _NOW)
     assert only_date.startswith(b"Date: ") and only_date.endswith(b"\r\n")
     assert only_date.count(b"\r\n") == 1
     assert parsedate_to_datetime(only_date[6:].decode().strip()).timestamp() == _NOW

@@ -35,8 +35,9 @@ def _queue_for_slow(spool: Spool, scheduler: Scheduler, count: int) -> list[str]
     every attempt reads its message from the spool)."""
     qids = []
     for n in range(count):
-        envelope = make_envelope(ids.new_id(), size=len(DATA),
-                                 recipients=[Recipient(f"r{n}@slow.test")])
+        envelope = make_envelope(
+            ids.new_id(), size=len(DATA), recipients=[Recipient(f"r{n}@slow.test")]
+        )
         spool.commit(envelope, DATA)
         scheduler.enqueue(envelope.qid, 0.0)
         qids.append(envelope.qid)
@@ -48,8 +49,10 @@ async def _settle(scheduler: Scheduler, transport: FakeDeliverer, total: int) ->
     for _ in range(500):
         waiting = sum(scheduler.destinations.waiting.values())
         parked = len(scheduler.destinations.parked_qids)
-        if (parked + waiting + transport.running["slow.test"] == total
-                and scheduler.attempting == total - parked):
+        if (
+            parked + waiting + transport.running["slow.test"] == total
+            and scheduler.attempting == total - parked
+        ):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the scheduler did not settle")
@@ -72,8 +75,7 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
         assert sum(scheduler.destinations.waiting.values()) < 20
         assert len(scheduler.destinations.parked_qids) > 30
         # Another destination is not held up by the backlog.
-        fast = make_envelope(ids.new_id(), size=len(DATA),
-                             recipients=[Recipient("x@fast.test")])
+        fast = make_envelope(ids.new_id(), size=len(DATA), recipients=[Recipient("x@fast.test")])
         spool.commit(fast, DATA)
         scheduler.enqueue_new(fast, DATA)
         await asyncio.sleep(0.1)
@@ -90,7 +92,8 @@ def test_backlog_for_a_busy_destination_is_parked_not_polled(tmp_path: Path) -> 
             await asyncio.sleep(0.02)
         assert spool.ids() == []
         assert sorted(transport.delivered) == sorted(
-            ["x@fast.test", *(f"r{n}@slow.test" for n in range(60))])
+            ["x@fast.test", *(f"r{n}@slow.test" for n in range(60))]
+        )
         assert transport.most["slow.test"] == per_destination
         assert max(spool.loads.values()) <= 2 and scheduler.queued == 0
         running.cancel()
@@ -146,8 +149,9 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
         assert sum(scheduler.destinations.waiting.values()) >= PARK_AFTER * 2  # the line is full
         later = []
         for n in range(30):
-            envelope = make_envelope(ids.new_id(), size=len(DATA),
-                                     recipients=[Recipient(f"late{n}@slow.test")])
+            envelope = make_envelope(
+                ids.new_id(), size=len(DATA), recipients=[Recipient(f"late{n}@slow.test")]
+            )
             spool.commit(envelope, DATA)
             scheduler.restore(envelope)  # as recovery does: counted, due now
             later.append(envelope.qid)
@@ -164,7 +168,8 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
         assert spool.ids() == [] and len(scheduler.ledger) == 0
         assert all(spool.loads[q] == 1 for q in later)
         assert sorted(transport.delivered) == sorted(
-            [*(f"r{n}@slow.test" for n in range(40)), *(f"late{n}@slow.test" for n in range(30))])
+            [*(f"r{n}@slow.test" for n in range(40)), *(f"late{n}@slow.test" for n in range(30))]
+        )
         running.cancel()
         spool.close()
 
@@ -172,15 +177,21 @@ def test_a_message_due_behind_a_full_line_is_parked_without_a_read(tmp_path: Pat
 
 
 def test_the_loop_starts_attempts_in_batches_letting_others_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A whole queue due at once (a restart) is started START_BATCH at a time, with the
     event loop free for other callbacks (HTTP, health) in between."""
 
     async def main() -> None:
         spool = Spool(tmp_path / "spool")
-        scheduler = Scheduler(spool, FakeRouter(), NoDelivery(), DeliverySettings(),
-                              notices=RecordingNotices(),
-                              active_limit=10_000)
+        scheduler = Scheduler(
+            spool,
+            FakeRouter(),
+            NoDelivery(),
+            DeliverySettings(),
+            notices=RecordingNotices(),
+            active_limit=10_000,
+        )
         hold = asyncio.Event()
 
         async def attempt(qid: str) -> None:

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from smtprelay.delivery.pipelining import BatchReplies, _take_reply
 
-WIRE = (b"250 2.1.0 Ok\r\n"
-        b"250-2.1.5 first line\r\n250-second line\r\n250 2.1.5 last line\r\n"
-        b"550 5.1.1 <bad@example.net>: no such user\r\n"
-        b"354 End data with <CR><LF>.<CR><LF>\r\n")
+WIRE = (
+    b"250 2.1.0 Ok\r\n"
+    b"250-2.1.5 first line\r\n250-second line\r\n250 2.1.5 last line\r\n"
+    b"550 5.1.1 <bad@example.net>: no such user\r\n"
+    b"354 End data with <CR><LF>.<CR><LF>\r\n"
+)
 EXPECTED = [
     (250, "2.1.0 Ok"),
     (250, "2.1.5 first line\nsecond line\n2.1.5 last line"),

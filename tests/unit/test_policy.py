@@ -42,8 +42,7 @@ def make_policy(max_recipients: int = 100, **relay: Any) -> Policy:
     ],
 )
 def test_trusted_networks(ip: str, trusted: bool) -> None:
-    policy = make_policy(trusted_networks=["127.0.0.0/8", "::1/128", "10.0.0.0/8",
-                                           "2001:db8::/32"])
+    policy = make_policy(trusted_networks=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "2001:db8::/32"])
     assert policy.is_trusted(ip) is trusted
 
 
@@ -162,6 +161,7 @@ def test_recipient_count_limit() -> None:
 
 @given(st.integers(min_value=1, max_value=50), st.integers(min_value=0, max_value=100))
 def test_recipient_limit_property(limit: int, count: int) -> None:
-    reply = make_policy(max_recipients=limit).check_recipient("a@b.example", may_relay=True,
-                                                               count=count)
+    reply = make_policy(max_recipients=limit).check_recipient(
+        "a@b.example", may_relay=True, count=count
+    )
     assert (reply is None) == (count < limit)

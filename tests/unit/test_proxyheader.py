@@ -15,16 +15,22 @@ BALANCER = ("127.0.0.1", 40000)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-def v2(command: int, src: str = "192.0.2.7", dst: str = "198.51.100.1",
-       ports: tuple[int, int] = (51234, 25)) -> bytes:
+def v2(
+    command: int,
+    src: str = "192.0.2.7",
+    dst: str = "198.51.100.1",
+    ports: tuple[int, int] = (51234, 25),
+) -> bytes:
     addresses = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", *ports)
     # version 2 + command; AF_INET + STREAM; length of the addresses
-    return V2_SIGNATURE + bytes([0x20 | command, 0x11]) + struct.pack("!H", len(addresses)) \
-        + addresses
+    return (
+        V2_SIGNATURE + bytes([0x20 | command, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+    )
 
 
-def read(chunks: list[bytes], eof: bool = False, time_limit: float = 5.0
-         ) -> tuple[tuple[str, int], bytes]:
+def read(
+    chunks: list[bytes], eof: bool = False, time_limit: float = 5.0
+) -> tuple[tuple[str, int], bytes]:
     async def run() -> tuple[tuple[str, int], bytes]:
         prelude = Prelude()
 
@@ -51,7 +57,9 @@ def test_v1_gives_the_client_address_and_keeps_what_follows() -> None:
 
 def test_v1_ipv6_and_unknown() -> None:
     assert read([b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 25\r\nEHLO"]) == (
-        ("2001:db8::7", 4000), b"EHLO")
+        ("2001:db8::7", 4000),
+        b"EHLO",
+    )
     assert read([b"PROXY UNKNOWN\r\n"]) == (BALANCER, b"")
 
 
@@ -60,11 +68,14 @@ def test_v2_proxy_and_local() -> None:
     assert read([v2(0x0)]) == (BALANCER, b"")  # LOCAL: the balancer's own health check
 
 
-@pytest.mark.parametrize("chunks", [
-    [b"EHLO client.test\r\n"],
-    [b"PROXY TCP4 not-an-address 198.51.100.1 1 25\r\n"],
-    [V2_SIGNATURE + b"\x99\x11\x00\x00"],
-])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"EHLO client.test\r\n"],
+        [b"PROXY TCP4 not-an-address 198.51.100.1 1 25\r\n"],
+        [V2_SIGNATURE + b"\x99\x11\x00\x00"],
+    ],
+)
 def test_a_bad_header_is_refused(chunks: list[bytes]) -> None:
     with pytest.raises(ProxyRefused):
         read(chunks)

@@ -31,8 +31,9 @@ class Clock:
 def make_scheduler(tmp_path: Path, clock: Clock) -> tuple[Scheduler, Spool]:
     spool = Spool(tmp_path / "spool")
     unused = NoDelivery()  # router and transport: no delivery happens in these tests
-    scheduler = Scheduler(spool, unused, unused, DeliverySettings(),
-                          notices=RecordingNotices(), clock=clock)
+    scheduler = Scheduler(
+        spool, unused, unused, DeliverySettings(), notices=RecordingNotices(), clock=clock
+    )
     return scheduler, spool
 
 
@@ -62,16 +63,20 @@ def test_hold_release_delete(tmp_path: Path) -> None:
         assert await scheduler.delete([qid]) == {qid: "deleted"}
         assert spool.ids() == [] and scheduler.queued == 0
         missing = ids.new_id()
-        for action in (scheduler.hold, scheduler.release, scheduler.delete,
-                       scheduler.bounce, scheduler.flush):
+        for action in (
+            scheduler.hold,
+            scheduler.release,
+            scheduler.delete,
+            scheduler.bounce,
+            scheduler.flush,
+        ):
             assert await action([missing]) == {missing: "not-found"}
         spool.close()
 
     asyncio.run(main())
 
 
-def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A flushed message's old heap entry is superseded: it never starts a second attempt."""
     clock = Clock()
     attempted: list[str] = []
@@ -119,8 +124,7 @@ def test_bounce_fails_pending_recipients_and_notifies(tmp_path: Path) -> None:
         assert spool.ids() == []
         [(noticed, results)] = notices.calls
         assert noticed == qid
-        assert [r.recipient.address for r in results] == ["bob@example.net",
-                                                           "carol@example.org"]
+        assert [r.recipient.address for r in results] == ["bob@example.net", "carol@example.org"]
         for result in results:
             assert result.action == "failed" and result.status == "5.0.0"
             assert result.recipient.state is RecipientState.FAILED
@@ -172,8 +176,7 @@ def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> N
         await scheduler.hold([held])
         (spool.queue_dir / "stray.tmp").write_bytes(b"x")
         entries, following = await scheduler.listing(None, 10)
-        assert [(e.envelope.qid, e.state) for e in entries] == [
-            (waiting, "active"), (held, "hold")]
+        assert [(e.envelope.qid, e.state) for e in entries] == [(waiting, "active"), (held, "hold")]
         assert following is None
         entries, following = await scheduler.listing(None, 1)
         assert [e.envelope.qid for e in entries] == [waiting] and following == waiting
@@ -187,8 +190,9 @@ def test_listing_pages_through_every_message_with_its_state(tmp_path: Path) -> N
 
 
 class FullDiskNotices:
-    async def after_attempt(self, envelope: Envelope, results: Sequence[Result],
-                            data: bytes | None, now: float) -> list[Spooled]:
+    async def after_attempt(
+        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float
+    ) -> list[Spooled]:
         raise SpoolError("cannot queue the notice: No space left on device", no_space=True)
 
 

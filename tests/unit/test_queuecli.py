@@ -101,12 +101,12 @@ def test_a_timeline_drops_the_qid_prefix() -> None:
     ],
 )
 def test_the_api_address(listen: str, url: str) -> None:
-    settings = config.Settings(http=config.HttpSettings(listen=listen))
+    settings = config.Settings(http=config.HttpSettings.model_validate({"listen": listen}))
     assert client.base_url(settings) == url
 
 
 def test_no_http_endpoint_is_a_configuration_error() -> None:
-    settings = config.Settings(http=config.HttpSettings(listen=""))
+    settings = config.Settings(http=config.HttpSettings.model_validate({"listen": ""}))
     with pytest.raises(config.ConfigError, match="listen"):
         client.base_url(settings)
     with pytest.raises(config.ConfigError, match="tokens_file"):

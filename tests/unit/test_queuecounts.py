@@ -283,8 +283,13 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
     async def main() -> None:
         spool = CountingSpool(tmp_path / "spool")
         router: Any = Router()
-        scheduler = Scheduler(spool, router, transport, settings,  # type: ignore[arg-type]
-                              notices=RecordingNotices())
+        scheduler = Scheduler(
+            spool,
+            router,
+            transport,  # type: ignore[arg-type]
+            settings,
+            notices=RecordingNotices(),
+        )
         scheduler.notices = FailingNotices()  # type: ignore[assignment]
         # At start-up: one waiting, one held (counted, never attempted).
         held_before = envelope(None, "ok1@one.test", state=QueueState.HOLD, arrival=10.0)

@@ -262,10 +262,15 @@ def _trace(
                     contents[inode] = f.read()
 
         def snapshot() -> None:
-            states.append(CrashState(
-                dict(names), dict(contents), dict(durable_names), dict(durable_contents),
-                list(pending),
-            ))
+            states.append(
+                CrashState(
+                    dict(names),
+                    dict(contents),
+                    dict(durable_names),
+                    dict(durable_contents),
+                    list(pending),
+                )
+            )
 
         def traced(name: str) -> Any:
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -335,8 +340,9 @@ def _after_crash(
     if not power_loss:
         return {name: state.contents[inode] for name, inode in state.names.items()}
     names = dict(state.durable_names)
-    for op, keep in zip(state.pending, itertools.chain(kept, itertools.repeat(False)),
-                        strict=False):
+    for op, keep in zip(
+        state.pending, itertools.chain(kept, itertools.repeat(False)), strict=False
+    ):
         if not keep:
             continue
         if op.kind == "unlink":
@@ -365,9 +371,9 @@ def _later(envelope: Envelope, n: int) -> Envelope:
     return later
 
 
-def _sequence(envelope: Envelope, data: bytes, updates: int, pass_data: bool) -> tuple[
-    list[Callable[[Spool], None]], list[Envelope]
-]:
+def _sequence(
+    envelope: Envelope, data: bytes, updates: int, pass_data: bool
+) -> tuple[list[Callable[[Spool], None]], list[Envelope]]:
     """commit, then ``updates`` updates; and the envelope each step leaves on disk."""
     versions = [envelope] + [_later(envelope, n) for n in range(1, updates + 1)]
 
@@ -510,9 +516,7 @@ def test_crash_states_cover_the_whole_sequence() -> None:
     assert files(states[-1]) == {msg: _record(versions[1], data)}
     assert states[returned[0]].pending == [] and states[-1].pending == []
     # Partial temp files (of the update) were seen, so the properties above exercise them
-    assert any(
-        0 < len(files(s).get(tmp, b"")) < len(_record(versions[1], data)) for s in states
-    )
+    assert any(0 < len(files(s).get(tmp, b"")) < len(_record(versions[1], data)) for s in states)
     # ... and the moment the new message is linked in, complete, before any fsync ...
     assert any(
         files(s) == {msg: _record(envelope, data)} and s.durable_contents == {}

@@ -74,9 +74,30 @@ def test_with_text() -> None:
     assert reply == Reply(554, "5.7.1", "nope")
 
 
-@given(st.sampled_from(["221", "250", "252", "421", "451", "454", "500", "501", "502", "503",
-                        "504", "530", "535", "552", "553", "554", "555"]),
-       st.text(alphabet=st.characters(codec="ascii", min_codepoint=32), max_size=40))
+@given(
+    st.sampled_from(
+        [
+            "221",
+            "250",
+            "252",
+            "421",
+            "451",
+            "454",
+            "500",
+            "501",
+            "502",
+            "503",
+            "504",
+            "530",
+            "535",
+            "552",
+            "553",
+            "554",
+            "555",
+        ]
+    ),
+    st.text(alphabet=st.characters(codec="ascii", min_codepoint=32), max_size=40),
+)
 def test_added_code_matches_class_and_keeps_text(code: str, text: str) -> None:
     assume(not re.match(r"[245]\.\d", text))  # text that already starts like a code
     line = f"{code} {text}"

@@ -69,23 +69,33 @@ Run = Callable[..., tuple[RecordingTransport, Session]]
 def session_run(tmp_path: Path) -> Iterator[Run]:
     """``run(*client_writes)``: a session fed each bytes object in turn (waiting for the
     replies to settle in between); returns the transport and the session."""
-    settings = config.parse({
-        "server": {"hostname": "relay.test", "max_message_size": 100_000},
-        "spool": {"dir": str(tmp_path / "spool")},
-    })
+    settings = config.parse(
+        {
+            "server": {"hostname": "relay.test", "max_message_size": 100_000},
+            "spool": {"dir": str(tmp_path / "spool")},
+        }
+    )
     spools: list[Spool] = []
 
-    def run(*feeds: bytes, setup: Callable[[Session], None] | None = None
-            ) -> tuple[RecordingTransport, Session]:
+    def run(
+        *feeds: bytes, setup: Callable[[Session], None] | None = None
+    ) -> tuple[RecordingTransport, Session]:
         async def scenario() -> tuple[RecordingTransport, Session]:
             spool = Spool(Path(settings.spool.dir))
             spools.append(spool)
             intake = build_intake(settings, spool, None, None)
             session = Session(
-                intake, hostname="relay.test", max_message_size=100_000, timeout=30,
+                intake,
+                hostname="relay.test",
+                max_message_size=100_000,
+                timeout=30,
                 tls_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
-                implicit_tls=False, handshake_timeout=10, min_tls_version="TLSv1.2",
-                proxy_from=(), allow_plaintext_auth=False, on_close=lambda s: None,
+                implicit_tls=False,
+                handshake_timeout=10,
+                min_tls_version="TLSv1.2",
+                proxy_from=(),
+                allow_plaintext_auth=False,
+                on_close=lambda s: None,
             )
             if setup is not None:
                 setup(session)
@@ -142,8 +152,9 @@ def test_pipelined_batch_is_answered_in_one_write(session_run: Run) -> None:
     assert len(transport.writes) == 5, transport.writes
     batch = transport.writes[2].decode()
     assert batch.count("\r\n") == 4
-    assert batch.startswith(f"{replies.SENDER_OK}\r\n{replies.RECIPIENT_OK}\r\n"
-                            f"{replies.RECIPIENT_OK}\r\n354 ")
+    assert batch.startswith(
+        f"{replies.SENDER_OK}\r\n{replies.RECIPIENT_OK}\r\n{replies.RECIPIENT_OK}\r\n354 "
+    )
     assert transport.writes[3].startswith(b"250 2.0.0 Ok: queued as ")
     assert transport.writes[4].startswith(b"221 ")
 
@@ -157,8 +168,7 @@ def test_everything_in_one_segment_still_answers_every_command_in_order(
         b"EHLO client.test\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<bob@example.net>\r\n"
         b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n"
     )
-    codes = [line[:3] for line in transport.text.split("\r\n")[:-1]
-             if line[3:4] == " "]
+    codes = [line[:3] for line in transport.text.split("\r\n")[:-1] if line[3:4] == " "]
     assert codes == ["220", "250", "250", "250", "354", "250", "250", "221"]
     # greeting; EHLO..DATA up to the 354, written before the data is read; the rest
     assert len(transport.writes) == 3, transport.writes
@@ -181,9 +191,13 @@ def test_junk_commands_close_the_session_after_the_limit(session_run: Run) -> No
     def small(session: Session) -> None:
         session.junk_command_limit = 5
 
-    transport, _ = session_run(b"EHLO client.test\r\n", b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n",
-                               b"NOOP\r\n", b"NOOP\r\nMAIL FROM:<a@example.com>\r\n",
-                               setup=small)
+    transport, _ = session_run(
+        b"EHLO client.test\r\n",
+        b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n",
+        b"NOOP\r\n",
+        b"NOOP\r\nMAIL FROM:<a@example.com>\r\n",
+        setup=small,
+    )
     lines = transport.text.split("\r\n")[:-1]
     assert lines[-1] == str(replies.TOO_MANY_JUNK_COMMANDS)
     assert transport.closed
@@ -216,8 +230,10 @@ def test_unknown_commands_get_502_then_421(session_run: Run) -> None:
     assert transport.closed
 
 
-@pytest.mark.parametrize("line", [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"\x1b[2J hello",
-                                  b"CONNECT example.net:25 HTTP/1.1"])
+@pytest.mark.parametrize(
+    "line",
+    [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"\x1b[2J hello", b"CONNECT example.net:25 HTTP/1.1"],
+)
 def test_non_smtp_command_closes_at_once(session_run: Run, line: bytes) -> None:
     transport, _ = session_run(line + b"\r\nEHLO client.test\r\n")
     assert transport.closed

@@ -449,8 +449,9 @@ def test_commit_link_fsync_order(spool: Spool, monkeypatch: pytest.MonkeyPatch) 
         stat = os.fstat(fd)
         names = [p.name for p in spool.queue_dir.iterdir() if p.stat().st_ino == stat.st_ino]
         real_fsync(fd)
-        events.append(("fsync", names[0] if names else os.path.relpath(_fd_path(fd), queue),
-                       stat.st_size))
+        events.append(
+            ("fsync", names[0] if names else os.path.relpath(_fd_path(fd), queue), stat.st_size)
+        )
 
     def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         real_rename(src, dst, *args, **kwargs)

@@ -77,8 +77,16 @@ def test_counts_what_the_log_says(st: stats.Stats) -> None:
     maillog.auth_failed("192.0.2.9", "LOGIN", "x")
 
     assert st.counters() == {
-        "received": 1, "delivered": 1, "deferred": 1, "bounced": 1, "rejected": 1,
-        "deleted": 0, "canceled": 0, "notices": 0, "auth_failed": 1, "tls_failed": 0,
+        "received": 1,
+        "delivered": 1,
+        "deferred": 1,
+        "bounced": 1,
+        "rejected": 1,
+        "deleted": 0,
+        "canceled": 0,
+        "notices": 0,
+        "auth_failed": 1,
+        "tls_failed": 0,
         "connections": 1,
     }
     found = samples(st)
@@ -98,8 +106,9 @@ def test_counts_what_the_log_says(st: stats.Stats) -> None:
     assert found[("smtprelay_delivery_seconds_bucket", (("le", "0.25"), ("status", "sent")))] == 0
     assert found[("smtprelay_delivery_seconds_count", (("status", "bounced"),))] == 1
     assert found[("smtprelay_delivery_seconds_sum", (("status", "bounced"),))] == 600.0
-    assert found[("smtprelay_delivery_seconds_bucket",
-                  (("le", "900.0"), ("status", "bounced")))] == 1
+    assert (
+        found[("smtprelay_delivery_seconds_bucket", (("le", "900.0"), ("status", "bounced")))] == 1
+    )
     assert not any(name.endswith("_created") for name, _ in found)
 
 
@@ -134,7 +143,13 @@ def test_history_keeps_every_event_with_its_fields(st: stats.Stats) -> None:
     history = st.history(QID)
     assert history is not None
     assert [e["event"] for e in history.events] == [
-        "client", "message-id", "queued", "delivery", "delivery", "removed"]
+        "client",
+        "message-id",
+        "queued",
+        "delivery",
+        "delivery",
+        "removed",
+    ]
     first, second = history.events[3:5]
     assert (first["status"], first["code"], first["reason"]) == ("deferred", 451, "try later")
     assert (second["status"], second["code"], second["dsn"]) == ("sent", 250, "2.0.0")
@@ -145,11 +160,14 @@ def test_history_keeps_every_event_with_its_fields(st: stats.Stats) -> None:
     assert st.history("1K17TWEWEZ4Y9") is None
 
 
-@pytest.mark.parametrize(("statuses", "outcome"), [
-    (["sent", "sent"], "delivered"),
-    (["bounced", "bounced"], "bounced"),
-    (["sent", "bounced"], "partly delivered"),
-])
+@pytest.mark.parametrize(
+    ("statuses", "outcome"),
+    [
+        (["sent", "sent"], "delivered"),
+        (["bounced", "bounced"], "bounced"),
+        (["sent", "bounced"], "partly delivered"),
+    ],
+)
 def test_outcome(st: stats.Stats, statuses: list[str], outcome: str) -> None:
     receive(QID, 2)
     for n, status in enumerate(statuses):
@@ -177,9 +195,7 @@ def test_operator_actions(st: stats.Stats) -> None:
         assert found[("smtprelay_operator_actions_total", (("action", action),))] == 1
 
 
-def test_finished_messages_are_forgotten_after_the_retention(
-    st: stats.Stats, clock: Clock
-) -> None:
+def test_finished_messages_are_forgotten_after_the_retention(st: stats.Stats, clock: Clock) -> None:
     receive(QID)
     receive(QID2)
     clock.now += 30
@@ -222,9 +238,17 @@ def test_a_long_history_keeps_its_start_and_its_end(st: stats.Stats) -> None:
 
 
 def test_note_queued_keeps_the_envelope_as_accepted(st: stats.Stats) -> None:
-    envelope = make_envelope(QID, client=Client(
-        ip="192.0.2.5", port=40000, helo="c.example", auth_user="app1", auth_method="PLAIN",
-        tls="TLSv1.3 TLS_AES_256_GCM_SHA384"))
+    envelope = make_envelope(
+        QID,
+        client=Client(
+            ip="192.0.2.5",
+            port=40000,
+            helo="c.example",
+            auth_user="app1",
+            auth_method="PLAIN",
+            tls="TLSv1.3 TLS_AES_256_GCM_SHA384",
+        ),
+    )
     receive(QID)
     st.note_queued(envelope)
     history = st.history(QID)
@@ -269,8 +293,9 @@ def test_settled_envelope_shows_each_recipients_final_state_attempts_and_reply(
 ) -> None:
     """/messages/{qid} after the message left the queue: the envelope as accepted
     (before any attempt) brought up to date from the log."""
-    envelope = make_envelope(QID, recipients=[
-        Recipient("a@x.test"), Recipient("b@x.test"), Recipient("c@x.test")])
+    envelope = make_envelope(
+        QID, recipients=[Recipient("a@x.test"), Recipient("b@x.test"), Recipient("c@x.test")]
+    )
     st.note_queued(envelope)
     receive(QID, 3)
     expired = Reply(554, "5.4.7", "Delivery time expired; last error: 451 4.3.0 try later")
@@ -297,8 +322,10 @@ def test_settled_envelope_shows_each_recipients_final_state_attempts_and_reply(
     assert shown["state"] == "partly delivered"
     assert shown["next_attempt"] is None
     assert shown["attempts"] == 2
-    assert [(r["address"], r["state"], r["attempts"], r["last_reply"], r["last_relay"])
-            for r in shown["recipients"]] == [
+    assert [
+        (r["address"], r["state"], r["attempts"], r["last_reply"], r["last_relay"])
+        for r in shown["recipients"]
+    ] == [
         ("a@x.test", "delivered", 2, "250 2.0.0 Ok", "mx[192.0.2.7]:25"),
         ("b@x.test", "failed", 2, "550 5.1.1 no such user", "mx[192.0.2.8]:25"),
         ("c@x.test", "failed", 2, str(expired), None),
@@ -320,4 +347,5 @@ def test_settled_envelope_of_a_deleted_message_keeps_pending_recipients(
     shown = history.settled(json.loads(history.envelope))
     assert shown["state"] == "deleted"
     assert [(r["state"], r["attempts"], r["last_reply"]) for r in shown["recipients"]] == [
-        ("pending", 1, "451 4.3.0 try later")]
+        ("pending", 1, "451 4.3.0 try later")
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtprelay import app, cli, config
+from smtprelay import app, cli, config, maillog
 from smtprelay.tasks import Supervisor, TaskDied, detach
 
 
@@ -155,7 +155,7 @@ def test_the_daemon_exits_non_zero_after_a_fault(
         raise app.DaemonFault("the delivery loop failed")
 
     monkeypatch.setattr(app, "run", run)
-    monkeypatch.setattr(cli.maillog, "setup", lambda fmt, level: None)
+    monkeypatch.setattr(maillog, "setup", lambda fmt, level: None)
     with pytest.raises(SystemExit) as exited:
         cli.main(["serve", "-c", str(path)])
     assert exited.value.code == cli.EXIT_FAILED == 1

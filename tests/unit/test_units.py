@@ -34,8 +34,25 @@ def test_parse_duration_accepts(text: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["5x", "", "m", "-1", "-5m", "5 m s", "5mm", "1e3s", "five", -1, -0.5, True, False,
-            None, [30], {"s": 30}]
+    "bad",
+    [
+        "5x",
+        "",
+        "m",
+        "-1",
+        "-5m",
+        "5 m s",
+        "5mm",
+        "1e3s",
+        "five",
+        -1,
+        -0.5,
+        True,
+        False,
+        None,
+        [30],
+        {"s": 30},
+    ],
 )
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError) as info:
@@ -69,8 +86,16 @@ def test_format_duration_round_trips_any_duration(seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(300, "5m"), (90, "90s"), (3600, "1h"), (86400, "1d"), (7 * 86400, "1w"), (0, "0s"),
-     (0.5, "0.5s"), (2 * 86400 + 3600, "49h")],
+    [
+        (300, "5m"),
+        (90, "90s"),
+        (3600, "1h"),
+        (86400, "1d"),
+        (7 * 86400, "1w"),
+        (0, "0s"),
+        (0.5, "0.5s"),
+        (2 * 86400 + 3600, "49h"),
+    ],
 )
 def test_format_duration_shortest_exact_unit(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
@@ -111,9 +136,21 @@ def test_parse_size_rejects(bad: object) -> None:
     assert repr(bad) in str(info.value)
 
 
-@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(
-    [("KB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("KiB", 1024), ("MiB", 1024**2),
-     ("GiB", 1024**3), ("B", 1), ("", 1)]))
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from(
+        [
+            ("KB", 1000),
+            ("MB", 1000**2),
+            ("GB", 1000**3),
+            ("KiB", 1024),
+            ("MiB", 1024**2),
+            ("GiB", 1024**3),
+            ("B", 1),
+            ("", 1),
+        ]
+    ),
+)
 def test_parse_size_units_multiply(count: int, unit: tuple[str, int]) -> None:
     suffix, factor = unit
     assert parse_size(f"{count}{suffix}") == count * factor
@@ -173,8 +210,9 @@ def test_endpoint_str_brackets_ipv6() -> None:
     assert str(Endpoint("127.0.0.1", 2525)) == "127.0.0.1:2525"
 
 
-_hostnames = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,8}){0,3}",
-                           fullmatch=True)
+_hostnames = st.from_regex(
+    r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,8}){0,3}", fullmatch=True
+)
 
 
 @given(
@@ -184,4 +222,3 @@ _hostnames = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,8})
 def test_endpoint_str_round_trips(host: str, port: int) -> None:
     endpoint = Endpoint(host, port)
     assert parse_endpoint(str(endpoint)) == endpoint
-

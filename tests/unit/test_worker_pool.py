@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,16 @@ def test_a_worker_that_exits_before_serving_fails_the_start(
 ) -> None:
     port = _free_port()
     path = tmp_path / "smtprelay.toml"
-    path.write_text(f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n'
-                    f'[spool]\ndir = "{tmp_path / "spool"}"\n')
+    path.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 2\n'
+        f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+    )
     settings = config.load(path)
     # Stands in for the interpreter: exits at once, as a worker that cannot start does.
     failing = tmp_path / "python"
     failing.write_text("#!/bin/sh\nexit 3\n")
     failing.chmod(0o755)
-    monkeypatch.setattr(workers.sys, "executable", str(failing))
+    monkeypatch.setattr(sys, "executable", str(failing))
     # A start that waited for the ready timeout would hang the test (pytest-timeout).
     monkeypatch.setattr(workers, "READY_TIMEOUT", 3600.0)
 
