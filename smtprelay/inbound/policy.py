@@ -45,4 +45,3 @@ class Policy:
         if count >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         return None
-
