@@ -28,7 +28,7 @@ from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
-from smtprelay.web import queue, status
+from smtprelay.web import queue, status, submission
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
@@ -208,6 +208,8 @@ def build(ctx: Context) -> web.Application:
     app.router.add_post("/queue/flush", queue.flush)
     for name in ("hold", "release", "delete", "bounce"):
         app.router.add_post(f"/queue/{name}", queue.action(name))
+    # The JSON submission API (POST /v1/messages, /v1/messages/batch).
+    submission.install(app, ctx)
     return app
 
 
