@@ -58,8 +58,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _refused(request, p.response(), p.detail)
     except Problem as p:
         if api:
-            return _refused(request, ApiProblem(p.status, p.code, p.code, p.message).response(),
-                            p.message)
+            return _refused(
+                request, ApiProblem(p.status, p.code, p.code, p.message).response(), p.message
+            )
         return _refused(request, error(p.status, p.code, p.message), p.message)
     except web.HTTPException as e:
         if e.status < 400:
@@ -148,8 +149,10 @@ def _legacy_allowed(token: Token, request: web.Request) -> bool:
     metrics and one message's history is also open to scope read."""
     if token.allows("admin"):
         return True
-    return request.method in ("GET", "HEAD") and token.allows("read") and (
-        request.path in ("/status", "/metrics") or request.path.startswith("/messages/")
+    return (
+        request.method in ("GET", "HEAD")
+        and token.allows("read")
+        and (request.path in ("/status", "/metrics") or request.path.startswith("/messages/"))
     )
 
 

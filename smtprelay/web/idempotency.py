@@ -91,10 +91,6 @@ class Conflict(Exception):
     """A request with this key is in flight (409)."""
 
 
-class Mismatch(Exception):
-    """The key was used with a different body (422)."""
-
-
 class IdempotencyStore:
     def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
         self.dir = root / DIRNAME
@@ -135,16 +131,16 @@ class IdempotencyStore:
             os.close(self._fd)
             self._fd = None
 
-    def begin(self, key: str, print_: str) -> Record | None:
+    def begin(self, key: str) -> Record | None:
         """The record to replay for ``key``, or None after marking it in flight (the
-        caller must :meth:`finish` or :meth:`abandon` it). Raises Conflict, Mismatch."""
+        caller must :meth:`finish` or :meth:`abandon` it). Raises Conflict. Called as
+        soon as the request's header is read, so a second request with the key is
+        refused even while the first one's body is still arriving."""
         record = self._records.get(key)
         if record is not None and record.expires <= self.clock():
             self._forget(key)
             record = None
         if record is not None:
-            if record.fingerprint != print_:
-                raise Mismatch()
             return record
         if key in self._in_flight:
             raise Conflict()

@@ -106,10 +106,8 @@ def prepare(
         sender = model.from_.email
     else:
         sender = facts.sender or ""
-        if not sender and model.raw is not None:
+        if not sender:  # only a raw message may leave "from" out (cross_checks)
             err("required: the raw message has no From: address", "envelope", "mail_from")
-        elif model.raw is None:
-            err("required", "from")
     # The sender policy: 403, as SMTP's 553 5.7.1 refuses the MAIL command.
     relay = settings.relay
     for address in {sender, model.from_.email if model.from_ else ""} - {""}:

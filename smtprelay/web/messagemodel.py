@@ -272,6 +272,8 @@ def cross_checks(doc: Mapping[str, Any], prefix: tuple[str | int, ...] = ()) -> 
             err("text, html, template or raw is required", "text")
         if "variables" in doc:
             err("variables need a template", "variables")
+    if doc.get("raw") is None and doc.get("from") is None:
+        err("required (or a raw message)", "from")
     lists = [doc.get(k) for k in ("to", "cc", "bcc")]
     if not any(isinstance(v, list) and v for v in lists):
         err("at least one recipient is required (to, cc or bcc)", "to")

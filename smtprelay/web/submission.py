@@ -20,7 +20,7 @@ from aiohttp import web
 
 from smtprelay.web import intake
 from smtprelay.web.context import Context, context, require
-from smtprelay.web.idempotency import MAX_KEY, Conflict, IdempotencyStore, Mismatch, Record
+from smtprelay.web.idempotency import MAX_KEY, Conflict, IdempotencyStore, Record
 from smtprelay.web.idempotency import fingerprint as fingerprint_of
 from smtprelay.web.problem import (
     MEDIA_TYPE,
@@ -126,25 +126,31 @@ async def _idempotent(
     given = request.content_type
     if given not in media:
         raise unsupported_media(given, " or ".join(media))
-    body = await _read(request, limit)
     key = _key(request, origin)
     if key is None:
+        body = await _read(request, limit)
         status, answer = await handle(request, body, origin, None)
         return _respond(status, answer)
     store = request.app[STORE]
-    print_ = fingerprint_of(request.method, request.path_qs, given, body)
     try:
-        record = store.begin(key, print_)
+        record = store.begin(key)
     except Conflict:
         raise conflict(
             "a request with this Idempotency-Key is still in flight", "idempotency-in-flight"
         ) from None
-    except Mismatch:
-        raise invalid(
-            [FieldError("", "this Idempotency-Key was used with another body")],
-            "Idempotency-Key reused with a different request",
-        ) from None
+    try:
+        body = await _read(request, limit)
+    except BaseException:
+        if record is None:
+            store.abandon(key)
+        raise
+    print_ = fingerprint_of(request.method, request.path_qs, given, body)
     if record is not None:
+        if record.fingerprint != print_:
+            raise invalid(
+                [FieldError("", "this Idempotency-Key was used with another request")],
+                "Idempotency-Key reused with a different request",
+            )
         response = _respond(record.status, record.body)
         response.headers["Idempotent-Replayed"] = "true"
         return response

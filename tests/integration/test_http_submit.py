@@ -13,6 +13,10 @@ import email.policy
 import http.client
 import json
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -349,3 +353,63 @@ def test_a_full_disk_is_503_with_retry_after_and_nothing_queued(
     status, _, answer = api.post("/v1/messages", message)
     assert status == 202, answer
     assert "Traceback" not in daemon.log()
+
+
+def test_a_second_request_while_the_first_is_in_flight_is_409(
+    relay: Callable[..., tuple[Daemon, Client]]
+) -> None:
+    daemon, api = relay()
+    body = json.dumps({"from": "app@sender.test", "to": ["bob@dest.test"], "text": "hi"})
+    data = body.encode()
+    # The first request's body is still arriving (half of it sent) when the second comes.
+    with socket.create_connection((LOOPBACK, api.port), timeout=30) as first:
+        first.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: relay\r\n"
+            + f"Authorization: Bearer {SEND}\r\nContent-Type: application/json\r\n".encode()
+            + f"Idempotency-Key: k-77\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data[:10]
+        )
+        # The key is taken once the first request's header is read (the pause only
+        # lets the daemon read it before the second request arrives).
+        time.sleep(0.3)
+        status, _, answer = api.post("/v1/messages", raw=data,
+                                     headers={"Idempotency-Key": "k-77"})
+        assert status == 409 and answer["type"].endswith("/idempotency-in-flight")
+        first.sendall(data[10:])
+        reply = first.makefile("rb").read1(65536)
+    assert reply.startswith(b"HTTP/1.1 202"), reply
+    first_id = json.loads(reply.split(b"\r\n\r\n", 1)[1])["id"]
+    status, headers, answer = api.post("/v1/messages", raw=data,
+                                       headers={"Idempotency-Key": "k-77"})
+    assert (status, answer["id"], headers["idempotent-replayed"]) == (202, first_id, "true")
+    assert first_id in daemon.queued_ids() or f"{first_id}: removed" in daemon.log()
+    assert daemon.log().count("api_token=sender") == 1
+
+
+def test_curl_posts_json_and_gets_problem_json(
+    relay: Callable[..., tuple[Daemon, Client]], tmp_path: Path
+) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    daemon, api = relay()
+    body = tmp_path / "m.json"
+    body.write_text(json.dumps({"from": "app@sender.test", "to": ["bob@dest.test"],
+                                "subject": "curl", "text": "from a shell"}))
+
+    def curl(*args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H",
+             f"Authorization: Bearer {SEND}", *args], capture_output=True, text=True,
+            timeout=30, check=True)
+        text, _, code = done.stdout.rpartition("\n")
+        return int(code), text
+
+    url = f"http://{LOOPBACK}:{api.port}/v1/messages"
+    code, text = curl("--json", f"@{body}", url)
+    assert code == 202, text
+    assert json.loads(text)["status"] == "queued"
+    code, text = curl("-H", "Content-Type: application/json", "--data-binary",
+                      '{"to": []}', url)
+    assert code == 422
+    assert {e["pointer"] for e in json.loads(text)["errors"]} == {"/to", "/text", "/from"}
+    assert len(daemon.queued_ids()) == 1
