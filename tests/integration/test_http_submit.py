@@ -227,6 +227,10 @@ def test_status_codes_of_the_request_itself(
     status, _, answer = api.post(
         "/v1/messages", {**message, "from": "app@other.test"}, token=LIMITED)
     assert status == 403 and "other.test" in answer["detail"]
+    status, _, answer = api.post("/v1/messages", {
+        "from": "app@sender.test", "to": ["bob@dest.test"],
+        "template": {"name": "no-such-template"}, "variables": {"a": 1}})
+    assert status == 404 and "no-such-template" in answer["detail"]
     status, headers, answer = api.post("/v1/messages", message, token="wrong-token-123")
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
     assert len(daemon.queued_ids()) <= 1
