@@ -262,6 +262,13 @@ class HttpSettings(_Section):
     # A wrong bearer token is answered after 0.5 s, doubling with each recent failure
     # from the same address, up to this; 0: at once (each failure is logged either way).
     bad_token_max_delay: Duration = Field(default=8.0, ge=0)
+    # POST /v1/messages/batch: at most this many messages in one request.
+    batch_max: int = Field(default=500, ge=1)
+    # How long an Idempotency-Key's first response is replayed (a scheduled message's at
+    # least until its send time).
+    idempotency_retention: Duration = Field(default=86400.0, gt=0)
+    # How far ahead send_at may be.
+    schedule_horizon: Duration = Field(default=30 * 86400.0, gt=0)
 
 
 class LogSettings(_Section):

@@ -99,6 +99,13 @@ def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None
           sasl_username=sasl_username, event=Event.CLIENT)
 
 
+def http_client(qid: str, ip: str, token: str) -> None:
+    """The first line of a message submitted over the HTTP API, in the place of the
+    SMTP ``client=`` line: ``QID: client=unknown[IP], api_token=NAME, via=http``."""
+    _emit("http", f"{qid}: client={_host(ip)}, api_token={token}, via=http", qid,
+          client_ip=ip, api_token=token, submitted_via="http", event=Event.CLIENT)
+
+
 def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
     """A local submission's first line, as Postfix's pickup writes it (the sender as the
     caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""

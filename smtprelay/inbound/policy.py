@@ -9,7 +9,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from smtprelay import replies
-from smtprelay.addresses import domain_of
+from smtprelay.addresses import domain_of, in_domains
 from smtprelay.config import RelaySettings
 from smtprelay.replies import Reply
 
@@ -31,7 +31,7 @@ class Policy:
     def check_sender(self, sender: str) -> Reply | None:
         allowed = self.relay.allowed_sender_domains
         # The null sender (bounces) carries no domain; it is never refused here.
-        if sender and allowed and not _in_domains(domain_of(sender), allowed):
+        if sender and allowed and not in_domains(domain_of(sender), allowed):
             return replies.SENDER_DOMAIN_DENIED
         return None
 
@@ -40,13 +40,8 @@ class Policy:
         if not may_relay:
             return replies.RELAY_DENIED
         allowed = self.relay.allowed_recipient_domains
-        if allowed and not _in_domains(domain_of(recipient), allowed):
+        if allowed and not in_domains(domain_of(recipient), allowed):
             return replies.RECIPIENT_DOMAIN_DENIED
         if count >= self.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         return None
-
-
-def _in_domains(domain: str, allowed: tuple[str, ...]) -> bool:
-    """Exact match, or a subdomain of an entry written with a leading dot (".example.com")."""
-    return any(domain == d or (d.startswith(".") and domain.endswith(d)) for d in allowed)

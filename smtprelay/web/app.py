@@ -29,7 +29,7 @@ from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
-from smtprelay.web import queue, status
+from smtprelay.web import queue, status, submission
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
@@ -59,8 +59,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _refused(request, p.response(), p.detail)
     except Problem as p:
         if api:
-            return _refused(request, ApiProblem(p.status, p.code, p.code, p.message).response(),
-                            p.message)
+            return _refused(
+                request, ApiProblem(p.status, p.code, p.code, p.message).response(), p.message
+            )
         return _refused(request, error(p.status, p.code, p.message), p.message)
     except web.HTTPException as e:
         if e.status < 400:
@@ -149,8 +150,10 @@ def _legacy_allowed(token: Token, request: web.Request) -> bool:
     metrics and one message's history is also open to scope read."""
     if token.allows("admin"):
         return True
-    return request.method in ("GET", "HEAD") and token.allows("read") and (
-        request.path in ("/status", "/metrics") or request.path.startswith("/messages/")
+    return (
+        request.method in ("GET", "HEAD")
+        and token.allows("read")
+        and (request.path in ("/status", "/metrics") or request.path.startswith("/messages/"))
     )
 
 
@@ -209,6 +212,8 @@ def build(ctx: Context) -> web.Application:
     app.router.add_post("/queue/flush", queue.flush)
     for name in ("hold", "release", "delete", "bounce"):
         app.router.add_post(f"/queue/{name}", queue.action(name))
+    # The JSON submission API (POST /v1/messages, /v1/messages/batch).
+    submission.install(app, ctx)
     return app
 
 

@@ -64,8 +64,7 @@ class SpoolProbe:
     async def check(self) -> str | None:
         # One probe at a time: a hung disk must not pile up threads or requests.
         if self._running is None or self._running.done():
-            self._running = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._probe)
+            self._running = asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
             self._running.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout(self.timeout):
@@ -115,7 +114,8 @@ class Health:
         lag = self.monitor.current
         results["event_loop"] = (
             f"stalled: callbacks run {lag:.1f}s late (limit {self.max_lag:g}s)"
-            if lag > self.max_lag else "ok"
+            if lag > self.max_lag
+            else "ok"
         )
         results["delivery"] = "ok" if self.delivering() else "the delivery loop is not running"
         return results

@@ -69,8 +69,9 @@ async def list_queue(request: web.Request) -> web.Response:
     ctx = context(request)
     state = request.query.get("state")
     if state is not None and state not in QUEUE_STATES:
-        raise Problem(400, "bad_request",
-                      f"state: {state!r} is not one of {', '.join(QUEUE_STATES)}")
+        raise Problem(
+            400, "bad_request", f"state: {state!r} is not one of {', '.join(QUEUE_STATES)}"
+        )
     domain = request.query.get("domain", "").strip().rstrip(".").lower() or None
     after = request.query.get("after") or None
     if after is not None and not ids.is_valid(after):
@@ -135,8 +136,12 @@ def action(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         qids = await _qids(request, required=True)
         assert qids is not None
         scheduler = context(request).scheduler
-        do = {"hold": scheduler.hold, "release": scheduler.release,
-              "delete": scheduler.delete, "bounce": scheduler.bounce}[name]
+        do = {
+            "hold": scheduler.hold,
+            "release": scheduler.release,
+            "delete": scheduler.delete,
+            "bounce": scheduler.bounce,
+        }[name]
         return web.json_response({"action": name, "results": await do(qids)})
 
     return handle

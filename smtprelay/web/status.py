@@ -21,12 +21,18 @@ MAX_TOP = 1000
 
 def listeners(ctx: Context) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = [
-        {"protocol": "smtp", "address": str(state.endpoint),
-         "tls": "implicit" if state.implicit_tls else "none" if state.local else "starttls",
-         "serving": state.serving}
-        for state in ctx.inbound.states()]
-    found += [{"protocol": "http", "address": a, "tls": "none", "serving": True}
-              for a in ctx.http_endpoints]
+        {
+            "protocol": "smtp",
+            "address": str(state.endpoint),
+            "tls": "implicit" if state.implicit_tls else "none" if state.local else "starttls",
+            "serving": state.serving,
+        }
+        for state in ctx.inbound.states()
+    ]
+    found += [
+        {"protocol": "http", "address": a, "tls": "none", "serving": True}
+        for a in ctx.http_endpoints
+    ]
     return found
 
 
@@ -40,17 +46,19 @@ async def status(request: web.Request) -> web.Response:
         raise Problem(400, "bad_request", f"top: must be from 0 to {MAX_TOP}")
     queue = queue_summary(ctx.scheduler, top)
     queue["queue"]["attempting"] = ctx.scheduler.attempting
-    return web.json_response({
-        "version": __version__,
-        "uptime_s": round(ctx.uptime, 3),
-        "listeners": listeners(ctx),
-        "connections": ctx.inbound.session_count,
-        "queue": queue["queue"],
-        "counters": ctx.stats.counters(),
-        "destinations": queue["destinations"],
-        "event_loop_lag_s": round(ctx.health.monitor.current, 3),
-        "history_messages": ctx.stats.remembered,
-    })
+    return web.json_response(
+        {
+            "version": __version__,
+            "uptime_s": round(ctx.uptime, 3),
+            "listeners": listeners(ctx),
+            "connections": ctx.inbound.session_count,
+            "queue": queue["queue"],
+            "counters": ctx.stats.counters(),
+            "destinations": queue["destinations"],
+            "event_loop_lag_s": round(ctx.health.monitor.current, 3),
+            "history_messages": ctx.stats.remembered,
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -84,8 +92,7 @@ async def message(request: web.Request) -> web.Response:
         raise Problem(500, "spool_error", f"{qid}: cannot read the envelope: {e}") from None
     history = ctx.stats.history(qid)
     if envelope is None and history is None:
-        raise Problem(404, "not_found",
-                      f"no message {qid} in the queue or in the recent history")
+        raise Problem(404, "not_found", f"no message {qid} in the queue or in the recent history")
     shown: dict[str, Any] | None = None
     if envelope is not None:
         shown = json.loads(envelope.to_json())
@@ -102,14 +109,16 @@ async def message(request: web.Request) -> web.Response:
         state = history.outcome
         if history.envelope is not None:
             shown = history.settled(json.loads(history.envelope))
-    return web.json_response({
-        "qid": qid,
-        "status": state,
-        "in_queue": envelope is not None,
-        "envelope": shown,
-        "events": history.events if history else [],
-        # False when events are missing: the daemon restarted since the message came,
-        # or the history was too long and its middle was dropped.
-        "history_complete": bool(history and history.queued and not history.omitted),
-        "events_omitted": history.omitted if history else 0,
-    })
+    return web.json_response(
+        {
+            "qid": qid,
+            "status": state,
+            "in_queue": envelope is not None,
+            "envelope": shown,
+            "events": history.events if history else [],
+            # False when events are missing: the daemon restarted since the message came,
+            # or the history was too long and its middle was dropped.
+            "history_complete": bool(history and history.queued and not history.omitted),
+            "events_omitted": history.omitted if history else 0,
+        }
+    )

@@ -1,0 +1,370 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/batch``: mail submitted as JSON.
+
+The request: ``application/json`` (a message, or a batch), or ``message/rfc822`` (the
+raw message as the body, the envelope in the query: ``?mail_from=a@b&rcpt=c@d``). The
+answer ``202`` comes only after every message it names is fsynced in the spool, as
+SMTP's ``250``; every error is problem+json (:mod:`smtprelay.web.problem`). An
+``Idempotency-Key`` replays the first answer (:mod:`smtprelay.web.idempotency`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from smtprelay.web import compose, intake
+from smtprelay.web.context import Context, context, require
+from smtprelay.web.idempotency import MAX_KEY, Conflict, IdempotencyStore, Record
+from smtprelay.web.idempotency import fingerprint as fingerprint_of
+from smtprelay.web.problem import (
+    MEDIA_TYPE,
+    ApiProblem,
+    FieldError,
+    bad_json,
+    conflict,
+    invalid,
+    not_found,
+    pointer,
+    too_large,
+    unavailable,
+    unsupported_media,
+)
+
+log = logging.getLogger("smtprelay.http")
+
+STORE = web.AppKey("idempotency", IdempotencyStore)
+JSON = "application/json"
+RFC822 = "message/rfc822"
+# JSON carries attachments in base64 (4/3 of their size) and some structure.
+JSON_OVERHEAD = 64 * 1024
+MAX_DEPTH = 32
+
+
+def install(app: web.Application, ctx: Context) -> None:
+    """Routes and the idempotency store (read back at start-up) of the submission API."""
+    store = IdempotencyStore(ctx.scheduler.spool.root)
+    app[STORE] = store
+
+    async def opened(_: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, store.open)
+
+    async def closed(_: web.Application) -> None:
+        store.close()
+
+    app.on_startup.append(opened)
+    app.on_cleanup.append(closed)
+    app.router.add_post("/v1/messages", submit)
+    app.router.add_post("/v1/messages/batch", submit_batch)
+
+
+def _limit(ctx: Context) -> int:
+    return ctx.settings.server.max_message_size * 4 // 3 + JSON_OVERHEAD
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` (the app's small default limit is for
+    the other paths)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(f"the body is {request.content_length} bytes, more than {limit}")
+    data = bytearray()
+    while chunk := await request.content.read(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise too_large(f"the body is larger than {limit} bytes")
+    return bytes(data)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        doc = json.loads(body)
+    except UnicodeDecodeError:
+        raise bad_json("the body is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise bad_json(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise bad_json("the body is nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise invalid([FieldError("", "must be a JSON object")])
+    return doc
+
+
+def _origin(request: web.Request) -> intake.Origin:
+    token = require(request, "send")
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else 0
+    return intake.Origin(token, request.remote or "unknown", port)
+
+
+def _render(ctx: Context) -> intake.Renderer:
+    """The template branch, against web/templates.py's TemplateStore (``ctx.templates``,
+    from the tracking work): not found -> 404; a render error -> 422 at ``/template``
+    with the template's line. Looked up at run time until both are on one branch."""
+    store = getattr(ctx, "templates", None)
+
+    def render(
+        name: str, version: int | None, variables: dict[str, Any], prefix: tuple[str | int, ...]
+    ) -> compose.Content:
+        if store is None:
+            raise not_found(f"no template {name!r}: templates are not available")
+        templates = importlib.import_module("smtprelay.web.templates")
+        try:
+            rendered = store.render(name, version, variables)
+        except templates.TemplateNotFound:
+            which = f" version {version}" if version is not None else ""
+            raise not_found(f"no template {name!r}{which}") from None
+        except templates.TemplateRenderError as e:
+            line = f" (template line {e.line})" if e.line else ""
+            detail = f"{e.detail}{line}" if line and line not in e.detail else e.detail
+            raise invalid([FieldError(pointer(*prefix, "template"), detail)]) from None
+        return compose.Content(rendered.subject, rendered.text, rendered.html)
+
+    return render
+
+
+# The Idempotency-Key (as TOKEN-NAME:KEY) and the fingerprint of the request.
+Keyed = tuple[str, str]
+# (request, body, origin, keyed or None) -> (status, body)
+Handler = Callable[
+    [web.Request, bytes, intake.Origin, Keyed | None], Awaitable[tuple[int, dict[str, Any]]]
+]
+
+
+async def _idempotent(
+    request: web.Request, limit: int, media: tuple[str, ...], handle: Handler
+) -> web.Response:
+    """Read the body, then answer it, or replay the answer of its Idempotency-Key."""
+    origin = _origin(request)
+    given = request.content_type
+    if given not in media:
+        raise unsupported_media(given, " or ".join(media))
+    key = _key(request, origin)
+    if key is None:
+        body = await _read(request, limit)
+        status, answer = await handle(request, body, origin, None)
+        return _respond(status, answer)
+    store = request.app[STORE]
+    try:
+        record = store.begin(key)
+    except Conflict:
+        raise conflict(
+            "a request with this Idempotency-Key is still in flight", "idempotency-in-flight"
+        ) from None
+    try:
+        body = await _read(request, limit)
+    except BaseException:
+        if record is None:
+            store.abandon(key)
+        raise
+    print_ = fingerprint_of(request.method, request.path_qs, given, body)
+    if record is not None:
+        if record.fingerprint != print_:
+            raise invalid(
+                [FieldError("", "this Idempotency-Key was used with another request")],
+                "Idempotency-Key reused with a different request",
+            )
+        response = _respond(record.status, record.body)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    expires = context(request).settings.http.idempotency_retention
+    try:
+        status, answer = await handle(request, body, origin, (key, print_))
+    except ApiProblem as p:
+        if p.status >= 500:
+            store.abandon(key)
+        else:
+            record = Record(key, print_, p.status, p.body(), time.time() + expires)
+            store.finish(record, durable=False)
+        raise
+    except BaseException:
+        store.abandon(key)
+        raise
+    return _respond(status, answer)
+
+
+def _key(request: web.Request, origin: intake.Origin) -> str | None:
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # an RFC 8941 sf-string
+        value = value[1:-1]
+    if not value or len(value) > MAX_KEY or not value.isprintable() or not value.isascii():
+        raise ApiProblem(
+            400,
+            "invalid-idempotency-key",
+            "Invalid Idempotency-Key",
+            f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters",
+        )
+    return f"{origin.token.name}:{value}"
+
+
+def _respond(status: int, body: dict[str, Any]) -> web.Response:
+    headers = {}
+    if status == 202 and "id" in body:
+        headers["Location"] = f"/v1/messages/{body['id']}"
+    kind = MEDIA_TYPE if status >= 400 else JSON
+    return web.Response(
+        status=status,
+        text=json.dumps(body, ensure_ascii=False),
+        content_type=kind,
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+async def _queue(
+    request: web.Request,
+    group: list[intake.Prepared],
+    origin: intake.Origin,
+    keyed: Keyed | None,
+    status: int,
+    answer: dict[str, Any],
+) -> None:
+    """Make ``group`` durable (with the idempotency record of ``answer``), then queue it."""
+    ctx = context(request)
+    store = request.app[STORE]
+    spool = ctx.scheduler.spool
+    after = None
+    record = None
+    if keyed is not None:
+        latest = max((p.envelope.send_at or 0.0) for p in group)
+        expires = max(time.time() + ctx.settings.http.idempotency_retention, latest + 3600)
+        record = Record(keyed[0], keyed[1], status, answer, expires)
+        try:
+            fd = store.prepare(record)
+        except OSError as e:
+            raise unavailable(f"cannot record the Idempotency-Key: {e.strerror or e}") from None
+
+        def after() -> None:
+            store.commit(fd)
+
+    try:
+        await intake.commit(spool, group, after)
+    except intake.CommitError as e:
+        if record is not None:
+            store.discard(record)
+        log.warning("HTTP submission not queued: %s", e, extra={"service": "http"})
+        raise unavailable(
+            "the spool cannot take the message now "
+            f"({'disk full' if e.no_space else 'write error'}): try again later"
+        ) from None
+    if record is not None:
+        store.finish(record, durable=True)
+    on_queued = _on_queued(ctx)
+    intake.queued(group, origin.ip, origin.token.name, on_queued)
+
+
+def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
+    def queued(envelope: Any, data: bytes) -> None:
+        # As the daemon's on_queued for SMTP mail: remembered for its history, then queued.
+        ctx.stats.note_queued(envelope)
+        ctx.scheduler.enqueue_new(envelope, data)
+
+    return queued
+
+
+async def submit(request: web.Request) -> web.Response:
+    ctx = context(request)
+    return await _idempotent(request, _limit(ctx), (JSON, RFC822), _one)
+
+
+async def _one(
+    request: web.Request, body: bytes, origin: intake.Origin, keyed: Keyed | None
+) -> tuple[int, dict[str, Any]]:
+    ctx = context(request)
+    if request.content_type == RFC822:
+        doc: dict[str, Any] = {"raw": body, "to": request.query.getall("rcpt", [])}
+        if "mail_from" in request.query:
+            doc["envelope"] = {"mail_from": request.query["mail_from"]}
+        unknown = set(request.query) - {"rcpt", "mail_from"}
+        if unknown:
+            raise invalid(
+                [FieldError(pointer(k), "unknown query parameter") for k in sorted(unknown)]
+            )
+    else:
+        doc = _parse_json(body)
+    model = intake.validate(doc)
+    key = keyed[0] if keyed else None
+    prepared = intake.prepare(model, ctx.settings, origin, _render(ctx), (), key)
+    answer = prepared.answer()
+    await _queue(request, [prepared], origin, keyed, 202, answer)
+    return 202, answer
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    ctx = context(request)
+    return await _idempotent(request, _limit(ctx), (JSON,), _batch)
+
+
+async def _batch(
+    request: web.Request, body: bytes, origin: intake.Origin, keyed: Keyed | None
+) -> tuple[int, dict[str, Any]]:
+    ctx = context(request)
+    doc = _parse_json(body)
+    errors = [
+        FieldError(pointer(k), "unknown field")
+        for k in doc
+        if k not in ("messages", "defaults", "validation")
+    ]
+    messages, defaults = doc.get("messages"), doc.get("defaults", {})
+    mode = doc.get("validation", "strict")
+    limit = ctx.settings.http.batch_max
+    if not isinstance(messages, list) or not messages:
+        errors.append(FieldError("/messages", "required: a list of 1 or more messages"))
+    elif len(messages) > limit:
+        errors.append(FieldError("/messages", f"more than {limit} messages ([http] batch_max)"))
+    if not isinstance(defaults, dict):
+        errors.append(FieldError("/defaults", "must be a JSON object"))
+    if mode not in ("strict", "permissive"):
+        errors.append(FieldError("/validation", 'must be "strict" or "permissive"'))
+    if errors:
+        raise invalid(errors)
+    assert isinstance(messages, list) and isinstance(defaults, dict)
+    render = _render(ctx)
+    key = keyed[0] if keyed else None
+    results: list[intake.Prepared | ApiProblem] = []
+    for i, message in enumerate(messages):
+        prefix = ("messages", i)
+        try:
+            merged = {**defaults, **message} if isinstance(message, dict) else message
+            model = intake.validate(merged, prefix)
+            results.append(intake.prepare(model, ctx.settings, origin, render, prefix, key))
+        except ApiProblem as p:
+            if mode == "strict":
+                raise
+            results.append(p)
+    group = [r for r in results if isinstance(r, intake.Prepared)]
+    entries: list[dict[str, Any]] = []
+    for i, r in enumerate(results):
+        if isinstance(r, intake.Prepared):
+            entries.append({"index": i, **r.answer()})
+        else:
+            entries.append(
+                {
+                    "index": i,
+                    "status": "rejected",
+                    "title": r.title,
+                    "errors": [e.to_json() for e in r.errors]
+                    or [{"pointer": pointer("messages", i), "detail": r.detail}],
+                }
+            )
+    if not group:
+        raise invalid(
+            [FieldError(e["pointer"], e["detail"]) for entry in entries for e in entry["errors"]],
+            "no message of the batch is valid",
+        )
+    answer = {
+        "status": "queued",
+        "queued": len(group),
+        "rejected": len(results) - len(group),
+        "messages": entries,
+    }
+    await _queue(request, group, origin, keyed, 202, answer)
+    return 202, answer
