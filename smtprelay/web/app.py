@@ -28,19 +28,20 @@ from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
-from smtprelay.web import queue, status
+from smtprelay.web import openapi, queue, status, template_api, tracking
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
 from smtprelay.web.problem import ApiProblem
 from smtprelay.web.serverlog import printable, server_logger
+from smtprelay.web.templates import TemplateStore
 from smtprelay.web.tokens import Token, TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", openapi.PATH})
 # Paths whose answer reads envelopes from the spool (up to a page of them): fewer of them
 # run at once. /status and /metrics read only the in-memory counts.
 HEAVY_PATHS = frozenset({"/queue"})
@@ -208,6 +209,9 @@ def build(ctx: Context) -> web.Application:
     app.router.add_post("/queue/flush", queue.flush)
     for name in ("hold", "release", "delete", "bounce"):
         app.router.add_post(f"/queue/{name}", queue.action(name))
+    tracking.register(app)
+    template_api.register(app)
+    openapi.register(app)
     return app
 
 
@@ -297,6 +301,17 @@ def _tokens(settings: Settings) -> TokenFile:
         raise HttpStartError(f"[http] tokens_file {path}: {e}") from None
 
 
+def _templates(settings: Settings) -> TemplateStore:
+    store = TemplateStore(Path(settings.spool.dir) / "templates")
+    try:
+        store.load()
+    except OSError as e:
+        raise HttpStartError(
+            f"[spool] dir {settings.spool.dir}: cannot use its templates folder: "
+            f"{e.strerror or e}") from None
+    return store
+
+
 def bind(
     settings: Settings,
     scheduler: Scheduler,
@@ -322,6 +337,7 @@ def bind(
     health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down, delivering)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
     ctx.penalty.cap = settings.http.bad_token_max_delay
+    ctx.templates = _templates(settings)
     server = HttpServer(ctx, endpoint)
     try:
         server.bind()
