@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay import __version__, config, maillog, queuecli, usersfile
+from smtprelay import __version__, config, maillog, queuecli, tokencli, usersfile
 from smtprelay.tls import TLSError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except config.ConfigError as e:
         print(f"smtprelay: configuration error: {e}", file=sys.stderr)
         code = EXIT_USAGE
-    except (Failure, usersfile.UsersFileError, TLSError, OSError) as e:
+    except (Failure, usersfile.UsersFileError, tokencli.TokenFileError, TLSError,
+            OSError) as e:
         print(f"smtprelay: {e}", file=sys.stderr)
         code = EXIT_FAILED
     except KeyboardInterrupt:
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_user_list)
 
     queuecli.register(commands, common)
+    tokencli.register(commands, common)
 
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).

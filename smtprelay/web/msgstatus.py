@@ -27,8 +27,17 @@ from smtprelay.envelope import Envelope, QueueState, RecipientState
 from smtprelay.maillog import Event
 from smtprelay.stats import Final, History
 
-MESSAGE_STATUSES = ("scheduled", "queued", "sending", "deferred", "delivered",
-                    "partially_delivered", "bounced", "canceled", "expired")
+MESSAGE_STATUSES = (
+    "scheduled",
+    "queued",
+    "sending",
+    "deferred",
+    "delivered",
+    "partially_delivered",
+    "bounced",
+    "canceled",
+    "expired",
+)
 FINAL_STATUSES = frozenset({"delivered", "bounced", "canceled", "expired"})
 # "554 5.4.7 Delivery time expired; ..." as the scheduler writes an expiry.
 _EXPIRED_PREFIX = "554 5.4.7 "
@@ -50,8 +59,7 @@ def _host(relay: str | None) -> str | None:
     return relay.partition("[")[0] or relay
 
 
-def _reply(code: int | None, enhanced: str | None, text: str, relay: str | None
-           ) -> dict[str, Any]:
+def _reply(code: int | None, enhanced: str | None, text: str, relay: str | None) -> dict[str, Any]:
     return {"code": code, "enhanced": enhanced, "text": text, "host": _host(relay)}
 
 
@@ -77,8 +85,9 @@ def summary(statuses: list[str]) -> str:
     return "bounced"
 
 
-def from_queue(envelope: Envelope, attempting: bool, history: History | None,
-               now: float) -> dict[str, Any]:
+def from_queue(
+    envelope: Envelope, attempting: bool, history: History | None, now: float
+) -> dict[str, Any]:
     """The status of a queued message (``history``: for delivered_at)."""
     finals = history.finals() if history else {}
     scheduled = envelope.send_at is not None and envelope.send_at > now and not attempting
@@ -114,9 +123,17 @@ def from_queue(envelope: Envelope, attempting: bool, history: History | None,
     else:
         status = "queued"  # new, or held by the operator
     submission = envelope.submission
-    return _shape(envelope.qid, status, str(submission.via), envelope.arrival,
-                  envelope.send_at, list(submission.tags), dict(submission.metadata),
-                  envelope.size, recipients)
+    return _shape(
+        envelope.qid,
+        status,
+        str(submission.via),
+        envelope.arrival,
+        envelope.send_at,
+        list(submission.tags),
+        dict(submission.metadata),
+        envelope.size,
+        recipients,
+    )
 
 
 def from_history(history: History, attempting: bool, now: float) -> dict[str, Any]:
@@ -135,14 +152,18 @@ def from_history(history: History, attempting: bool, now: float) -> dict[str, An
     leftover = "canceled" if gone else None
     if not gone and accepted is not None and accepted.send_at and history.send_at:
         accepted.send_at = history.send_at  # moved by PATCH since
-    scheduled = (not gone and not attempting and history.send_at is not None
-                 and history.send_at > now)
+    scheduled = (
+        not gone and not attempting and history.send_at is not None and history.send_at > now
+    )
     recipients = []
     for address in addresses:
         final = finals.get(address)
         status = _recipient(final, leftover, attempting, scheduled)
-        shown: dict[str, Any] = {"email": address, "status": status,
-                                 "attempts": final.attempts if final else 0}
+        shown: dict[str, Any] = {
+            "email": address,
+            "status": status,
+            "attempts": final.attempts if final else 0,
+        }
         if final is not None and (final.code is not None or final.text):
             shown["last_reply"] = _reply(final.code, final.enhanced, final.text, final.relay)
         if final is not None and status == "delivered":
@@ -158,12 +179,29 @@ def from_history(history: History, attempting: bool, now: float) -> dict[str, An
     else:
         status = "deferred" if history.deferred else "queued"
     if accepted is None:
-        return _shape(history.qid, status, history.via, history.first, history.send_at,
-                      list(history.tags), {}, _size(history), recipients)
+        return _shape(
+            history.qid,
+            status,
+            history.via,
+            history.first,
+            history.send_at,
+            list(history.tags),
+            {},
+            _size(history),
+            recipients,
+        )
     submission = accepted.submission
-    return _shape(history.qid, status, str(submission.via), accepted.arrival,
-                  history.send_at, list(submission.tags), dict(submission.metadata),
-                  accepted.size, recipients)
+    return _shape(
+        history.qid,
+        status,
+        str(submission.via),
+        accepted.arrival,
+        history.send_at,
+        list(submission.tags),
+        dict(submission.metadata),
+        accepted.size,
+        recipients,
+    )
 
 
 def quick_status(history: History, attempting: bool, now: float) -> str:
@@ -189,8 +227,7 @@ def _recipient_count(history: History) -> int:
     return 0
 
 
-def _recipient(final: Final | None, leftover: str | None, attempting: bool,
-               scheduled: bool) -> str:
+def _recipient(final: Final | None, leftover: str | None, attempting: bool, scheduled: bool) -> str:
     if final is not None and final.status in _LOGGED:
         return _LOGGED[final.status]
     if leftover:
@@ -210,9 +247,17 @@ def _size(history: History) -> int:
     return 0
 
 
-def _shape(qid: str, status: str, via: str, created: float, send_at: float | None,
-           tags: list[str], metadata: dict[str, str], size: int,
-           recipients: list[dict[str, Any]]) -> dict[str, Any]:
+def _shape(
+    qid: str,
+    status: str,
+    via: str,
+    created: float,
+    send_at: float | None,
+    tags: list[str],
+    metadata: dict[str, str],
+    size: int,
+    recipients: list[dict[str, Any]],
+) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "id": qid,
         "status": status,

@@ -38,8 +38,9 @@ def _store(request: web.Request) -> TemplateStore:
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not NAME.fullmatch(name):
-        raise not_found(f"no template {name!r} (names are letters, digits, '.', '_' "
-                        "and '-', up to 64)")
+        raise not_found(
+            f"no template {name!r} (names are letters, digits, '.', '_' and '-', up to 64)"
+        )
     return name
 
 
@@ -48,8 +49,11 @@ async def _io(func: Callable[..., _T], *args: Any) -> _T:
 
 
 def _shown(stored: StoredTemplate, *, parts: bool = True) -> dict[str, Any]:
-    shown: dict[str, Any] = {"name": stored.name, "version": stored.version,
-                             "created_at": rfc3339(stored.created)}
+    shown: dict[str, Any] = {
+        "name": stored.name,
+        "version": stored.version,
+        "created_at": rfc3339(stored.created),
+    }
     if parts:
         shown.update(subject=stored.subject, text=stored.text, html=stored.html)
     return shown
@@ -79,18 +83,23 @@ async def put_template(request: web.Request) -> web.Response:
     if errors:
         raise invalid(errors)
     try:
-        version = await _io(store.put, name, body["subject"], body.get("text"),
-                            body.get("html"))
+        version = await _io(store.put, name, body["subject"], body.get("text"), body.get("html"))
     except TemplateInvalid as e:
         raise ApiProblem(
-            422, "template-syntax", "Template syntax error", str(e),
+            422,
+            "template-syntax",
+            "Template syntax error",
+            str(e),
             [FieldError(f"/{x.part}", x.detail) for x in e.errors],
             extra={"lines": [_line_of(x) for x in e.errors]},
         ) from None
     except OSError as e:
         raise unavailable(f"the template cannot be stored now: {e.strerror or e}") from None
-    return web.json_response({"name": name, "version": version}, status=201,
-                             headers={"Location": f"/v1/templates/{name}?version={version}"})
+    return web.json_response(
+        {"name": name, "version": version},
+        status=201,
+        headers={"Location": f"/v1/templates/{name}?version={version}"},
+    )
 
 
 async def get_template(request: web.Request) -> web.Response:
@@ -113,8 +122,7 @@ async def get_template(request: web.Request) -> web.Response:
 
 async def list_templates(request: web.Request) -> web.Response:
     store = _store(request)
-    return web.json_response(
-        {"templates": [_shown(t, parts=False) for t in store.listing()]})
+    return web.json_response({"templates": [_shown(t, parts=False) for t in store.listing()]})
 
 
 async def delete_template(request: web.Request) -> web.Response:
@@ -136,14 +144,16 @@ async def render_template(request: web.Request) -> web.Response:
     store = _store(request)
     name = _name(request)
     body = await json_object(request)
-    errors = [FieldError(f"/{k}", "unknown field") for k in body
-              if k not in ("variables", "version")]
+    errors = [
+        FieldError(f"/{k}", "unknown field") for k in body if k not in ("variables", "version")
+    ]
     variables = body.get("variables", {})
     if not isinstance(variables, dict):
         errors.append(FieldError("/variables", "must be an object"))
     version = body.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                or version < 1):
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 1
+    ):
         errors.append(FieldError("/version", "a version number (1, 2, ...)"))
     if errors:
         raise invalid(errors)
@@ -152,11 +162,23 @@ async def render_template(request: web.Request) -> web.Response:
     except TemplateNotFound as e:
         raise not_found(str(e)) from None
     except TemplateRenderError as e:
-        raise ApiProblem(422, "template-render", "Template render error", e.detail,
-                         [FieldError("/variables", e.detail)], extra=_line_of(e)) from None
-    return web.json_response({"name": name, "version": rendered.version,
-                              "subject": rendered.subject, "text": rendered.text,
-                              "html": rendered.html})
+        raise ApiProblem(
+            422,
+            "template-render",
+            "Template render error",
+            e.detail,
+            [FieldError("/variables", e.detail)],
+            extra=_line_of(e),
+        ) from None
+    return web.json_response(
+        {
+            "name": name,
+            "version": rendered.version,
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "html": rendered.html,
+        }
+    )
 
 
 def register(app: web.Application) -> None:

@@ -84,14 +84,18 @@ class StoredTemplate:
     created: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "text": self.text, "html": self.html,
-                "created": self.created}
+        return {
+            "subject": self.subject,
+            "text": self.text,
+            "html": self.html,
+            "created": self.created,
+        }
 
 
-_PLAIN = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                              keep_trailing_newline=True)
-_HTML = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True,
-                             keep_trailing_newline=True)
+_PLAIN = SandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+_HTML = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
 
 
 def _environment(part: str) -> SandboxedEnvironment:
@@ -120,8 +124,9 @@ def _compile(stored: StoredTemplate) -> dict[str, Template]:
         try:
             compiled[part] = _environment(part).from_string(source)
         except TemplateSyntaxError as e:
-            errors.append(TemplateRenderError(f"{part}: {e.message} (line {e.lineno})",
-                                              e.lineno, part))
+            errors.append(
+                TemplateRenderError(f"{part}: {e.message} (line {e.lineno})", e.lineno, part)
+            )
     if errors:
         raise TemplateInvalid(errors)
     return compiled
@@ -150,9 +155,14 @@ class TemplateStore:
                     continue
                 try:
                     raw = json.loads(file.read_bytes())
-                    stored = StoredTemplate(entry.name, int(match.group(1)), raw["subject"],
-                                            raw.get("text"), raw.get("html"),
-                                            float(raw.get("created", 0)))
+                    stored = StoredTemplate(
+                        entry.name,
+                        int(match.group(1)),
+                        raw["subject"],
+                        raw.get("text"),
+                        raw.get("html"),
+                        float(raw.get("created", 0)),
+                    )
                     compiled = _compile(stored)
                 except (ValueError, KeyError, TypeError, TemplateInvalid):
                     continue
@@ -235,6 +245,5 @@ class TemplateStore:
                 raise TemplateRenderError(f"{part}: {e}{where}", line, part) from None
         subject = parts["subject"].strip()
         if "\n" in subject or "\r" in subject:
-            raise TemplateRenderError("subject: renders to more than one line", None,
-                                      "subject")
+            raise TemplateRenderError("subject: renders to more than one line", None, "subject")
         return Rendered(subject, parts.get("text"), parts.get("html"), stored.version)

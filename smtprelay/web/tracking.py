@@ -41,8 +41,7 @@ from smtprelay.web.problem import (
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 DEFAULT_HORIZON = 30 * 86400.0  # [http] schedule_horizon's default
-_RFC3339 = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
 _LIST_PARAMETERS = frozenset({"status", "tag", "cursor", "limit"})
 
 
@@ -61,16 +60,21 @@ def _qid(request: web.Request) -> str:
 def _known(history: History | None) -> bool:
     """A message, not a refused transaction that only got a queue ID."""
     return history is not None and (
-        history.queued or history.envelope is not None or history.removed_at is not None)
+        history.queued or history.envelope is not None or history.removed_at is not None
+    )
 
 
 async def _load(ops: QueueOperations, qid: str) -> Any:
     try:
         return await ops.load(qid)
     except (OSError, ValueError) as e:
-        raise ApiProblem(503, "spool-error", "Spool error",
-                         f"{qid}: its envelope cannot be read now: {e}",
-                         headers={"Retry-After": "5"}) from None
+        raise ApiProblem(
+            503,
+            "spool-error",
+            "Spool error",
+            f"{qid}: its envelope cannot be read now: {e}",
+            headers={"Retry-After": "5"},
+        ) from None
 
 
 async def status_of(ctx: Context, qid: str) -> dict[str, Any]:
@@ -96,8 +100,11 @@ async def list_messages(request: web.Request) -> web.Response:
     require(request, "read")
     ctx = context(request)
     query = request.query
-    errors = [FieldError(f"/{name}", "unknown query parameter")
-              for name in query if name not in _LIST_PARAMETERS]
+    errors = [
+        FieldError(f"/{name}", "unknown query parameter")
+        for name in query
+        if name not in _LIST_PARAMETERS
+    ]
     status = query.get("status")
     if status is not None and status not in MESSAGE_STATUSES:
         errors.append(FieldError("/status", f"one of {', '.join(MESSAGE_STATUSES)}"))
@@ -147,9 +154,13 @@ async def cancel(request: web.Request) -> web.Response:
         results = _from_history(history, queue_ops(ctx).clock())
     shown = [_result(r) for r in results]
     if not any(r.result is not CancelResult.TOO_LATE for r in results):
-        raise ApiProblem(409, "nothing-to-cancel", "Conflict",
-                         f"{qid}: every recipient was delivered or failed already",
-                         extra={"recipients": shown})
+        raise ApiProblem(
+            409,
+            "nothing-to-cancel",
+            "Conflict",
+            f"{qid}: every recipient was delivered or failed already",
+            extra={"recipients": shown},
+        )
     return web.json_response({"id": qid, "recipients": shown})
 
 
@@ -161,8 +172,9 @@ def _from_history(history: History, now: float) -> list[RecipientCancel]:
         if recipient["status"] == "canceled":
             results.append(RecipientCancel(recipient["email"], CancelResult.CANCELED))
         else:
-            results.append(RecipientCancel(recipient["email"], CancelResult.TOO_LATE,
-                                           recipient["status"]))
+            results.append(
+                RecipientCancel(recipient["email"], CancelResult.TOO_LATE, recipient["status"])
+            )
     return results
 
 
@@ -191,8 +203,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 def parse_time(value: object, where: str) -> tuple[float | None, FieldError | None]:
     """An RFC 3339 time with an offset, as epoch seconds."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        return None, FieldError(where, "an RFC 3339 time with an offset, "
-                                       "e.g. 2026-12-24T09:00:00+01:00")
+        return None, FieldError(
+            where, "an RFC 3339 time with an offset, e.g. 2026-12-24T09:00:00+01:00"
+        )
     try:
         when = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
@@ -214,21 +227,26 @@ async def reschedule(request: web.Request) -> web.Response:
     if error is not None:
         errors.append(error)
     elif when is not None and when > now + horizon:
-        errors.append(FieldError("/send_at", f"more than {horizon:g} s ahead "
-                                             "([http] schedule_horizon)"))
+        errors.append(
+            FieldError("/send_at", f"more than {horizon:g} s ahead ([http] schedule_horizon)")
+        )
     if errors:
         raise invalid(errors)
     assert when is not None
     envelope = await _load(ops, qid)
     if envelope is None:
         if _known(ctx.stats.history(qid)):
-            raise conflict(f"{qid} is not scheduled any more: it left the queue",
-                           "not-scheduled")
+            raise conflict(f"{qid} is not scheduled any more: it left the queue", "not-scheduled")
         raise not_found(f"no message {qid} in the queue or in the recent history")
-    if (envelope.send_at is None or envelope.attempts or ops.is_attempting(qid)
-            or any(r.attempts for r in envelope.recipients)):
-        raise conflict(f"{qid} is not scheduled any more: it was attempted already",
-                       "not-scheduled")
+    if (
+        envelope.send_at is None
+        or envelope.attempts
+        or ops.is_attempting(qid)
+        or any(r.attempts for r in envelope.recipients)
+    ):
+        raise conflict(
+            f"{qid} is not scheduled any more: it was attempted already", "not-scheduled"
+        )
     outcome = await ops.reschedule(qid, max(when, now))
     if outcome == Outcome.NOT_FOUND:
         raise conflict(f"{qid} is not scheduled any more: it left the queue", "not-scheduled")
