@@ -71,18 +71,38 @@ def test_a_delivered_http_message_keeps_tags_metadata_and_replies(st: stats.Stat
     maillog.removed(qid)
     shown = from_history(history(st, qid), False, NOW)
     assert shown == {
-        "id": qid, "status": "delivered", "submitted_via": "http",
-        "created_at": "2023-11-14T22:13:20.250Z", "tags": ["invoice"],
-        "metadata": {"order": "42"}, "size": 2048,
+        "id": qid,
+        "status": "delivered",
+        "submitted_via": "http",
+        "created_at": "2023-11-14T22:13:20.250Z",
+        "tags": ["invoice"],
+        "metadata": {"order": "42"},
+        "size": 2048,
         "recipients": [
-            {"email": BOB, "status": "delivered", "attempts": 2,
-             "last_reply": {"code": 250, "enhanced": "2.0.0", "text": "Ok: queued as X",
-                            "host": "mx1.example.net"},
-             "delivered_at": shown["recipients"][0]["delivered_at"]},
-            {"email": CAROL, "status": "delivered", "attempts": 1,
-             "last_reply": {"code": 250, "enhanced": "2.0.0", "text": "Ok: queued as X",
-                            "host": "mx1.example.net"},
-             "delivered_at": shown["recipients"][1]["delivered_at"]},
+            {
+                "email": BOB,
+                "status": "delivered",
+                "attempts": 2,
+                "last_reply": {
+                    "code": 250,
+                    "enhanced": "2.0.0",
+                    "text": "Ok: queued as X",
+                    "host": "mx1.example.net",
+                },
+                "delivered_at": shown["recipients"][0]["delivered_at"],
+            },
+            {
+                "email": CAROL,
+                "status": "delivered",
+                "attempts": 1,
+                "last_reply": {
+                    "code": 250,
+                    "enhanced": "2.0.0",
+                    "text": "Ok: queued as X",
+                    "host": "mx1.example.net",
+                },
+                "delivered_at": shown["recipients"][1]["delivered_at"],
+            },
         ],
     }
     assert shown["recipients"][0]["delivered_at"].endswith("Z")
@@ -96,44 +116,63 @@ def test_expired_canceled_and_partial_outcomes(st: stats.Stats) -> None:
         maillog.delivery(expired, address, "none", 9.0, DELAYS, EXPIRED, "bounced")
     maillog.removed(expired)
     maillog.delivery(canceled, BOB, RELAY, 1.0, DELAYS, BUSY, "deferred")
-    maillog._emit("qmgr", f"{canceled}: canceled by api token erp", canceled,
-                  event=stats.CANCELED_EVENT)
+    maillog._emit(
+        "qmgr", f"{canceled}: canceled by api token erp", canceled, event=stats.CANCELED_EVENT
+    )
     maillog.removed(canceled)
     maillog.delivery(partial, BOB, RELAY, 1.0, DELAYS, SENT, "sent")
-    maillog._emit("qmgr", f"{partial}: canceled by api token erp", partial,
-                  event=stats.CANCELED_EVENT)
+    maillog._emit(
+        "qmgr", f"{partial}: canceled by api token erp", partial, event=stats.CANCELED_EVENT
+    )
     maillog.removed(partial)
 
     def statuses(qid: str) -> tuple[str, list[str], str]:
         h = history(st, qid)
         shown = from_history(h, False, NOW)
-        return shown["status"], [r["status"] for r in shown["recipients"]], quick_status(
-            h, False, NOW)
+        return (
+            shown["status"],
+            [r["status"] for r in shown["recipients"]],
+            quick_status(h, False, NOW),
+        )
 
     assert statuses(expired) == ("expired", ["expired", "expired"], "expired")
     assert history(st, expired).finals()[BOB].attempts == 0  # the relay's verdict only
     assert statuses(canceled) == ("canceled", ["canceled", "canceled"], "canceled")
     assert history(st, canceled).canceled_by == "api token erp"
-    assert statuses(partial) == ("partially_delivered", ["delivered", "canceled"],
-                                 "partially_delivered")
+    assert statuses(partial) == (
+        "partially_delivered",
+        ["delivered", "canceled"],
+        "partially_delivered",
+    )
 
 
 def test_a_queued_envelope_shows_scheduled_deferred_and_sending() -> None:
     scheduled = make_envelope(send_at=NOW + 3600)
     assert from_queue(scheduled, False, None, NOW)["status"] == "scheduled"
     assert from_queue(scheduled, False, None, NOW)["send_at"] == rfc3339(NOW + 3600)
-    recipients = [Recipient(BOB, RecipientState.DELIVERED, attempts=1,
-                            last_reply=str(SENT), last_relay=RELAY),
-                  Recipient(CAROL, attempts=1, last_reply=str(BUSY), last_relay=RELAY)]
-    deferred = make_envelope(recipients=recipients, state=QueueState.DEFERRED,
-                             next_attempt=NOW + 300)
+    recipients = [
+        Recipient(
+            BOB, RecipientState.DELIVERED, attempts=1, last_reply=str(SENT), last_relay=RELAY
+        ),
+        Recipient(CAROL, attempts=1, last_reply=str(BUSY), last_relay=RELAY),
+    ]
+    deferred = make_envelope(
+        recipients=recipients, state=QueueState.DEFERRED, next_attempt=NOW + 300
+    )
     shown = from_queue(deferred, False, None, NOW)
     assert shown["status"] == "deferred"
     assert shown["recipients"][1] == {
-        "email": CAROL, "status": "deferred", "attempts": 1,
-        "last_reply": {"code": 450, "enhanced": "4.2.1", "text": "Mailbox busy",
-                       "host": "mx1.example.net"},
-        "next_attempt_at": rfc3339(NOW + 300)}
+        "email": CAROL,
+        "status": "deferred",
+        "attempts": 1,
+        "last_reply": {
+            "code": 450,
+            "enhanced": "4.2.1",
+            "text": "Mailbox busy",
+            "host": "mx1.example.net",
+        },
+        "next_attempt_at": rfc3339(NOW + 300),
+    }
     sending = from_queue(deferred, True, None, NOW)
     assert sending["status"] == "sending"
     assert sending["recipients"][1]["status"] == "sending"

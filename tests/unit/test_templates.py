@@ -26,12 +26,13 @@ def test_versions_are_kept_across_a_new_store(store: TemplateStore, tmp_path: Pa
     assert store.put("welcome", "Hi {{ name }}", "Hello {{ name }}\n", None) == 1
     assert store.put("welcome", "Hey {{ name }}", None, "<p>{{ name }}</p>") == 2
     assert sorted(p.name for p in (tmp_path / "templates" / "welcome").iterdir()) == [
-        "1.json", "2.json"]
+        "1.json",
+        "2.json",
+    ]
     again = TemplateStore(tmp_path / "templates")
     again.load()
     assert again.get("welcome").version == 2
-    assert again.render("welcome", 1, {"name": "Ann"}) == Rendered(
-        "Hi Ann", "Hello Ann\n", None, 1)
+    assert again.render("welcome", 1, {"name": "Ann"}) == Rendered("Hi Ann", "Hello Ann\n", None, 1)
     assert [t.name for t in again.listing()] == ["welcome"]
     assert again.delete("welcome") == 2
     with pytest.raises(TemplateNotFound):
@@ -44,7 +45,8 @@ def test_versions_are_kept_across_a_new_store(store: TemplateStore, tmp_path: Pa
 def test_html_only_is_autoescaped(store: TemplateStore) -> None:
     store.put("t", "For {{ who }}", "Text {{ who }}", "<b>{{ who }}</b>")
     assert store.render("t", None, {"who": "<Tom & Jerry>"}) == Rendered(
-        "For <Tom & Jerry>", "Text <Tom & Jerry>", "<b>&lt;Tom &amp; Jerry&gt;</b>", 1)
+        "For <Tom & Jerry>", "Text <Tom & Jerry>", "<b>&lt;Tom &amp; Jerry&gt;</b>", 1
+    )
 
 
 def test_an_undefined_variable_names_its_part_and_line(store: TemplateStore) -> None:
@@ -70,8 +72,9 @@ def test_a_subject_must_render_to_one_line(store: TemplateStore) -> None:
         store.render("t", None, {"s": "a\r\nBcc: victim@example.com"})
 
 
-def test_syntax_errors_name_every_part_and_store_nothing(store: TemplateStore,
-                                                         tmp_path: Path) -> None:
+def test_syntax_errors_name_every_part_and_store_nothing(
+    store: TemplateStore, tmp_path: Path
+) -> None:
     with pytest.raises(TemplateInvalid) as caught:
         store.put("bad", "ok", "one\ntwo\n{% if %}", "{{ x ")
     assert [(e.part, e.line) for e in caught.value.errors] == [("text", 3), ("html", 1)]

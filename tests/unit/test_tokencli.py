@@ -18,16 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
     path = tmp_path / "smtprelay.toml"
-    path.write_text(f'[http]\ntokens_file = "{tmp_path / "tokens"}"\n'
-                    f'[spool]\ndir = "{tmp_path / "spool"}"\n')
+    path.write_text(
+        f'[http]\ntokens_file = "{tmp_path / "tokens"}"\n[spool]\ndir = "{tmp_path / "spool"}"\n'
+    )
     (tmp_path / "tokens").write_text("# operators\nops-token-0123456789\n")
     return path
 
 
 def token(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "SMTPRELAY_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "smtprelay", "-c", str(conf), "token", *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "smtprelay", "-c", str(conf), "token", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
 
 
 def test_add_prints_the_secret_once_and_stores_only_its_hash(conf: Path) -> None:
