@@ -367,6 +367,13 @@ def test_status_of_an_smtp_message_deferred_then_delivered(
 def test_cancel_a_message_for_a_dead_host_then_cancel_again(relay: Daemon) -> None:
     rcpts = ["a@dest.test", "b@dest.test"]
     qid = submit(relay, rcpts, make_message("cancel"))
+    # Once its first attempt failed (no attempt in flight: each recipient is canceled
+    # at once, not "pending").
+    wait_until(
+        lambda: call(relay, "GET", f"/v1/messages/{qid}").body["status"] == "deferred",
+        20,
+        "the first attempt to be deferred",
+    )
     first = call(relay, "POST", f"/v1/messages/{qid}/cancel")
     assert first.status == 200, first
     assert first.body == {
