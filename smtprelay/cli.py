@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay import __version__, config, maillog, queuecli, usersfile
+from smtprelay import __version__, config, maillog, queuecli, tokencli, usersfile
 from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
 
@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = config.load(config.config_path(getattr(args, "config", None)))
         code = args.handler(args, settings)
-    except (CommandFailed, usersfile.UsersFileError, TLSError, OSError) as e:
+    except (
+        CommandFailed, usersfile.UsersFileError, tokencli.TokenFileError, TLSError, OSError
+    ) as e:
         # Before ConfigError, whose subclasses they are: a bad users file or certificate
         # is a failed operation (exit 1), a bad configuration file a usage error (exit 2).
         print(f"smtprelay: {e}", file=sys.stderr)
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_user_list)
 
     queuecli.register(commands, common)
+    tokencli.register(commands, common)
 
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).

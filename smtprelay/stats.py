@@ -54,9 +54,17 @@ QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-@dataclass
+@dataclass(slots=True)
 class History:
-    """What the log said about one queue ID, oldest first."""
+    """What the log said about one queue ID, oldest first.
+
+    Slotted (no ``__dict__`` per message): a daemon keeps up to ``max_messages`` of
+    them. Besides the events and the accepted envelope it keeps the few fields that
+    ``GET /v1/messages`` filters on, so a listing never parses envelopes: how it was
+    submitted, its tags, its send time, whether an attempt deferred it and who
+    canceled it. Per-recipient results (delivered_at, last reply, canceled, expired)
+    are read back from the events (:meth:`finals`).
+    """
 
     qid: str
     first: float
@@ -65,12 +73,56 @@ class History:
     queued: bool = False
     removed_at: float | None = None
     envelope: bytes | None = None  # the envelope JSON as accepted, if seen
+    via: str = "smtp"  # Submission.via
+    tags: tuple[str, ...] = ()
+    send_at: float | None = None
+    deferred: bool = False  # an attempt left a recipient pending
+    canceled_by: str | None = None  # "api token NAME" once a cancel was logged
 
     def add(self, event: dict[str, Any]) -> None:
         if len(self.events) >= MAX_EVENTS:
             del self.events[HEAD_EVENTS]
             self.omitted += 1
         self.events.append(event)
+        kind = event.get("event")
+        if kind == Event.DELIVERY and event.get("status") == "deferred":
+            self.deferred = True
+        elif kind == CANCELED_EVENT:
+            by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
+            self.canceled_by = str(by) or "api"
+
+    def finals(self) -> dict[str, Final]:
+        """Each recipient's last logged delivery result, with its attempts: what
+        ``GET /v1/messages/{id}`` shows for it (a recipient the log says nothing about
+        yet is missing)."""
+        found: dict[str, Final] = {}
+        for event in self.events:
+            if event.get("event") != Event.DELIVERY:
+                continue
+            address = str(event.get("recipient"))
+            before = found.get(address)
+            attempts = before.attempts if before else 0
+            status = str(event.get("status"))
+            if _expiry(event):
+                status = "expired"
+            else:
+                attempts += 1
+            code = event.get("code")
+            relay = event.get("relay")
+            found[address] = Final(
+                status=status,
+                attempts=attempts,
+                time=float(event.get("time") or 0.0),
+                code=code if isinstance(code, int) else None,
+                enhanced=str(event.get("dsn") or "") or None,
+                text=str(event.get("reason") or ""),
+                relay=str(relay) if relay and relay != "none" else None,
+            )
+        return found
+
+    @property
+    def deleted(self) -> bool:
+        return any(e.get("event") == Event.REMOVED and e.get("reason") for e in self.events)
 
     @property
     def outcome(self) -> str:
@@ -140,6 +192,23 @@ class History:
         return shown
 
 
+@dataclass(frozen=True, slots=True)
+class Final:
+    """One recipient's last delivery result as the log gave it."""
+
+    status: str  # "sent", "deferred", "bounced" or "expired" (the lifetime ended)
+    attempts: int
+    time: float
+    code: int | None
+    enhanced: str | None
+    text: str
+    relay: str | None  # "host[ip]:port", None when no server answered
+
+
+# The event of a cancel through the HTTP API ("QID: canceled by api token NAME"),
+# logged by the scheduler; its recipients left pending at removal were canceled.
+CANCELED_EVENT = "canceled"
+
 # A recipient's last delivery status -> its state in the envelope (RecipientState).
 _RECIPIENT_STATES = {"sent": RecipientState.DELIVERED.value,
                      "bounced": RecipientState.FAILED.value,
@@ -166,16 +235,29 @@ class _Kept:
     queued: bool = False
     removed_at: float | None = None
     envelope: bytes | None = None
+    via: str = "smtp"
+    tags: tuple[str, ...] = ()
+    send_at: float | None = None
+    deferred: bool = False
+    canceled_by: str | None = None
 
     def add(self, event: dict[str, Any]) -> None:
         if len(self.records) >= MAX_EVENTS:
             del self.records[HEAD_EVENTS]
             self.omitted += 1
         self.records.append(_ENCODER.encode(event).encode())
+        kind = event.get("event")
+        if kind == Event.DELIVERY and event.get("status") == "deferred":
+            self.deferred = True
+        elif kind == CANCELED_EVENT:
+            by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
+            self.canceled_by = str(by) or "api"
 
     def history(self) -> History:
+        """The readable copy (events decoded), for the caller to use without the lock."""
         return History(self.qid, self.first, [json.loads(r) for r in self.records],
-                       self.omitted, self.queued, self.removed_at, self.envelope)
+                       self.omitted, self.queued, self.removed_at, self.envelope, self.via,
+                       self.tags, self.send_at, self.deferred, self.canceled_by)
 
 
 # Compact, and never failing on a value JSON has no type for (shown as its str()).
@@ -281,8 +363,13 @@ class Stats(logging.Handler):
     def note_queued(self, envelope: Envelope) -> None:
         """Remember the envelope as accepted (client, TLS, AUTH, recipients)."""
         raw = envelope.to_json()
+        submission = envelope.submission
         with self._mutex:
-            self._entry(envelope.qid, self.clock()).envelope = raw
+            entry = self._entry(envelope.qid, self.clock())
+            entry.envelope = raw
+            entry.via = str(submission.via)
+            entry.tags = tuple(submission.tags)
+            entry.send_at = envelope.send_at
 
     # --- the handler ----------------------------------------------------------------------
 
@@ -407,6 +494,36 @@ class Stats(logging.Handler):
             if entry is None:
                 return None
             return entry.history()
+
+    def newest(
+        self, before: str | None, limit: int, keep: Callable[[History], bool]
+    ) -> tuple[list[History], bool]:
+        """Up to ``limit`` queued (or once queued) messages whose QID sorts below
+        ``before``, newest first (QIDs sort by arrival), that ``keep`` accepts; and
+        whether more follow. Copies, so the caller reads them without the lock."""
+        with self._mutex:
+            self._purge(self.clock())
+            qids = sorted(
+                (q for q, e in self._history.items()
+                 if e.queued and (before is None or q < before)),
+                reverse=True,
+            )
+            chosen: list[History] = []
+            for qid in qids:
+                history = self._history[qid].history()
+                if not keep(history):
+                    continue
+                if len(chosen) == limit:
+                    return chosen, True
+                chosen.append(history)
+            return chosen, False
+
+    def set_send_at(self, qid: str, send_at: float) -> None:
+        """A scheduled message was moved (PATCH /v1/messages/{id})."""
+        with self._mutex:
+            entry = self._history.get(qid)
+            if entry is not None:
+                entry.send_at = send_at
 
     @property
     def remembered(self) -> int:

@@ -29,19 +29,20 @@ from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
-from smtprelay.web import queue, status, submission
+from smtprelay.web import openapi, queue, status, submission, template_api, tracking
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
 from smtprelay.web.problem import ApiProblem
 from smtprelay.web.serverlog import printable, server_logger
+from smtprelay.web.templates import TemplateStore
 from smtprelay.web.tokens import Token, TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", openapi.PATH})
 # Paths whose answer reads envelopes from the spool (up to a page of them): fewer of them
 # run at once. /status and /metrics read only the in-memory counts.
 HEAVY_PATHS = frozenset({"/queue"})
@@ -214,6 +215,9 @@ def build(ctx: Context) -> web.Application:
         app.router.add_post(f"/queue/{name}", queue.action(name))
     # The JSON submission API (POST /v1/messages, /v1/messages/batch).
     submission.install(app, ctx)
+    tracking.register(app)
+    template_api.register(app)
+    openapi.register(app)
     return app
 
 
@@ -303,6 +307,17 @@ def _tokens(settings: Settings) -> TokenFile:
         raise HttpStartError(f"[http] tokens_file {path}: {e}") from None
 
 
+def _templates(settings: Settings) -> TemplateStore:
+    store = TemplateStore(Path(settings.spool.dir) / "templates")
+    try:
+        store.load()
+    except OSError as e:
+        raise HttpStartError(
+            f"[spool] dir {settings.spool.dir}: cannot use its templates folder: "
+            f"{e.strerror or e}") from None
+    return store
+
+
 def bind(
     settings: Settings,
     scheduler: Scheduler,
@@ -328,6 +343,7 @@ def bind(
     health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down, delivering)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
     ctx.penalty.cap = settings.http.bad_token_max_delay
+    ctx.templates = _templates(settings)
     server = HttpServer(ctx, endpoint)
     try:
         server.bind()

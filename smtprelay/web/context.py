@@ -16,6 +16,7 @@ from smtprelay.stats import Stats
 from smtprelay.web.guard import LogBudget, Penalty
 from smtprelay.web.health import Health
 from smtprelay.web.problem import forbidden
+from smtprelay.web.templates import TemplateStore
 from smtprelay.web.tokens import Token, TokenFile
 
 
@@ -32,6 +33,8 @@ class Context:
     # Failed bearer tokens: the delay per client address, and their log lines' budget.
     penalty: Penalty = field(default_factory=Penalty)
     log_budget: LogBudget = field(default_factory=LogBudget)
+    # Message templates (/v1/templates); None when their directory cannot be used.
+    templates: TemplateStore | None = None
 
     @property
     def uptime(self) -> float:

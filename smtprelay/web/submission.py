@@ -10,7 +10,6 @@ SMTP's ``250``; every error is problem+json (:mod:`smtprelay.web.problem`). An
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from smtprelay.web.problem import (
     unavailable,
     unsupported_media,
 )
+from smtprelay.web.templates import TemplateNotFound, TemplateRenderError
 
 log = logging.getLogger("smtprelay.http")
 
@@ -103,23 +103,21 @@ def _origin(request: web.Request) -> intake.Origin:
 
 
 def _render(ctx: Context) -> intake.Renderer:
-    """The template branch, against web/templates.py's TemplateStore (``ctx.templates``,
-    from the tracking work): not found -> 404; a render error -> 422 at ``/template``
-    with the template's line. Looked up at run time until both are on one branch."""
-    store = getattr(ctx, "templates", None)
+    """The template branch against ``ctx.templates``: not found -> 404; a render error
+    -> 422 at ``/template`` with the template's line."""
+    store = ctx.templates
 
     def render(
         name: str, version: int | None, variables: dict[str, Any], prefix: tuple[str | int, ...]
     ) -> compose.Content:
         if store is None:
             raise not_found(f"no template {name!r}: templates are not available")
-        templates = importlib.import_module("smtprelay.web.templates")
         try:
             rendered = store.render(name, version, variables)
-        except templates.TemplateNotFound:
+        except TemplateNotFound:
             which = f" version {version}" if version is not None else ""
             raise not_found(f"no template {name!r}{which}") from None
-        except templates.TemplateRenderError as e:
+        except TemplateRenderError as e:
             line = f" (template line {e.line})" if e.line else ""
             detail = f"{e.detail}{line}" if line and line not in e.detail else e.detail
             raise invalid([FieldError(pointer(*prefix, "template"), detail)]) from None
