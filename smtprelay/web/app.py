@@ -208,6 +208,10 @@ def build(ctx: Context) -> web.Application:
     app.router.add_post("/queue/flush", queue.flush)
     for name in ("hold", "release", "delete", "bounce"):
         app.router.add_post(f"/queue/{name}", queue.action(name))
+    # Issue 13: delivery events and webhooks (smtprelay/events/api.py).
+    from smtprelay.events import api as events_api
+
+    events_api.add_routes(app)
     return app
 
 

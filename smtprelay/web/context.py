@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,6 +16,9 @@ from smtprelay.web.guard import LogBudget, Penalty
 from smtprelay.web.health import Health
 from smtprelay.web.problem import forbidden
 from smtprelay.web.tokens import Token, TokenFile
+
+if TYPE_CHECKING:
+    from smtprelay.events.service import EventService
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Context:
     # Failed bearer tokens: the delay per client address, and their log lines' budget.
     penalty: Penalty = field(default_factory=Penalty)
     log_budget: LogBudget = field(default_factory=LogBudget)
+    # The events stage (/v1/events, /v1/webhooks); None when it is not running.
+    events: EventService | None = None
 
     @property
     def uptime(self) -> float:
