@@ -43,7 +43,9 @@ class Recorder(logging.Handler):
     # --- wiring ---------------------------------------------------------------------
 
     def attach(self) -> None:
-        logging.getLogger(MAIL_LOGGER).addHandler(self)
+        logger = logging.getLogger(MAIL_LOGGER)
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)  # see maillog.setup: every event is made
 
     def detach(self) -> None:
         logging.getLogger(MAIL_LOGGER).removeHandler(self)

@@ -147,9 +147,20 @@ def test_deferred_then_delivered_in_order_signed(
     assert status == 200 and [e["id"] for e in page["events"]] == [e["id"] for e in got]
     status, problem = api(daemon, "GET", "/v1/messages/NOSUCHQID/events")
     assert status == 404 and problem["status"] == 404
-    # /metrics counts what the receiver accepted.
     status, _ = api(daemon, "GET", "/v1/events?after=x")
     assert status == 422
+    # /metrics counts what the receiver accepted.
+    url = f"http://{daemon.sections['http']['listen']}/metrics"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        metrics = response.read().decode()
+    delivered = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("smtprelay_webhook_delivered_total{")
+    ]
+    assert delivered and float(delivered[0].split()[-1]) >= 3
+    assert "smtprelay_webhook_backlog" in metrics
 
 
 def test_smtp_rejection_is_message_rejected(
