@@ -30,6 +30,7 @@ log = logging.getLogger("smtprelay.events")
 
 PRUNE_PERIOD = 600.0
 BACKLOG_PERIOD = 2.0
+SENDER_RESTART = 5.0
 
 
 class EventsStartError(Exception):
@@ -135,7 +136,16 @@ class EventService:
 
     async def _sending(self, sender: Sender) -> None:
         try:
-            await sender.run()
+            while not sender.disabled:
+                try:
+                    await sender.run()
+                except Exception:  # a webhook's fault must not stop the mail
+                    log.exception(
+                        "webhook %s: sender failed; again in %gs",
+                        sender.endpoint.id,
+                        SENDER_RESTART,
+                    )
+                    await asyncio.sleep(SENDER_RESTART)
         finally:
             self.senders.pop(sender.endpoint.id, None)
         if sender.disabled:  # 410 Gone: no more outbox rows for it
