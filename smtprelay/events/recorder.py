@@ -25,6 +25,11 @@ MAIL_LOGGER = "smtprelay.mail"
 # How long a "queued" record may wait for its envelope (noted just after it is logged;
 # from a worker process the two come as separate frames).
 NOTE_WAIT = 2.0
+# While the store cannot be written: retry this often, keep at most this many records.
+COMMIT_RETRY = 1.0
+MAX_PENDING = 100_000
+
+log = logging.getLogger("smtprelay.events")
 
 Commit = Callable[[list[Fact], dict[str, MessageInfo]], Awaitable[None]]
 
@@ -119,12 +124,34 @@ class Recorder(logging.Handler):
                 await asyncio.sleep(linger)
             facts, notes = self.take()
             if facts or notes:
-                await commit(facts, notes)
+                try:
+                    await commit(facts, notes)
+                except Exception as e:  # disk full, read-only: mail goes on regardless
+                    self._requeue(facts, notes, e)
+                    await asyncio.sleep(COMMIT_RETRY)
+                    self._wake.set()
+                    continue
             with self._mutex:
                 pending = self._signalled
             if pending:  # kept back for their envelope: look again shortly
                 await asyncio.sleep(0.05)
                 self._wake.set()
+
+    def _requeue(self, facts: list[Fact], notes: dict[str, MessageInfo], error: Exception) -> None:
+        """A commit failed: keep the events for the next one, up to MAX_PENDING."""
+        with self._mutex:
+            self._facts[:0] = facts
+            self._notes = {**notes, **self._notes}
+            dropped = max(0, len(self._facts) - MAX_PENDING)
+            if dropped:
+                del self._facts[:dropped]
+            self._signalled = True
+        log.error(
+            "events: cannot write the event store (%s); %d event record(s) waiting%s",
+            error,
+            len(self._facts),
+            f", {dropped} oldest dropped" if dropped else "",
+        )
 
     def pending(self) -> int:
         with self._mutex:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,13 +119,17 @@ class EventService:
         last_prune = 0.0
         while True:
             now = self.clock()
-            if now - last_prune >= PRUNE_PERIOD:
-                last_prune = now
-                assert self.store is not None
-                gone = await self.db.run(self.store.prune, now - self.settings.events.retention)
-                if gone:
-                    log.info("events: %d event(s) older than the retention pruned", gone)
-            self._backlog_counts = await self.db.run(self._outbox().backlog)
+            try:
+                if now - last_prune >= PRUNE_PERIOD:
+                    last_prune = now
+                    assert self.store is not None
+                    horizon = now - self.settings.events.retention
+                    gone = await self.db.run(self.store.prune, horizon)
+                    if gone:
+                        log.info("events: %d event(s) older than the retention pruned", gone)
+                self._backlog_counts = await self.db.run(self._outbox().backlog)
+            except sqlite3.Error as e:  # e.g. the disk is full: try again later
+                log.warning("events: housekeeping failed: %s", e)
             await asyncio.sleep(BACKLOG_PERIOD)
 
     def _start_sender(self, endpoint: Endpoint) -> None:
