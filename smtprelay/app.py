@@ -102,7 +102,8 @@ async def serve(settings: Settings, path: Path) -> None:
     # Delivery events come from the same records (issue 13): attached before anything
     # is logged, committed to the event store by a task of their own.
     try:
-        events = EventService(settings, stats.registry if stats is not None else None)
+        events = EventService(settings, stats.registry if stats is not None else None,
+                              load=spool.load)
         await events.open()
     except EventsStartError as e:
         if stats is not None:

@@ -23,8 +23,9 @@ from smtprelay.maillog import Event
 
 MAIL_LOGGER = "smtprelay.mail"
 # How long a "queued" record may wait for its envelope (noted just after it is logged;
-# from a worker process the two come as separate frames).
-NOTE_WAIT = 2.0
+# from a worker process the two come as separate frames). Then the store reads the
+# envelope from the spool instead.
+NOTE_WAIT = 0.5
 # While the store cannot be written: retry this often, keep at most this many records.
 COMMIT_RETRY = 1.0
 MAX_PENDING = 100_000

@@ -44,9 +44,11 @@ class EventService:
         settings: Settings,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        load: Callable[[str], Envelope] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.load = load  # the spool's envelope of a QID (for arrivals nobody noted)
         directory = settings.events.dir or str(Path(settings.spool.dir) / "events")
         self.db = Database(Path(directory) / "events.db")
         self.recorder = Recorder(clock)
@@ -80,7 +82,7 @@ class EventService:
             conn = await self.db.run(self.db.open)
         except Exception as e:  # sqlite3.Error or OSError: the file is unusable
             raise EventsStartError(f"[events] dir {self.db.path.parent}: {e}") from None
-        self.store, self.outbox = EventStore(conn), Outbox(conn)
+        self.store, self.outbox = EventStore(conn, self.load), Outbox(conn)
         await self.db.run(self.outbox.sync_config, self._configured)
         await self._refresh()
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from smtprelay.envelope import Envelope
 from smtprelay.events.db import Transaction
 from smtprelay.events.model import Fact, MessageInfo, NewEvent, new_id, translate
 from smtprelay.events.types import TYPES, matches
@@ -40,8 +41,14 @@ class Written:
 
 
 class EventStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, load: Callable[[str], Envelope] | None = None
+    ) -> None:
         self.conn = conn
+        # The spool's envelope of a message whose arrival was logged but never noted
+        # (a path that queues without telling the events stage); raises OSError or
+        # ValueError when it is gone.
+        self.load = load
         self._infos: OrderedDict[str, MessageInfo] = OrderedDict()
 
     # --- writing --------------------------------------------------------------------
@@ -62,6 +69,8 @@ class EventStore:
                 self._keep(c, qid, noted, now)
             for fact in facts:
                 info = self._info(c, fact.qid) if fact.qid else None
+                if info is None and fact.qid and fact.event == Event.QUEUED:
+                    info = self._from_spool(c, fact.qid, now)
                 if fact.event == Event.NOTICE:
                     self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
                 for kind, data in translate(fact, info):
@@ -111,6 +120,16 @@ class EventStore:
             return None
         info = MessageInfo.from_json(json.loads(row[0]))
         self._cache(qid, info)
+        return info
+
+    def _from_spool(self, c: sqlite3.Connection, qid: str, now: float) -> MessageInfo | None:
+        if self.load is None:
+            return None
+        try:
+            info = MessageInfo.of(self.load(qid))
+        except (OSError, ValueError):
+            return None  # already delivered and removed, or unreadable: qid only
+        self._keep(c, qid, info, now)
         return info
 
     def _mark_notice(self, c: sqlite3.Connection, qid: str, now: float) -> None:

@@ -279,3 +279,23 @@ def test_webhook_api_and_ssrf(relay: Callable[..., Daemon], receiver: Receiver) 
     status, _ = api(daemon, "DELETE", f"/v1/webhooks/{made['id']}")
     assert status == 204
     assert api(daemon, "GET", f"/v1/webhooks/{made['id']}")[0] == 404
+
+
+def test_events_from_inbound_worker_processes(
+    dest: str,
+    make_sink: Callable[..., Sink],
+    relay: Callable[..., Daemon],
+    receiver: Receiver,
+) -> None:
+    """With [server] workers, the mail-log records and envelopes come from the worker
+    processes over their channel: the same events, with the same data."""
+    make_sink(MX1, name="mx1.dest.test")
+    daemon = relay(server={"workers": 1})
+    qid = submit(daemon, ["w@dest.test"], make_message("worker"))
+    wait_removed(daemon, qid)
+    wait_until(lambda: len(of(receiver.events(), qid)) >= 2)
+    got = of(receiver.events(), qid)
+    assert [e["type"] for e in got] == ["message.received", "recipient.delivered"]
+    assert got[0]["data"]["recipients"] == ["w@dest.test"]
+    assert got[0]["data"]["route"] == "smtp"
+    assert [e["data"]["sequence"] for e in got] == [1, 2]

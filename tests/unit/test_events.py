@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from smtprelay import maillog
 from smtprelay.config import ConfigError, parse
+from smtprelay.envelope import Client, Envelope, Recipient, Submission, SubmittedVia
 from smtprelay.events.db import Database
 from smtprelay.events.model import Fact, MessageInfo, translate
 from smtprelay.events.recorder import Recorder
@@ -198,3 +199,32 @@ def test_webhooks_config(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match=r"\[\[webhooks\]\] #1 url"):
         parse({"webhooks": [{"url": "ftp://h.example/", "secret_file": "/s"}]})
+
+
+def test_arrival_nobody_noted_reads_the_spool(tmp_path: Path) -> None:
+    """A path that queues without noting the envelope (e.g. another intake): the
+    store reads it from the spool, so route, tags and metadata are still there."""
+    envelope = Envelope(
+        qid="Q9",
+        sender="a@b.example",
+        recipients=[Recipient("r@x.example")],
+        client=Client("127.0.0.1", 1, "h"),
+        arrival=1.0,
+        size=10,
+        submission=Submission(via=SubmittedVia.HTTP, token="app", tags=["t"]),
+    )
+    s = EventStore(Database(tmp_path / "events.db").open(), load={"Q9": envelope}.__getitem__)
+    s.commit([queued("Q9", 1.0)], {}, [], 1.0)
+    (event,), _ = s.page(0, 10)
+    assert event["data"]["route"] == "http" and event["data"]["token"] == "app"
+    assert event["data"]["recipients"] == ["r@x.example"] and event["data"]["tags"] == ["t"]
+
+
+def test_arrival_already_gone_from_the_spool(tmp_path: Path) -> None:
+    def gone(qid: str) -> Envelope:
+        raise FileNotFoundError(qid)
+
+    s = EventStore(Database(tmp_path / "events.db").open(), load=gone)
+    s.commit([queued("Q8", 1.0)], {}, [], 1.0)
+    (event,), _ = s.page(0, 10)
+    assert event["type"] == "message.received" and event["data"]["qid"] == "Q8"
