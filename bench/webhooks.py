@@ -61,28 +61,42 @@ class Counter:
 
 def config(work: Path, port: int, sink: int, webhook: Receiver | None) -> Path:
     lines = [
-        "[server]", 'hostname = "relay.bench"', f'listen = ["{LOOPBACK}:{port}"]',
+        "[server]",
+        'hostname = "relay.bench"',
+        f'listen = ["{LOOPBACK}:{port}"]',
         'local_socket = ""',
-        "[relay]", 'trusted_networks = ["127.0.0.0/8"]',
-        "[spool]", f'dir = "{work / "spool"}"',
-        "[log]", 'level = "warning"',
-        "[http]", f'listen = "{LOOPBACK}:{free_port()}"',
-        "[delivery]", 'mode = "smarthost"',
-        "[delivery.smarthost]", f'hosts = ["{LOOPBACK}:{sink}"]', 'tls = "none"',
+        "[relay]",
+        'trusted_networks = ["127.0.0.0/8"]',
+        "[spool]",
+        f'dir = "{work / "spool"}"',
+        "[log]",
+        'level = "warning"',
+        "[http]",
+        f'listen = "{LOOPBACK}:{free_port()}"',
+        "[delivery]",
+        'mode = "smarthost"',
+        "[delivery.smarthost]",
+        f'hosts = ["{LOOPBACK}:{sink}"]',
+        'tls = "none"',
     ]
     if webhook is not None:
         secret_file = work / "whsec"
         secret_file.write_text(webhook.secret + "\n")
-        lines += ["[[webhooks]]", f'url = "{webhook.url}"', f'secret_file = "{secret_file}"',
-                  "allow_private = true"]
+        lines += [
+            "[[webhooks]]",
+            f'url = "{webhook.url}"',
+            f'secret_file = "{secret_file}"',
+            "allow_private = true",
+        ]
     path = work / "smtprelay.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 async def load(port: int, messages: int, concurrency: int, size: int) -> float:
-    body = ("Subject: bench\r\nFrom: a@bench.test\r\nTo: b@dest.test\r\n\r\n"
-            + "x" * 70 + "\r\n") * max(1, size // 72)
+    body = (
+        "Subject: bench\r\nFrom: a@bench.test\r\nTo: b@dest.test\r\n\r\n" + "x" * 70 + "\r\n"
+    ) * max(1, size // 72)
     left = list(range(messages))
 
     async def client() -> None:
@@ -124,8 +138,12 @@ def one(mode: str, args: argparse.Namespace) -> dict[str, float]:
         port = free_port()
         cfg = config(work, port, sink_port, receiver)
         log = open(work / "smtprelay.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/smtprelay"), "serve", "-c", str(cfg)],
-                                stdout=log, stderr=log, cwd=work)
+        proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/smtprelay"), "serve", "-c", str(cfg)],
+            stdout=log,
+            stderr=log,
+            cwd=work,
+        )
         try:
             wait_port(port, proc)
             elapsed = asyncio.run(load(port, args.messages, args.concurrency, args.size))
@@ -170,15 +188,19 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, list[dict[str, float]]] = {"none": [], "webhook": []}
     for run in range(args.runs):
-        for mode in (("none", "webhook") if run % 2 == 0 else ("webhook", "none")):
+        for mode in ("none", "webhook") if run % 2 == 0 else ("webhook", "none"):
             r = one(mode, args)
             results[mode].append(r)
-            print(f"run {run + 1} {mode:8s} " + " ".join(f"{k}={v:.1f}" for k, v in r.items()),
-                  flush=True)
+            print(
+                f"run {run + 1} {mode:8s} " + " ".join(f"{k}={v:.1f}" for k, v in r.items()),
+                flush=True,
+            )
     none = statistics.median(r["accepted_per_s"] for r in results["none"])
     hook = statistics.median(r["accepted_per_s"] for r in results["webhook"])
-    print(f"median accepted/s: none {none:.0f}, webhook {hook:.0f}, "
-          f"cost {100 * (1 - hook / none):.1f} % (target < 10 %)")
+    print(
+        f"median accepted/s: none {none:.0f}, webhook {hook:.0f}, "
+        f"cost {100 * (1 - hook / none):.1f} % (target < 10 %)"
+    )
     rates = [r["events_per_s"] for r in results["webhook"] if "events_per_s" in r]
     if rates:
         print(f"median webhook events/s to the local receiver: {statistics.median(rates):.0f}")
