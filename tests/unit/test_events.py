@@ -228,3 +228,11 @@ def test_arrival_already_gone_from_the_spool(tmp_path: Path) -> None:
     s.commit([queued("Q8", 1.0)], {}, [], 1.0)
     (event,), _ = s.page(0, 10)
     assert event["type"] == "message.received" and event["data"]["qid"] == "Q8"
+
+
+def test_canceled_by_name() -> None:
+    """The scheduler's cancel line is matched by its event name, "canceled"."""
+    fact = Fact(1.0, "canceled", "Q", {"event": "canceled", "by": "api token app"})
+    ((kind, data),) = translate(fact, MessageInfo(route="http", token="app"))
+    assert kind == "message.canceled" and data["by"] == "api token app"
+    assert data["route"] == "http"
