@@ -29,6 +29,7 @@ from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
+from smtprelay.events.service import EventService, EventsStartError
 from smtprelay.inbound import local
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,
@@ -100,15 +101,29 @@ async def serve(settings: Settings, path: Path) -> None:
     stats = Stats(retention=settings.http.history_retention) if settings.http.listen else None
     if stats is not None:
         stats.attach()
+    # Delivery events come from the same records (issue 13): attached before anything
+    # is logged, committed to the event store by a task of their own.
     try:
-        await _serve(settings, path, spool, stats)
+        events = EventService(settings, stats.registry if stats is not None else None,
+                              load=spool.load)
+        await events.open()
+    except EventsStartError as e:
+        if stats is not None:
+            stats.detach()
+        spool.close()
+        raise StartupError(str(e)) from None
+    events.attach()
+    try:
+        await _serve(settings, path, spool, stats, events)
     finally:
+        await events.close()
         if stats is not None:
             stats.detach()
         spool.close()
 
 
-async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None) -> None:
+async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None,
+                 events: EventService) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
@@ -130,9 +145,8 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             recovered.removed_partial,
             len(recovered.quarantined),
         )
-        on_queued: Callable[[Envelope, bytes], None] = scheduler.enqueue_new
-        if stats is not None:
-            on_queued = _remembering(stats, scheduler.enqueue_new)
+        on_queued: Callable[[Envelope, bytes], None] = _remembering(
+            stats, events, scheduler.enqueue_new)
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
@@ -145,7 +159,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     inbound: Listeners
     if settings.server.workers:
         inbound = pool = WorkerPool(
-            settings, path, on_queued, stats.handle if stats is not None else None,
+            settings, path, on_queued, _log_handlers(stats, events),
             on_lost=functools.partial(_adopt_unknown, spool, scheduler))
     else:
         inbound = server = InboundServer(
@@ -159,6 +173,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         if stats is not None:
             http = _bind_http(settings, scheduler, inbound, stats, spool,
                               functools.partial(supervisor.running, DELIVERY))
+            http.ctx.events = events
             await http.start()
         if pool is not None:
             await pool.start(sockets)
@@ -193,6 +208,7 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             supervisor.start(DELIVERY, scheduler.run())
             supervisor.start("the start-up load of the queue",
                              loader.load(spool, found, scheduler, recovered), finite=True)
+            supervisor.start("the event recorder", events.run())
             if http is not None:
                 supervisor.start("the HTTP server's loop monitor", http.run())
             if pool is not None:
@@ -249,15 +265,31 @@ async def _adopt_unknown(spool: Spool, scheduler: Scheduler) -> None:
 
 
 def _remembering(
-    stats: Stats, enqueue: Callable[[Envelope, bytes], None]
+    stats: Stats | None, events: EventService, enqueue: Callable[[Envelope, bytes], None]
 ) -> Callable[[Envelope, bytes], None]:
-    """``enqueue``, after noting the envelope as accepted for /messages/{qid}."""
+    """``enqueue``, after noting the envelope as accepted for /messages/{qid} and for
+    the events (how it came in, tags, metadata)."""
 
     def queued(envelope: Envelope, data: bytes) -> None:
-        stats.note_queued(envelope)
+        if stats is not None:
+            stats.note_queued(envelope)
+        events.note_queued(envelope)
         enqueue(envelope, data)
 
     return queued
+
+
+def _log_handlers(
+    stats: Stats | None, events: EventService
+) -> Callable[[logging.LogRecord], object]:
+    """Where a worker process's mail-log records go: the statistics and the events."""
+
+    def handle(record: logging.LogRecord) -> None:
+        if stats is not None:
+            stats.handle(record)
+        events.recorder.handle(record)
+
+    return handle
 
 
 def _bind_http(

@@ -271,6 +271,55 @@ class HttpSettings(_Section):
     schedule_horizon: Duration = Field(default=30 * 86400.0, gt=0)
 
 
+# The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+# 14 h, 20 h, 24 h (each with jitter); after the last failure an event is given up.
+DEFAULT_WEBHOOK_RETRIES = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0,
+                           72000.0, 86400.0)
+
+
+class EventsSettings(_Section):
+    # Delivery events (smtprelay.events): kept this long in the event store for
+    # GET /v1/events and for webhooks that are behind.
+    retention: Duration = Field(default=7 * 86400.0, gt=0)
+    # Where the event store (SQLite, WAL) lives; "": <[spool] dir>/events.
+    dir: str = ""
+    # Delays before each webhook attempt (the first is the initial send).
+    webhook_retry_schedule: tuple[Duration, ...] = Field(default=DEFAULT_WEBHOOK_RETRIES,
+                                                         min_length=1)
+    webhook_timeout: Duration = Field(default=10.0, gt=0)
+    # Requests in flight to one webhook endpoint at once.
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+
+
+def _parse_webhook_url(value: object) -> str:
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a URL string")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value.strip()
+
+
+def _parse_event_pattern(value: object) -> str:
+    from smtprelay.events.types import valid_pattern
+
+    if not isinstance(value, str) or not valid_pattern(value):
+        raise ValueError(f"{value!r} is not an event type or pattern like \"recipient.*\"")
+    return value
+
+
+class WebhookSettings(_Section):
+    url: Annotated[str, BeforeValidator(_parse_webhook_url)]
+    # Event types or patterns ("recipient.*"); empty: every event.
+    events: tuple[Annotated[str, BeforeValidator(_parse_event_pattern)], ...] = ()
+    # The whsec_... secret (several lines: several signatures, for rotation).
+    secret_file: str
+    # Loopback, link-local and private addresses are refused unless this is true (SSRF).
+    allow_private: Bool = False
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -286,6 +335,8 @@ class Settings(_Section):
     bounce: BounceSettings = BounceSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    events: EventsSettings = EventsSettings()
+    webhooks: tuple[WebhookSettings, ...] = ()
 
 
 def load(path: Path) -> Settings:
@@ -326,6 +377,11 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
+    if loc and loc[0] == "webhooks":  # an array of tables: name the entry by number
+        if len(loc) < 3 or not loc[1].isdigit():
+            return f"[[webhooks]]: {message}"
+        problem = "unknown key" if first["type"] == "extra_forbidden" else message
+        return f"[[webhooks]] #{int(loc[1]) + 1} {loc[2]}: {problem}"
     known = _sections()
     key_in_message, sep, rest = message.partition(": ")
     if ".".join(loc) in known and sep and " " not in key_in_message:
@@ -356,6 +412,9 @@ _DURATION_KEYS = {
     "delivery.data_timeout",
     "http.history_retention",
     "http.bad_token_max_delay",
+    "events.retention",
+    "events.webhook_retry_schedule",
+    "events.webhook_timeout",
 }
 
 
@@ -374,6 +433,9 @@ def _render(model: BaseModel, table: str, lines: list[str]) -> None:
         name = f"{table}.{key}" if table else key
         if isinstance(value, BaseModel | dict):
             nested.append((name, value))
+        elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
+            for item in value:  # an array of tables ([[webhooks]])
+                nested.append(("[" + name + "]", item))
         else:
             lines.append(f"{key} = {_toml_value(name, value)}")
     for name, value in nested:

@@ -25,6 +25,7 @@ from smtprelay.clientkey import client_key
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.errors import RelayError
+from smtprelay.events import api as events_api
 from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
@@ -218,6 +219,7 @@ def build(ctx: Context) -> web.Application:
     tracking.register(app)
     template_api.register(app)
     openapi.register(app)
+    events_api.add_routes(app)  # /v1/events, /v1/webhooks
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -18,6 +18,9 @@ from smtprelay.web.health import Health
 from smtprelay.web.problem import forbidden
 from smtprelay.web.templates import TemplateStore
 from smtprelay.web.tokens import Token, TokenFile
+
+if TYPE_CHECKING:
+    from smtprelay.events.service import EventService
 
 
 @dataclass
@@ -35,6 +38,8 @@ class Context:
     log_budget: LogBudget = field(default_factory=LogBudget)
     # Message templates (/v1/templates); None when their directory cannot be used.
     templates: TemplateStore | None = None
+    # The events stage (/v1/events, /v1/webhooks); None when it is not running.
+    events: EventService | None = None
 
     @property
     def uptime(self) -> float:

@@ -263,6 +263,8 @@ def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
     def queued(envelope: Any, data: bytes) -> None:
         # As the daemon's on_queued for SMTP mail: remembered for its history, then queued.
         ctx.stats.note_queued(envelope)
+        if ctx.events is not None:
+            ctx.events.note_queued(envelope)
         ctx.scheduler.enqueue_new(envelope, data)
 
     return queued

@@ -90,6 +90,9 @@ class Daemon:
             "tls": {"cert_file": str(cert_file), "key_file": str(key_file)},
             "auth": {"users_file": str(self.users_file)},
             "spool": {"dir": str(self.spool)},
+            # The event store beside the spool, not in it: tests that remount the spool's
+            # file system read-only need no file open for writing there.
+            "events": {"dir": str(workdir / "events")},
             "log": {"level": "info"},
             # Each daemon its own HTTP port: tests run daemons side by side.
             "http": {"listen": f"{LOOPBACK}:{free_port()}"},

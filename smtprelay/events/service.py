@@ -1,0 +1,198 @@
+"""The events stage as the daemon runs it: the recorder, the store, the webhook senders.
+
+``app.py`` makes one :class:`EventService`, attaches its recorder to the mail log (as it
+attaches :class:`smtprelay.stats.Stats`), runs :meth:`run` as a supervised task and
+:meth:`close` after delivery has stopped (the last records are committed then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from smtprelay.config import Settings
+from smtprelay.envelope import Envelope
+from smtprelay.events.db import Database
+from smtprelay.events.metrics import EventMetrics
+from smtprelay.events.model import Fact, MessageInfo
+from smtprelay.events.outbox import Endpoint, Outbox
+from smtprelay.events.recorder import Recorder
+from smtprelay.events.sender import Policy, Sender
+from smtprelay.events.store import EventStore, Subscriber
+from smtprelay.events.webhooks import configured
+
+log = logging.getLogger("smtprelay.events")
+
+PRUNE_PERIOD = 600.0
+BACKLOG_PERIOD = 2.0
+SENDER_RESTART = 5.0
+
+
+class EventsStartError(Exception):
+    """The event store or a [[webhooks]] entry is unusable; names the key."""
+
+
+class EventService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        load: Callable[[str], Envelope] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.load = load  # the spool's envelope of a QID (for arrivals nobody noted)
+        directory = settings.events.dir or str(Path(settings.spool.dir) / "events")
+        self.db = Database(Path(directory) / "events.db")
+        self.recorder = Recorder(clock)
+        self._backlog_counts: dict[str, int] = {}
+        self.metrics = EventMetrics(registry or CollectorRegistry(), self._backlog)
+        self.store: EventStore | None = None
+        self.outbox: Outbox | None = None
+        self.senders: dict[str, tuple[Sender, asyncio.Task[None]]] = {}
+        self._subscribers: list[Subscriber] = []
+        self._configured: list[Endpoint] = []
+        self._group: asyncio.TaskGroup | None = None
+        try:
+            now = clock()
+            self._configured = [configured(w, now) for w in settings.webhooks]
+        except ValueError as e:
+            raise EventsStartError(f"[[webhooks]] secret_file: {e}") from None
+
+    # --- wiring ---------------------------------------------------------------------
+
+    def attach(self) -> None:
+        self.recorder.attach()
+
+    def detach(self) -> None:
+        self.recorder.detach()
+
+    def note_queued(self, envelope: Envelope) -> None:
+        self.recorder.note_queued(envelope)
+
+    async def open(self) -> None:
+        try:
+            conn = await self.db.run(self.db.open)
+        except Exception as e:  # sqlite3.Error or OSError: the file is unusable
+            raise EventsStartError(f"[events] dir {self.db.path.parent}: {e}") from None
+        self.store, self.outbox = EventStore(conn, self.load), Outbox(conn)
+        await self.db.run(self.outbox.sync_config, self._configured)
+        await self._refresh()
+
+    @property
+    def policy(self) -> Policy:
+        e = self.settings.events
+        return Policy(e.webhook_retry_schedule, e.webhook_timeout, e.webhook_concurrency)
+
+    # --- running --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The committer, pruning, backlog counts and one sender per webhook."""
+        assert self.store is not None
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.recorder.run(self._commit))
+                group.create_task(self._housekeeping())
+                self._group = group
+                for endpoint in await self.db.run(self._outbox().endpoints):
+                    self._start_sender(endpoint)
+        finally:
+            self.senders.clear()
+
+    async def _commit(self, facts: list[Fact], notes: dict[str, MessageInfo]) -> None:
+        store = self.store
+        assert store is not None
+        written = await self.db.run(store.commit, facts, notes, self._subscribers, self.clock())
+        for kind, count in written.by_type.items():
+            self.metrics.events.labels(kind).inc(count)
+        for webhook in written.webhooks:
+            entry = self.senders.get(webhook)
+            if entry is not None:
+                entry[0].wake.set()
+
+    async def _housekeeping(self) -> None:
+        last_prune = 0.0
+        while True:
+            now = self.clock()
+            try:
+                if now - last_prune >= PRUNE_PERIOD:
+                    last_prune = now
+                    assert self.store is not None
+                    horizon = now - self.settings.events.retention
+                    gone = await self.db.run(self.store.prune, horizon)
+                    if gone:
+                        log.info("events: %d event(s) older than the retention pruned", gone)
+                self._backlog_counts = await self.db.run(self._outbox().backlog)
+            except sqlite3.Error as e:  # e.g. the disk is full: try again later
+                log.warning("events: housekeeping failed: %s", e)
+            await asyncio.sleep(BACKLOG_PERIOD)
+
+    def _start_sender(self, endpoint: Endpoint) -> None:
+        if endpoint.disabled_at is not None or endpoint.id in self.senders or self._group is None:
+            return
+        sender = Sender(endpoint, self.db, self._outbox(), self.policy, self.metrics, self.clock)
+        task = self._group.create_task(self._sending(sender))
+        self.senders[endpoint.id] = (sender, task)
+
+    async def _sending(self, sender: Sender) -> None:
+        try:
+            while not sender.disabled:
+                try:
+                    await sender.run()
+                except Exception:  # a webhook's fault must not stop the mail
+                    log.exception(
+                        "webhook %s: sender failed; again in %gs",
+                        sender.endpoint.id,
+                        SENDER_RESTART,
+                    )
+                    await asyncio.sleep(SENDER_RESTART)
+        finally:
+            self.senders.pop(sender.endpoint.id, None)
+        if sender.disabled:  # 410 Gone: no more outbox rows for it
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        endpoints = await self.db.run(self._outbox().endpoints)
+        self._subscribers = [Subscriber(e.id, e.events) for e in endpoints if e.disabled_at is None]
+
+    def _outbox(self) -> Outbox:
+        assert self.outbox is not None
+        return self.outbox
+
+    def _backlog(self) -> dict[str, int]:
+        return dict(self._backlog_counts)
+
+    # --- the API's operations -------------------------------------------------------
+
+    async def add_webhook(self, endpoint: Endpoint) -> None:
+        outbox = self._outbox()
+        await self.db.run(outbox.put, endpoint)
+        await self._refresh()
+        self._start_sender(endpoint)
+
+    async def remove_webhook(self, webhook: str) -> bool:
+        entry = self.senders.pop(webhook, None)
+        if entry is not None:
+            entry[1].cancel()
+        removed = await self.db.run(self._outbox().remove, webhook)
+        await self._refresh()
+        return removed
+
+    # --- stopping -------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """After delivery stopped: commit the last records, close the store."""
+        self.detach()
+        if self.store is not None:
+            facts, notes = self.recorder.take(final=True)
+            if facts or notes:
+                await self._commit(facts, notes)
+            await self.db.run(self.db.close)
+        self.db.shutdown()

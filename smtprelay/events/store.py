@@ -1,0 +1,213 @@
+"""The durable event log: writing a batch of facts as events (with their outbox rows),
+reading it by cursor or by message, and pruning it after ``[events] retention``.
+
+Every method runs on the database thread (:class:`smtprelay.events.db.Database`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smtprelay.envelope import Envelope
+from smtprelay.events.db import Transaction
+from smtprelay.events.model import Fact, MessageInfo, NewEvent, new_id, translate
+from smtprelay.events.types import TYPES, matches
+from smtprelay.maillog import Event
+
+# Message infos kept in memory for the events that follow their arrival; older ones are
+# read back from the messages table (e.g. a message deferred for hours, or a restart).
+INFO_CACHE = 10_000
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """An enabled webhook, as the writer sees it: which events get outbox rows."""
+
+    id: str
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    events: int
+    by_type: Counter[str]
+    webhooks: frozenset[str]  # the webhooks that got new outbox rows
+
+
+class EventStore:
+    def __init__(
+        self, conn: sqlite3.Connection, load: Callable[[str], Envelope] | None = None
+    ) -> None:
+        self.conn = conn
+        # The spool's envelope of a message whose arrival was logged but never noted
+        # (a path that queues without telling the events stage); raises OSError or
+        # ValueError when it is gone.
+        self.load = load
+        self._infos: OrderedDict[str, MessageInfo] = OrderedDict()
+
+    # --- writing --------------------------------------------------------------------
+
+    def commit(
+        self,
+        facts: Sequence[Fact],
+        notes: Mapping[str, MessageInfo],
+        subscribers: Sequence[Subscriber],
+        now: float,
+    ) -> Written:
+        """One transaction: the messages' infos, the events ``facts`` are, and an
+        outbox row per event for each webhook that subscribes to its type."""
+        by_type: Counter[str] = Counter()
+        touched: set[str] = set()
+        with Transaction(self.conn) as c:
+            for qid, noted in notes.items():
+                self._keep(c, qid, noted, now)
+            for fact in facts:
+                info = self._info(c, fact.qid) if fact.qid else None
+                if info is None and fact.qid and fact.event == Event.QUEUED:
+                    info = self._from_spool(c, fact.qid, now)
+                if fact.event == Event.NOTICE:
+                    self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
+                for kind, data in translate(fact, info):
+                    if fact.qid:
+                        data["sequence"] = self._next_sequence(c, fact.qid, now)
+                    event = NewEvent(new_id(), kind, fact.time, fact.qid, data)
+                    cur = c.execute(
+                        "INSERT INTO events (id, type, qid, ts, body) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            event.id,
+                            kind,
+                            fact.qid,
+                            fact.time,
+                            json.dumps(event.to_json(), ensure_ascii=False),
+                        ),
+                    )
+                    by_type[kind] += 1
+                    for sub in subscribers:
+                        if matches(sub.patterns, kind):
+                            c.execute(
+                                "INSERT INTO outbox (webhook, event, next_at) VALUES (?, ?, ?)",
+                                (sub.id, cur.lastrowid, now),
+                            )
+                            touched.add(sub.id)
+        return Written(sum(by_type.values()), by_type, frozenset(touched))
+
+    def _keep(self, c: sqlite3.Connection, qid: str, info: MessageInfo, now: float) -> None:
+        c.execute(
+            "INSERT INTO messages (qid, info, ts) VALUES (?, ?, ?) ON CONFLICT (qid) "
+            "DO UPDATE SET info = excluded.info",
+            (qid, json.dumps(info.to_json()), now),
+        )
+        self._cache(qid, info)
+
+    def _cache(self, qid: str, info: MessageInfo) -> None:
+        self._infos[qid] = info
+        self._infos.move_to_end(qid)
+        while len(self._infos) > INFO_CACHE:
+            self._infos.popitem(last=False)
+
+    def _info(self, c: sqlite3.Connection, qid: str) -> MessageInfo | None:
+        info = self._infos.get(qid)
+        if info is not None:
+            return info
+        row = c.execute("SELECT info FROM messages WHERE qid = ?", (qid,)).fetchone()
+        if row is None:
+            return None
+        info = MessageInfo.from_json(json.loads(row[0]))
+        self._cache(qid, info)
+        return info
+
+    def _from_spool(self, c: sqlite3.Connection, qid: str, now: float) -> MessageInfo | None:
+        if self.load is None:
+            return None
+        try:
+            info = MessageInfo.of(self.load(qid))
+        except (OSError, ValueError):
+            return None  # already delivered and removed, or unreadable: qid only
+        self._keep(c, qid, info, now)
+        return info
+
+    def _mark_notice(self, c: sqlite3.Connection, qid: str, now: float) -> None:
+        # The notice's own "queued" and deliveries follow: they are not events.
+        info = self._info(c, qid) or MessageInfo()
+        info.notice = True
+        self._keep(c, qid, info, now)
+
+    def _next_sequence(self, c: sqlite3.Connection, qid: str, now: float) -> int:
+        row = c.execute(
+            "UPDATE messages SET last_seq = last_seq + 1 WHERE qid = ? RETURNING last_seq", (qid,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        # A message whose arrival was never noted (queued before the event store was):
+        # a row without info, so its sequence still counts on.
+        c.execute(
+            "INSERT INTO messages (qid, info, last_seq, ts) VALUES (?, '{}', 1, ?)", (qid, now)
+        )
+        return 1
+
+    # --- reading --------------------------------------------------------------------
+
+    def page(
+        self, after: int, limit: int, types: Iterable[str] = (), qid: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Events after position ``after`` in order, and the cursor for the next page:
+        the last position returned, or -- when the page is not full -- the last position
+        that exists now (everything up to it was looked at; later events get higher
+        positions, as one thread commits them in order), so nothing is skipped or
+        repeated whatever the filters."""
+        limit = max(1, min(limit, MAX_PAGE))
+        where, args = ["seq > ?"], [after]
+        if qid is not None:
+            where.append("qid = ?")
+            args.append(qid)  # type: ignore[arg-type]
+        exact = [t for t in types if t in TYPES]
+        prefixes = [t[:-1] for t in types if t.endswith(".*")]
+        if exact or prefixes:
+            ors = ["type = ?"] * len(exact) + ["type LIKE ?"] * len(prefixes)
+            where.append("(" + " OR ".join(ors) + ")")
+            args += [*exact, *[p + "%" for p in prefixes]]  # type: ignore[list-item]
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            rows = c.execute(
+                f"SELECT seq, body FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            if len(rows) == limit:
+                cursor = int(rows[-1][0])
+            else:
+                top = c.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+                cursor = max(after, int(top or 0))
+        finally:
+            c.execute("COMMIT")
+        return [json.loads(body) for _, body in rows], cursor
+
+    def count_for(self, qid: str) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM events WHERE qid = ?", (qid,)).fetchone()
+        return int(row[0])
+
+    # --- retention ------------------------------------------------------------------
+
+    def prune(self, horizon: float) -> int:
+        """Forget events (and their outbox rows) and message infos older than
+        ``horizon``; returns how many events went."""
+        with Transaction(self.conn) as c:
+            top = c.execute("SELECT MAX(seq) FROM events WHERE ts < ?", (horizon,)).fetchone()[0]
+            if top is None:
+                gone = 0
+            else:
+                c.execute(
+                    "DELETE FROM outbox WHERE event <= ? AND event IN "
+                    "(SELECT seq FROM events WHERE ts < ?)",
+                    (top, horizon),
+                )
+                gone = c.execute("DELETE FROM events WHERE ts < ?", (horizon,)).rowcount
+            c.execute("DELETE FROM messages WHERE ts < ?", (horizon,))
+            c.execute("DELETE FROM webhook_errors WHERE ts < ?", (horizon,))
+        return gone
