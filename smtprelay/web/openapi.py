@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from smtprelay import __version__
+from smtprelay.events import openapi as events_openapi
 from smtprelay.web.msgstatus import MESSAGE_STATUSES
 
 PATH = "/v1/openapi.json"
@@ -560,15 +561,15 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "smtprelay HTTP API",
             "version": __version__,
-            "description": "JSON submission, status, cancel and templates beside "
-            "SMTP, on the same spool. Errors are RFC 9457 problems.",
+            "description": "JSON submission, status, cancel, templates, delivery events "
+            "and webhooks beside SMTP, on the same spool. Errors are RFC 9457 problems.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": SCHEMAS,
         },
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": {**PATHS, **events_openapi.PATHS},
     }
 
 

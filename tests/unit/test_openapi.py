@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from openapi_spec_validator import validate
 
+from smtprelay.events.api import WEBHOOK_FIELDS
+from smtprelay.events.openapi import NEW_WEBHOOK
 from smtprelay.web.openapi import document
 
 
@@ -24,6 +26,10 @@ def test_every_endpoint_of_the_api_is_described() -> None:
         "/v1/templates/{name}": {"put", "get", "delete"},
         "/v1/templates/{name}/render": {"post"},
         "/v1/openapi.json": {"get"},
+        "/v1/events": {"get"},
+        "/v1/messages/{id}/events": {"get"},
+        "/v1/webhooks": {"get", "post"},
+        "/v1/webhooks/{id}": {"get", "delete"},
     }
     for path, methods in wanted.items():
         assert methods <= set(paths[path]), path
@@ -35,3 +41,7 @@ def test_every_endpoint_of_the_api_is_described() -> None:
             for code, answer in operation["responses"].items():
                 if int(code) >= 400:
                     assert "application/problem+json" in answer["content"], (path, code)
+
+
+def test_a_new_webhook_is_described_with_the_fields_the_handler_takes() -> None:
+    assert set(NEW_WEBHOOK["properties"]) == WEBHOOK_FIELDS
