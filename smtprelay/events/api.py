@@ -13,7 +13,7 @@ from aiohttp import web
 from smtprelay.events.outbox import Endpoint
 from smtprelay.events.service import EventService
 from smtprelay.events.types import valid_pattern
-from smtprelay.events.webhooks import Refused, check_url, endpoint_json, new_secret, valid_secret
+from smtprelay.events.webhooks import UnsafeUrl, check_url, endpoint_json, new_secret, valid_secret
 from smtprelay.web.context import context, require
 from smtprelay.web.problem import (
     ApiProblem,
@@ -132,7 +132,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         try:
             await check_url(url, allow_private is True)
-        except Refused as e:
+        except UnsafeUrl as e:
             errors.append(FieldError("/url", str(e)))
     if errors:
         raise invalid(errors)

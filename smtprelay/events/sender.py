@@ -26,7 +26,7 @@ import aiohttp
 from smtprelay.events.db import Database
 from smtprelay.events.metrics import EventMetrics
 from smtprelay.events.outbox import Due, Endpoint, Outbox, Settled
-from smtprelay.events.webhooks import GuardedResolver, Refused, check_url, headers
+from smtprelay.events.webhooks import GuardedResolver, UnsafeUrl, check_url, headers
 
 log = logging.getLogger("smtprelay.events")
 
@@ -91,7 +91,7 @@ class Sender:
         try:
             if not self.endpoint.allow_private:
                 await check_url(self.endpoint.url, False)
-        except Refused as e:
+        except UnsafeUrl as e:
             results = [_Result(due, error=str(e)) for due in page]
         else:
             limit = asyncio.Semaphore(self.policy.concurrency)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
+from smtprelay.errors import RelayError
 from smtprelay.events.db import Database
 from smtprelay.events.metrics import EventMetrics
 from smtprelay.events.model import Fact, MessageInfo
@@ -34,7 +35,7 @@ BACKLOG_PERIOD = 2.0
 SENDER_RESTART = 5.0
 
 
-class EventsStartError(Exception):
+class EventsStartError(RelayError):
     """The event store or a [[webhooks]] entry is unusable; names the key."""
 
 

@@ -28,12 +28,13 @@ from aiohttp.resolver import DefaultResolver
 from standardwebhooks.webhooks import Webhook
 
 from smtprelay.config import WebhookSettings
+from smtprelay.errors import RelayError
 from smtprelay.events.outbox import Endpoint
 
 SECRET_PREFIX = "whsec_"
 
 
-class Refused(Exception):
+class UnsafeUrl(RelayError):
     """The URL points where webhooks may not go (or cannot be resolved)."""
 
 
@@ -116,22 +117,22 @@ def forbidden_address(address: str) -> bool:
 
 
 async def check_url(url: str, allow_private: bool) -> None:
-    """Raise :class:`Refused` unless ``url``'s host resolves only to public addresses
+    """Raise :class:`UnsafeUrl` unless ``url``'s host resolves only to public addresses
     (or ``allow_private``)."""
     host = urlsplit(url).hostname
     if host is None:
-        raise Refused(f"{url} has no host")
+        raise UnsafeUrl(f"{url} has no host")
     if allow_private:
         return
     port = urlsplit(url).port or 443
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
-        raise Refused(f"{host} does not resolve: {e.strerror or e}") from None
+        raise UnsafeUrl(f"{host} does not resolve: {e.strerror or e}") from None
     for info in infos:
         address = str(info[4][0])
         if forbidden_address(address):
-            raise Refused(
+            raise UnsafeUrl(
                 f"{host} resolves to {address}, a loopback, link-local or private "
                 "address (set allow_private to allow it)"
             )

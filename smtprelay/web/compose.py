@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
+from smtprelay.errors import RelayError
 from smtprelay.web.messagemodel import Attachment, Mailbox
 
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -31,7 +32,7 @@ _SMTP = policy.SMTP.clone(cte_type="7bit")
 _SMTPUTF8 = policy.SMTPUTF8.clone(cte_type="7bit")
 
 
-class RawMessageError(ValueError):
+class RawMessageError(RelayError, ValueError):
     """A raw message that cannot be relayed as it is (the detail says why)."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from smtprelay import safeio
+from smtprelay.errors import RelayError
 
 log = logging.getLogger("smtprelay.http")
 
@@ -87,7 +88,7 @@ def file_name(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json"
 
 
-class Conflict(Exception):
+class Conflict(RelayError):
     """A request with this key is in flight (409)."""
 
 

@@ -22,6 +22,7 @@ from smtprelay import ids, maillog
 from smtprelay.addresses import domain_of, in_domains
 from smtprelay.config import Settings
 from smtprelay.envelope import Client, Envelope, Recipient, Submission, SubmittedVia
+from smtprelay.errors import RelayError
 from smtprelay.spool import Spool, SpoolError
 from smtprelay.spool.store import NewFile
 from smtprelay.web import compose
@@ -230,7 +231,7 @@ def _utf8_headers(data: bytes) -> bool:
     return not data.split(b"\r\n\r\n", 1)[0].isascii()
 
 
-class CommitError(Exception):
+class CommitError(RelayError):
     """Nothing of the group was queued; ``no_space``: the disk is full."""
 
     def __init__(self, message: str, *, no_space: bool) -> None:

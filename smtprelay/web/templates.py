@@ -34,6 +34,7 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from smtprelay import safeio
+from smtprelay.errors import RelayError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PARTS = ("subject", "text", "html")
@@ -42,11 +43,11 @@ _SOURCE = "<template>"  # the file name Jinja2 gives a template made from a stri
 _VERSION_FILE = re.compile(r"(\d{1,9})\.json")
 
 
-class TemplateNotFound(Exception):
+class TemplateNotFound(RelayError):
     """No such template (or no such version of it)."""
 
 
-class TemplateRenderError(Exception):
+class TemplateRenderError(RelayError):
     """A template part failed to compile or render; ``line`` is its line, when known,
     and ``part`` which of subject, text and html it was."""
 
@@ -57,7 +58,7 @@ class TemplateRenderError(Exception):
         self.part = part
 
 
-class TemplateInvalid(Exception):
+class TemplateInvalid(RelayError):
     """A template given to :meth:`TemplateStore.put` does not compile: every part's
     error at once."""
 
