@@ -26,7 +26,19 @@ from enum import StrEnum
 
 from smtprelay.replies import Reply
 
-log = logging.getLogger("smtprelay.mail")
+MAIL_LOGGER = "smtprelay.mail"
+log = logging.getLogger(MAIL_LOGGER)
+
+
+def attach(handler: logging.Handler) -> None:
+    """Let ``handler`` see every mail-log event (the metrics and the event recorder
+    read the log rather than being called from each stage)."""
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)  # see setup: every event is made
+
+
+def detach(handler: logging.Handler) -> None:
+    log.removeHandler(handler)
 
 
 class Event(StrEnum):

@@ -35,10 +35,11 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from smtprelay import maillog
 from smtprelay.envelope import Envelope, RecipientState
+from smtprelay.maillog import MAIL_LOGGER as MAIL_LOGGER  # re-exported for the tests
 from smtprelay.maillog import Event
 
-MAIL_LOGGER = "smtprelay.mail"
 MAX_MESSAGES = 100_000
 # Events kept per message: the first HEAD_EVENTS (arrival) and the most recent others.
 MAX_EVENTS = 300
@@ -353,12 +354,10 @@ class Stats(logging.Handler):
     # --- wiring -------------------------------------------------------------------------
 
     def attach(self) -> None:
-        logger = logging.getLogger(MAIL_LOGGER)
-        logger.addHandler(self)
-        logger.setLevel(logging.DEBUG)  # see maillog.setup: every event is made
+        maillog.attach(self)
 
     def detach(self) -> None:
-        logging.getLogger(MAIL_LOGGER).removeHandler(self)
+        maillog.detach(self)
 
     def note_queued(self, envelope: Envelope) -> None:
         """Remember the envelope as accepted (client, TLS, AUTH, recipients)."""
