@@ -247,6 +247,12 @@ def delivery(
           event=Event.DELIVERY)
 
 
+def bounced_unsent(qid: str, recipient: str, delay: float, reply: Reply) -> None:
+    """A recipient failed without an attempt (expired, or bounced by the operator):
+    no relay and no time spent in any stage of a delivery."""
+    delivery(qid, recipient, "none", delay, (0.0, 0.0, 0.0, 0.0), reply, "bounced")
+
+
 def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
     """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
     _emit("smtp", f"{qid}: warning: folded {count} line(s) longer than {limit} octets "

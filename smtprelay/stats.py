@@ -55,6 +55,16 @@ QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+def _note_flags(history: History | _Kept, event: dict[str, Any]) -> None:
+    """The listing's filter fields an event sets: a deferral, who canceled."""
+    kind = event.get("event")
+    if kind == Event.DELIVERY and event.get("status") == "deferred":
+        history.deferred = True
+    elif kind == CANCELED_EVENT:
+        by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
+        history.canceled_by = str(by) or "api"
+
+
 @dataclass(slots=True)
 class History:
     """What the log said about one queue ID, oldest first.
@@ -85,12 +95,7 @@ class History:
             del self.events[HEAD_EVENTS]
             self.omitted += 1
         self.events.append(event)
-        kind = event.get("event")
-        if kind == Event.DELIVERY and event.get("status") == "deferred":
-            self.deferred = True
-        elif kind == CANCELED_EVENT:
-            by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
-            self.canceled_by = str(by) or "api"
+        _note_flags(self, event)
 
     def finals(self) -> dict[str, Final]:
         """Each recipient's last logged delivery result, with its attempts: what
@@ -247,12 +252,7 @@ class _Kept:
             del self.records[HEAD_EVENTS]
             self.omitted += 1
         self.records.append(_ENCODER.encode(event).encode())
-        kind = event.get("event")
-        if kind == Event.DELIVERY and event.get("status") == "deferred":
-            self.deferred = True
-        elif kind == CANCELED_EVENT:
-            by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
-            self.canceled_by = str(by) or "api"
+        _note_flags(self, event)
 
     def history(self) -> History:
         """The readable copy (events decoded), for the caller to use without the lock."""

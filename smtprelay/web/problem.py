@@ -83,10 +83,20 @@ class ApiProblem(RelayError):
 def problem_response(
     status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    return json_response(status, body, MEDIA_TYPE, headers)
+
+
+def json_response(
+    status: int,
+    body: Mapping[str, Any],
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """UTF-8 JSON as written (not \\u-escaped), under the given media type."""
     return web.Response(
         status=status,
         text=json.dumps(body, ensure_ascii=False),
-        content_type=MEDIA_TYPE,
+        content_type=content_type,
         charset="utf-8",
         headers=headers,
     )

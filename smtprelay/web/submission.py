@@ -29,6 +29,7 @@ from smtprelay.web.problem import (
     bad_json,
     conflict,
     invalid,
+    json_response,
     not_found,
     pointer,
     too_large,
@@ -207,14 +208,7 @@ def _respond(status: int, body: dict[str, Any]) -> web.Response:
     headers = {}
     if status == 202 and "id" in body:
         headers["Location"] = f"/v1/messages/{body['id']}"
-    kind = MEDIA_TYPE if status >= 400 else JSON
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False),
-        content_type=kind,
-        charset="utf-8",
-        headers=headers,
-    )
+    return json_response(status, body, MEDIA_TYPE if status >= 400 else JSON, headers)
 
 
 async def _queue(
