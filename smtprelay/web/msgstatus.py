@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.history import Final, History
 from smtprelay.maillog import Event
-from smtprelay.stats import Final, History
 
 MESSAGE_STATUSES = (
     "scheduled",

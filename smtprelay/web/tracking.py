@@ -18,8 +18,8 @@ from typing import Any, cast
 from aiohttp import web
 
 from smtprelay import ids
+from smtprelay.history import History
 from smtprelay.queueops import CancelResult, Outcome, QueueOperations, RecipientCancel
-from smtprelay.stats import History
 from smtprelay.web.context import Context, context, require
 from smtprelay.web.msgstatus import (
     MESSAGE_STATUSES,
