@@ -147,11 +147,13 @@ class History:
             address = recipient.get("address", "")
             final = last.get(address)
             if final is not None:
-                recipient["state"] = _RECIPIENT_STATES.get(str(final.get("status")),
-                                                           recipient.get("state"))
+                recipient["state"] = _RECIPIENT_STATES.get(
+                    str(final.get("status")), recipient.get("state")
+                )
                 recipient["attempts"] = attempts[address]
                 recipient["last_reply"] = (
-                    f"{final.get('code')} {final.get('dsn')} {final.get('reason')}")
+                    f"{final.get('code')} {final.get('dsn')} {final.get('reason')}"
+                )
                 relay = final.get("relay")
                 recipient["last_relay"] = relay if relay and relay != "none" else None
             recipients.append(recipient)
@@ -181,9 +183,11 @@ class Final:
 CANCELED_EVENT = "canceled"
 
 # A recipient's last delivery status -> its state in the envelope (RecipientState).
-_RECIPIENT_STATES = {"sent": RecipientState.DELIVERED.value,
-                     "bounced": RecipientState.FAILED.value,
-                     "deferred": RecipientState.PENDING.value}
+_RECIPIENT_STATES = {
+    "sent": RecipientState.DELIVERED.value,
+    "bounced": RecipientState.FAILED.value,
+    "deferred": RecipientState.PENDING.value,
+}
 # The relay's own verdict when a message's lifetime ends (delivery.scheduler.EXPIRED):
 # logged like a delivery, but nothing was attempted.
 _EXPIRED_DSN = "5.4.7"
@@ -221,9 +225,20 @@ class _Kept:
 
     def history(self) -> History:
         """The readable copy (events decoded), for the caller to use without the lock."""
-        return History(self.qid, self.first, [json.loads(r) for r in self.records],
-                       self.omitted, self.queued, self.removed_at, self.envelope, self.via,
-                       self.tags, self.send_at, self.deferred, self.canceled_by)
+        return History(
+            self.qid,
+            self.first,
+            [json.loads(r) for r in self.records],
+            self.omitted,
+            self.queued,
+            self.removed_at,
+            self.envelope,
+            self.via,
+            self.tags,
+            self.send_at,
+            self.deferred,
+            self.canceled_by,
+        )
 
 
 # Compact, and never failing on a value JSON has no type for (shown as its str()).
