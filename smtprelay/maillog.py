@@ -1,7 +1,8 @@
 """The mail log: one line per mail event, keyed by queue ID, in Postfix's maillog shape.
 
 Operators and their tools (grep, pflogsumm, fail2ban) read these lines, so their shape is
-a contract. Each event has one function here; nothing else formats mail events. Under
+a contract. Each event has one function here; nothing else formats mail events (so the
+module is long by design: one short function per log event, in one place). Under
 systemd (journald adds time and host) a line starts at ``smtprelay/<service>[pid]:``;
 elsewhere it starts with an RFC 3339 timestamp and the host name, as Postfix's own log
 file does. ``[log] format = "json"`` emits the same events as JSON objects.
