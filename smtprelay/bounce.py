@@ -37,11 +37,16 @@ import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.header import Header
-from email.utils import format_datetime, parseaddr
 from typing import Final, Literal, get_args
 
+from smtprelay.dsnfields import CRLF as _CRLF
+from smtprelay.dsnfields import ascii_text as _ascii
+from smtprelay.dsnfields import bchars as _bchars
+from smtprelay.dsnfields import boundary as _boundary
+from smtprelay.dsnfields import date as _date
+from smtprelay.dsnfields import field as _field
+from smtprelay.dsnfields import from_header as _from_header
+from smtprelay.dsnfields import one_line as _one_line
 from smtprelay.dsnparams import xtext_decode
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -55,16 +60,7 @@ SUBJECT_SUCCESS: Final = "Successful Mail Delivery Report"
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _SMTP_REPLY = re.compile(r"[2-5]\d\d(?:[ -]|$)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UTF8_ADDR_HEX = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
-_NOT_BCHARS = re.compile(r"[^0-9A-Za-z'()+_,\-./:=?]")
-_CRLF = b"\r\n"
-
-# RFC 5322: lines of at most 78 characters where possible, never above 998 bytes. A word
-# longer than _HARD_WRAP bytes (never an SMTP address or reply, both far shorter) is cut,
-# which adds a space where it is cut when the field is unfolded.
-_SOFT_WRAP = 78
-_HARD_WRAP = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,60 +436,6 @@ def _duration(seconds: float) -> str:
     return "less than a minute"
 
 
-# -- header fields and shared helpers -------------------------------------------------
-
-
-def _field(name: str, value: str) -> bytes:
-    """One header field, folded at spaces; the value can never contain CR or LF."""
-    lines: list[str] = []
-    current = f"{name}:"
-    for word in _one_line(value).split(" "):
-        for piece in _cut(word, _HARD_WRAP):
-            if current != f"{name}:" and len(current) + 1 + len(piece) > _SOFT_WRAP:
-                lines.append(current)
-                current = ""
-            current += " " + piece
-    lines.append(current)
-    return "\r\n".join(lines).encode("utf-8", "replace") + _CRLF
-
-
-def _cut(word: str, limit: int) -> list[str]:
-    """``word`` in pieces of at most ``limit`` UTF-8 bytes, cut between characters."""
-    data = word.encode("utf-8", "replace")
-    pieces: list[str] = []
-    start = 0
-    while len(data) - start > limit:
-        end = start + limit
-        while data[end] & 0xC0 == 0x80:  # never inside a multi-byte character
-            end -= 1
-        pieces.append(data[start:end].decode("utf-8"))
-        start = end
-    pieces.append(data[start:].decode("utf-8"))
-    return pieces
-
-
-def _one_line(text: str) -> str:
-    """Control characters (CR, LF, NUL, ...) become spaces; runs of space collapse."""
-    return " ".join(_CONTROL.sub(" ", text).split())
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
-
-
-def _date(epoch: float) -> str:
-    return format_datetime(datetime.fromtimestamp(epoch, UTC).replace(microsecond=0))
-
-
-def _from_header(value: str) -> str:
-    """``From:`` as configured; a non-ASCII display name is RFC 2047 encoded."""
-    value = _one_line(value)
-    name, address = parseaddr(value)
-    if not address or name.isascii():
-        return value
-    return f"{Header(name, 'utf-8').encode(maxlinelen=998)} <{address}>"
-
-
 def _message_id(
     qid: str | None, host: str, now: float, sender: str, rows: Sequence[_Row]
 ) -> str:
@@ -504,17 +446,3 @@ def _message_id(
     local = f"{_bchars(qid)}.{digest}" if qid else digest
     right = _bchars(host).strip(".") or "localhost"
     return f"<{local}.dsn@{right}>"
-
-
-def _bchars(text: str | None) -> str:
-    return _NOT_BCHARS.sub("", text or "").replace("=", "").replace("?", "")
-
-
-def _boundary(qid: str | None, now: float, host: str, parts: Sequence[bytes]) -> bytes:
-    """A deterministic boundary (``QID.time/host``, as Postfix does) found in no part."""
-    base = f"{_bchars(qid) or 'DSN'}.{int(now)}/{_bchars(host)}"[:60]
-    candidate, n = base, 0
-    while any(b"--" + candidate.encode() in part for part in parts):
-        n += 1
-        candidate = f"{base}={n}"
-    return candidate.encode("ascii")
