@@ -32,16 +32,20 @@ Choices an operator would expect (mostly what Postfix does):
 from __future__ import annotations
 
 import hashlib
-import quopri
 import re
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.header import Header
-from email.utils import format_datetime, parseaddr
 from typing import Final, Literal, get_args
 
+from smtprelay import dsntext
+from smtprelay.dsnfields import CRLF as _CRLF
+from smtprelay.dsnfields import ascii_text as _ascii
+from smtprelay.dsnfields import bchars as _bchars
+from smtprelay.dsnfields import boundary as _boundary
+from smtprelay.dsnfields import date as _date
+from smtprelay.dsnfields import field as _field
+from smtprelay.dsnfields import from_header as _from_header
+from smtprelay.dsnfields import one_line as _one_line
 from smtprelay.dsnparams import xtext_decode
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
@@ -55,16 +59,7 @@ SUBJECT_SUCCESS: Final = "Successful Mail Delivery Report"
 
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _SMTP_REPLY = re.compile(r"[2-5]\d\d(?:[ -]|$)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UTF8_ADDR_HEX = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
-_NOT_BCHARS = re.compile(r"[^0-9A-Za-z'()+_,\-./:=?]")
-_CRLF = b"\r\n"
-
-# RFC 5322: lines of at most 78 characters where possible, never above 998 bytes. A word
-# longer than _HARD_WRAP bytes (never an SMTP address or reply, both far shorter) is cut,
-# which adds a space where it is cut when the field is unfolded.
-_SOFT_WRAP = 78
-_HARD_WRAP = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +115,13 @@ def build_dsn(
 
     host = _one_line(reporting_mta)
     original = _crlf(original)
-    rows = [_Row.of(r) for r in recipients]
+    rows = [Row.of(r) for r in recipients]
     failed = any(r.action == "failed" for r in recipients)
 
     status_global = any(not row.final.isascii() or not row.orcpt_ascii for row in rows)
     status_part = _status_part(rows, host, arrival, envid, qid, status_global)
     returned = _returned_part(original, failed, ret, max_original_bytes)
-    text_part = _text_part(rows, host, arrival, now, qid, returned)
+    text_part = dsntext.text_part(rows, host, arrival, now, qid, returned)
     parts = [text_part, status_part, returned.part]
 
     boundary = _boundary(qid, now, host, parts)
@@ -161,7 +156,7 @@ def build_dsn(
 
 
 @dataclass(frozen=True, slots=True)
-class _Row:
+class Row:
     """A recipient with its field values decoded and cleaned once."""
 
     rcpt: DSNRecipient
@@ -175,7 +170,7 @@ class _Row:
         return self.orcpt is None or self.orcpt[1].isascii()
 
     @classmethod
-    def of(cls, r: DSNRecipient) -> _Row:
+    def of(cls, r: DSNRecipient) -> Row:
         remote = _one_line(r.remote_mta or "") or None
         if remote is not None and not remote.isascii():
             try:
@@ -192,7 +187,7 @@ class _Row:
 
 
 @dataclass(frozen=True, slots=True)
-class _Returned:
+class Returned:
     part: bytes
     whole: bool  # the whole message, not only its header section
     oversized: bool  # headers only because the message is above the limit
@@ -204,7 +199,7 @@ class _Returned:
 
 
 def _status_part(
-    rows: Sequence[_Row],
+    rows: Sequence[Row],
     host: str,
     arrival: float,
     envid: str | None,
@@ -279,7 +274,7 @@ def _chr(code: int) -> str:
 # -- part 3: the returned message or its header section --------------------------------
 
 
-def _returned_part(original: bytes, failed: bool, ret: Ret | None, limit: int) -> _Returned:
+def _returned_part(original: bytes, failed: bool, ret: Ret | None, limit: int) -> Returned:
     want_whole = failed and ret != "HDRS"
     fits = len(original) <= limit
     if want_whole and fits:
@@ -290,7 +285,7 @@ def _returned_part(original: bytes, failed: bool, ret: Ret | None, limit: int) -
         ]
         if eight_bit:
             head.append(_field("Content-Transfer-Encoding", "8bit"))
-        return _Returned(b"".join(head) + _CRLF + original, True, False, len(original), limit)
+        return Returned(b"".join(head) + _CRLF + original, True, False, len(original), limit)
     headers = _header_section(original)
     eight_bit = not headers.isascii()
     description = "Undelivered Message Headers" if failed else "Message Headers"
@@ -301,7 +296,7 @@ def _returned_part(original: bytes, failed: bool, ret: Ret | None, limit: int) -
     if eight_bit:
         head.append(_field("Content-Transfer-Encoding", "8bit"))
     oversized = want_whole and not fits
-    return _Returned(b"".join(head) + _CRLF + headers, False, oversized, len(original), limit)
+    return Returned(b"".join(head) + _CRLF + headers, False, oversized, len(original), limit)
 
 
 def _header_section(message: bytes) -> bytes:
@@ -319,183 +314,8 @@ def _crlf(data: bytes) -> bytes:
     return re.sub(rb"\r\n|\r|\n", _CRLF, data)
 
 
-# -- part 1: the human explanation ---------------------------------------------------
-
-
-_INTRO: Final = {
-    "failed": (
-        "Your message could not be delivered to the recipients below. The failure is "
-        "permanent, so the relay has stopped trying."
-    ),
-    "delayed": (
-        "Your message has not been delivered yet to the recipients below. This is only "
-        "a warning: the relay is still trying, and you do not need to send the message "
-        "again. If it still cannot deliver it by the time given, you will get another "
-        "notice."
-    ),
-    "delivered": "Your message was delivered to the recipients below.",
-    "relayed": (
-        "Your message was passed on to the mail systems of the recipients below. Those "
-        "systems do not send delivery reports, so this may be the last notice you get."
-    ),
-    "expanded": (
-        "Your message was delivered to the mailing lists or aliases below, which pass "
-        "it on to their own members."
-    ),
-}
-_HEADING: Final = {
-    "failed": "Could not be delivered:",
-    "delayed": "Not delivered yet, still trying:",
-    "delivered": "Delivered:",
-    "relayed": "Passed on:",
-    "expanded": "Delivered to a list or alias:",
-}
-_ORDER: Final[tuple[Action, ...]] = ("failed", "delayed", "delivered", "relayed", "expanded")
-
-
-def _text_part(
-    rows: Sequence[_Row],
-    host: str,
-    arrival: float,
-    now: float,
-    qid: str | None,
-    returned: _Returned,
-) -> bytes:
-    lines = [f"This is the mail system at {host}.", ""]
-    present = [a for a in _ORDER if any(row.rcpt.action == a for row in rows)]
-    for action in present:
-        lines += [_INTRO[action], ""]
-    lines.append(f"The message was received on {_date(arrival)}.")
-    if qid is not None:
-        lines.append(f"Its queue ID at {host} is {_one_line(qid)}.")
-    lines.append("")
-    for action in present:
-        lines += [_HEADING[action], ""]
-        for row in (row for row in rows if row.rcpt.action == action):
-            lines += _explain(row, now)
-    if returned.whole:
-        lines.append("The original message is attached.")
-    elif returned.oversized:
-        lines.append(
-            f"The original message was {returned.size} bytes, more than the "
-            f"{returned.limit} bytes this notice may carry, so only its header is "
-            "attached."
-        )
-    else:
-        lines.append("The header of the original message is attached.")
-    text = "".join(line + "\r\n" for line in _wrap(lines))
-    head = [
-        _field("Content-Description", "Notification"),
-        _field("Content-Type", "text/plain; charset=utf-8"),
-    ]
-    if text.isascii():
-        return b"".join(head) + _CRLF + text.encode("ascii")
-    # Quoted-printable keeps the notice readable by any hop, 8BITMIME or not.
-    head.append(_field("Content-Transfer-Encoding", "quoted-printable"))
-    encoded = quopri.encodestring(text.encode("utf-8", "replace").replace(_CRLF, b"\n"))
-    return b"".join(head) + _CRLF + encoded.replace(b"\n", _CRLF)
-
-
-def _explain(row: _Row, now: float) -> list[str]:
-    r = row.rcpt
-    lines = [f"  <{row.final}>"]
-    if row.orcpt is not None and row.orcpt[1].lower() != row.final.lower():
-        lines.append(f"    (you addressed it to <{row.orcpt[1]}>)")
-    if row.diagnostic is not None:
-        who = f"The mail server {row.remote_mta}" if row.remote_mta else "The relay"
-        lines += [f"    {who} said:", f"      {row.diagnostic}"]
-    elif row.remote_mta is not None:
-        lines.append(f"    Mail server: {row.remote_mta} (status {r.status})")
-    else:
-        lines.append(f"    Status: {r.status}")
-    if r.action == "delayed" and r.will_retry_until is not None:
-        until = _date(r.will_retry_until)
-        left = _duration(r.will_retry_until - now)
-        lines.append(f"    The relay will keep trying until {until} ({left} from now).")
-    lines.append("")
-    return lines
-
-
-def _wrap(lines: Sequence[str]) -> list[str]:
-    """Lines longer than 76 characters wrapped, continuing at their own indentation."""
-    out: list[str] = []
-    for line in lines:
-        if len(line) <= 76:
-            out.append(line)
-            continue
-        indent = line[: len(line) - len(line.lstrip(" "))]
-        out += textwrap.wrap(
-            line, width=76, subsequent_indent=indent, break_on_hyphens=False
-        ) or [""]
-    return out
-
-
-def _duration(seconds: float) -> str:
-    """A rough human length of time: "about 4 days", "3 hours", "25 minutes"."""
-    seconds = max(0.0, seconds)
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = round(seconds / size)
-            return f"about {count} {unit}{'s' if count != 1 else ''}"
-    return "less than a minute"
-
-
-# -- header fields and shared helpers -------------------------------------------------
-
-
-def _field(name: str, value: str) -> bytes:
-    """One header field, folded at spaces; the value can never contain CR or LF."""
-    lines: list[str] = []
-    current = f"{name}:"
-    for word in _one_line(value).split(" "):
-        for piece in _cut(word, _HARD_WRAP):
-            if current != f"{name}:" and len(current) + 1 + len(piece) > _SOFT_WRAP:
-                lines.append(current)
-                current = ""
-            current += " " + piece
-    lines.append(current)
-    return "\r\n".join(lines).encode("utf-8", "replace") + _CRLF
-
-
-def _cut(word: str, limit: int) -> list[str]:
-    """``word`` in pieces of at most ``limit`` UTF-8 bytes, cut between characters."""
-    data = word.encode("utf-8", "replace")
-    pieces: list[str] = []
-    start = 0
-    while len(data) - start > limit:
-        end = start + limit
-        while data[end] & 0xC0 == 0x80:  # never inside a multi-byte character
-            end -= 1
-        pieces.append(data[start:end].decode("utf-8"))
-        start = end
-    pieces.append(data[start:].decode("utf-8"))
-    return pieces
-
-
-def _one_line(text: str) -> str:
-    """Control characters (CR, LF, NUL, ...) become spaces; runs of space collapse."""
-    return " ".join(_CONTROL.sub(" ", text).split())
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
-
-
-def _date(epoch: float) -> str:
-    return format_datetime(datetime.fromtimestamp(epoch, UTC).replace(microsecond=0))
-
-
-def _from_header(value: str) -> str:
-    """``From:`` as configured; a non-ASCII display name is RFC 2047 encoded."""
-    value = _one_line(value)
-    name, address = parseaddr(value)
-    if not address or name.isascii():
-        return value
-    return f"{Header(name, 'utf-8').encode(maxlinelen=998)} <{address}>"
-
-
 def _message_id(
-    qid: str | None, host: str, now: float, sender: str, rows: Sequence[_Row]
+    qid: str | None, host: str, now: float, sender: str, rows: Sequence[Row]
 ) -> str:
     # Unique without randomness: the digest covers the time and whom the DSN is about,
     # so a delay warning and a later bounce for the same queue ID differ.
@@ -504,17 +324,3 @@ def _message_id(
     local = f"{_bchars(qid)}.{digest}" if qid else digest
     right = _bchars(host).strip(".") or "localhost"
     return f"<{local}.dsn@{right}>"
-
-
-def _bchars(text: str | None) -> str:
-    return _NOT_BCHARS.sub("", text or "").replace("=", "").replace("?", "")
-
-
-def _boundary(qid: str | None, now: float, host: str, parts: Sequence[bytes]) -> bytes:
-    """A deterministic boundary (``QID.time/host``, as Postfix does) found in no part."""
-    base = f"{_bchars(qid) or 'DSN'}.{int(now)}/{_bchars(host)}"[:60]
-    candidate, n = base, 0
-    while any(b"--" + candidate.encode() in part for part in parts):
-        n += 1
-        candidate = f"{base}={n}"
-    return candidate.encode("ascii")

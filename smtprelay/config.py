@@ -4,6 +4,8 @@ Every key of DESIGN.md section 3 that this release implements is declared here w
 default; `conf/smtprelay.toml` documents the same keys. Unknown keys and wrong values
 raise :class:`ConfigError` with one line naming the key, e.g.
 ``[server] timeout: "5x" is not a duration``.
+It is one module because it is one schema: each section's dataclass beside its parser,
+read top to bottom as the configuration file is.
 """
 
 from __future__ import annotations

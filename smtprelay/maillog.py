@@ -1,7 +1,8 @@
 """The mail log: one line per mail event, keyed by queue ID, in Postfix's maillog shape.
 
 Operators and their tools (grep, pflogsumm, fail2ban) read these lines, so their shape is
-a contract. Each event has one function here; nothing else formats mail events. Under
+a contract. Each event has one function here; nothing else formats mail events (so the
+module is long by design: one short function per log event, in one place). Under
 systemd (journald adds time and host) a line starts at ``smtprelay/<service>[pid]:``;
 elsewhere it starts with an RFC 3339 timestamp and the host name, as Postfix's own log
 file does. ``[log] format = "json"`` emits the same events as JSON objects.
@@ -26,7 +27,19 @@ from enum import StrEnum
 
 from smtprelay.replies import Reply
 
-log = logging.getLogger("smtprelay.mail")
+MAIL_LOGGER = "smtprelay.mail"
+log = logging.getLogger(MAIL_LOGGER)
+
+
+def attach(handler: logging.Handler) -> None:
+    """Let ``handler`` see every mail-log event (the metrics and the event recorder
+    read the log rather than being called from each stage)."""
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)  # see setup: every event is made
+
+
+def detach(handler: logging.Handler) -> None:
+    log.removeHandler(handler)
 
 
 class Event(StrEnum):
@@ -233,6 +246,12 @@ def delivery(
     _emit("smtp", text, qid, recipient=recipient, relay=relay, delay=delay,
           dsn=reply.enhanced, code=reply.code, status=status, reason=reply.text,
           event=Event.DELIVERY)
+
+
+def bounced_unsent(qid: str, recipient: str, delay: float, reply: Reply) -> None:
+    """A recipient failed without an attempt (expired, or bounced by the operator):
+    no relay and no time spent in any stage of a delivery."""
+    delivery(qid, recipient, "none", delay, (0.0, 0.0, 0.0, 0.0), reply, "bounced")
 
 
 def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:

@@ -312,14 +312,8 @@ class Attempts:
                             recipient.last_relay or "none",
                         )
                     )
-                    maillog.delivery(
-                        envelope.qid,
-                        recipient.address,
-                        "none",
-                        now - envelope.arrival,
-                        (0.0, 0.0, 0.0, 0.0),
-                        reply,
-                        "bounced",
+                    maillog.bounced_unsent(
+                        envelope.qid, recipient.address, now - envelope.arrival, reply
                     )
                 pending = []
             else:

@@ -264,15 +264,7 @@ class Operator:
                 recipient.state = RecipientState.FAILED
                 recipient.last_reply = str(reply)
                 results.append(Result(recipient, "failed", reply.enhanced, str(reply)))
-                maillog.delivery(
-                    qid,
-                    recipient.address,
-                    "none",
-                    now - envelope.arrival,
-                    (0.0, 0.0, 0.0, 0.0),
-                    reply,
-                    "bounced",
-                )
+                maillog.bounced_unsent(qid, recipient.address, now - envelope.arrival, reply)
         await self.s.notify(envelope, results, None, now)
         await self.s.io(self.s.spool.remove, qid)
         self.s.ledger.remove(qid)

@@ -4,9 +4,7 @@ error is RFC 9457 problem+json (:mod:`smtprelay.web.problem`)."""
 
 from __future__ import annotations
 
-import json
 import secrets
-from typing import Any
 
 from aiohttp import web
 
@@ -18,11 +16,10 @@ from smtprelay.web.context import context, require
 from smtprelay.web.problem import (
     ApiProblem,
     FieldError,
-    bad_json,
     conflict,
     invalid,
+    json_object,
     not_found,
-    unsupported_media,
 )
 
 DEFAULT_LIMIT = 100
@@ -96,22 +93,10 @@ async def message_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next_cursor": str(cursor)})
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise unsupported_media(request.content_type, "application/json")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_json(f"the body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise invalid([FieldError("", "a JSON object is expected")])
-    return body
-
-
 async def create_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
-    body = await _body(request)
+    body = await json_object(request)
     errors = [FieldError(f"/{key}", "unknown field") for key in body if key not in WEBHOOK_FIELDS]
     url = body.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):

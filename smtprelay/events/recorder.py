@@ -17,11 +17,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from smtprelay import maillog
 from smtprelay.envelope import Envelope
 from smtprelay.events.model import WATCHED, Fact, MessageInfo
 from smtprelay.maillog import Event
 
-MAIL_LOGGER = "smtprelay.mail"
 # How long a "queued" record may wait for its envelope (noted just after it is logged;
 # from a worker process the two come as separate frames). Then the store reads the
 # envelope from the spool instead.
@@ -49,12 +49,10 @@ class Recorder(logging.Handler):
     # --- wiring ---------------------------------------------------------------------
 
     def attach(self) -> None:
-        logger = logging.getLogger(MAIL_LOGGER)
-        logger.addHandler(self)
-        logger.setLevel(logging.DEBUG)  # see maillog.setup: every event is made
+        maillog.attach(self)
 
     def detach(self) -> None:
-        logging.getLogger(MAIL_LOGGER).removeHandler(self)
+        maillog.detach(self)
 
     # --- capture (any thread, never blocks on I/O) ----------------------------------
 

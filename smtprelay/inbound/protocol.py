@@ -103,6 +103,17 @@ class Session(Greeting):
 
     # --- MAIL / RCPT --------------------------------------------------------------
 
+    async def _open_transaction(self, count: str, stage: str) -> Transaction | None:
+        """RCPT's and DATA's common start: count the command, then the open transaction,
+        or None once the client has been told why there is none (no HELO, no MAIL)."""
+        self.counts[count] += 1
+        self.stage = stage
+        if await self.check_helo_needed():
+            return None
+        if self.txn is None:
+            await self.push(replies.NEED_MAIL)
+        return self.txn
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.counts["mail"] += 1
         self.stage = "MAIL"
@@ -138,13 +149,8 @@ class Session(Greeting):
         await self.push(replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self.counts["rcpt"] += 1
-        self.stage = "RCPT"
-        if await self.check_helo_needed():
-            return
-        txn = self.txn
+        txn = await self._open_transaction("rcpt", "RCPT")
         if txn is None:
-            await self.push(replies.NEED_MAIL)
             return
         argument = self._strip_command_keyword("TO:", arg or "")
         if argument is None:
@@ -185,13 +191,8 @@ class Session(Greeting):
     # --- DATA ---------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        self.counts["data"] += 1
-        self.stage = "DATA"
-        if await self.check_helo_needed():
-            return
-        txn = self.txn
+        txn = await self._open_transaction("data", "DATA")
         if txn is None:
-            await self.push(replies.NEED_MAIL)
             return
         if not txn.recipients:
             await self.push(replies.NEED_RCPT)

@@ -1,4 +1,5 @@
-"""The HTTP endpoint: routes, bearer-token check, JSON errors, start and stop.
+"""The HTTP endpoint: routes, start and stop (the bearer-token check and the JSON errors
+are the middleware of ``web.middleware``).
 
 Every path but ``/healthz`` needs ``Authorization: Bearer <token>`` with a token from
 ``[http] tokens_file``; without one the answer is 401 with a JSON error, as is every
@@ -13,15 +14,13 @@ request aiohttp cannot parse (``web.serverlog``), never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from smtprelay.clientkey import client_key
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.errors import RelayError
@@ -30,161 +29,31 @@ from smtprelay.inbound.server import Listeners, listen
 from smtprelay.spool import Spool
 from smtprelay.stats import Stats
 from smtprelay.units import Endpoint
-from smtprelay.web import openapi, queue, status, submission, template_api, tracking
+from smtprelay.web import (
+    middleware,
+    openapi,
+    queue,
+    status,
+    submission,
+    template_api,
+    tracking,
+)
 from smtprelay.web.connections import ConnectionCap
-from smtprelay.web.context import CONTEXT, TOKEN, V1, Context, Problem, context, error
+from smtprelay.web.context import CONTEXT, Context, context, error
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
-from smtprelay.web.problem import ApiProblem
-from smtprelay.web.serverlog import printable, server_logger
+from smtprelay.web.middleware import MAX_BODY
+from smtprelay.web.serverlog import server_logger
 from smtprelay.web.templates import TemplateStore
-from smtprelay.web.tokens import Token, TokenFile
+from smtprelay.web.tokens import TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", openapi.PATH})
 # Paths whose answer reads envelopes from the spool (up to a page of them): fewer of them
 # run at once. /status and /metrics read only the in-memory counts.
 HEAVY_PATHS = frozenset({"/queue"})
-MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT = 3.0
 KEEPALIVE = 15.0
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    api = request.path.startswith(V1)
-    try:
-        return await handler(request)
-    except ApiProblem as p:
-        return _refused(request, p.response(), p.detail)
-    except Problem as p:
-        if api:
-            return _refused(
-                request, ApiProblem(p.status, p.code, p.code, p.message).response(), p.message
-            )
-        return _refused(request, error(p.status, p.code, p.message), p.message)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            e.status, "http_error"
-        )
-        message = {
-            404: f"no such path: {request.path}",
-            413: f"the body is larger than {MAX_BODY} bytes",
-        }.get(e.status, e.reason)
-        headers = {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None
-        if api:
-            slug = code.replace("_", "-")
-            problem = ApiProblem(e.status, slug, e.reason, message, headers=headers)
-            return _refused(request, problem.response(), message)
-        response = error(e.status, code, message)
-        if headers:
-            response.headers.update(headers)
-        return _refused(request, response, message)
-    except Exception:
-        log.exception(
-            "HTTP %s %s failed",
-            request.method,
-            printable(request.raw_path),
-            extra={"service": "http"},
-        )
-        if api:
-            return ApiProblem(
-                500, "internal-error", "Internal error", "internal error (details in the log)"
-            ).response()
-        return error(500, "internal_error", "internal error (details in the log)")
-
-
-def _refused(request: web.Request, response: web.Response, message: str) -> web.Response:
-    """One line per refused request (a 401 logs itself, see ``_penalise``):
-    ``unknown[ADDR]: HTTP POST /queue/hold: 400 the body is nested too deeply``."""
-    level = logging.INFO if response.status < 500 else logging.WARNING
-    log.log(
-        level,
-        "unknown[%s]: HTTP %s %s: %d %s",
-        printable(request.remote or "unknown"),
-        request.method,
-        printable(request.raw_path, 80),
-        response.status,
-        printable(message),
-        extra={"service": "http"},
-    )
-    return response
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in OPEN_PATHS:
-        return await handler(request)
-    ctx = context(request)
-    tokens = ctx.tokens
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    presented = presented.strip()
-    if scheme.lower() != "bearer" or not presented:
-        message = tokens.problem or "a bearer token is required (Authorization: Bearer ...)"
-    elif (token := tokens.check(presented)) is None:
-        message = tokens.problem or "the bearer token is not valid"
-        if tokens.problem is None:  # tokens exist, so this was a guess, or a typo
-            await _penalise(ctx, request)
-    else:
-        request[TOKEN] = token
-        if not request.path.startswith(V1) and not _legacy_allowed(token, request):
-            raise Problem(403, "forbidden", f"token {token.name} lacks scope admin")
-        return await handler(request)
-    if request.path.startswith(V1):
-        return ApiProblem(
-            401,
-            "unauthorized",
-            "Unauthorized",
-            message,
-            headers={"WWW-Authenticate": 'Bearer realm="smtprelay"'},
-        ).response()
-    response = error(401, "unauthorized", message)
-    response.headers["WWW-Authenticate"] = 'Bearer realm="smtprelay"'
-    return response
-
-
-def _legacy_allowed(token: Token, request: web.Request) -> bool:
-    """The paths before /v1: the queue API needs scope admin; looking at status,
-    metrics and one message's history is also open to scope read."""
-    if token.allows("admin"):
-        return True
-    return (
-        request.method in ("GET", "HEAD")
-        and token.allows("read")
-        and (request.path in ("/status", "/metrics") or request.path.startswith("/messages/"))
-    )
-
-
-async def _penalise(ctx: Context, request: web.Request) -> None:
-    """One warning line (rate-limited per address), then the address's delay."""
-    client = request.remote or "unknown"
-    failures, delay = ctx.penalty.failure(client)
-    left_out = ctx.log_budget.allow(client_key(client))
-    if left_out is not None:
-        more = f"; {left_out} more from this address not logged" if left_out else ""
-        answered = f"answered after {delay:g}s" if delay > 0 else "answered at once"
-        log.warning(
-            "unknown[%s]: bad bearer token (%s %s; %d recent failure%s, %s)%s",
-            printable(client),
-            request.method,
-            printable(request.raw_path, 80),
-            failures,
-            "" if failures == 1 else "s",
-            answered,
-            more,
-            extra={"service": "http"},
-        )
-    if delay <= 0:
-        return
-    ctx.penalty.waiting += 1
-    try:
-        await asyncio.sleep(delay)
-    finally:
-        ctx.penalty.waiting -= 1
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -204,7 +73,10 @@ def build(ctx: Context) -> web.Application:
     # The bound is outside the token check: a request holds a slot only once its token
     # is good, so failed guesses sleeping out their delay never crowd out valid ones.
     limit = InFlight(ctx.settings.http.max_requests, heavy_paths=HEAVY_PATHS)
-    app = web.Application(middlewares=[_errors, _auth, limit.middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[middleware.errors, middleware.auth, limit.middleware],
+        client_max_size=MAX_BODY,
+    )
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/status", status.status)

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smtprelay.envelope import Envelope, QueueState, RecipientState
+from smtprelay.history import Final, History
 from smtprelay.maillog import Event
-from smtprelay.stats import Final, History
 
 MESSAGE_STATUSES = (
     "scheduled",
@@ -122,18 +122,7 @@ def from_queue(
         status = "deferred"
     else:
         status = "queued"  # new, or held by the operator
-    submission = envelope.submission
-    return _shape(
-        envelope.qid,
-        status,
-        str(submission.via),
-        envelope.arrival,
-        envelope.send_at,
-        list(submission.tags),
-        dict(submission.metadata),
-        envelope.size,
-        recipients,
-    )
+    return _shape_envelope(envelope.qid, status, envelope, envelope.send_at, recipients)
 
 
 def from_history(history: History, attempting: bool, now: float) -> dict[str, Any]:
@@ -190,18 +179,7 @@ def from_history(history: History, attempting: bool, now: float) -> dict[str, An
             _size(history),
             recipients,
         )
-    submission = accepted.submission
-    return _shape(
-        history.qid,
-        status,
-        str(submission.via),
-        accepted.arrival,
-        history.send_at,
-        list(submission.tags),
-        dict(submission.metadata),
-        accepted.size,
-        recipients,
-    )
+    return _shape_envelope(history.qid, status, accepted, history.send_at, recipients)
 
 
 def quick_status(history: History, attempting: bool, now: float) -> str:
@@ -245,6 +223,29 @@ def _size(history: History) -> int:
         if isinstance(size, int):
             return size
     return 0
+
+
+def _shape_envelope(
+    qid: str,
+    status: str,
+    envelope: Envelope,
+    send_at: float | None,
+    recipients: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The resource from an envelope (queued now, or as accepted): how it was submitted,
+    its tags, metadata and size."""
+    submission = envelope.submission
+    return _shape(
+        qid,
+        status,
+        str(submission.via),
+        envelope.arrival,
+        send_at,
+        list(submission.tags),
+        dict(submission.metadata),
+        envelope.size,
+        recipients,
+    )
 
 
 def _shape(

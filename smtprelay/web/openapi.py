@@ -4,6 +4,8 @@ Served without a token: it describes the API, it holds nothing of the relay's st
 (tools such as Schemathesis and client generators fetch it before they have a token).
 Written out as a Python document, so that a unit test validates it with
 ``openapi-spec-validator`` and a change of an endpoint is a change here beside it.
+It is one module because it is one document: split, its schemas would be read apart
+from the paths that use them.
 """
 
 from __future__ import annotations

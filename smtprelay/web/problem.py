@@ -83,10 +83,20 @@ class ApiProblem(RelayError):
 def problem_response(
     status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    return json_response(status, body, MEDIA_TYPE, headers)
+
+
+def json_response(
+    status: int,
+    body: Mapping[str, Any],
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """UTF-8 JSON as written (not \\u-escaped), under the given media type."""
     return web.Response(
         status=status,
         text=json.dumps(body, ensure_ascii=False),
-        content_type=MEDIA_TYPE,
+        content_type=content_type,
         charset="utf-8",
         headers=headers,
     )
@@ -139,3 +149,17 @@ def unavailable(detail: str, retry_after: int = 30) -> ApiProblem:
         detail,
         headers={"Retry-After": str(retry_after)},
     )
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 415, 400 or 422 (pointer "") otherwise."""
+    if request.content_type != "application/json":
+        raise unsupported_media(request.content_type, "application/json")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_json(f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise invalid([FieldError("", "must be a JSON object")])
+    return body

@@ -13,34 +13,28 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from smtprelay.web import compose, intake
-from smtprelay.web.context import Context, context, require
-from smtprelay.web.idempotency import MAX_KEY, Conflict, IdempotencyStore, Record
-from smtprelay.web.idempotency import fingerprint as fingerprint_of
+from smtprelay.web.context import Context, context
+from smtprelay.web.idempotency import IdempotencyStore, Record
+from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
 from smtprelay.web.problem import (
-    MEDIA_TYPE,
     ApiProblem,
     FieldError,
     bad_json,
-    conflict,
     invalid,
     not_found,
     pointer,
-    too_large,
     unavailable,
-    unsupported_media,
 )
 from smtprelay.web.templates import TemplateNotFound, TemplateRenderError
 
 log = logging.getLogger("smtprelay.http")
 
-STORE = web.AppKey("idempotency", IdempotencyStore)
-JSON = "application/json"
 RFC822 = "message/rfc822"
 # JSON carries attachments in base64 (4/3 of their size) and some structure.
 JSON_OVERHEAD = 64 * 1024
@@ -68,19 +62,6 @@ def _limit(ctx: Context) -> int:
     return ctx.settings.server.max_message_size * 4 // 3 + JSON_OVERHEAD
 
 
-async def _read(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` (the app's small default limit is for
-    the other paths)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(f"the body is {request.content_length} bytes, more than {limit}")
-    data = bytearray()
-    while chunk := await request.content.read(1 << 16):
-        data += chunk
-        if len(data) > limit:
-            raise too_large(f"the body is larger than {limit} bytes")
-    return bytes(data)
-
-
 def _parse_json(body: bytes) -> Any:
     try:
         doc = json.loads(body)
@@ -93,13 +74,6 @@ def _parse_json(body: bytes) -> Any:
     if not isinstance(doc, dict):
         raise invalid([FieldError("", "must be a JSON object")])
     return doc
-
-
-def _origin(request: web.Request) -> intake.Origin:
-    token = require(request, "send")
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else 0
-    return intake.Origin(token, request.remote or "unknown", port)
 
 
 def _render(ctx: Context) -> intake.Renderer:
@@ -124,97 +98,6 @@ def _render(ctx: Context) -> intake.Renderer:
         return compose.Content(rendered.subject, rendered.text, rendered.html)
 
     return render
-
-
-# The Idempotency-Key (as TOKEN-NAME:KEY) and the fingerprint of the request.
-Keyed = tuple[str, str]
-# (request, body, origin, keyed or None) -> (status, body)
-Handler = Callable[
-    [web.Request, bytes, intake.Origin, Keyed | None], Awaitable[tuple[int, dict[str, Any]]]
-]
-
-
-async def _idempotent(
-    request: web.Request, limit: int, media: tuple[str, ...], handle: Handler
-) -> web.Response:
-    """Read the body, then answer it, or replay the answer of its Idempotency-Key."""
-    origin = _origin(request)
-    given = request.content_type
-    if given not in media:
-        raise unsupported_media(given, " or ".join(media))
-    key = _key(request, origin)
-    if key is None:
-        body = await _read(request, limit)
-        status, answer = await handle(request, body, origin, None)
-        return _respond(status, answer)
-    store = request.app[STORE]
-    try:
-        record = store.begin(key)
-    except Conflict:
-        raise conflict(
-            "a request with this Idempotency-Key is still in flight", "idempotency-in-flight"
-        ) from None
-    try:
-        body = await _read(request, limit)
-    except BaseException:
-        if record is None:
-            store.abandon(key)
-        raise
-    print_ = fingerprint_of(request.method, request.path_qs, given, body)
-    if record is not None:
-        if record.fingerprint != print_:
-            raise invalid(
-                [FieldError("", "this Idempotency-Key was used with another request")],
-                "Idempotency-Key reused with a different request",
-            )
-        response = _respond(record.status, record.body)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    expires = context(request).settings.http.idempotency_retention
-    try:
-        status, answer = await handle(request, body, origin, (key, print_))
-    except ApiProblem as p:
-        if p.status >= 500:
-            store.abandon(key)
-        else:
-            record = Record(key, print_, p.status, p.body(), time.time() + expires)
-            store.finish(record, durable=False)
-        raise
-    except BaseException:
-        store.abandon(key)
-        raise
-    return _respond(status, answer)
-
-
-def _key(request: web.Request, origin: intake.Origin) -> str | None:
-    raw = request.headers.get("Idempotency-Key")
-    if raw is None:
-        return None
-    value = raw.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':  # an RFC 8941 sf-string
-        value = value[1:-1]
-    if not value or len(value) > MAX_KEY or not value.isprintable() or not value.isascii():
-        raise ApiProblem(
-            400,
-            "invalid-idempotency-key",
-            "Invalid Idempotency-Key",
-            f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII characters",
-        )
-    return f"{origin.token.name}:{value}"
-
-
-def _respond(status: int, body: dict[str, Any]) -> web.Response:
-    headers = {}
-    if status == 202 and "id" in body:
-        headers["Location"] = f"/v1/messages/{body['id']}"
-    kind = MEDIA_TYPE if status >= 400 else JSON
-    return web.Response(
-        status=status,
-        text=json.dumps(body, ensure_ascii=False),
-        content_type=kind,
-        charset="utf-8",
-        headers=headers,
-    )
 
 
 async def _queue(
@@ -272,7 +155,7 @@ def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
 
 async def submit(request: web.Request) -> web.Response:
     ctx = context(request)
-    return await _idempotent(request, _limit(ctx), (JSON, RFC822), _one)
+    return await idempotent(request, _limit(ctx), (JSON, RFC822), _one)
 
 
 async def _one(
@@ -300,7 +183,7 @@ async def _one(
 
 async def submit_batch(request: web.Request) -> web.Response:
     ctx = context(request)
-    return await _idempotent(request, _limit(ctx), (JSON,), _batch)
+    return await idempotent(request, _limit(ctx), (JSON,), _batch)
 
 
 async def _batch(

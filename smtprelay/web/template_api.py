@@ -11,7 +11,14 @@ from aiohttp import web
 
 from smtprelay.web.context import context, require
 from smtprelay.web.msgstatus import rfc3339
-from smtprelay.web.problem import ApiProblem, FieldError, invalid, not_found, unavailable
+from smtprelay.web.problem import (
+    ApiProblem,
+    FieldError,
+    invalid,
+    json_object,
+    not_found,
+    unavailable,
+)
 from smtprelay.web.templates import (
     MAX_PART,
     NAME,
@@ -22,7 +29,6 @@ from smtprelay.web.templates import (
     TemplateRenderError,
     TemplateStore,
 )
-from smtprelay.web.tracking import json_object
 
 _T = TypeVar("_T")
 

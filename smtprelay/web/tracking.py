@@ -10,7 +10,6 @@ every message queued or finished since the daemon started, up to its bound.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any, cast
@@ -18,8 +17,8 @@ from typing import Any, cast
 from aiohttp import web
 
 from smtprelay import ids
+from smtprelay.history import History
 from smtprelay.queueops import CancelResult, Outcome, QueueOperations, RecipientCancel
-from smtprelay.stats import History
 from smtprelay.web.context import Context, context, require
 from smtprelay.web.msgstatus import (
     MESSAGE_STATUSES,
@@ -32,11 +31,10 @@ from smtprelay.web.msgstatus import (
 from smtprelay.web.problem import (
     ApiProblem,
     FieldError,
-    bad_json,
     conflict,
     invalid,
+    json_object,
     not_found,
-    unsupported_media,
 )
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
@@ -183,20 +181,6 @@ def _result(result: RecipientCancel) -> dict[str, str]:
         # The envelope's word for a failed recipient is "failed"; the API's "bounced".
         shown["status"] = "bounced" if result.final == "failed" else result.final or "bounced"
     return shown
-
-
-async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; 415, 400 or 422 (pointer "") otherwise."""
-    if request.content_type != "application/json":
-        raise unsupported_media(request.content_type, "application/json")
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_json(f"the body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise invalid([FieldError("", "must be a JSON object")])
-    return body
 
 
 def parse_time(value: object, where: str) -> tuple[float | None, FieldError | None]:

@@ -1,0 +1,245 @@
+"""One queue ID's history as the mail log told it: the events kept (bounded), the
+envelope as accepted, and what is read back from them (outcome, each recipient's final
+result, the envelope brought up to date). :class:`smtprelay.stats.Stats` keeps these;
+the HTTP API's message views read them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter as Tally
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from smtprelay.envelope import RecipientState
+from smtprelay.maillog import Event
+
+# Events kept per message: the first HEAD_EVENTS (arrival) and the most recent others.
+MAX_EVENTS = 300
+HEAD_EVENTS = 10
+
+
+def _note_flags(history: History | _Kept, event: dict[str, Any]) -> None:
+    """The listing's filter fields an event sets: a deferral, who canceled."""
+    kind = event.get("event")
+    if kind == Event.DELIVERY and event.get("status") == "deferred":
+        history.deferred = True
+    elif kind == CANCELED_EVENT:
+        by = event.get("by") or str(event.get("text", "")).partition("canceled by ")[2]
+        history.canceled_by = str(by) or "api"
+
+
+@dataclass(slots=True)
+class History:
+    """What the log said about one queue ID, oldest first.
+
+    Slotted (no ``__dict__`` per message): a daemon keeps up to ``max_messages`` of
+    them. Besides the events and the accepted envelope it keeps the few fields that
+    ``GET /v1/messages`` filters on, so a listing never parses envelopes: how it was
+    submitted, its tags, its send time, whether an attempt deferred it and who
+    canceled it. Per-recipient results (delivered_at, last reply, canceled, expired)
+    are read back from the events (:meth:`finals`).
+    """
+
+    qid: str
+    first: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    omitted: int = 0  # events dropped from the middle of a very long history
+    queued: bool = False
+    removed_at: float | None = None
+    envelope: bytes | None = None  # the envelope JSON as accepted, if seen
+    via: str = "smtp"  # Submission.via
+    tags: tuple[str, ...] = ()
+    send_at: float | None = None
+    deferred: bool = False  # an attempt left a recipient pending
+    canceled_by: str | None = None  # "api token NAME" once a cancel was logged
+
+    def add(self, event: dict[str, Any]) -> None:
+        if len(self.events) >= MAX_EVENTS:
+            del self.events[HEAD_EVENTS]
+            self.omitted += 1
+        self.events.append(event)
+        _note_flags(self, event)
+
+    def finals(self) -> dict[str, Final]:
+        """Each recipient's last logged delivery result, with its attempts: what
+        ``GET /v1/messages/{id}`` shows for it (a recipient the log says nothing about
+        yet is missing)."""
+        found: dict[str, Final] = {}
+        for event in self.events:
+            if event.get("event") != Event.DELIVERY:
+                continue
+            address = str(event.get("recipient"))
+            before = found.get(address)
+            attempts = before.attempts if before else 0
+            status = str(event.get("status"))
+            if _expiry(event):
+                status = "expired"
+            else:
+                attempts += 1
+            code = event.get("code")
+            relay = event.get("relay")
+            found[address] = Final(
+                status=status,
+                attempts=attempts,
+                time=float(event.get("time") or 0.0),
+                code=code if isinstance(code, int) else None,
+                enhanced=str(event.get("dsn") or "") or None,
+                text=str(event.get("reason") or ""),
+                relay=str(relay) if relay and relay != "none" else None,
+            )
+        return found
+
+    @property
+    def deleted(self) -> bool:
+        return any(e.get("event") == Event.REMOVED and e.get("reason") for e in self.events)
+
+    @property
+    def outcome(self) -> str:
+        """``queued`` until removed; then ``delivered``, ``bounced``, ``deleted`` or
+        ``partly delivered`` (some recipients delivered, others bounced)."""
+        if self.removed_at is None:
+            return "queued"
+        final: dict[str, str] = {}
+        for event in self.events:
+            if event.get("event") == Event.CANCELED:
+                final.update((str(a), "canceled") for a in event.get("recipients", ()))
+            if event.get("event") == Event.REMOVED and event.get("reason"):
+                return "deleted"
+            if event.get("event") == Event.DELIVERY and event.get("status") != "deferred":
+                final[str(event.get("recipient"))] = str(event.get("status"))
+        statuses = set(final.values())
+        if statuses == {"sent"}:
+            return "delivered"
+        if statuses == {"bounced"}:
+            return "bounced"
+        if "canceled" in statuses and "sent" not in statuses:
+            return "canceled"
+        return "partly delivered" if statuses else "removed"
+
+    def recipient_states(self) -> dict[str, str]:
+        """The last delivery status logged for each recipient."""
+        states: dict[str, str] = {}
+        for event in self.events:
+            if event.get("event") == Event.DELIVERY:
+                states[str(event.get("recipient"))] = str(event.get("status"))
+        return states
+
+    def settled(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """``envelope`` (as accepted, in its JSON form) brought up to date from the
+        log: each recipient's final state, attempts, last reply and relay; the
+        message's state (its outcome), attempts (the most any recipient had) and no
+        next attempt. The accepted copy was written before any attempt was made."""
+        shown = dict(envelope)
+        attempts: Tally[str] = Tally()
+        last: dict[str, dict[str, Any]] = {}
+        for event in self.events:
+            if event.get("event") != Event.DELIVERY:
+                continue
+            address = str(event.get("recipient"))
+            last[address] = event
+            if not _expiry(event):  # the relay's own verdict, not an attempt
+                attempts[address] += 1
+        recipients = []
+        for accepted in shown.get("recipients", []):
+            recipient = dict(accepted)
+            address = recipient.get("address", "")
+            final = last.get(address)
+            if final is not None:
+                recipient["state"] = _RECIPIENT_STATES.get(
+                    str(final.get("status")), recipient.get("state")
+                )
+                recipient["attempts"] = attempts[address]
+                recipient["last_reply"] = (
+                    f"{final.get('code')} {final.get('dsn')} {final.get('reason')}"
+                )
+                relay = final.get("relay")
+                recipient["last_relay"] = relay if relay and relay != "none" else None
+            recipients.append(recipient)
+        shown["recipients"] = recipients
+        if self.removed_at is not None:
+            shown["state"] = self.outcome
+            shown["next_attempt"] = None
+        shown["attempts"] = max(attempts.values(), default=0)
+        return shown
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """One recipient's last delivery result as the log gave it."""
+
+    status: str  # "sent", "deferred", "bounced" or "expired" (the lifetime ended)
+    attempts: int
+    time: float
+    code: int | None
+    enhanced: str | None
+    text: str
+    relay: str | None  # "host[ip]:port", None when no server answered
+
+
+# The event of a cancel through the HTTP API ("QID: canceled by api token NAME"),
+# logged by the scheduler; its recipients left pending at removal were canceled.
+CANCELED_EVENT = "canceled"
+
+# A recipient's last delivery status -> its state in the envelope (RecipientState).
+_RECIPIENT_STATES = {
+    "sent": RecipientState.DELIVERED.value,
+    "bounced": RecipientState.FAILED.value,
+    "deferred": RecipientState.PENDING.value,
+}
+# The relay's own verdict when a message's lifetime ends (delivery.scheduler.EXPIRED):
+# logged like a delivery, but nothing was attempted.
+_EXPIRED_DSN = "5.4.7"
+
+
+def _expiry(event: Mapping[str, Any]) -> bool:
+    return event.get("dsn") == _EXPIRED_DSN and event.get("relay") == "none"
+
+
+@dataclass(slots=True)
+class _Kept:
+    """One queue ID's history as kept: each event as compact JSON (about a third of the
+    memory of the dict; up to MAX_MESSAGES of these are kept, and a large queue being
+    deferred fills them all -- 1.2 KB per one-event history as dicts, 0.5 KB so)."""
+
+    qid: str
+    first: float
+    records: list[bytes] = field(default_factory=list)
+    omitted: int = 0
+    queued: bool = False
+    removed_at: float | None = None
+    envelope: bytes | None = None
+    via: str = "smtp"
+    tags: tuple[str, ...] = ()
+    send_at: float | None = None
+    deferred: bool = False
+    canceled_by: str | None = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        if len(self.records) >= MAX_EVENTS:
+            del self.records[HEAD_EVENTS]
+            self.omitted += 1
+        self.records.append(_ENCODER.encode(event).encode())
+        _note_flags(self, event)
+
+    def history(self) -> History:
+        """The readable copy (events decoded), for the caller to use without the lock."""
+        return History(
+            self.qid,
+            self.first,
+            [json.loads(r) for r in self.records],
+            self.omitted,
+            self.queued,
+            self.removed_at,
+            self.envelope,
+            self.via,
+            self.tags,
+            self.send_at,
+            self.deferred,
+            self.canceled_by,
+        )
+
+
+# Compact, and never failing on a value JSON has no type for (shown as its str()).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
