@@ -41,7 +41,7 @@ deps:
 # mypy checks the tests with the same strict settings as the product (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check tests
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy smtprelay tests
 	$(BIN)/lint-imports
 

@@ -603,9 +603,7 @@ def main() -> int:
                     tmp.write_text("")
                     cpu0 = relay_cpu(relay.pid) if name == RELAY_NAME else postfix_cpu()
                     status = harness.run(name, port, combo["spec"], json_out=tmp)
-                    cpu1 = (
-                        relay_cpu(relay.pid) if name == RELAY_NAME else postfix_cpu()
-                    )
+                    cpu1 = relay_cpu(relay.pid) if name == RELAY_NAME else postfix_cpu()
                     cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
                     recs = [json.loads(x) for x in tmp.read_text().splitlines() if x.strip()]
                     rec = next((r for r in recs if not r.get("summary")), None)

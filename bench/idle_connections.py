@@ -43,8 +43,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(workdir: Path, port: int, http_port: int, connections: int, workers: int
-          ) -> subprocess.Popen[bytes]:
+def start(
+    workdir: Path, port: int, http_port: int, connections: int, workers: int
+) -> subprocess.Popen[bytes]:
     (workdir / "tokens").write_text(TOKEN + "\n")
     config = workdir / "smtprelay.toml"
     config.write_text(f"""
@@ -55,12 +56,12 @@ max_connections = {connections + 100}
 timeout = "10m"
 workers = {workers}
 [spool]
-dir = "{workdir / 'spool'}"
+dir = "{workdir / "spool"}"
 [log]
 level = "warning"
 [http]
 listen = "{LOOPBACK}:{http_port}"
-tokens_file = "{workdir / 'tokens'}"
+tokens_file = "{workdir / "tokens"}"
 [delivery]
 mode = "smarthost"
 [delivery.smarthost]
@@ -72,9 +73,11 @@ tls = "none"
         notify.bind(str(notify_path))
         notify.settimeout(60)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "smtprelay", "serve", "-c", str(config)], cwd=REPO,
+            [sys.executable, "-m", "smtprelay", "serve", "-c", str(config)],
+            cwd=REPO,
             env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "log", "wb"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "log", "wb"),  # noqa: SIM115
         )
         while "READY=1" not in notify.recv(4096).decode().splitlines():
             pass
@@ -82,8 +85,9 @@ tls = "none"
 
 
 def open_sessions(http_port: int) -> int:
-    request = urllib.request.Request(f"http://{LOOPBACK}:{http_port}/status",
-                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    request = urllib.request.Request(
+        f"http://{LOOPBACK}:{http_port}/status", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return int(json.load(answer)["connections"])
 
@@ -94,8 +98,9 @@ def client_sessions(port: int, count: int) -> list[float]:
     for n in range(count):
         started = time.perf_counter()
         with smtplib.SMTP(LOOPBACK, port, timeout=30) as client:
-            client.sendmail("app@example.com", [f"user{n}@example.net"],
-                            b"Subject: idle bench\r\n\r\nbody\r\n")
+            client.sendmail(
+                "app@example.com", [f"user{n}@example.net"], b"Subject: idle bench\r\n\r\nbody\r\n"
+            )
         times.append(time.perf_counter() - started)
     return times
 
@@ -145,15 +150,21 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
     per = (after_rss - before_rss) / args.connections
-    print(f"idle sessions opened:     {args.connections} in {opening:.1f} s "
-          f"(workers={args.workers}); /status connections = {sessions}")
-    print(f"RSS main + workers:       {before_rss / 1024:.1f} MB before, "
-          f"{after_rss / 1024:.1f} MB with them open")
+    print(
+        f"idle sessions opened:     {args.connections} in {opening:.1f} s "
+        f"(workers={args.workers}); /status connections = {sessions}"
+    )
+    print(
+        f"RSS main + workers:       {before_rss / 1024:.1f} MB before, "
+        f"{after_rss / 1024:.1f} MB with them open"
+    )
     print(f"RSS per idle session:     {per:.1f} KB")
-    print(f"ordinary session (median / max of {args.clients}): "
-          f"{statistics.median(baseline) * 1000:.1f} / {max(baseline) * 1000:.1f} ms alone, "
-          f"{statistics.median(loaded) * 1000:.1f} / {max(loaded) * 1000:.1f} ms beside "
-          f"the idle ones")
+    print(
+        f"ordinary session (median / max of {args.clients}): "
+        f"{statistics.median(baseline) * 1000:.1f} / {max(baseline) * 1000:.1f} ms alone, "
+        f"{statistics.median(loaded) * 1000:.1f} / {max(loaded) * 1000:.1f} ms beside "
+        f"the idle ones"
+    )
 
 
 if __name__ == "__main__":

@@ -63,9 +63,12 @@ def fill(spool_dir: Path, count: int) -> float:
         for n in range(count):
             qid = ids.new_id()
             envelope = Envelope(
-                qid=qid, sender="app@example.com",
+                qid=qid,
+                sender="app@example.com",
                 recipients=[Recipient(f"user{n % 50}@unreachable.test")],
-                client=Client("127.0.0.1", 40000, "bench"), arrival=now, size=len(BODY),
+                client=Client("127.0.0.1", 40000, "bench"),
+                arrival=now,
+                size=len(BODY),
                 next_attempt=now,
             )
             spool.commit(envelope, BODY)
@@ -88,8 +91,7 @@ def reuse(keep: Path, spool: Path, count: int) -> None:
     started = time.monotonic()
     subprocess.run(["cp", "-al", str(kept), str(spool)], check=True)
     (spool / "filled").unlink()
-    print(f"linked {count} messages from {kept}: {time.monotonic() - started:.1f} s",
-          flush=True)
+    print(f"linked {count} messages from {kept}: {time.monotonic() - started:.1f} s", flush=True)
 
 
 def rss_kb(pid: int, field: str) -> int:
@@ -104,8 +106,9 @@ def rss_kb(pid: int, field: str) -> int:
     for one in pids:
         try:
             with open(f"/proc/{one}/status") as f:
-                total += next((int(line.split()[1]) for line in f
-                               if line.startswith(field + ":")), 0)
+                total += next(
+                    (int(line.split()[1]) for line in f if line.startswith(field + ":")), 0
+                )
         except OSError:
             continue
     return total
@@ -161,13 +164,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--observe", type=float, default=30.0)
-    parser.add_argument("--requests", type=int, default=20,
-                        help="/status and /metrics requests each right after READY")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=20,
+        help="/status and /metrics requests each right after READY",
+    )
     parser.add_argument("--stop-timeout", type=float, default=120.0)
-    parser.add_argument("--reuse", type=Path, metavar="DIR",
-                        help="fill the spool once in DIR and hard-link it for each run")
-    parser.add_argument("--load-timeout", type=float, default=600.0,
-                        help="longest the window waits for the queue to be loaded")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="fill the spool once in DIR and hard-link it for each run",
+    )
+    parser.add_argument(
+        "--load-timeout",
+        type=float,
+        default=600.0,
+        help="longest the window waits for the queue to be loaded",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="smtprelay-scale-"))
@@ -200,7 +215,8 @@ def main() -> None:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "smtprelay", "serve", "-c", str(config)],
                 env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
-                stdout=subprocess.DEVNULL, stderr=open(work / "log", "wb"),  # noqa: SIM115
+                stdout=subprocess.DEVNULL,
+                stderr=open(work / "log", "wb"),  # noqa: SIM115
             )
             try:
                 while not is_ready.wait(1.0):
@@ -223,9 +239,10 @@ def main() -> None:
                 worst = {"/healthz": 0.0, "/metrics": 0.0}
                 lag = 0.0
                 load_deadline = time.monotonic() + args.load_timeout
-                while ((time.monotonic() < deadline
-                        or (loaded is None and time.monotonic() < load_deadline))
-                       and proc.poll() is None):
+                while (
+                    time.monotonic() < deadline
+                    or (loaded is None and time.monotonic() < load_deadline)
+                ) and proc.poll() is None:
                     peak = max(peak, rss_kb(proc.pid, "VmHWM"))
                     for path in worst:
                         worst[path] = max(worst[path], get(http_port, path)[0])
@@ -237,40 +254,56 @@ def main() -> None:
                 window = time.monotonic() - deadline + args.observe
                 rss_end = rss_kb(proc.pid, "VmRSS")
                 deferred = sum(
-                    1 for p in (spool / "queue").glob("*.msg")
+                    1
+                    for p in (spool / "queue").glob("*.msg")
                     if b'"deferred"' in p.open("rb").readline()
                 )
                 print(f"messages queued:          {args.messages}")
                 print(f"start to READY=1:         {ready:.2f} s   (target < 60 s)")
-                print("start to queue loaded:    "
-                      + (f"{loaded:.2f} s" if loaded is not None else "not within the window"))
-                print(f"RSS when ready:           {rss_ready / 1024:.0f} MB   "
-                      "(main + inbound workers)")
-                print(f"/status with queue full:  median {ms(statistics.median(status_times))}, "
-                      f"worst {ms(max(status_times))} of {args.requests}; it said "
-                      f"total={shown['total']} active={shown['active']} "
-                      f"deferred={shown['deferred']} loading={shown.get('loading', 0)}")
-                print(f"/metrics with queue full: median {ms(statistics.median(metrics_times))}, "
-                      f"worst {ms(max(metrics_times))} of {args.requests}")
-                print(f"RSS peak over {window:.0f} s:       {peak / 1024:.0f} MB   "
-                      "(target < 500 MB)")
+                print(
+                    "start to queue loaded:    "
+                    + (f"{loaded:.2f} s" if loaded is not None else "not within the window")
+                )
+                print(
+                    f"RSS when ready:           {rss_ready / 1024:.0f} MB   "
+                    "(main + inbound workers)"
+                )
+                print(
+                    f"/status with queue full:  median {ms(statistics.median(status_times))}, "
+                    f"worst {ms(max(status_times))} of {args.requests}; it said "
+                    f"total={shown['total']} active={shown['active']} "
+                    f"deferred={shown['deferred']} loading={shown.get('loading', 0)}"
+                )
+                print(
+                    f"/metrics with queue full: median {ms(statistics.median(metrics_times))}, "
+                    f"worst {ms(max(metrics_times))} of {args.requests}"
+                )
+                print(
+                    f"RSS peak over {window:.0f} s:       {peak / 1024:.0f} MB   (target < 500 MB)"
+                )
                 print(f"RSS at the end:           {rss_end / 1024:.0f} MB")
-                print(f"worst in the window:      /healthz {ms(worst['/healthz'])}, "
-                      f"/metrics {ms(worst['/metrics'])}, event-loop lag {ms(lag)} "
-                      "(target < 100 ms)")
+                print(
+                    f"worst in the window:      /healthz {ms(worst['/healthz'])}, "
+                    f"/metrics {ms(worst['/metrics'])}, event-loop lag {ms(lag)} "
+                    "(target < 100 ms)"
+                )
                 print(f"deferred in the window:   {deferred}", flush=True)
             finally:
                 stopping = time.monotonic()
                 proc.terminate()
                 try:
                     proc.wait(args.stop_timeout)
-                    print(f"SIGTERM to exit:          {time.monotonic() - stopping:.2f} s "
-                          f"(exit code {proc.returncode})")
+                    print(
+                        f"SIGTERM to exit:          {time.monotonic() - stopping:.2f} s "
+                        f"(exit code {proc.returncode})"
+                    )
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                    print(f"SIGTERM to exit:          did not exit within "
-                          f"{args.stop_timeout:.0f} s; killed")
+                    print(
+                        f"SIGTERM to exit:          did not exit within "
+                        f"{args.stop_timeout:.0f} s; killed"
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtprelay")
 
+
 class StartupError(RelayError):
     """The daemon cannot start (spool, certificate, users file, listener); says why."""
 
@@ -81,15 +82,16 @@ def build_scheduler(
     transport = Transport(
         helo_name=settings.server.hostname,
         ca_file=delivery.ca_file,
-        timeouts=Timeouts(delivery.connect_timeout, delivery.command_timeout,
-                          delivery.data_timeout),
+        timeouts=Timeouts(
+            delivery.connect_timeout, delivery.command_timeout, delivery.data_timeout
+        ),
         max_idle_per_hop=delivery.per_destination_concurrency,
         line_length_limit=delivery.line_length_limit,
     )
-    notices = Notices(
-        spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime)
-    return Scheduler(spool, Router(delivery, resolver), transport, delivery,
-                     notices=notices, on_notice=on_notice)
+    notices = Notices(spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime)
+    return Scheduler(
+        spool, Router(delivery, resolver), transport, delivery, notices=notices, on_notice=on_notice
+    )
 
 
 async def serve(settings: Settings, path: Path) -> None:
@@ -104,8 +106,9 @@ async def serve(settings: Settings, path: Path) -> None:
     # Delivery events come from the same records (issue 13): attached before anything
     # is logged, committed to the event store by a task of their own.
     try:
-        events = EventService(settings, stats.registry if stats is not None else None,
-                              load=spool.load)
+        events = EventService(
+            settings, stats.registry if stats is not None else None, load=spool.load
+        )
         await events.open()
     except EventsStartError as e:
         if stats is not None:
@@ -122,15 +125,17 @@ async def serve(settings: Settings, path: Path) -> None:
         spool.close()
 
 
-async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | None,
-                 events: EventService) -> None:
+async def _serve(
+    settings: Settings, path: Path, spool: Spool, stats: Stats | None, events: EventService
+) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
         scheduler = build_scheduler(
-            settings, spool, stats.note_queued if stats is not None else None)
+            settings, spool, stats.note_queued if stats is not None else None
+        )
         # Before READY=1 only what safety needs: partial writes removed, names taken. The
         # envelopes are read after it, while the daemon serves (delivery.loader).
         recovered = Recovered()
@@ -146,7 +151,8 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
             len(recovered.quarantined),
         )
         on_queued: Callable[[Envelope, bytes], None] = _remembering(
-            stats, events, scheduler.enqueue_new)
+            stats, events, scheduler.enqueue_new
+        )
         # Before any worker starts: the self-signed certificate is made here on first run.
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
@@ -159,11 +165,16 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     inbound: Listeners
     if settings.server.workers:
         inbound = pool = WorkerPool(
-            settings, path, on_queued, _log_handlers(stats, events),
-            on_lost=functools.partial(_adopt_unknown, spool, scheduler))
+            settings,
+            path,
+            on_queued,
+            _log_handlers(stats, events),
+            on_lost=functools.partial(_adopt_unknown, spool, scheduler),
+        )
     else:
         inbound = server = InboundServer(
-            settings, build_intake(settings, spool, authenticator, on_queued), tls_context)
+            settings, build_intake(settings, spool, authenticator, on_queued), tls_context
+        )
     # The local submission socket is served by this process, beside either.
     inbound = local.wrap(inbound, settings, spool, on_queued, local_socket)
     # Every listener is bound before any serves: a port that is taken stops the start
@@ -171,8 +182,14 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     http = None
     try:
         if stats is not None:
-            http = _bind_http(settings, scheduler, inbound, stats, spool,
-                              functools.partial(supervisor.running, DELIVERY))
+            http = _bind_http(
+                settings,
+                scheduler,
+                inbound,
+                stats,
+                spool,
+                functools.partial(supervisor.running, DELIVERY),
+            )
             http.ctx.events = events
             await http.start()
         if pool is not None:
@@ -206,15 +223,19 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
     try:
         async with supervisor:
             supervisor.start(DELIVERY, scheduler.run())
-            supervisor.start("the start-up load of the queue",
-                             loader.load(spool, found, scheduler, recovered), finite=True)
+            supervisor.start(
+                "the start-up load of the queue",
+                loader.load(spool, found, scheduler, recovered),
+                finite=True,
+            )
             supervisor.start("the event recorder", events.run())
             if http is not None:
                 supervisor.start("the HTTP server's loop monitor", http.run())
             if pool is not None:
                 supervisor.start("the inbound workers' supervisor", pool.run())
-            log.info("smtprelay ready: %s; %d message(s) queued, being loaded", listening,
-                     len(found))
+            log.info(
+                "smtprelay ready: %s; %d message(s) queued, being loaded", listening, len(found)
+            )
             systemd.notify("READY=1", f"STATUS={listening}", f"MAINPID={os.getpid()}")
             supervisor.start("the heartbeat", _heartbeat(listening, scheduler, inbound))
             await stop.wait()
@@ -228,8 +249,11 @@ async def _serve(settings: Settings, path: Path, spool: Spool, stats: Stats | No
         # Logged with its traceback already. Stop as for SIGTERM, without the part that
         # died, and exit non-zero: systemd restarts the daemon, the spool has the mail.
         fault = e
-        log.error("stopping after a fault (%s): no new connections, %d session(s) open",
-                  e, inbound.session_count)
+        log.error(
+            "stopping after a fault (%s): no new connections, %d session(s) open",
+            e,
+            inbound.session_count,
+        )
         systemd.notify("STOPPING=1", f"STATUS=stopping after a fault: {e}")
         inbound.close()
         await inbound.drain(SHUTDOWN_GRACE)
@@ -249,8 +273,10 @@ async def _heartbeat(listening: str, scheduler: Scheduler, inbound: Listeners) -
     while True:
         await asyncio.sleep(period)
         loading = f" ({scheduler.loading} still loading)" if scheduler.loading else ""
-        lines = [f"STATUS={listening}; {scheduler.queued} queued{loading}, "
-                 f"{inbound.session_count} SMTP session(s)"]
+        lines = [
+            f"STATUS={listening}; {scheduler.queued} queued{loading}, "
+            f"{inbound.session_count} SMTP session(s)"
+        ]
         if interval:
             lines.append("WATCHDOG=1")
         systemd.notify(*lines)
@@ -293,8 +319,12 @@ def _log_handlers(
 
 
 def _bind_http(
-    settings: Settings, scheduler: Scheduler, inbound: Listeners, stats: Stats,
-    spool: Spool, delivering: Callable[[], bool],
+    settings: Settings,
+    scheduler: Scheduler,
+    inbound: Listeners,
+    stats: Stats,
+    spool: Spool,
+    delivering: Callable[[], bool],
 ) -> HttpServer:
     from smtprelay.web import app as web  # aiohttp only when the endpoint is on
 

@@ -314,9 +314,7 @@ def _crlf(data: bytes) -> bytes:
     return re.sub(rb"\r\n|\r|\n", _CRLF, data)
 
 
-def _message_id(
-    qid: str | None, host: str, now: float, sender: str, rows: Sequence[Row]
-) -> str:
+def _message_id(qid: str | None, host: str, now: float, sender: str, rows: Sequence[Row]) -> str:
     # Unique without randomness: the digest covers the time and whom the DSN is about,
     # so a delay warning and a later bounce for the same queue ID differ.
     seed = repr((qid, now, sender, [(row.final, row.rcpt.action) for row in rows]))

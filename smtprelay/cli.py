@@ -28,8 +28,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if getattr(args, "sendmail_argv", None) is not None:  # sendmail's own exit codes
         from smtprelay import sendmail
 
-        sys.exit(sendmail.run(args.sendmail_argv, getattr(args, "config", None),
-                              prog="smtprelay sendmail"))
+        sys.exit(
+            sendmail.run(
+                args.sendmail_argv, getattr(args, "config", None), prog="smtprelay sendmail"
+            )
+        )
     if not getattr(args, "handler", None):
         parser.print_usage(sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -37,7 +40,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = config.load(config.config_path(getattr(args, "config", None)))
         code = args.handler(args, settings)
     except (
-        CommandFailed, usersfile.UsersFileError, tokencli.TokenFileError, TLSError, OSError
+        CommandFailed,
+        usersfile.UsersFileError,
+        tokencli.TokenFileError,
+        TLSError,
+        OSError,
     ) as e:
         # Before ConfigError, whose subclasses they are: a bad users file or certificate
         # is a failed operation (exit 1), a bad configuration file a usage error (exit 2).
@@ -54,9 +61,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
-        help="configuration file (default: $SMTPRELAY_CONFIG, else "
-        f"{config.DEFAULT_CONFIG_PATH})",
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"configuration file (default: $SMTPRELAY_CONFIG, else {config.DEFAULT_CONFIG_PATH})",
     )
     # -c may stand before or after the command; SUPPRESS keeps a later default from
     # overwriting an earlier value (so no set_defaults on the shared option).
@@ -75,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     user = commands.add_parser("user", parents=[common], help="manage SMTP AUTH users")
     user_commands = user.add_subparsers(metavar="ACTION", required=True)
     add = user_commands.add_parser(
-        "add", parents=[common],
+        "add",
+        parents=[common],
         help="add a user or change a password (read from the terminal, or one line of stdin)",
     )
     add.add_argument("name")
@@ -92,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).
     sendmail = commands.add_parser(
-        "sendmail", add_help=False, prefix_chars="\0",
+        "sendmail",
+        add_help=False,
+        prefix_chars="\0",
         help="sendmail-compatible injection from stdin: [-t] [-i] [-f SENDER] [RCPT...]",
     )
     sendmail.add_argument("sendmail_argv", nargs=argparse.REMAINDER, metavar="ARGS")
@@ -135,8 +147,11 @@ def _user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     existed = args.name in users
     password = _read_password()
     if usersfile.password_truncated(password):
-        print(f"smtprelay: note: only the first {usersfile.MAX_PASSWORD} bytes of the password "
-              "count (bcrypt; htpasswd -B does the same)", file=sys.stderr)
+        print(
+            f"smtprelay: note: only the first {usersfile.MAX_PASSWORD} bytes of the password "
+            "count (bcrypt; htpasswd -B does the same)",
+            file=sys.stderr,
+        )
     users[args.name] = usersfile.hash_password(password)
     usersfile.write_users(path, users)
     print(f"user {args.name} {'updated' if existed else 'added'} in {path}")

@@ -49,11 +49,11 @@ EndpointField = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
 
 def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a network string like \"192.0.2.0/24\"")
+        raise ValueError(f'{value!r} is not a network string like "192.0.2.0/24"')
     try:
         return ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IP network (CIDR, e.g. \"10.0.0.0/8\")") from None
+        raise ValueError(f'{value!r} is not an IP network (CIDR, e.g. "10.0.0.0/8")') from None
 
 
 def _parse_domain(value: object) -> str:
@@ -62,9 +62,7 @@ def _parse_domain(value: object) -> str:
     return value.strip().rstrip(".").lower()
 
 
-Network = Annotated[
-    ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)
-]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
 
 
@@ -77,19 +75,19 @@ def _parse_socket_path(value: object) -> str:
     if not value.startswith("/"):
         raise ValueError(f"{value!r} is not an absolute path (clients elsewhere connect to it)")
     if len(os.fsencode(value)) > _MAX_SOCKET_PATH:
-        raise ValueError(f"{value!r} is longer than {_MAX_SOCKET_PATH} bytes, "
-                         "the limit of a Unix socket path")
+        raise ValueError(
+            f"{value!r} is longer than {_MAX_SOCKET_PATH} bytes, the limit of a Unix socket path"
+        )
     return value
 
 
 def _parse_mode(value: object) -> int:
     """File permissions as an octal string: ``"0666"``, ``"660"``."""
-    if isinstance(value, str) and value and len(value) <= 4 and all(c in "01234567"
-                                                                     for c in value):
+    if isinstance(value, str) and value and len(value) <= 4 and all(c in "01234567" for c in value):
         mode = int(value, 8)
         if mode <= 0o777:
             return mode
-    raise ValueError(f"{value!r} is not a file mode like \"0666\" (octal, at most 0777)")
+    raise ValueError(f'{value!r} is not a file mode like "0666" (octal, at most 0777)')
 
 
 SocketPath = Annotated[str, BeforeValidator(_parse_socket_path)]
@@ -173,7 +171,7 @@ def _parse_nameserver(value: object) -> Endpoint:
             endpoint = parse_endpoint(value)
             ipaddress.ip_address(endpoint.host)  # name servers are addresses, not names
             return endpoint
-    raise ValueError(f"{value!r} is not a name server address like \"127.0.0.1:5353\"")
+    raise ValueError(f'{value!r} is not a name server address like "127.0.0.1:5353"')
 
 
 # RFC 5322 2.1.1 recommends lines of at most 78 characters: a smaller limit is no use.
@@ -254,7 +252,8 @@ def _parse_http_listen(value: object) -> Endpoint | None:
 class HttpSettings(_Section):
     # Status, metrics and queue operations; "" turns the HTTP endpoint off.
     listen: Annotated[Endpoint | None, BeforeValidator(_parse_http_listen)] = Endpoint(
-        "127.0.0.1", 8025)
+        "127.0.0.1", 8025
+    )
     # Bearer tokens, one per line ('#' comments). Empty: only /healthz answers.
     tokens_file: str = ""
     # How long a finished message's event history stays visible in /messages/{qid}.
@@ -275,8 +274,18 @@ class HttpSettings(_Section):
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
 # 14 h, 20 h, 24 h (each with jitter); after the last failure an event is given up.
-DEFAULT_WEBHOOK_RETRIES = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0,
-                           72000.0, 86400.0)
+DEFAULT_WEBHOOK_RETRIES = (
+    0.0,
+    5.0,
+    300.0,
+    1800.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    50400.0,
+    72000.0,
+    86400.0,
+)
 
 
 class EventsSettings(_Section):
@@ -286,8 +295,9 @@ class EventsSettings(_Section):
     # Where the event store (SQLite, WAL) lives; "": <[spool] dir>/events.
     dir: str = ""
     # Delays before each webhook attempt (the first is the initial send).
-    webhook_retry_schedule: tuple[Duration, ...] = Field(default=DEFAULT_WEBHOOK_RETRIES,
-                                                         min_length=1)
+    webhook_retry_schedule: tuple[Duration, ...] = Field(
+        default=DEFAULT_WEBHOOK_RETRIES, min_length=1
+    )
     webhook_timeout: Duration = Field(default=10.0, gt=0)
     # Requests in flight to one webhook endpoint at once.
     webhook_concurrency: int = Field(default=4, ge=1, le=64)
@@ -308,7 +318,7 @@ def _parse_event_pattern(value: object) -> str:
     from smtprelay.events.types import valid_pattern
 
     if not isinstance(value, str) or not valid_pattern(value):
-        raise ValueError(f"{value!r} is not an event type or pattern like \"recipient.*\"")
+        raise ValueError(f'{value!r} is not an event type or pattern like "recipient.*"')
     return value
 
 

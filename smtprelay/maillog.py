@@ -76,8 +76,9 @@ class Event(StrEnum):
     TOO_MANY_COMMANDS = "too-many-commands"
 
 
-def _emit(service: str, text: str, qid: str | None = None, level: int = logging.INFO,
-          **fields: object) -> None:
+def _emit(
+    service: str, text: str, qid: str | None = None, level: int = logging.INFO, **fields: object
+) -> None:
     if log.isEnabledFor(level):
         log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
 
@@ -108,23 +109,45 @@ def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None
     text = f"{qid}: client={_host(ip)}"
     if sasl_username:
         text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
-    _emit("smtpd", text, qid, client_ip=ip, sasl_method=sasl_method,
-          sasl_username=sasl_username, event=Event.CLIENT)
+    _emit(
+        "smtpd",
+        text,
+        qid,
+        client_ip=ip,
+        sasl_method=sasl_method,
+        sasl_username=sasl_username,
+        event=Event.CLIENT,
+    )
 
 
 def http_client(qid: str, ip: str, token: str) -> None:
     """The first line of a message submitted over the HTTP API, in the place of the
     SMTP ``client=`` line: ``QID: client=unknown[IP], api_token=NAME, via=http``."""
-    _emit("http", f"{qid}: client={_host(ip)}, api_token={token}, via=http", qid,
-          client_ip=ip, api_token=token, submitted_via="http", event=Event.CLIENT)
+    _emit(
+        "http",
+        f"{qid}: client={_host(ip)}, api_token={token}, via=http",
+        qid,
+        client_ip=ip,
+        api_token=token,
+        submitted_via="http",
+        event=Event.CLIENT,
+    )
 
 
 def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
     """A local submission's first line, as Postfix's pickup writes it (the sender as the
     caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""
     text = f"{qid}: uid={uid if uid is not None else 'unknown'} from=<{sender}>"
-    _emit("pickup", text, qid, client_ip=LOCAL_CLIENT, uid=uid, user=user, sender=sender,
-          event=Event.PICKUP)
+    _emit(
+        "pickup",
+        text,
+        qid,
+        client_ip=LOCAL_CLIENT,
+        uid=uid,
+        user=user,
+        sender=sender,
+        event=Event.PICKUP,
+    )
 
 
 def message_id(qid: str, value: str) -> None:
@@ -132,30 +155,63 @@ def message_id(qid: str, value: str) -> None:
 
 
 def normalized_line_endings(qid: str, ip: str, count: int) -> None:
-    _emit("cleanup", f"{qid}: warning: {count} bare CR or LF line ending(s) from "
-          f"{_host(ip)} normalized to CRLF", qid, level=logging.WARNING, client_ip=ip,
-          count=count, event=Event.BARE_NEWLINE)
+    _emit(
+        "cleanup",
+        f"{qid}: warning: {count} bare CR or LF line ending(s) from {_host(ip)} normalized to CRLF",
+        qid,
+        level=logging.WARNING,
+        client_ip=ip,
+        count=count,
+        event=Event.BARE_NEWLINE,
+    )
 
 
 def queued(qid: str, sender: str, size: int, nrcpt: int) -> None:
-    _emit("qmgr", f"{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)", qid,
-          sender=sender, size=size, nrcpt=nrcpt, event=Event.QUEUED)
+    _emit(
+        "qmgr",
+        f"{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)",
+        qid,
+        sender=sender,
+        size=size,
+        nrcpt=nrcpt,
+        event=Event.QUEUED,
+    )
 
 
-def reject(command: str, ip: str, reply: Reply, *, sender: str | None = None,
-           recipient: str | None = None, helo: str | None = None, qid: str | None = None,
-           proto: str = "ESMTP") -> None:
+def reject(
+    command: str,
+    ip: str,
+    reply: Reply,
+    *,
+    sender: str | None = None,
+    recipient: str | None = None,
+    helo: str | None = None,
+    qid: str | None = None,
+    proto: str = "ESMTP",
+) -> None:
     """A refused command, as Postfix's ``NOQUEUE: reject: RCPT from host[ip]: 554 ...``."""
-    text = f"{qid or 'NOQUEUE'}: reject: {command} from {_host(ip)}: {reply.code} " \
-           f"{reply.enhanced} {reply.text}; from=<{sender or ''}>"
+    text = (
+        f"{qid or 'NOQUEUE'}: reject: {command} from {_host(ip)}: {reply.code} "
+        f"{reply.enhanced} {reply.text}; from=<{sender or ''}>"
+    )
     if recipient is not None:
         text += f" to=<{recipient}>"
     text += f" proto={proto}"
     if helo:
         text += f" helo=<{helo}>"
-    _emit("smtpd", text, qid, client_ip=ip, command=command, code=reply.code,
-          dsn=reply.enhanced, reason=reply.text, sender=sender, recipient=recipient,
-          event=Event.REJECT)
+    _emit(
+        "smtpd",
+        text,
+        qid,
+        client_ip=ip,
+        command=command,
+        code=reply.code,
+        dsn=reply.enhanced,
+        reason=reply.text,
+        sender=sender,
+        recipient=recipient,
+        event=Event.REJECT,
+    )
 
 
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
@@ -165,67 +221,127 @@ def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
     shown = "(unavailable)"
     if username is not None:
         shown = "".join(c if c.isprintable() else "?" for c in username[:100])
-    _emit("smtpd", f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
-          f"authentication failure, sasl_username={shown}", level=logging.WARNING,
-          client_ip=ip, mechanism=mechanism, sasl_username=username, event=Event.AUTH_FAILED)
+    _emit(
+        "smtpd",
+        f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
+        f"authentication failure, sasl_username={shown}",
+        level=logging.WARNING,
+        client_ip=ip,
+        mechanism=mechanism,
+        sasl_username=username,
+        event=Event.AUTH_FAILED,
+    )
 
 
 def lost_connection(ip: str, after: str) -> None:
-    _emit("smtpd", f"lost connection after {after} from {_host(ip)}", client_ip=ip,
-          after=after, event=Event.LOST_CONNECTION)
+    _emit(
+        "smtpd",
+        f"lost connection after {after} from {_host(ip)}",
+        client_ip=ip,
+        after=after,
+        event=Event.LOST_CONNECTION,
+    )
 
 
 def too_many_connections(ip: str, limit: int) -> None:
-    _emit("smtpd", f"warning: connection limit {limit} reached: refusing {_host(ip)}",
-          level=logging.WARNING, client_ip=ip, limit=limit, event=Event.CONNECTION_LIMIT)
+    _emit(
+        "smtpd",
+        f"warning: connection limit {limit} reached: refusing {_host(ip)}",
+        level=logging.WARNING,
+        client_ip=ip,
+        limit=limit,
+        event=Event.CONNECTION_LIMIT,
+    )
 
 
 def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
     """A TLS handshake that did not complete (``where``: "implicit TLS" or "STARTTLS");
     ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
-    _emit("smtpd", f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
-          level=logging.WARNING, client_ip=ip, tls=where, reason=reason, kind=kind,
-          event=Event.TLS_FAILED)
+    _emit(
+        "smtpd",
+        f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
+        level=logging.WARNING,
+        client_ip=ip,
+        tls=where,
+        reason=reason,
+        kind=kind,
+        event=Event.TLS_FAILED,
+    )
 
 
 def proxy_refused(ip: str, reason: str) -> None:
     """A connection closed before the greeting: it came from an address not allowed to
     send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
-    _emit("smtpd", f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
-          level=logging.WARNING, client_ip=ip, reason=reason, event=Event.PROXY_REFUSED)
+    _emit(
+        "smtpd",
+        f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
+        level=logging.WARNING,
+        client_ip=ip,
+        reason=reason,
+        event=Event.PROXY_REFUSED,
+    )
 
 
 def non_smtp_command(ip: str, line: str) -> None:
     """An HTTP request or other non-SMTP line (the session is closed), as Postfix logs it."""
-    _emit("smtpd", f"warning: non-SMTP command from {_host(ip)}: {line}",
-          level=logging.WARNING, client_ip=ip, command=line, event=Event.NON_SMTP_COMMAND)
+    _emit(
+        "smtpd",
+        f"warning: non-SMTP command from {_host(ip)}: {line}",
+        level=logging.WARNING,
+        client_ip=ip,
+        command=line,
+        event=Event.NON_SMTP_COMMAND,
+    )
 
 
 def too_many_commands(ip: str, what: str, after: str) -> None:
     """The session was closed for junk or unknown commands (Postfix: "too many errors")."""
-    _emit("smtpd", f"too many {what} after {after} from {_host(ip)}", client_ip=ip,
-          after=after, kind=what, event=Event.TOO_MANY_COMMANDS)
+    _emit(
+        "smtpd",
+        f"too many {what} after {after} from {_host(ip)}",
+        client_ip=ip,
+        after=after,
+        kind=what,
+        event=Event.TOO_MANY_COMMANDS,
+    )
 
 
 def data_memory_exhausted(ip: str, limit: int, qid: str | None) -> None:
-    _emit("smtpd", f"{qid + ': ' if qid else ''}warning: message data memory limit of "
-          f"{limit} bytes reached: refusing message from {_host(ip)}", qid,
-          level=logging.WARNING, client_ip=ip, limit=limit, event=Event.DATA_MEMORY_LIMIT)
+    _emit(
+        "smtpd",
+        f"{qid + ': ' if qid else ''}warning: message data memory limit of "
+        f"{limit} bytes reached: refusing message from {_host(ip)}",
+        qid,
+        level=logging.WARNING,
+        client_ip=ip,
+        limit=limit,
+        event=Event.DATA_MEMORY_LIMIT,
+    )
 
 
 def timeout(ip: str, after: str) -> None:
-    _emit("smtpd", f"timeout after {after} from {_host(ip)}", client_ip=ip, after=after,
-          event=Event.TIMEOUT)
+    _emit(
+        "smtpd",
+        f"timeout after {after} from {_host(ip)}",
+        client_ip=ip,
+        after=after,
+        event=Event.TIMEOUT,
+    )
 
 
 def internal_error(ip: str, what: str, qid: str | None = None) -> None:
-    _emit("smtpd", f"{qid + ': ' if qid else ''}error: {what} (client {_host(ip)})", qid,
-          level=logging.ERROR, client_ip=ip, event=Event.INTERNAL_ERROR)
+    _emit(
+        "smtpd",
+        f"{qid + ': ' if qid else ''}error: {what} (client {_host(ip)})",
+        qid,
+        level=logging.ERROR,
+        client_ip=ip,
+        event=Event.INTERNAL_ERROR,
+    )
 
 
 def spool_error(qid: str, what: str) -> None:
-    _emit("cleanup", f"{qid}: warning: {what}", qid, level=logging.WARNING,
-          event=Event.SPOOL_ERROR)
+    _emit("cleanup", f"{qid}: warning: {what}", qid, level=logging.WARNING, event=Event.SPOOL_ERROR)
 
 
 def delivery(
@@ -243,9 +359,19 @@ def delivery(
         f"{qid}: to=<{recipient}>, relay={relay}, delay={_short(delay)}, delays={shown}, "
         f"dsn={reply.enhanced}, status={status} ({reply.code} {reply.enhanced} {reply.text})"
     )
-    _emit("smtp", text, qid, recipient=recipient, relay=relay, delay=delay,
-          dsn=reply.enhanced, code=reply.code, status=status, reason=reply.text,
-          event=Event.DELIVERY)
+    _emit(
+        "smtp",
+        text,
+        qid,
+        recipient=recipient,
+        relay=relay,
+        delay=delay,
+        dsn=reply.enhanced,
+        code=reply.code,
+        status=status,
+        reason=reply.text,
+        event=Event.DELIVERY,
+    )
 
 
 def bounced_unsent(qid: str, recipient: str, delay: float, reply: Reply) -> None:
@@ -256,9 +382,17 @@ def bounced_unsent(qid: str, recipient: str, delay: float, reply: Reply) -> None
 
 def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
     """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
-    _emit("smtp", f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
-          f"(longest {longest}) for delivery", qid, level=logging.WARNING, count=count,
-          longest=longest, limit=limit, event=Event.FOLDED)
+    _emit(
+        "smtp",
+        f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
+        f"(longest {longest}) for delivery",
+        qid,
+        level=logging.WARNING,
+        count=count,
+        longest=longest,
+        limit=limit,
+        event=Event.FOLDED,
+    )
 
 
 _NOTICE_WORDS = {
@@ -271,14 +405,26 @@ _NOTICE_WORDS = {
 
 def notice_sent(qid: str, kind: str, notice_qid: str) -> None:
     """``QID: sender non-delivery notification: NEWQID``, as Postfix's bounce daemon."""
-    _emit("bounce", f"{qid}: {_NOTICE_WORDS[kind]}: {notice_qid}", qid, kind=kind,
-          notice_qid=notice_qid, event=Event.NOTICE)
+    _emit(
+        "bounce",
+        f"{qid}: {_NOTICE_WORDS[kind]}: {notice_qid}",
+        qid,
+        kind=kind,
+        notice_qid=notice_qid,
+        event=Event.NOTICE,
+    )
 
 
 def notice_discarded(qid: str, recipient: str) -> None:
-    _emit("bounce", f"{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster "
-          "set, or it was the postmaster's)", qid, level=logging.WARNING, recipient=recipient,
-          event=Event.NOTICE_DISCARDED)
+    _emit(
+        "bounce",
+        f"{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster "
+        "set, or it was the postmaster's)",
+        qid,
+        level=logging.WARNING,
+        recipient=recipient,
+        event=Event.NOTICE_DISCARDED,
+    )
 
 
 def removed(qid: str) -> None:
@@ -287,16 +433,28 @@ def removed(qid: str) -> None:
 
 # Operator actions (HTTP queue operations), logged by "postsuper" as Postfix's are.
 
+
 def deleted(qid: str) -> None:
     """The operator deleted a message: its end, like ``removed`` (no notice is sent)."""
-    _emit("postsuper", f"{qid}: removed (deleted by operator)", qid,
-          reason="deleted by operator", event=Event.REMOVED)
+    _emit(
+        "postsuper",
+        f"{qid}: removed (deleted by operator)",
+        qid,
+        reason="deleted by operator",
+        event=Event.REMOVED,
+    )
 
 
 def canceled(qid: str, by: str, recipients: Sequence[str]) -> None:
     """The submitter withdrew the message's pending recipients (no notice is sent)."""
-    _emit("postsuper", f"{qid}: canceled by {by}", qid, by=by, recipients=list(recipients),
-          event=Event.CANCELED)
+    _emit(
+        "postsuper",
+        f"{qid}: canceled by {by}",
+        qid,
+        by=by,
+        recipients=list(recipients),
+        event=Event.CANCELED,
+    )
 
 
 def held(qid: str) -> None:
@@ -378,8 +536,9 @@ class JsonFormatter(_Base):
         if qid:
             obj["qid"] = qid
         fields = getattr(record, "fields", {})
-        obj.update({k: escape(v) if isinstance(v, str) else v
-                    for k, v in fields.items() if v is not None})
+        obj.update(
+            {k: escape(v) if isinstance(v, str) else v for k, v in fields.items() if v is not None}
+        )
         obj["message"] = escape(record.getMessage())
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
@@ -439,8 +598,8 @@ class _PeerNames(logging.Filter):
         args = record.args
         if isinstance(args, tuple):
             record.args = tuple(
-                _Name(_host(str(a[0]))) if isinstance(a, tuple) and len(a) >= 2 else a
-                for a in args)
+                _Name(_host(str(a[0]))) if isinstance(a, tuple) and len(a) >= 2 else a for a in args
+            )
         return True
 
 

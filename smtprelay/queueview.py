@@ -18,8 +18,12 @@ def due_time(envelope: Envelope) -> float:
 
 def is_scheduled(envelope: Envelope, now: float) -> bool:
     """Waiting for its ``send_at``: not attempted yet, not on hold, and the time ahead."""
-    return (envelope.state is QueueState.ACTIVE and not envelope.attempts
-            and envelope.send_at is not None and envelope.send_at > now)
+    return (
+        envelope.state is QueueState.ACTIVE
+        and not envelope.attempts
+        and envelope.send_at is not None
+        and envelope.send_at > now
+    )
 
 
 def spool_state(envelope: Envelope, now: float) -> str:

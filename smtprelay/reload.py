@@ -52,8 +52,9 @@ def reload(running: Running) -> bool:
             try:
                 read_tokens(Path(new.http.tokens_file))
             except OSError as e:
-                raise Refused(f"[http] tokens_file {new.http.tokens_file}: "
-                              f"{e.strerror or e}") from None
+                raise Refused(
+                    f"[http] tokens_file {new.http.tokens_file}: {e.strerror or e}"
+                ) from None
             except ValueError as e:
                 raise Refused(f"[http] tokens_file {new.http.tokens_file}: {e}") from None
     except Refused as e:
@@ -63,13 +64,19 @@ def reload(running: Running) -> bool:
     old = running.settings
     for name, before, after in (
         ("[server] listen", old.server.listen, new.server.listen),
-        ("[server] listen_implicit_tls", old.server.listen_implicit_tls,
-         new.server.listen_implicit_tls),
+        (
+            "[server] listen_implicit_tls",
+            old.server.listen_implicit_tls,
+            new.server.listen_implicit_tls,
+        ),
         ("[server] workers", old.server.workers, new.server.workers),
         ("[spool] dir", old.spool.dir, new.spool.dir),
         ("[delivery] concurrency", old.delivery.concurrency, new.delivery.concurrency),
-        ("[delivery] per_destination_concurrency", old.delivery.per_destination_concurrency,
-         new.delivery.per_destination_concurrency),
+        (
+            "[delivery] per_destination_concurrency",
+            old.delivery.per_destination_concurrency,
+            new.delivery.per_destination_concurrency,
+        ),
         ("[delivery] nameservers", old.delivery.nameservers, new.delivery.nameservers),
     ):
         if before != after:

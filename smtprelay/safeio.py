@@ -26,8 +26,7 @@ def write_file(dir_fd: int, name: str, data: bytes) -> None:
     The caller fsyncs the directory once after all renames that must be durable together.
     """
     tmp = name + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640,
-                 dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -70,8 +69,7 @@ def create_file(dir_fd: int, name: str, data: bytes) -> int:
 
 def _create_via_temp_name(dir_fd: int, name: str, data: bytes) -> int:
     tmp = name + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640,
-                 dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
     try:
         _write_all(fd, data)
         os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -45,8 +45,24 @@ from smtprelay.maillog import Event
 
 MAX_MESSAGES = 100_000
 # Seconds from arrival to delivery (or bounce): from a LAN hop to the 5-day lifetime.
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-                   3600.0, 4 * 3600.0, 86400.0, 5 * 86400.0)
+LATENCY_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4 * 3600.0,
+    86400.0,
+    5 * 86400.0,
+)
 DELIVERY_STATUSES = ("sent", "deferred", "bounced")
 QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
 
@@ -79,59 +95,83 @@ class Stats(logging.Handler):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter(
-            "smtprelay_messages_received", "Messages accepted from clients and spooled.",
-            registry=r)
+            "smtprelay_messages_received", "Messages accepted from clients and spooled.", registry=r
+        )
         self.notices = Counter(
-            "smtprelay_notices", "Delivery status notifications generated, by kind.",
-            ["kind"], registry=r)
+            "smtprelay_notices",
+            "Delivery status notifications generated, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "smtprelay_deliveries",
             "Per-recipient delivery results: sent, deferred (will retry) or bounced.",
-            ["status"], registry=r)
+            ["status"],
+            registry=r,
+        )
         self.latency = Histogram(
             "smtprelay_delivery_seconds",
             "Time from arrival to a recipient's final result (sent or bounced).",
-            ["status"], buckets=LATENCY_BUCKETS, registry=r)
+            ["status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.replies = Counter(
             "smtprelay_delivery_replies",
             "Per-recipient delivery results by reply class (2xx, 4xx, 5xx), whether the "
             "remote server answered or the relay composed the reply (e.g. unreachable).",
-            ["class"], registry=r)
+            ["class"],
+            registry=r,
+        )
         self.rejects = Counter(
             "smtprelay_smtpd_rejects",
             "Commands refused to SMTP clients, by command and reply class.",
-            ["command", "class"], registry=r)
+            ["command", "class"],
+            registry=r,
+        )
         self.auth_failures = Counter(
-            "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.", registry=r)
+            "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.", registry=r
+        )
         self.tls_failures = Counter(
             "smtprelay_smtpd_tls_failures",
             "TLS handshakes that failed or were abandoned, by kind (protocol_version, "
-            "no_shared_cipher, not_tls, timeout, closed, other).", ["kind"], registry=r)
+            "no_shared_cipher, not_tls, timeout, closed, other).",
+            ["kind"],
+            registry=r,
+        )
         self.connections = Counter(
-            "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r)
+            "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r
+        )
         self.operator = Counter(
-            "smtprelay_operator_actions", "Queue operations done by the operator.",
-            ["action"], registry=r)
+            "smtprelay_operator_actions",
+            "Queue operations done by the operator.",
+            ["action"],
+            registry=r,
+        )
         self.removed = Counter(
             "smtprelay_messages_removed",
-            "Messages whose life ended (delivered, bounced or deleted).", registry=r)
+            "Messages whose life ended (delivered, bounced or deleted).",
+            registry=r,
+        )
         # Set from a queue scan just before each export (see smtprelay.web.status).
         self.queue_messages = Gauge(
-            "smtprelay_queue_messages", "Messages in the queue by state.", ["state"],
-            registry=r)
+            "smtprelay_queue_messages", "Messages in the queue by state.", ["state"], registry=r
+        )
         self.queue_oldest = Gauge(
-            "smtprelay_queue_oldest_age_seconds", "Age of the oldest queued message.",
-            registry=r)
+            "smtprelay_queue_oldest_age_seconds", "Age of the oldest queued message.", registry=r
+        )
         self.open_connections = Gauge(
-            "smtprelay_smtpd_open_connections", "SMTP sessions open now.", registry=r)
+            "smtprelay_smtpd_open_connections", "SMTP sessions open now.", registry=r
+        )
         self.attempting = Gauge(
-            "smtprelay_delivery_in_progress", "Messages being attempted now.", registry=r)
+            "smtprelay_delivery_in_progress", "Messages being attempted now.", registry=r
+        )
         self.loop_lag = Gauge(
-            "smtprelay_event_loop_lag_seconds", "Latest measured event-loop delay.",
-            registry=r)
+            "smtprelay_event_loop_lag_seconds", "Latest measured event-loop delay.", registry=r
+        )
         self.started = Gauge(
-            "smtprelay_start_time_seconds", "When the daemon started (Unix time).",
-            registry=r)
+            "smtprelay_start_time_seconds", "When the daemon started (Unix time).", registry=r
+        )
         self.started.set(self.clock())
         # Every labelled series exists from the start, at 0: rate() needs a first sample.
         for status in DELIVERY_STATUSES:
@@ -220,8 +260,7 @@ class Stats(logging.Handler):
         elif event in (Event.HOLD, Event.RELEASE):
             self.operator.labels(str(event)).inc()
 
-    def _remember(self, qid: str, record: logging.LogRecord, fields: Mapping[str, Any]
-                  ) -> None:
+    def _remember(self, qid: str, record: logging.LogRecord, fields: Mapping[str, Any]) -> None:
         event: dict[str, Any] = {
             "time": record.created,
             "service": getattr(record, "service", None),
@@ -258,14 +297,12 @@ class Stats(logging.Handler):
         event, transactions that never became a queued message (no DATA, refused)."""
         horizon = now - self.retention
         limit = 2 * self.max_messages  # the queues of candidates stay bounded too
-        while self._finished and (self._finished[0][0] <= horizon
-                                  or len(self._finished) > limit):
+        while self._finished and (self._finished[0][0] <= horizon or len(self._finished) > limit):
             removed_at, qid = self._finished.popleft()
             entry = self._history.get(qid)
             if entry is not None and entry.removed_at == removed_at:
                 del self._history[qid]
-        while self._created and (self._created[0][0] <= horizon
-                                 or len(self._created) > limit):
+        while self._created and (self._created[0][0] <= horizon or len(self._created) > limit):
             first, qid = self._created.popleft()
             entry = self._history.get(qid)
             if entry is not None and entry.first == first and not entry.queued:
@@ -293,8 +330,11 @@ class Stats(logging.Handler):
         with self._mutex:
             self._purge(self.clock())
             qids = sorted(
-                (q for q, e in self._history.items()
-                 if e.queued and (before is None or q < before)),
+                (
+                    q
+                    for q, e in self._history.items()
+                    if e.queued and (before is None or q < before)
+                ),
                 reverse=True,
             )
             chosen: list[History] = []

@@ -28,7 +28,6 @@ _VERSIONS = {
 _AEAD_ONLY = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!aDSS"
 
 
-
 def certificate_paths(settings: Settings) -> tuple[Path, Path]:
     """The configured pair, or the self-signed pair kept under the spool directory."""
     if settings.tls.cert_file or settings.tls.key_file:

@@ -34,7 +34,7 @@ def parse_duration(value: object) -> float:
         match = _DURATION.fullmatch(value.strip())
         if match:
             return float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration (use e.g. \"30s\", \"5m\", \"4h\", \"5d\")")
+    raise ValueError(f'{value!r} is not a duration (use e.g. "30s", "5m", "4h", "5d")')
 
 
 def format_duration(seconds: float) -> str:
@@ -61,7 +61,7 @@ def parse_size(value: object) -> int:
         if match:
             factor = _SIZE_FACTORS[(match.group(2) or "b").lower()]
             return int(float(match.group(1)) * factor)
-    raise ValueError(f"{value!r} is not a size (use a byte count or e.g. \"25MB\", \"10MiB\")")
+    raise ValueError(f'{value!r} is not a size (use a byte count or e.g. "25MB", "10MiB")')
 
 
 class Endpoint(NamedTuple):
@@ -76,12 +76,12 @@ class Endpoint(NamedTuple):
 
 def parse_endpoint(value: object) -> Endpoint:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a \"host:port\" string")
+        raise ValueError(f'{value!r} is not a "host:port" string')
     text = value.strip()
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise ValueError(f"{value!r} is not \"[ipv6]:port\"")
+            raise ValueError(f'{value!r} is not "[ipv6]:port"')
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -89,7 +89,7 @@ def parse_endpoint(value: object) -> Endpoint:
     else:
         host, sep, port = text.rpartition(":")
         if not sep or not host or ":" in host:
-            raise ValueError(f"{value!r} is not \"host:port\" (IPv6 as \"[::1]:2525\")")
+            raise ValueError(f'{value!r} is not "host:port" (IPv6 as "[::1]:2525")')
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"port {port!r} in {value!r} is not a number from 1 to 65535")
     return Endpoint(host, int(port))

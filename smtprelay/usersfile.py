@@ -25,7 +25,6 @@ MIN_ROUNDS, MAX_ROUNDS = 4, 31  # what bcrypt accepts
 MAX_PASSWORD = 72  # bytes of a password that bcrypt uses
 
 
-
 def validate_name(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise UsersFileError(f"invalid user name {name!r}: no spaces, ':' or leading '#'")

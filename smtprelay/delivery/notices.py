@@ -72,8 +72,13 @@ class Notices:
         # A canceled recipient is never reported on: the submitter withdrew it.
         results = [r for r in results if r.recipient.state is not RecipientState.CANCELED]
         failed = [r for r in results if r.action == "failed"]
-        relayed = [r for r in results if r.action == "relayed" and not r.dsn_passed
-                   and notify_wants(r.recipient.params, "SUCCESS")]
+        relayed = [
+            r
+            for r in results
+            if r.action == "relayed"
+            and not r.dsn_passed
+            and notify_wants(r.recipient.params, "SUCCESS")
+        ]
         if failed and not envelope.sender:
             spooled += await self._report_to_postmaster(envelope, failed, data, now)
             failed = []
@@ -98,9 +103,11 @@ class Notices:
             return []
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
         wanted = [
-            Result(r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply,
-                   r.last_relay or "none")
-            for r in pending if notify_wants(r.params, "DELAY")
+            Result(
+                r, "delayed", _status(r.last_reply, "4.0.0"), r.last_reply, r.last_relay or "none"
+            )
+            for r in pending
+            if notify_wants(r.params, "DELAY")
         ]
         if pending:
             envelope.delay_warned = True  # once per message, even if nobody wanted it
@@ -115,12 +122,19 @@ class Notices:
             for result in failed:
                 maillog.notice_discarded(envelope.qid, result.recipient.address)
             return []
-        return await self._send(envelope, failed, data, now, POSTMASTER_NOTICE, [],
-                                to=self.settings.postmaster)
+        return await self._send(
+            envelope, failed, data, now, POSTMASTER_NOTICE, [], to=self.settings.postmaster
+        )
 
     async def _send(
-        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
-        kind: NoticeKind, copies: list[str], to: str | None = None,
+        self,
+        envelope: Envelope,
+        results: Sequence[Result],
+        data: bytes | None,
+        now: float,
+        kind: NoticeKind,
+        copies: list[str],
+        to: str | None = None,
     ) -> list[Spooled]:
         """Spool one notice (returned in a list: none when it could not be built).
 
@@ -137,8 +151,14 @@ class Notices:
             return []
 
     async def _spool_notice(
-        self, envelope: Envelope, results: Sequence[Result], data: bytes | None, now: float,
-        kind: NoticeKind, copies: list[str], to: str | None,
+        self,
+        envelope: Envelope,
+        results: Sequence[Result],
+        data: bytes | None,
+        now: float,
+        kind: NoticeKind,
+        copies: list[str],
+        to: str | None,
     ) -> Spooled:
         loop = asyncio.get_running_loop()
         if data is None:
@@ -151,8 +171,7 @@ class Notices:
             envelope_sender=recipient,
             reporting_mta=self.hostname,
             arrival=envelope.arrival,
-            recipients=[_dsn_recipient(r, now, envelope.arrival + self.lifetime)
-                        for r in results],
+            recipients=[_dsn_recipient(r, now, envelope.arrival + self.lifetime) for r in results],
             from_address=self.from_address,
             now=now,
             envid=envelope.mail_params.get("ENVID"),

@@ -37,7 +37,9 @@ class BatchReplies(asyncio.Protocol):
         return self
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
         if self._error is None:  # after a connection loss aiosmtplib has been told

@@ -114,8 +114,12 @@ class Ledger:
             self._entries[qid] = new
 
     def _code(self, envelope: Envelope) -> int:
-        if (envelope.state is QueueState.ACTIVE and not envelope.attempts
-                and envelope.send_at is not None and envelope.send_at > self.clock()):
+        if (
+            envelope.state is QueueState.ACTIVE
+            and not envelope.attempts
+            and envelope.send_at is not None
+            and envelope.send_at > self.clock()
+        ):
             return _SCHEDULED
         return _CODE[envelope.state]
 

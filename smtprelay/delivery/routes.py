@@ -52,11 +52,16 @@ class Router:
             credentials = None
             if smarthost.username:
                 credentials = Credentials(smarthost.username, read_secret(smarthost.password_file))
-            tls = {"starttls": TLSPolicy.VERIFY, "implicit": TLSPolicy.IMPLICIT,
-                   "none": TLSPolicy.NONE}[smarthost.tls]
+            tls = {
+                "starttls": TLSPolicy.VERIFY,
+                "implicit": TLSPolicy.IMPLICIT,
+                "none": TLSPolicy.NONE,
+            }[smarthost.tls]
             self.smarthost = Route(
-                "smarthost:" + ",".join(str(h) for h in smarthost.hosts), tls,
-                smarthost.hosts, credentials,
+                "smarthost:" + ",".join(str(h) for h in smarthost.hosts),
+                tls,
+                smarthost.hosts,
+                credentials,
             )
 
     def reloaded(self, settings: DeliverySettings) -> Router:

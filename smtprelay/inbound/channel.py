@@ -91,13 +91,17 @@ class LogForwarder(logging.Handler):
         if not isinstance(fields, Mapping):
             return
         try:
-            self.sender.send({"log": {
-                "created": record.created,
-                "service": getattr(record, "service", None),
-                "qid": getattr(record, "qid", None),
-                "msg": record.getMessage(),
-                "fields": fields,
-            }})
+            self.sender.send(
+                {
+                    "log": {
+                        "created": record.created,
+                        "service": getattr(record, "service", None),
+                        "qid": getattr(record, "qid", None),
+                        "msg": record.getMessage(),
+                        "fields": fields,
+                    }
+                }
+            )
         except Exception:
             self.handleError(record)
 

@@ -96,8 +96,7 @@ class Connection(_AiosmtpdSMTP):
         assert prelude is not None and self._peer is not None
         balancer = self._peer
         try:
-            self._peer = await proxyheader.client_address(
-                prelude, balancer, self.handshake_timeout)
+            self._peer = await proxyheader.client_address(prelude, balancer, self.handshake_timeout)
         except proxyheader.ProxyRefused as e:
             if prelude.received or not prelude.closed:
                 maillog.proxy_refused(self.ip, str(e))
@@ -136,8 +135,7 @@ class Connection(_AiosmtpdSMTP):
         self._upgrading = True
         return handshake.Handshake(raw, self, self._handshake_context, self.handshake_timeout)
 
-    async def _upgrade(self, started: handshake.Handshake, where: str
-                       ) -> asyncio.Transport | None:
+    async def _upgrade(self, started: handshake.Handshake, where: str) -> asyncio.Transport | None:
         """The TLS transport, or None when the handshake failed: then the failure is
         logged, the connection closed and its slot given back."""
         try:

@@ -53,8 +53,9 @@ class Intake:
     async def accept(self, txn: Transaction, client: Client, raw: bytes) -> Reply:
         body, bare = message.normalize(raw)
         if len(body) > self.max_message_size:
-            maillog.reject("END-OF-MESSAGE", client.ip, replies.SIZE_EXCEEDED,
-                           sender=txn.sender, qid=txn.qid)
+            maillog.reject(
+                "END-OF-MESSAGE", client.ip, replies.SIZE_EXCEEDED, sender=txn.sender, qid=txn.qid
+            )
             return replies.SIZE_EXCEEDED
         if bare:
             maillog.normalized_line_endings(txn.qid, client.ip, bare)
@@ -111,8 +112,6 @@ class Intake:
         if self.on_queued is not None:
             self.on_queued(envelope, data)
 
-    def _committed_late(
-        self, done: asyncio.Future[None], envelope: Envelope, data: bytes
-    ) -> None:
+    def _committed_late(self, done: asyncio.Future[None], envelope: Envelope, data: bytes) -> None:
         if not done.cancelled() and done.exception() is None:
             self._queued(envelope, data)

@@ -25,10 +25,14 @@ from smtprelay.errors import RelayError
 
 # OpenSSL reasons worth plain words in the log, with the metric's kind.
 _REASONS = {
-    "UNSUPPORTED_PROTOCOL": ("protocol_version", "client offers no TLS version at or above "
-                             "min_version {min_version}"),
-    "UNSUPPORTED_SSL_VERSION": ("protocol_version", "client offers no TLS version at or "
-                                "above min_version {min_version}"),
+    "UNSUPPORTED_PROTOCOL": (
+        "protocol_version",
+        "client offers no TLS version at or above min_version {min_version}",
+    ),
+    "UNSUPPORTED_SSL_VERSION": (
+        "protocol_version",
+        "client offers no TLS version at or above min_version {min_version}",
+    ),
     "WRONG_VERSION_NUMBER": ("not_tls", "not a TLS handshake (a plaintext client?)"),
     "HTTP_REQUEST": ("not_tls", "an HTTP request, not a TLS handshake"),
     "NO_SHARED_CIPHER": ("no_shared_cipher", "no cipher in common with the client"),
@@ -59,16 +63,25 @@ class Handshake:
     """A handshake under way on a connection whose protocol is now the TLS layer."""
 
     def __init__(
-        self, raw: asyncio.BaseTransport, app: asyncio.BaseProtocol,
-        context: ssl.SSLContext, time_limit: float,
+        self,
+        raw: asyncio.BaseTransport,
+        app: asyncio.BaseProtocol,
+        context: ssl.SSLContext,
+        time_limit: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._raw = raw
         self._time_limit = time_limit
         self._done: asyncio.Future[None] = loop.create_future()
-        self._tls = _ServerTLS(loop, app, context, self._done, server_side=True,
-                               call_connection_made=False,
-                               ssl_handshake_timeout=time_limit)  # type: ignore[arg-type]
+        self._tls = _ServerTLS(
+            loop,
+            app,
+            context,
+            self._done,
+            server_side=True,
+            call_connection_made=False,
+            ssl_handshake_timeout=time_limit,  # type: ignore[arg-type]
+        )
         raw.set_protocol(self._tls)
         self._tls.connection_made(raw)
 
@@ -94,8 +107,9 @@ class Handshake:
         except ConnectionAbortedError as e:
             self._raw.abort()  # type: ignore[attr-defined]
             if "longer than" in str(e):  # the TLS layer's handshake timeout
-                raise HandshakeFailed(f"no handshake within {self._time_limit:g}s",
-                                      "timeout") from None
+                raise HandshakeFailed(
+                    f"no handshake within {self._time_limit:g}s", "timeout"
+                ) from None
             raise HandshakeFailed("connection aborted", "closed") from None
         except ConnectionResetError:
             self._raw.abort()  # type: ignore[attr-defined]

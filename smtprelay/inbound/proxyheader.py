@@ -93,8 +93,9 @@ class Prelude:
         return bytes(self._buffer)
 
 
-async def client_address(prelude: Prelude, balancer: tuple[str, int],
-                         time_limit: float) -> tuple[str, int]:
+async def client_address(
+    prelude: Prelude, balancer: tuple[str, int], time_limit: float
+) -> tuple[str, int]:
     """The real client's address from the header (the balancer's own for a LOCAL
     header, which balancers send for their health checks), or ProxyRefused."""
     try:

@@ -83,8 +83,9 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
 
 def listen(endpoint: Endpoint) -> list[socket.socket]:
     """Listening sockets for ``endpoint`` (also the HTTP endpoint's), not serving yet."""
-    infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(
+        endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
@@ -104,7 +105,9 @@ def listen(endpoint: Endpoint) -> list[socket.socket]:
 
 
 def build_intake(
-    settings: Settings, spool: Spool, authenticator: Authenticator | None,
+    settings: Settings,
+    spool: Spool,
+    authenticator: Authenticator | None,
     on_queued: Callable[[Envelope, bytes], None] | None,
 ) -> Intake:
     return Intake(
@@ -132,8 +135,9 @@ class Refuse(asyncio.Protocol):
     implicit-TLS port after the handshake, so that the client can read the reply).
     ``client`` names the caller in the log where there is no peer address."""
 
-    def __init__(self, limit: int, tls: tuple[ssl.SSLContext, float] | None,
-                 client: str | None = None) -> None:
+    def __init__(
+        self, limit: int, tls: tuple[ssl.SSLContext, float] | None, client: str | None = None
+    ) -> None:
         self.limit = limit
         self.tls = tls
         self.client = client
@@ -184,7 +188,9 @@ class InboundServer:
             # Implicit TLS too is served as plain TCP: the session runs the handshake
             # itself, so that one that fails still gives its connection slot back.
             server = await loop.create_server(
-                functools.partial(self._protocol, implicit), sock=sock, backlog=1024,
+                functools.partial(self._protocol, implicit),
+                sock=sock,
+                backlog=1024,
             )
             self.servers.append(server)
             self._implicit.append(implicit)
@@ -219,9 +225,11 @@ class InboundServer:
         return [state.endpoint for state in self.states()]
 
     def states(self) -> list[ListenerState]:
-        return [ListenerState(Endpoint(*sock.getsockname()[:2]), implicit, server.is_serving())
-                for server, implicit in zip(self.servers, self._implicit, strict=True)
-                for sock in server.sockets]
+        return [
+            ListenerState(Endpoint(*sock.getsockname()[:2]), implicit, server.is_serving())
+            for server, implicit in zip(self.servers, self._implicit, strict=True)
+            for sock in server.sockets
+        ]
 
     @property
     def session_count(self) -> int:

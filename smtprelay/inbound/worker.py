@@ -81,12 +81,16 @@ def _die_with(parent: int) -> None:
 
 
 async def _serve(
-    settings: config.Settings, path: Path, count: int, channel: socket.socket,
+    settings: config.Settings,
+    path: Path,
+    count: int,
+    channel: socket.socket,
     listeners: list[tuple[socket.socket, bool]],
 ) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool"))
+        ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
+    )
     reader, writer = await asyncio.open_connection(sock=channel)
     sender = Sender(writer)
     forwarder = LogForwarder(sender)
@@ -95,8 +99,9 @@ async def _serve(
     try:
         tls_context = server_context(settings)
         intake = build_intake(settings, spool, users(settings), sender.queued)
-        inbound = InboundServer(settings, intake, tls_context, share=count,
-                                on_sessions=_SessionReport(sender))
+        inbound = InboundServer(
+            settings, intake, tls_context, share=count, on_sessions=_SessionReport(sender)
+        )
         await inbound.start(listeners)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

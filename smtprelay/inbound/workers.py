@@ -56,7 +56,10 @@ class WorkerPool:
     """Implements :class:`smtprelay.inbound.server.Listeners` with worker processes."""
 
     def __init__(
-        self, settings: Settings, path: Path, on_queued: Callable[[Envelope, bytes], None],
+        self,
+        settings: Settings,
+        path: Path,
+        on_queued: Callable[[Envelope, bytes], None],
         on_log: Callable[[logging.LogRecord], object] | None,
         on_lost: Callable[[], Awaitable[None]],
     ) -> None:
@@ -79,8 +82,9 @@ class WorkerPool:
         fails."""
         self._sockets = bind(self.settings) if sockets is None else sockets
         # Kept: /healthz names the listeners while the pool stops, its sockets closed.
-        self._endpoints = [(Endpoint(*s.getsockname()[:2]), implicit)
-                           for s, implicit in self._sockets]
+        self._endpoints = [
+            (Endpoint(*s.getsockname()[:2]), implicit) for s, implicit in self._sockets
+        ]
         try:
             for index in range(self.count):
                 await self._spawn(index)
@@ -90,7 +94,8 @@ class WorkerPool:
         except TimeoutError:
             await self._abort()
             raise WorkerStartError(
-                f"inbound workers not ready after {READY_TIMEOUT:.0f} s") from None
+                f"inbound workers not ready after {READY_TIMEOUT:.0f} s"
+            ) from None
         except BaseException:
             await self._abort()
             raise
@@ -102,14 +107,24 @@ class WorkerPool:
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair()
         fds = [theirs.fileno(), *(s.fileno() for s, _ in self._sockets)]
-        argv = [str(self.path.resolve()), str(index), str(self.count), str(os.getpid()),
-                str(theirs.fileno())]
+        argv = [
+            str(self.path.resolve()),
+            str(index),
+            str(self.count),
+            str(os.getpid()),
+            str(theirs.fileno()),
+        ]
         argv += [f"{s.fileno()}:{int(implicit)}" for s, implicit in self._sockets]
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "smtprelay.inbound.worker", *argv,
-                pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "smtprelay.inbound.worker",
+                *argv,
+                pass_fds=fds,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
             )
         except BaseException:
             ours.close()
@@ -132,8 +147,7 @@ class WorkerPool:
             while line := await reader.readline():
                 frame = channel.decode(line)
                 if "queued" in frame:
-                    envelope, data = channel.split_record(
-                        await reader.readexactly(frame["length"]))
+                    envelope, data = channel.split_record(await reader.readexactly(frame["length"]))
                     self.on_queued(envelope, data)
                 elif "log" in frame:
                     if self.on_log is not None:
@@ -165,8 +179,12 @@ class WorkerPool:
             await _finish(worker)
             if self._stopping:
                 return
-            log.error("inbound worker %d (pid %d) exited with %s; starting a new one",
-                      worker.index, worker.process.pid, _describe(code))
+            log.error(
+                "inbound worker %d (pid %d) exited with %s; starting a new one",
+                worker.index,
+                worker.process.pid,
+                _describe(code),
+            )
             try:
                 await self.on_lost()
             except Exception:  # the spool unreadable: the next start's recovery finds them
@@ -180,10 +198,16 @@ class WorkerPool:
         return [endpoint for endpoint, _ in self._endpoints]
 
     def states(self) -> list[ListenerState]:
-        serving = not self._stopping and bool(self._workers) and all(
-            w.ready.is_set() and w.process.returncode is None for w in self._workers.values())
-        return [ListenerState(endpoint, implicit, serving)
-                for endpoint, implicit in self._endpoints]
+        serving = (
+            not self._stopping
+            and bool(self._workers)
+            and all(
+                w.ready.is_set() and w.process.returncode is None for w in self._workers.values()
+            )
+        )
+        return [
+            ListenerState(endpoint, implicit, serving) for endpoint, implicit in self._endpoints
+        ]
 
     @property
     def session_count(self) -> int:
@@ -242,7 +266,8 @@ async def _ready_or_exit(worker: _Worker) -> None:
     if not worker.ready.is_set():
         raise WorkerStartError(
             f"inbound worker {worker.index} exited with "
-            f"{_describe(worker.process.returncode or 0)} before serving (see its log line)")
+            f"{_describe(worker.process.returncode or 0)} before serving (see its log line)"
+        )
 
 
 def _describe(code: int) -> str:

@@ -66,8 +66,11 @@ class Spool:
 
     def ids(self) -> list[str]:
         """Queue IDs of the messages in ``queue/`` now (any order)."""
-        return [name.removesuffix(SUFFIX) for name in os.listdir(self.queue_dir)
-                if name.endswith(SUFFIX)]
+        return [
+            name.removesuffix(SUFFIX)
+            for name in os.listdir(self.queue_dir)
+            if name.endswith(SUFFIX)
+        ]
 
     def commit(self, envelope: Envelope, data: bytes) -> None:
         """Make a new message durable. On return it survives a crash or power loss."""

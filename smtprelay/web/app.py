@@ -187,8 +187,8 @@ def _templates(settings: Settings) -> TemplateStore:
         store.load()
     except OSError as e:
         raise HttpStartError(
-            f"[spool] dir {settings.spool.dir}: cannot use its templates folder: "
-            f"{e.strerror or e}") from None
+            f"[spool] dir {settings.spool.dir}: cannot use its templates folder: {e.strerror or e}"
+        ) from None
     return store
 
 

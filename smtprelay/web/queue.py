@@ -80,13 +80,15 @@ async def list_queue(request: web.Request) -> web.Response:
     entries, following = await ctx.scheduler.listing(after, limit, state, domain)
     now = ctx.scheduler.clock()
     listed = [entry_json(entry, now) for entry in entries]
-    return web.json_response({
-        "messages": listed,
-        "total": ctx.scheduler.ledger.matching(state, domain),
-        "next": following,
-        # Queued messages not read yet since the start (neither listed nor counted).
-        "loading": ctx.scheduler.loading,
-    })
+    return web.json_response(
+        {
+            "messages": listed,
+            "total": ctx.scheduler.ledger.matching(state, domain),
+            "next": following,
+            # Queued messages not read yet since the start (neither listed nor counted).
+            "loading": ctx.scheduler.loading,
+        }
+    )
 
 
 async def _qids(request: web.Request, *, required: bool) -> list[str] | None:
