@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,14 +12,14 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+@contextlib.contextmanager
+def mounted_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``mountpoint`` (skips where that cannot be done)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a 2 MB tmpfs needs root (CI runs as root)")
-    mountpoint = tmp_path / "tiny"
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mountpoint.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
         capture_output=True,
         text=True,
     )
@@ -28,3 +29,10 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """2 MB: filled by a few messages (disk full)."""
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as mountpoint:
+        yield mountpoint

@@ -14,7 +14,6 @@ import email.policy
 import json
 import os
 import re
-import shutil
 import smtplib
 import socket
 import ssl
@@ -41,6 +40,7 @@ from tests.integration.delivery_support import (
     wait_removed,
     wait_status,
 )
+from tests.integration.diskfull_fixtures import mounted_tmpfs
 from tests.integration.http_support import TOKEN, Api, api_of, http_overrides, metric_samples
 from tests.integration.sinks import Sink
 from tests.polling import wait_until
@@ -146,21 +146,8 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs of our own: remounting it read-only is a real spool failure (the
     way ext4 reacts to I/O errors) that stops even root from writing, where a chmod
     would not (root ignores permissions)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mountpoint = tmp_path / "spoolfs"
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "spoolfs", "8m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def remount(mountpoint: Path, mode: str) -> None:
