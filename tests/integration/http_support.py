@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.polling import wait_until
 
 TOKEN = "test-token-5f1c9a0e7d"
 
@@ -67,6 +68,20 @@ def http_overrides(tokens_file: Path | str) -> dict[str, Any]:
 
 def api_of(relay: Daemon) -> Api:
     return Api(int(relay.sections["http"]["listen"].rsplit(":", 1)[1]))
+
+
+def wait_loaded(relay: Daemon, timeout: float = 20.0) -> Api:
+    """The API of a daemon whose start-up load of the spooled envelopes is over.
+
+    READY=1 comes before the envelopes are read (a large queue must not delay the
+    listeners), so a listing right after start may not hold every spooled message yet."""
+    api = api_of(relay)
+    wait_until(
+        lambda: api.ok("GET", "/status")["queue"]["loading"] == 0,
+        timeout,
+        lambda: f"the queue loaded\n{relay.log()}",
+    )
+    return api
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.integration.daemon import Daemon
 from tests.integration.delivery_support import MX1, MX2, make_message, submit, wait_removed
-from tests.integration.http_support import Api, metric_samples
+from tests.integration.http_support import Api, metric_samples, wait_loaded
 from tests.integration.sinks import Sink
 from tests.polling import wait_until
 
@@ -133,11 +133,7 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
     # After a restart the counts come from the envelopes the start-up load read.
     assert relay.stop() == 0
     relay.start()
-    wait_until(
-        lambda: api.ok("GET", "/status")["queue"]["loading"] == 0,
-        20,
-        lambda: f"the queue loaded\n{relay.log()}",
-    )
+    wait_loaded(relay)
     check_status(api, relay)
     assert api.ok("POST", "/queue/release", {"qids": [deferred[0]]})["results"] == {
         deferred[0]: "released"

@@ -14,7 +14,7 @@ from smtprelay.envelope import Client, Envelope, Recipient
 from smtprelay.spool import Spool
 from tests.integration.daemon import Daemon
 from tests.integration.delivery_support import MX1, MX2, SENDER, make_message, wait_removed
-from tests.integration.http_support import api_of, http_overrides, metric_samples
+from tests.integration.http_support import api_of, http_overrides, metric_samples, wait_loaded
 from tests.integration.sinks import Sink
 from tests.polling import wait_until
 
@@ -72,7 +72,7 @@ def test_scheduled_message_waits_survives_a_restart_and_is_sent_at_its_time(
         first.spool, "other@dest.test", send_at, "canceled", cancel_requested_by=BY
     )
     first.start()
-    api = api_of(first)
+    api = wait_loaded(first)
     listed = api.ok("GET", "/queue?state=scheduled")["messages"]
     assert sorted((m["qid"], m["state"], m["send_at"]) for m in listed) == sorted(
         [(qid, "scheduled", send_at), (canceled, "scheduled", send_at)]
