@@ -78,6 +78,7 @@ class Attempts:
                 self.s.schedule.known.discard(qid)
                 self.s.ledger.remove(qid)
                 return
+        await self.s.pacer.turn()  # what follows is CPU: logs, statistics, events
         if envelope.state is QueueState.HOLD:
             self.s.schedule.known.discard(qid)  # released by an operator action, not by time
             self.s.ledger.note(envelope)
@@ -117,6 +118,7 @@ class Attempts:
         if len(groups) == 1:  # the common case, one destination: no task of its own
             ((route, domain, rcpts),) = groups.values()
             outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
+            await self.s.pacer.turn()
             results += self._record(envelope, outcomes, activated)
             await self._conclude(envelope, data, results)
             return
@@ -130,6 +132,7 @@ class Attempts:
             remaining = len(tasks)
             for next_done in asyncio.as_completed(tasks):
                 outcomes = await next_done
+                await self.s.pacer.turn()
                 remaining -= 1
                 results += self._record(envelope, outcomes, activated)
                 if remaining:

@@ -14,7 +14,9 @@ Its parts, one job each:
 * ``delivery/operator.py`` :class:`Operator`: flush, hold, release, delete, bounce,
   listing; ``delivery/cancel.py``: cancel and reschedule;
 * ``delivery/queuecounts.py`` :class:`Ledger`: what is queued, by state and
-  destination, told after every spool write and removal, so status pages never scan.
+  destination, told after every spool write and removal, so status pages never scan;
+* ``delivery/pacing.py`` :class:`Pacer`: attempts' CPU work cut into time slices with
+  the loop's I/O between them, so a queue falling due at once never holds it for long.
 
 Here: a bounded active set (``active_limit`` messages being attempted at once), and the
 loop that starts attempts as they fall due. The loop starts at most ``START_BATCH``
@@ -41,6 +43,7 @@ from smtprelay.delivery.destinations import PARK_AFTER, Destinations
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
+from smtprelay.delivery.pacing import Pacer
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.schedule import Schedule
 from smtprelay.envelope import Envelope, QueueState
@@ -94,6 +97,7 @@ class Scheduler:
         self.active: dict[str, asyncio.Task[None]] = {}  # attempts under way
         self.in_flight: dict[str, InFlight] = {}
         self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
+        self.pacer = Pacer()  # attempts' CPU work in slices, with I/O between them
         self.attempts = Attempts(self)
         self.operator = Operator(self)
         # Messages found in the spool at start-up whose envelopes are not read yet
