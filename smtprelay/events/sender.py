@@ -7,6 +7,8 @@ failure reschedules that event on the retry schedule (with +-10 % jitter) and, w
 whole page failed, pauses the endpoint until the earliest retry, so a dead receiver
 costs one page of attempts per retry time, not one attempt per event of its backlog.
 ``429``/``503`` with ``Retry-After`` pause it until then; ``410 Gone`` disables it.
+A reload replaces ``endpoint`` (new secrets, patterns) and ``policy`` in place: the
+next request uses them, and nothing in flight or in the outbox is dropped.
 Redirects are not followed (a redirect could lead past the SSRF check).
 """
 
@@ -64,9 +66,10 @@ class Sender:
 
     async def run(self) -> None:
         resolver = None if self.endpoint.allow_private else GuardedResolver()
-        connector = aiohttp.TCPConnector(limit=self.policy.concurrency, resolver=resolver)
-        timeout = aiohttp.ClientTimeout(total=self.policy.timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # No connector limit: each page's semaphore bounds the requests in flight, and
+        # reads the policy anew, so a reload's concurrency and timeout apply at once.
+        connector = aiohttp.TCPConnector(limit=0, resolver=resolver)
+        async with aiohttp.ClientSession(connector=connector) as session:
             while not self.disabled:
                 now = self.clock()
                 if self.paused_until > now:
@@ -110,7 +113,11 @@ class Sender:
             sent = headers(self.endpoint.secrets, due.event_id, int(self.clock()), body)
             try:
                 async with session.post(
-                    self.endpoint.url, data=body, headers=sent, allow_redirects=False
+                    self.endpoint.url,
+                    data=body,
+                    headers=sent,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.policy.timeout),
                 ) as response:
                     await response.read()
                     status = response.status

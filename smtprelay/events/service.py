@@ -26,7 +26,7 @@ from smtprelay.events.outbox import Endpoint, Outbox
 from smtprelay.events.recorder import Recorder
 from smtprelay.events.sender import Policy, Sender
 from smtprelay.events.store import EventStore, Subscriber
-from smtprelay.events.webhooks import configured
+from smtprelay.events.webhooks import CONFIG_ID_PREFIX, configured
 
 log = logging.getLogger("smtprelay.events")
 
@@ -61,6 +61,8 @@ class EventService:
         self._subscribers: list[Subscriber] = []
         self._configured: list[Endpoint] = []
         self._group: asyncio.TaskGroup | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         try:
             now = clock()
             self._configured = [configured(w, now) for w in settings.webhooks]
@@ -155,7 +157,9 @@ class EventService:
                     )
                     await asyncio.sleep(SENDER_RESTART)
         finally:
-            self.senders.pop(sender.endpoint.id, None)
+            entry = self.senders.get(sender.endpoint.id)
+            if entry is not None and entry[0] is sender:  # not its successor (a reload)
+                del self.senders[sender.endpoint.id]
         if sender.disabled:  # 410 Gone: no more outbox rows for it
             await self._refresh()
 
@@ -169,6 +173,70 @@ class EventService:
 
     def _backlog(self) -> dict[str, int]:
         return dict(self._backlog_counts)
+
+    # --- reload (SIGHUP) -----------------------------------------------------------
+
+    def stage_reload(self, new: Settings) -> Callable[[], None]:
+        """Check the ``[events]`` and ``[[webhooks]]`` of a configuration being reloaded
+        (every secret file is read now: a missing or bad one refuses the whole file,
+        ValueError naming the key); returns what applies them."""
+        try:
+            endpoints = [configured(w, self.clock()) for w in new.webhooks]
+        except ValueError as e:
+            raise ValueError(f"[[webhooks]] secret_file: {e}") from None
+
+        def apply() -> None:
+            if new.events.dir != self.settings.events.dir:
+                log.warning("reload: [events] dir changes only on restart")
+            self.settings = new  # retention and the webhook policy: read where used
+            self._configured = endpoints
+            task = asyncio.get_running_loop().create_task(self._reconfigure(endpoints))
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+        return apply
+
+    async def _reconfigure(self, endpoints: list[Endpoint]) -> None:
+        """The config file's webhooks now: added ones start, removed ones stop (their
+        backlog goes with them), changed ones (events, secrets, allow_private) keep
+        their backlog and sender, which takes the change from its next request; the
+        retry schedule, timeout and concurrency apply to every sender the same way."""
+        async with self._reload_lock:
+            try:
+                keep = {e.id for e in endpoints}
+                # Removed ones get no more outbox rows from the commits queued meanwhile.
+                self._subscribers = [
+                    s
+                    for s in self._subscribers
+                    if s.id in keep or not s.id.startswith(CONFIG_ID_PREFIX)
+                ]
+                await self.db.run(self._outbox().sync_config, endpoints)
+                await self._refresh()
+                current = {e.id: e for e in await self.db.run(self._outbox().endpoints)}
+            except sqlite3.Error as e:
+                log.error("events: reload not applied to the webhooks: %s", e)
+                return
+            for webhook, (sender, task) in list(self.senders.items()):
+                endpoint = current.get(webhook)
+                if (
+                    endpoint is None
+                    or endpoint.disabled_at is not None
+                    # Its resolver (the SSRF guard or none) is made when it starts.
+                    or endpoint.allow_private != sender.endpoint.allow_private
+                ):
+                    self.senders.pop(webhook, None)
+                    task.cancel()
+                    continue
+                sender.endpoint = endpoint
+                sender.policy = self.policy
+                sender.wake.set()
+            for endpoint in current.values():
+                self._start_sender(endpoint)
+            log.info(
+                "events: %d webhook(s) from the config file now, %d sending",
+                len(endpoints),
+                len(self.senders),
+            )
 
     # --- the API's operations -------------------------------------------------------
 
