@@ -32,6 +32,7 @@ log = logging.getLogger("smtprelay.events")
 
 PRUNE_PERIOD = 600.0
 BACKLOG_PERIOD = 2.0
+BACKLOG_SHARE = 50
 SENDER_RESTART = 5.0
 
 
@@ -122,6 +123,7 @@ class EventService:
 
     async def _housekeeping(self) -> None:
         last_prune = 0.0
+        next_count = 0.0
         while True:
             now = self.clock()
             try:
@@ -132,7 +134,14 @@ class EventService:
                     gone = await self.db.run(self.store.prune, horizon)
                     if gone:
                         log.info("events: %d event(s) older than the retention pruned", gone)
-                self._backlog_counts = await self.db.run(self._outbox().backlog)
+                if now >= next_count:
+                    began = time.monotonic()
+                    self._backlog_counts = await self.db.run(self._outbox().backlog)
+                    # The count reads the whole outbox index (0.1-0.4 s for a million
+                    # rows): with a large backlog it runs less often, so it never takes
+                    # more than 1/BACKLOG_SHARE of the database thread from the commits.
+                    spent = time.monotonic() - began
+                    next_count = now + max(BACKLOG_PERIOD, BACKLOG_SHARE * spent)
             except sqlite3.Error as e:  # e.g. the disk is full: try again later
                 log.warning("events: housekeeping failed: %s", e)
             await asyncio.sleep(BACKLOG_PERIOD)
