@@ -259,6 +259,8 @@ class EventService:
         entry = self.senders.pop(webhook, None)
         if entry is not None:
             entry[1].cancel()
+        # No outbox rows for it from the commits queued meanwhile (none left behind).
+        self._subscribers = [s for s in self._subscribers if s.id != webhook]
         removed = await self.db.run(self._outbox().remove, webhook)
         await self._refresh()
         return removed
