@@ -164,6 +164,36 @@ def test_deferred_then_delivered_in_order_signed(
     assert "smtprelay_webhook_backlog" in metrics
 
 
+def test_sequence_counts_per_recipient(
+    dest: str,
+    make_sink: Callable[..., Sink],
+    relay: Callable[..., Daemon],
+    receiver: Receiver,
+) -> None:
+    """Two recipients: each counts on from message.received by itself."""
+    later, now = "later@dest.test", "now@dest.test"
+    sink = make_sink(MX1, name="mx1.dest.test")
+    sink.rcpt_reply(later, "450 4.2.1 Mailbox busy, try later", times=1)
+    daemon = relay()
+    qid = submit(daemon, [later, now], make_message("two"))
+    wait_removed(daemon, qid)
+    wait_until(lambda: len(of(receiver.events(), qid)) >= 4)
+    got = of(all_events(daemon), qid)
+    assert [(e["type"], e["data"]["sequence"]) for e in got if "recipient" not in e["data"]] == [
+        ("message.received", 1)
+    ]
+
+    def numbered(recipient: str) -> list[tuple[str, int]]:
+        return [
+            (e["type"], e["data"]["sequence"])
+            for e in got
+            if e["data"].get("recipient") == recipient
+        ]
+
+    assert numbered(later) == [("recipient.deferred", 2), ("recipient.delivered", 3)]
+    assert numbered(now) == [("recipient.delivered", 2)]
+
+
 def test_smtp_rejection_is_message_rejected(
     dest: str,
     make_sink: Callable[..., Sink],
