@@ -60,6 +60,8 @@ class Sender:
     policy: Policy
     metrics: EventMetrics
     clock: Callable[[], float] = time.time
+    # (webhook, outbox rows gone): delivered or given up, for the backlog gauge.
+    settled: Callable[[str, int], None] = lambda webhook, rows: None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused_until: float = 0.0
     disabled: bool = False
@@ -171,6 +173,7 @@ class Sender:
         await self.db.run(
             self.outbox.settle, self.endpoint.id, Settled(delivered, retry, given_up, errors)
         )
+        self.settled(self.endpoint.id, len(delivered) + len(given_up))
         if delivered:
             self.metrics.delivered.labels(self.endpoint.id).inc(len(delivered))
         if given_up:

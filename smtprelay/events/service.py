@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
+from smtprelay.events.backlog import Backlog
 from smtprelay.events.db import Database
 from smtprelay.events.metrics import EventMetrics
 from smtprelay.events.model import Fact, MessageInfo
@@ -31,8 +32,7 @@ from smtprelay.events.webhooks import CONFIG_ID_PREFIX, configured
 log = logging.getLogger("smtprelay.events")
 
 PRUNE_PERIOD = 600.0
-BACKLOG_PERIOD = 2.0
-BACKLOG_SHARE = 50
+HOUSEKEEPING_PERIOD = 2.0
 SENDER_RESTART = 5.0
 
 
@@ -54,8 +54,8 @@ class EventService:
         directory = settings.events.dir or str(Path(settings.spool.dir) / "events")
         self.db = Database(Path(directory) / "events.db")
         self.recorder = Recorder(clock)
-        self._backlog_counts: dict[str, int] = {}
-        self.metrics = EventMetrics(registry or CollectorRegistry(), self._backlog)
+        self.backlog = Backlog()
+        self.metrics = EventMetrics(registry or CollectorRegistry(), self.backlog.snapshot)
         self.store: EventStore | None = None
         self.outbox: Outbox | None = None
         self.senders: dict[str, tuple[Sender, asyncio.Task[None]]] = {}
@@ -113,7 +113,9 @@ class EventService:
     async def _commit(self, facts: list[Fact], notes: dict[str, MessageInfo]) -> None:
         store = self.store
         assert store is not None
-        written = await self.db.run(store.commit, facts, notes, self._subscribers, self.clock())
+        subscribers = self._subscribers
+        written = await self.db.run(store.commit, facts, notes, subscribers, self.clock())
+        self.backlog.written(subscribers, written.by_type)
         for kind, count in written.by_type.items():
             self.metrics.events.labels(kind).inc(count)
         for webhook in written.webhooks:
@@ -123,7 +125,6 @@ class EventService:
 
     async def _housekeeping(self) -> None:
         last_prune = 0.0
-        next_count = 0.0
         while True:
             now = self.clock()
             try:
@@ -134,22 +135,25 @@ class EventService:
                     gone = await self.db.run(self.store.prune, horizon)
                     if gone:
                         log.info("events: %d event(s) older than the retention pruned", gone)
-                if now >= next_count:
-                    began = time.monotonic()
-                    self._backlog_counts = await self.db.run(self._outbox().backlog)
-                    # The count reads the whole outbox index (0.1-0.4 s for a million
-                    # rows): with a large backlog it runs less often, so it never takes
-                    # more than 1/BACKLOG_SHARE of the database thread from the commits.
-                    spent = time.monotonic() - began
-                    next_count = now + max(BACKLOG_PERIOD, BACKLOG_SHARE * spent)
+                    # The one full count of the outbox (see events.backlog): at start
+                    # and after the prune, the only remover the counts do not follow.
+                    self.backlog.replace(await self.db.run(self._outbox().backlog))
             except sqlite3.Error as e:  # e.g. the disk is full: try again later
                 log.warning("events: housekeeping failed: %s", e)
-            await asyncio.sleep(BACKLOG_PERIOD)
+            await asyncio.sleep(HOUSEKEEPING_PERIOD)
 
     def _start_sender(self, endpoint: Endpoint) -> None:
         if endpoint.disabled_at is not None or endpoint.id in self.senders or self._group is None:
             return
-        sender = Sender(endpoint, self.db, self._outbox(), self.policy, self.metrics, self.clock)
+        sender = Sender(
+            endpoint,
+            self.db,
+            self._outbox(),
+            self.policy,
+            self.metrics,
+            self.clock,
+            settled=self.backlog.settled,
+        )
         task = self._group.create_task(self._sending(sender))
         self.senders[endpoint.id] = (sender, task)
 
@@ -170,6 +174,7 @@ class EventService:
             if entry is not None and entry[0] is sender:  # not its successor (a reload)
                 del self.senders[sender.endpoint.id]
         if sender.disabled:  # 410 Gone: no more outbox rows for it
+            self.backlog.forget([sender.endpoint.id])
             await self._refresh()
 
     async def _refresh(self) -> None:
@@ -179,9 +184,6 @@ class EventService:
     def _outbox(self) -> Outbox:
         assert self.outbox is not None
         return self.outbox
-
-    def _backlog(self) -> dict[str, int]:
-        return dict(self._backlog_counts)
 
     # --- reload (SIGHUP) -----------------------------------------------------------
 
@@ -222,6 +224,7 @@ class EventService:
                 await self.db.run(self._outbox().sync_config, endpoints)
                 await self._refresh()
                 current = {e.id: e for e in await self.db.run(self._outbox().endpoints)}
+                self.backlog.forget(w for w in self.backlog.snapshot() if w not in current)
             except sqlite3.Error as e:
                 log.error("events: reload not applied to the webhooks: %s", e)
                 return
@@ -262,6 +265,7 @@ class EventService:
         # No outbox rows for it from the commits queued meanwhile (none left behind).
         self._subscribers = [s for s in self._subscribers if s.id != webhook]
         removed = await self.db.run(self._outbox().remove, webhook)
+        self.backlog.forget([webhook])
         await self._refresh()
         return removed
 
