@@ -215,6 +215,7 @@ async def _serve(
     running = Running(path, settings, inbound, scheduler, tls_context)
     if http is not None:
         running.on_reload.append(http.reload)
+    running.staged.append(events.stage_reload)
     loop.add_signal_handler(signal.SIGHUP, _on_hup, running)
     listening = "smtp on " + ", ".join(str(e) for e in inbound.endpoints)
     if http is not None:

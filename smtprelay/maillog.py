@@ -214,6 +214,41 @@ def reject(
     )
 
 
+def http_reject(
+    ip: str,
+    token: str,
+    problem: Mapping[str, object],
+    *,
+    sender: str | None = None,
+    recipients: Sequence[str] = (),
+) -> None:
+    """An HTTP submission refused by the relay's policy (403 sender, 413 size, 422 a
+    recipient or limit), in the shape of :func:`reject` with ``HTTP`` as the command:
+    ``NOQUEUE: reject: HTTP from unknown[IP]: 403 DETAIL; from=<a@b> to=<c@d> proto=HTTP
+    api_token=NAME``. ``problem`` is the RFC 9457 body the client was answered."""
+    status = problem.get("status")
+    detail = str(problem.get("detail", ""))
+    text = f"NOQUEUE: reject: HTTP from {_host(ip)}: {status} {detail}; from=<{sender or ''}>"
+    for recipient in recipients:
+        text += f" to=<{recipient}>"
+    text += f" proto=HTTP api_token={token}"
+    _emit(
+        "http",
+        text,
+        client_ip=ip,
+        command="HTTP",
+        code=status,
+        dsn=None,
+        reason=detail,
+        sender=sender,
+        recipient=recipients[0] if len(recipients) == 1 else None,
+        recipients=list(recipients),
+        api_token=token,
+        problem=dict(problem),
+        event=Event.REJECT,
+    )
+
+
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
     """Postfix's line (smtpd_sasl_glue.c) to the letter, so that fail2ban's postfix filter
     (mode auth) matches too: the name the client tried, at most 100 characters, with

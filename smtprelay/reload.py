@@ -3,9 +3,11 @@
 Applied to new sessions and new delivery attempts, with nothing dropped: the TLS
 certificate and minimum version, relay policy (trusted networks, allow-lists,
 max_recipients), message size, timeout and connection limits, the users file location,
-routes and smarthosts (with their password file), bounce settings, logging, and the HTTP
-tokens file and history retention. Listen addresses (SMTP and HTTP), the spool directory
-and delivery concurrency need a restart; a change to them is logged. A configuration
+routes and smarthosts (with their password file), bounce settings, logging, the HTTP
+tokens file and history retention, and the events stage's ``[events]`` and
+``[[webhooks]]`` (:meth:`smtprelay.events.service.EventService.stage_reload`). Listen
+addresses (SMTP and HTTP), the spool directory, ``[events] dir`` and delivery
+concurrency need a restart; a change to them is logged. A configuration
 that does not load is refused with a log line and the running one stays, as
 ``nginx -s reload`` does. Inbound worker processes get a SIGHUP from the main process
 once it has accepted the file, and apply its inbound part themselves
@@ -40,6 +42,10 @@ class Running:
     tls_context: ssl.SSLContext
     # Called with the new settings once they are applied (e.g. the HTTP endpoint).
     on_reload: list[Callable[[Settings], None]] = field(default_factory=list)
+    # Called with the new settings before anything is applied: each checks its part
+    # (raising ValueError, which refuses the whole file, naming the key) and returns
+    # what applies it (e.g. the events stage: [events] and [[webhooks]]).
+    staged: list[Callable[[Settings], Callable[[], None]]] = field(default_factory=list)
 
 
 def reload(running: Running) -> bool:
@@ -57,6 +63,10 @@ def reload(running: Running) -> bool:
                 ) from None
             except ValueError as e:
                 raise Refused(f"[http] tokens_file {new.http.tokens_file}: {e}") from None
+        try:
+            appliers = [stage(new) for stage in running.staged]
+        except ValueError as e:
+            raise Refused(str(e)) from None
     except Refused as e:
         log.error("reload refused, the running configuration stays: %s", e)
         return False
@@ -86,6 +96,8 @@ def reload(running: Running) -> bool:
     maillog.setup(new.log.format, new.log.level)
     for apply in running.on_reload:
         apply(new)
+    for applier in appliers:
+        applier()
     running.settings = new
     log.info("configuration reloaded from %s", running.path)
     return True

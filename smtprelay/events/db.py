@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS messages (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
+-- Per-recipient sequence counters (events.sequence); recipient '' is the message's own.
+CREATE TABLE IF NOT EXISTS sequences (
+    qid TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (qid, recipient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sequences_ts ON sequences (ts);
 CREATE TABLE IF NOT EXISTS webhooks (
     id TEXT PRIMARY KEY,
     source TEXT NOT NULL,

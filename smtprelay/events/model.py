@@ -152,8 +152,24 @@ def translate(fact: Fact, info: MessageInfo | None) -> list[tuple[str, dict[str,
             if info.message_id:
                 data["message_id"] = info.message_id
         return [(kind, data)]
+    if fact.event == Event.REJECT and f.get("command") == "HTTP":
+        # An HTTP submission refused by policy (maillog.http_reject): the answer's status
+        # and RFC 9457 problem, and the token as the route.
+        data.update(
+            route="http",
+            token=f.get("api_token"),
+            command="HTTP",
+            http_status=f.get("code"),
+            problem=f.get("problem"),
+            client_ip=f.get("client_ip"),
+            sender=f.get("sender"),
+            recipients=list(f.get("recipients") or ()),
+        )
+        if f.get("recipient") is not None:
+            data["recipient"] = f.get("recipient")
+        return [(EventType.MESSAGE_REJECTED, data)]
     if fact.event == Event.REJECT:
-        data.setdefault("route", "smtp" if f.get("command") != "HTTP" else "http")
+        data.setdefault("route", "smtp")
         data.update(
             command=f.get("command"),
             reply=_reply(f),

@@ -37,7 +37,8 @@ EVENT: dict[str, Any] = {
         "data": {
             "type": "object",
             "description": "qid, recipient (where there is one), route, token or "
-            "smtp_user, tags, metadata, sequence, and the fields of the event type.",
+            "smtp_user, tags, metadata, sequence (per recipient: its events and its "
+            "message's in order; 0 without a qid), and the fields of the event type.",
         },
     },
 }

@@ -6,7 +6,10 @@ time (``[events] webhook_concurrency`` requests in flight at most, each bounded 
 failure reschedules that event on the retry schedule (with +-10 % jitter) and, when a
 whole page failed, pauses the endpoint until the earliest retry, so a dead receiver
 costs one page of attempts per retry time, not one attempt per event of its backlog.
-``429``/``503`` with ``Retry-After`` pause it until then; ``410 Gone`` disables it.
+``429``/``503`` with ``Retry-After`` pause it until then (the requests of the page not
+sent yet wait too, without counting an attempt); ``410 Gone`` disables it.
+A reload replaces ``endpoint`` (new secrets, patterns) and ``policy`` in place: the
+next request uses them, and nothing in flight or in the outbox is dropped.
 Redirects are not followed (a redirect could lead past the SSRF check).
 """
 
@@ -48,6 +51,7 @@ class _Result:
     gone: bool = False
     retry_after: float | None = None
     error: str = ""
+    held: bool = False  # not sent: a Retry-After earlier in its page said to wait
 
 
 @dataclass(slots=True)
@@ -58,15 +62,18 @@ class Sender:
     policy: Policy
     metrics: EventMetrics
     clock: Callable[[], float] = time.time
+    # (webhook, outbox rows gone): delivered or given up, for the backlog gauge.
+    settled: Callable[[str, int], None] = lambda webhook, rows: None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused_until: float = 0.0
     disabled: bool = False
 
     async def run(self) -> None:
         resolver = None if self.endpoint.allow_private else GuardedResolver()
-        connector = aiohttp.TCPConnector(limit=self.policy.concurrency, resolver=resolver)
-        timeout = aiohttp.ClientTimeout(total=self.policy.timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # No connector limit: each page's semaphore bounds the requests in flight, and
+        # reads the policy anew, so a reload's concurrency and timeout apply at once.
+        connector = aiohttp.TCPConnector(limit=0, resolver=resolver)
+        async with aiohttp.ClientSession(connector=connector) as session:
             while not self.disabled:
                 now = self.clock()
                 if self.paused_until > now:
@@ -107,10 +114,17 @@ class Sender:
         body = due.body.encode()
         result = _Result(due)
         async with limit:
+            if self.paused_until > self.clock():
+                result.held = True
+                return result
             sent = headers(self.endpoint.secrets, due.event_id, int(self.clock()), body)
             try:
                 async with session.post(
-                    self.endpoint.url, data=body, headers=sent, allow_redirects=False
+                    self.endpoint.url,
+                    data=body,
+                    headers=sent,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self.policy.timeout),
                 ) as response:
                     await response.read()
                     status = response.status
@@ -130,6 +144,8 @@ class Sender:
             if status in (429, 503) and retry_after is not None:
                 result.retry_after = _retry_after(retry_after, self.clock())
                 result.error += f" (Retry-After: {retry_after})"
+                # The rest of this page waits too (see held).
+                self.paused_until = max(self.paused_until, self.clock() + result.retry_after)
         return result
 
     async def _settle(self, results: Sequence[_Result]) -> None:
@@ -139,6 +155,9 @@ class Sender:
         for r in results:
             if r.ok:
                 delivered.append(r.due.seq)
+                continue
+            if r.held:  # not an attempt: due again when the pause ends
+                retry.append((r.due.seq, r.due.attempts, self.paused_until))
                 continue
             errors.append((now, r.due.event_id, r.error))
             attempts = r.due.attempts + 1
@@ -164,6 +183,7 @@ class Sender:
         await self.db.run(
             self.outbox.settle, self.endpoint.id, Settled(delivered, retry, given_up, errors)
         )
+        self.settled(self.endpoint.id, len(delivered) + len(given_up))
         if delivered:
             self.metrics.delivered.labels(self.endpoint.id).inc(len(delivered))
         if given_up:

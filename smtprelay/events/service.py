@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
+from smtprelay.events.backlog import Backlog
 from smtprelay.events.db import Database
 from smtprelay.events.metrics import EventMetrics
 from smtprelay.events.model import Fact, MessageInfo
@@ -26,12 +27,12 @@ from smtprelay.events.outbox import Endpoint, Outbox
 from smtprelay.events.recorder import Recorder
 from smtprelay.events.sender import Policy, Sender
 from smtprelay.events.store import EventStore, Subscriber
-from smtprelay.events.webhooks import configured
+from smtprelay.events.webhooks import CONFIG_ID_PREFIX, configured
 
 log = logging.getLogger("smtprelay.events")
 
 PRUNE_PERIOD = 600.0
-BACKLOG_PERIOD = 2.0
+HOUSEKEEPING_PERIOD = 2.0
 SENDER_RESTART = 5.0
 
 
@@ -53,14 +54,16 @@ class EventService:
         directory = settings.events.dir or str(Path(settings.spool.dir) / "events")
         self.db = Database(Path(directory) / "events.db")
         self.recorder = Recorder(clock)
-        self._backlog_counts: dict[str, int] = {}
-        self.metrics = EventMetrics(registry or CollectorRegistry(), self._backlog)
+        self.backlog = Backlog()
+        self.metrics = EventMetrics(registry or CollectorRegistry(), self.backlog.snapshot)
         self.store: EventStore | None = None
         self.outbox: Outbox | None = None
         self.senders: dict[str, tuple[Sender, asyncio.Task[None]]] = {}
         self._subscribers: list[Subscriber] = []
         self._configured: list[Endpoint] = []
         self._group: asyncio.TaskGroup | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         try:
             now = clock()
             self._configured = [configured(w, now) for w in settings.webhooks]
@@ -110,7 +113,9 @@ class EventService:
     async def _commit(self, facts: list[Fact], notes: dict[str, MessageInfo]) -> None:
         store = self.store
         assert store is not None
-        written = await self.db.run(store.commit, facts, notes, self._subscribers, self.clock())
+        subscribers = self._subscribers
+        written = await self.db.run(store.commit, facts, notes, subscribers, self.clock())
+        self.backlog.written(subscribers, written.by_type)
         for kind, count in written.by_type.items():
             self.metrics.events.labels(kind).inc(count)
         for webhook in written.webhooks:
@@ -130,15 +135,25 @@ class EventService:
                     gone = await self.db.run(self.store.prune, horizon)
                     if gone:
                         log.info("events: %d event(s) older than the retention pruned", gone)
-                self._backlog_counts = await self.db.run(self._outbox().backlog)
+                    # The one full count of the outbox (see events.backlog): at start
+                    # and after the prune, the only remover the counts do not follow.
+                    self.backlog.replace(await self.db.run(self._outbox().backlog))
             except sqlite3.Error as e:  # e.g. the disk is full: try again later
                 log.warning("events: housekeeping failed: %s", e)
-            await asyncio.sleep(BACKLOG_PERIOD)
+            await asyncio.sleep(HOUSEKEEPING_PERIOD)
 
     def _start_sender(self, endpoint: Endpoint) -> None:
         if endpoint.disabled_at is not None or endpoint.id in self.senders or self._group is None:
             return
-        sender = Sender(endpoint, self.db, self._outbox(), self.policy, self.metrics, self.clock)
+        sender = Sender(
+            endpoint,
+            self.db,
+            self._outbox(),
+            self.policy,
+            self.metrics,
+            self.clock,
+            settled=self.backlog.settled,
+        )
         task = self._group.create_task(self._sending(sender))
         self.senders[endpoint.id] = (sender, task)
 
@@ -155,8 +170,11 @@ class EventService:
                     )
                     await asyncio.sleep(SENDER_RESTART)
         finally:
-            self.senders.pop(sender.endpoint.id, None)
+            entry = self.senders.get(sender.endpoint.id)
+            if entry is not None and entry[0] is sender:  # not its successor (a reload)
+                del self.senders[sender.endpoint.id]
         if sender.disabled:  # 410 Gone: no more outbox rows for it
+            self.backlog.forget([sender.endpoint.id])
             await self._refresh()
 
     async def _refresh(self) -> None:
@@ -167,8 +185,70 @@ class EventService:
         assert self.outbox is not None
         return self.outbox
 
-    def _backlog(self) -> dict[str, int]:
-        return dict(self._backlog_counts)
+    # --- reload (SIGHUP) -----------------------------------------------------------
+
+    def stage_reload(self, new: Settings) -> Callable[[], None]:
+        """Check the ``[events]`` and ``[[webhooks]]`` of a configuration being reloaded
+        (every secret file is read now: a missing or bad one refuses the whole file,
+        ValueError naming the key); returns what applies them."""
+        try:
+            endpoints = [configured(w, self.clock()) for w in new.webhooks]
+        except ValueError as e:
+            raise ValueError(f"[[webhooks]] secret_file: {e}") from None
+
+        def apply() -> None:
+            if new.events.dir != self.settings.events.dir:
+                log.warning("reload: [events] dir changes only on restart")
+            self.settings = new  # retention and the webhook policy: read where used
+            self._configured = endpoints
+            task = asyncio.get_running_loop().create_task(self._reconfigure(endpoints))
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+        return apply
+
+    async def _reconfigure(self, endpoints: list[Endpoint]) -> None:
+        """The config file's webhooks now: added ones start, removed ones stop (their
+        backlog goes with them), changed ones (events, secrets, allow_private) keep
+        their backlog and sender, which takes the change from its next request; the
+        retry schedule, timeout and concurrency apply to every sender the same way."""
+        async with self._reload_lock:
+            try:
+                keep = {e.id for e in endpoints}
+                # Removed ones get no more outbox rows from the commits queued meanwhile.
+                self._subscribers = [
+                    s
+                    for s in self._subscribers
+                    if s.id in keep or not s.id.startswith(CONFIG_ID_PREFIX)
+                ]
+                await self.db.run(self._outbox().sync_config, endpoints)
+                await self._refresh()
+                current = {e.id: e for e in await self.db.run(self._outbox().endpoints)}
+                self.backlog.forget(w for w in self.backlog.snapshot() if w not in current)
+            except sqlite3.Error as e:
+                log.error("events: reload not applied to the webhooks: %s", e)
+                return
+            for webhook, (sender, task) in list(self.senders.items()):
+                endpoint = current.get(webhook)
+                if (
+                    endpoint is None
+                    or endpoint.disabled_at is not None
+                    # Its resolver (the SSRF guard or none) is made when it starts.
+                    or endpoint.allow_private != sender.endpoint.allow_private
+                ):
+                    self.senders.pop(webhook, None)
+                    task.cancel()
+                    continue
+                sender.endpoint = endpoint
+                sender.policy = self.policy
+                sender.wake.set()
+            for endpoint in current.values():
+                self._start_sender(endpoint)
+            log.info(
+                "events: %d webhook(s) from the config file now, %d sending",
+                len(endpoints),
+                len(self.senders),
+            )
 
     # --- the API's operations -------------------------------------------------------
 
@@ -182,7 +262,10 @@ class EventService:
         entry = self.senders.pop(webhook, None)
         if entry is not None:
             entry[1].cancel()
+        # No outbox rows for it from the commits queued meanwhile (none left behind).
+        self._subscribers = [s for s in self._subscribers if s.id != webhook]
         removed = await self.db.run(self._outbox().remove, webhook)
+        self.backlog.forget([webhook])
         await self._refresh()
         return removed
 

@@ -16,6 +16,7 @@ from typing import Any
 from smtprelay.envelope import Envelope
 from smtprelay.events.db import Transaction
 from smtprelay.events.model import Fact, MessageInfo, NewEvent, new_id, translate
+from smtprelay.events.sequence import NO_MESSAGE, Sequences
 from smtprelay.events.types import TYPES, matches
 from smtprelay.maillog import Event
 
@@ -50,6 +51,7 @@ class EventStore:
         # ValueError when it is gone.
         self.load = load
         self._infos: OrderedDict[str, MessageInfo] = OrderedDict()
+        self.sequences = Sequences()
 
     # --- writing --------------------------------------------------------------------
 
@@ -62,6 +64,19 @@ class EventStore:
     ) -> Written:
         """One transaction: the messages' infos, the events ``facts`` are, and an
         outbox row per event for each webhook that subscribes to its type."""
+        try:
+            return self._commit(facts, notes, subscribers, now)
+        except BaseException:
+            self.sequences.forget()  # rolled back: numbers cached but never written
+            raise
+
+    def _commit(
+        self,
+        facts: Sequence[Fact],
+        notes: Mapping[str, MessageInfo],
+        subscribers: Sequence[Subscriber],
+        now: float,
+    ) -> Written:
         by_type: Counter[str] = Counter()
         touched: set[str] = set()
         with Transaction(self.conn) as c:
@@ -74,8 +89,11 @@ class EventStore:
                 if fact.event == Event.NOTICE:
                     self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
                 for kind, data in translate(fact, info):
-                    if fact.qid:
-                        data["sequence"] = self._next_sequence(c, fact.qid, now)
+                    data["sequence"] = (
+                        self.sequences.next(c, fact.qid, data.get("recipient"), now)
+                        if fact.qid
+                        else NO_MESSAGE
+                    )
                     event = NewEvent(new_id(), kind, fact.time, fact.qid, data)
                     cur = c.execute(
                         "INSERT INTO events (id, type, qid, ts, body) VALUES (?, ?, ?, ?, ?)",
@@ -138,19 +156,6 @@ class EventStore:
         info.notice = True
         self._keep(c, qid, info, now)
 
-    def _next_sequence(self, c: sqlite3.Connection, qid: str, now: float) -> int:
-        row = c.execute(
-            "UPDATE messages SET last_seq = last_seq + 1 WHERE qid = ? RETURNING last_seq", (qid,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-        # A message whose arrival was never noted (queued before the event store was):
-        # a row without info, so its sequence still counts on.
-        c.execute(
-            "INSERT INTO messages (qid, info, last_seq, ts) VALUES (?, '{}', 1, ?)", (qid, now)
-        )
-        return 1
-
     # --- reading --------------------------------------------------------------------
 
     def page(
@@ -209,5 +214,6 @@ class EventStore:
                 )
                 gone = c.execute("DELETE FROM events WHERE ts < ?", (horizon,)).rowcount
             c.execute("DELETE FROM messages WHERE ts < ?", (horizon,))
+            c.execute("DELETE FROM sequences WHERE ts < ?", (horizon,))
             c.execute("DELETE FROM webhook_errors WHERE ts < ?", (horizon,))
         return gone

@@ -32,6 +32,8 @@ from smtprelay.errors import RelayError
 from smtprelay.events.outbox import Endpoint
 
 SECRET_PREFIX = "whsec_"
+# The ids of [[webhooks]] entries (API-made ones are "wh_" and random).
+CONFIG_ID_PREFIX = "wh_cfg_"
 
 
 class UnsafeUrl(RelayError):
@@ -76,7 +78,7 @@ def configured(settings: WebhookSettings, now: float) -> Endpoint:
     secret file do."""
     digest = hashlib.sha256(f"{settings.url}\n{settings.secret_file}".encode()).hexdigest()
     return Endpoint(
-        id="wh_cfg_" + digest[:16],
+        id=CONFIG_ID_PREFIX + digest[:16],
         source="config",
         url=settings.url,
         events=settings.events,

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from smtprelay import maillog
 from smtprelay.web import intake
 from smtprelay.web.context import context, require
 from smtprelay.web.idempotency import MAX_KEY, Conflict, IdempotencyStore, Record
@@ -31,9 +32,18 @@ STORE = web.AppKey("idempotency", IdempotencyStore)
 JSON = "application/json"
 
 
-async def _read(request: web.Request, limit: int) -> bytes:
+async def _read(request: web.Request, limit: int, origin: intake.Origin) -> bytes:
     """The body, refused with 413 past ``limit`` (the app's small default limit is for
-    the other paths)."""
+    the other paths); the refusal is logged as a rejection (a ``message.rejected``
+    event), as a message over ``max_message_size`` is."""
+    try:
+        return await _read_within(request, limit)
+    except ApiProblem as p:
+        maillog.http_reject(origin.ip, origin.token.name, p.body())
+        raise
+
+
+async def _read_within(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large(f"the body is {request.content_length} bytes, more than {limit}")
     data = bytearray()
@@ -69,7 +79,7 @@ async def idempotent(
         raise unsupported_media(given, " or ".join(media))
     key = _key(request, origin)
     if key is None:
-        body = await _read(request, limit)
+        body = await _read(request, limit, origin)
         status, answer = await handle(request, body, origin, None)
         return _respond(status, answer)
     store = request.app[STORE]
@@ -80,7 +90,7 @@ async def idempotent(
             "a request with this Idempotency-Key is still in flight", "idempotency-in-flight"
         ) from None
     try:
-        body = await _read(request, limit)
+        body = await _read(request, limit, origin)
     except BaseException:
         if record is None:
             store.abandon(key)

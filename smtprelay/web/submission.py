@@ -18,10 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
+from smtprelay import maillog
 from smtprelay.web import compose, intake
 from smtprelay.web.context import Context, context
 from smtprelay.web.idempotency import IdempotencyStore, Record
 from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
+from smtprelay.web.messagemodel import MessageIn
 from smtprelay.web.problem import (
     ApiProblem,
     FieldError,
@@ -153,6 +155,33 @@ def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
     return queued
 
 
+def _prepare(
+    model: MessageIn,
+    ctx: Context,
+    origin: intake.Origin,
+    render: intake.Renderer,
+    prefix: tuple[str | int, ...],
+    key: str | None,
+) -> intake.Prepared:
+    """:func:`intake.prepare`; a message it refuses (the relay's policy applied to a
+    well-formed message: 403 sender, 413 size, 422 recipients or limits, 404 template)
+    is logged as a rejection, as SMTP's are, and so becomes a ``message.rejected``
+    event. A request that is not a well-formed message (not JSON, invalid fields) is
+    answered but not logged: a client's bug, with no envelope to report."""
+    try:
+        return intake.prepare(model, ctx.settings, origin, render, prefix, key)
+    except ApiProblem as p:
+        if p.status < 500:
+            sender = model.envelope.mail_from if model.envelope is not None else None
+            if sender is None and model.from_ is not None:
+                sender = model.from_.email
+            recipients = [box.email for _, box in model.recipients]
+            maillog.http_reject(
+                origin.ip, origin.token.name, p.body(), sender=sender, recipients=recipients
+            )
+        raise
+
+
 async def submit(request: web.Request) -> web.Response:
     ctx = context(request)
     return await idempotent(request, _limit(ctx), (JSON, RFC822), _one)
@@ -175,7 +204,7 @@ async def _one(
         doc = _parse_json(body)
     model = intake.validate(doc)
     key = keyed[0] if keyed else None
-    prepared = intake.prepare(model, ctx.settings, origin, _render(ctx), (), key)
+    prepared = _prepare(model, ctx, origin, _render(ctx), (), key)
     answer = prepared.answer()
     await _queue(request, [prepared], origin, keyed, 202, answer)
     return 202, answer
@@ -218,7 +247,7 @@ async def _batch(
         try:
             merged = {**defaults, **message} if isinstance(message, dict) else message
             model = intake.validate(merged, prefix)
-            results.append(intake.prepare(model, ctx.settings, origin, render, prefix, key))
+            results.append(_prepare(model, ctx, origin, render, prefix, key))
         except ApiProblem as p:
             if mode == "strict":
                 raise

@@ -164,6 +164,36 @@ def test_deferred_then_delivered_in_order_signed(
     assert "smtprelay_webhook_backlog" in metrics
 
 
+def test_sequence_counts_per_recipient(
+    dest: str,
+    make_sink: Callable[..., Sink],
+    relay: Callable[..., Daemon],
+    receiver: Receiver,
+) -> None:
+    """Two recipients: each counts on from message.received by itself."""
+    later, now = "later@dest.test", "now@dest.test"
+    sink = make_sink(MX1, name="mx1.dest.test")
+    sink.rcpt_reply(later, "450 4.2.1 Mailbox busy, try later", times=1)
+    daemon = relay()
+    qid = submit(daemon, [later, now], make_message("two"))
+    wait_removed(daemon, qid)
+    wait_until(lambda: len(of(receiver.events(), qid)) >= 4)
+    got = of(all_events(daemon), qid)
+    assert [(e["type"], e["data"]["sequence"]) for e in got if "recipient" not in e["data"]] == [
+        ("message.received", 1)
+    ]
+
+    def numbered(recipient: str) -> list[tuple[str, int]]:
+        return [
+            (e["type"], e["data"]["sequence"])
+            for e in got
+            if e["data"].get("recipient") == recipient
+        ]
+
+    assert numbered(later) == [("recipient.deferred", 2), ("recipient.delivered", 3)]
+    assert numbered(now) == [("recipient.delivered", 2)]
+
+
 def test_smtp_rejection_is_message_rejected(
     dest: str,
     make_sink: Callable[..., Sink],
@@ -301,3 +331,55 @@ def test_events_from_inbound_worker_processes(
     assert got[0]["data"]["recipients"] == ["w@dest.test"]
     assert got[0]["data"]["route"] == "smtp"
     assert [e["data"]["sequence"] for e in got] == [1, 2]
+
+
+def test_http_policy_refusals_are_message_rejected(
+    relay: Callable[..., Daemon], receiver: Receiver
+) -> None:
+    """403 (sender), 422 (recipient refused by policy) and 413 (too large) over HTTP
+    become message.rejected with the status, the problem and the token; a malformed
+    request does not."""
+    daemon = relay(
+        relay={"allowed_sender_domains": ["ok.test"], "allowed_recipient_domains": ["dest.test"]},
+        server={"max_message_size": 20_000},
+    )
+    text = {"subject": "s", "text": "hello"}
+    status, _ = api(
+        daemon, "POST", "/v1/messages", {"from": "app@bad.test", "to": ["r@dest.test"], **text}
+    )
+    assert status == 403
+    status, _ = api(
+        daemon,
+        "POST",
+        "/v1/messages",
+        {"from": "app@ok.test", "to": ["eve@elsewhere.test"], **text},
+    )
+    assert status == 422
+    big = {"from": "app@ok.test", "to": ["r@dest.test"], "subject": "s", "text": "x" * 25_000}
+    status, _ = api(daemon, "POST", "/v1/messages", big)
+    assert status == 413
+    status, _ = api(daemon, "POST", "/v1/messages", {"from": "app@ok.test", "bogus": 1})
+    assert status == 422  # invalid fields: not a message, no event
+
+    def rejected() -> list[dict[str, Any]]:
+        return [e for e in receiver.events() if e["type"] == "message.rejected"]
+
+    wait_until(lambda: len(rejected()) >= 3)
+    got = sorted(rejected(), key=lambda e: e["data"]["http_status"])
+    assert [e["data"]["http_status"] for e in got] == [403, 413, 422]
+    for event in got:
+        data = event["data"]
+        # The token's name: a bare line of the tokens file is named by its line number.
+        assert data["route"] == "http" and data["token"] == "line-1"
+        assert data["command"] == "HTTP"
+        assert data["qid"] is None and data["sequence"] == 0
+        assert data["problem"]["status"] == data["http_status"]
+        assert data["sender"] == ("app@bad.test" if data["http_status"] == 403 else "app@ok.test")
+    assert "bad.test" in got[0]["data"]["problem"]["detail"]
+    assert got[2]["data"]["recipients"] == ["eve@elsewhere.test"]
+    assert got[2]["data"]["problem"]["errors"][0]["pointer"] == "/to/0"
+    # The event API has the same three, and the mail log has the lines.
+    stored = all_events(daemon, type="message.rejected")
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in got)
+    assert daemon.log().count("NOQUEUE: reject: HTTP from") == 3
+    assert receiver.bad_signatures == []

@@ -190,6 +190,24 @@ def test_reject_variants(capture: Callable[..., io.StringIO]) -> None:
     ]
 
 
+def test_http_reject_shape_and_fields(capture: Callable[..., io.StringIO]) -> None:
+    """An HTTP submission refused by policy: the reject shape with HTTP as the command,
+    and the problem answered in the JSON fields (for the message.rejected event)."""
+    text = capture(maillog.TextFormatter(under_journald=True))
+    as_json = capture(maillog.JsonFormatter())
+    problem = {"status": 403, "title": "Forbidden", "detail": "token app may not send from x.test"}
+    maillog.http_reject("192.0.2.9", "app", problem, sender="a@x.test", recipients=["r@y.test"])
+    assert _lines(text) == [
+        f"smtprelay/http[{PID}]: NOQUEUE: reject: HTTP from unknown[192.0.2.9]: 403 token app "
+        "may not send from x.test; from=<a@x.test> to=<r@y.test> proto=HTTP api_token=app"
+    ]
+    [line] = _lines(as_json)
+    fields = json.loads(line)
+    assert fields["event"] == "reject" and fields["command"] == "HTTP" and fields["code"] == 403
+    assert fields["problem"] == problem and fields["api_token"] == "app"
+    assert fields["recipients"] == ["r@y.test"]
+
+
 # --- JSON -----------------------------------------------------------------------------
 
 
