@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from smtprelay.spool import Spool
 from smtprelay.web import compose, intake
 from smtprelay.web.context import Context, context
 from smtprelay.web.idempotency import IdempotencyStore, Record
@@ -43,11 +44,14 @@ MAX_DEPTH = 32
 
 def install(app: web.Application, ctx: Context) -> None:
     """Routes and the idempotency store (read back at start-up) of the submission API."""
-    store = IdempotencyStore(ctx.scheduler.spool.root)
+    spool = ctx.scheduler.spool
+    store = IdempotencyStore(spool.root)
     app[STORE] = store
 
     async def opened(_: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, store.open)
+        # At start-up, before delivery starts: a crash mid-commit is settled first.
+        queued = _SpooledKeys(spool)
+        await asyncio.get_running_loop().run_in_executor(None, store.open, queued)
 
     async def closed(_: web.Application) -> None:
         store.close()
@@ -56,6 +60,22 @@ def install(app: web.Application, ctx: Context) -> None:
     app.on_cleanup.append(closed)
     app.router.add_post("/v1/messages", submit)
     app.router.add_post("/v1/messages/batch", submit_batch)
+
+
+class _SpooledKeys:
+    """The spool as the idempotency store's start-up check sees it."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def key_of(self, qid: str) -> str | None:
+        try:
+            return self.spool.load(qid).submission.idempotency_key
+        except (OSError, ValueError):
+            return None
+
+    def remove(self, qid: str) -> None:
+        self.spool.remove(qid)
 
 
 def _limit(ctx: Context) -> int:
@@ -112,25 +132,22 @@ async def _queue(
     ctx = context(request)
     store = request.app[STORE]
     spool = ctx.scheduler.spool
-    after = None
+    pending = None
     record = None
     if keyed is not None:
         latest = max((p.envelope.send_at or 0.0) for p in group)
         expires = max(time.time() + ctx.settings.http.idempotency_retention, latest + 3600)
-        record = Record(keyed[0], keyed[1], status, answer, expires)
+        qids = tuple(p.envelope.qid for p in group)
+        record = Record(keyed[0], keyed[1], status, answer, expires, qids)
         try:
-            fd = store.prepare(record)
+            pending = store.prepare(record)
         except OSError as e:
             raise unavailable(f"cannot record the Idempotency-Key: {e.strerror or e}") from None
-
-        def after() -> None:
-            store.commit(fd)
-
     try:
-        await intake.commit(spool, group, after)
+        await intake.commit(spool, group, pending)
     except intake.CommitError as e:
-        if record is not None:
-            store.discard(record)
+        if pending is not None:
+            pending.discard()
         log.warning("HTTP submission not queued: %s", e, extra={"service": "http"})
         raise unavailable(
             "the spool cannot take the message now "
