@@ -20,7 +20,7 @@ from aiohttp import web
 
 from smtprelay.spool import Spool
 from smtprelay.web import compose, intake
-from smtprelay.web.context import Context, context
+from smtprelay.web.context import Context, context, require
 from smtprelay.web.idempotency import IdempotencyStore, Record
 from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
 from smtprelay.web.problem import (
@@ -170,8 +170,22 @@ def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
     return queued
 
 
+# Retry-After while the daemon is stopping: a restart takes seconds.
+STOPPING_RETRY = 10
+
+
+def _refuse_while_stopping(request: web.Request) -> None:
+    require(request, "send")  # a token that may not send is told so (403) first
+    if context(request).stopping:
+        raise unavailable(
+            "the relay is shutting down: try again in a moment (or on another node)",
+            STOPPING_RETRY,
+        )
+
+
 async def submit(request: web.Request) -> web.Response:
     ctx = context(request)
+    _refuse_while_stopping(request)
     return await idempotent(request, _limit(ctx), (JSON, RFC822), _one)
 
 
@@ -200,6 +214,7 @@ async def _one(
 
 async def submit_batch(request: web.Request) -> web.Response:
     ctx = context(request)
+    _refuse_while_stopping(request)
     return await idempotent(request, _limit(ctx), (JSON,), _batch)
 
 
