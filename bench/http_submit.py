@@ -64,8 +64,11 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-async def http_phase(port: int, requests: int, per_request: int) -> dict[str, Any]:
-    """``requests`` POSTs (``per_request`` messages each) from CLIENTS clients."""
+async def http_phase(
+    port: int, requests: int, per_request: int, relay_pid: int | None = None
+) -> dict[str, Any]:
+    """``requests`` POSTs (``per_request`` messages each) from CLIENTS clients; with the
+    CPU time the relay and this client spent per message (the client shares the 2 cores)."""
     url = f"http://127.0.0.1:{port}/v1/messages" + ("/batch" if per_request > 1 else "")
     headers = {"Authorization": f"Bearer {TOKEN}"}
     latencies: list[float] = []
@@ -92,8 +95,12 @@ async def http_phase(port: int, requests: int, per_request: int) -> dict[str, An
                 latencies.append(time.perf_counter() - started)
 
         began = time.perf_counter()
+        client_cpu = time.process_time()
+        relay_cpu = accept.cpu_seconds(relay_pid) if relay_pid else 0.0
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
         wall = time.perf_counter() - began
+        client_cpu = time.process_time() - client_cpu
+        relay_cpu = (accept.cpu_seconds(relay_pid) - relay_cpu) if relay_pid else 0.0
     accepted = len(latencies) * per_request
     return {
         "accepted_per_s": round(accepted / wall, 1),
@@ -102,6 +109,8 @@ async def http_phase(port: int, requests: int, per_request: int) -> dict[str, An
         "messages": accepted,
         "failed_requests": failures,
         "wall_s": round(wall, 2),
+        "relay_cpu_ms_per_msg": round(relay_cpu * 1e3 / max(accepted, 1), 2),
+        "client_cpu_ms_per_msg": round(client_cpu * 1e3 / max(accepted, 1), 2),
     }
 
 
@@ -182,10 +191,10 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         drain(relay, 120)
-        table["HTTP POST /v1/messages"] = asyncio.run(http_phase(http_port, n, 1))
+        table["HTTP POST /v1/messages"] = asyncio.run(http_phase(http_port, n, 1, relay.pid))
         drain(relay, 120)
         table[f"HTTP POST /v1/messages/batch ({BATCH}/request)"] = asyncio.run(
-            http_phase(http_port, max(CLIENTS, 5 * n // BATCH), BATCH)
+            http_phase(http_port, max(CLIENTS, 5 * n // BATCH), BATCH, relay.pid)
         )
         drain(relay, 180)
     finally:
@@ -198,13 +207,14 @@ def main() -> int:
     smtp = table["SMTP -> smtprelay (smtp-source)"]["accepted_per_s"]
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| load | messages/s | x smtprelay SMTP | p50 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| load | messages/s | x smtprelay SMTP | p50 ms | p99 ms | relay CPU ms/msg |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, row in table.items():
         rate = row["accepted_per_s"]
         ratio = f"{rate / smtp:.2f}" if rate and smtp else "-"
         p50, p99 = row.get("lat_p50_ms"), row.get("lat_p99_ms")
-        print(f"| {name} | {rate} | {ratio} | {p50 or '-'} | {p99 or '-'} |")
+        cpu = row.get("relay_cpu_ms_per_msg", "-")
+        print(f"| {name} | {rate} | {ratio} | {p50 or '-'} | {p99 or '-'} | {cpu} |")
     (out / "results.json").write_text(json.dumps(table, indent=1))
     print(f"results: {out}/results.json")
     return 0
