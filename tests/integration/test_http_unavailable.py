@@ -11,15 +11,16 @@ import json
 import signal
 import smtplib
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
-from tests.integration.diskfull_fixtures import mounted_tmpfs
 from tests.polling import wait_until
+
+pytest_plugins = ["tests.integration.diskfull_fixtures"]  # tiny_fs: a tmpfs of our own
 
 TOKEN = "unavailable-token-0a4f1b"
 MESSAGE = {"from": "app@sender.test", "to": ["bob@dest.test"], "text": "later"}
@@ -63,12 +64,6 @@ def relay(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Callable[..., t
     return start
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    with mounted_tmpfs(tmp_path / "spoolfs", "8m") as mountpoint:
-        yield mountpoint
-
-
 def remount(mountpoint: Path, mode: str) -> None:
     subprocess.run(
         ["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True, capture_output=True
@@ -76,17 +71,17 @@ def remount(mountpoint: Path, mode: str) -> None:
 
 
 def test_a_read_only_spool_is_503_and_the_keyed_retry_is_sent_later(
-    relay: Callable[..., tuple[Daemon, int]], tmpfs: Path
+    relay: Callable[..., tuple[Daemon, int]], tiny_fs: Path
 ) -> None:
-    daemon, port = relay(spool={"dir": str(tmpfs / "spool")})
+    daemon, port = relay(spool={"dir": str(tiny_fs / "spool")})
     batch = {"messages": [MESSAGE, MESSAGE]}
-    remount(tmpfs, "ro")
+    remount(tiny_fs, "ro")
     try:
         assert_unavailable(*post(port, "/v1/messages", MESSAGE), "write error")
         assert_unavailable(*post(port, "/v1/messages/batch", batch), "write error")
         assert_unavailable(*post(port, "/v1/messages", MESSAGE, key="k1"), "Idempotency-Key")
     finally:
-        remount(tmpfs, "rw")
+        remount(tiny_fs, "rw")
     assert daemon.queued_ids() == []
     status, headers, answer = post(port, "/v1/messages", MESSAGE, key="k1")
     assert status == 202 and "idempotent-replayed" not in headers, answer
