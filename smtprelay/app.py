@@ -241,6 +241,8 @@ async def _serve(
             supervisor.start("the heartbeat", _heartbeat(listening, scheduler, inbound))
             await stop.wait()
             supervisor.ending()
+            if http is not None:
+                http.stopping()
             log.info("stopping: no new connections, %d session(s) open", inbound.session_count)
             systemd.notify("STOPPING=1")
             # Delivery and /healthz go on while sessions finish (it says 503 meanwhile).
@@ -250,6 +252,8 @@ async def _serve(
         # Logged with its traceback already. Stop as for SIGTERM, without the part that
         # died, and exit non-zero: systemd restarts the daemon, the spool has the mail.
         fault = e
+        if http is not None:
+            http.stopping()
         log.error(
             "stopping after a fault (%s): no new connections, %d session(s) open",
             e,

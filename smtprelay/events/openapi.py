@@ -110,7 +110,7 @@ PATHS: dict[str, Any] = {
                 {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
                 *_QUERY,
             ],
-            "responses": {"200": _PAGE, **_ERRORS},
+            "responses": {"200": _PAGE, "404": _problem("No events for this id."), **_ERRORS},
         }
     },
     "/v1/webhooks": {

@@ -164,6 +164,11 @@ class HttpServer:
                 self.ctx.tokens = TokenFile(Path(settings.http.tokens_file), strict=False)
         self.ctx.settings = settings
 
+    def stopping(self) -> None:
+        """The daemon is stopping: new submissions get 503 with Retry-After (the other
+        paths, /healthz and status among them, keep answering until :meth:`stop`)."""
+        self.ctx.stopping = True
+
     async def stop(self) -> None:
         await self._runner.cleanup()
         for sock in self._sockets:  # bound but never served (a start that failed)

@@ -40,6 +40,8 @@ class Context:
     templates: TemplateStore | None = None
     # The events stage (/v1/events, /v1/webhooks); None when it is not running.
     events: EventService | None = None
+    # SIGTERM (or a fault) was received: submissions are refused (503) from now on.
+    stopping: bool = False
 
     @property
     def uptime(self) -> float:

@@ -7,14 +7,27 @@ same body (the SHA-256 of method, path, media type and body bytes); a different 
 gets 422.
 
 Durability: the answer of a request that queued mail is a small file in
-``[spool] dir/idempotency/``, written and fsynced in the same commit as the message
-files (after them: a crash between the two leaves a message without its record, which a
-retry may send again, never a record without its message) and before the reply. So a
-crash between the fsync and the reply replays after the restart instead of sending
-twice. Records are kept ``[http] idempotency_retention``, and for scheduled mail at
-least until its send time; the files are read back at start-up and expired ones
-removed. Answers that queued nothing (4xx) are remembered in memory only: nothing was
-sent, so a retry after a restart can do no harm.
+``[spool] dir/idempotency/``, committed together with the message files, in two steps:
+
+1. ``HASH.pending`` -- the record, naming the queue IDs it answers for -- is created and
+   fsynced *alongside* the messages (the same group commit, in parallel);
+2. once every message is durable it is renamed to ``HASH.json`` (and the directory
+   fsynced) -- the commit point -- and only then is the answer sent and the mail
+   queued.
+
+A crash before the rename leaves a pending record. At start-up, before anything is
+delivered, :meth:`IdempotencyStore.open` settles each one against the spool: if every
+message it names is there (carrying the same key in ``submission.idempotency_key``),
+the commit had finished but for the rename, so the record is renamed and its answer
+replayed to the retry -- the crash between the fsync and the reply still replays;
+otherwise the request was never answered, and the messages of it that did reach the
+disk are removed, so that the retry sends them exactly once. A pending record cannot
+name a delivered message: mail is queued only after the rename.
+
+Records are kept ``[http] idempotency_retention``, and for scheduled mail at least
+until its send time; expired ones are removed at start-up and as keys are used. Answers
+that queued nothing (4xx) are remembered in memory only: nothing was sent, so a retry
+after a restart can do no harm.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from smtprelay import safeio
 from smtprelay.errors import RelayError
@@ -37,6 +50,8 @@ from smtprelay.errors import RelayError
 log = logging.getLogger("smtprelay.http")
 
 DIRNAME = "idempotency"
+RECORD = ".json"
+PENDING = ".pending"
 MAX_KEY = 255
 # Remembered 4xx answers (memory only), at most this many: the oldest go first.
 MAX_VOLATILE = 10_000
@@ -49,6 +64,8 @@ class Record:
     status: int
     body: dict[str, Any]
     expires: float
+    # The queue IDs of the messages the answer reports (checked at start-up).
+    qids: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -58,6 +75,7 @@ class Record:
                 "status": self.status,
                 "body": self.body,
                 "expires": self.expires,
+                "qids": list(self.qids),
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -72,6 +90,7 @@ class Record:
             int(d["status"]),
             dict(d["body"]),
             float(d["expires"]),
+            tuple(str(q) for q in d.get("qids", ())),
         )
 
 
@@ -83,13 +102,23 @@ def fingerprint(method: str, path: str, media_type: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def file_name(key: str) -> str:
+def file_name(key: str, suffix: str = RECORD) -> str:
     # Keys are any printable text the client chose: the file is named by their hash.
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + ".json"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + suffix
 
 
 class Conflict(RelayError):
     """A request with this key is in flight (409)."""
+
+
+class QueuedMessages(Protocol):
+    """What start-up needs of the spool to settle a pending record."""
+
+    def key_of(self, qid: str) -> str | None:
+        """The Idempotency-Key in the envelope of ``qid``; None when it is not queued."""
+
+    def remove(self, qid: str) -> None:
+        """Remove a message that was never acknowledged."""
 
 
 class IdempotencyStore:
@@ -103,20 +132,30 @@ class IdempotencyStore:
         self._fd: int | None = None
         self._sync: safeio.DirectorySync | None = None
 
-    def open(self) -> None:
-        """Create the directory and read the records back (blocking: at start-up, or
-        in an executor)."""
+    def open(self, queued: QueuedMessages | None = None) -> None:
+        """Create the directory, settle the pending records against ``queued`` (see the
+        module's docstring) and read the records back. Blocking: at start-up, before
+        delivery starts, or in an executor."""
         if self._fd is not None:
             return
         self.dir.mkdir(mode=0o750, exist_ok=True)
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        names = sorted(os.listdir(self.dir))
+        settled = False
+        for name in names:
+            if name.endswith(PENDING):
+                self._settle(fd, name, queued)
+                settled = True
+        if settled:
+            safeio.fsync_dir(fd)
         now = self.clock()
-        for name in os.listdir(self.dir):
+        for name in sorted(os.listdir(self.dir)):
+            if not name.endswith(RECORD):
+                continue
             path = self.dir / name
             try:
                 record = Record.from_json(path.read_bytes())
             except (OSError, ValueError, KeyError, TypeError) as e:
-                # A partial write of a crash (never acknowledged), or a stray file.
                 log.warning("idempotency record %s unreadable (%s): removed", name, e)
                 _unlink(path)
                 continue
@@ -126,6 +165,40 @@ class IdempotencyStore:
                 self._records[record.key] = record
         self._sync = safeio.DirectorySync(fd)
         self._fd = fd
+
+    def _settle(self, dir_fd: int, name: str, queued: QueuedMessages | None) -> None:
+        """A record whose commit a crash interrupted: finish it if every message it
+        names is durable, else take back the part that is (never acknowledged)."""
+        path = self.dir / name
+        try:
+            record = Record.from_json(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("idempotency record %s unreadable (%s): removed", name, e)
+            _unlink(path)
+            return
+        if queued is None:
+            _unlink(path)
+            return
+        present = [q for q in record.qids if queued.key_of(q) == record.key]
+        if record.qids and len(present) == len(record.qids):
+            os.rename(name, file_name(record.key), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            log.info(
+                "idempotency key of %s recovered: its commit had finished (%d message(s))",
+                ", ".join(record.qids),
+                len(present),
+            )
+            return
+        for qid in present:
+            queued.remove(qid)
+        _unlink(path)
+        if present:
+            log.warning(
+                "%s: removed, never acknowledged: a crash interrupted the commit of the "
+                "request that sent it (%d of its %d message(s) were on disk)",
+                ", ".join(present),
+                len(present),
+                len(record.qids),
+            )
 
     def close(self) -> None:
         if self._fd is not None:
@@ -148,32 +221,16 @@ class IdempotencyStore:
         self._in_flight.add(key)
         return None
 
-    def prepare(self, record: Record) -> int:
-        """Write ``record`` (page cache only) and return its descriptor for
-        :meth:`commit`. Raises OSError."""
-        assert self._fd is not None
-        name = file_name(record.key)
+    def prepare(self, record: Record) -> Pending:
+        """Write ``record`` as pending (page cache only). Raises OSError."""
+        assert self._fd is not None and self._sync is not None
+        name = file_name(record.key, PENDING)
         try:
-            return safeio.create_file(self._fd, name, record.to_json())
-        except FileExistsError:  # an expired record's file not removed yet
+            fd = safeio.create_file(self._fd, name, record.to_json())
+        except FileExistsError:  # left by a request whose commit failed
             os.unlink(name, dir_fd=self._fd)
-            return safeio.create_file(self._fd, name, record.to_json())
-
-    def commit(self, fd: int) -> None:
-        """Make a prepared record durable (blocks: in the executor, after the messages'
-        fsync)."""
-        assert self._sync is not None
-        try:
-            os.fsync(fd)
-            self._sync.sync()
-        finally:
-            os.close(fd)
-
-    def discard(self, record: Record) -> None:
-        """Take back a prepared record whose messages were not committed."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(file_name(record.key), dir_fd=self._fd)
+            fd = safeio.create_file(self._fd, name, record.to_json())
+        return Pending(record, self._fd, self._sync, fd)
 
     def finish(self, record: Record, *, durable: bool) -> None:
         """The answer is known: replay it from now on (``durable``: its file was
@@ -206,6 +263,55 @@ class IdempotencyStore:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(file_name(key), dir_fd=self._fd)
+
+
+class Pending:
+    """A record written as pending by :meth:`IdempotencyStore.prepare`: synced beside
+    its messages, then committed once they are durable, or discarded."""
+
+    def __init__(
+        self, record: Record, dir_fd: int, dir_sync: safeio.DirectorySync, fd: int
+    ) -> None:
+        self.record = record
+        self._dir_fd = dir_fd
+        self._dir_sync = dir_sync
+        self._fd: int | None = fd
+        self._renamed = False
+
+    def sync(self) -> None:
+        """Make it durable as pending (blocks: in the executor, beside the messages'
+        fsyncs). Raises OSError."""
+        try:
+            assert self._fd is not None
+            os.fsync(self._fd)
+            self._dir_sync.sync()
+        finally:
+            self._close()
+
+    def commit(self) -> None:
+        """The commit point, once every message is durable: pending becomes the record
+        (blocks: in the executor). Raises OSError."""
+        self._close()
+        os.rename(
+            file_name(self.record.key, PENDING),
+            file_name(self.record.key),
+            src_dir_fd=self._dir_fd,
+            dst_dir_fd=self._dir_fd,
+        )
+        self._renamed = True
+        self._dir_sync.sync()
+
+    def discard(self) -> None:
+        """Take it back: its messages were not committed (nor acknowledged)."""
+        self._close()
+        name = file_name(self.record.key, RECORD if self._renamed else PENDING)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self._dir_fd)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _unlink(path: Path) -> None:

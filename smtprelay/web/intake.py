@@ -4,17 +4,18 @@
 domains and ``[relay] allowed_sender_domains`` -> 403, ``allowed_recipient_domains``
 -> 422 per recipient, ``[server] max_message_size`` -> 413), renders a template,
 builds the message and its envelope. :func:`commit` writes a group of prepared
-messages to the spool and fsyncs them together (and the idempotency record after
-them); only then are they logged (``queued``, as for SMTP) and handed to the queue.
+messages to the spool and fsyncs them together (with the idempotency record, committed
+once they are durable); only then are they logged (``queued``, as for SMTP) and handed to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -239,13 +240,19 @@ class CommitError(RelayError):
         self.no_space = no_space
 
 
-async def commit(
-    spool: Spool, group: list[Prepared], after: Callable[[], None] | None = None
-) -> None:
+class Pending(Protocol):
+    """The idempotency record committed with a group (idempotency.Pending)."""
+
+    def sync(self) -> None: ...
+    def commit(self) -> None: ...
+
+
+async def commit(spool: Spool, group: list[Prepared], record: Pending | None = None) -> None:
     """Write every message of ``group``, then fsync them together (one group commit: the
-    directory fsyncs are shared); then ``after`` (the idempotency record's fsync), in the
-    same executor job. All or nothing: on failure every file of the group is taken back
-    and CommitError raised."""
+    directory fsyncs are shared) and ``record`` beside them; once all are durable,
+    commit ``record`` (its rename: the point after which a crash replays the answer).
+    All or nothing: on failure every file of the group is taken back and CommitError
+    raised (the caller discards ``record``)."""
     loop = asyncio.get_running_loop()
     created: list[NewFile] = []
     try:
@@ -256,27 +263,39 @@ async def commit(
         raise CommitError(str(e), no_space=e.no_space) from None
 
     async def sync_all() -> None:
+        syncs: list[Callable[[], None]] = [f.sync for f in created]
+        if record is not None:
+            syncs.append(record.sync)
         results = await asyncio.gather(
-            *(loop.run_in_executor(None, f.sync) for f in created), return_exceptions=True
+            *(loop.run_in_executor(None, sync) for sync in syncs), return_exceptions=True
         )
         failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed and record is not None:
+            try:
+                await loop.run_in_executor(None, record.commit)
+            except OSError as e:
+                failed.append(SpoolError(f"cannot record the Idempotency-Key: {e.strerror}"))
         if failed:
             ok = [
                 f.qid
-                for f, r in zip(created, results, strict=True)
+                for f, r in zip(created, results, strict=False)
                 if not isinstance(r, BaseException)
             ]
             await loop.run_in_executor(None, _remove, spool, ok)
             first = failed[0]
-            no_space = isinstance(first, SpoolError) and first.no_space
+            no_space = isinstance(first, SpoolError | OSError) and _no_space(first)
             raise CommitError(str(first), no_space=no_space)
-        if after is not None:
-            await loop.run_in_executor(None, after)
 
     # Shielded: once the files exist the commit finishes even if the client goes away
     # (then the messages are queued without a reply, as with SMTP).
     task = asyncio.ensure_future(sync_all())
     await asyncio.shield(task)
+
+
+def _no_space(error: BaseException) -> bool:
+    if isinstance(error, SpoolError):
+        return error.no_space
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _take_back(spool: Spool, created: list[NewFile]) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from smtprelay import maillog
+from smtprelay.spool import Spool
 from smtprelay.web import compose, intake
-from smtprelay.web.context import Context, context
+from smtprelay.web.context import Context, context, require
 from smtprelay.web.idempotency import IdempotencyStore, Record
 from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
 from smtprelay.web.messagemodel import MessageIn
@@ -45,11 +46,14 @@ MAX_DEPTH = 32
 
 def install(app: web.Application, ctx: Context) -> None:
     """Routes and the idempotency store (read back at start-up) of the submission API."""
-    store = IdempotencyStore(ctx.scheduler.spool.root)
+    spool = ctx.scheduler.spool
+    store = IdempotencyStore(spool.root)
     app[STORE] = store
 
     async def opened(_: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, store.open)
+        # At start-up, before delivery starts: a crash mid-commit is settled first.
+        queued = _SpooledKeys(spool)
+        await asyncio.get_running_loop().run_in_executor(None, store.open, queued)
 
     async def closed(_: web.Application) -> None:
         store.close()
@@ -58,6 +62,22 @@ def install(app: web.Application, ctx: Context) -> None:
     app.on_cleanup.append(closed)
     app.router.add_post("/v1/messages", submit)
     app.router.add_post("/v1/messages/batch", submit_batch)
+
+
+class _SpooledKeys:
+    """The spool as the idempotency store's start-up check sees it."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def key_of(self, qid: str) -> str | None:
+        try:
+            return self.spool.load(qid).submission.idempotency_key
+        except (OSError, ValueError):
+            return None
+
+    def remove(self, qid: str) -> None:
+        self.spool.remove(qid)
 
 
 def _limit(ctx: Context) -> int:
@@ -114,25 +134,22 @@ async def _queue(
     ctx = context(request)
     store = request.app[STORE]
     spool = ctx.scheduler.spool
-    after = None
+    pending = None
     record = None
     if keyed is not None:
         latest = max((p.envelope.send_at or 0.0) for p in group)
         expires = max(time.time() + ctx.settings.http.idempotency_retention, latest + 3600)
-        record = Record(keyed[0], keyed[1], status, answer, expires)
+        qids = tuple(p.envelope.qid for p in group)
+        record = Record(keyed[0], keyed[1], status, answer, expires, qids)
         try:
-            fd = store.prepare(record)
+            pending = store.prepare(record)
         except OSError as e:
             raise unavailable(f"cannot record the Idempotency-Key: {e.strerror or e}") from None
-
-        def after() -> None:
-            store.commit(fd)
-
     try:
-        await intake.commit(spool, group, after)
+        await intake.commit(spool, group, pending)
     except intake.CommitError as e:
-        if record is not None:
-            store.discard(record)
+        if pending is not None:
+            pending.discard()
         log.warning("HTTP submission not queued: %s", e, extra={"service": "http"})
         raise unavailable(
             "the spool cannot take the message now "
@@ -182,8 +199,22 @@ def _prepare(
         raise
 
 
+# Retry-After while the daemon is stopping: a restart takes seconds.
+STOPPING_RETRY = 10
+
+
+def _refuse_while_stopping(request: web.Request) -> None:
+    require(request, "send")  # a token that may not send is told so (403) first
+    if context(request).stopping:
+        raise unavailable(
+            "the relay is shutting down: try again in a moment (or on another node)",
+            STOPPING_RETRY,
+        )
+
+
 async def submit(request: web.Request) -> web.Response:
     ctx = context(request)
+    _refuse_while_stopping(request)
     return await idempotent(request, _limit(ctx), (JSON, RFC822), _one)
 
 
@@ -212,6 +243,7 @@ async def _one(
 
 async def submit_batch(request: web.Request) -> web.Response:
     ctx = context(request)
+    _refuse_while_stopping(request)
     return await idempotent(request, _limit(ctx), (JSON,), _batch)
 
 

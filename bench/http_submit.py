@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""HTTP submission beside SMTP acceptance: one relay, one run, the same 2 KB messages.
+
+In one run, against one smtprelay daemon (bench/smtprelay-bench.toml plus an [http]
+listener on a free loopback port and a bearer token) and the Postfix peer:
+
+* SMTP into smtprelay and into Postfix: the shared harness (../shared/bench/smtp_load.py)
+  with Postfix's ``smtp-source`` (16 clients, reused connections: accepted/s) and its
+  asyncio generator (16 clients: p50/p99 accept latency) -- the helpers of
+  bench/accept.py (Relay, Peer, Harness), reused as they are;
+* HTTP into smtprelay: ``POST /v1/messages`` (one message per request) and
+  ``POST /v1/messages/batch`` (100 messages per request), 16 concurrent clients on
+  keep-alive connections, driven by an **aiohttp client** in this process (one event
+  loop; the load tool is named here, as the issue asks). Every 202 comes after the fsync,
+  as every SMTP 250 does. The messages are JSON-built by the relay: a text body of about
+  1.8 KB, 2 KB or so once built (the ``size`` of the envelope is printed).
+
+Figures: messages/s (acknowledged messages over the wall time of the phase) and p50/p99
+latency of a request (for a batch: of the whole 100-message request). Between phases the
+spool is drained to the counting sink (smtp-sink on 127.0.0.1:10026, started here for
+the HTTP phases; the harness starts its own for the SMTP ones). Only loopback is ever
+contacted; everything started is stopped by PID, also on Ctrl-C.
+
+Needs root for the Postfix peer and smtp-source/smtp-sink (postfix.sh install), like
+accept.py. ``--no-peer`` leaves Postfix out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accept  # the sibling script, as a module (its Relay, Peer, Harness)
+
+TOKEN = "bench-http-token-0c1d2e3f"
+CLIENTS = 16
+BATCH = 100
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 40)[:1800] + "\n"
+
+
+def message(n: int) -> dict[str, Any]:
+    return {
+        "from": "load@bench.example",
+        "to": [f"sink{n % 100}@bench.example"],
+        "subject": f"bench {n}",
+        "text": TEXT,
+    }
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+async def http_phase(
+    port: int, requests: int, per_request: int, relay_pid: int | None = None
+) -> dict[str, Any]:
+    """``requests`` POSTs (``per_request`` messages each) from CLIENTS clients; with the
+    CPU time the relay and this client spent per message (the client shares the 2 cores)."""
+    url = f"http://127.0.0.1:{port}/v1/messages" + ("/batch" if per_request > 1 else "")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    latencies: list[float] = []
+    failures = 0
+    todo = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=CLIENTS)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            nonlocal failures
+            for i in todo:
+                base = i * per_request
+                if per_request > 1:
+                    body: Any = {"messages": [message(base + k) for k in range(per_request)]}
+                else:
+                    body = message(base)
+                started = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 202:
+                        failures += 1
+                        continue
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        client_cpu = time.process_time()
+        relay_cpu = accept.cpu_seconds(relay_pid) if relay_pid else 0.0
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        wall = time.perf_counter() - began
+        client_cpu = time.process_time() - client_cpu
+        relay_cpu = (accept.cpu_seconds(relay_pid) - relay_cpu) if relay_pid else 0.0
+    accepted = len(latencies) * per_request
+    return {
+        "accepted_per_s": round(accepted / wall, 1),
+        "lat_p50_ms": round(pct(latencies, 50) * 1e3, 2),
+        "lat_p99_ms": round(pct(latencies, 99) * 1e3, 2),
+        "messages": accepted,
+        "failed_requests": failures,
+        "wall_s": round(wall, 2),
+        "relay_cpu_ms_per_msg": round(relay_cpu * 1e3 / max(accepted, 1), 2),
+        "client_cpu_ms_per_msg": round(client_cpu * 1e3 / max(accepted, 1), 2),
+    }
+
+
+def drain(relay: accept.Relay, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while relay.qsize() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if relay.qsize():
+        raise SystemExit(f"smtprelay's queue did not drain in {timeout:g}s ({relay.qsize()} left)")
+
+
+def smtp_phase(
+    harness: accept.Harness, target: str, port: int, spec: str, out: Path
+) -> dict[str, Any]:
+    results = out / f"{target}-{spec.replace(':', '_').replace('+', '_')}.jsonl"
+    code = harness.run(target, port, spec, json_out=results)
+    if code != 0:
+        raise SystemExit(f"the harness failed ({code}) on {target} {spec}: see {out}/harness.log")
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    last = [r for r in records if r.get("accepted_per_s") is not None][-1]
+    return {k: last.get(k) for k in ("accepted_per_s", "lat_p50_ms", "lat_p99_ms")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--messages", type=int, default=4000, help="per phase (default 4000)")
+    ap.add_argument("--no-peer", action="store_true", help="leave Postfix out")
+    ap.add_argument("--out", default=None, help="directory for logs and results")
+    a = ap.parse_args()
+    out = Path(a.out or tempfile.mkdtemp(prefix="smtprelay-http-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "relay").mkdir(exist_ok=True)
+    relay = accept.Relay(out / "relay", Path(accept.REPO / ".venv" / "bin" / "smtprelay"))
+    http_port = accept.free_port()
+    tokens = out / "relay" / "tokens"
+    tokens.write_text(f"bench {TOKEN}\n")
+    with open(relay.config, "a") as f:
+        f.write(f'\n[http]\nlisten = "127.0.0.1:{http_port}"\ntokens_file = "{tokens}"\n')
+    peer = accept.Peer()
+    harness = accept.Harness(sys.executable, out / "harness.log", 120.0, 120.0)
+    sink: subprocess.Popen[bytes] | None = None
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    table: dict[str, dict[str, Any]] = {}
+    load_before = os.getloadavg()
+    try:
+        relay.start()
+        if not a.no_peer:
+            peer.start()
+        n = a.messages
+        table["SMTP -> smtprelay (smtp-source)"] = smtp_phase(
+            harness, "smtprelay", relay.port, f"16x2048:n{n}", out
+        )
+        table["SMTP -> smtprelay (asyncio, latency)"] = smtp_phase(
+            harness, "smtprelay", relay.port, f"16x2048:py+n{n // 2}", out
+        )
+        if not a.no_peer:
+            table["SMTP -> Postfix (smtp-source)"] = smtp_phase(
+                harness, "postfix", accept.PEER_PORT, f"16x2048:n{n}", out
+            )
+            table["SMTP -> Postfix (asyncio, latency)"] = smtp_phase(
+                harness, "postfix", accept.PEER_PORT, f"16x2048:py+n{n // 2}", out
+            )
+        sink = subprocess.Popen(
+            [
+                os.environ.get("SMTP_SINK", "/usr/sbin/smtp-sink"),
+                *("-4", "-h", "sink.bench", "-m", "1024", "-t", "30"),
+                *(("-u", "nobody") if os.geteuid() == 0 else ()),
+                f"127.0.0.1:{accept.SINK_PORT}",
+                "1024",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        drain(relay, 120)
+        table["HTTP POST /v1/messages"] = asyncio.run(http_phase(http_port, n, 1, relay.pid))
+        drain(relay, 120)
+        table[f"HTTP POST /v1/messages/batch ({BATCH}/request)"] = asyncio.run(
+            http_phase(http_port, max(CLIENTS, 5 * n // BATCH), BATCH, relay.pid)
+        )
+        drain(relay, 180)
+    finally:
+        harness.abort()
+        relay.stop()
+        peer.stop()
+        if sink is not None:
+            sink.kill()
+            sink.wait()
+    smtp = table["SMTP -> smtprelay (smtp-source)"]["accepted_per_s"]
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| load | messages/s | x smtprelay SMTP | p50 ms | p99 ms | relay CPU ms/msg |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, row in table.items():
+        rate = row["accepted_per_s"]
+        ratio = f"{rate / smtp:.2f}" if rate and smtp else "-"
+        p50, p99 = row.get("lat_p50_ms"), row.get("lat_p99_ms")
+        cpu = row.get("relay_cpu_ms_per_msg", "-")
+        print(f"| {name} | {rate} | {ratio} | {p50 or '-'} | {p99 or '-'} | {cpu} |")
+    (out / "results.json").write_text(json.dumps(table, indent=1))
+    print(f"results: {out}/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
