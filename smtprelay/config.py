@@ -332,6 +332,30 @@ class WebhookSettings(_Section):
     allow_private: Bool = False
 
 
+def _parse_selector(value: object) -> str:
+    """A DKIM selector (RFC 6376 3.1): one or more DNS labels of letters, digits, '-'."""
+    labels = value.split(".") if isinstance(value, str) else []
+    if not labels or not all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+        for label in labels
+    ):
+        raise ValueError(f"{value!r} is not a selector (DNS labels: letters, digits, '-')")
+    return str(value).lower()
+
+
+class DkimKeySettings(_Section):
+    # Mail whose From: domain is this domain is signed with this key.
+    domain: Domain
+    # Published as SELECTOR._domainkey.DOMAIN; a new selector per key rotation.
+    selector: Annotated[str, BeforeValidator(_parse_selector)]
+    # PEM private key, RSA (at least 1024 bits; 2048 recommended) or Ed25519.
+    key_file: Annotated[str, Field(min_length=1)]
+
+
+class DkimSettings(_Section):
+    keys: tuple[DkimKeySettings, ...] = ()
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -349,6 +373,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     events: EventsSettings = EventsSettings()
     webhooks: tuple[WebhookSettings, ...] = ()
+    dkim: DkimSettings = DkimSettings()
 
 
 def load(path: Path) -> Settings:
@@ -394,6 +419,9 @@ def _describe(error: ValidationError) -> str:
             return f"[[webhooks]]: {message}"
         problem = "unknown key" if first["type"] == "extra_forbidden" else message
         return f"[[webhooks]] #{int(loc[1]) + 1} {loc[2]}: {problem}"
+    if loc[:2] == ["dkim", "keys"] and len(loc) >= 4 and loc[2].isdigit():
+        problem = "unknown key" if first["type"] == "extra_forbidden" else message
+        return f"[[dkim.keys]] #{int(loc[2]) + 1} {loc[3]}: {problem}"
     known = _sections()
     key_in_message, sep, rest = message.partition(": ")
     if ".".join(loc) in known and sep and " " not in key_in_message:

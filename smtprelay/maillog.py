@@ -56,6 +56,8 @@ class Event(StrEnum):
     DATA_MEMORY_LIMIT = "data-memory-limit"
     DELIVERY = "delivery"
     DISCONNECT = "disconnect"
+    DKIM_NOT_SIGNED = "dkim-not-signed"
+    DKIM_SIGNED = "dkim-signed"
     FOLDED = "folded"
     HOLD = "hold"
     INTERNAL_ERROR = "internal-error"
@@ -392,6 +394,31 @@ def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
         longest=longest,
         limit=limit,
         event=Event.FOLDED,
+    )
+
+
+def dkim_signed(qid: str, selector: str, domain: str, algorithm: str) -> None:
+    """``QID: DKIM-Signature field added (s=SELECTOR, d=DOMAIN)``, as OpenDKIM says it."""
+    _emit(
+        "smtp",
+        f"{qid}: DKIM-Signature field added (s={selector}, d={domain})",
+        qid,
+        selector=selector,
+        domain=domain,
+        algorithm=algorithm,
+        event=Event.DKIM_SIGNED,
+    )
+
+
+def dkim_not_signed(qid: str, reason: str) -> None:
+    """``QID: warning: DKIM: not signed for DOMAIN: REASON``; the message goes out."""
+    _emit(
+        "smtp",
+        f"{qid}: warning: DKIM: {escape(reason)}",
+        qid,
+        level=logging.WARNING,
+        reason=reason,
+        event=Event.DKIM_NOT_SIGNED,
     )
 
 
