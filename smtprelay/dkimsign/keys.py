@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from smtprelay.config import DkimKeySettings, DkimSettings
 from smtprelay.errors import ConfigError
@@ -122,7 +122,16 @@ def from_private_key(domain: str, selector: str, key: object) -> DkimKey:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return DkimKey(domain, selector, "rsa-sha256", pkcs1, base64.b64encode(spki).decode())
-    raise DkimKeyError(f"a {type(key).__name__.removeprefix('_')}; DKIM signs with RSA or Ed25519")
+    kind = (
+        "an EC (ECDSA) key"
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else "a DSA key"
+        if isinstance(key, dsa.DSAPrivateKey)
+        else "an Ed448 key"
+        if isinstance(key, ed448.Ed448PrivateKey)
+        else "a key of another kind"
+    )
+    raise DkimKeyError(f"{kind}; DKIM signs with RSA or Ed25519")
 
 
 def txt_record(key: DkimKey) -> str:
