@@ -71,6 +71,22 @@ DELIVERY = "the delivery loop"
 STATUS_PERIOD = 5.0
 
 
+def _warn_legacy(settings: Settings) -> None:
+    """The legacy-client profile weakens what the relay promises: say so at every start."""
+    if settings.server.legacy_tls_listen:
+        log.warning(
+            "[server] legacy_tls_listen: TLS 1.0 and 1.1 (deprecated by RFC 8996) are "
+            "accepted on %s; each such session is logged and counted "
+            "(smtprelay_smtpd_legacy_tls_sessions_total)",
+            ", ".join(str(e) for e in settings.server.legacy_tls_listen),
+        )
+    if settings.auth.plaintext_networks and not settings.auth.allow_plaintext:
+        log.warning(
+            "[auth] plaintext_networks: AUTH without TLS is allowed from %s",
+            ", ".join(str(n) for n in settings.auth.plaintext_networks),
+        )
+
+
 def build_scheduler(
     settings: Settings,
     spool: Spool,
@@ -82,7 +98,11 @@ def build_scheduler(
         delivery.nameservers,
         port=delivery.port,
         own_names=[settings.server.hostname],
-        own_endpoints=[*settings.server.listen, *settings.server.listen_implicit_tls],
+        own_endpoints=[
+            *settings.server.listen,
+            *settings.server.listen_implicit_tls,
+            *settings.server.legacy_tls_listen,
+        ],
     )
     transport = Transport(
         helo_name=settings.server.hostname,
@@ -166,6 +186,7 @@ async def _serve(
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
         sockets = bind(settings)
+        _warn_legacy(settings)
         local_socket = local.bind_socket(settings)  # smtprelay-sendmail's, or None
     except (OSError, UsersFileError, TLSError, DkimKeyError) as e:
         raise StartupError(str(e)) from None

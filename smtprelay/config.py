@@ -102,6 +102,9 @@ class ServerSettings(_Section):
     hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
+    # Like `listen` (STARTTLS), but TLS 1.0 and 1.1 are accepted too: a listener of its own
+    # for old printers and scanners (a warning at start, sessions counted in /metrics).
+    legacy_tls_listen: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
     max_recipients: Int = Field(default=defaults.DEFAULT_MAX_RECIPIENTS, gt=0)
     max_connections: Int = Field(default=200, gt=0)
@@ -143,6 +146,8 @@ class AuthSettings(_Section):
     # Empty means: no SMTP AUTH at all (only trusted networks may relay).
     users_file: str = ""
     allow_plaintext: Bool = False
+    # Clients in these networks may AUTH without TLS (old devices); others must use TLS.
+    plaintext_networks: tuple[Network, ...] = ()
     # "(Authenticated sender: NAME)" in Received: hands every recipient a login name;
     # off by default, as Postfix's smtpd_sasl_authenticated_header.
     authenticated_header: Bool = False

@@ -61,6 +61,7 @@ class Event(StrEnum):
     FOLDED = "folded"
     HOLD = "hold"
     INTERNAL_ERROR = "internal-error"
+    LEGACY_TLS = "legacy-tls"
     LOST_CONNECTION = "lost-connection"
     MESSAGE_ID = "message-id"
     NON_SMTP_COMMAND = "non-smtp-command"
@@ -268,6 +269,20 @@ def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
         reason=reason,
         kind=kind,
         event=Event.TLS_FAILED,
+    )
+
+
+def legacy_tls(ip: str, where: str, version: str) -> None:
+    """A session encrypted with TLS 1.0 or 1.1 (RFC 8996 deprecates them): counted in
+    /metrics, and logged so that the devices still needing them can be found."""
+    _emit(
+        "smtpd",
+        f"warning: legacy TLS ({where}) from {_host(ip)}: {version}",
+        level=logging.WARNING,
+        client_ip=ip,
+        tls=where,
+        version=version,
+        event=Event.LEGACY_TLS,
     )
 
 

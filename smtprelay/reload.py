@@ -78,6 +78,11 @@ def reload(running: Running) -> bool:
             old.server.listen_implicit_tls,
             new.server.listen_implicit_tls,
         ),
+        (
+            "[server] legacy_tls_listen",
+            old.server.legacy_tls_listen,
+            new.server.legacy_tls_listen,
+        ),
         ("[server] workers", old.server.workers, new.server.workers),
         ("[spool] dir", old.spool.dir, new.spool.dir),
         ("[delivery] concurrency", old.delivery.concurrency, new.delivery.concurrency),
