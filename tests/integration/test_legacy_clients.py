@@ -29,9 +29,9 @@ LEGACY_METRIC = "smtprelay_smtpd_legacy_tls_sessions_total"
 def s_client(port: int, *options: str) -> subprocess.CompletedProcess[str]:
     """``openssl s_client`` as an old device's TLS stack: the handshake, then EOF.
     ``@SECLEVEL=0``: OpenSSL 3's own client would not offer TLS 1.0/1.1 suites either."""
+    where = f"{LOOPBACK}:{port}"
     return subprocess.run(
-        ["openssl", "s_client", "-connect", f"{LOOPBACK}:{port}", "-cipher", "DEFAULT:@SECLEVEL=0"]
-        + list(options),
+        ["openssl", "s_client", "-connect", where, "-cipher", "DEFAULT:@SECLEVEL=0", *options],
         input="",
         capture_output=True,
         text=True,
