@@ -6,6 +6,7 @@ import asyncio
 import shlex
 import stat
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -16,7 +17,7 @@ from smtprelay import cli, config
 from smtprelay.config import DkimKeySettings, DkimSettings
 from smtprelay.dkimsign import DkimKeyError, Keyring, Signer, load_keyring, sign
 from smtprelay.dkimsign.keys import DkimKey, read_key, txt_record, zone_line
-from smtprelay.dkimsign.signer import signatures
+from smtprelay.dkimsign.signer import THREAD_ABOVE, signatures
 
 DOMAIN = "example.com"
 MESSAGE = (
@@ -216,6 +217,29 @@ def test_the_signer_signs_a_message_once_for_every_delivery_of_it(tmp_path: Path
     assert signer.computed == 3
     assert _verified_selectors(out[3], first) == [b"r1"]
     assert _verified_selectors(out[4], second) == [b"e2"]
+
+
+def test_a_large_message_is_signed_off_the_event_loop_and_verifies(tmp_path: Path) -> None:
+    key = _key(tmp_path, "e1", "ed25519")
+    large = MESSAGE + b"0123456789 abcdefghij klmnopqrstuvwxyz\r\n" * 10_000  # ~400 KB
+    assert len(large) > THREAD_ABOVE
+    signer = Signer(Keyring((key,)))
+    threads: list[str] = []
+
+    async def signed() -> bytes:
+        loop = asyncio.get_running_loop()
+        real = loop.run_in_executor
+
+        def spy(*args: Any) -> Any:
+            threads.append("executor")
+            return real(*args)
+
+        loop.run_in_executor = spy  # type: ignore[method-assign, assignment]
+        return await signer.sign(large, "QID2")
+
+    out = asyncio.run(signed())
+    assert threads == ["executor"]
+    assert _verified_selectors(out, key) == [b"e1"]
 
 
 def test_without_keys_the_signer_returns_the_message_as_it_is() -> None:
