@@ -119,6 +119,8 @@ def signatures(message: bytes, keyring: Keyring) -> Signed:
             out.append(field if field.endswith(b"\r\n") else field + b"\r\n")
     except dkim.DKIMException as e:
         return Signed(problem=f"not signed for {domain}: {e}")
+    except Exception as e:  # dkimpy on input it did not expect: deliver, unsigned
+        return Signed(problem=f"not signed for {domain}: {type(e).__name__}: {e}")
     return Signed(b"".join(out), tuple(keys))
 
 

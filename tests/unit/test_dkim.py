@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import stat
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from smtprelay import cli, config
+from smtprelay import cli, config, maillog
 from smtprelay.config import DkimKeySettings, DkimSettings
 from smtprelay.dkimsign import DkimKeyError, Keyring, Signer, load_keyring, sign
 from smtprelay.dkimsign.keys import DkimKey, read_key, txt_record, zone_line
@@ -240,6 +241,19 @@ def test_a_large_message_is_signed_off_the_event_loop_and_verifies(tmp_path: Pat
     out = asyncio.run(signed())
     assert threads == ["executor"]
     assert _verified_selectors(out, key) == [b"e1"]
+
+
+def test_a_message_dkimpy_cannot_parse_goes_out_unsigned_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = b"From: a@example.com\r\nBroken header line\r\nSubject: x\r\n\r\nbody\r\n"
+    signer = Signer(Keyring((_key(tmp_path, "r1"),)))
+    with caplog.at_level(logging.WARNING, logger=maillog.MAIL_LOGGER):
+        assert asyncio.run(signer.sign(broken, "QID3")) == broken
+    assert [r.getMessage() for r in caplog.records] == [
+        "QID3: warning: DKIM: not signed for example.com: Unexpected characters in RFC822 "
+        "header: b'Broken header line'"
+    ]
 
 
 def test_without_keys_the_signer_returns_the_message_as_it_is() -> None:
