@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shlex
 import stat
@@ -10,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import dkim.crypto
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from smtprelay import cli, config, maillog
 from smtprelay.config import DkimKeySettings, DkimSettings
-from smtprelay.dkimsign import DkimKeyError, Keyring, Signer, load_keyring, sign
+from smtprelay.dkimsign import DkimKeyError, Keyring, Signer, fastrsa, load_keyring, sign
 from smtprelay.dkimsign.keys import DkimKey, read_key, txt_record, zone_line
 from smtprelay.dkimsign.signer import THREAD_ABOVE, signatures
 
@@ -200,6 +202,15 @@ def test_a_signature_for_another_domain_does_not_stop_signing(tmp_path: Path) ->
     key = _key(tmp_path, "r1")
     message = b"DKIM-Signature: v=1; d=esp.test; s=x; h=from; bh=x; b=y\r\n" + MESSAGE
     assert sign(message, Keyring((key,))).count(b"DKIM-Signature:") == 2
+
+
+def test_openssl_rsa_signatures_are_dkimpys_byte_for_byte(tmp_path: Path) -> None:
+    numbers = dkim.crypto.parse_pem_private_key(_key(tmp_path, "r1").private)
+    ours = fastrsa.sign(hashlib.sha256(b"headers"), numbers)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is fastrsa.sign  # installed by the signer module
+    original = fastrsa._original
+    assert original is not None
+    assert ours == original(hashlib.sha256(b"headers"), numbers)
 
 
 def test_the_signer_signs_a_message_once_for_every_delivery_of_it(tmp_path: Path) -> None:
