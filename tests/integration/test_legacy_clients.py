@@ -135,3 +135,8 @@ def test_plaintext_auth_only_from_the_configured_networks(
     offered, code, text = _plain_auth("127.0.0.3", relay.port)
     assert (offered, code) == (False, 538)
     assert text.startswith(b"5.7.11 Encryption required"), text
+    # The networks follow a reload (SIGHUP), in the inbound worker too.
+    relay.reconfigure({"auth": {"plaintext_networks": ["127.0.0.3/32"]}})
+    assert "configuration reloaded" in relay.hup()
+    wait_until(lambda: _plain_auth("127.0.0.3", relay.port)[1] == 235, 10, "the worker's reload")
+    assert _plain_auth("127.0.0.2", relay.port)[:2] == (False, 538)
