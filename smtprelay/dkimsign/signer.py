@@ -11,14 +11,15 @@ Canonicalization is relaxed/relaxed: header and white-space changes by next hops
 (refolding, a tab for a space) do not break it.
 
 A message that already carries a DKIM-Signature with ``d=`` its From: domain (the
-application signed it, or an earlier relay) is left alone. A message dkimpy cannot sign
-(no From, broken headers) goes out unsigned, with a warning in the log: the signature
-is worth less than the delivery.
+application signed it, or an earlier relay) is left alone, as is one without a single
+From domain (no From, several). A message dkimpy cannot sign (broken headers) goes out
+unsigned, with a warning in the log: the signature is worth less than the delivery.
 
 :class:`Signer` keeps the signature fields of the last messages it signed, keyed by
 queue ID and a digest of the bytes: a message with recipients at several destinations,
 or retried, is signed once as long as the bytes to send stay the same (a digest costs a
-fraction of dkimpy's canonicalization, and nothing signed twice carries two times).
+fraction of dkimpy's canonicalization), and every copy carries the same signature. Bytes
+that differ (a rewrite per route, a changed fold limit) miss the cache and are signed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,7 +39,6 @@ from smtprelay.dkimsign.keys import DkimKey, Keyring
 
 fastrsa.install()  # RSA through OpenSSL: ~1 ms instead of ~20 ms per signature
 
-log = logging.getLogger("smtprelay.dkim")
 
 CANONICALIZE = (b"relaxed", b"relaxed")
 CACHE_SIZE = 4096  # signature fields (a few hundred octets each) of recent messages
