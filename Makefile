@@ -24,14 +24,16 @@ run: $(STAMP)
 # haproxy, htpasswd (apache2-utils), php (mail() through smtprelay-sendmail), and postfix
 # (a private instance as next hop; "No configuration" leaves /etc/postfix unset).
 # swaks speaks TLS only with Net::SSLeay and IO::Socket::SSL, which it merely recommends.
+# opendkim-tools: OpenDKIM's opendkim-testmsg verifies the relay's DKIM signatures.
 DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl systemd fail2ban python3-systemd \
-	procps pflogsumm haproxy apache2-utils postfix php-cli
+	procps pflogsumm haproxy apache2-utils postfix php-cli opendkim-tools
 deps:
 	@if ! command -v swaks >/dev/null || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 	    || ! command -v fail2ban-regex >/dev/null \
 	    || ! command -v systemd-analyze >/dev/null || ! command -v pflogsumm >/dev/null \
 	    || ! [ -x /usr/sbin/haproxy ] || ! command -v htpasswd >/dev/null \
-	    || ! [ -x /usr/sbin/postfix ] || ! command -v php >/dev/null; then \
+	    || ! [ -x /usr/sbin/postfix ] || ! command -v php >/dev/null \
+	    || ! [ -x /usr/sbin/opendkim-testmsg ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null; \

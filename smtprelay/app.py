@@ -27,6 +27,8 @@ from smtprelay.delivery.resolver import Resolver
 from smtprelay.delivery.routes import Router
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.delivery.transport import Timeouts, Transport
+from smtprelay.dkimsign import DkimKeyError, Signer, load_keyring
+from smtprelay.dkimsign.keys import describe
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
 from smtprelay.events.service import EventService, EventsStartError
@@ -69,15 +71,38 @@ DELIVERY = "the delivery loop"
 STATUS_PERIOD = 5.0
 
 
+def _warn_legacy(settings: Settings) -> None:
+    """The legacy-client profile weakens what the relay promises: say so at every start."""
+    if settings.server.legacy_tls_listen:
+        log.warning(
+            "[server] legacy_tls_listen: TLS 1.0 and 1.1 (deprecated by RFC 8996) are "
+            "accepted on %s; each such session is logged and counted "
+            "(smtprelay_smtpd_legacy_tls_sessions_total)",
+            ", ".join(str(e) for e in settings.server.legacy_tls_listen),
+        )
+    if settings.auth.plaintext_networks and not settings.auth.allow_plaintext:
+        log.warning(
+            "[auth] plaintext_networks: AUTH without TLS is allowed from %s",
+            ", ".join(str(n) for n in settings.auth.plaintext_networks),
+        )
+
+
 def build_scheduler(
-    settings: Settings, spool: Spool, on_notice: Callable[[Envelope], None] | None = None
+    settings: Settings,
+    spool: Spool,
+    on_notice: Callable[[Envelope], None] | None = None,
+    signer: Signer | None = None,
 ) -> Scheduler:
     delivery = settings.delivery
     resolver = Resolver(
         delivery.nameservers,
         port=delivery.port,
         own_names=[settings.server.hostname],
-        own_endpoints=[*settings.server.listen, *settings.server.listen_implicit_tls],
+        own_endpoints=[
+            *settings.server.listen,
+            *settings.server.listen_implicit_tls,
+            *settings.server.legacy_tls_listen,
+        ],
     )
     transport = Transport(
         helo_name=settings.server.hostname,
@@ -87,6 +112,7 @@ def build_scheduler(
         ),
         max_idle_per_hop=delivery.per_destination_concurrency,
         line_length_limit=delivery.line_length_limit,
+        signer=signer or Signer(),
     )
     notices = Notices(spool, settings.bounce, settings.server.hostname, delivery.max_queue_lifetime)
     return Scheduler(
@@ -133,8 +159,11 @@ async def _serve(
         ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="spool")
     )
     try:
+        signer = Signer(load_keyring(settings.dkim))  # a bad key file stops the start here
+        if signer.keyring.keys:
+            log.info("DKIM signing with %s", ", ".join(describe(signer.keyring.keys)))
         scheduler = build_scheduler(
-            settings, spool, stats.note_queued if stats is not None else None
+            settings, spool, stats.note_queued if stats is not None else None, signer
         )
         # Before READY=1 only what safety needs: partial writes removed, names taken. The
         # envelopes are read after it, while the daemon serves (delivery.loader).
@@ -157,8 +186,9 @@ async def _serve(
         tls_context = server_context(settings)
         authenticator = users(settings)  # a broken users file stops the start here
         sockets = bind(settings)
+        _warn_legacy(settings)
         local_socket = local.bind_socket(settings)  # smtprelay-sendmail's, or None
-    except (OSError, UsersFileError, TLSError) as e:
+    except (OSError, UsersFileError, TLSError, DkimKeyError) as e:
         raise StartupError(str(e)) from None
     supervisor = Supervisor()
     pool: WorkerPool | None = None
@@ -212,7 +242,7 @@ async def _serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    running = Running(path, settings, inbound, scheduler, tls_context)
+    running = Running(path, settings, inbound, scheduler, tls_context, signer)
     if http is not None:
         running.on_reload.append(http.reload)
     running.staged.append(events.stage_reload)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtprelay import __version__, config, maillog, queuecli, tokencli, usersfile
+from smtprelay.dkimsign import keygen
 from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
 
@@ -37,12 +38,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.print_usage(sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
-        settings = config.load(config.config_path(getattr(args, "config", None)))
+        # A command that needs no configuration (dkim keygen) works without the file.
+        settings = (
+            None
+            if getattr(args, "standalone", False)
+            else config.load(config.config_path(getattr(args, "config", None)))
+        )
         code = args.handler(args, settings)
     except (
         CommandFailed,
         usersfile.UsersFileError,
         tokencli.TokenFileError,
+        keygen.KeygenError,
         TLSError,
         OSError,
     ) as e:
@@ -98,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     queuecli.register(commands, common)
     tokencli.register(commands, common)
+    keygen.register(commands, common)
 
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).
@@ -131,6 +139,10 @@ def _check_config(args: argparse.Namespace, settings: config.Settings) -> int:
     if settings.auth.users_file:
         users = usersfile.read_users(Path(settings.auth.users_file))
         print(f"# {len(users)} user(s) in {settings.auth.users_file}", file=sys.stderr)
+    from smtprelay.dkimsign import keys  # reads every key file: a bad one is named
+
+    for line in keys.describe(keys.load_keyring(settings.dkim).keys):
+        print(f"# DKIM key {line}", file=sys.stderr)
     return EXIT_OK
 
 

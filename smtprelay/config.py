@@ -102,6 +102,9 @@ class ServerSettings(_Section):
     hostname: str = Field(default_factory=socket.getfqdn, min_length=1)
     listen: tuple[EndpointField, ...] = (Endpoint("127.0.0.1", 2525),)
     listen_implicit_tls: tuple[EndpointField, ...] = ()
+    # Like `listen` (STARTTLS), but TLS 1.0 and 1.1 are accepted too: a listener of its own
+    # for old printers and scanners (a warning at start, sessions counted in /metrics).
+    legacy_tls_listen: tuple[EndpointField, ...] = ()
     max_message_size: Size = Field(default=25_000_000, gt=0)
     max_recipients: Int = Field(default=defaults.DEFAULT_MAX_RECIPIENTS, gt=0)
     max_connections: Int = Field(default=200, gt=0)
@@ -143,6 +146,8 @@ class AuthSettings(_Section):
     # Empty means: no SMTP AUTH at all (only trusted networks may relay).
     users_file: str = ""
     allow_plaintext: Bool = False
+    # Clients in these networks may AUTH without TLS (old devices); others must use TLS.
+    plaintext_networks: tuple[Network, ...] = ()
     # "(Authenticated sender: NAME)" in Received: hands every recipient a login name;
     # off by default, as Postfix's smtpd_sasl_authenticated_header.
     authenticated_header: Bool = False
@@ -332,6 +337,30 @@ class WebhookSettings(_Section):
     allow_private: Bool = False
 
 
+def _parse_selector(value: object) -> str:
+    """A DKIM selector (RFC 6376 3.1): one or more DNS labels of letters, digits, '-'."""
+    labels = value.split(".") if isinstance(value, str) else []
+    if not labels or not all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+        for label in labels
+    ):
+        raise ValueError(f"{value!r} is not a selector (DNS labels: letters, digits, '-')")
+    return str(value).lower()
+
+
+class DkimKeySettings(_Section):
+    # Mail whose From: domain is this domain is signed with this key.
+    domain: Domain
+    # Published as SELECTOR._domainkey.DOMAIN; a new selector per key rotation.
+    selector: Annotated[str, BeforeValidator(_parse_selector)]
+    # PEM private key, RSA (at least 1024 bits; 2048 recommended) or Ed25519.
+    key_file: Annotated[str, Field(min_length=1)]
+
+
+class DkimSettings(_Section):
+    keys: tuple[DkimKeySettings, ...] = ()
+
+
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -349,6 +378,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     events: EventsSettings = EventsSettings()
     webhooks: tuple[WebhookSettings, ...] = ()
+    dkim: DkimSettings = DkimSettings()
 
 
 def load(path: Path) -> Settings:
@@ -394,6 +424,9 @@ def _describe(error: ValidationError) -> str:
             return f"[[webhooks]]: {message}"
         problem = "unknown key" if first["type"] == "extra_forbidden" else message
         return f"[[webhooks]] #{int(loc[1]) + 1} {loc[2]}: {problem}"
+    if loc[:2] == ["dkim", "keys"] and len(loc) >= 4 and loc[2].isdigit():
+        problem = "unknown key" if first["type"] == "extra_forbidden" else message
+        return f"[[dkim.keys]] #{int(loc[2]) + 1} {loc[3]}: {problem}"
     known = _sections()
     key_in_message, sep, rest = message.partition(": ")
     if ".".join(loc) in known and sep and " " not in key_in_message:

@@ -56,9 +56,12 @@ class Event(StrEnum):
     DATA_MEMORY_LIMIT = "data-memory-limit"
     DELIVERY = "delivery"
     DISCONNECT = "disconnect"
+    DKIM_NOT_SIGNED = "dkim-not-signed"
+    DKIM_SIGNED = "dkim-signed"
     FOLDED = "folded"
     HOLD = "hold"
     INTERNAL_ERROR = "internal-error"
+    LEGACY_TLS = "legacy-tls"
     LOST_CONNECTION = "lost-connection"
     MESSAGE_ID = "message-id"
     NON_SMTP_COMMAND = "non-smtp-command"
@@ -304,6 +307,20 @@ def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
     )
 
 
+def legacy_tls(ip: str, where: str, version: str) -> None:
+    """A session encrypted with TLS 1.0 or 1.1 (RFC 8996 deprecates them): counted in
+    /metrics, and logged so that the devices still needing them can be found."""
+    _emit(
+        "smtpd",
+        f"warning: legacy TLS ({where}) from {_host(ip)}: {version}",
+        level=logging.WARNING,
+        client_ip=ip,
+        tls=where,
+        version=version,
+        event=Event.LEGACY_TLS,
+    )
+
+
 def proxy_refused(ip: str, reason: str) -> None:
     """A connection closed before the greeting: it came from an address not allowed to
     send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
@@ -427,6 +444,31 @@ def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
         longest=longest,
         limit=limit,
         event=Event.FOLDED,
+    )
+
+
+def dkim_signed(qid: str, selector: str, domain: str, algorithm: str) -> None:
+    """``QID: DKIM-Signature field added (s=SELECTOR, d=DOMAIN)``, as OpenDKIM says it."""
+    _emit(
+        "smtp",
+        f"{qid}: DKIM-Signature field added (s={selector}, d={domain})",
+        qid,
+        selector=selector,
+        domain=domain,
+        algorithm=algorithm,
+        event=Event.DKIM_SIGNED,
+    )
+
+
+def dkim_not_signed(qid: str, reason: str) -> None:
+    """``QID: warning: DKIM: not signed for DOMAIN: REASON``; the message goes out."""
+    _emit(
+        "smtp",
+        f"{qid}: warning: DKIM: {escape(reason)}",
+        qid,
+        level=logging.WARNING,
+        reason=reason,
+        event=Event.DKIM_NOT_SIGNED,
     )
 
 

@@ -3,11 +3,13 @@
 Applied to new sessions and new delivery attempts, with nothing dropped: the TLS
 certificate and minimum version, relay policy (trusted networks, allow-lists,
 max_recipients), message size, timeout and connection limits, the users file location,
-routes and smarthosts (with their password file), bounce settings, logging, the HTTP
-tokens file and history retention, and the events stage's ``[events]`` and
-``[[webhooks]]`` (:meth:`smtprelay.events.service.EventService.stage_reload`). Listen
-addresses (SMTP and HTTP), the spool directory, ``[events] dir`` and delivery
-concurrency need a restart; a change to them is logged. A configuration
+routes and smarthosts (with their password file), DKIM keys (every key file is read
+again: a new selector takes over; a bad file refuses the reload), bounce settings,
+logging, the HTTP tokens file and history retention, and the events stage's
+``[events]`` and ``[[webhooks]]``
+(:meth:`smtprelay.events.service.EventService.stage_reload`). Listen addresses (SMTP
+and HTTP), the spool directory, ``[events] dir`` and delivery concurrency need a
+restart; a change to them is logged. A configuration
 that does not load is refused with a log line and the running one stays, as
 ``nginx -s reload`` does. Inbound worker processes get a SIGHUP from the main process
 once it has accepted the file, and apply its inbound part themselves
@@ -26,6 +28,7 @@ from pathlib import Path
 from smtprelay import maillog, tls
 from smtprelay.config import Settings
 from smtprelay.delivery.scheduler import Scheduler
+from smtprelay.dkimsign import DkimKeyError, Signer, load_keyring
 from smtprelay.inbound.reload import Refused, prepare
 from smtprelay.inbound.server import Listeners
 from smtprelay.web.tokens import read_tokens
@@ -40,6 +43,8 @@ class Running:
     inbound: Listeners
     scheduler: Scheduler
     tls_context: ssl.SSLContext
+    # The DKIM signer of the delivery transport: its keys are re-read on every reload.
+    signer: Signer | None = None
     # Called with the new settings once they are applied (e.g. the HTTP endpoint).
     on_reload: list[Callable[[Settings], None]] = field(default_factory=list)
     # Called with the new settings before anything is applied: each checks its part
@@ -54,6 +59,10 @@ def reload(running: Running) -> bool:
         new, authenticator = prepare(running.path)
         # Built before anything is applied: it reads the smarthost's password file.
         router = running.scheduler.router_for(new)
+        try:
+            keyring = load_keyring(new.dkim)  # a new selector's key, or a bad file
+        except DkimKeyError as e:
+            raise Refused(str(e)) from None
         if new.http.tokens_file:
             try:
                 read_tokens(Path(new.http.tokens_file))
@@ -79,6 +88,11 @@ def reload(running: Running) -> bool:
             old.server.listen_implicit_tls,
             new.server.listen_implicit_tls,
         ),
+        (
+            "[server] legacy_tls_listen",
+            old.server.legacy_tls_listen,
+            new.server.legacy_tls_listen,
+        ),
         ("[server] workers", old.server.workers, new.server.workers),
         ("[spool] dir", old.spool.dir, new.spool.dir),
         ("[delivery] concurrency", old.delivery.concurrency, new.delivery.concurrency),
@@ -93,6 +107,8 @@ def reload(running: Running) -> bool:
             log.warning("reload: %s changes only on restart", name)
     running.inbound.apply(new, authenticator)
     running.scheduler.apply(new, router)
+    if running.signer is not None:
+        running.signer.replace(keyring)
     maillog.setup(new.log.format, new.log.level)
     for apply in running.on_reload:
         apply(new)

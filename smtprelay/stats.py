@@ -142,6 +142,13 @@ class Stats(logging.Handler):
         self.connections = Counter(
             "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r
         )
+        self.legacy_tls = Counter(
+            "smtprelay_smtpd_legacy_tls_sessions",
+            "SMTP sessions that negotiated TLS 1.0 or 1.1 (allowed on [server] "
+            "legacy_tls_listen listeners), by version.",
+            ["version"],
+            registry=r,
+        )
         self.operator = Counter(
             "smtprelay_operator_actions",
             "Queue operations done by the operator.",
@@ -241,6 +248,8 @@ class Stats(logging.Handler):
         elif event == Event.TLS_FAILED:
             self.counts["tls_failed"] += 1
             self.tls_failures.labels(str(fields.get("kind"))).inc()
+        elif event == Event.LEGACY_TLS:
+            self.legacy_tls.labels(str(fields.get("version"))).inc()
         elif event == Event.CONNECT:
             self.counts["connections"] += 1
             self.connections.inc()

@@ -6,6 +6,7 @@ import datetime
 import logging
 import os
 import ssl
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -67,6 +68,24 @@ def load(context: ssl.SSLContext, settings: Settings) -> None:
         raise TLSError(f"[tls] {e.filename}: no such file") from None
     except (ssl.SSLError, OSError) as e:
         raise TLSError(f"[tls] cannot load certificate {cert} / key {key}: {e}") from None
+
+
+def legacy_server_context(settings: Settings) -> ssl.SSLContext:
+    """The context of the ``[server] legacy_tls_listen`` listeners: TLS 1.0 and up."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    load_legacy(context, settings)
+    return context
+
+
+def load_legacy(context: ssl.SSLContext, settings: Settings) -> None:
+    """:func:`load`, then TLS 1.0 and 1.1 allowed in this context only. OpenSSL 3 refuses
+    them at security level 1 and above (their signatures use SHA-1 and MD5), hence
+    level 0, with OpenSSL's default suites (the CBC ones old devices have)."""
+    load(context, settings)
+    with warnings.catch_warnings():  # Python warns that these versions are deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
 
 
 def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:

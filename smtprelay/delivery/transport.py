@@ -13,6 +13,8 @@ This module is the small public face the scheduler uses; the parts are:
 
 Lines longer than ``line_length_limit`` are folded (linefold.py) once per delivery,
 before SIZE is computed and before dot-stuffing, so both see the bytes that are sent.
+Then the message is DKIM-signed (``smtprelay.dkimsign``): last, on the folded bytes, so
+that the signature covers exactly what goes out and verifies at the receiver.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from smtprelay.delivery.pool import Pool
 from smtprelay.delivery.routes import Route
 from smtprelay.delivery.session import Opener, Timeouts
 from smtprelay.delivery.transaction import Transaction
+from smtprelay.dkimsign import Signer
 from smtprelay.replies import Reply
 
 __all__ = ["Timeouts", "Transport"]
@@ -55,6 +58,8 @@ class Transport:
     idle_timeout: float = 10.0
     max_idle_per_hop: int = 20
     line_length_limit: int = 998  # 0: lines are sent as they are
+    # DKIM keys of the running configuration (replaced on reload by its owner, app.py).
+    signer: Signer = field(default_factory=Signer)
     _pool: Pool = field(init=False)
     _opener: Opener = field(init=False)
 
@@ -94,6 +99,9 @@ class Transport:
         if folded.lines:
             maillog.folded_lines(qid, folded.lines, folded.longest, self.line_length_limit)
             data = folded.data
+        # Every change to the bytes is made above this line: the signature is of what
+        # is sent (signed once per message and content, see dkimsign.Signer).
+        data = await self.signer.sign(data, qid)
         errors: list[DeliveryError] = []
         for hop in self._reuse_first(route, hops):
             for _ in range(2):  # a reused connection found closed gets one fresh try

@@ -27,6 +27,10 @@ from smtprelay import maillog, replies
 from smtprelay.inbound import handshake, proxyheader
 from smtprelay.replies import Reply
 
+# Negotiated only where allowed: on a legacy_tls_listen listener, or everywhere with
+# [tls] min_version = "TLSv1" (RFC 8996 deprecates them: each such session is logged).
+LEGACY_VERSIONS = ("TLSv1", "TLSv1.1")
+
 # How long a closing connection may take to send its last reply before it is cut off.
 CLOSE_GRACE = 5.0
 
@@ -139,7 +143,7 @@ class Connection(_AiosmtpdSMTP):
         """The TLS transport, or None when the handshake failed: then the failure is
         logged, the connection closed and its slot given back."""
         try:
-            return await started.result(self.min_tls_version)
+            tls = await started.result(self.min_tls_version)
         except handshake.HandshakeFailed as e:
             if e.kind == "closed":  # a health check or a port scan, not a TLS problem
                 maillog.lost_connection(self.ip, "STARTTLS" if self.session else "CONNECT")
@@ -151,6 +155,11 @@ class Connection(_AiosmtpdSMTP):
             return None
         finally:
             self._upgrading = False
+        ssl_object = tls.get_extra_info("ssl_object")
+        version = ssl_object.version() if ssl_object is not None else None
+        if version in LEGACY_VERSIONS:  # a [server] legacy_tls_listen listener's client
+            maillog.legacy_tls(self.ip, where, version)
+        return tls
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         self.counts["starttls"] += 1

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from smtprelay import ids, maillog, replies
 from smtprelay.envelope import Client, Recipient
-from smtprelay.inbound import address, esmtpparams
+from smtprelay.inbound import address, esmtpparams, proxyheader
 from smtprelay.inbound.connection import Connection
 from smtprelay.inbound.datareader import DataReader
 from smtprelay.inbound.greeting import Greeting
@@ -53,6 +53,7 @@ class Session(Greeting):
         max_message_size: int,
         timeout: float,
         allow_plaintext_auth: bool,
+        plaintext_networks: tuple[Network, ...] = (),
         tls_context: ssl.SSLContext,
         implicit_tls: bool,
         handshake_timeout: float,
@@ -60,6 +61,7 @@ class Session(Greeting):
         proxy_from: tuple[Network, ...],
         on_close: Callable[[Connection], None],
     ) -> None:
+        self.plaintext_networks = plaintext_networks  # before aiosmtpd sets the flag below
         super().__init__(
             intake,
             max_message_size=max_message_size,
@@ -83,6 +85,19 @@ class Session(Greeting):
             lambda: 512, {"MAIL": 1024, "RCPT": 1024}
         )
         self.txn: Transaction | None = None
+
+    # aiosmtpd reads this at AUTH (538 5.7.11 without TLS) and the EHLO offer reads it:
+    # ``[auth] plaintext_networks`` lifts the rule for clients there, once the client's
+    # address is known (after a PROXY header, the real client's).
+    @property
+    def _auth_require_tls(self) -> bool:
+        return self._tls_for_auth and not (
+            self.plaintext_networks and proxyheader.allowed(self.ip, self.plaintext_networks)
+        )
+
+    @_auth_require_tls.setter
+    def _auth_require_tls(self, value: bool) -> None:
+        self._tls_for_auth = value
 
     # --- what the connection below needs to know ------------------------------------
 

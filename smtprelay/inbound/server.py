@@ -1,4 +1,12 @@
-"""Listeners: plain (with STARTTLS) and implicit-TLS ports, and the connection limit.
+"""Listeners: plain (with STARTTLS), implicit-TLS and legacy-TLS ports, and the
+connection limit.
+
+A legacy listener (``[server] legacy_tls_listen``) is a plain one whose STARTTLS also
+accepts TLS 1.0 and 1.1, through a TLS context of its own (:func:`tls.load_legacy`), so
+that the other listeners keep ``[tls] min_version``. It is STARTTLS and not implicit TLS
+because the devices that need it (printers, scanners, old ERPs) are set up as "SMTP with
+STARTTLS" on port 25 or 587 far more often than "SSL" on 465, and because a plain port
+also serves them when they send without TLS (with ``[auth] plaintext_networks``).
 
 The daemon serves SMTP either itself (``[server] workers = 0``) or through worker
 processes (:mod:`smtprelay.inbound.workers`), each running an :class:`InboundServer` on
@@ -15,10 +23,11 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, cast
 
-from smtprelay import maillog, replies
+from smtprelay import maillog, replies, tls
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.inbound import handshake
@@ -35,12 +44,25 @@ from smtprelay.units import Endpoint
 SHUTDOWN_GRACE = 10.0
 
 
+class ListenerKind(StrEnum):
+    """What a listening socket serves (its ``[server]`` key)."""
+
+    PLAIN = "plain"  # listen: SMTP, STARTTLS offered
+    IMPLICIT = "implicit"  # listen_implicit_tls: TLS from the first byte
+    LEGACY = "legacy"  # legacy_tls_listen: as plain, with TLS 1.0 and 1.1 accepted
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self is ListenerKind.IMPLICIT
+
+
 @dataclass(frozen=True)
 class ListenerState:
     endpoint: Endpoint
     implicit_tls: bool
     serving: bool
     local: bool = False  # the Unix socket of local submission (no TLS there)
+    legacy_tls: bool = False  # a [server] legacy_tls_listen listener
 
 
 class Listeners(Protocol):
@@ -61,17 +83,18 @@ class Listeners(Protocol):
     async def drain(self, grace: float) -> None: ...
 
 
-def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
-    """Listening sockets for every ``listen`` (False) and ``listen_implicit_tls`` (True)
-    endpoint, one per address a host name resolves to (as asyncio's create_server
-    binds); OSError naming the endpoint if one cannot be bound."""
-    kinds = [(e, False) for e in settings.server.listen]
-    kinds += [(e, True) for e in settings.server.listen_implicit_tls]
-    bound: list[tuple[socket.socket, bool]] = []
+def bind(settings: Settings) -> list[tuple[socket.socket, ListenerKind]]:
+    """Listening sockets for every ``listen``, ``listen_implicit_tls`` and
+    ``legacy_tls_listen`` endpoint, one per address a host name resolves to (as asyncio's
+    create_server binds); OSError naming the endpoint if one cannot be bound."""
+    kinds = [(e, ListenerKind.PLAIN) for e in settings.server.listen]
+    kinds += [(e, ListenerKind.IMPLICIT) for e in settings.server.listen_implicit_tls]
+    kinds += [(e, ListenerKind.LEGACY) for e in settings.server.legacy_tls_listen]
+    bound: list[tuple[socket.socket, ListenerKind]] = []
     try:
-        for endpoint, implicit in kinds:
+        for endpoint, kind in kinds:
             try:
-                bound += [(sock, implicit) for sock in listen(endpoint)]
+                bound += [(sock, kind) for sock in listen(endpoint)]
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror}") from None
     except OSError:
@@ -79,6 +102,12 @@ def bind(settings: Settings) -> list[tuple[socket.socket, bool]]:
             sock.close()
         raise
     return bound
+
+
+def listener_state(endpoint: Endpoint, kind: ListenerKind, serving: bool) -> ListenerState:
+    return ListenerState(
+        endpoint, kind.implicit_tls, serving, legacy_tls=kind is ListenerKind.LEGACY
+    )
 
 
 def listen(endpoint: Endpoint) -> list[socket.socket]:
@@ -174,47 +203,56 @@ class InboundServer:
     # Told the number of open sessions whenever it changes (a worker reports it).
     on_sessions: Callable[[int], None] | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
-    _implicit: list[bool] = field(default_factory=list)  # per server: implicit TLS?
+    _kinds: list[ListenerKind] = field(default_factory=list)  # per server
     sessions: Sessions = field(init=False)
+    # TLS 1.0+ for the legacy listeners only; None without any.
+    legacy_context: ssl.SSLContext | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.on_sessions)
+        if self.settings.server.legacy_tls_listen:
+            self.legacy_context = tls.legacy_server_context(self.settings)
 
-    async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
-        """Serve on ``sockets`` (listening, with their implicit-TLS flag), or bind every
-        listener of the settings; raises OSError naming the address if one cannot bind."""
+    async def start(self, sockets: list[tuple[socket.socket, ListenerKind]] | None = None) -> None:
+        """Serve on ``sockets`` (listening, with their kind), or bind every listener of
+        the settings; raises OSError naming the address if one cannot bind."""
         loop = asyncio.get_running_loop()
-        for sock, implicit in bind(self.settings) if sockets is None else sockets:
+        for sock, kind in bind(self.settings) if sockets is None else sockets:
             # Implicit TLS too is served as plain TCP: the session runs the handshake
             # itself, so that one that fails still gives its connection slot back.
             server = await loop.create_server(
-                functools.partial(self._protocol, implicit),
+                functools.partial(self._protocol, kind),
                 sock=sock,
                 backlog=1024,
             )
             self.servers.append(server)
-            self._implicit.append(implicit)
+            self._kinds.append(kind)
 
     @property
     def limit(self) -> int:
         return -(-self.settings.server.max_connections // self.share)  # rounded up
 
-    def _protocol(self, implicit: bool) -> asyncio.Protocol:
+    def _protocol(self, kind: ListenerKind) -> asyncio.Protocol:
         server = self.settings.server
+        implicit = kind.implicit_tls
         if len(self.sessions) >= self.limit:
             tls = (self.tls_context, self.settings.tls.handshake_timeout) if implicit else None
             return Refuse(server.max_connections, tls)
+        context, min_version = self.tls_context, self.settings.tls.min_version
+        if kind is ListenerKind.LEGACY and self.legacy_context is not None:
+            context, min_version = self.legacy_context, "TLSv1"
         session = Session(
             self.intake,
             hostname=server.hostname,
             max_message_size=server.max_message_size,
             timeout=server.timeout,
-            tls_context=self.tls_context,
+            tls_context=context,
             implicit_tls=implicit,
             handshake_timeout=self.settings.tls.handshake_timeout,
-            min_tls_version=self.settings.tls.min_version,
+            min_tls_version=min_version,
             proxy_from=server.proxy_protocol,
             allow_plaintext_auth=self.settings.auth.allow_plaintext,
+            plaintext_networks=self.settings.auth.plaintext_networks,
             on_close=self.sessions.closed,
         )
         self.sessions.add(session)
@@ -226,8 +264,8 @@ class InboundServer:
 
     def states(self) -> list[ListenerState]:
         return [
-            ListenerState(Endpoint(*sock.getsockname()[:2]), implicit, server.is_serving())
-            for server, implicit in zip(self.servers, self._implicit, strict=True)
+            listener_state(Endpoint(*sock.getsockname()[:2]), kind, server.is_serving())
+            for server, kind in zip(self.servers, self._kinds, strict=True)
             for sock in server.sockets
         ]
 
@@ -244,6 +282,8 @@ class InboundServer:
         self.intake.authenticated_header = settings.auth.authenticated_header
         self.intake.max_message_size = settings.server.max_message_size
         self.intake.hostname = settings.server.hostname
+        if self.legacy_context is not None:  # checked by the caller (reload.prepare)
+            tls.load_legacy(self.legacy_context, settings)
         self.settings = settings
 
     def close(self) -> None:

@@ -32,7 +32,13 @@ import uvloop
 from smtprelay import config, ids, maillog
 from smtprelay.inbound.channel import LogForwarder, Sender
 from smtprelay.inbound.reload import reload_inbound
-from smtprelay.inbound.server import SHUTDOWN_GRACE, InboundServer, build_intake, users
+from smtprelay.inbound.server import (
+    SHUTDOWN_GRACE,
+    InboundServer,
+    ListenerKind,
+    build_intake,
+    users,
+)
 from smtprelay.spool import Spool
 from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.tls import TLSError, server_context
@@ -49,8 +55,8 @@ def main(argv: list[str]) -> int:
     parent, channel_fd = int(argv[3]), int(argv[4])
     listeners = []
     for item in argv[5:]:
-        fd, _, implicit = item.partition(":")
-        listeners.append((socket.socket(fileno=int(fd)), implicit == "1"))
+        fd, _, kind = item.partition(":")
+        listeners.append((socket.socket(fileno=int(fd)), ListenerKind(kind)))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A reload signalled while this worker starts must not kill it (SIGHUP's default);
     # it reads the configuration file below anyway.
@@ -85,7 +91,7 @@ async def _serve(
     path: Path,
     count: int,
     channel: socket.socket,
-    listeners: list[tuple[socket.socket, bool]],
+    listeners: list[tuple[socket.socket, ListenerKind]],
 ) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(

@@ -27,7 +27,7 @@ from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
 from smtprelay.inbound import channel
 from smtprelay.inbound.auth import Authenticator
-from smtprelay.inbound.server import ListenerState, bind
+from smtprelay.inbound.server import ListenerKind, ListenerState, bind, listener_state
 from smtprelay.units import Endpoint
 
 log = logging.getLogger("smtprelay")
@@ -70,21 +70,19 @@ class WorkerPool:
         self.on_log = on_log
         # After a worker died: find what it queued but could not announce.
         self.on_lost = on_lost
-        self._sockets: list[tuple[socket.socket, bool]] = []
-        self._endpoints: list[tuple[Endpoint, bool]] = []
+        self._sockets: list[tuple[socket.socket, ListenerKind]] = []
+        self._endpoints: list[tuple[Endpoint, ListenerKind]] = []
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
 
-    async def start(self, sockets: list[tuple[socket.socket, bool]] | None = None) -> None:
-        """Start every worker on ``sockets`` (listening, with their implicit-TLS flag;
+    async def start(self, sockets: list[tuple[socket.socket, ListenerKind]] | None = None) -> None:
+        """Start every worker on ``sockets`` (listening, with their kind;
         by default bind the listeners of the settings) and wait until all serve. The
         sockets are the pool's from now on: closed by :meth:`close`, or if the start
         fails."""
         self._sockets = bind(self.settings) if sockets is None else sockets
         # Kept: /healthz names the listeners while the pool stops, its sockets closed.
-        self._endpoints = [
-            (Endpoint(*s.getsockname()[:2]), implicit) for s, implicit in self._sockets
-        ]
+        self._endpoints = [(Endpoint(*s.getsockname()[:2]), kind) for s, kind in self._sockets]
         try:
             for index in range(self.count):
                 await self._spawn(index)
@@ -114,7 +112,7 @@ class WorkerPool:
             str(os.getpid()),
             str(theirs.fileno()),
         ]
-        argv += [f"{s.fileno()}:{int(implicit)}" for s, implicit in self._sockets]
+        argv += [f"{s.fileno()}:{kind.value}" for s, kind in self._sockets]
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
             process = await asyncio.create_subprocess_exec(
@@ -205,9 +203,7 @@ class WorkerPool:
                 w.ready.is_set() and w.process.returncode is None for w in self._workers.values()
             )
         )
-        return [
-            ListenerState(endpoint, implicit, serving) for endpoint, implicit in self._endpoints
-        ]
+        return [listener_state(endpoint, kind, serving) for endpoint, kind in self._endpoints]
 
     @property
     def session_count(self) -> int:

@@ -26,6 +26,7 @@ def listeners(ctx: Context) -> list[dict[str, Any]]:
             "address": str(state.endpoint),
             "tls": "implicit" if state.implicit_tls else "none" if state.local else "starttls",
             "serving": state.serving,
+            **({"legacy_tls": True} if state.legacy_tls else {}),
         }
         for state in ctx.inbound.states()
     ]

@@ -46,9 +46,12 @@ def _toml_key(key: str) -> str:
 
 
 def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
+    """``"[webhooks]"`` makes an array-of-tables entry (``[[webhooks]]``); a suffix from
+    ``#`` on is left out of the header, so that ``"[dkim.keys]#1"`` and ``"[dkim.keys]#2"``
+    are two entries of ``[[dkim.keys]]``."""
     lines = []
     for section, keys in sections.items():
-        lines.append(f"[{section}]")
+        lines.append(f"[{section.partition('#')[0]}]")
         lines += [f"{_toml_key(key)} = {_toml(value)}" for key, value in keys.items()]
         lines.append("")
     path.write_text("\n".join(lines))

@@ -7,7 +7,12 @@ a mutable zone the test changes while the relay runs:
 * ``null_mx(domain)`` -- the single ``MX 0 .`` of RFC 7505;
 * any name not in the zone is NXDOMAIN; a name in the zone without records of the
   asked type is NOERROR with an empty answer (NODATA), with an SOA for negative caching;
-* ``servfail(name)`` makes every query for that name answer SERVFAIL until turned off.
+* ``servfail(name)`` makes every query for that name answer SERVFAIL until turned off;
+* ``txt(name, *strings)`` -- a TXT record (a DKIM key record, split in strings of at most
+  255 octets as a zone file has it).
+
+``TestDNSServer(address, port)`` serves on a fixed address and port instead, e.g. port 53
+of a 127.0.0.x address for a tool that reads only /etc/resolv.conf (opendkim_tool.py).
 
 TTLs are 1 second so that a test can change an answer and see the relay pick it up.
 Only loopback addresses (127.0.0.0/8, ::1) may be put in the zone: the relay under
@@ -22,7 +27,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord  # type: ignore[import-untyped]
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, TXT, A, DNSLabel, DNSRecord  # type: ignore[import-untyped]
 from dnslib.server import DNSLogger, DNSServer  # type: ignore[import-untyped]
 
 LOOPBACK = "127.0.0.1"
@@ -69,6 +74,11 @@ class Zone:
         if ipaddress.IPv6Address(ip) != ipaddress.IPv6Address("::1"):
             raise ValueError(f"{ip}: the test DNS server serves ::1 only")
         self._add(host, QTYPE.AAAA, AAAA(ip))
+
+    def txt(self, name: str, *strings: str) -> None:
+        if any(len(s.encode()) > 255 for s in strings):
+            raise ValueError("a TXT character-string holds at most 255 octets")
+        self._add(name, QTYPE.TXT, TXT([s.encode() for s in strings]))
 
     def exists(self, name: str) -> None:
         """The name exists but has no records (answers are NODATA, not NXDOMAIN)."""
@@ -141,24 +151,28 @@ class TestDNSServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = LOOPBACK, port: int = 0) -> None:
         self.zone = Zone()
-        self.port = 0
+        self.address = address
+        self.port = port
+        self._fixed = port != 0
         self._servers: list[DNSServer] = []
 
     @property
     def nameserver(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self) -> TestDNSServer:
         last: OSError | None = None
-        for _ in range(5):  # the port can be taken between the probe and the bind
-            port = _free_udp_and_tcp_port()
+        for _ in range(1 if self._fixed else 5):  # taken between the probe and the bind
+            port = self.port if self._fixed else _free_udp_and_tcp_port()
             servers: list[DNSServer] = []
             try:
                 for tcp in (False, True):
                     servers.append(
-                        DNSServer(self.zone, address=LOOPBACK, port=port, tcp=tcp, logger=_Quiet())
+                        DNSServer(
+                            self.zone, address=self.address, port=port, tcp=tcp, logger=_Quiet()
+                        )
                     )
             except OSError as e:
                 for server in servers:

@@ -19,6 +19,20 @@ import aiosmtplib
 import aiosmtplib.protocol
 import pytest
 
+
+def _rsa_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(65537, 1024).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+_RSA_PEM = _rsa_pem()
+
 # (class, member, the relay's module that uses it, why)
 METHODS = [
     (
@@ -131,7 +145,7 @@ ATTRIBUTES = [
     (
         aiosmtpd.smtp.SMTP,
         "_auth_require_tls",
-        "inbound/greeting.py",
+        "inbound/greeting.py, protocol.py (a property: [auth] plaintext_networks)",
         "whether AUTH is offered in clear text",
     ),
     (
@@ -222,6 +236,27 @@ def test_auth_missing_sentinel_exists() -> None:
         "aiosmtpd.smtp.MISSING is gone: smtprelay/inbound/greeting.py compares AUTH "
         "answers with it and returns it from handler hooks"
     )
+
+
+def test_dkimpy_signs_rsa_through_a_module_global_looked_up_per_call() -> None:
+    import dkim
+    import dkim.crypto
+
+    names = dkim.DKIM.gen_header.__code__.co_names
+    assert "RSASSA_PKCS1_v1_5_sign" in names and callable(dkim.crypto.RSASSA_PKCS1_v1_5_sign), (
+        "dkimpy's DKIM.gen_header no longer calls the module's RSASSA_PKCS1_v1_5_sign: "
+        "smtprelay/dkimsign/fastrsa.py replaces that name to sign RSA through OpenSSL"
+    )
+    assert set(dkim.crypto.parse_pem_private_key(_RSA_PEM)) >= {
+        "modulus",
+        "publicExponent",
+        "privateExponent",
+        "prime1",
+        "prime2",
+        "exponent1",
+        "exponent2",
+        "coefficient",
+    }, "dkimpy's parsed RSA key has other fields: smtprelay/dkimsign/fastrsa.py reads them"
 
 
 def test_the_check_fails_for_a_member_that_is_not_there() -> None:
