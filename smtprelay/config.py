@@ -218,9 +218,7 @@ def _parse_oauth_url(value: object) -> str:
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost") or (
         parts.hostname or ""
     ).startswith("127.")
-    if not parts.hostname or not (
-        parts.scheme == "https" or (parts.scheme == "http" and loopback)
-    ):
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
         raise ValueError(f"{value!r} is not an https:// URL (http:// only to 127.0.0.1)")
     return value.strip()
 
@@ -242,9 +240,7 @@ class OAuth2Settings(_Section):
     client_secret_file: str = ""
     # "": the provider's default for the grant.
     scope: str = ""
-    grant: Literal["client_credentials", "refresh_token", "service_account"] = (
-        "client_credentials"
-    )
+    grant: Literal["client_credentials", "refresh_token", "service_account"] = "client_credentials"
     refresh_token_file: str = ""
     service_account_file: str = ""
 
@@ -258,8 +254,10 @@ class OAuth2Settings(_Section):
                 'or "service_account"'
             )
         if self.provider == "microsoft" and self.grant == "service_account":
-            raise ValueError('grant: "service_account" is Google\'s; Microsoft uses '
-                             '"client_credentials" or "refresh_token"')
+            raise ValueError(
+                'grant: "service_account" is Google\'s; Microsoft uses '
+                '"client_credentials" or "refresh_token"'
+            )
         if (
             self.provider == "microsoft"
             and self.grant == "client_credentials"
@@ -342,10 +340,10 @@ _SENDER_MATCHERS = ("auth_user", "http_token", "sender", "sender_domain")
 
 def _parse_mailbox(value: object) -> str:
     if not isinstance(value, str) or value.count("@") != 1 or any(c in value for c in " <>\t"):
-        raise ValueError(f"{value!r} is not a mailbox like \"scanner@example.com\"")
+        raise ValueError(f'{value!r} is not a mailbox like "scanner@example.com"')
     local, domain = value.split("@")
     if not local or not domain:
-        raise ValueError(f"{value!r} is not a mailbox like \"scanner@example.com\"")
+        raise ValueError(f'{value!r} is not a mailbox like "scanner@example.com"')
     return value
 
 
@@ -622,16 +620,16 @@ def _describe(error: ValidationError) -> str:
         parts = array.split(".")
         if loc[: len(parts)] != parts:
             continue
-        rest = loc[len(parts) :]
-        if not rest or not rest[0].isdigit():
+        entry = loc[len(parts) :]
+        if not entry or not entry[0].isdigit():
             return f"[[{array}]]: {message}"
         problem = "unknown key" if first["type"] == "extra_forbidden" else message
         key, sep, text = problem.partition(": ")
-        if (len(rest) == 1 or rest[-1] == "oauth2") and sep and " " not in key:
-            rest, problem = [*rest, key], text  # a whole-table check names its key
-        if len(rest) < 2:
-            return f"[[{array}]] #{int(rest[0]) + 1}: {problem}"
-        return f"[[{array}]] #{int(rest[0]) + 1} {'.'.join(rest[1:])}: {problem}"
+        if (len(entry) == 1 or entry[-1] == "oauth2") and sep and " " not in key:
+            entry, problem = [*entry, key], text  # a whole-table check names its key
+        if len(entry) < 2:
+            return f"[[{array}]] #{int(entry[0]) + 1}: {problem}"
+        return f"[[{array}]] #{int(entry[0]) + 1} {'.'.join(entry[1:])}: {problem}"
     known = _sections()
     if loc[1:2] and loc[1].startswith("routes."):
         known |= {f"delivery.{loc[1]}", f"delivery.{loc[1]}.oauth2"}

@@ -3,7 +3,8 @@
 Applied to new sessions and new delivery attempts, with nothing dropped: the TLS
 certificate and minimum version, relay policy (trusted networks, allow-lists,
 max_recipients), message size, timeout and connection limits, the users file location,
-routes and smarthosts (with their password file), bounce settings, logging, and the HTTP
+routes, sender routes and smarthosts (with their password and OAuth secret files; cached
+access tokens of unchanged upstreams are kept), bounce settings, logging, and the HTTP
 tokens file and history retention. Listen addresses (SMTP and HTTP), the spool directory
 and delivery concurrency need a restart; a change to them is logged. A configuration
 that does not load is refused with a log line and the running one stays, as
@@ -46,8 +47,11 @@ def reload(running: Running) -> bool:
     """Apply the configuration file again; False (and a log line) when it is refused."""
     try:
         new, authenticator = prepare(running.path)
-        # Built before anything is applied: it reads the smarthost's password file.
-        router = running.scheduler.router_for(new)
+        # Built before anything is applied: it reads the password and OAuth secret files.
+        try:
+            router = running.scheduler.router_for(new)
+        except OSError as e:
+            raise Refused(str(e)) from None
         if new.http.tokens_file:
             try:
                 read_tokens(Path(new.http.tokens_file))

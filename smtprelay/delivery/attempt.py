@@ -97,8 +97,12 @@ class Attempts:
         for recipient in envelope.recipients:
             if recipient.state is RecipientState.PENDING:
                 domain = domain_of(recipient.address)
-                route = self.s.router.route(domain)
+                route = self.s.router.route(domain, envelope)
                 groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
+        for route, _, _ in groups.values():
+            if route.name.startswith("sender route"):  # the per-sender choice, logged
+                rewritten = route.rewrite.mailbox if route.rewrite and envelope.sender else None
+                maillog.routed(envelope.qid, route.name, route.key, envelope.sender, rewritten)
         limit = self.s.destinations.line_limit
         busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
         if busy is not None and not let_go:
