@@ -33,6 +33,8 @@ from typing import Any
 import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from authlib.oauth2.rfc7523 import JWTBearerGrant
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
 
 from smtprelay.config import OAuth2Settings
 from smtprelay.delivery.errors import DeliveryError
@@ -154,7 +156,7 @@ class TokenSource:
         except httpx2.HTTPError as e:
             raise self._failed(f"{type(e).__name__}: {e or 'no response'}") from None
         except ValueError as e:  # a malformed response or key
-            raise self._failed(f"unusable response: {e}") from None
+            raise self._failed(f"unusable response or key: {e}") from None
         token = response.get("access_token")
         if not isinstance(token, str) or not token:
             raise self._failed("no access_token in the response")
@@ -220,8 +222,12 @@ class TokenSource:
         header = {"alg": "RS256"}
         if account.get("private_key_id"):
             header["kid"] = account["private_key_id"]
+        try:
+            key = RSAKey.import_key(account["private_key"])
+        except (JoseError, ValueError) as e:
+            raise ValueError(f"the service account's private_key: {e}") from None
         assertion = JWTBearerGrant.sign(
-            account["private_key"],
+            key,
             issuer=account["client_email"],
             audience=account.get("token_uri") or url,
             subject=self.mailbox,
