@@ -48,6 +48,8 @@ DEFAULT_LIFETIME = 300.0
 TOKEN_FAILED = Reply(451, "4.7.0", "OAuth2 token request failed")
 
 log = logging.getLogger("smtprelay.delivery")
+# httpx2 logs every request at INFO: the mail log says what matters (failures) itself.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import threading
 import time
@@ -50,7 +51,7 @@ class TokenServer:
     requests: list[str] = field(default_factory=list)  # grant types, in order
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # token -> mailbox
     service_accounts: dict[str, RSAKey] = field(default_factory=dict)  # email -> key
-    not_before: float = 0.0  # tokens issued earlier are refused (revoke_issued)
+    not_before: int = 0  # tokens issued earlier are refused (revoke_issued)
     device_mailbox: str = ""  # who approves the device code (oauth login)
     issued: int = 0  # access tokens issued
     _loop: asyncio.AbstractEventLoop | None = None
@@ -115,7 +116,7 @@ class TokenServer:
 
     def revoke_issued(self) -> None:
         """Every access token issued so far is refused from now on."""
-        self.not_before = time.time() + 1  # iat has one-second resolution
+        self.not_before = int(time.time()) + 1  # iat has one-second resolution
 
     def count(self, grant: str) -> int:
         with self._lock:
@@ -259,6 +260,10 @@ class OAuthSink(Sink):
     def _factory(self) -> Any:
         protocol = super()._factory()
         if isinstance(protocol, SMTP):
+            # Access tokens are long (Microsoft's ~2 KB): RFC 4954 allows 12288 octets.
+            # (aiosmtpd's per-command limits are a class attribute: this instance's own.)
+            protocol.command_size_limit = 12288
+            protocol.command_size_limits = collections.defaultdict(lambda: 12288)
             for name in ("XOAUTH2", "OAUTHBEARER", "PLAIN", "LOGIN"):
                 if name not in self.mechanisms:
                     protocol._auth_methods.pop(name, None)
