@@ -8,8 +8,8 @@ new secret)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
