@@ -17,7 +17,7 @@ mailbox reached from two tables is one.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from smtprelay.addresses import domain_of
@@ -93,50 +93,33 @@ class Router:
                 )
             else:
                 where = f'[delivery.routes."{domain}"]'
-                self.routes[domain] = self._upstream(entry, f'route "{domain}"', where)
+                self.routes[domain] = upstream_route(
+                    entry, f'route "{domain}"', where, timeout=self.timeout
+                )
         self.sender_routes: list[tuple[SenderRouteSettings, Route]] = []
         for number, sender_route in enumerate(settings.sender_routes, 1):
             rewrite = None
             if sender_route.rewrite_from:
                 rewrite = FromRewrite(sender_route.rewrite_from, sender_route.keep_reply_to)
-            route = self._upstream(
+            route = upstream_route(
                 sender_route,
                 f"sender route {sender_route.label}",
                 f"[[delivery.sender_routes]] #{number}",
                 rewrite,
+                timeout=self.timeout,
             )
             self.sender_routes.append((sender_route, route))
         self.smarthost: Route | None = None
         if settings.mode == "smarthost":
-            self.smarthost = self._upstream(
-                settings.smarthost, "smarthost", "[delivery.smarthost]", key_prefix="smarthost:"
+            self.smarthost = upstream_route(
+                settings.smarthost,
+                "smarthost",
+                "[delivery.smarthost]",
+                key_prefix="smarthost:",
+                timeout=self.timeout,
             )
         if previous is not None:
             self._keep_tokens(previous)
-
-    def _upstream(
-        self,
-        settings: SmarthostSettings,
-        name: str,
-        where: str,
-        rewrite: FromRewrite | None = None,
-        key_prefix: str = "",
-    ) -> Route:
-        """The route to one configured upstream (smarthost, route table, sender route)."""
-        credentials = None
-        hosts = ",".join(str(h) for h in settings.hosts)
-        key = key_prefix + hosts if key_prefix else f"[{hosts}]"
-        if settings.auth == "xoauth2" and settings.oauth2 is not None:
-            source = TokenSource(
-                name, where, settings.oauth2, settings.username, timeout=self.timeout
-            )
-            credentials = Credentials(settings.username, oauth=source)
-        elif settings.username:
-            password = read_secret(settings.password_file, f"{where} password_file")
-            credentials = Credentials(settings.username, password)
-        if credentials is not None and not key_prefix:
-            key += f" as {credentials.username}"
-        return Route(key, _UPSTREAM_TLS[settings.tls], settings.hosts, credentials, name, rewrite)
 
     def _keep_tokens(self, previous: Router) -> None:
         old = {s.route: s for s in previous.token_sources()}
@@ -169,9 +152,9 @@ class Router:
         if fixed is not None:
             return fixed
         if envelope is not None:
-            for sender_route, route in self.sender_routes:
-                if matches(sender_route, envelope):
-                    return route
+            chosen = first_match([s for s, _ in self.sender_routes], envelope)
+            if chosen is not None:
+                return self.sender_routes[chosen][1]
         if self.smarthost is not None:
             return self.smarthost
         return Route(domain, self.default_tls)
@@ -190,6 +173,36 @@ class Router:
         if not hops and error is not None:
             raise error
         return hops
+
+
+def upstream_route(
+    settings: SmarthostSettings,
+    name: str,
+    where: str,
+    rewrite: FromRewrite | None = None,
+    *,
+    key_prefix: str = "",
+    timeout: float = 30.0,
+) -> Route:
+    """The route to one configured upstream (smarthost, route table, sender route);
+    reads its password or OAuth secret files (OSError names the key, ``where``)."""
+    credentials = None
+    hosts = ",".join(str(h) for h in settings.hosts)
+    key = key_prefix + hosts if key_prefix else f"[{hosts}]"
+    if settings.auth == "xoauth2" and settings.oauth2 is not None:
+        source = TokenSource(name, where, settings.oauth2, settings.username, timeout=timeout)
+        credentials = Credentials(settings.username, oauth=source)
+    elif settings.username:
+        password = read_secret(settings.password_file, f"{where} password_file")
+        credentials = Credentials(settings.username, password)
+    if credentials is not None and not key_prefix:
+        key += f" as {credentials.username}"
+    return Route(key, _UPSTREAM_TLS[settings.tls], settings.hosts, credentials, name, rewrite)
+
+
+def first_match(sender_routes: Sequence[SenderRouteSettings], envelope: Envelope) -> int | None:
+    """The index of the first sender route that matches ``envelope``, if any."""
+    return next((i for i, s in enumerate(sender_routes) if matches(s, envelope)), None)
 
 
 def matches(sender_route: SenderRouteSettings, envelope: Envelope) -> bool:

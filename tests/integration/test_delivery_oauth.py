@@ -8,6 +8,7 @@ new secret)."""
 
 from __future__ import annotations
 
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -227,3 +228,43 @@ def test_sighup_reads_the_new_client_secret(
     wait_removed(relay, qid)
     assert deliveries(relay, qid)[-1].status == "sent"
     assert sink.auth_attempts[-1] == ("XOAUTH2", MAILBOX, True)
+
+
+def test_oauth_login_device_code_stores_the_refresh_token(
+    server: TokenServer, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    server.device_mailbox = MAILBOX  # the operator signs in on another device at once
+    refresh = tmp_path / "refresh-token"
+    oauth2 = {
+        "token_url": server.url,
+        "device_authorization_url": server.device_url,
+        "client_id": server.client_id,
+        "grant": "refresh_token",
+        "refresh_token_file": str(refresh),
+    }
+    relay = make_daemon(
+        start=False,  # no daemon: the refresh token file does not exist yet
+        overrides={
+            "delivery.smarthost": {"auth": "xoauth2", "username": MAILBOX},
+            "delivery.smarthost.oauth2": oauth2,
+        },
+    )
+    done = relay.cli("oauth", "login", "smarthost", check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"open {server.url.removesuffix('/token')}/verify and enter the code ABCD-EFGH" in (
+        done.stdout
+    )
+    assert f"refresh token stored in {refresh} (mode 0600)" in done.stdout
+    token = refresh.read_text().strip()
+    assert server.refresh_tokens[token] == MAILBOX
+    assert stat.S_IMODE(refresh.stat().st_mode) == 0o600
+    assert server.count("device_authorization") == 1
+    # A route of another grant has nothing to store: a clear refusal, exit 1.
+    relay.reconfigure({"delivery.smarthost.oauth2": {"grant": "client_credentials"}})
+    (tmp_path / "secret").write_text("x\n")
+    relay.reconfigure(
+        {"delivery.smarthost.oauth2": {"client_secret_file": str(tmp_path / "secret")}}
+    )
+    refused = relay.cli("oauth", "login", "smarthost", check=False)
+    assert refused.returncode == 1
+    assert 'oauth2.grant: is "client_credentials"; login is for "refresh_token"' in refused.stderr
