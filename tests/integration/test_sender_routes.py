@@ -58,7 +58,8 @@ def setup(
     tmp_path: Path,
 ) -> Iterator[tuple[Daemon, Sink, OAuthSink, Sink]]:
     scanner = make_sink(MX1, tls_cert=sink_cert, auth=(SCANNER_BOX, "up-1"), auth_required=True)
-    erp = OAuthSink(MX2, sink_port, server, tls_cert=sink_cert).start()
+    erp = OAuthSink(MX2, sink_port, server, tls_cert=sink_cert)
+    erp.start()
     crm = make_sink(MX3, tls_cert=sink_cert, auth=(CRM_BOX, "up-3"), auth_required=True)
     secrets = {}
     for name, text in (("scanner", "up-1"), ("crm", "up-3"), ("client", server.client_secret)):
