@@ -57,6 +57,7 @@ class Opener:
 
     async def _open(self, route: Route, hop: Hop, key: Key, tls: TLSPolicy) -> Connection:
         relay = str(hop)
+        token = await _token(route.credentials)
         sock = await self._tcp_connect(hop)
         client = aiosmtplib.SMTP(
             hostname=hop.name,
@@ -85,7 +86,7 @@ class Opener:
                             TLS_NOT_OFFERED.with_text(f"{TLS_NOT_OFFERED.text} {hop.name}"), relay
                         )
                 if route.credentials is not None:
-                    await _authenticate(client, route.credentials, relay)
+                    await _authenticate(client, route.credentials, token, relay)
         except (TLSHandshakeFailed, DeliveryError):
             client.close()
             raise
@@ -119,32 +120,55 @@ class Opener:
         return context
 
 
-async def _authenticate(client: aiosmtplib.SMTP, credentials: Credentials, relay: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token got before connecting, and whether the endpoint issued it just now."""
+
+    value: str
+    fresh: bool
+
+
+async def _token(credentials: Credentials | None) -> Token | None:
+    """The token an XOAUTH2 upstream needs, asked for *before* the connection is made:
+    a slow token endpoint must not hold a connection idle into the server's timeout.
+    Raises DeliveryError (the message is deferred) when the endpoint fails."""
+    if credentials is None or credentials.oauth is None:
+        return None
+    source = credentials.oauth
+    before = source.requests
+    value = await source.token()
+    return Token(value, source.requests != before)
+
+
+async def _authenticate(
+    client: aiosmtplib.SMTP, credentials: Credentials, token: Token | None, relay: str
+) -> None:
     """AUTH PLAIN/LOGIN with a password, or XOAUTH2 (OAUTHBEARER, RFC 7628, where only
     that is offered) with an access token; a refused token is dropped from the cache."""
     source = credentials.oauth
-    if source is None:
+    if source is None or token is None:
         with errors.auth_errors(relay):
             await client.login(credentials.username, credentials.password)
         return
     offered = client.server_auth_methods
     if "xoauth2" not in offered and "oauthbearer" not in offered:
-        raise DeliveryError(
-            AUTH_FAILED.with_text(
-                f"{AUTH_FAILED.text}: {relay} offers neither XOAUTH2 nor OAUTHBEARER"
-            ),
-            relay,
-        )
-    token = await source.token()  # DeliveryError (deferred) when the endpoint fails
-    try:
-        with errors.auth_errors(relay):
-            if "xoauth2" in offered:
-                await client.auth_xoauth2(credentials.username, token)
-            else:
-                await _oauthbearer(client, credentials.username, token)
-    except DeliveryError:
-        source.invalidate()
-        raise
+        text = f"{AUTH_FAILED.text}: {relay} offers neither XOAUTH2 nor OAUTHBEARER"
+        raise DeliveryError(AUTH_FAILED.with_text(text), relay)
+    while True:
+        try:
+            with errors.auth_errors(relay):
+                if "xoauth2" in offered:
+                    await client.auth_xoauth2(credentials.username, token.value)
+                else:
+                    await _oauthbearer(client, credentials.username, token.value)
+            return
+        except DeliveryError:
+            source.invalidate()
+            if token.fresh:
+                raise  # a token fresh from the endpoint was refused: no second try
+        # A cached token refused (revoked, or the grant changed at the provider): one
+        # more AUTH on this connection with a new one (RFC 4954 allows it).
+        token = Token(await source.token(), fresh=True)
 
 
 async def _oauthbearer(client: aiosmtplib.SMTP, username: str, token: str) -> None:
