@@ -38,7 +38,7 @@ pytest_plugins = ["tests.integration.delivery_fixtures"]
 
 USERS = {"scanner": "scanner-pw", "erp": "erp-pw", "crm": "crm-pw", "other": "other-pw"}
 SCANNER_BOX, ERP_BOX, CRM_BOX = "scanner@company.test", "erp@company.test", "crm@company.test"
-RCPT = "someone@customer.test"
+RCPT, PARTNER = "someone@customer.test", "desk@partner.test"
 
 
 @pytest.fixture
@@ -93,8 +93,16 @@ def setup(
         },
         {"http_token": "billing", "name": "billing", "hosts": [f"{MX3}:{sink_port}"]},
     ]
+    # A route table for one recipient domain comes before every sender route.
+    routes = {
+        "partner.test": {
+            "hosts": [f"{MX3}:{sink_port}"],
+            "username": CRM_BOX,
+            "password_file": str(secrets["crm"]),
+        }
+    }
     relay = delivering_relay(
-        delivery={"mode": "smarthost", "sender_routes": sender_routes},
+        delivery={"mode": "smarthost", "sender_routes": sender_routes, "routes": routes},
         # The default: a closed port, so unmatched mail stays deferred.
         **{"delivery.smarthost": {"hosts": [f"{LOOPBACK}:9"], "tls": "none"}},
     )
@@ -104,11 +112,13 @@ def setup(
     erp.stop()
 
 
-def _submit_as(relay: Daemon, user: str, sender: str, data: bytes) -> str:
+def _submit_as(
+    relay: Daemon, user: str, sender: str, data: bytes, rcpts: tuple[str, ...] = (RCPT,)
+) -> str:
     with smtplib.SMTP(LOOPBACK, relay.port, local_hostname="client.test", timeout=30) as c:
         c.starttls(context=client_context(relay))
         c.login(user, USERS[user])
-        return send(c, [RCPT], data, sender)
+        return send(c, list(rcpts), data, sender)
 
 
 def test_three_users_three_upstreams_own_identities(
@@ -119,7 +129,7 @@ def test_three_users_three_upstreams_own_identities(
         b"From: <scan@printer.local>", b"From: Scan Station <scan@printer.local>"
     )
     qids = {
-        "scanner": _submit_as(relay, "scanner", "scan@printer.local", scan_data),
+        "scanner": _submit_as(relay, "scanner", "scan@printer.local", scan_data, (RCPT, PARTNER)),
         "erp": _submit_as(
             relay, "erp", "erp@erp.local", make_message("erp", sender="erp@erp.local")
         ),
@@ -144,11 +154,19 @@ def test_three_users_three_upstreams_own_identities(
     assert (got.auth_user, got.mail_from) == (ERP_BOX, "erp@erp.local")
     assert erp.auth_attempts == [("XOAUTH2", ERP_BOX, True)]
     assert b"Reply-To:" not in got.content
-    # The CRM, matched by its sender domain.
-    [got] = crm.messages
-    assert (got.auth_user, got.mail_from) == (CRM_BOX, "sales@crm.local")
+    # The CRM, matched by its sender domain; and the scanner's copy for partner.test,
+    # which the route table of that domain took, as it was (no rewrite there).
+    by_sender = {m.mail_from: m for m in crm.messages}
+    assert sorted(by_sender) == ["sales@crm.local", "scan@printer.local"]
+    got = by_sender["sales@crm.local"]
+    assert (got.auth_user, got.rcpt_tos) == (CRM_BOX, (RCPT,))
+    got = by_sender["scan@printer.local"]
+    assert (got.auth_user, got.rcpt_tos) == (CRM_BOX, (PARTNER,))
+    assert b"\r\nFrom: Scan Station <scan@printer.local>\r\n" in got.content
+    assert b"Reply-To:" not in got.content
+    assert scanner.messages[0].rcpt_tos == (RCPT,)
     # The user no sender route matches reached none of them.
-    assert len(scanner.messages) + len(erp.messages) + len(crm.messages) == 3
+    assert len(scanner.messages) + len(erp.messages) + len(crm.messages) == 4
 
     log = relay.log()
     assert f"{qids['scanner']}: sender route auth_user=scanner: upstream=[{MX1}:" in log
@@ -156,8 +174,8 @@ def test_three_users_three_upstreams_own_identities(
     assert f"{qids['erp']}: sender route auth_user=erp: upstream=[{MX2}:" in log
     assert f"{qids['crm']}: sender route sender_domain=crm.local: upstream=[{MX3}:" in log
     assert f"{qids['other']}: sender route" not in log
-    for user in ("scanner", "erp", "crm"):
-        assert [d.status for d in deliveries(relay, qids[user])] == ["sent"]
+    for user, sent in (("scanner", 2), ("erp", 1), ("crm", 1)):
+        assert [d.status for d in deliveries(relay, qids[user])] == ["sent"] * sent
 
 
 def test_route_and_oauth_test_commands(
@@ -170,6 +188,12 @@ def test_route_and_oauth_test_commands(
         "route: sender route auth_user=scanner ([[delivery.sender_routes]] #1)",
         f"upstream: {MX1}:{sink_port} (tls starttls, AUTH as {SCANNER_BOX})",
         f"rewrite_from: {SCANNER_BOX} (the original From: kept in Reply-To:)",
+        "note: recipient domains of [delivery.routes] go their own way first: partner.test",
+    ]
+    out = relay.cli("route", "--user", "scanner", "--from", "a@b.test", "--to", PARTNER).stdout
+    assert out.splitlines()[1:] == [
+        'route: [delivery.routes] "partner.test"',
+        f"upstream: {MX3}:{sink_port} (tls starttls, AUTH as {CRM_BOX})",
     ]
     out = relay.cli("route", "--user", "erp", "--from", "a@b.test").stdout
     assert (
