@@ -16,6 +16,7 @@ mailbox reached from two tables is one.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ class Route:
     # 'route "example.com"', "sender route auth_user=scanner"; "" for MX delivery.
     name: str = ""
     rewrite: FromRewrite | None = None
+    # Chosen by who sent the message (a sender route): logged per message.
+    by_sender: bool = False
 
 
 class Router:
@@ -108,6 +111,7 @@ class Router:
                 rewrite,
                 timeout=self.timeout,
             )
+            route = dataclasses.replace(route, by_sender=True)
             self.sender_routes.append((sender_route, route))
         self.smarthost: Route | None = None
         if settings.mode == "smarthost":
