@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +225,26 @@ def test_effective_configuration_round_trips_with_upstreams() -> None:
     assert "[[delivery.sender_routes]]" in text
     assert "[delivery.sender_routes.oauth2]" in text
     assert config.parse(tomllib.loads(text)) == settings
+
+
+def _keys(model: type[Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted name, key) of every key of the schema; tables are walked, not listed."""
+    found: list[tuple[str, str]] = []
+    for name, info in model.model_fields.items():
+        table = config._table_model(info.annotation)
+        if table is not None:
+            found += _keys(table, f"{prefix}{name}.")
+        elif getattr(info.annotation, "__origin__", None) is not dict:
+            found.append((prefix + name, name))
+    return found
+
+
+def test_every_key_is_documented_in_the_shipped_config() -> None:
+    """STYLE: conf/smtprelay.toml documents every key (commented out, with its default)."""
+    text = (Path(__file__).parents[2] / "conf" / "smtprelay.toml").read_text()
+    missing = [
+        dotted
+        for dotted, key in _keys(config.Settings)
+        if not re.search(rf"^#?\s*{re.escape(key)}\s*=", text, re.MULTILINE)
+    ]
+    assert missing == []
