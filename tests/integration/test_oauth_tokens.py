@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from joserfc.jwk import RSAKey
 
+from smtprelay import config
 from smtprelay.config import OAuth2Settings
 from smtprelay.delivery.errors import DeliveryError
 from smtprelay.delivery.oauth import TokenSource
+from smtprelay.delivery.resolver import Resolver
+from smtprelay.delivery.routes import Router
 from tests.integration.oauth_server import JWT_BEARER, TokenServer
 
 MAILBOX = "scanner@company.test"
@@ -154,3 +157,47 @@ def test_service_account_jwt_bearer(server: TokenServer, tmp_path: Path) -> None
     assert server.count(JWT_BEARER) == 1
     assert server.validate(token, MAILBOX)  # issued for the mailbox it acts for (sub)
     assert not server.validate(token, "someone-else@company.test")
+
+
+def test_reload_keeps_the_token_unless_the_secret_changed(
+    server: TokenServer, tmp_path: Path
+) -> None:
+    oauth2 = _client_credentials(server, tmp_path)
+    settings = config.parse(
+        {
+            "delivery": {
+                "mode": "smarthost",
+                "smarthost": {
+                    "hosts": ["127.0.0.1:9"],
+                    "auth": "xoauth2",
+                    "username": MAILBOX,
+                    "oauth2": oauth2.model_dump(),
+                },
+            }
+        }
+    ).delivery
+    resolver = Resolver((), port=25, own_names=(), own_endpoints=())
+
+    def source(router: Router) -> TokenSource:
+        assert router.smarthost is not None and router.smarthost.credentials is not None
+        assert router.smarthost.credentials.oauth is not None
+        return router.smarthost.credentials.oauth
+
+    def rewrite(secret: str) -> None:
+        Path(oauth2.client_secret_file).write_text(secret + "\n")
+
+    async def run() -> None:
+        router = Router(settings, resolver)
+        first = await source(router).token()
+        same = router.reloaded(settings)  # SIGHUP, nothing changed
+        assert await source(same).token() == first
+        assert server.count("client_credentials") == 1
+        rewrite(server.client_secret)  # rewritten, the same text
+        assert await source(same.reloaded(settings)).token() == first
+        rewrite("a new secret")
+        server.client_secret = "a new secret"
+        changed = same.reloaded(settings)  # the file changed: a new token, with it
+        assert await source(changed).token() != first
+        assert server.count("client_credentials") == 2
+
+    asyncio.run(run())
