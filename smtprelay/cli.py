@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smtprelay import __version__, config, maillog, queuecli, tokencli, usersfile
+from smtprelay import __version__, config, maillog, queuecli, tokencli, upstreamcli, usersfile
 from smtprelay.dkimsign import keygen
 from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         usersfile.UsersFileError,
         tokencli.TokenFileError,
         keygen.KeygenError,
+        upstreamcli.UpstreamCommandError,
         TLSError,
         OSError,
     ) as e:
@@ -84,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser(
-        "check-config", parents=[common], help="validate and print the effective configuration"
+        "check-config",
+        parents=[common],
+        help="validate and print the effective configuration "
+        "(`smtprelay route` shows which upstream a sender or user takes)",
     )
     check.set_defaults(handler=_check_config)
 
@@ -106,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     queuecli.register(commands, common)
     tokencli.register(commands, common)
     keygen.register(commands, common)
+    upstreamcli.register(commands, common)
 
     # sendmail's flags (-oi, -fSENDER, -F NAME ...) are not argparse's: every word after
     # the command goes, unparsed, to smtprelay.sendmail (prefix_chars: no option here).

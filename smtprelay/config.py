@@ -22,8 +22,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -193,17 +195,216 @@ Nameserver = Annotated[Endpoint, BeforeValidator(_parse_nameserver)]
 DEFAULT_RETRY_SCHEDULE = (300.0, 600.0, 1200.0, 2400.0, 4200.0)
 
 
+_OAUTH2_TOKEN_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+    "google": "https://oauth2.googleapis.com/token",
+}
+_OAUTH2_DEVICE_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
+    "google": "https://oauth2.googleapis.com/device/code",
+}
+_OAUTH2_SCOPES = {
+    ("microsoft", "client_credentials"): "https://outlook.office365.com/.default",
+    ("microsoft", "refresh_token"): "https://outlook.office.com/SMTP.Send offline_access",
+    ("google", "refresh_token"): "https://mail.google.com/",
+    ("google", "service_account"): "https://mail.google.com/",
+}
+
+
+def _parse_oauth_url(value: object) -> str:
+    """https://, or http:// only to a loopback address (a test's token endpoint)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a URL string")
+    if not value:
+        return ""
+    parts = urlsplit(value.strip())
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost") or (
+        parts.hostname or ""
+    ).startswith("127.")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError(f"{value!r} is not an https:// URL (http:// only to 127.0.0.1)")
+    return value.strip()
+
+
+OAuthURL = Annotated[str, BeforeValidator(_parse_oauth_url)]
+
+
+class OAuth2Settings(_Section):
+    """How the relay gets access tokens for an upstream with ``auth = "xoauth2"``."""
+
+    provider: Literal["microsoft", "google", "generic"] = "generic"
+    # Microsoft Entra directory (tenant ID or domain) for the default URLs.
+    tenant: str = "organizations"
+    # "": the provider's (generic: required).
+    token_url: OAuthURL = ""
+    # For `smtprelay oauth login` (RFC 8628 device authorization); "": the provider's.
+    device_authorization_url: OAuthURL = ""
+    client_id: str = ""
+    client_secret_file: str = ""
+    # "": the provider's default for the grant.
+    scope: str = ""
+    grant: Literal["client_credentials", "refresh_token", "service_account"] = "client_credentials"
+    refresh_token_file: str = ""
+    service_account_file: str = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuth2Settings:
+        if self.provider == "generic" and not self.token_url:
+            raise ValueError('token_url: required when provider = "generic"')
+        if self.provider == "google" and self.grant == "client_credentials":
+            raise ValueError(
+                'grant: Google has no client_credentials grant for mail; use "refresh_token" '
+                'or "service_account"'
+            )
+        if self.provider == "microsoft" and self.grant == "service_account":
+            raise ValueError(
+                'grant: "service_account" is Google\'s; Microsoft uses '
+                '"client_credentials" or "refresh_token"'
+            )
+        if (
+            self.provider == "microsoft"
+            and self.grant == "client_credentials"
+            and not self.token_url
+            and self.tenant in ("organizations", "common", "consumers")
+        ):
+            raise ValueError(
+                "tenant: the directory (tenant ID or domain) is required for client_credentials"
+            )
+        if self.grant == "service_account":
+            if not self.service_account_file:
+                raise ValueError('service_account_file: required when grant = "service_account"')
+            return self
+        if not self.client_id:
+            raise ValueError(f'client_id: required when grant = "{self.grant}"')
+        if self.grant == "client_credentials" and not self.client_secret_file:
+            raise ValueError('client_secret_file: required when grant = "client_credentials"')
+        if self.grant == "refresh_token" and not self.refresh_token_file:
+            raise ValueError('refresh_token_file: required when grant = "refresh_token"')
+        return self
+
+    @property
+    def effective_token_url(self) -> str:
+        return self.token_url or _OAUTH2_TOKEN_URLS[self.provider].format(tenant=self.tenant)
+
+    @property
+    def effective_device_url(self) -> str:
+        if self.device_authorization_url or self.provider == "generic":
+            return self.device_authorization_url
+        return _OAUTH2_DEVICE_URLS[self.provider].format(tenant=self.tenant)
+
+    @property
+    def effective_scope(self) -> str:
+        return self.scope or _OAUTH2_SCOPES.get((self.provider, self.grant), "")
+
+
 class SmarthostSettings(_Section):
+    """One upstream: the smarthost, and (subclassed below) a route table or a sender
+    route. Whatever an upstream can have is declared here, once."""
+
     hosts: tuple[EndpointField, ...] = ()
     tls: Literal["starttls", "implicit", "none"] = "starttls"
     username: str = ""
     password_file: str = ""
+    # "password": AUTH PLAIN/LOGIN with username + password_file; "xoauth2": an OAuth 2.0
+    # access token for the mailbox ``username`` (AUTH XOAUTH2, or OAUTHBEARER).
+    auth: Literal["password", "xoauth2"] = "password"
+    oauth2: OAuth2Settings | None = None
 
     @model_validator(mode="after")
     def _credentials_together(self) -> SmarthostSettings:
+        if self.auth == "xoauth2":
+            if not self.username:
+                raise ValueError('username: required when auth = "xoauth2" (the mailbox)')
+            if self.oauth2 is None:
+                raise ValueError('oauth2: a table is required when auth = "xoauth2"')
+            if self.password_file:
+                raise ValueError('password_file: not used when auth = "xoauth2"')
+            return self
+        if self.oauth2 is not None:
+            raise ValueError('oauth2: only used with auth = "xoauth2"')
         if self.username and not self.password_file:
             raise ValueError("password_file: required when username is set")
         return self
+
+
+class RouteSettings(SmarthostSettings):
+    """A ``[delivery.routes]`` entry written as a table: a whole upstream for one
+    recipient domain (the plain "host:port" string stays an Endpoint)."""
+
+    @model_validator(mode="after")
+    def _route_needs_hosts(self) -> RouteSettings:
+        if not self.hosts:
+            raise ValueError("hosts: required in a route table")
+        return self
+
+
+_SENDER_MATCHERS = ("auth_user", "http_token", "sender", "sender_domain")
+
+
+def _parse_mailbox(value: object) -> str:
+    if not isinstance(value, str) or value.count("@") != 1 or any(c in value for c in " <>\t"):
+        raise ValueError(f'{value!r} is not a mailbox like "scanner@example.com"')
+    local, domain = value.split("@")
+    if not local or not domain:
+        raise ValueError(f'{value!r} is not a mailbox like "scanner@example.com"')
+    return value
+
+
+Mailbox = Annotated[str, BeforeValidator(_parse_mailbox)]
+
+
+class SenderRouteSettings(SmarthostSettings):
+    """A ``[[delivery.sender_routes]]`` entry: one matcher, then an upstream."""
+
+    # Shown in logs and named by `smtprelay oauth test|login`; "": "MATCHER=VALUE".
+    name: str = ""
+    auth_user: str = ""
+    http_token: str = ""
+    sender: str = ""
+    sender_domain: Annotated[str, BeforeValidator(lambda v: _parse_domain(v) if v else "")] = ""
+    # The envelope sender and the From: header become this mailbox.
+    rewrite_from: Annotated[str, BeforeValidator(lambda v: _parse_mailbox(v) if v else "")] = ""
+    # With rewrite_from: the original From: goes to a Reply-To: (unless there is one).
+    keep_reply_to: Bool = False
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> SenderRouteSettings:
+        given = [m for m in _SENDER_MATCHERS if getattr(self, m)]
+        if len(given) != 1:
+            raise ValueError(
+                "auth_user: exactly one of auth_user, http_token, sender, sender_domain "
+                f"is required (found {len(given)})"
+            )
+        if not self.hosts:
+            raise ValueError("hosts: required in a sender route")
+        if self.keep_reply_to and not self.rewrite_from:
+            raise ValueError("keep_reply_to: only used with rewrite_from")
+        return self
+
+    @property
+    def matcher(self) -> tuple[str, str]:
+        """(key, value) of the one matcher given."""
+        key = next(m for m in _SENDER_MATCHERS if getattr(self, m))
+        return key, str(getattr(self, key))
+
+    @property
+    def label(self) -> str:
+        key, value = self.matcher
+        return self.name or f"{key}={value}"
+
+
+def _route_tag(value: object) -> str:
+    return "table" if isinstance(value, dict | RouteSettings) else "plain"
+
+
+# A plain "host:port" keeps today's meaning (the [delivery] tls policy, no AUTH).
+RouteEntry = Annotated[
+    Annotated[Endpoint, BeforeValidator(parse_endpoint), Tag("plain")]
+    | Annotated[RouteSettings, Tag("table")],
+    Discriminator(_route_tag),
+]
 
 
 class DeliverySettings(_Section):
@@ -224,12 +425,19 @@ class DeliverySettings(_Section):
     # smtp_line_length_limit; 0 sends them as they are.
     line_length_limit: Annotated[Int, AfterValidator(_line_length_limit)] = 998
     smarthost: SmarthostSettings = SmarthostSettings()
-    routes: dict[Domain, EndpointField] = Field(default_factory=dict)
+    # Per recipient domain: "host:port", or a table with the keys of an upstream.
+    routes: dict[Domain, RouteEntry] = Field(default_factory=dict)
+    # Per sender, SMTP user or HTTP token: first match wins (after routes).
+    sender_routes: tuple[SenderRouteSettings, ...] = ()
 
     @model_validator(mode="after")
     def _smarthost_needs_hosts(self) -> DeliverySettings:
         if self.mode == "smarthost" and not self.smarthost.hosts:
             raise ValueError('smarthost.hosts: required when mode = "smarthost"')
+        labels = [r.label for r in self.sender_routes]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ValueError(f'sender_routes: two sender routes are named "{label}"')
         return self
 
 
@@ -401,17 +609,32 @@ def parse(raw: dict[str, Any]) -> Settings:
         raise ConfigError(_describe(e)) from None
 
 
+def _table_model(annotation: object) -> type[BaseModel] | None:
+    """The model of a table-valued field (``X`` or ``X | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
 def _sections(model: type[BaseModel] | None = None, prefix: str = "") -> set[str]:
     """Dotted names of every table: "server", "delivery", "delivery.smarthost", ..."""
     names: set[str] = set()
     for name, info in (model or Settings).model_fields.items():
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        table = _table_model(annotation)
+        if table is not None and getattr(annotation, "__origin__", None) is not tuple:
             names.add(prefix + name)
-            names |= _sections(annotation, f"{prefix}{name}.")
+            names |= _sections(table, f"{prefix}{name}.")
         elif prefix and getattr(annotation, "__origin__", None) is dict:
             names.add(prefix + name)
     return names
+
+
+# Arrays of tables ([[webhooks]], [[dkim.keys]]): an error names the entry by number.
+_ARRAYS = ("webhooks", "delivery.sender_routes", "dkim.keys")
 
 
 def _describe(error: ValidationError) -> str:
@@ -419,20 +642,34 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
-    if loc and loc[0] == "webhooks":  # an array of tables: name the entry by number
-        if len(loc) < 3 or not loc[1].isdigit():
-            return f"[[webhooks]]: {message}"
+    if loc[:2] == ["delivery", "routes"] and len(loc) >= 4:
+        tag = loc.pop(3)  # the union member: a route is a "plain" string or a "table"
+        if tag == "table":  # [delivery.routes."example.com"] is a table of its own
+            loc[:3] = ["delivery", f'routes."{loc[2]}"']
+    for array in _ARRAYS:
+        parts = array.split(".")
+        if loc[: len(parts)] != parts:
+            continue
+        entry = loc[len(parts) :]
+        if not entry or not entry[0].isdigit():
+            return f"[[{array}]]: {message}"
         problem = "unknown key" if first["type"] == "extra_forbidden" else message
-        return f"[[webhooks]] #{int(loc[1]) + 1} {loc[2]}: {problem}"
-    if loc[:2] == ["dkim", "keys"] and len(loc) >= 4 and loc[2].isdigit():
-        problem = "unknown key" if first["type"] == "extra_forbidden" else message
-        return f"[[dkim.keys]] #{int(loc[2]) + 1} {loc[3]}: {problem}"
+        key, sep, text = problem.partition(": ")
+        if (len(entry) == 1 or entry[-1] == "oauth2") and sep and " " not in key:
+            entry, problem = [*entry, key], text  # a whole-table check names its key
+        if len(entry) < 2:
+            return f"[[{array}]] #{int(entry[0]) + 1}: {problem}"
+        return f"[[{array}]] #{int(entry[0]) + 1} {'.'.join(entry[1:])}: {problem}"
     known = _sections()
+    if loc[1:2] and loc[1].startswith("routes."):
+        known |= {f"delivery.{loc[1]}", f"delivery.{loc[1]}.oauth2"}
     key_in_message, sep, rest = message.partition(": ")
+    deepest = len(loc)
     if ".".join(loc) in known and sep and " " not in key_in_message:
         loc += key_in_message.split(".")  # a whole-table check names the key it is about
         message = rest
-    depth = max((n for n in range(1, len(loc) + 1) if ".".join(loc[:n]) in known), default=0)
+        deepest = len(loc) - 1  # the key named, even a table's ("oauth2: required")
+    depth = max((n for n in range(1, deepest + 1) if ".".join(loc[:n]) in known), default=0)
     if depth == 0:
         return f"[{loc[0]}]: unknown section"
     table, keys = ".".join(loc[:depth]), loc[depth:]
@@ -470,25 +707,35 @@ def effective(settings: Settings) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def _render(model: BaseModel, table: str, lines: list[str]) -> None:
-    nested: list[tuple[str, BaseModel | dict[str, Any]]] = []
+def _render(model: BaseModel, table: str, lines: list[str], header: str = "") -> None:
+    """``header``: how the table is opened (``[[name]]`` for an entry of an array)."""
+    nested: list[tuple[str, BaseModel | dict[str, Any], str]] = []
     if table:
-        lines += ["", f"[{table}]"]
+        lines += ["", header or f"[{table}]"]
     for key, value in model:
         name = f"{table}.{key}" if table else key
+        if value is None and _table_model(type(model).model_fields[key].annotation):
+            continue  # an optional table that is not there (oauth2)
         if isinstance(value, BaseModel | dict):
-            nested.append((name, value))
+            nested.append((name, value, ""))
         elif isinstance(value, tuple) and value and isinstance(value[0], BaseModel):
             for item in value:  # an array of tables ([[webhooks]])
-                nested.append(("[" + name + "]", item))
+                nested.append((name, item, f"[[{name}]]"))
         else:
             lines.append(f"{key} = {_toml_value(name, value)}")
-    for name, value in nested:
+    for name, value, opened in nested:
         if isinstance(value, BaseModel):
-            _render(value, name, lines)
-        else:
-            lines += ["", f"[{name}]"]
-            lines += [f"{_toml_string(k)} = {_toml_value(name, v)}" for k, v in value.items()]
+            _render(value, name, lines, opened)
+            continue
+        lines += ["", f"[{name}]"]
+        tables = {k: v for k, v in value.items() if isinstance(v, BaseModel)}
+        lines += [
+            f"{_toml_string(k)} = {_toml_value(name, v)}"
+            for k, v in value.items()
+            if k not in tables
+        ]
+        for k, v in tables.items():  # a route written as a table
+            _render(v, f"{name}.{_toml_string(k)}", lines)
 
 
 def _toml_value(name: str, value: object) -> str:

@@ -73,6 +73,7 @@ class Event(StrEnum):
     REJECT = "reject"
     RELEASE = "release"
     REMOVED = "removed"
+    ROUTED = "routed"
     SPOOL_ERROR = "spool-error"
     TIMEOUT = "timeout"
     TLS_FAILED = "tls-failed"
@@ -469,6 +470,24 @@ def dkim_not_signed(qid: str, reason: str) -> None:
         level=logging.WARNING,
         reason=reason,
         event=Event.DKIM_NOT_SIGNED,
+    )
+
+
+def routed(qid: str, route: str, upstream: str, sender: str, rewritten: str | None) -> None:
+    """``QID: sender route auth_user=scanner: upstream=[smtp.example:587] as scanner@...
+    from=<orig>`` (+ `` rewritten to <new>``): which upstream a sender route chose."""
+    text = f"{qid}: {route}: upstream={upstream} from=<{sender}>"
+    if rewritten is not None:
+        text += f" rewritten to <{rewritten}>"
+    _emit(
+        "qmgr",
+        text,
+        qid,
+        route=route,
+        upstream=upstream,
+        sender=sender,
+        rewritten=rewritten,
+        event=Event.ROUTED,
     )
 
 

@@ -3,7 +3,8 @@
 Applied to new sessions and new delivery attempts, with nothing dropped: the TLS
 certificate and minimum version, relay policy (trusted networks, allow-lists,
 max_recipients), message size, timeout and connection limits, the users file location,
-routes and smarthosts (with their password file), DKIM keys (every key file is read
+routes, sender routes and smarthosts (with their password and OAuth secret files; cached
+access tokens of unchanged upstreams are kept), DKIM keys (every key file is read
 again: a new selector takes over; a bad file refuses the reload), bounce settings,
 logging, the HTTP tokens file and history retention, and the events stage's
 ``[events]`` and ``[[webhooks]]``
@@ -57,8 +58,11 @@ def reload(running: Running) -> bool:
     """Apply the configuration file again; False (and a log line) when it is refused."""
     try:
         new, authenticator = prepare(running.path)
-        # Built before anything is applied: it reads the smarthost's password file.
-        router = running.scheduler.router_for(new)
+        # Built before anything is applied: it reads the password and OAuth secret files.
+        try:
+            router = running.scheduler.router_for(new)
+        except OSError as e:
+            raise Refused(str(e)) from None
         try:
             keyring = load_keyring(new.dkim)  # a new selector's key, or a bad file
         except DkimKeyError as e:

@@ -98,7 +98,7 @@ class Attempts:
         for recipient in envelope.recipients:
             if recipient.state is RecipientState.PENDING:
                 domain = domain_of(recipient.address)
-                route = self.s.router.route(domain)
+                route = self.s.router.route(domain, envelope)
                 groups.setdefault(route.key, (route, domain, []))[2].append(recipient)
         limit = self.s.destinations.line_limit
         busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
@@ -107,6 +107,10 @@ class Attempts:
             if data is not None:  # still fresh: its turn comes without a read
                 self.s.schedule.keep_fresh(envelope, data)
             return
+        for route, _, _ in groups.values():
+            if route.by_sender:  # the per-sender choice, logged once per attempt
+                rewritten = route.rewrite.mailbox if route.rewrite and envelope.sender else None
+                maillog.routed(envelope.qid, route.name, route.key, envelope.sender, rewritten)
         # Counted as waiting now, not when the tasks first run: messages read from the
         # spool at the same moment must see each other in the line.
         for key in groups:

@@ -24,8 +24,9 @@ from smtprelay.envelope import Envelope
 
 
 class NextHops(Protocol):
-    def route(self, domain: str) -> Route:
-        """The route for ``domain``; recipients with the same ``Route.key`` share limits."""
+    def route(self, domain: str, envelope: Envelope | None = None) -> Route:
+        """The route for recipients in ``domain`` (of ``envelope``: its sender, SMTP user
+        or HTTP token may choose a sender route); the same ``Route.key`` shares limits."""
         ...
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:

@@ -33,7 +33,8 @@ class Connection:
 def key(route: Route, hop: Hop) -> Key:
     """Connections are shared only between messages that would open the same one."""
     user = route.credentials.username if route.credentials else None
-    return (hop.address, hop.port, route.tls, user)
+    oauth = route.credentials is not None and route.credentials.oauth is not None
+    return (hop.address, hop.port, route.tls, user, oauth)
 
 
 @dataclass

@@ -247,6 +247,9 @@ class Scheduler:
         domains = self.ledger.domains(qid)
         if not domains:
             return False  # unknown here: the attempt reads it and decides
+        # By recipient domain alone (the ledger holds no sender): a message that a sender
+        # route would send elsewhere may wait here for a turn it did not need; its attempt
+        # then routes it by its envelope.
         busy = next(
             (key for key in (self.router.route(d).key for d in domains) if key in full), None
         )

@@ -11,9 +11,10 @@ This module is the small public face the scheduler uses; the parts are:
 ``transaction.py`` (MAIL/RCPT/DATA, one command at a time or pipelined) and
 ``errors.py`` (library errors -> the relay's transient/permanent outcomes).
 
-Lines longer than ``line_length_limit`` are folded (linefold.py) once per delivery,
-before SIZE is computed and before dot-stuffing, so both see the bytes that are sent.
-Then the message is DKIM-signed (``smtprelay.dkimsign``): last, on the folded bytes, so
+A sender route's ``rewrite_from`` (rewrite.py) is applied first; then lines longer than
+``line_length_limit`` are folded (linefold.py) once per delivery, before SIZE is
+computed and before dot-stuffing, so both see the bytes that are sent. Then the message
+is DKIM-signed (``smtprelay.dkimsign``): last, on the rewritten and folded bytes, so
 that the signature covers exactly what goes out and verifies at the receiver.
 """
 
@@ -34,6 +35,7 @@ from smtprelay.delivery.errors import (
 )
 from smtprelay.delivery.outcome import Hop, RecipientOutcome
 from smtprelay.delivery.pool import Pool
+from smtprelay.delivery.rewrite import rewrite_from
 from smtprelay.delivery.routes import Route
 from smtprelay.delivery.session import Opener, Timeouts
 from smtprelay.delivery.transaction import Transaction
@@ -95,6 +97,9 @@ class Transport:
         unsafe = [r for r in [sender, *recipients] if any(c in r for c in _UNSAFE)]
         if unsafe:
             return [RecipientOutcome(r, UNSAFE_ADDRESS, "none") for r in recipients]
+        # The bytes for this upstream: its identity first, then folding (and anything
+        # that must see the final header, such as a signature, after both).
+        sender, data = rewrite_from(route.rewrite, sender, data)
         folded = linefold.fold(data, self.line_length_limit)
         if folded.lines:
             maillog.folded_lines(qid, folded.lines, folded.longest, self.line_length_limit)

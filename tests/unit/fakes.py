@@ -24,7 +24,7 @@ OK = Reply(250, "2.0.0", "ok")
 class FakeRouter:
     """Every domain is its own destination, with no addresses to look up."""
 
-    def route(self, domain: str) -> Route:
+    def route(self, domain: str, envelope: Envelope | None = None) -> Route:
         return Route(domain, TLSPolicy("none"))
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
@@ -77,7 +77,7 @@ class FakeDeliverer:
 class NoDelivery:
     """For tests in which nothing is delivered: any attempt fails the test."""
 
-    def route(self, domain: str) -> Route:
+    def route(self, domain: str, envelope: Envelope | None = None) -> Route:
         raise AssertionError(f"unexpected routing of {domain}")
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:

@@ -164,7 +164,7 @@ BAD = Reply(550, "5.1.1", "no such user")
 
 
 class Router:
-    def route(self, domain: str) -> Route:
+    def route(self, domain: str, envelope: Envelope | None = None) -> Route:
         return Route(domain, TLSPolicy("none"))
 
     async def hops(self, route: Route, domain: str) -> list[Any]:
