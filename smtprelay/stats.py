@@ -64,7 +64,7 @@ LATENCY_BUCKETS = (
     5 * 86400.0,
 )
 DELIVERY_STATUSES = ("sent", "deferred", "bounced")
-QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
+QUEUE_STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 
 # No "*_created" series beside every counter: they double the exposition for nothing
 # Prometheus uses (process-wide setting; this process exports only these metrics).

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from smtprelay.config import DeliverySettings
+from smtprelay.config import DeliverySettings, UpstreamLimits
 from smtprelay.delivery.outcome import DeliveryError, Hop
 from smtprelay.delivery.resolver import Resolver
 from smtprelay.units import Endpoint
@@ -39,12 +39,15 @@ class Route:
     tls: TLSPolicy
     fixed: tuple[Endpoint, ...] = ()  # empty: look up the MX of the domain
     credentials: Credentials | None = None
+    # max_rate, daily_quota, max_connections, max_recipients_per_message (pacing.py).
+    limits: UpstreamLimits | None = None
 
 
 class Router:
     def __init__(self, settings: DeliverySettings, resolver: Resolver) -> None:
         self.resolver = resolver
         self.routes = dict(settings.routes)
+        self.domain_limits = dict(settings.domain_limits)
         self.default_tls = TLSPolicy(settings.tls)
         self.smarthost: Route | None = None
         if settings.mode == "smarthost":
@@ -62,6 +65,7 @@ class Router:
                 tls,
                 smarthost.hosts,
                 credentials,
+                smarthost,
             )
 
     def reloaded(self, settings: DeliverySettings) -> Router:
@@ -74,7 +78,7 @@ class Router:
             return Route(f"[{fixed}]", self.default_tls, (fixed,))
         if self.smarthost is not None:
             return self.smarthost
-        return Route(domain, self.default_tls)
+        return Route(domain, self.default_tls, limits=self.domain_limits.get(domain))
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
         """Addresses to try in order; raises DeliveryError (DNS failures, null MX ...)."""

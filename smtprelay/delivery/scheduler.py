@@ -14,7 +14,9 @@ Its parts, one job each:
 * ``delivery/operator.py`` :class:`Operator`: flush, hold, release, delete, bounce,
   listing; ``delivery/cancel.py``: cancel and reschedule;
 * ``delivery/queuecounts.py`` :class:`Ledger`: what is queued, by state and
-  destination, told after every spool write and removal, so status pages never scan.
+  destination, told after every spool write and removal, so status pages never scan;
+* ``delivery/pacing.py`` :class:`Pacing`: provider rate limits per upstream -- lines
+  of rate-limited messages let in as tokens come, pauses after "slow down" replies.
 
 Here: a bounded active set (``active_limit`` messages being attempted at once), and the
 loop that starts attempts as they fall due. The loop starts at most ``START_BATCH``
@@ -41,6 +43,7 @@ from smtprelay.delivery.destinations import PARK_AFTER, Destinations
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
+from smtprelay.delivery.pacing import Pacing
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.schedule import Schedule
 from smtprelay.envelope import Envelope, QueueState
@@ -96,6 +99,7 @@ class Scheduler:
         self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
         self.attempts = Attempts(self)
         self.operator = Operator(self)
+        self.pacing = Pacing(self, settings)
         # Messages found in the spool at start-up whose envelopes are not read yet
         # (delivery.loader reads them after READY=1); ``loaded`` is set once all are.
         self.loading = 0
@@ -114,6 +118,7 @@ class Scheduler:
         (``router``, from :meth:`router_for`), line folding and bounce settings. Limits
         and the retry schedule keep their start-up values."""
         self.router = router
+        self.pacing.apply(settings.delivery)
         self.transport.apply(settings.delivery)
         self.notices.apply(settings.bounce)
 
@@ -193,6 +198,7 @@ class Scheduler:
             now = self.clock()
             started = looked = 0
             full = self.destinations.full()
+            pacing = self.pacing.enabled
             while (
                 schedule.heap
                 and schedule.heap[0][0] <= now
@@ -206,7 +212,7 @@ class Scheduler:
                     continue  # superseded by a flush, or held or deleted meanwhile
                 _, qid = popped
                 self.ledger.due(qid)  # its send_at, if it had one, has come
-                if full and self._park_unread(qid, full):
+                if (full or pacing) and self._park_unread(qid, full):
                     continue
                 self.start(qid)
                 started += 1
@@ -232,29 +238,35 @@ class Scheduler:
         self.active[qid] = task
         self.in_flight[qid] = InFlight()
         self.ledger.attempting(qid, True)
+        self.ledger.rate_limited(qid, False)
         task.add_done_callback(functools.partial(self._finished, qid))
         return task
 
     def _park_unread(self, qid: str, full: set[str]) -> bool:
-        """Park ``qid`` if one of its destinations has a full line, as an attempt would
-        after reading it -- here from the ledger, without reading it."""
-        if qid in self.destinations.let_go:
-            return False  # its turn came: never parked twice
+        """Park ``qid`` if one of its destinations has a full line, or a rate limit
+        keeps it waiting, as an attempt would after reading it -- here from the
+        ledger, without reading it. Else it gets the passes of its rate limits."""
         domains = self.ledger.domains(qid)
         if not domains:
             return False  # unknown here: the attempt reads it and decides
-        busy = next(
-            (key for key in (self.router.route(d).key for d in domains) if key in full), None
-        )
-        if busy is None:
+        routes = [self.router.route(d) for d in domains]
+        if qid not in self.destinations.let_go:  # its turn came: never parked twice
+            busy = next((route.key for route in routes if route.key in full), None)
+            if busy is not None:
+                self.pacing.forget(qid)
+                self.destinations.park(busy, qid)
+                return True
+        limiter = self.pacing.admit(qid, routes)
+        if limiter is None:
             return False
-        self.destinations.park(busy, qid)
+        self.pacing.park(qid, limiter)
         return True
 
     def _finished(self, qid: str, _: object) -> None:
         self.active.pop(qid, None)
         self.in_flight.pop(qid, None)
         self.ledger.attempting(qid, False)
+        self.pacing.forget(qid)  # passes an attempt did not use (it ended early)
         self.schedule.wakeup.set()
 
     async def stop(self, grace: float) -> None:

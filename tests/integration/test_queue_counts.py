@@ -23,7 +23,9 @@ BAD = "550 5.1.1 No such user"
 
 def scan(relay: Daemon) -> dict[str, Any]:
     """Counts from every envelope in the spool, as the status page made them before."""
-    states: Counter[str] = Counter(active=0, deferred=0, hold=0, scheduled=0)
+    states: Counter[str] = Counter(
+        {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0, "rate-limited": 0}
+    )
     recipients: Counter[str] = Counter()
     messages: Counter[str] = Counter()
     arrivals = []

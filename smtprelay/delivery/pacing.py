@@ -1,0 +1,342 @@
+"""Provider rate limits: pace each upstream, and pause one that says "slow down".
+
+An upstream here is a route key (delivery/routes.py): the smarthost, or one recipient
+domain in MX delivery (``[delivery.domain_limits."gmail.com"]``). Its limits
+(config.UpstreamLimits) are *shaped*, never failed: mail over them waits in the
+queue, shown as ``rate-limited``, its attempts and retry schedule untouched.
+
+How, building on the parking of delivery/destinations.py:
+
+* A message that falls due passes a *gate* per limited upstream of its recipients
+  (:meth:`Pacing.admit`, asked by the scheduler from the ledger, without reading the
+  message, or by the attempt): it gets a *pass*, or is parked in that upstream's line
+  (QIDs only, out of the active set, in ``Destinations.parked_qids`` like a destination's
+  line, so the operator's flush, hold and delete find it). The gate lets in no more
+  messages than tokens come within ``LEAD`` seconds, and none while the upstream is
+  paused or its daily quota is used up.
+* Right before each transaction the delivery takes a token (:meth:`Pacing.take`): the
+  token bucket (tokenbucket.py, burst 1) gives it a time, it sleeps until then; the
+  daily quota (quota.py) counts it. Taking the token ends the pass and lets the next
+  message of the line in -- so a line moves as tokens are taken, and a timer (one per
+  upstream, never one per message) wakes it when a pause or a quota day ends.
+* A reply matched by slowdown.py pauses the upstream for the next step of
+  ``[delivery] slowdown_backoff`` (steps grow with each pause in a row; a delivered
+  message starts them again); replies during a pause belong to the same episode.
+  Transactions not yet sent are not sent (:data:`NOT_SENT`), and the attempt parks the
+  message again instead of counting an attempt.
+
+Time spent rate-limited still counts towards ``max_queue_lifetime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smtprelay.config import DeliverySettings, UpstreamLimits
+from smtprelay.delivery.outcome import RecipientOutcome
+from smtprelay.delivery.quota import DailyQuota
+from smtprelay.delivery.routes import Route
+from smtprelay.delivery.slowdown import slow_down
+from smtprelay.delivery.tokenbucket import TokenBucket
+from smtprelay.replies import Reply
+from smtprelay.units import format_duration
+
+if TYPE_CHECKING:
+    from smtprelay.delivery.scheduler import Scheduler
+
+# Messages let in ahead of their token: as many as tokens come in this many seconds
+# (at least one), so an upstream at 10/s holds ~10 messages in the active set, not
+# its whole backlog, and each is ready when its token comes.
+LEAD = 1.0
+MAX_AHEAD = 100
+# The outcome of a recipient whose transaction was not sent: the upstream was paused,
+# or its quota used up, while the message waited for its token. Never recorded.
+NOT_SENT = Reply(451, "4.7.0", "Not sent: upstream rate-limited, waiting in the queue")
+
+log = logging.getLogger("smtprelay.delivery")
+
+
+@dataclass
+class Pause:
+    until: float
+    reply: Reply
+
+
+class Limiter:
+    """The pacing state of one upstream: bucket, quota, pause, and its line."""
+
+    def __init__(self, key: str, limits: UpstreamLimits | None) -> None:
+        self.key = key
+        self.bucket: TokenBucket | None = None
+        self.quota: DailyQuota | None = None
+        self.limits: UpstreamLimits | None = None
+        self.retune(limits)
+        self.pause: Pause | None = None
+        self.slowdowns = 0  # pauses in a row
+        self.line: deque[str] = deque()
+        self.admitted = 0  # messages let in that have not taken their token yet
+        self.timer: asyncio.TimerHandle | None = None
+
+    def retune(self, limits: UpstreamLimits | None) -> None:
+        """(Re)loaded limits; tokens reserved and the quota's count are kept."""
+        self.limits = limits
+        rate = limits.max_rate if limits is not None else None
+        if rate is None:
+            self.bucket = None
+        elif self.bucket is None:
+            self.bucket = TokenBucket(rate)
+        else:
+            self.bucket.retune(rate)
+        if limits is None or not limits.daily_quota:
+            self.quota = None
+        elif self.quota is None:
+            self.quota = DailyQuota(limits.daily_quota, limits.quota_reset)
+        else:
+            self.quota.retune(limits.daily_quota, limits.quota_reset)
+
+    @property
+    def shapes(self) -> bool:
+        """Does the gate matter: a rate, a quota, or a pause (even without limits)."""
+        return self.bucket is not None or self.quota is not None or self.pause is not None
+
+    def ahead(self) -> int:
+        if self.bucket is None:
+            return MAX_AHEAD
+        return min(MAX_AHEAD, max(1, math.ceil(LEAD / self.bucket.interval)))
+
+    def paused(self, now: float) -> bool:
+        if self.pause is not None and self.pause.until <= now:
+            self.pause = None
+        return self.pause is not None
+
+    def opens_at(self, now: float) -> float | None:
+        """When the gate may let the next message in (``<= now``: now); None: when a
+        message let in takes its token (the line moves then, no timer needed)."""
+        at = now
+        if self.paused(now):
+            assert self.pause is not None
+            at = self.pause.until
+        if self.quota is not None:
+            remaining = self.quota.remaining(now)
+            if remaining <= self.admitted:
+                if remaining:
+                    return None
+                at = max(at, self.quota.frees_at(now))
+        if self.bucket is not None:
+            at = max(at, self.bucket.available_at(now) - LEAD)
+        if self.admitted >= self.ahead() and at <= now:
+            return None
+        return at
+
+    def open(self, now: float) -> bool:
+        at = self.opens_at(now)
+        return at is not None and at <= now
+
+    def state(self, now: float, waiting: int) -> dict[str, object]:
+        """What ``/status`` shows of this upstream."""
+        shown: dict[str, object] = {"upstream": self.key, "rate_limited": waiting}
+        if self.limits is not None and self.limits.max_rate is not None:
+            shown["max_rate"] = str(self.limits.max_rate)
+        if self.quota is not None:
+            shown["daily_quota"] = self.quota.limit
+            shown["quota_used"] = self.quota.used(now)
+        if self.paused(now):
+            assert self.pause is not None
+            shown["paused_s"] = round(self.pause.until - now, 3)
+            shown["paused_by"] = str(self.pause.reply)
+        return shown
+
+
+class Pacing:
+    """The limiters of one :class:`Scheduler`, and the passes its messages hold."""
+
+    def __init__(self, scheduler: Scheduler, settings: DeliverySettings) -> None:
+        self.s = scheduler
+        self.limiters: dict[str, Limiter] = {}
+        self.passes: dict[str, set[str]] = {}  # QID -> upstream keys it may go to
+        self.apply(settings)
+
+    def apply(self, settings: DeliverySettings) -> None:
+        """(Re)loaded settings: pause steps, and whether any upstream has limits."""
+        self.backoff = settings.slowdown_backoff
+        self.configured = settings.smarthost.limited or any(
+            limits.limited for limits in settings.domain_limits.values()
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Is there anything to pace (else the scheduler skips the gate)."""
+        return self.configured or bool(self.limiters)
+
+    def limiter(self, route: Route, *, create: bool = False) -> Limiter | None:
+        limiter = self.limiters.get(route.key)
+        if limiter is not None:
+            if limiter.limits is not route.limits:  # reloaded settings
+                limiter.retune(route.limits)
+            return limiter
+        if create or (route.limits is not None and route.limits.limited):
+            limiter = self.limiters[route.key] = Limiter(route.key, route.limits)
+        return limiter
+
+    # --- the gate ---------------------------------------------------------------------
+
+    def admit(self, qid: str, routes: Iterable[Route]) -> Limiter | None:
+        """Let ``qid`` go to each of ``routes`` (a pass for each limited one), or the
+        limiter in whose line it must wait (then it holds no pass at all)."""
+        now = self.s.clock()
+        held = self.passes.get(qid, set())
+        needed: list[Limiter] = []
+        for route in routes:
+            limiter = self.limiter(route)
+            if limiter is None or not limiter.shapes or route.key in held:
+                continue
+            # Newcomers queue behind the line: a token freed is the line's first.
+            if limiter.line or not limiter.open(now):
+                self.forget(qid)
+                return limiter
+            needed.append(limiter)
+        for limiter in needed:
+            limiter.admitted += 1
+            self.passes.setdefault(qid, set()).add(limiter.key)
+        return None
+
+    def park(self, qid: str, limiter: Limiter) -> None:
+        """Wait in ``limiter``'s line (shown as rate-limited), out of the active set."""
+        limiter.line.append(qid)
+        self.s.destinations.parked_qids.add(qid)
+        self.s.ledger.rate_limited(qid, True)
+        self.kick(limiter)
+
+    def requeue(self, qid: str, routes: Iterable[Route]) -> None:
+        """A message whose pending recipients all met a pause or a used-up quota:
+        back in the line of the upstream that stopped it (its attempt ends)."""
+        self.forget(qid)
+        stopped = [
+            limiter for route in routes if (limiter := self.limiter(route, create=True)) is not None
+        ]
+        now = self.s.clock()
+        closed = [limiter for limiter in stopped if not limiter.open(now)]
+        self.park(qid, (closed or stopped)[0])
+
+    def kick(self, limiter: Limiter) -> None:
+        """Let in as many of the line as the gate allows now; if some are left, a
+        timer for when it opens (unless a message let in will move the line)."""
+        now = self.s.clock()
+        parked = self.s.destinations.parked_qids
+        while limiter.line and limiter.open(now):
+            qid = limiter.line.popleft()
+            if qid not in parked:
+                continue  # flushed, held or deleted meanwhile
+            parked.discard(qid)
+            limiter.admitted += 1
+            self.passes.setdefault(qid, set()).add(limiter.key)
+            self.s.schedule.push(qid, now)
+        while limiter.line and limiter.line[0] not in parked:
+            limiter.line.popleft()
+        if not limiter.line or limiter.timer is not None:
+            return
+        at = limiter.opens_at(now)
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            limiter.timer = loop.call_later(max(0.0, at - now), self._wake, limiter)
+
+    def _wake(self, limiter: Limiter) -> None:
+        limiter.timer = None
+        self.kick(limiter)
+
+    def forget(self, qid: str) -> None:
+        """``qid`` gives back every pass it holds (its attempt ended, or it is parked)."""
+        for key in self.passes.pop(qid, ()):
+            self._end_pass(key)
+
+    def done(self, qid: str, key: str) -> None:
+        """The delivery of ``qid`` to ``key`` ended; a pass not used goes back."""
+        keys = self.passes.get(qid)
+        if keys is not None and key in keys:
+            keys.discard(key)
+            if not keys:
+                del self.passes[qid]
+            self._end_pass(key)
+
+    def _end_pass(self, key: str) -> None:
+        limiter = self.limiters.get(key)
+        if limiter is not None:
+            limiter.admitted = max(0, limiter.admitted - 1)
+            self.kick(limiter)
+
+    # --- the transaction ----------------------------------------------------------------
+
+    async def take(self, route: Route, qid: str) -> Reply | None:
+        """Wait for the token of one transaction to ``route``; None: send it now,
+        NOT_SENT: not now (paused or quota used up meanwhile)."""
+        limiter = self.limiter(route)
+        if limiter is None:
+            return None
+        self.done(qid, route.key)  # the pass ends here: the next of the line may come
+        now = self.s.clock()
+        if limiter.paused(now) or (limiter.quota is not None and not limiter.quota.remaining(now)):
+            return NOT_SENT
+        if limiter.bucket is not None:
+            at = limiter.bucket.reserve(now)
+            if at > now:
+                await asyncio.sleep(at - now)
+                now = self.s.clock()
+                if limiter.paused(now):
+                    return NOT_SENT
+        if limiter.quota is not None and not limiter.quota.take(now):
+            return NOT_SENT
+        return None
+
+    def observe(self, route: Route, outcomes: Iterable[RecipientOutcome]) -> bool:
+        """The outcomes of one transaction: True if one says "slow down" (the
+        upstream is paused now); a delivery starts the pause steps again."""
+        delivered = False
+        for outcome in outcomes:
+            if self.slowed(route, outcome.reply):
+                return True
+            delivered = delivered or outcome.reply.code < 300
+        if delivered:
+            limiter = self.limiters.get(route.key)
+            if limiter is not None:
+                limiter.slowdowns = 0
+        return False
+
+    def slowed(self, route: Route, reply: Reply) -> bool:
+        """Pause ``route``'s upstream if ``reply`` says "slow down" (slowdown.py)."""
+        rule = slow_down(reply)
+        if rule is None:
+            return False
+        limiter = self.limiter(route, create=True)
+        assert limiter is not None
+        now = self.s.clock()
+        if limiter.paused(now):
+            return True  # the same episode: in-flight replies do not grow the pause
+        step = self.backoff[min(limiter.slowdowns, len(self.backoff) - 1)]
+        limiter.slowdowns += 1
+        limiter.pause = Pause(now + step, reply)
+        log.warning(
+            "upstream %s paused for %s after: %s (slow-down rule %d: %s)",
+            route.key,
+            format_duration(step),
+            reply,
+            rule.number,
+            rule.source,
+        )
+        self.kick(limiter)
+        return True
+
+    # --- what status pages show -----------------------------------------------------------
+
+    def states(self) -> list[dict[str, object]]:
+        now = self.s.clock()
+        parked = self.s.destinations.parked_qids
+        return [
+            limiter.state(now, sum(1 for qid in limiter.line if qid in parked))
+            for limiter in self.limiters.values()
+        ]
