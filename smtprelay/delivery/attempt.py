@@ -123,7 +123,8 @@ class Attempts:
         # attempt is cancelled (a stop after its grace), the others are cancelled with it
         # instead of running on unowned; the attempt is retried (attempt_safely).
         results: list[Result] = []
-        shaped: set[str] = set()  # recipients held back by a rate limit, not attempted
+        # Recipients held back by a rate limit, not attempted -> a reply was recorded.
+        shaped: dict[str, bool] = {}
         if len(groups) == 1:  # the common case, one destination: no task of its own
             ((route, domain, rcpts),) = groups.values()
             outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
@@ -250,7 +251,7 @@ class Attempts:
         envelope: Envelope,
         result: tuple[list[RecipientOutcome], float],
         activated: float,
-        shaped: set[str],
+        shaped: dict[str, bool],
     ) -> list[Result]:
         """Apply and log one destination's outcomes; the final ones, for notices.
         Recipients held back by a rate limit or a "slow down" reply are added to
@@ -263,11 +264,11 @@ class Attempts:
             recipient = by_address[outcome.address]
             reply = outcome.reply
             if reply == NOT_SENT:
-                shaped.add(outcome.address)
+                shaped.setdefault(outcome.address, False)
                 continue
             slowed = slow_down(reply) is not None
             if slowed:
-                shaped.add(outcome.address)
+                shaped[outcome.address] = True
             else:
                 recipient.attempts += 1
             recipient.last_reply = str(reply)
@@ -315,13 +316,15 @@ class Attempts:
         results: list[Result],
         pending: list[Recipient],
         groups: dict[str, tuple[Route, str, list[Recipient]]],
+        replied: bool,
     ) -> None:
         """Every pending recipient met a pause or a used-up quota: no attempt is
         counted and no retry is scheduled; the message waits in the line of its
-        upstream (pacing.py). Saved only if other recipients got a final outcome."""
+        upstream (pacing.py). Saved only if something was recorded: a final outcome
+        of other recipients, or the "slow down" reply (shown as the last error)."""
         now = self.s.clock()
         await self.s.notify(envelope, results, data, now)
-        if results:
+        if results or replied:
             await self._save(envelope, data)
             self.s.ledger.note(envelope)
         waiting = {r.address for r in pending}
@@ -346,7 +349,7 @@ class Attempts:
         envelope: Envelope,
         data: bytes | None,
         results: list[Result],
-        shaped: set[str] | None = None,
+        shaped: dict[str, bool] | None = None,
         groups: dict[str, tuple[Route, str, list[Recipient]]] | None = None,
     ) -> None:
         now = self.s.clock()
@@ -355,7 +358,8 @@ class Attempts:
             cancel_pending(envelope, envelope.cancel_requested_by)
             pending = []
         if pending and shaped and groups and all(r.address in shaped for r in pending):
-            await self._rate_limited(envelope, data, results, pending, groups)
+            replied = any(shaped.values())
+            await self._rate_limited(envelope, data, results, pending, groups, replied)
             return
         envelope.attempts += 1
         if pending:

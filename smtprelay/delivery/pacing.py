@@ -14,9 +14,9 @@ How, building on the parking of delivery/destinations.py:
   line, so the operator's flush, hold and delete find it). The gate lets in no more
   messages than tokens come within ``LEAD`` seconds, and none while the upstream is
   paused or its daily quota is used up.
-* Right before each transaction the delivery takes a token (:meth:`Pacing.take`): the
-  token bucket (tokenbucket.py, burst 1) gives it a time, it sleeps until then; the
-  daily quota (quota.py) counts it. Taking the token ends the pass and lets the next
+* Right before each transaction the delivery takes a token (:meth:`Pacing.take`),
+  sleeping until the token bucket (tokenbucket.py, burst 1) has one; the daily quota
+  (quota.py) counts it. Taking the token ends the pass and lets the next
   message of the line in -- so a line moves as tokens are taken, and a timer (one per
   upstream, never one per message) wakes it when a pause or a quota day ends.
 * A reply matched by slowdown.py pauses the upstream for the next step of
@@ -84,7 +84,7 @@ class Limiter:
         self.timer: asyncio.TimerHandle | None = None
 
     def retune(self, limits: UpstreamLimits | None) -> None:
-        """(Re)loaded limits; tokens reserved and the quota's count are kept."""
+        """(Re)loaded limits; the last token's time and the quota's count are kept."""
         self.limits = limits
         rate = limits.max_rate if limits is not None else None
         if rate is None:
@@ -283,14 +283,16 @@ class Pacing:
         if limiter.paused(now) or (limiter.quota is not None and not limiter.quota.remaining(now)):
             return NOT_SENT
         if limiter.bucket is not None:
-            at = limiter.bucket.reserve(now)
-            if at > now:
+            # Woken together, the first takes the token, the others sleep again.
+            while (at := limiter.bucket.available_at(now)) > now:
                 await asyncio.sleep(at - now)
                 now = self.s.clock()
                 if limiter.paused(now):
                     return NOT_SENT
         if limiter.quota is not None and not limiter.quota.take(now):
             return NOT_SENT
+        if limiter.bucket is not None:
+            limiter.bucket.take(now)
         return None
 
     def observe(self, route: Route, outcomes: Iterable[RecipientOutcome]) -> bool:

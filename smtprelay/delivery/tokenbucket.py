@@ -8,9 +8,10 @@ uses ``burst = 1`` -- transactions spaced evenly, never two within one interval 
 because providers count in short windows (SES per second) and the first second after
 an idle minute must not exceed the limit either.
 
-:meth:`TokenBucket.reserve` hands out tokens in order, also ahead of time: the caller
-sleeps until the time it is given. Reservations made and not used are simply lost
-(the rate stays below the limit, never above).
+:meth:`TokenBucket.take` takes a token at the time it is used, never ahead: a caller
+that finds none sleeps until :meth:`TokenBucket.available_at` and asks again. (Handing
+out future times instead lets callers woken late by a busy event loop go out
+together: the reserved times were spaced, the sends would not be.)
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ class TokenBucket:
         """When the next token may be used (``now`` or earlier: at once)."""
         return max(now, self.tat - (self.burst - 1) * self.interval)
 
-    def reserve(self, now: float) -> float:
-        """Take the next token; the time it may be used (``>= now``)."""
-        at = self.available_at(now)
+    def take(self, now: float) -> bool:
+        """Take a token now if there is one."""
+        if self.available_at(now) > now:
+            return False
         self.tat = max(self.tat, now) + self.interval
-        return at
+        return True
 
     def retune(self, rate: Rate) -> None:
-        """A reloaded rate: tokens reserved already keep their times."""
+        """A reloaded rate; the time of the last token taken is kept."""
         self.rate = rate
