@@ -39,7 +39,8 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Take a token now if there is one."""
-        if self.available_at(now) > now:
+        # A hair of slack: tat - (burst - 1) * interval rounds a little above now.
+        if self.available_at(now) > now + 1e-9 * self.interval:
             return False
         self.tat = max(self.tat, now) + self.interval
         return True
