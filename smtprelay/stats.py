@@ -148,6 +148,11 @@ class Stats(logging.Handler):
             ["action"],
             registry=r,
         )
+        self.upstream_pauses = Counter(
+            "smtprelay_upstream_pauses",
+            'Upstreams paused after a "slow down" reply (delivery/slowdown.py).',
+            registry=r,
+        )
         self.removed = Counter(
             "smtprelay_messages_removed",
             "Messages whose life ended (delivered, bounced or deleted).",
@@ -259,6 +264,8 @@ class Stats(logging.Handler):
             self.counts["canceled"] += 1
         elif event in (Event.HOLD, Event.RELEASE):
             self.operator.labels(str(event)).inc()
+        elif event == Event.UPSTREAM_PAUSED:
+            self.upstream_pauses.inc()
 
     def _remember(self, qid: str, record: logging.LogRecord, fields: Mapping[str, Any]) -> None:
         event: dict[str, Any] = {

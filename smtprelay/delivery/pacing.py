@@ -31,13 +31,13 @@ Time spent rate-limited still counts towards ``max_queue_lifetime``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smtprelay import maillog
 from smtprelay.config import DeliverySettings, UpstreamLimits
 from smtprelay.delivery.outcome import RecipientOutcome
 from smtprelay.delivery.quota import DailyQuota
@@ -45,7 +45,6 @@ from smtprelay.delivery.routes import Route
 from smtprelay.delivery.slowdown import slow_down
 from smtprelay.delivery.tokenbucket import TokenBucket
 from smtprelay.replies import Reply
-from smtprelay.units import format_duration
 
 if TYPE_CHECKING:
     from smtprelay.delivery.scheduler import Scheduler
@@ -58,8 +57,6 @@ MAX_AHEAD = 100
 # The outcome of a recipient whose transaction was not sent: the upstream was paused,
 # or its quota used up, while the message waited for its token. Never recorded.
 NOT_SENT = Reply(451, "4.7.0", "Not sent: upstream rate-limited, waiting in the queue")
-
-log = logging.getLogger("smtprelay.delivery")
 
 
 @dataclass
@@ -322,14 +319,7 @@ class Pacing:
         step = self.backoff[min(limiter.slowdowns, len(self.backoff) - 1)]
         limiter.slowdowns += 1
         limiter.pause = Pause(now + step, reply)
-        log.warning(
-            "upstream %s paused for %s after: %s (slow-down rule %d: %s)",
-            route.key,
-            format_duration(step),
-            reply,
-            rule.number,
-            rule.source,
-        )
+        maillog.upstream_paused(route.key, step, reply, rule.number, rule.source)
         self.kick(limiter)
         return True
 

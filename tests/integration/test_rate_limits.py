@@ -9,6 +9,7 @@ upstream table are covered.
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 from collections.abc import Callable
 from pathlib import Path
@@ -147,7 +148,13 @@ def test_slow_down_reply_pauses_the_upstream_not_the_message(
         wait_removed(relay, q)
     assert [d.status for d in deliveries(relay, qid)] == ["deferred", "sent"]
     assert [d.status for d in deliveries(relay, later)] == ["sent"]
-    assert "upstream dest.test paused for 3s after: 450 4.7.0 slow down" in relay.log()
+    assert re.search(
+        r"smtprelay/qmgr\[\d+\]: warning: upstream dest.test paused for 3s after: "
+        r"450 4.7.0 slow down \(slow-down rule 1: ",
+        relay.log(),
+    ), relay.log()
+    found = metric_samples(api.get("/metrics")[1])
+    assert found[("smtprelay_upstream_pauses_total", ())] == 1
     assert "bounced" not in {d.status for d in deliveries(relay)}
 
 
