@@ -109,7 +109,7 @@ class Attempts:
             if data is not None:  # still fresh: its turn comes without a read
                 self.s.schedule.keep_fresh(envelope, data)
             return
-        limiter = self.s.pacing.admit(qid, (route for route, _, _ in groups.values()))
+        limiter = self.s.pacing.admit(qid, ((r, d) for r, d, _ in groups.values()))
         if limiter is not None:  # a rate limit: it waits in that upstream's line
             self.s.pacing.park(qid, limiter)
             if data is not None:
@@ -238,11 +238,11 @@ class Attempts:
             except DeliveryError as e:
                 if e.unreachable:
                     self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
-                self.s.pacing.slowed(route, e.reply)
+                self.s.pacing.slowed(route, domain, e.reply)
                 return outcomes + [RecipientOutcome(a, e.reply, e.relay) for a in batch + rest]
             self.s.destinations.reached(route.key)
             outcomes += sent
-            if self.s.pacing.observe(route, sent) and rest:  # paused: the rest waits
+            if self.s.pacing.observe(route, domain, sent) and rest:  # paused: the rest waits
                 return outcomes + [RecipientOutcome(a, NOT_SENT, "none") for a in rest]
         return outcomes
 
@@ -328,10 +328,12 @@ class Attempts:
             await self._save(envelope, data)
             self.s.ledger.note(envelope)
         waiting = {r.address for r in pending}
-        routes = [
-            route for route, _, rcpts in groups.values() if any(r.address in waiting for r in rcpts)
+        stopped = [
+            (route, domain)
+            for route, domain, rcpts in groups.values()
+            if any(r.address in waiting for r in rcpts)
         ]
-        self.s.pacing.requeue(envelope.qid, routes)
+        self.s.pacing.requeue(envelope.qid, stopped)
         if data is not None:
             self.s.schedule.keep_fresh(envelope, data)
 

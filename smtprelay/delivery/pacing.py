@@ -47,6 +47,7 @@ from smtprelay.delivery.tokenbucket import TokenBucket
 from smtprelay.replies import Reply
 
 if TYPE_CHECKING:
+    from smtprelay.delivery.interfaces import NextHops
     from smtprelay.delivery.scheduler import Scheduler
 
 # Messages let in ahead of their token: as many as tokens come in this many seconds
@@ -68,8 +69,9 @@ class Pause:
 class Limiter:
     """The pacing state of one upstream: bucket, quota, pause, and its line."""
 
-    def __init__(self, key: str, limits: UpstreamLimits | None) -> None:
+    def __init__(self, key: str, domain: str, limits: UpstreamLimits | None) -> None:
         self.key = key
+        self.domain = domain  # a recipient domain routed to it, to look it up on reload
         self.bucket: TokenBucket | None = None
         self.quota: DailyQuota | None = None
         self.limits: UpstreamLimits | None = None
@@ -171,26 +173,40 @@ class Pacing:
         """Is there anything to pace (else the scheduler skips the gate)."""
         return self.configured or bool(self.limiters)
 
-    def limiter(self, route: Route, *, create: bool = False) -> Limiter | None:
+    def limiter(self, route: Route, domain: str, *, create: bool = False) -> Limiter | None:
+        """The limiter of ``route`` (reached for ``domain``); made if it has limits,
+        or if ``create`` (a pause needs one, limits or not)."""
         limiter = self.limiters.get(route.key)
         if limiter is not None:
             if limiter.limits is not route.limits:  # reloaded settings
                 limiter.retune(route.limits)
             return limiter
         if create or (route.limits is not None and route.limits.limited):
-            limiter = self.limiters[route.key] = Limiter(route.key, route.limits)
+            limiter = self.limiters[route.key] = Limiter(route.key, domain, route.limits)
         return limiter
+
+    def reload(self, router: NextHops) -> None:
+        """Reloaded routes: each limiter takes its upstream's new limits (none if its
+        domain goes elsewhere now) and lets in what they allow."""
+        for limiter in list(self.limiters.values()):
+            route = router.route(limiter.domain)
+            limiter.retune(route.limits if route.key == limiter.key else None)
+            if limiter.timer is not None:
+                limiter.timer.cancel()
+                limiter.timer = None
+            self.kick(limiter)
 
     # --- the gate ---------------------------------------------------------------------
 
-    def admit(self, qid: str, routes: Iterable[Route]) -> Limiter | None:
-        """Let ``qid`` go to each of ``routes`` (a pass for each limited one), or the
-        limiter in whose line it must wait (then it holds no pass at all)."""
+    def admit(self, qid: str, destinations: Iterable[tuple[Route, str]]) -> Limiter | None:
+        """Let ``qid`` go to each of its ``destinations`` (route, domain): a pass for
+        each limited upstream; or the limiter in whose line it must wait (then it
+        holds no pass at all: a message waits for one upstream at a time)."""
         now = self.s.clock()
         held = self.passes.get(qid, set())
         needed: list[Limiter] = []
-        for route in routes:
-            limiter = self.limiter(route)
+        for route, domain in destinations:
+            limiter = self.limiter(route, domain)
             if limiter is None or not limiter.shapes or route.key in held:
                 continue
             # Newcomers queue behind the line: a token freed is the line's first.
@@ -210,12 +226,14 @@ class Pacing:
         self.s.ledger.rate_limited(qid, True)
         self.kick(limiter)
 
-    def requeue(self, qid: str, routes: Iterable[Route]) -> None:
+    def requeue(self, qid: str, destinations: Iterable[tuple[Route, str]]) -> None:
         """A message whose pending recipients all met a pause or a used-up quota:
         back in the line of the upstream that stopped it (its attempt ends)."""
         self.forget(qid)
         stopped = [
-            limiter for route in routes if (limiter := self.limiter(route, create=True)) is not None
+            limiter
+            for route, domain in destinations
+            if (limiter := self.limiter(route, domain, create=True)) is not None
         ]
         now = self.s.clock()
         closed = [limiter for limiter in stopped if not limiter.open(now)]
@@ -272,10 +290,9 @@ class Pacing:
     async def take(self, route: Route, qid: str) -> Reply | None:
         """Wait for the token of one transaction to ``route``; None: send it now,
         NOT_SENT: not now (paused or quota used up meanwhile)."""
-        limiter = self.limiter(route)
+        limiter = self.limiters.get(route.key)
         if limiter is None:
             return None
-        self.done(qid, route.key)  # the pass ends here: the next of the line may come
         now = self.s.clock()
         if limiter.paused(now) or (limiter.quota is not None and not limiter.quota.remaining(now)):
             return NOT_SENT
@@ -290,28 +307,33 @@ class Pacing:
             return NOT_SENT
         if limiter.bucket is not None:
             limiter.bucket.take(now)
+        # The pass ends with the token and the quota taken (not before: the gate would
+        # count neither): the next of the line may come.
+        self.done(qid, route.key)
         return None
 
-    def observe(self, route: Route, outcomes: Iterable[RecipientOutcome]) -> bool:
+    def observe(self, route: Route, domain: str, outcomes: Iterable[RecipientOutcome]) -> bool:
         """The outcomes of one transaction: True if one says "slow down" (the
         upstream is paused now); a delivery starts the pause steps again."""
         delivered = False
         for outcome in outcomes:
-            if self.slowed(route, outcome.reply):
+            if self.slowed(route, domain, outcome.reply):
                 return True
             delivered = delivered or outcome.reply.code < 300
-        if delivered:
-            limiter = self.limiters.get(route.key)
-            if limiter is not None:
-                limiter.slowdowns = 0
+        limiter = self.limiters.get(route.key)
+        if delivered and limiter is not None:
+            limiter.slowdowns = 0
+            idle = not (limiter.line or limiter.admitted or limiter.timer)
+            if idle and not limiter.shapes:  # made for a pause that is over: forget it
+                del self.limiters[route.key]
         return False
 
-    def slowed(self, route: Route, reply: Reply) -> bool:
+    def slowed(self, route: Route, domain: str, reply: Reply) -> bool:
         """Pause ``route``'s upstream if ``reply`` says "slow down" (slowdown.py)."""
         rule = slow_down(reply)
         if rule is None:
             return False
-        limiter = self.limiter(route, create=True)
+        limiter = self.limiter(route, domain, create=True)
         assert limiter is not None
         now = self.s.clock()
         if limiter.paused(now):

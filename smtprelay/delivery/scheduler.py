@@ -115,10 +115,12 @@ class Scheduler:
 
     def apply(self, settings: Settings, router: NextHops) -> None:
         """Reloaded settings, for the next delivery attempts: routes and smarthosts
-        (``router``, from :meth:`router_for`), line folding and bounce settings. Limits
-        and the retry schedule keep their start-up values."""
+        (``router``, from :meth:`router_for`), line folding, bounce settings, and the
+        upstreams' rate limits and slowdown_backoff (max_connections excepted). The
+        other limits and the retry schedule keep their start-up values."""
         self.router = router
         self.pacing.apply(settings.delivery)
+        self.pacing.reload(router)
         self.transport.apply(settings.delivery)
         self.notices.apply(settings.bounce)
 
@@ -249,9 +251,9 @@ class Scheduler:
         domains = self.ledger.domains(qid)
         if not domains:
             return False  # unknown here: the attempt reads it and decides
-        routes = [self.router.route(d) for d in domains]
+        routes = [(self.router.route(d), d) for d in domains]
         if qid not in self.destinations.let_go:  # its turn came: never parked twice
-            busy = next((route.key for route in routes if route.key in full), None)
+            busy = next((route.key for route, _ in routes if route.key in full), None)
             if busy is not None:
                 self.pacing.forget(qid)
                 self.destinations.park(busy, qid)

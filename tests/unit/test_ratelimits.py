@@ -297,7 +297,7 @@ def test_bad_limit_keys_name_the_key(raw: dict[str, object], message: str) -> No
 
 
 def test_gate_lets_in_a_second_of_tokens_then_waits_for_them() -> None:
-    limiter = Limiter("up", UpstreamLimits(max_rate=Rate(5, 1)))
+    limiter = Limiter("up", "up.test", UpstreamLimits(max_rate=Rate(5, 1)))
     assert limiter.ahead() == 5
     now = 100.0
     for _ in range(5):
@@ -311,7 +311,7 @@ def test_gate_lets_in_a_second_of_tokens_then_waits_for_them() -> None:
 
 
 def test_gate_waits_for_a_token_further_than_lead() -> None:
-    limiter = Limiter("up", UpstreamLimits(max_rate=Rate(1, 60)))  # one a minute
+    limiter = Limiter("up", "up.test", UpstreamLimits(max_rate=Rate(1, 60)))  # one a minute
     assert limiter.ahead() == 1
     assert limiter.bucket is not None and limiter.bucket.take(0.0)
     assert limiter.opens_at(0.0) == pytest.approx(60.0 - LEAD)
@@ -319,7 +319,7 @@ def test_gate_waits_for_a_token_further_than_lead() -> None:
 
 
 def test_gate_closed_during_a_pause_and_when_the_quota_is_used() -> None:
-    limiter = Limiter("up", UpstreamLimits(daily_quota=1, quota_reset="rolling"))
+    limiter = Limiter("up", "up.test", UpstreamLimits(daily_quota=1, quota_reset="rolling"))
     limiter.pause = Pause(50.0, remote_reply(450, "4.7.0 slow down"))
     assert limiter.opens_at(10.0) == 50.0
     assert limiter.open(50.0) and not limiter.paused(50.0)
@@ -331,7 +331,7 @@ def test_gate_closed_during_a_pause_and_when_the_quota_is_used() -> None:
 
 
 def test_a_limiter_without_limits_shapes_only_while_paused() -> None:
-    limiter = Limiter("gmail.com", None)
+    limiter = Limiter("gmail.com", "gmail.com", None)
     assert (limiter.shapes, limiter.open(5.0)) == (False, True)
     limiter.pause = Pause(10.0, remote_reply(421, "4.7.0 Try again later"))
     assert (limiter.shapes, limiter.open(5.0)) == (True, False)
