@@ -25,7 +25,9 @@ How, building on the parking of delivery/destinations.py:
   Transactions not yet sent are not sent (:data:`NOT_SENT`), and the attempt parks the
   message again instead of counting an attempt.
 
-Time spent rate-limited still counts towards ``max_queue_lifetime``.
+A message with recipients at several upstreams waits in one line at a time, whole.
+Time spent rate-limited counts towards ``max_queue_lifetime`` (checked at a real
+deferral, never while it waits).
 """
 
 from __future__ import annotations
@@ -344,6 +346,13 @@ class Pacing:
         maillog.upstream_paused(route.key, step, reply, rule.number, rule.source)
         self.kick(limiter)
         return True
+
+    def close(self) -> None:
+        """Stop the limiters' timers (the daemon stops)."""
+        for limiter in self.limiters.values():
+            if limiter.timer is not None:
+                limiter.timer.cancel()
+                limiter.timer = None
 
     # --- what status pages show -----------------------------------------------------------
 

@@ -274,6 +274,7 @@ class Scheduler:
     async def stop(self, grace: float) -> None:
         """Let attempts under way finish for ``grace`` seconds, then cancel them; operator
         actions waiting for those attempts get the same grace."""
+        self.pacing.close()
         for tasks in (list(self.active.values()), list(self.operator.later)):
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)
