@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from smtprelay import config
 from smtprelay.config import ConfigError, UpstreamLimits
 from smtprelay.delivery.errors import AUTH_FAILED, TLS_FAILED, TLS_NOT_OFFERED, remote_reply
-from smtprelay.delivery.pacing import LEAD, Limiter, Pause
+from smtprelay.delivery.limiter import LEAD, Limiter, Pause
 from smtprelay.delivery.quota import DAY, DailyQuota
 from smtprelay.delivery.slowdown import RULES, slow_down
 from smtprelay.delivery.tokenbucket import TokenBucket
