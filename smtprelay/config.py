@@ -203,7 +203,7 @@ DEFAULT_SLOWDOWN_BACKOFF = (30.0, 60.0, 120.0, 300.0, 600.0)
 class UpstreamLimits(_Section):
     """Rate limits of one upstream (a smarthost, a route, a sender route) or of one
     destination domain (``[delivery.domain_limits."gmail.com"]``); see
-    delivery/pacing.py. Limits shape: mail over them waits in the queue, never fails."""
+    delivery/ratelimits.py. Limits shape: mail over them waits in the queue, never fails."""
 
     # Transactions per second/minute/hour ("10/s", "30/min", "1000/h"); "": no limit.
     max_rate: RateField = None
@@ -218,7 +218,7 @@ class UpstreamLimits(_Section):
 
     @property
     def limited(self) -> bool:
-        """Any limit besides max_connections: its messages pass the pacing gate."""
+        """Any limit besides max_connections: its messages pass the rate-limit gate."""
         return self.max_rate is not None or self.daily_quota > 0
 
 
@@ -254,7 +254,7 @@ class DeliverySettings(_Section):
     line_length_limit: Annotated[Int, AfterValidator(_line_length_limit)] = 998
     smarthost: SmarthostSettings = SmarthostSettings()
     routes: dict[Domain, EndpointField] = Field(default_factory=dict)
-    # Provider rate limits (delivery/pacing.py): per destination domain in MX delivery,
+    # Provider rate limits (delivery/ratelimits.py): per destination domain in MX delivery,
     # and the pauses of an upstream that answered "slow down" (delivery/slowdown.py).
     domain_limits: dict[Domain, UpstreamLimits] = Field(default_factory=dict)
     slowdown_backoff: tuple[Duration, ...] = Field(default=DEFAULT_SLOWDOWN_BACKOFF, min_length=1)

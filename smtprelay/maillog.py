@@ -406,7 +406,7 @@ _NOTICE_WORDS = {
 
 def upstream_paused(upstream: str, seconds: float, reply: Reply, rule: int, source: str) -> None:
     """``warning: upstream KEY paused for 30s after: REPLY (slow-down rule N: SOURCE)``:
-    a "slow down" reply paused every delivery to that upstream (delivery/pacing.py)."""
+    a "slow down" reply paused every delivery to that upstream (delivery/ratelimits.py)."""
     _emit(
         "qmgr",
         f"warning: upstream {upstream} paused for {_short(seconds)}s after: {escape(str(reply))} "

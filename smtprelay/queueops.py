@@ -62,7 +62,7 @@ class QueueEntry:
     envelope: Envelope
     attempting: bool  # an attempt is under way right now
     scheduled: bool = False  # waiting for its send_at (never attempted before it)
-    rate_limited: bool = False  # waiting in a rate limiter's line (delivery/pacing.py)
+    rate_limited: bool = False  # waiting in a rate limiter's line (delivery/ratelimits.py)
 
     @property
     def state(self) -> str:

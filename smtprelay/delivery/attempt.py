@@ -21,7 +21,7 @@ from smtprelay.delivery import backoff
 from smtprelay.delivery.destinations import UNREACHABLE
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
-from smtprelay.delivery.pacing import NOT_SENT
+from smtprelay.delivery.ratelimits import NOT_SENT
 from smtprelay.delivery.routes import Route
 from smtprelay.delivery.slowdown import slow_down
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
@@ -104,14 +104,14 @@ class Attempts:
         limit = self.s.destinations.line_limit
         busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
         if busy is not None and not let_go:
-            self.s.pacing.forget(qid)
+            self.s.ratelimits.forget(qid)
             self.s.destinations.park(busy, qid)
             if data is not None:  # still fresh: its turn comes without a read
                 self.s.schedule.keep_fresh(envelope, data)
             return
-        limiter = self.s.pacing.admit(qid, ((r, d) for r, d, _ in groups.values()))
+        limiter = self.s.ratelimits.admit(qid, ((r, d) for r, d, _ in groups.values()))
         if limiter is not None:  # a rate limit: it waits in that upstream's line
-            self.s.pacing.park(qid, limiter)
+            self.s.ratelimits.park(qid, limiter)
             if data is not None:
                 self.s.schedule.keep_fresh(envelope, data)
             return
@@ -177,7 +177,7 @@ class Attempts:
         finally:
             if waiting:
                 self.s.destinations.waiting[route.key] -= 1
-            self.s.pacing.done(envelope.qid, route.key)  # a pass it did not use
+            self.s.ratelimits.done(envelope.qid, route.key)  # a pass it did not use
             self._unpark(route.key)
 
     def _unpark(self, key: str) -> None:
@@ -221,7 +221,7 @@ class Attempts:
         outcomes: list[RecipientOutcome] = []
         for start in range(0, len(addresses), size):
             batch, rest = addresses[start : start + size], addresses[start + size :]
-            held = await self.s.pacing.take(route, envelope.qid)
+            held = await self.s.ratelimits.take(route, envelope.qid)
             if held is not None:
                 return outcomes + [RecipientOutcome(a, held, "none") for a in batch + rest]
             try:
@@ -238,11 +238,11 @@ class Attempts:
             except DeliveryError as e:
                 if e.unreachable:
                     self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
-                self.s.pacing.slowed(route, domain, e.reply)
+                self.s.ratelimits.slowed(route, domain, e.reply)
                 return outcomes + [RecipientOutcome(a, e.reply, e.relay) for a in batch + rest]
             self.s.destinations.reached(route.key)
             outcomes += sent
-            if self.s.pacing.observe(route, domain, sent) and rest:  # paused: the rest waits
+            if self.s.ratelimits.observe(route, domain, sent) and rest:  # paused: the rest waits
                 return outcomes + [RecipientOutcome(a, NOT_SENT, "none") for a in rest]
         return outcomes
 
@@ -320,7 +320,7 @@ class Attempts:
     ) -> None:
         """Every pending recipient met a pause or a used-up quota: no attempt is
         counted and no retry is scheduled; the message waits in the line of its
-        upstream (pacing.py). Saved only if something was recorded: a final outcome
+        upstream (ratelimits.py). Saved only if something was recorded: a final outcome
         of other recipients, or the "slow down" reply (shown as the last error)."""
         now = self.s.clock()
         await self.s.notify(envelope, results, data, now)
@@ -333,7 +333,7 @@ class Attempts:
             for route, domain, rcpts in groups.values()
             if any(r.address in waiting for r in rcpts)
         ]
-        self.s.pacing.requeue(envelope.qid, stopped)
+        self.s.ratelimits.requeue(envelope.qid, stopped)
         if data is not None:
             self.s.schedule.keep_fresh(envelope, data)
 

@@ -41,7 +41,7 @@ class Destinations:
         self.waiting: defaultdict[str, int] = defaultdict(int)
         # Messages parked behind a saturated destination, by route key. A QID counts as
         # parked while in parked_qids; deque entries of QIDs taken out since are skipped.
-        # parked_qids also holds the QIDs waiting in a rate limiter's line (pacing.py),
+        # parked_qids also holds the QIDs waiting in a rate limiter's line (ratelimits.py),
         # so that the operator's actions find them the same way.
         self.parked: defaultdict[str, deque[str]] = defaultdict(deque)
         self.parked_qids: set[str] = set()

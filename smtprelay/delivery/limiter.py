@@ -1,4 +1,4 @@
-"""The pacing state of one upstream (delivery/pacing.py): its token bucket, daily quota,
+"""The pacing state of one upstream (delivery/ratelimits.py): its token bucket, daily quota,
 "slow down" pause and line of waiting QIDs, and the gate that says when the next
 message may be let in (:meth:`Limiter.opens_at`). No I/O and no clock of its own: the
 times are passed in, so it is tested by hand."""

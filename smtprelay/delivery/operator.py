@@ -183,7 +183,7 @@ class Operator:
     def _unschedule(self, qid: str) -> float | None:
         """Take a waiting message out of the schedule; its due time, to put it back."""
         due = self.s.schedule.due.pop(qid, None)
-        self.s.pacing.forget(qid)  # let in by a rate limiter, now taken out
+        self.s.ratelimits.forget(qid)  # let in by a rate limiter, now taken out
         if qid in self.s.destinations.parked_qids:
             self.s.destinations.parked_qids.discard(qid)
             due = self.s.clock()

@@ -26,7 +26,7 @@ A message's *state* is what a full scan shows: ``active`` (new, released, or und
 attempt now), ``deferred``, ``hold``, ``scheduled`` (its ``send_at`` was still ahead
 when it was noted and it has not been attempted; :meth:`Ledger.due` ends that when the
 scheduler takes it up, so the ledger itself never looks at the clock per message) or
-``rate-limited`` (parked in a rate limiter's line, delivery/pacing.py; told by the
+``rate-limited`` (parked in a rate limiter's line, delivery/ratelimits.py; told by the
 scheduler, ended when its attempt starts).
 """
 
@@ -46,7 +46,7 @@ STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 _CODE = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 1, QueueState.HOLD: 2}
 _SCHEDULED = 3  # a fourth value of the two state bits: waiting for its send_at
 _ATTEMPTING = 4  # bit beside the spool state: an attempt is under way (shown as active)
-_LIMITED = 8  # bit beside the spool state: waiting in a rate limiter's line (pacing.py)
+_LIMITED = 8  # bit beside the spool state: waiting in a rate limiter's line (ratelimits.py)
 _RATE_LIMITED = 4  # index in STATES of what _LIMITED shows
 _SHIFT = 4  # the profile index sits above the state bits
 # Lists of removed entries are compacted once they exceed twice the live ones plus this.

@@ -39,7 +39,7 @@ class Route:
     tls: TLSPolicy
     fixed: tuple[Endpoint, ...] = ()  # empty: look up the MX of the domain
     credentials: Credentials | None = None
-    # max_rate, daily_quota, max_connections, max_recipients_per_message (pacing.py).
+    # max_rate, daily_quota, max_connections, max_recipients_per_message (ratelimits.py).
     limits: UpstreamLimits | None = None
 
 

@@ -15,8 +15,8 @@ Its parts, one job each:
   listing; ``delivery/cancel.py``: cancel and reschedule;
 * ``delivery/queuecounts.py`` :class:`Ledger`: what is queued, by state and
   destination, told after every spool write and removal, so status pages never scan;
-* ``delivery/pacing.py`` :class:`Pacing`: provider rate limits per upstream -- lines
-  of rate-limited messages let in as tokens come, pauses after "slow down" replies.
+* ``delivery/ratelimits.py`` :class:`RateLimits`: provider rate limits per upstream --
+  lines of rate-limited messages let in as tokens come, pauses after "slow down".
 
 Here: a bounded active set (``active_limit`` messages being attempted at once), and the
 loop that starts attempts as they fall due. The loop starts at most ``START_BATCH``
@@ -43,8 +43,8 @@ from smtprelay.delivery.destinations import PARK_AFTER, Destinations
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
-from smtprelay.delivery.pacing import Pacing
 from smtprelay.delivery.queuecounts import Ledger
+from smtprelay.delivery.ratelimits import RateLimits
 from smtprelay.delivery.schedule import Schedule
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.queueops import QueueEntry, QueueOperations, RecipientCancel
@@ -99,7 +99,7 @@ class Scheduler:
         self.ledger = Ledger(clock)  # what the spool holds, for status pages and listings
         self.attempts = Attempts(self)
         self.operator = Operator(self)
-        self.pacing = Pacing(self, settings)
+        self.ratelimits = RateLimits(self, settings)
         # Messages found in the spool at start-up whose envelopes are not read yet
         # (delivery.loader reads them after READY=1); ``loaded`` is set once all are.
         self.loading = 0
@@ -119,8 +119,8 @@ class Scheduler:
         upstreams' rate limits and slowdown_backoff (max_connections excepted). The
         other limits and the retry schedule keep their start-up values."""
         self.router = router
-        self.pacing.apply(settings.delivery)
-        self.pacing.reload(router)
+        self.ratelimits.apply(settings.delivery)
+        self.ratelimits.reload(router)
         self.transport.apply(settings.delivery)
         self.notices.apply(settings.bounce)
 
@@ -200,7 +200,7 @@ class Scheduler:
             now = self.clock()
             started = looked = 0
             full = self.destinations.full()
-            pacing = self.pacing.enabled
+            limited = self.ratelimits.enabled
             while (
                 schedule.heap
                 and schedule.heap[0][0] <= now
@@ -214,7 +214,7 @@ class Scheduler:
                     continue  # superseded by a flush, or held or deleted meanwhile
                 _, qid = popped
                 self.ledger.due(qid)  # its send_at, if it had one, has come
-                if (full or pacing) and self._park_unread(qid, full):
+                if (full or limited) and self._park_unread(qid, full):
                     continue
                 self.start(qid)
                 started += 1
@@ -255,26 +255,26 @@ class Scheduler:
         if qid not in self.destinations.let_go:  # its turn came: never parked twice
             busy = next((route.key for route, _ in routes if route.key in full), None)
             if busy is not None:
-                self.pacing.forget(qid)
+                self.ratelimits.forget(qid)
                 self.destinations.park(busy, qid)
                 return True
-        limiter = self.pacing.admit(qid, routes)
+        limiter = self.ratelimits.admit(qid, routes)
         if limiter is None:
             return False
-        self.pacing.park(qid, limiter)
+        self.ratelimits.park(qid, limiter)
         return True
 
     def _finished(self, qid: str, _: object) -> None:
         self.active.pop(qid, None)
         self.in_flight.pop(qid, None)
         self.ledger.attempting(qid, False)
-        self.pacing.forget(qid)  # passes an attempt did not use (it ended early)
+        self.ratelimits.forget(qid)  # passes an attempt did not use (it ended early)
         self.schedule.wakeup.set()
 
     async def stop(self, grace: float) -> None:
         """Let attempts under way finish for ``grace`` seconds, then cancel them; operator
         actions waiting for those attempts get the same grace."""
-        self.pacing.close()
+        self.ratelimits.close()
         for tasks in (list(self.active.values()), list(self.operator.later)):
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -4,7 +4,7 @@ A provider that finds a relay too fast answers with a temporary reply -- and som
 (Gmail, Microsoft 365) with a *permanent* one when a daily quota is used up. Treated
 as the message's own failure, the first burns the message's retry schedule and the
 second bounces it, for no fault of the message. A reply matched by :data:`RULES`
-instead pauses the whole upstream (delivery/pacing.py, growing with each such reply in
+instead pauses the whole upstream (delivery/ratelimits.py, growing with each such reply in
 a row, ``[delivery] slowdown_backoff``); the message waits in the queue as
 ``rate-limited``, its attempts and retry schedule untouched, and goes when the pause
 ends. A 5xx that means "quota" is treated as temporary that way.

@@ -55,8 +55,8 @@ async def status(request: web.Request) -> web.Response:
             "queue": queue["queue"],
             "counters": ctx.stats.counters(),
             "destinations": queue["destinations"],
-            # Upstreams with rate limits or paused after "slow down" (delivery/pacing.py).
-            "upstreams": ctx.scheduler.pacing.states(),
+            # Upstreams with rate limits or paused after "slow down" (delivery/ratelimits.py).
+            "upstreams": ctx.scheduler.ratelimits.states(),
             "event_loop_lag_s": round(ctx.health.monitor.current, 3),
             "history_messages": ctx.stats.remembered,
         }

@@ -38,7 +38,7 @@ DEST_LIMITS = 'delivery.domain_limits."dest.test"'
 # for a loaded machine. The 600 at 10/s is the same test, twelve times longer:
 # SMTPRELAY_TEST_RATE=600/10 runs it.
 MESSAGES, RATE = (int(n) for n in os.environ.get("SMTPRELAY_TEST_RATE", "100/20").split("/"))
-# Burst 1 (pacing.py): in any window of one second at most RATE + 1 transactions start;
+# Burst 1 (ratelimits.py): in any window of one second at most RATE + 1 transactions start;
 # one more for the jitter between a transaction's start and its end at the sink.
 WINDOW_TOLERANCE = 1
 

@@ -1,4 +1,4 @@
-"""Pacing in the scheduler, with fakes at the seams: a daily quota keeps a backlog
+"""RateLimits in the scheduler, with fakes at the seams: a daily quota keeps a backlog
 waiting (parked unread, shown as rate-limited, answering operator actions, let go by a
 reload), a "slow down" reply pauses the upstream with growing steps and costs the
 message no attempt, and recipients are split into transactions."""
@@ -118,7 +118,7 @@ def test_quota_backlog_waits_unread_answers_operators_and_goes_on_reload(
         waiting = [q for q in qids if q in spool.ids()]
         assert all(scheduler.ledger.state(q) == "rate-limited" for q in waiting)
         assert all(spool.loads[q] == 0 for q in waiting), "parked without being read"
-        (upstream,) = scheduler.pacing.states()
+        (upstream,) = scheduler.ratelimits.states()
         assert upstream == {
             "upstream": "limited.test",
             "rate_limited": 7,
@@ -146,7 +146,7 @@ def test_quota_backlog_waits_unread_answers_operators_and_goes_on_reload(
         scheduler.apply(reloaded, scheduler.router_for(reloaded))
         await until(lambda: not spool.ids(), "the rest delivered")
         assert len(transport.delivered) == 10
-        assert counts()["rate-limited"] == 0 and not scheduler.pacing.passes
+        assert counts()["rate-limited"] == 0 and not scheduler.ratelimits.passes
         # Each waiting message read twice: by the listing above, and once its turn came.
         others = [q for q in waiting if q not in (flushed, held, deleted)]
         assert [spool.loads[q] for q in others] == [2] * len(others)
@@ -171,7 +171,7 @@ def test_slow_down_pauses_with_growing_steps_and_costs_no_attempt(tmp_path: Path
         envelope = spool.load(qid)
         assert envelope.attempts == 0 and envelope.recipients[0].attempts == 0
         assert envelope.recipients[0].last_reply == str(SLOW_DOWN)
-        limiter = scheduler.pacing.limiters["paused.test"]
+        limiter = scheduler.ratelimits.limiters["paused.test"]
         assert limiter.pause is not None
         first = limiter.pause.until - scheduler.clock()
         assert 0 < first <= 0.3
@@ -186,7 +186,7 @@ def test_slow_down_pauses_with_growing_steps_and_costs_no_attempt(tmp_path: Path
         await until(lambda: not spool.ids(), "delivery after the pauses")
         assert sorted(transport.delivered) == ["a@paused.test", "b@paused.test"]
         # Made for the pause only: forgotten once mail flows again.
-        assert "paused.test" not in scheduler.pacing.limiters
+        assert "paused.test" not in scheduler.ratelimits.limiters
         running.cancel()
         spool.close()
 

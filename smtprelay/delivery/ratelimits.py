@@ -10,13 +10,13 @@ Each upstream's state -- bucket, quota, pause, line -- is a :class:`Limiter`
 How, building on the parking of delivery/destinations.py:
 
 * A message that falls due passes a *gate* per limited upstream of its recipients
-  (:meth:`Pacing.admit`, asked by the scheduler from the ledger, without reading the
+  (:meth:`RateLimits.admit`, asked by the scheduler from the ledger, without reading the
   message, or by the attempt): it gets a *pass*, or is parked in that upstream's line
   (QIDs only, out of the active set, in ``Destinations.parked_qids`` like a destination's
   line, so the operator's flush, hold and delete find it). The gate lets in no more
   messages than tokens come within ``LEAD`` seconds, and none while the upstream is
   paused or its daily quota is used up.
-* Right before each transaction the delivery takes a token (:meth:`Pacing.take`),
+* Right before each transaction the delivery takes a token (:meth:`RateLimits.take`),
   sleeping until the token bucket (tokenbucket.py, burst 1) has one; the daily quota
   (quota.py) counts it. Taking the token ends the pass and lets the next
   message of the line in -- so a line moves as tokens are taken, and a timer (one per
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 NOT_SENT = Reply(451, "4.7.0", "Not sent: upstream rate-limited, waiting in the queue")
 
 
-class Pacing:
+class RateLimits:
     """The limiters of one :class:`Scheduler`, and the passes its messages hold."""
 
     def __init__(self, scheduler: Scheduler, settings: DeliverySettings) -> None:
