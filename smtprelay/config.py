@@ -32,7 +32,16 @@ from pydantic import (
 
 from smtprelay import defaults
 from smtprelay.errors import ConfigError as ConfigError
-from smtprelay.units import Endpoint, format_duration, parse_duration, parse_endpoint, parse_size
+from smtprelay.units import (
+    Endpoint,
+    Rate,
+    format_duration,
+    parse_duration,
+    parse_endpoint,
+    parse_quota_reset,
+    parse_rate,
+    parse_size,
+)
 
 # In a module of their own so that smtprelay-sendmail can start without pydantic.
 DEFAULT_CONFIG_PATH = defaults.DEFAULT_CONFIG_PATH
@@ -47,6 +56,7 @@ Bool = Annotated[bool, Strict()]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 EndpointField = Annotated[Endpoint, BeforeValidator(parse_endpoint)]
+RateField = Annotated[Rate | None, BeforeValidator(parse_rate)]
 
 
 def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -193,6 +203,30 @@ def _line_length_limit(value: int) -> int:
 
 Nameserver = Annotated[Endpoint, BeforeValidator(_parse_nameserver)]
 DEFAULT_RETRY_SCHEDULE = (300.0, 600.0, 1200.0, 2400.0, 4200.0)
+# How long an upstream is paused after each "slow down" reply in a row (the last repeats).
+DEFAULT_SLOWDOWN_BACKOFF = (30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class UpstreamLimits(_Section):
+    """Rate limits of one upstream (a smarthost, a route, a sender route) or of one
+    destination domain (``[delivery.domain_limits."gmail.com"]``); see
+    delivery/ratelimits.py. Limits shape: mail over them waits in the queue, never fails."""
+
+    # Transactions per second/minute/hour ("10/s", "30/min", "1000/h"); "": no limit.
+    max_rate: RateField = None
+    # Transactions per day (0: no limit), counted from quota_reset.
+    daily_quota: Int = Field(default=0, ge=0)
+    # "HH:MM UTC": the count starts again at that time each day; "rolling": any 24 h.
+    quota_reset: Annotated[str, BeforeValidator(parse_quota_reset)] = "00:00 UTC"
+    # Connections open to it at once; 0: [delivery] per_destination_concurrency.
+    max_connections: Int = Field(default=0, ge=0)
+    # More recipients than this go in several transactions; 0: no limit.
+    max_recipients_per_message: Int = Field(default=0, ge=0)
+
+    @property
+    def limited(self) -> bool:
+        """Any limit besides max_connections: its messages pass the rate-limit gate."""
+        return self.max_rate is not None or self.daily_quota > 0
 
 
 _OAUTH2_TOKEN_URLS = {
@@ -299,7 +333,7 @@ class OAuth2Settings(_Section):
         return self.scope or _OAUTH2_SCOPES.get((self.provider, self.grant), "")
 
 
-class SmarthostSettings(_Section):
+class SmarthostSettings(UpstreamLimits):
     """One upstream: the smarthost, and (subclassed below) a route table or a sender
     route. Whatever an upstream can have is declared here, once."""
 
@@ -429,6 +463,10 @@ class DeliverySettings(_Section):
     routes: dict[Domain, RouteEntry] = Field(default_factory=dict)
     # Per sender, SMTP user or HTTP token: first match wins (after routes).
     sender_routes: tuple[SenderRouteSettings, ...] = ()
+    # Provider rate limits (delivery/ratelimits.py): per destination domain in MX delivery,
+    # and the pauses of an upstream that answered "slow down" (delivery/slowdown.py).
+    domain_limits: dict[Domain, UpstreamLimits] = Field(default_factory=dict)
+    slowdown_backoff: tuple[Duration, ...] = Field(default=DEFAULT_SLOWDOWN_BACKOFF, min_length=1)
 
     @model_validator(mode="after")
     def _smarthost_needs_hosts(self) -> DeliverySettings:
@@ -673,6 +711,8 @@ def _describe(error: ValidationError) -> str:
     if depth == 0:
         return f"[{loc[0]}]: unknown section"
     table, keys = ".".join(loc[:depth]), loc[depth:]
+    if table in _TABLES_OF_TABLES and len(keys) > 1:  # [delivery.domain_limits."gmail.com"]
+        table, keys = f"{table}.{_toml_string(keys[0])}", keys[1:]
     where = f"[{table}]" + (" " + keys[0] + "".join(f"[{k}]" for k in keys[1:]) if keys else "")
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
@@ -683,6 +723,9 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {message}{suffix}"
 
 
+# Tables whose keys name tables of their own.
+_TABLES_OF_TABLES = {"delivery.domain_limits"}
+
 _DURATION_KEYS = {
     "server.timeout",
     "tls.handshake_timeout",
@@ -692,6 +735,7 @@ _DURATION_KEYS = {
     "delivery.connect_timeout",
     "delivery.command_timeout",
     "delivery.data_timeout",
+    "delivery.slowdown_backoff",
     "http.history_retention",
     "http.bad_token_max_delay",
     "events.retention",
@@ -748,6 +792,8 @@ def _toml_value(name: str, value: object) -> str:
             return _toml_string(format_duration(value))
     if value is None:
         return '""'
+    if isinstance(value, Rate):
+        return _toml_string(str(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -78,6 +78,7 @@ class Event(StrEnum):
     TIMEOUT = "timeout"
     TLS_FAILED = "tls-failed"
     TOO_MANY_COMMANDS = "too-many-commands"
+    UPSTREAM_PAUSED = "upstream-paused"
 
 
 def _emit(
@@ -497,6 +498,23 @@ _NOTICE_WORDS = {
     "success": "sender delivery status notification",
     "postmaster": "postmaster non-delivery notification",
 }
+
+
+def upstream_paused(upstream: str, seconds: float, reply: Reply, rule: int, source: str) -> None:
+    """``warning: upstream KEY paused for 30s after: REPLY (slow-down rule N: SOURCE)``:
+    a "slow down" reply paused every delivery to that upstream (delivery/ratelimits.py)."""
+    _emit(
+        "qmgr",
+        f"warning: upstream {upstream} paused for {_short(seconds)}s after: {escape(str(reply))} "
+        f"(slow-down rule {rule}: {source})",
+        level=logging.WARNING,
+        upstream=upstream,
+        seconds=seconds,
+        dsn=reply.enhanced,
+        reply=str(reply),
+        rule=rule,
+        event=Event.UPSTREAM_PAUSED,
+    )
 
 
 def notice_sent(qid: str, kind: str, notice_qid: str) -> None:

@@ -62,13 +62,16 @@ class QueueEntry:
     envelope: Envelope
     attempting: bool  # an attempt is under way right now
     scheduled: bool = False  # waiting for its send_at (never attempted before it)
+    rate_limited: bool = False  # waiting in a rate limiter's line (delivery/ratelimits.py)
 
     @property
     def state(self) -> str:
-        """``active`` (new, or being attempted now), ``deferred``, ``hold`` or
-        ``scheduled``."""
+        """``active`` (new, or being attempted now), ``deferred``, ``hold``,
+        ``scheduled`` or ``rate-limited``."""
         if self.attempting:
             return QueueState.ACTIVE.value
+        if self.rate_limited and self.envelope.state is not QueueState.HOLD:
+            return "rate-limited"
         return "scheduled" if self.scheduled else self.envelope.state.value
 
 

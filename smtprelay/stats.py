@@ -64,7 +64,7 @@ LATENCY_BUCKETS = (
     5 * 86400.0,
 )
 DELIVERY_STATUSES = ("sent", "deferred", "bounced")
-QUEUE_STATES = ("active", "deferred", "hold", "scheduled")
+QUEUE_STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 
 # No "*_created" series beside every counter: they double the exposition for nothing
 # Prometheus uses (process-wide setting; this process exports only these metrics).
@@ -153,6 +153,11 @@ class Stats(logging.Handler):
             "smtprelay_operator_actions",
             "Queue operations done by the operator.",
             ["action"],
+            registry=r,
+        )
+        self.upstream_pauses = Counter(
+            "smtprelay_upstream_pauses",
+            'Upstreams paused after a "slow down" reply (delivery/slowdown.py).',
             registry=r,
         )
         self.removed = Counter(
@@ -268,6 +273,8 @@ class Stats(logging.Handler):
             self.counts["canceled"] += 1
         elif event in (Event.HOLD, Event.RELEASE):
             self.operator.labels(str(event)).inc()
+        elif event == Event.UPSTREAM_PAUSED:
+            self.upstream_pauses.inc()
 
     def _remember(self, qid: str, record: logging.LogRecord, fields: Mapping[str, Any]) -> None:
         event: dict[str, Any] = {

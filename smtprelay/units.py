@@ -93,3 +93,62 @@ def parse_endpoint(value: object) -> Endpoint:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"port {port!r} in {value!r} is not a number from 1 to 65535")
     return Endpoint(host, int(port))
+
+
+# Rates of upstream rate limits: "10/s", "30/min", "1000/h".
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(s|min|h)")
+_RATE_PERIODS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+class Rate(NamedTuple):
+    """``messages`` (transactions) per ``period`` seconds, written ``"10/s"``."""
+
+    messages: float
+    period: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two transactions at this rate."""
+        return self.period / self.messages
+
+    def __str__(self) -> str:
+        unit = next(u for u, p in _RATE_PERIODS.items() if p == self.period)
+        number = int(self.messages) if float(self.messages).is_integer() else self.messages
+        return f"{number}/{unit}"
+
+
+def parse_rate(value: object) -> Rate | None:
+    """``"10/s"``, ``"30/min"``, ``"1000/h"`` -> Rate; ``""`` -> None (no limit)."""
+    if isinstance(value, Rate) or value is None:
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        match = _RATE.fullmatch(value.strip())
+        if match and float(match.group(1)) > 0:
+            return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
+    raise ValueError(f'{value!r} is not a rate (use e.g. "10/s", "30/min", "1000/h")')
+
+
+_RESET = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?:\s*UTC)?", re.IGNORECASE)
+
+
+def parse_quota_reset(value: object) -> str:
+    """``"HH:MM UTC"`` (the daily count starts again then) or ``"rolling"`` (any 24 h),
+    normalised: ``"0:00"`` -> ``"00:00 UTC"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == "rolling":
+            return "rolling"
+        match = _RESET.fullmatch(text)
+        if match:
+            return f"{int(match.group(1)):02d}:{match.group(2)} UTC"
+    raise ValueError(f'{value!r} is not a time of day like "00:00 UTC", nor "rolling"')
+
+
+def reset_minute(reset: str) -> int | None:
+    """Minutes after midnight UTC of a normalised ``quota_reset``; None for rolling."""
+    if reset == "rolling":
+        return None
+    hours, minutes = reset.removesuffix(" UTC").split(":")
+    return int(hours) * 60 + int(minutes)

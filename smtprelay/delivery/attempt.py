@@ -21,7 +21,9 @@ from smtprelay.delivery import backoff
 from smtprelay.delivery.destinations import UNREACHABLE
 from smtprelay.delivery.notices import Result
 from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.ratelimits import NOT_SENT
 from smtprelay.delivery.routes import Route
+from smtprelay.delivery.slowdown import slow_down
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
 from smtprelay.queueview import due_time
 from smtprelay.replies import Reply
@@ -103,8 +105,15 @@ class Attempts:
         limit = self.s.destinations.line_limit
         busy = next((key for key in groups if self.s.destinations.waiting[key] >= limit), None)
         if busy is not None and not let_go:
+            self.s.ratelimits.forget(qid)
             self.s.destinations.park(busy, qid)
             if data is not None:  # still fresh: its turn comes without a read
+                self.s.schedule.keep_fresh(envelope, data)
+            return
+        limiter = self.s.ratelimits.admit(qid, ((r, d) for r, d, _ in groups.values()))
+        if limiter is not None:  # a rate limit: it waits in that upstream's line
+            self.s.ratelimits.park(qid, limiter)
+            if data is not None:
                 self.s.schedule.keep_fresh(envelope, data)
             return
         for route, _, _ in groups.values():
@@ -119,12 +128,14 @@ class Attempts:
         # attempt is cancelled (a stop after its grace), the others are cancelled with it
         # instead of running on unowned; the attempt is retried (attempt_safely).
         results: list[Result] = []
+        # Recipients held back by a rate limit, not attempted -> a reply was recorded.
+        shaped: dict[str, bool] = {}
         if len(groups) == 1:  # the common case, one destination: no task of its own
             ((route, domain, rcpts),) = groups.values()
             outcomes = await self._deliver_group(envelope, data, route, domain, rcpts, activated)
             await self.s.pacer.turn()
-            results += self._record(envelope, outcomes, activated)
-            await self._conclude(envelope, data, results)
+            results += self._record(envelope, outcomes, activated, shaped)
+            await self._conclude(envelope, data, results, shaped, groups)
             return
         async with asyncio.TaskGroup() as group:
             tasks = [
@@ -138,11 +149,11 @@ class Attempts:
                 outcomes = await next_done
                 await self.s.pacer.turn()
                 remaining -= 1
-                results += self._record(envelope, outcomes, activated)
+                results += self._record(envelope, outcomes, activated, shaped)
                 if remaining:
                     await self._save(envelope, data)
                     self.s.ledger.note(envelope)
-        await self._conclude(envelope, data, results)
+        await self._conclude(envelope, data, results, shaped, groups)
 
     async def _deliver_group(
         self,
@@ -162,9 +173,8 @@ class Attempts:
                 # Always temporary: no server said anything about this message.
                 reply = UNREACHABLE.with_text(f"{dead.reply.text} (destination marked unreachable)")
                 return [RecipientOutcome(a, reply, "none") for a in addresses], self.s.clock()
-            slot = self.s.destinations.slots.setdefault(
-                route.key, asyncio.Semaphore(self.s.settings.per_destination_concurrency)
-            )
+            connections = route.limits.max_connections if route.limits else 0
+            slot = self.s.destinations.slot(route.key, connections)
             async with slot, self.s.destinations.global_slots:
                 self.s.destinations.waiting[route.key] -= 1
                 waiting = False
@@ -174,6 +184,7 @@ class Attempts:
         finally:
             if waiting:
                 self.s.destinations.waiting[route.key] -= 1
+            self.s.ratelimits.done(envelope.qid, route.key)  # a pass it did not use
             self._unpark(route.key)
 
     def _unpark(self, key: str) -> None:
@@ -210,40 +221,68 @@ class Attempts:
                 )
             except FileNotFoundError:
                 return []
-        try:
-            params = {r.address: r.params for r in envelope.recipients if r.params}
-            outcomes = await self.s.transport.deliver(
-                route,
-                hops,
-                envelope.sender,
-                addresses,
-                data,
-                envelope.mail_params,
-                params,
-                qid=envelope.qid,
-            )
-        except DeliveryError as e:
-            if e.unreachable:
-                self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
-            return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
-        self.s.destinations.reached(route.key)
+        params = {r.address: r.params for r in envelope.recipients if r.params}
+        # max_recipients_per_message: several transactions, each paced on its own.
+        size = route.limits.max_recipients_per_message if route.limits else 0
+        size = size or len(addresses)
+        outcomes: list[RecipientOutcome] = []
+        for start in range(0, len(addresses), size):
+            batch, rest = addresses[start : start + size], addresses[start + size :]
+            held = await self.s.ratelimits.take(route, envelope.qid)
+            if held is not None:
+                return outcomes + [RecipientOutcome(a, held, "none") for a in batch + rest]
+            try:
+                sent = await self.s.transport.deliver(
+                    route,
+                    hops,
+                    envelope.sender,
+                    batch,
+                    data,
+                    envelope.mail_params,
+                    params,
+                    qid=envelope.qid,
+                )
+            except DeliveryError as e:
+                if e.unreachable:
+                    self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
+                self.s.ratelimits.slowed(route, domain, e.reply)
+                return outcomes + [RecipientOutcome(a, e.reply, e.relay) for a in batch + rest]
+            self.s.destinations.reached(route.key)
+            outcomes += sent
+            if self.s.ratelimits.observe(route, domain, sent) and rest:  # paused: the rest waits
+                return outcomes + [RecipientOutcome(a, NOT_SENT, "none") for a in rest]
         return outcomes
 
     def _record(
-        self, envelope: Envelope, result: tuple[list[RecipientOutcome], float], activated: float
+        self,
+        envelope: Envelope,
+        result: tuple[list[RecipientOutcome], float],
+        activated: float,
+        shaped: dict[str, bool],
     ) -> list[Result]:
-        """Apply and log one destination's outcomes; the final ones, for notices."""
+        """Apply and log one destination's outcomes; the final ones, for notices.
+        Recipients held back by a rate limit or a "slow down" reply are added to
+        ``shaped``: not an attempt of theirs (a reply is logged and kept, though)."""
         outcomes, started = result
         by_address = {r.address: r for r in envelope.recipients}
         now = self.s.clock()
         final: list[Result] = []
         for outcome in outcomes:
             recipient = by_address[outcome.address]
-            recipient.attempts += 1
             reply = outcome.reply
+            if reply == NOT_SENT:
+                shaped.setdefault(outcome.address, False)
+                continue
+            slowed = slow_down(reply) is not None
+            if slowed:
+                shaped[outcome.address] = True
+            else:
+                recipient.attempts += 1
             recipient.last_reply = str(reply)
             recipient.last_relay = outcome.relay if outcome.relay != "none" else None
-            if reply.code < 400:
+            if slowed:
+                status = "deferred"  # a quota's 5xx too: the upstream waits, not the message
+            elif reply.code < 400:
                 recipient.state, status = RecipientState.DELIVERED, "sent"
                 final.append(
                     Result(
@@ -277,6 +316,34 @@ class Attempts:
             )
         return final
 
+    async def _rate_limited(
+        self,
+        envelope: Envelope,
+        data: bytes | None,
+        results: list[Result],
+        pending: list[Recipient],
+        groups: dict[str, tuple[Route, str, list[Recipient]]],
+        replied: bool,
+    ) -> None:
+        """Every pending recipient met a pause or a used-up quota: no attempt is
+        counted and no retry is scheduled; the message waits in the line of its
+        upstream (ratelimits.py). Saved only if something was recorded: a final outcome
+        of other recipients, or the "slow down" reply (shown as the last error)."""
+        now = self.s.clock()
+        await self.s.notify(envelope, results, data, now)
+        if results or replied:
+            await self._save(envelope, data)
+            self.s.ledger.note(envelope)
+        waiting = {r.address for r in pending}
+        stopped = [
+            (route, domain)
+            for route, domain, rcpts in groups.values()
+            if any(r.address in waiting for r in rcpts)
+        ]
+        self.s.ratelimits.requeue(envelope.qid, stopped)
+        if data is not None:
+            self.s.schedule.keep_fresh(envelope, data)
+
     def _writing(self, qid: str) -> asyncio.Lock:
         flight = self.s.in_flight.get(qid)
         return flight.writing if flight is not None else asyncio.Lock()
@@ -287,14 +354,23 @@ class Attempts:
             await self.s.io(self.s.spool.update, envelope, data)
 
     async def _conclude(
-        self, envelope: Envelope, data: bytes | None, results: list[Result]
+        self,
+        envelope: Envelope,
+        data: bytes | None,
+        results: list[Result],
+        shaped: dict[str, bool] | None = None,
+        groups: dict[str, tuple[Route, str, list[Recipient]]] | None = None,
     ) -> None:
-        envelope.attempts += 1
         now = self.s.clock()
         pending = [r for r in envelope.recipients if r.state is RecipientState.PENDING]
         if pending and envelope.cancel_requested_by is not None:
             cancel_pending(envelope, envelope.cancel_requested_by)
             pending = []
+        if pending and shaped and groups and all(r.address in shaped for r in pending):
+            replied = any(shaped.values())
+            await self._rate_limited(envelope, data, results, pending, groups, replied)
+            return
+        envelope.attempts += 1
         if pending:
             # A scheduled send's lifetime starts at its send time, not when it came in.
             start = max(envelope.arrival, envelope.send_at or envelope.arrival)

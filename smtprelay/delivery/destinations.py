@@ -41,6 +41,8 @@ class Destinations:
         self.waiting: defaultdict[str, int] = defaultdict(int)
         # Messages parked behind a saturated destination, by route key. A QID counts as
         # parked while in parked_qids; deque entries of QIDs taken out since are skipped.
+        # parked_qids also holds the QIDs waiting in a rate limiter's line (ratelimits.py),
+        # so that the operator's actions find them the same way.
         self.parked: defaultdict[str, deque[str]] = defaultdict(deque)
         self.parked_qids: set[str] = set()
         self.let_go: set[str] = set()  # unparked, not attempted yet
@@ -61,8 +63,10 @@ class Destinations:
         self.parked[key].append(qid)
         self.parked_qids.add(qid)
 
-    def slot(self, key: str) -> asyncio.Semaphore:
-        return self.slots.setdefault(key, asyncio.Semaphore(self.per_destination))
+    def slot(self, key: str, size: int = 0) -> asyncio.Semaphore:
+        """The connection slots of ``key``: ``size`` (an upstream's max_connections,
+        read when its first delivery starts), else per_destination_concurrency."""
+        return self.slots.setdefault(key, asyncio.Semaphore(size or self.per_destination))
 
     def unreachable(self, key: str, reply: Reply, now: float) -> None:
         """No host of ``key`` could be reached (again): marked dead after DEAD_AFTER."""

@@ -119,8 +119,14 @@ class Operator:
         envelopes = await asyncio.get_running_loop().run_in_executor(
             None, self._read_envelopes, chosen[:limit]
         )
+        shown = self.s.ledger.state
         return [
-            QueueEntry(e, e.qid in self.s.active, self.s.ledger.state(e.qid) == "scheduled")
+            QueueEntry(
+                e,
+                e.qid in self.s.active,
+                shown(e.qid) == "scheduled",
+                rate_limited=shown(e.qid) == "rate-limited",
+            )
             for e in envelopes
         ], following
 
@@ -177,6 +183,7 @@ class Operator:
     def _unschedule(self, qid: str) -> float | None:
         """Take a waiting message out of the schedule; its due time, to put it back."""
         due = self.s.schedule.due.pop(qid, None)
+        self.s.ratelimits.forget(qid)  # let in by a rate limiter, now taken out
         if qid in self.s.destinations.parked_qids:
             self.s.destinations.parked_qids.discard(qid)
             due = self.s.clock()

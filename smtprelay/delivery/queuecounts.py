@@ -23,9 +23,11 @@ pointers. The two are merged once when the load is done (:meth:`Ledger.loaded`);
 until then listings merge them as they go.
 
 A message's *state* is what a full scan shows: ``active`` (new, released, or under
-attempt now), ``deferred``, ``hold`` or ``scheduled`` (its ``send_at`` was still ahead
+attempt now), ``deferred``, ``hold``, ``scheduled`` (its ``send_at`` was still ahead
 when it was noted and it has not been attempted; :meth:`Ledger.due` ends that when the
-scheduler takes it up, so the ledger itself never looks at the clock per message).
+scheduler takes it up, so the ledger itself never looks at the clock per message) or
+``rate-limited`` (parked in a rate limiter's line, delivery/ratelimits.py; told by the
+scheduler, ended when its attempt starts).
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from collections.abc import Callable, Iterator
 from smtprelay.addresses import domain_of
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 
-STATES = ("active", "deferred", "hold", "scheduled")
+STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 _CODE = {QueueState.ACTIVE: 0, QueueState.DEFERRED: 1, QueueState.HOLD: 2}
 _SCHEDULED = 3  # a fourth value of the two state bits: waiting for its send_at
 _ATTEMPTING = 4  # bit beside the spool state: an attempt is under way (shown as active)
-_SHIFT = 3  # the profile index sits above the state bits
+_LIMITED = 8  # bit beside the spool state: waiting in a rate limiter's line (ratelimits.py)
+_RATE_LIMITED = 4  # index in STATES of what _LIMITED shows
+_SHIFT = 4  # the profile index sits above the state bits
 # Lists of removed entries are compacted once they exceed twice the live ones plus this.
 _SLACK = 1024
 
@@ -55,7 +59,7 @@ class Ledger:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._entries: dict[str, int] = {}
-        self._counts = [0, 0, 0, 0]  # by shown state: active, deferred, hold, scheduled
+        self._counts = [0] * len(STATES)  # by shown state
         self._profiles: list[Profile | None] = []
         self._profile_ids: dict[Profile, int] = {}
         self._profile_refs: list[int] = []
@@ -73,7 +77,7 @@ class Ledger:
         qid = envelope.qid
         profile = self._intern(_profile_of(envelope))
         old = self._entries.get(qid)
-        attempting = 0
+        attempting = 0  # and the rate-limited bit, both kept
         if old is None:
             if found:
                 if self._found is None:
@@ -82,7 +86,7 @@ class Ledger:
             else:
                 self._order.add(qid, envelope.arrival)
         else:
-            attempting = old & _ATTEMPTING
+            attempting = old & (_ATTEMPTING | _LIMITED)
             self._forget(old)
         value = (profile << _SHIFT) | attempting | self._code(envelope)
         self._entries[qid] = value
@@ -125,10 +129,17 @@ class Ledger:
 
     def attempting(self, qid: str, under_way: bool) -> None:
         """An attempt of ``qid`` started or ended (shown as active meanwhile)."""
+        self._flag(qid, _ATTEMPTING, under_way)
+
+    def rate_limited(self, qid: str, waiting: bool) -> None:
+        """``qid`` was parked in a rate limiter's line, or its attempt started."""
+        self._flag(qid, _LIMITED, waiting)
+
+    def _flag(self, qid: str, bit: int, on: bool) -> None:
         old = self._entries.get(qid)
         if old is None:
             return
-        new = old | _ATTEMPTING if under_way else old & ~_ATTEMPTING
+        new = old | bit if on else old & ~bit
         if new != old:
             self._counts[_shown(old)] -= 1
             self._counts[_shown(new)] += 1
@@ -324,8 +335,13 @@ class _Order:
 
 
 def _shown(value: int) -> int:
-    """Index in STATES of what a scan shows: active while an attempt is under way."""
-    return 0 if value & _ATTEMPTING else value & 3
+    """Index in STATES of what a scan shows: active while an attempt is under way,
+    rate-limited while in a limiter's line (unless held)."""
+    if value & _ATTEMPTING:
+        return 0
+    if value & _LIMITED and value & 3 != _CODE[QueueState.HOLD]:
+        return _RATE_LIMITED
+    return value & 3
 
 
 def _profile_of(envelope: Envelope) -> Profile:

@@ -22,7 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from smtprelay.addresses import domain_of
-from smtprelay.config import DeliverySettings, SenderRouteSettings, SmarthostSettings
+from smtprelay.config import (
+    DeliverySettings,
+    SenderRouteSettings,
+    SmarthostSettings,
+    UpstreamLimits,
+)
 from smtprelay.delivery.oauth import TokenSource
 from smtprelay.delivery.outcome import DeliveryError, Hop
 from smtprelay.delivery.resolver import Resolver
@@ -76,6 +81,8 @@ class Route:
     rewrite: FromRewrite | None = None
     # Chosen by who sent the message (a sender route): logged per message.
     by_sender: bool = False
+    # max_rate, daily_quota, max_connections, max_recipients_per_message (ratelimits.py).
+    limits: UpstreamLimits | None = None
 
 
 class Router:
@@ -86,6 +93,7 @@ class Router:
         ``previous``: the router this one replaces, whose cached tokens stay valid
         where neither the settings nor the secret files changed."""
         self.resolver = resolver
+        self.domain_limits = dict(settings.domain_limits)
         self.default_tls = TLSPolicy(settings.tls)
         self.timeout = settings.connect_timeout
         self.routes: dict[str, Route] = {}
@@ -161,7 +169,7 @@ class Router:
                 return self.sender_routes[chosen][1]
         if self.smarthost is not None:
             return self.smarthost
-        return Route(domain, self.default_tls)
+        return Route(domain, self.default_tls, limits=self.domain_limits.get(domain))
 
     async def hops(self, route: Route, domain: str) -> list[Hop]:
         """Addresses to try in order; raises DeliveryError (DNS failures, null MX ...)."""
@@ -201,7 +209,15 @@ def upstream_route(
         credentials = Credentials(settings.username, password)
     if credentials is not None and not key_prefix:
         key += f" as {credentials.username}"
-    return Route(key, _UPSTREAM_TLS[settings.tls], settings.hosts, credentials, name, rewrite)
+    return Route(
+        key,
+        _UPSTREAM_TLS[settings.tls],
+        settings.hosts,
+        credentials,
+        name,
+        rewrite,
+        limits=settings,
+    )
 
 
 def first_match(sender_routes: Sequence[SenderRouteSettings], envelope: Envelope) -> int | None:

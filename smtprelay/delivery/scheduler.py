@@ -17,6 +17,8 @@ Its parts, one job each:
   destination, told after every spool write and removal, so status pages never scan;
 * ``delivery/pacing.py`` :class:`Pacer`: attempts' CPU work cut into time slices with
   the loop's I/O between them, so a queue falling due at once never holds it for long.
+* ``delivery/ratelimits.py`` :class:`RateLimits`: provider rate limits per upstream --
+  lines of rate-limited messages let in as tokens come, pauses after "slow down".
 
 Here: a bounded active set (``active_limit`` messages being attempted at once), and the
 loop that starts attempts as they fall due. The loop starts at most ``START_BATCH``
@@ -45,6 +47,7 @@ from smtprelay.delivery.notices import Result
 from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
 from smtprelay.delivery.pacing import Pacer
 from smtprelay.delivery.queuecounts import Ledger
+from smtprelay.delivery.ratelimits import RateLimits
 from smtprelay.delivery.schedule import Schedule
 from smtprelay.envelope import Envelope, QueueState
 from smtprelay.queueops import QueueEntry, QueueOperations, RecipientCancel
@@ -100,6 +103,7 @@ class Scheduler:
         self.pacer = Pacer()  # attempts' CPU work in slices, with I/O between them
         self.attempts = Attempts(self)
         self.operator = Operator(self)
+        self.ratelimits = RateLimits(self, settings)
         # Messages found in the spool at start-up whose envelopes are not read yet
         # (delivery.loader reads them after READY=1); ``loaded`` is set once all are.
         self.loading = 0
@@ -115,9 +119,12 @@ class Scheduler:
 
     def apply(self, settings: Settings, router: NextHops) -> None:
         """Reloaded settings, for the next delivery attempts: routes and smarthosts
-        (``router``, from :meth:`router_for`), line folding and bounce settings. Limits
-        and the retry schedule keep their start-up values."""
+        (``router``, from :meth:`router_for`), line folding, bounce settings, and the
+        upstreams' rate limits and slowdown_backoff (max_connections excepted). The
+        other limits and the retry schedule keep their start-up values."""
         self.router = router
+        self.ratelimits.apply(settings.delivery)
+        self.ratelimits.reload(router)
         self.transport.apply(settings.delivery)
         self.notices.apply(settings.bounce)
 
@@ -197,6 +204,7 @@ class Scheduler:
             now = self.clock()
             started = looked = 0
             full = self.destinations.full()
+            limited = self.ratelimits.enabled
             while (
                 schedule.heap
                 and schedule.heap[0][0] <= now
@@ -210,7 +218,7 @@ class Scheduler:
                     continue  # superseded by a flush, or held or deleted meanwhile
                 _, qid = popped
                 self.ledger.due(qid)  # its send_at, if it had one, has come
-                if full and self._park_unread(qid, full):
+                if (full or limited) and self._park_unread(qid, full):
                     continue
                 self.start(qid)
                 started += 1
@@ -236,37 +244,44 @@ class Scheduler:
         self.active[qid] = task
         self.in_flight[qid] = InFlight()
         self.ledger.attempting(qid, True)
+        self.ledger.rate_limited(qid, False)
         task.add_done_callback(functools.partial(self._finished, qid))
         return task
 
     def _park_unread(self, qid: str, full: set[str]) -> bool:
-        """Park ``qid`` if one of its destinations has a full line, as an attempt would
-        after reading it -- here from the ledger, without reading it."""
-        if qid in self.destinations.let_go:
-            return False  # its turn came: never parked twice
+        """Park ``qid`` if one of its destinations has a full line, or a rate limit
+        keeps it waiting, as an attempt would after reading it -- here from the
+        ledger, without reading it. Else it gets the passes of its rate limits."""
         domains = self.ledger.domains(qid)
         if not domains:
             return False  # unknown here: the attempt reads it and decides
         # By recipient domain alone (the ledger holds no sender): a message that a sender
         # route would send elsewhere may wait here for a turn it did not need; its attempt
         # then routes it by its envelope.
-        busy = next(
-            (key for key in (self.router.route(d).key for d in domains) if key in full), None
-        )
-        if busy is None:
+        routes = [(self.router.route(d), d) for d in domains]
+        if qid not in self.destinations.let_go:  # its turn came: never parked twice
+            busy = next((route.key for route, _ in routes if route.key in full), None)
+            if busy is not None:
+                self.ratelimits.forget(qid)
+                self.destinations.park(busy, qid)
+                return True
+        limiter = self.ratelimits.admit(qid, routes)
+        if limiter is None:
             return False
-        self.destinations.park(busy, qid)
+        self.ratelimits.park(qid, limiter)
         return True
 
     def _finished(self, qid: str, _: object) -> None:
         self.active.pop(qid, None)
         self.in_flight.pop(qid, None)
         self.ledger.attempting(qid, False)
+        self.ratelimits.forget(qid)  # passes an attempt did not use (it ended early)
         self.schedule.wakeup.set()
 
     async def stop(self, grace: float) -> None:
         """Let attempts under way finish for ``grace`` seconds, then cancel them; operator
         actions waiting for those attempts get the same grace."""
+        self.ratelimits.close()
         for tasks in (list(self.active.values()), list(self.operator.later)):
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)

@@ -28,7 +28,7 @@ from smtprelay.queuecli.format import (
     results_failed,
 )
 
-STATES = ("active", "deferred", "hold", "scheduled")
+STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 Handler = Callable[[argparse.Namespace, config.Settings], int]
 
 

@@ -54,6 +54,8 @@ def format_list(messages: Sequence[dict[str, Any]]) -> str:
         )
         if m["state"] == "scheduled" and m.get("send_at"):
             lines.append(f"{indent}(scheduled for {_clock(m['send_at'])})")
+        if m["state"] == "rate-limited":
+            lines.append(f"{indent}(rate-limited: waiting for its upstream's rate limit)")
         if m.get("last_error"):
             lines.append(f"{indent}({m['last_error']})")
         lines += [f"{indent}{address}" for address in m["recipients"]]

@@ -56,6 +56,8 @@ async def status(request: web.Request) -> web.Response:
             "queue": queue["queue"],
             "counters": ctx.stats.counters(),
             "destinations": queue["destinations"],
+            # Upstreams with rate limits or paused after "slow down" (delivery/ratelimits.py).
+            "upstreams": ctx.scheduler.ratelimits.states(),
             "event_loop_lag_s": round(ctx.health.monitor.current, 3),
             "history_messages": ctx.stats.remembered,
         }
@@ -103,6 +105,8 @@ async def message(request: web.Request) -> web.Response:
             state = "attempting"
         elif is_scheduled(envelope, ctx.scheduler.clock()):
             state = "scheduled"
+        elif ctx.scheduler.ledger.state(qid) == "rate-limited":
+            state = "rate-limited"
         else:
             state = envelope.state.value
     else:

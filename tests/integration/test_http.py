@@ -238,11 +238,13 @@ def test_metrics_parse_and_count_what_was_sent(
         "deferred": 0,
         "hold": 0,
         "scheduled": 0,
+        "rate-limited": 0,
         "total": 0,
         "loading": 0,
         "oldest_age_s": 0.0,
         "attempting": 0,
     }
+    assert answer["upstreams"] == []  # no rate limits, no pauses
     assert answer["uptime_s"] > 0 and answer["version"]
     smtp = [item for item in answer["listeners"] if item["protocol"] == "smtp"]
     assert {

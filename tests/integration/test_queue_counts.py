@@ -23,7 +23,9 @@ BAD = "550 5.1.1 No such user"
 
 def scan(relay: Daemon) -> dict[str, Any]:
     """Counts from every envelope in the spool, as the status page made them before."""
-    states: Counter[str] = Counter(active=0, deferred=0, hold=0, scheduled=0)
+    states: Counter[str] = Counter(
+        {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0, "rate-limited": 0}
+    )
     recipients: Counter[str] = Counter()
     messages: Counter[str] = Counter()
     arrivals = []
@@ -64,7 +66,7 @@ def check_status(api: Api, relay: Daemon) -> dict[str, Any]:
     status, text = api.get("/metrics")
     assert status == 200
     found = metric_samples(text)
-    for state in ("active", "deferred", "hold", "scheduled"):
+    for state in ("active", "deferred", "hold", "scheduled", "rate-limited"):
         assert found[("smtprelay_queue_messages", (("state", state),))] == expected["queue"][state]
     return expected
 
@@ -105,7 +107,14 @@ def test_status_counts_equal_a_spool_scan_across_a_restart(
         lambda: f"every message deferred\n{relay.log()}",
     )
     expected = check_status(api, relay)
-    assert expected["queue"] == {"active": 0, "deferred": 4, "hold": 0, "scheduled": 0, "total": 4}
+    assert expected["queue"] == {
+        "active": 0,
+        "deferred": 4,
+        "hold": 0,
+        "scheduled": 0,
+        "rate-limited": 0,
+        "total": 4,
+    }
     assert expected["destinations"] == [("dest.test", 4, 4)]
 
     assert api.ok("POST", "/queue/hold", {"qids": deferred[:2]})["results"] == dict.fromkeys(

@@ -58,6 +58,12 @@ def test_a_listing_like_mailq() -> None:
     assert lines[-1] == "-- 5 Kbytes in 3 Requests."  # ceil(4844 / 1024)
 
 
+def test_a_rate_limited_message_says_so() -> None:
+    lines = fmt.format_list([item(state="rate-limited", last_error=None)]).splitlines()
+    assert lines[2].strip() == "(rate-limited: waiting for its upstream's rate limit)"
+    assert lines[3].strip() == "bob@example.net"
+
+
 def test_one_request_is_singular() -> None:
     assert fmt.format_list([item(size=1)]).endswith("-- 1 Kbytes in 1 Request.\n")
 

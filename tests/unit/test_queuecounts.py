@@ -56,7 +56,13 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
     second = envelope(None, "d@two.test", arrival=60.0)
     ledger.note(first)
     ledger.note(second)
-    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0, "scheduled": 0}
+    assert ledger.counts() == {
+        "active": 2,
+        "deferred": 0,
+        "hold": 0,
+        "scheduled": 0,
+        "rate-limited": 0,
+    }
     assert ledger.destinations(10) == [
         {"domain": "one.test", "recipients": 2, "messages": 1},
         {"domain": "two.test", "recipients": 2, "messages": 2},
@@ -66,10 +72,22 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
     first.state = QueueState.DEFERRED
     first.recipients[0].state = RecipientState.DELIVERED  # after a partial attempt
     ledger.note(first)
-    assert ledger.counts() == {"active": 1, "deferred": 1, "hold": 0, "scheduled": 0}
+    assert ledger.counts() == {
+        "active": 1,
+        "deferred": 1,
+        "hold": 0,
+        "scheduled": 0,
+        "rate-limited": 0,
+    }
     assert ledger.recipients == Counter({"two.test": 2, "one.test": 1})
     ledger.attempting(first.qid, True)  # under attempt: shown as active
-    assert ledger.counts() == {"active": 2, "deferred": 0, "hold": 0, "scheduled": 0}
+    assert ledger.counts() == {
+        "active": 2,
+        "deferred": 0,
+        "hold": 0,
+        "scheduled": 0,
+        "rate-limited": 0,
+    }
     ledger.note(first)  # rewritten during the attempt: still shown active
     assert ledger.state(first.qid) == "active"
     ledger.attempting(first.qid, False)
@@ -77,11 +95,23 @@ def test_counts_follow_notes_attempts_and_removals() -> None:
 
     second.state = QueueState.HOLD
     ledger.note(second)
-    assert ledger.counts() == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
+    assert ledger.counts() == {
+        "active": 0,
+        "deferred": 1,
+        "hold": 1,
+        "scheduled": 0,
+        "rate-limited": 0,
+    }
     ledger.remove(first.qid)
     ledger.remove(first.qid)  # twice: no harm
     ledger.attempting(first.qid, True)  # unknown: ignored
-    assert ledger.counts() == {"active": 0, "deferred": 0, "hold": 1, "scheduled": 0}
+    assert ledger.counts() == {
+        "active": 0,
+        "deferred": 0,
+        "hold": 1,
+        "scheduled": 0,
+        "rate-limited": 0,
+    }
     assert ledger.destinations(10) == [{"domain": "two.test", "recipients": 1, "messages": 1}]
     assert ledger.oldest_arrival() == 60.0
     ledger.remove(second.qid)
@@ -220,7 +250,9 @@ class CountingSpool(Spool):
 
 def scan(scheduler: Scheduler, spool: Spool) -> dict[str, Any]:
     """What the status page showed before the ledger: every envelope read."""
-    states: Counter[str] = Counter(active=0, deferred=0, hold=0, scheduled=0)
+    states: Counter[str] = Counter(
+        {"active": 0, "deferred": 0, "hold": 0, "scheduled": 0, "rate-limited": 0}
+    )
     recipients: Counter[str] = Counter()
     messages: Counter[str] = Counter()
     oldest = None
@@ -321,7 +353,13 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
             ),
             "the first attempts to end",
         )
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 2,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
         assert ledger_view(scheduler)["destinations"] == {"one.test": (2, 2), "two.test": (1, 1)}
 
         # An attempt under way (slow.test waits): shown active; a hold asked meanwhile
@@ -331,7 +369,13 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         await until(
             lambda: scheduler.ledger.recipients["one.test"] == 2, "one.test's part to be saved"
         )  # saved between the two destinations
-        assert check(scheduler, spool) == {"active": 1, "deferred": 2, "hold": 1, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 1,
+            "deferred": 2,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         check(scheduler, spool)
         transport.gate.set()
@@ -347,17 +391,35 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         assert await scheduler.hold([slow]) == {slow: "after-attempt"}
         transport.gate.set()
         await until(lambda: scheduler.ledger.state(slow) == "hold", "the hold to land")
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 2,
+            "hold": 2,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
 
         # Operator actions.
         assert await scheduler.release([slow]) == {slow: "released"}
         check(scheduler, spool)
         await until(lambda: scheduler.ledger.state(slow) == "deferred", "a new attempt")
         assert await scheduler.hold([waiting.qid]) == {waiting.qid: "held"}
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 2, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 2,
+            "hold": 2,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
         assert await scheduler.delete([waiting.qid]) == {waiting.qid: "deleted"}
         assert await scheduler.bounce([mixed]) == {mixed: "bounced"}
-        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 1,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
 
         # Failed actions are rolled back: the spool is unchanged, and so are the counts.
         real_update = Spool.update
@@ -369,12 +431,24 @@ def test_every_transition_keeps_the_counts_equal_to_a_scan(
         assert (await scheduler.hold([slow]))[slow].startswith("error")
         assert (await scheduler.release([held_before.qid]))[held_before.qid].startswith("error")
         monkeypatch.setattr(Spool, "update", real_update)
-        assert check(scheduler, spool) == {"active": 0, "deferred": 1, "hold": 1, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 1,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
         failing = submit("busy5@one.test", sender="fail@notice.test")
         await until(lambda: scheduler.ledger.state(failing) == "deferred", "its deferral")
         result = await scheduler.bounce([failing])
         assert result[failing].startswith("error")  # the notice could not be written
-        assert check(scheduler, spool) == {"active": 0, "deferred": 2, "hold": 1, "scheduled": 0}
+        assert check(scheduler, spool) == {
+            "active": 0,
+            "deferred": 2,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
 
         # A message made durable but never announced (its worker died): adopted.
         orphan = envelope(None, "busy6@four.test", arrival=5.0)

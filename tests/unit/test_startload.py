@@ -91,7 +91,13 @@ def test_found_messages_are_delivered_once_beside_new_mail_and_operator_actions(
         }
         # The held one waits, counted as held; nothing else is left.
         assert spool.ids() == [found[-1]] and spool.load(found[-1]).state is QueueState.HOLD
-        assert scheduler.ledger.counts() == {"active": 0, "deferred": 0, "hold": 1, "scheduled": 0}
+        assert scheduler.ledger.counts() == {
+            "active": 0,
+            "deferred": 0,
+            "hold": 1,
+            "scheduled": 0,
+            "rate-limited": 0,
+        }
         assert result.count == count - 1  # the deleted one was gone when its turn came
         assert [q for q, _ in scheduler.ledger.page(None, 10)] == [found[-1]]
         running.cancel()
