@@ -153,11 +153,8 @@ class IdempotencyStore:
             if not name.endswith(RECORD):
                 continue
             path = self.dir / name
-            try:
-                record = Record.from_json(path.read_bytes())
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("idempotency record %s unreadable (%s): removed", name, e)
-                _unlink(path)
+            record = _read(path)
+            if record is None:
                 continue
             if record.expires <= now:
                 _unlink(path)
@@ -170,11 +167,8 @@ class IdempotencyStore:
         """A record whose commit a crash interrupted: finish it if every message it
         names is durable, else take back the part that is (never acknowledged)."""
         path = self.dir / name
-        try:
-            record = Record.from_json(path.read_bytes())
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("idempotency record %s unreadable (%s): removed", name, e)
-            _unlink(path)
+        record = _read(path)
+        if record is None:
             return
         if queued is None:
             _unlink(path)
@@ -312,6 +306,16 @@ class Pending:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _read(path: Path) -> Record | None:
+    """The record in ``path``; None (and the file removed, with a warning) if unreadable."""
+    try:
+        return Record.from_json(path.read_bytes())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("idempotency record %s unreadable (%s): removed", path.name, e)
+        _unlink(path)
+        return None
 
 
 def _unlink(path: Path) -> None:
