@@ -245,7 +245,8 @@ class Attempts:
             except DeliveryError as e:
                 if e.unreachable:
                     self.s.destinations.unreachable(route.key, e.reply, self.s.clock())
-                self.s.ratelimits.slowed(route, domain, e.reply)
+                if e.relay != "none":  # a server said it; the relay's own replies never pause
+                    self.s.ratelimits.slowed(route, domain, e.reply)
                 return outcomes + [RecipientOutcome(a, e.reply, e.relay) for a in batch + rest]
             self.s.destinations.reached(route.key)
             outcomes += sent
@@ -273,7 +274,9 @@ class Attempts:
             if reply == NOT_SENT:
                 shaped.setdefault(outcome.address, False)
                 continue
-            slowed = slow_down(reply) is not None
+            # Only a server's reply: one the relay composed (an OAuth2 token it could not
+            # get, relay=none) is about the relay, not the upstream's pace.
+            slowed = outcome.relay != "none" and slow_down(reply) is not None
             if slowed:
                 shaped[outcome.address] = True
             else:

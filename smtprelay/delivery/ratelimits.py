@@ -220,7 +220,7 @@ class RateLimits:
         upstream is paused now); a delivery starts the pause steps again."""
         delivered = False
         for outcome in outcomes:
-            if self.slowed(route, domain, outcome.reply):
+            if outcome.relay != "none" and self.slowed(route, domain, outcome.reply):
                 return True
             delivered = delivered or outcome.reply.code < 300
         limiter = self.limiters.get(route.key)

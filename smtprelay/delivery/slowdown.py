@@ -7,7 +7,9 @@ second bounces it, for no fault of the message. A reply matched by :data:`RULES`
 instead pauses the whole upstream (delivery/ratelimits.py, growing with each such reply in
 a row, ``[delivery] slowdown_backoff``); the message waits in the queue as
 ``rate-limited``, its attempts and retry schedule untouched, and goes when the pause
-ends. A 5xx that means "quota" is treated as temporary that way.
+ends. A 5xx that means "quota" is treated as temporary that way. Only a server's
+reply is looked at: one the relay composed itself (``relay=none``: an OAuth2 token it
+could not get, an unreachable destination) says nothing about the upstream's pace.
 
 The table, first match wins (``README.md`` section "Provider rate limits" shows it):
 
