@@ -221,7 +221,8 @@ def main() -> None:
             try:
                 while not is_ready.wait(1.0):
                     if proc.poll() is not None:
-                        raise RuntimeError(f"the daemon exited with {proc.returncode}")
+                        said = (work / "log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"the daemon exited with {proc.returncode}:\n{said}")
                     if time.monotonic() - started > READY_TIMEOUT:
                         raise RuntimeError(f"no READY=1 within {READY_TIMEOUT:.0f} s")
                 ready = time.monotonic() - started

@@ -66,7 +66,6 @@ class Attempts:
             self.s.schedule.push(qid, self.s.clock() + FAULT_RETRY)
 
     async def _attempt(self, qid: str) -> None:
-        loop = asyncio.get_running_loop()
         let_go = qid in self.s.destinations.let_go  # unparked: its turn came, it never parks twice
         self.s.destinations.let_go.discard(qid)
         fresh = self.s.schedule.take_fresh(qid)
@@ -75,7 +74,7 @@ class Attempts:
             envelope, data = fresh
         else:
             try:
-                envelope = await loop.run_in_executor(None, self.s.spool.load, qid)
+                envelope = await self.s.io(self.s.spool.load, qid)
             except FileNotFoundError:  # deleted by the operator meanwhile
                 self.s.schedule.known.discard(qid)
                 self.s.ledger.remove(qid)
@@ -216,9 +215,7 @@ class Attempts:
             return [RecipientOutcome(a, e.reply, e.relay) for a in addresses]
         if data is None:  # read only now that a connection slot is held: bounded memory
             try:
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, self.s.spool.read_message, envelope.qid
-                )
+                data = await self.s.io(self.s.spool.read_message, envelope.qid)
             except FileNotFoundError:
                 return []
         params = {r.address: r.params for r in envelope.recipients if r.params}

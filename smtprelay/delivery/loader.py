@@ -29,7 +29,6 @@ Why this is safe -- nothing is delivered twice, nothing is lost:
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 
@@ -48,7 +47,6 @@ log = logging.getLogger("smtprelay.spool")
 
 async def load(spool: Spool, names: Names, scheduler: Scheduler, result: Recovered) -> None:
     """Read, check and schedule every message ``names`` lists, then log the result."""
-    loop = asyncio.get_running_loop()
     scheduler.loading = len(names)
     scheduler.loaded.clear()
     # Garbage collection: a full collection walks every tracked object, and while a
@@ -61,7 +59,7 @@ async def load(spool: Spool, names: Names, scheduler: Scheduler, result: Recover
     gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTION)
     try:
         for chunk in names.chunks(CHUNK):
-            envelopes = await loop.run_in_executor(None, check, spool, chunk, result)
+            envelopes = await scheduler.io(check, spool, chunk, result)
             for envelope in envelopes:
                 scheduler.restore(envelope, found_at_start=True)
             scheduler.loading -= len(chunk)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 # Queue work the loop does in one pass before it looks at sockets and timers again.
-SLICE = 0.02
+SLICE = 0.01
 
 
 class Pacer:

@@ -2,10 +2,11 @@
 
 Four checks, each answering ``None`` (fine) or the reason it is not:
 
-* the spool is writable: a probe file is created, written and removed in ``queue/``
-  (the directory every message is committed to), in a thread of its own so a busy
-  spool pool cannot delay the answer; a probe slower than ``PROBE_TIMEOUT`` fails. A
-  read-only or full filesystem, or lost permissions, fail here.
+* the spool is writable: an unnamed file is written in ``queue/`` (the directory every
+  message is committed to); on a filesystem without unnamed files, a named one is
+  written and removed in a thread of its own, and a probe slower than
+  ``PROBE_TIMEOUT`` fails. A read-only or full filesystem, or lost permissions, fail
+  here.
 * every SMTP listener is serving;
 * the event loop is responsive: a task measures how late a periodic sleep wakes up
   (``LoopMonitor``); a lag over ``MAX_LAG`` fails.
@@ -17,6 +18,7 @@ Four checks, each answering ``None`` (fine) or the reason it is not:
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -62,9 +64,16 @@ class SpoolProbe:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def check(self) -> str | None:
+        try:
+            if self._unnamed():
+                return None
+        except OSError as e:
+            return self._failed(e)
         # One probe at a time: a hung disk must not pile up threads or requests.
         if self._running is None or self._running.done():
-            self._running = asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+            self._running = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._probe_named
+            )
             self._running.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout(self.timeout):
@@ -72,10 +81,32 @@ class SpoolProbe:
         except TimeoutError:
             return f"spool {self.directory}: a test write did not finish in {self.timeout:g}s"
         except OSError as e:
-            return f"spool {self.directory} is not writable: {e.strerror or e}"
+            return self._failed(e)
         return None
 
-    def _probe(self) -> None:
+    def _failed(self, error: OSError) -> str:
+        return f"spool {self.directory} is not writable: {error.strerror or error}"
+
+    def _unnamed(self) -> bool:
+        """Write an unnamed file (O_TMPFILE) and let it go; False where the filesystem
+        has none. It needs what a commit needs (an inode, a block, write permission) and,
+        like the first step of every commit (safeio.create_file), only the page cache,
+        so the event loop does it itself. It never takes the queue directory's lock,
+        which delivering a large queue holds most of the time: the named probe, in a
+        thread, answered in up to 0.2 s with 1,000,000 queued."""
+        try:
+            fd = os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                return False
+            raise
+        try:
+            os.write(fd, b"ok\n")  # a full filesystem fails here, not at open
+        finally:
+            os.close(fd)  # unnamed: nothing is left behind
+        return True
+
+    def _probe_named(self) -> None:
         path = self.directory / PROBE_NAME
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
