@@ -57,10 +57,16 @@ Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidat
 Domain = Annotated[str, BeforeValidator(_parse_domain)]
 
 
+def _string(value: object, what: str) -> str:
+    """``value`` if it is a string; else the error naming what was expected."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a {what} string")
+    return value
+
+
 def _parse_socket_path(value: object) -> str:
     """``""`` (off) or an absolute path short enough for a Unix socket address."""
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a path string")
+    value = _string(value, "path")
     if not value:
         return ""
     if not value.startswith("/"):
@@ -131,8 +137,7 @@ def _parse_oauth_url(value: object) -> str:
     """https://, or http:// only to a loopback address (a test's token endpoint)."""
     from urllib.parse import urlsplit
 
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a URL string")
+    value = _string(value, "URL")
     if not value:
         return ""
     parts = urlsplit(value.strip())
@@ -150,8 +155,7 @@ OAuthURL = Annotated[str, BeforeValidator(_parse_oauth_url)]
 def _parse_webhook_url(value: object) -> str:
     from urllib.parse import urlsplit
 
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a URL string")
+    value = _string(value, "URL")
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http:// or https:// URL")
