@@ -88,6 +88,14 @@ def _emit(
         log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
 
 
+def _smtpd(
+    ip: str, text: str, *, level: int = logging.INFO, event: Event, **fields: object
+) -> None:
+    """A line of the SMTP server about the client at ``ip`` (no queue ID)."""
+    # The fields in the order of every other line: the client first, the event last.
+    _emit("smtpd", text, None, level, client_ip=ip, **fields, event=event)
+
+
 # The client "address" of a session on the local submission socket (inbound/local.py).
 LOCAL_CLIENT = "local"
 
@@ -261,12 +269,11 @@ def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
     shown = "(unavailable)"
     if username is not None:
         shown = "".join(c if c.isprintable() else "?" for c in username[:100])
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
         f"authentication failure, sasl_username={shown}",
         level=logging.WARNING,
-        client_ip=ip,
         mechanism=mechanism,
         sasl_username=username,
         event=Event.AUTH_FAILED,
@@ -274,21 +281,19 @@ def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
 
 
 def lost_connection(ip: str, after: str) -> None:
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"lost connection after {after} from {_host(ip)}",
-        client_ip=ip,
         after=after,
         event=Event.LOST_CONNECTION,
     )
 
 
 def too_many_connections(ip: str, limit: int) -> None:
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: connection limit {limit} reached: refusing {_host(ip)}",
         level=logging.WARNING,
-        client_ip=ip,
         limit=limit,
         event=Event.CONNECTION_LIMIT,
     )
@@ -297,11 +302,10 @@ def too_many_connections(ip: str, limit: int) -> None:
 def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
     """A TLS handshake that did not complete (``where``: "implicit TLS" or "STARTTLS");
     ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
         level=logging.WARNING,
-        client_ip=ip,
         tls=where,
         reason=reason,
         kind=kind,
@@ -312,11 +316,10 @@ def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
 def legacy_tls(ip: str, where: str, version: str) -> None:
     """A session encrypted with TLS 1.0 or 1.1 (RFC 8996 deprecates them): counted in
     /metrics, and logged so that the devices still needing them can be found."""
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: legacy TLS ({where}) from {_host(ip)}: {version}",
         level=logging.WARNING,
-        client_ip=ip,
         tls=where,
         version=version,
         event=Event.LEGACY_TLS,
@@ -326,11 +329,10 @@ def legacy_tls(ip: str, where: str, version: str) -> None:
 def proxy_refused(ip: str, reason: str) -> None:
     """A connection closed before the greeting: it came from an address not allowed to
     send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
         level=logging.WARNING,
-        client_ip=ip,
         reason=reason,
         event=Event.PROXY_REFUSED,
     )
@@ -338,11 +340,10 @@ def proxy_refused(ip: str, reason: str) -> None:
 
 def non_smtp_command(ip: str, line: str) -> None:
     """An HTTP request or other non-SMTP line (the session is closed), as Postfix logs it."""
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"warning: non-SMTP command from {_host(ip)}: {line}",
         level=logging.WARNING,
-        client_ip=ip,
         command=line,
         event=Event.NON_SMTP_COMMAND,
     )
@@ -350,10 +351,9 @@ def non_smtp_command(ip: str, line: str) -> None:
 
 def too_many_commands(ip: str, what: str, after: str) -> None:
     """The session was closed for junk or unknown commands (Postfix: "too many errors")."""
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"too many {what} after {after} from {_host(ip)}",
-        client_ip=ip,
         after=after,
         kind=what,
         event=Event.TOO_MANY_COMMANDS,
@@ -374,10 +374,9 @@ def data_memory_exhausted(ip: str, limit: int, qid: str | None) -> None:
 
 
 def timeout(ip: str, after: str) -> None:
-    _emit(
-        "smtpd",
+    _smtpd(
+        ip,
         f"timeout after {after} from {_host(ip)}",
-        client_ip=ip,
         after=after,
         event=Event.TIMEOUT,
     )

@@ -13,7 +13,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from smtprelay import ids, maillog
-from smtprelay.delivery.attempt import InFlight, cancel_pending
+from smtprelay.delivery.attempt import InFlight
+from smtprelay.delivery.recording import cancel_pending
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 from smtprelay.queueops import CancelResult, Outcome, RecipientCancel
 from smtprelay.queueview import due_time

@@ -143,62 +143,52 @@ class Notices:
         that cannot be built (a bug; retrying would not help) is logged and given up.
         """
         try:
-            return [await self._spool_notice(envelope, results, data, now, kind, copies, to)]
+            loop = asyncio.get_running_loop()
+            if data is None:
+                data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
+            recipient = to or envelope.sender
+            ret = envelope.mail_params.get("RET", "").upper() or None
+            qid = ids.new_id(now)
+            message = bounce.build_dsn(
+                original=data,
+                envelope_sender=recipient,
+                reporting_mta=self.hostname,
+                arrival=envelope.arrival,
+                recipients=[
+                    _dsn_recipient(r, now, envelope.arrival + self.lifetime) for r in results
+                ],
+                from_address=self.from_address,
+                now=now,
+                envid=envelope.mail_params.get("ENVID"),
+                ret="HDRS" if ret == "HDRS" else "FULL" if ret == "FULL" else None,
+                max_original_bytes=self.settings.max_return_size,
+                qid=envelope.qid,  # the ID the sender can quote and the operator can grep
+            )
+            params: dict[str, str] = {}
+            if not message.split(b"\r\n\r\n", 1)[0].isascii():
+                params["SMTPUTF8"] = ""
+            if not message.isascii():
+                params["BODY"] = "8BITMIME"
+            notice = Envelope(
+                qid=qid,
+                sender="",
+                recipients=[Recipient(a) for a in [recipient, *copies]],
+                client=Client(ip="127.0.0.1", port=0, helo=self.hostname, protocol="local"),
+                arrival=now,
+                size=len(message),
+                mail_params=params,
+                next_attempt=now,
+                notice=kind,
+            )
+            await loop.run_in_executor(None, self.spool.commit, notice, message)
+            maillog.notice_sent(envelope.qid, kind, qid)
+            maillog.queued(qid, "", len(message), len(notice.recipients))
+            return [(notice, message)]
         except (SpoolError, OSError):
             raise
         except Exception:
             log.exception("%s: cannot create the %s notice", envelope.qid, kind)
             return []
-
-    async def _spool_notice(
-        self,
-        envelope: Envelope,
-        results: Sequence[Result],
-        data: bytes | None,
-        now: float,
-        kind: NoticeKind,
-        copies: list[str],
-        to: str | None,
-    ) -> Spooled:
-        loop = asyncio.get_running_loop()
-        if data is None:
-            data = await loop.run_in_executor(None, self.spool.read_message, envelope.qid)
-        recipient = to or envelope.sender
-        ret = envelope.mail_params.get("RET", "").upper() or None
-        qid = ids.new_id(now)
-        message = bounce.build_dsn(
-            original=data,
-            envelope_sender=recipient,
-            reporting_mta=self.hostname,
-            arrival=envelope.arrival,
-            recipients=[_dsn_recipient(r, now, envelope.arrival + self.lifetime) for r in results],
-            from_address=self.from_address,
-            now=now,
-            envid=envelope.mail_params.get("ENVID"),
-            ret="HDRS" if ret == "HDRS" else "FULL" if ret == "FULL" else None,
-            max_original_bytes=self.settings.max_return_size,
-            qid=envelope.qid,  # the ID the sender can quote and the operator can grep
-        )
-        params: dict[str, str] = {}
-        if not message.split(b"\r\n\r\n", 1)[0].isascii():
-            params["SMTPUTF8"] = ""
-        if not message.isascii():
-            params["BODY"] = "8BITMIME"
-        notice = Envelope(
-            qid=qid,
-            sender="",
-            recipients=[Recipient(a) for a in [recipient, *copies]],
-            client=Client(ip="127.0.0.1", port=0, helo=self.hostname, protocol="local"),
-            arrival=now,
-            size=len(message),
-            mail_params=params,
-            next_attempt=now,
-            notice=kind,
-        )
-        await loop.run_in_executor(None, self.spool.commit, notice, message)
-        maillog.notice_sent(envelope.qid, kind, qid)
-        maillog.queued(qid, "", len(message), len(notice.recipients))
-        return notice, message
 
 
 def _dsn_recipient(result: Result, now: float, retry_until: float) -> bounce.DSNRecipient:

@@ -32,14 +32,13 @@ scheduler, ended when its attempt starts).
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 from smtprelay.addresses import domain_of
+from smtprelay.delivery.queueorder import QueueOrder
 from smtprelay.envelope import Envelope, QueueState, RecipientState
 
 STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
@@ -49,8 +48,6 @@ _ATTEMPTING = 4  # bit beside the spool state: an attempt is under way (shown as
 _LIMITED = 8  # bit beside the spool state: waiting in a rate limiter's line (ratelimits.py)
 _RATE_LIMITED = 4  # index in STATES of what _LIMITED shows
 _SHIFT = 4  # the profile index sits above the state bits
-# Lists of removed entries are compacted once they exceed twice the live ones plus this.
-_SLACK = 1024
 
 Profile = tuple[tuple[str, int], ...]  # (domain, pending recipients), sorted by domain
 
@@ -66,8 +63,8 @@ class Ledger:
         self._free_profiles: list[int] = []
         self.recipients: Counter[str] = Counter()  # pending recipients by domain
         self.messages: Counter[str] = Counter()  # messages with any, by domain
-        self._order = _Order()
-        self._found: _Order | None = None  # messages the start-up loader found, if any
+        self._order = QueueOrder()
+        self._found: QueueOrder | None = None  # messages the start-up loader found, if any
 
     # --- changes ----------------------------------------------------------------------
 
@@ -81,7 +78,7 @@ class Ledger:
         if old is None:
             if found:
                 if self._found is None:
-                    self._found = _Order()
+                    self._found = QueueOrder()
                 self._found.add(qid, envelope.arrival)
             else:
                 self._order.add(qid, envelope.arrival)
@@ -221,7 +218,7 @@ class Ledger:
 
     # --- inside ---------------------------------------------------------------------------
 
-    def _orders(self) -> list[_Order]:
+    def _orders(self) -> list[QueueOrder]:
         return [self._order] if self._found is None else [self._order, self._found]
 
     def _in_qid_order(self, after: str | None) -> Iterator[str]:
@@ -270,68 +267,6 @@ class Ledger:
             if not self.messages[domain]:
                 del self.messages[domain]
                 del self.recipients[domain]
-
-
-class _Order:
-    """QIDs in QID order and in arrival order; may hold removed QIDs (skipped when met,
-    dropped when they outnumber the live ones)."""
-
-    def __init__(self) -> None:
-        self.by_qid: list[str] = []  # sorted
-        self.by_arrival: list[str] = []  # sorted by arrivals; from head on
-        self.arrivals = array("d")
-        self.head = 0
-
-    def add(self, qid: str, arrival: float) -> None:
-        if not self.by_qid or qid > self.by_qid[-1]:
-            self.by_qid.append(qid)  # new QIDs are time-ordered: nearly always the end
-        else:
-            bisect.insort(self.by_qid, qid)
-        if not self.arrivals or arrival >= self.arrivals[-1]:
-            self.by_arrival.append(qid)
-            self.arrivals.append(arrival)
-        else:  # a little out of order (another worker), or a notice with an old arrival
-            at = bisect.bisect_right(self.arrivals, arrival, self.head)
-            self.by_arrival.insert(at, qid)
-            self.arrivals.insert(at, arrival)
-
-    def qids_after(self, after: str | None) -> Iterator[str]:
-        start = 0 if after is None else bisect.bisect_right(self.by_qid, after)
-        return (self.by_qid[i] for i in range(start, len(self.by_qid)))
-
-    def oldest(self, live: dict[str, int]) -> float | None:
-        while self.head < len(self.by_arrival):
-            if self.by_arrival[self.head] in live:
-                return self.arrivals[self.head]
-            self.head += 1
-        return None
-
-    def compact(self, live: dict[str, int]) -> None:
-        if len(self.by_qid) > 2 * len(live) + _SLACK:
-            self.by_qid = [qid for qid in self.by_qid if qid in live]
-        if len(self.by_arrival) - self.head > 2 * len(live) + _SLACK:
-            keep = [i for i in range(self.head, len(self.by_arrival)) if self.by_arrival[i] in live]
-            self.by_arrival = [self.by_arrival[i] for i in keep]
-            self.arrivals = array("d", (self.arrivals[i] for i in keep))
-            self.head = 0
-
-    def merge(self, other: _Order) -> None:
-        """Take in ``other``'s entries. What the loader found is older than what came
-        meanwhile, nearly always: then a concatenation (a million pointers copied in
-        C, milliseconds on the event loop); else a sort of the two runs (timsort merges
-        them, in C too)."""
-        if not self.by_qid or (other.by_qid and other.by_qid[-1] < self.by_qid[0]):
-            self.by_qid = other.by_qid + self.by_qid
-        else:
-            self.by_qid = sorted(self.by_qid + other.by_qid)
-        qids = other.by_arrival[other.head :] + self.by_arrival[self.head :]
-        arrivals = other.arrivals[other.head :] + self.arrivals[self.head :]
-        split = len(other.by_arrival) - other.head
-        if split and split < len(arrivals) and arrivals[split - 1] > arrivals[split]:
-            order = sorted(range(len(arrivals)), key=arrivals.__getitem__)
-            qids = [qids[i] for i in order]
-            arrivals = array("d", (arrivals[i] for i in order))
-        self.by_arrival, self.arrivals, self.head = qids, arrivals, 0
 
 
 def _shown(value: int) -> int:

@@ -64,56 +64,60 @@ class EventStore:
     ) -> Written:
         """One transaction: the messages' infos, the events ``facts`` are, and an
         outbox row per event for each webhook that subscribes to its type."""
+        by_type: Counter[str] = Counter()
+        touched: set[str] = set()
         try:
-            return self._commit(facts, notes, subscribers, now)
+            with Transaction(self.conn) as c:
+                for qid, noted in notes.items():
+                    self._keep(c, qid, noted, now)
+                for fact in facts:
+                    self._insert(c, fact, subscribers, now, by_type, touched)
         except BaseException:
             self.sequences.forget()  # rolled back: numbers cached but never written
             raise
+        return Written(sum(by_type.values()), by_type, frozenset(touched))
 
-    def _commit(
+    def _insert(
         self,
-        facts: Sequence[Fact],
-        notes: Mapping[str, MessageInfo],
+        c: sqlite3.Connection,
+        fact: Fact,
         subscribers: Sequence[Subscriber],
         now: float,
-    ) -> Written:
-        by_type: Counter[str] = Counter()
-        touched: set[str] = set()
-        with Transaction(self.conn) as c:
-            for qid, noted in notes.items():
-                self._keep(c, qid, noted, now)
-            for fact in facts:
-                info = self._info(c, fact.qid) if fact.qid else None
-                if info is None and fact.qid and fact.event == Event.QUEUED:
-                    info = self._from_spool(c, fact.qid, now)
-                if fact.event == Event.NOTICE:
-                    self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
-                for kind, data in translate(fact, info):
-                    data["sequence"] = (
-                        self.sequences.next(c, fact.qid, data.get("recipient"), now)
-                        if fact.qid
-                        else NO_MESSAGE
+        by_type: Counter[str],
+        touched: set[str],
+    ) -> None:
+        """The events of one fact, and their outbox rows (counted in ``by_type`` and
+        ``touched``)."""
+        info = self._info(c, fact.qid) if fact.qid else None
+        if info is None and fact.qid and fact.event == Event.QUEUED:
+            info = self._from_spool(c, fact.qid, now)
+        if fact.event == Event.NOTICE:
+            self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
+        for kind, data in translate(fact, info):
+            data["sequence"] = (
+                self.sequences.next(c, fact.qid, data.get("recipient"), now)
+                if fact.qid
+                else NO_MESSAGE
+            )
+            event = NewEvent(new_id(), kind, fact.time, fact.qid, data)
+            cur = c.execute(
+                "INSERT INTO events (id, type, qid, ts, body) VALUES (?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    kind,
+                    fact.qid,
+                    fact.time,
+                    json.dumps(event.to_json(), ensure_ascii=False),
+                ),
+            )
+            by_type[kind] += 1
+            for sub in subscribers:
+                if matches(sub.patterns, kind):
+                    c.execute(
+                        "INSERT INTO outbox (webhook, event, next_at) VALUES (?, ?, ?)",
+                        (sub.id, cur.lastrowid, now),
                     )
-                    event = NewEvent(new_id(), kind, fact.time, fact.qid, data)
-                    cur = c.execute(
-                        "INSERT INTO events (id, type, qid, ts, body) VALUES (?, ?, ?, ?, ?)",
-                        (
-                            event.id,
-                            kind,
-                            fact.qid,
-                            fact.time,
-                            json.dumps(event.to_json(), ensure_ascii=False),
-                        ),
-                    )
-                    by_type[kind] += 1
-                    for sub in subscribers:
-                        if matches(sub.patterns, kind):
-                            c.execute(
-                                "INSERT INTO outbox (webhook, event, next_at) VALUES (?, ?, ?)",
-                                (sub.id, cur.lastrowid, now),
-                            )
-                            touched.add(sub.id)
-        return Written(sum(by_type.values()), by_type, frozenset(touched))
+                    touched.add(sub.id)
 
     def _keep(self, c: sqlite3.Connection, qid: str, info: MessageInfo, now: float) -> None:
         c.execute(

@@ -129,6 +129,13 @@ class Session(Greeting):
             await self.push(replies.NEED_MAIL)
         return self.txn
 
+    async def _path_argument(self, keyword: str, arg: str | None, usage: str) -> str | None:
+        """What follows ``FROM:`` or ``TO:``; None once the syntax reply (``usage``) went."""
+        argument = self._strip_command_keyword(keyword, arg or "")
+        if argument is None:
+            await self.push(replies.syntax(usage))
+        return argument
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.counts["mail"] += 1
         self.stage = "MAIL"
@@ -137,9 +144,8 @@ class Session(Greeting):
         if self.txn is not None:
             await self.push(replies.NESTED_MAIL)
             return
-        argument = self._strip_command_keyword("FROM:", arg or "")
+        argument = await self._path_argument("FROM:", arg, "MAIL FROM:<address>")
         if argument is None:
-            await self.push(replies.syntax("MAIL FROM:<address>"))
             return
         try:
             parsed = address.parse(argument, allow_null=True, utf8=True)
@@ -167,9 +173,8 @@ class Session(Greeting):
         txn = await self._open_transaction("rcpt", "RCPT")
         if txn is None:
             return
-        argument = self._strip_command_keyword("TO:", arg or "")
+        argument = await self._path_argument("TO:", arg, "RCPT TO:<address>")
         if argument is None:
-            await self.push(replies.syntax("RCPT TO:<address>"))
             return
         try:
             parsed = address.parse(

@@ -65,30 +65,29 @@ async def read_credentials(
     aborted the exchange. ``mechanism`` is one of :data:`MECHANISMS` (aiosmtpd refuses
     the others before the session is asked)."""
     if mechanism == "PLAIN":
-        if initial is None:
-            blob = await challenge("")
-            if blob is None:
-                return None
-        else:
-            decoded = decode_response(initial, empty=True)
-            if decoded is None:
-                return replies.BAD_BASE64
-            blob = decoded
+        blob = await _first_response(initial, challenge, "", empty=True)
+        if blob is None or isinstance(blob, Reply):
+            return blob
         plain = split_plain(blob)
         if plain is None:
             return replies.MALFORMED_PLAIN
         return credentials(*plain)
     # LOGIN
-    if initial is None:
-        user = await challenge("Username:")
-        if user is None:
-            return None
-    else:
-        decoded = decode_response(initial, empty=False)
-        if decoded is None:
-            return replies.BAD_BASE64
-        user = decoded
+    user = await _first_response(initial, challenge, "Username:", empty=False)
+    if user is None or isinstance(user, Reply):
+        return user
     password = await challenge("Password:")
     if password is None:
         return None
     return credentials(user, password)
+
+
+async def _first_response(
+    initial: str | None, challenge: Challenge, prompt: str, *, empty: bool
+) -> bytes | Reply | None:
+    """The client's first response: the initial one sent with AUTH (decoded; a reply
+    when it is not base64), else the answer to ``prompt``; None when it aborted."""
+    if initial is None:
+        return await challenge(prompt)
+    decoded = decode_response(initial, empty=empty)
+    return replies.BAD_BASE64 if decoded is None else decoded

@@ -69,11 +69,11 @@ async def metrics(request: web.Request) -> web.Response:
     stats = ctx.stats
     queue = queue_summary(ctx.scheduler, top=0)["queue"]
     for state in QUEUE_STATES:
-        stats.queue_messages.labels(state).set(queue[state])
-    stats.queue_oldest.set(queue["oldest_age_s"])
-    stats.open_connections.set(ctx.inbound.session_count)
-    stats.attempting.set(ctx.scheduler.attempting)
-    stats.loop_lag.set(ctx.health.monitor.current)
+        stats.metrics.queue_messages.labels(state).set(queue[state])
+    stats.metrics.queue_oldest.set(queue["oldest_age_s"])
+    stats.metrics.open_connections.set(ctx.inbound.session_count)
+    stats.metrics.attempting.set(ctx.scheduler.attempting)
+    stats.metrics.loop_lag.set(ctx.health.monitor.current)
     body = generate_latest(stats.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -173,18 +173,34 @@ class Daemon:
         write_config(self.config, self.sections)
 
     def hup(self, timeout: float = 10.0) -> str:
-        """SIGHUP, then wait for the daemon to log the outcome; returns that log line."""
+        """SIGHUP, then wait for the main process to log the outcome; returns that line.
+
+        The outcome is the main process's last word on the reload: "configuration
+        reloaded from ..." once everything is applied, or "reload refused ...". The lines
+        that come before it ("reload: ... changes only on restart") and those of the
+        inbound workers, which the main process signals half-way through its own reload
+        ("inbound worker: configuration reloaded"), are not the outcome: a test that
+        returned on them could look at the daemon before the main process had finished.
+        """
         assert self.proc is not None
-        seen = self.log().count("reload")
+        seen = len(self._reload_outcomes())
         self.proc.send_signal(signal.SIGHUP)
 
         def outcome() -> str | None:
-            lines = [line for line in self.log().splitlines() if "reload" in line]
-            return lines[-1] if len(lines) > seen else None
+            lines = self._reload_outcomes()
+            return lines[seen] if len(lines) > seen else None
 
         return wait_until(
             outcome, timeout, lambda: f"a reload outcome logged:\n{self.log()[-2000:]}"
         )
+
+    def _reload_outcomes(self) -> list[str]:
+        return [
+            line
+            for line in self.log().splitlines()
+            if ("configuration reloaded from" in line or "reload refused" in line)
+            and "inbound worker:" not in line
+        ]
 
     def log(self) -> str:
         try:
