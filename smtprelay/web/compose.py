@@ -22,6 +22,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
 from smtprelay.errors import RelayError
+from smtprelay.web import mimewriter
 from smtprelay.web.messagemodel import Attachment, Mailbox
 
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -63,7 +64,46 @@ def build(
     attachments: Sequence[Attachment],
     utf8: bool,
 ) -> bytes:
-    """The RFC 5322 message (CRLF line endings, no Received/Date/Message-ID yet)."""
+    """The RFC 5322 message (CRLF line endings, no Received/Date/Message-ID yet):
+    written by :mod:`smtprelay.web.mimewriter` when it can, else by EmailMessage."""
+    fast = mimewriter.build(
+        sender=sender,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        subject=content.subject,
+        text=content.text,
+        html=content.html,
+        headers=headers,
+        attachments=attachments,
+        utf8=utf8,
+    )
+    if fast is not None:
+        return fast
+    return build_email(
+        sender=sender,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        content=content,
+        headers=headers,
+        attachments=attachments,
+        utf8=utf8,
+    )
+
+
+def build_email(
+    *,
+    sender: Mailbox | None,
+    to: Sequence[Mailbox],
+    cc: Sequence[Mailbox],
+    reply_to: Sequence[Mailbox],
+    content: Content,
+    headers: dict[str, str],
+    attachments: Sequence[Attachment],
+    utf8: bool,
+) -> bytes:
+    """:func:`build` with the standard library's EmailMessage, for every shape."""
     msg = EmailMessage(policy=_SMTPUTF8 if utf8 else _SMTP)
     if sender is not None:
         msg["From"] = _address(sender)
@@ -137,6 +177,16 @@ def header_facts(data: bytes) -> HeaderFacts:
         parsed.get("Date") is not None,
         sender,
     )
+
+
+def built_facts(headers: dict[str, str], data: bytes) -> HeaderFacts:
+    """:func:`header_facts` of a message :func:`build` wrote from ``headers``: Date is
+    never there (the relay's own), a Message-ID only when ``headers`` gave one, and
+    From is not asked for (the envelope sender is known). Parsing the header back
+    cost more than building it."""
+    if any(name.lower() == "message-id" for name in headers):
+        return header_facts(data)
+    return HeaderFacts(None, False, None)
 
 
 def trace_headers(

@@ -173,7 +173,7 @@ def prepare(
             attachments=model.attachments,
             utf8=utf8,
         )
-        facts = compose.header_facts(data)
+        facts = compose.built_facts(model.headers, data)
     elif not data.isascii():
         utf8 = utf8 or _utf8_headers(data)
     hostname = settings.server.hostname
