@@ -15,8 +15,12 @@ listener on a free loopback port and a bearer token) and the Postfix peer:
   as every SMTP 250 does. The messages are JSON-built by the relay: a text body of about
   1.8 KB, 2 KB or so once built (the ``size`` of the envelope is printed).
 
-Figures: messages/s (acknowledged messages over the wall time of the phase) and p50/p99
-latency of a request (for a batch: of the whole 100-message request). Between phases the
+Figures: messages/s (acknowledged messages over the wall time of the phase), p50/p99
+latency of a request (for a batch: of the whole 100-message request), and the CPU time
+of all of smtprelay's processes (the main one, the inbound workers, the HTTP prepare
+workers) per message: over the wall time of an HTTP phase (delivery meanwhile
+included), over the whole smtp-source load for SMTP (which waits until the sink has
+every message, so delivery is included in full). Between phases the
 spool is drained to the counting sink (smtp-sink on 127.0.0.1:10026, started here for
 the HTTP phases; the harness starts its own for the SMTP ones). Only loopback is ever
 contacted; everything started is stopped by PID, also on Ctrl-C.
@@ -59,6 +63,29 @@ def message(n: int) -> dict[str, Any]:
     }
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """{pid: CPU seconds} of ``pid`` and all its descendants (the inbound workers, the
+    HTTP prepare workers and whatever those start)."""
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        out[p] = accept.cpu_seconds(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def cpu_since(pid: int, before: dict[int, float]) -> float:
+    """CPU seconds the process tree of ``pid`` spent since ``before`` (a child started
+    meanwhile counts in full)."""
+    return sum(cpu - before.get(p, 0.0) for p, cpu in tree_cpu(pid).items())
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
@@ -96,11 +123,11 @@ async def http_phase(
 
         began = time.perf_counter()
         client_cpu = time.process_time()
-        relay_cpu = accept.cpu_seconds(relay_pid) if relay_pid else 0.0
+        relay_before = tree_cpu(relay_pid) if relay_pid else {}
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
         wall = time.perf_counter() - began
         client_cpu = time.process_time() - client_cpu
-        relay_cpu = (accept.cpu_seconds(relay_pid) - relay_cpu) if relay_pid else 0.0
+        relay_cpu = cpu_since(relay_pid, relay_before) if relay_pid else 0.0
     accepted = len(latencies) * per_request
     return {
         "accepted_per_s": round(accepted / wall, 1),
@@ -123,15 +150,41 @@ def drain(relay: accept.Relay, timeout: float) -> None:
 
 
 def smtp_phase(
-    harness: accept.Harness, target: str, port: int, spec: str, out: Path
+    harness: accept.Harness,
+    target: str,
+    port: int,
+    spec: str,
+    out: Path,
+    relay_pid: int | None = None,
 ) -> dict[str, Any]:
+    """One harness load; with ``relay_pid``, the CPU smtprelay's processes spent per
+    message (the harness waits until the sink has every message: delivery included)."""
     results = out / f"{target}-{spec.replace(':', '_').replace('+', '_')}.jsonl"
+    before = tree_cpu(relay_pid) if relay_pid else {}
     code = harness.run(target, port, spec, json_out=results)
+    relay_cpu = cpu_since(relay_pid, before) if relay_pid else None
     if code != 0:
         raise SystemExit(f"the harness failed ({code}) on {target} {spec}: see {out}/harness.log")
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     last = [r for r in records if r.get("accepted_per_s") is not None][-1]
-    return {k: last.get(k) for k in ("accepted_per_s", "lat_p50_ms", "lat_p99_ms")}
+    row = {k: last.get(k) for k in ("accepted_per_s", "lat_p50_ms", "lat_p99_ms")}
+    count = int(spec.rpartition("n")[2])
+    if relay_cpu is not None and count:
+        row["relay_cpu_ms_per_msg"] = round(relay_cpu * 1e3 / count, 2)
+    return row
+
+
+def _commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(accept.REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return "?"
+    return found.stdout.strip() or "?"
 
 
 def main() -> int:
@@ -167,7 +220,7 @@ def main() -> int:
             peer.start()
         n = a.messages
         table["SMTP -> smtprelay (smtp-source)"] = smtp_phase(
-            harness, "smtprelay", relay.port, f"16x2048:n{n}", out
+            harness, "smtprelay", relay.port, f"16x2048:n{n}", out, relay.pid
         )
         table["SMTP -> smtprelay (asyncio, latency)"] = smtp_phase(
             harness, "smtprelay", relay.port, f"16x2048:py+n{n // 2}", out
@@ -207,6 +260,7 @@ def main() -> int:
     smtp = table["SMTP -> smtprelay (smtp-source)"]["accepted_per_s"]
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"commit: {_commit()}")
     print("| load | messages/s | x smtprelay SMTP | p50 ms | p99 ms | relay CPU ms/msg |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, row in table.items():
