@@ -28,7 +28,15 @@ from smtprelay.spool import Spool, SpoolError
 from smtprelay.spool.store import NewFile
 from smtprelay.web import compose
 from smtprelay.web.messagemodel import MessageIn, cross_checks, field_errors, xtext
-from smtprelay.web.problem import ApiProblem, FieldError, forbidden, invalid, pointer, too_large
+from smtprelay.web.problem import (
+    ApiProblem,
+    FieldError,
+    forbidden,
+    invalid,
+    lone_surrogates,
+    pointer,
+    too_large,
+)
 from smtprelay.web.tokens import Token
 
 # Renders ``template`` with ``variables``: (subject, text, html); raises ApiProblem.
@@ -74,9 +82,19 @@ def validate(doc: Any, prefix: tuple[str | int, ...] = ()) -> MessageIn:
     except ValidationError as e:
         errors = field_errors(e, doc, prefix) + errors
         model = None
+    # A lone surrogate passes the model (it is a str) but no message can carry it. The
+    # model's own error about such a string, or about what holds it, goes (pydantic
+    # reports a member name with one as it cannot find it: at the object).
+    unencodable = lone_surrogates(doc, prefix)
+    if unencodable:
+        errors = unencodable + [e for e in errors if not _holds(e.pointer, unencodable)]
     if errors or model is None:
         raise invalid(errors)
     return model
+
+
+def _holds(where: str, errors: list[FieldError]) -> bool:
+    return any(e.pointer == where or e.pointer.startswith(where + "/") for e in errors)
 
 
 def prepare(

@@ -92,14 +92,56 @@ def json_response(
     content_type: str = "application/json",
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """UTF-8 JSON as written (not \\u-escaped), under the given media type."""
+    """UTF-8 JSON as written (not \\u-escaped), under the given media type; a lone
+    surrogate a request brought in (JSON may \\u-escape one, UTF-8 cannot carry it)
+    makes the whole body \\u-escaped instead."""
+    try:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(body).encode("ascii")
     return web.Response(
         status=status,
-        text=json.dumps(body, ensure_ascii=False),
+        body=data,
         content_type=content_type,
         charset="utf-8",
         headers=headers,
     )
+
+
+SURROGATE = "not valid Unicode: a lone surrogate (a \\uD800-\\uDFFF escape without its pair)"
+
+
+def lone_surrogates(document: Any, prefix: tuple[str | int, ...] = ()) -> list[FieldError]:
+    """A FieldError for every string of a parsed JSON ``document`` (member names too)
+    holding a lone surrogate: JSON's \\u escapes can give one, but no message, header or
+    file can carry it."""
+    found: list[FieldError] = []
+    todo: list[tuple[Any, tuple[str | int, ...]]] = [(document, prefix)]
+    while todo:
+        node, path = todo.pop()
+        if isinstance(node, str):
+            if _has_surrogate(node):
+                found.append(FieldError(pointer(*path), SURROGATE))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and _has_surrogate(key):
+                    found.append(FieldError(pointer(*path, key), SURROGATE))
+                else:
+                    todo.append((value, (*path, key)))
+        elif isinstance(node, list):
+            todo += [(value, (*path, i)) for i, value in enumerate(node)]
+    found.sort(key=lambda e: e.pointer)
+    return found
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def invalid(errors: Iterable[FieldError], detail: str | None = None) -> ApiProblem:
@@ -162,4 +204,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise bad_json(f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise invalid([FieldError("", "must be a JSON object")])
+    errors = lone_surrogates(body)
+    if errors:
+        raise invalid(errors)
     return body

@@ -30,6 +30,7 @@ from smtprelay.web.problem import (
     FieldError,
     bad_json,
     invalid,
+    lone_surrogates,
     not_found,
     pointer,
     unavailable,
@@ -96,6 +97,10 @@ def _parse_json(body: bytes) -> Any:
     if not isinstance(doc, dict):
         raise invalid([FieldError("", "must be a JSON object")])
     return doc
+
+
+def errors_at(errors: list[FieldError]) -> set[str]:
+    return {e.pointer for e in errors}
 
 
 def _render(ctx: Context) -> intake.Renderer:
@@ -252,10 +257,12 @@ async def _batch(
 ) -> tuple[int, dict[str, Any]]:
     ctx = context(request)
     doc = _parse_json(body)
-    errors = [
+    # The messages' own strings are checked with each message (permissive: only it fails).
+    errors = lone_surrogates({k: v for k, v in doc.items() if k != "messages"})
+    errors += [
         FieldError(pointer(k), "unknown field")
         for k in doc
-        if k not in ("messages", "defaults", "validation")
+        if k not in ("messages", "defaults", "validation") and pointer(k) not in errors_at(errors)
     ]
     messages, defaults = doc.get("messages"), doc.get("defaults", {})
     mode = doc.get("validation", "strict")

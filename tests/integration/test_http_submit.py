@@ -236,6 +236,38 @@ def test_every_invalid_field_is_named_at_once(relay: Callable[..., tuple[Daemon,
     assert daemon.queued_ids() == []
 
 
+def test_a_lone_surrogate_is_a_field_error_not_a_500(
+    relay: Callable[..., tuple[Daemon, Client]],
+) -> None:
+    # JSON's \u escapes can name half a surrogate pair, which no UTF-8 message can carry.
+    daemon, api = relay()
+    message = {"from": "app@sender.test", "to": ["bob@dest.test"], "text": "hi"}
+    status, headers, answer = api.post(
+        "/v1/messages",
+        {**message, "subject": "\ud800", "headers": {"X-Tag": "a\udfffb"}, "tags": ["\ud83d"]},
+    )
+    assert status == 422, answer
+    assert headers["content-type"].startswith("application/problem+json")
+    assert pointers(answer) == {"/subject", "/headers/X-Tag", "/tags/0"}
+    assert "surrogate" in answer["errors"][0]["detail"]
+    # A member name: the pointer names it (\u-escaped in the answer).
+    status, _, answer = api.post("/v1/messages", {**message, "\ud800": "x"})
+    assert status == 422 and pointers(answer) == {"/\ud800"}
+    batch = {"messages": [message, {**message, "subject": "\udc00"}], "validation": "permissive"}
+    status, _, answer = api.post("/v1/messages/batch", batch)
+    assert status == 202, answer
+    assert [m["status"] for m in answer["messages"]] == ["queued", "rejected"]
+    assert answer["messages"][1]["errors"][0]["pointer"] == "/messages/1/subject"
+    status, _, answer = api.post("/v1/messages/batch", {**batch, "validation": "strict"})
+    assert status == 422 and pointers(answer) == {"/messages/1/subject"}
+    status, _, answer = api.post(
+        "/v1/messages/batch", {"messages": [message], "defaults": {"subject": "\ud800"}}
+    )
+    assert status == 422 and pointers(answer) == {"/defaults/subject"}
+    assert len(daemon.queued_ids()) <= 1  # only the permissive batch's good message
+    assert "Traceback" not in daemon.log()
+
+
 def test_status_codes_of_the_request_itself(relay: Callable[..., tuple[Daemon, Client]]) -> None:
     daemon, api = relay()
     message = {"from": "app@sender.test", "to": ["bob@dest.test"], "text": "hi"}
