@@ -73,9 +73,10 @@ class Stats(logging.Handler):
     def detach(self) -> None:
         maillog.detach(self)
 
-    def note_queued(self, envelope: Envelope) -> None:
-        """Remember the envelope as accepted (client, TLS, AUTH, recipients)."""
-        raw = envelope.to_json()
+    def note_queued(self, envelope: Envelope, encoded: bytes | None = None) -> None:
+        """Remember the envelope as accepted (client, TLS, AUTH, recipients);
+        ``encoded``: its JSON, when the caller has it (as written to the spool)."""
+        raw = envelope.to_json() if encoded is None else encoded
         submission = envelope.submission
         with self._mutex:
             entry = self._entry(envelope.qid, self.clock())

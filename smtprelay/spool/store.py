@@ -79,9 +79,13 @@ class Spool:
     def create(self, envelope: Envelope, data: bytes) -> NewFile:
         """Write a new message's file, complete but not yet durable: sync it before
         telling anyone it is queued. Does not block on the disk."""
-        qid = envelope.qid
+        return self.create_encoded(envelope.qid, envelope.to_json(), data)
+
+    def create_encoded(self, qid: str, encoded: bytes, data: bytes) -> NewFile:
+        """:meth:`create` with the envelope already encoded (``Envelope.to_json``, one
+        line): by whoever needs that JSON too, or encoded in another process."""
         try:
-            fd = safeio.create_file(self._queue_fd, qid + SUFFIX, _record(envelope, data))
+            fd = safeio.create_file(self._queue_fd, qid + SUFFIX, encoded + b"\n" + data)
         except FileExistsError:
             # Another message owns this queue ID: leave its file alone.
             raise SpoolError(f"cannot queue {qid}: queue ID already in use") from None

@@ -56,6 +56,13 @@ class Origin:
 class Prepared:
     envelope: Envelope
     data: bytes
+    # The envelope's JSON (Envelope.to_json): encoded once, for the spool file and the
+    # statistics' copy of the accepted envelope.
+    encoded: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.encoded:
+            self.encoded = self.envelope.to_json()
 
     def answer(self) -> dict[str, Any]:
         """The message's part of the 202 body."""
@@ -275,7 +282,7 @@ async def commit(spool: Spool, group: list[Prepared], record: Pending | None = N
     created: list[NewFile] = []
     try:
         for item in group:
-            created.append(spool.create(item.envelope, item.data))
+            created.append(spool.create_encoded(item.envelope.qid, item.encoded, item.data))
     except SpoolError as e:
         await loop.run_in_executor(None, _take_back, spool, created)
         raise CommitError(str(e), no_space=e.no_space) from None
@@ -331,7 +338,7 @@ def _remove(spool: Spool, qids: list[str]) -> None:
 
 
 def queued(
-    group: list[Prepared], ip: str, token: str, on_queued: Callable[[Envelope, bytes], None]
+    group: list[Prepared], ip: str, token: str, on_queued: Callable[[Prepared], None]
 ) -> None:
     """Durable: log each message as SMTP's are logged, then hand it to the queue."""
     for item in group:
@@ -339,4 +346,4 @@ def queued(
         maillog.http_client(env.qid, ip, token)
         maillog.message_id(env.qid, env.message_id or "")
         maillog.queued(env.qid, env.sender, env.size, len(env.recipients))
-        on_queued(env, item.data)
+        on_queued(item)

@@ -166,13 +166,13 @@ async def _queue(
     intake.queued(group, origin.ip, origin.token.name, on_queued)
 
 
-def _on_queued(ctx: Context) -> Callable[[Any, bytes], None]:
-    def queued(envelope: Any, data: bytes) -> None:
+def _on_queued(ctx: Context) -> Callable[[intake.Prepared], None]:
+    def queued(item: intake.Prepared) -> None:
         # As the daemon's on_queued for SMTP mail: remembered for its history, then queued.
-        ctx.stats.note_queued(envelope)
+        ctx.stats.note_queued(item.envelope, item.encoded)
         if ctx.events is not None:
-            ctx.events.note_queued(envelope)
-        ctx.scheduler.enqueue_new(envelope, data)
+            ctx.events.note_queued(item.envelope)
+        ctx.scheduler.enqueue_new(item.envelope, item.data)
 
     return queued
 

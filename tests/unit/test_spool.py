@@ -85,6 +85,18 @@ def test_commit_writes_one_file_envelope_line_then_data(spool: Spool) -> None:
     assert spool.read_both(qid) == (envelope, len(DATA))
 
 
+def test_create_encoded_writes_what_create_writes(spool: Spool) -> None:
+    # The envelope encoded elsewhere (an HTTP prepare worker): the same file.
+    envelope = make_envelope(size=len(DATA))
+    spool.create_encoded(envelope.qid, envelope.to_json(), DATA).sync()
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
+    assert spool.load(envelope.qid) == envelope
+    assert spool.read_message(envelope.qid) == DATA
+    with pytest.raises(SpoolError, match="already in use"):
+        spool.create_encoded(envelope.qid, envelope.to_json(), b"other")
+    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
+
+
 def test_envelope_line_survives_newlines_in_fields(spool: Spool) -> None:
     """Text fields may hold CR, LF and other separators; the first line stays the whole
     envelope and the data starts right after it."""
