@@ -185,6 +185,18 @@ class NewFile:
         finally:
             os.close(self._fd)
 
+    def sync_file(self) -> None:
+        """Make the file's content durable, not yet its name: a group of new files
+        shares one :meth:`Spool.sync` of the directory after this. On failure as
+        :meth:`sync`."""
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            self._spool._unlink(self.qid + SUFFIX)
+            raise _spool_error(self.qid, e) from e
+        finally:
+            os.close(self._fd)
+
 
 def _record(envelope: Envelope, data: bytes) -> bytes:
     # Compact JSON never contains a raw newline, so the first line is the envelope.

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from email.headerregistry import HeaderRegistry
 from urllib.parse import quote
 
+from smtprelay.errors import RelayError
 from smtprelay.web.messagemodel import Attachment, Mailbox
 
 CRLF = b"\r\n"
@@ -45,7 +46,7 @@ _ATTRIBUTE_SAFE = "!#$&+^`|~"
 _WORD_BYTES = 45
 
 
-class Unsupported(Exception):
+class Unsupported(RelayError):
     """Not a shape :func:`build` writes: EmailMessage builds the message."""
 
 
