@@ -182,19 +182,9 @@ class Attempts:
             self._unpark(route.key)
 
     def _unpark(self, key: str) -> None:
-        """One delivery to ``key`` ended: let one parked message go; all of them once
-        nothing waits for ``key`` (its route may have changed on reload)."""
-        line = self.s.destinations.parked.get(key)
-        while line:
-            qid = line.popleft()
-            if qid in self.s.destinations.parked_qids:
-                self.s.destinations.parked_qids.discard(qid)
-                self.s.destinations.let_go.add(qid)
-                self.s.schedule.push(qid, self.s.clock())
-                if self.s.destinations.waiting[key]:
-                    break
-        if line is not None and not line:
-            del self.s.destinations.parked[key]
+        push = self.s.schedule.push
+        if self.s.destinations.unpark(key, lambda qid: push(qid, self.s.clock())):
+            asyncio.get_running_loop().call_soon(self._unpark, key)  # the rest, in turns
 
     async def _deliver_now(
         self,

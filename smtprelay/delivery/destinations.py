@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtprelay.replies import Reply
@@ -24,6 +25,8 @@ DEAD_AFTER = 3
 COOL_OFF = 60.0
 # Waiters per destination slot before further messages for it are parked.
 PARK_AFTER = 4
+# Parked messages let go in one turn of the event loop once their destination is free.
+UNPARK_BURST = 256
 UNREACHABLE = Reply(451, "4.4.1", "Destination unreachable")
 
 
@@ -62,6 +65,30 @@ class Destinations:
     def park(self, key: str, qid: str) -> None:
         self.parked[key].append(qid)
         self.parked_qids.add(qid)
+
+    def unpark(self, key: str, push: Callable[[str], None], most: int = UNPARK_BURST) -> bool:
+        """One delivery to ``key`` ended: let one parked message go (``push`` puts it
+        back on the schedule); all of them once nothing waits for ``key`` (its route may
+        have changed on reload), but at most ``most`` in one call: a line can hold a
+        whole queue (a million messages behind one smarthost), and letting all of it go
+        in one callback would hold the event loop for seconds. True when the rest is to
+        be let go by another call, in a later turn of the loop."""
+        line = self.parked.get(key)
+        if line is None:
+            return False
+        freed, busy = 0, False
+        while line and freed < most and not busy:
+            qid = line.popleft()
+            if qid in self.parked_qids:  # else taken out since (held, deleted, ...)
+                self.parked_qids.discard(qid)
+                self.let_go.add(qid)
+                push(qid)
+                busy = self.waiting[key] > 0
+                freed += 1
+        if not line:
+            del self.parked[key]
+            return False
+        return not busy and freed == most
 
     def slot(self, key: str, size: int = 0) -> asyncio.Semaphore:
         """The connection slots of ``key``: ``size`` (an upstream's max_connections,

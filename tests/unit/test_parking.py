@@ -11,6 +11,7 @@ import pytest
 
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
+from smtprelay.delivery.destinations import UNPARK_BURST, Destinations
 from smtprelay.delivery.scheduler import PARK_AFTER, START_BATCH, Scheduler
 from smtprelay.envelope import Envelope, Recipient
 from smtprelay.spool import Spool
@@ -212,3 +213,35 @@ def test_the_loop_starts_attempts_in_batches_letting_others_run(
         spool.close()
 
     asyncio.run(main())
+
+
+def test_a_free_destination_lets_its_parked_line_go_in_bounded_bursts() -> None:
+    destinations = Destinations(concurrency=10, per_destination=1)
+    line = [f"Q{n}" for n in range(2 * UNPARK_BURST + 5)]
+    for qid in line:
+        destinations.park("slow.test", qid)
+    destinations.parked_qids.discard("Q1")  # taken out (held) while parked: skipped
+    pushed: list[str] = []
+    # Nothing waits for the destination: a burst at a time, the caller told to go on.
+    assert destinations.unpark("slow.test", pushed.append) is True
+    assert pushed == [q for q in line[: UNPARK_BURST + 1] if q != "Q1"]
+    assert destinations.unpark("slow.test", pushed.append) is True
+    assert len(pushed) == 2 * UNPARK_BURST
+    assert destinations.unpark("slow.test", pushed.append) is False
+    assert pushed == [q for q in line if q != "Q1"]
+    assert "slow.test" not in destinations.parked and not destinations.parked_qids
+    assert destinations.let_go == set(pushed)
+
+
+def test_a_busy_destination_lets_one_parked_message_go_per_delivery() -> None:
+    destinations = Destinations(concurrency=10, per_destination=1)
+    for n in range(3):
+        destinations.park("slow.test", f"Q{n}")
+    destinations.waiting["slow.test"] = 1
+    pushed: list[str] = []
+    assert destinations.unpark("slow.test", pushed.append) is False
+    assert pushed == ["Q0"] and list(destinations.parked["slow.test"]) == ["Q1", "Q2"]
+    assert destinations.unpark("slow.test", pushed.append) is False
+    assert destinations.unpark("slow.test", pushed.append) is False
+    assert pushed == ["Q0", "Q1", "Q2"] and "slow.test" not in destinations.parked
+    assert destinations.unpark("slow.test", pushed.append) is False  # nothing parked
