@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from smtprelay.envelope import Envelope
@@ -71,7 +71,9 @@ class MessageInfo:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its recursive deep copy was a fifth of the event
+        # store's CPU per message; the store serialises the dict at once.
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MessageInfo:
