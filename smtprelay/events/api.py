@@ -18,6 +18,8 @@ from smtprelay.web.context import context, require
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 WEBHOOK_FIELDS = frozenset({"url", "events", "allow_private", "secret"})
+# Each route is declared on its handler.
+_ROUTES = web.RouteTableDef()
 
 
 def _service(request: web.Request) -> EventService:
@@ -65,6 +67,7 @@ def _query(request: web.Request) -> tuple[int, int, list[str]]:
     return after, limit, types
 
 
+@_ROUTES.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
     require(request, "read")
     service = _service(request)
@@ -75,6 +78,7 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next_cursor": str(cursor)})
 
 
+@_ROUTES.get("/v1/messages/{id}/events")
 async def message_events(request: web.Request) -> web.Response:
     require(request, "read")
     service = _service(request)
@@ -88,6 +92,7 @@ async def message_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next_cursor": str(cursor)})
 
 
+@_ROUTES.post("/v1/webhooks")
 async def create_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -132,6 +137,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     return web.json_response(shown, status=201, headers={"Location": f"/v1/webhooks/{endpoint.id}"})
 
 
+@_ROUTES.get("/v1/webhooks")
 async def list_webhooks(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -143,6 +149,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     )
 
 
+@_ROUTES.get("/v1/webhooks/{id}")
 async def show_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -161,6 +168,7 @@ async def show_webhook(request: web.Request) -> web.Response:
     )
 
 
+@_ROUTES.delete("/v1/webhooks/{id}")
 async def delete_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -177,9 +185,4 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/events", list_events)
-    app.router.add_get("/v1/messages/{id}/events", message_events)
-    app.router.add_post("/v1/webhooks", create_webhook)
-    app.router.add_get("/v1/webhooks", list_webhooks)
-    app.router.add_get("/v1/webhooks/{id}", show_webhook)
-    app.router.add_delete("/v1/webhooks/{id}", delete_webhook)
+    app.router.add_routes(_ROUTES)
