@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtprelay import __version__, config, maillog, queuecli, tokencli, upstreamcli, usersfile
+from smtprelay.cliactions import Actions
 from smtprelay.dkimsign import keygen
 from smtprelay.errors import RelayError
 from smtprelay.tls import TLSError
@@ -92,20 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check_config)
 
-    user = commands.add_parser("user", parents=[common], help="manage SMTP AUTH users")
-    user_commands = user.add_subparsers(metavar="ACTION", required=True)
-    add = user_commands.add_parser(
+    user = Actions(commands, common, "user", "manage SMTP AUTH users")
+    add = user.add(
         "add",
-        parents=[common],
-        help="add a user or change a password (read from the terminal, or one line of stdin)",
+        "add a user or change a password (read from the terminal, or one line of stdin)",
+        _user_add,
     )
     add.add_argument("name")
-    add.set_defaults(handler=_user_add)
-    delete = user_commands.add_parser("del", parents=[common], help="remove a user")
-    delete.add_argument("name")
-    delete.set_defaults(handler=_user_del)
-    listing = user_commands.add_parser("list", parents=[common], help="list user names")
-    listing.set_defaults(handler=_user_list)
+    user.add("del", "remove a user", _user_del).add_argument("name")
+    user.add("list", "list user names", _user_list)
 
     queuecli.register(commands, common)
     tokencli.register(commands, common)

@@ -1,11 +1,12 @@
 """The mail log: one line per mail event, keyed by queue ID, in Postfix's maillog shape.
 
 Operators and their tools (grep, pflogsumm, fail2ban) read these lines, so their shape is
-a contract. Each event has one function here; nothing else formats mail events (so the
-module is long by design: one short function per log event, in one place). Under
-systemd (journald adds time and host) a line starts at ``smtprelay/<service>[pid]:``;
-elsewhere it starts with an RFC 3339 timestamp and the host name, as Postfix's own log
-file does. ``[log] format = "json"`` emits the same events as JSON objects.
+a contract. Each event has one function here, and above it the parts every line of it
+shares (program, text, event, level); nothing else formats mail events (so the module is
+long by design: one short function per log event, in one place). Under systemd (journald
+adds time and host) a line starts at ``smtprelay/<service>[pid]:``; elsewhere it starts
+with an RFC 3339 timestamp and the host name, as Postfix's own log file does. ``[log]
+format = "json"`` emits the same events as JSON objects.
 
 Passwords and AUTH payloads are never passed to this module. Client data (HELO names,
 addresses, command lines, user names) may hold any byte: the formatters write every
@@ -23,7 +24,11 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
+from logging import WARNING
+from types import MappingProxyType
 
 from smtprelay.replies import Reply
 
@@ -88,12 +93,63 @@ def _emit(
         log.log(level, text, extra={"service": service, "qid": qid, "fields": fields})
 
 
-def _smtpd(
-    ip: str, text: str, *, level: int = logging.INFO, event: Event, **fields: object
-) -> None:
-    """A line of the SMTP server about the client at ``ip`` (no queue ID)."""
-    # The fields in the order of every other line: the client first, the event last.
-    _emit("smtpd", text, None, level, client_ip=ip, **fields, event=event)
+_SHOWN_AS_IS: Mapping[str, object] = MappingProxyType({})
+
+# The severity word a line starts with (after its queue ID), as Postfix's msg_warn() and
+# msg_error() write it: the level of the line follows from its text.
+_SEVERITY = re.compile(r"(?:\{\w+\}(?:: )?)?(warning|error): ")
+_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(slots=True)
+class _Line:
+    """The parts every line of one kind shares: the program that writes it (after
+    ``smtprelay/``), its text, its ``event`` field and its level (by default WARNING for
+    a text that starts with "warning: ", ERROR for "error: ", else INFO).
+
+    ``text`` is filled in (str.format) with the line's fields, ``qid``, and ``host``
+    (the client named as Postfix names it, made from the ``client_ip`` field). A caller
+    passes ``shown`` where the text shows a value otherwise than its field (or shows a
+    value that is no field); the fields then follow, in the order of the JSON line, and
+    ``event`` comes last."""
+
+    service: str
+    text: str
+    event: Event
+    level: int = logging.NOTSET  # NOTSET: the one its text says
+
+    def __post_init__(self) -> None:
+        if self.level == logging.NOTSET:
+            severity = _SEVERITY.match(self.text)
+            self.level = _LEVELS[severity.group(1)] if severity else logging.INFO
+
+    def __call__(
+        self,
+        qid: str | None = None,
+        shown: Mapping[str, object] = _SHOWN_AS_IS,
+        /,
+        **fields: object,
+    ) -> None:
+        if not log.isEnabledFor(self.level):
+            return
+        values = {"qid": qid, **fields, **shown}
+        if "client_ip" in fields:
+            values["host"] = _host(str(fields["client_ip"]))
+        fields["event"] = self.event
+        text = self.text.format_map(values)
+        log.log(self.level, text, extra={"service": self.service, "qid": qid, "fields": fields})
+
+
+# The lines of each program (the name after "smtprelay/"), each declared above the
+# function that writes it.
+_smtpd = partial(_Line, "smtpd")
+_http = partial(_Line, "http")  # the HTTP API's submissions (smtpd's lines for SMTP)
+_pickup = partial(_Line, "pickup")
+_cleanup = partial(_Line, "cleanup")
+_qmgr = partial(_Line, "qmgr")
+_smtp = partial(_Line, "smtp")
+_bounce = partial(_Line, "bounce")
+_postsuper = partial(_Line, "postsuper")
 
 
 # The client "address" of a session on the local submission socket (inbound/local.py).
@@ -107,8 +163,19 @@ def _host(ip: str) -> str:
     return f"unknown[{ip}]"
 
 
+def _prefix(qid: str | None) -> str:
+    return f"{qid}: " if qid else ""
+
+
+def _to(recipients: Sequence[str]) -> str:
+    return "".join(f" to=<{recipient}>" for recipient in recipients)
+
+
+_CONNECT = _smtpd("connect from {host}", event=Event.CONNECT)
+
+
 def connect(ip: str) -> None:
-    _emit("smtpd", f"connect from {_host(ip)}", client_ip=ip, event=Event.CONNECT)
+    _CONNECT(client_ip=ip)
 
 
 def disconnect(ip: str, counts: Mapping[str, int]) -> None:
@@ -118,77 +185,65 @@ def disconnect(ip: str, counts: Mapping[str, int]) -> None:
     _emit("smtpd", text, client_ip=ip, event=Event.DISCONNECT, commands=dict(counts))
 
 
+_CLIENT = _smtpd("{qid}: client={host}{sasl}", event=Event.CLIENT)
+
+
 def client(qid: str, ip: str, sasl_method: str | None, sasl_username: str | None) -> None:
-    text = f"{qid}: client={_host(ip)}"
-    if sasl_username:
-        text += f", sasl_method={sasl_method}, sasl_username={sasl_username}"
-    _emit(
-        "smtpd",
-        text,
-        qid,
-        client_ip=ip,
-        sasl_method=sasl_method,
-        sasl_username=sasl_username,
-        event=Event.CLIENT,
-    )
+    sasl = f", sasl_method={sasl_method}, sasl_username={sasl_username}" if sasl_username else ""
+    fields = {"sasl_method": sasl_method, "sasl_username": sasl_username}
+    _CLIENT(qid, {"sasl": sasl}, client_ip=ip, **fields)
+
+
+_HTTP_CLIENT = _http("{qid}: client={host}, api_token={api_token}, via=http", event=Event.CLIENT)
 
 
 def http_client(qid: str, ip: str, token: str) -> None:
     """The first line of a message submitted over the HTTP API, in the place of the
     SMTP ``client=`` line: ``QID: client=unknown[IP], api_token=NAME, via=http``."""
-    _emit(
-        "http",
-        f"{qid}: client={_host(ip)}, api_token={token}, via=http",
-        qid,
-        client_ip=ip,
-        api_token=token,
-        submitted_via="http",
-        event=Event.CLIENT,
-    )
+    _HTTP_CLIENT(qid, client_ip=ip, api_token=token, submitted_via="http")
+
+
+_PICKUP = _pickup("{qid}: uid={uid} from=<{sender}>", event=Event.PICKUP)
 
 
 def pickup(qid: str, uid: int | None, user: str | None, sender: str) -> None:
     """A local submission's first line, as Postfix's pickup writes it (the sender as the
     caller gave it, before it was qualified): ``QID: uid=33 from=<www-data>``."""
-    text = f"{qid}: uid={uid if uid is not None else 'unknown'} from=<{sender}>"
-    _emit(
-        "pickup",
-        text,
-        qid,
-        client_ip=LOCAL_CLIENT,
-        uid=uid,
-        user=user,
-        sender=sender,
-        event=Event.PICKUP,
-    )
+    shown = {"uid": uid if uid is not None else "unknown"}
+    _PICKUP(qid, shown, client_ip=LOCAL_CLIENT, uid=uid, user=user, sender=sender)
+
+
+_MESSAGE_ID = _cleanup("{qid}: message-id={message_id}", event=Event.MESSAGE_ID)
 
 
 def message_id(qid: str, value: str) -> None:
-    _emit("cleanup", f"{qid}: message-id={value}", qid, message_id=value, event=Event.MESSAGE_ID)
+    _MESSAGE_ID(qid, message_id=value)
+
+
+_BARE_NEWLINE = _cleanup(
+    "{qid}: warning: {count} bare CR or LF line ending(s) from {host} normalized to CRLF",
+    event=Event.BARE_NEWLINE,
+)
 
 
 def normalized_line_endings(qid: str, ip: str, count: int) -> None:
-    _emit(
-        "cleanup",
-        f"{qid}: warning: {count} bare CR or LF line ending(s) from {_host(ip)} normalized to CRLF",
-        qid,
-        level=logging.WARNING,
-        client_ip=ip,
-        count=count,
-        event=Event.BARE_NEWLINE,
-    )
+    _BARE_NEWLINE(qid, client_ip=ip, count=count)
+
+
+_QUEUED = _qmgr(
+    "{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)", event=Event.QUEUED
+)
 
 
 def queued(qid: str, sender: str, size: int, nrcpt: int) -> None:
-    _emit(
-        "qmgr",
-        f"{qid}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)",
-        qid,
-        sender=sender,
-        size=size,
-        nrcpt=nrcpt,
-        event=Event.QUEUED,
-    )
+    _QUEUED(qid, sender=sender, size=size, nrcpt=nrcpt)
+
+
+_REJECT = _smtpd(
+    "{qid}: reject: {command} from {host}: {code} {dsn} {reason}; from=<{sender}>{to} "
+    "proto={proto}{helo}",
+    event=Event.REJECT,
+)
 
 
 def reject(
@@ -203,19 +258,16 @@ def reject(
     proto: str = "ESMTP",
 ) -> None:
     """A refused command, as Postfix's ``NOQUEUE: reject: RCPT from host[ip]: 554 ...``."""
-    text = (
-        f"{qid or 'NOQUEUE'}: reject: {command} from {_host(ip)}: {reply.code} "
-        f"{reply.enhanced} {reply.text}; from=<{sender or ''}>"
-    )
-    if recipient is not None:
-        text += f" to=<{recipient}>"
-    text += f" proto={proto}"
-    if helo:
-        text += f" helo=<{helo}>"
-    _emit(
-        "smtpd",
-        text,
+    shown = {
+        "qid": qid or "NOQUEUE",
+        "sender": sender or "",
+        "to": _to([recipient] if recipient is not None else []),
+        "proto": proto,
+        "helo": f" helo=<{helo}>" if helo else "",
+    }
+    _REJECT(
         qid,
+        shown,
         client_ip=ip,
         command=command,
         code=reply.code,
@@ -223,8 +275,14 @@ def reject(
         reason=reply.text,
         sender=sender,
         recipient=recipient,
-        event=Event.REJECT,
     )
+
+
+_HTTP_REJECT = _http(
+    "NOQUEUE: reject: HTTP from {host}: {code} {reason}; from=<{sender}>{to} proto=HTTP "
+    "api_token={api_token}",
+    event=Event.REJECT,
+)
 
 
 def http_reject(
@@ -239,27 +297,27 @@ def http_reject(
     recipient or limit), in the shape of :func:`reject` with ``HTTP`` as the command:
     ``NOQUEUE: reject: HTTP from unknown[IP]: 403 DETAIL; from=<a@b> to=<c@d> proto=HTTP
     api_token=NAME``. ``problem`` is the RFC 9457 body the client was answered."""
-    status = problem.get("status")
-    detail = str(problem.get("detail", ""))
-    text = f"NOQUEUE: reject: HTTP from {_host(ip)}: {status} {detail}; from=<{sender or ''}>"
-    for recipient in recipients:
-        text += f" to=<{recipient}>"
-    text += f" proto=HTTP api_token={token}"
-    _emit(
-        "http",
-        text,
+    _HTTP_REJECT(
+        None,
+        {"sender": sender or "", "to": _to(recipients)},
         client_ip=ip,
         command="HTTP",
-        code=status,
+        code=problem.get("status"),
         dsn=None,
-        reason=detail,
+        reason=str(problem.get("detail", "")),
         sender=sender,
         recipient=recipients[0] if len(recipients) == 1 else None,
         recipients=list(recipients),
         api_token=token,
         problem=dict(problem),
-        event=Event.REJECT,
     )
+
+
+_AUTH_FAILED = _smtpd(
+    "warning: {host}: SASL {mechanism} authentication failed: authentication failure, "
+    "sasl_username={sasl_username}",
+    event=Event.AUTH_FAILED,
+)
 
 
 def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
@@ -269,132 +327,117 @@ def auth_failed(ip: str, mechanism: str, username: str | None) -> None:
     shown = "(unavailable)"
     if username is not None:
         shown = "".join(c if c.isprintable() else "?" for c in username[:100])
-    _smtpd(
-        ip,
-        f"warning: {_host(ip)}: SASL {mechanism} authentication failed: "
-        f"authentication failure, sasl_username={shown}",
-        level=logging.WARNING,
-        mechanism=mechanism,
-        sasl_username=username,
-        event=Event.AUTH_FAILED,
+    _AUTH_FAILED(
+        None, {"sasl_username": shown}, client_ip=ip, mechanism=mechanism, sasl_username=username
     )
+
+
+_LOST_CONNECTION = _smtpd("lost connection after {after} from {host}", event=Event.LOST_CONNECTION)
 
 
 def lost_connection(ip: str, after: str) -> None:
-    _smtpd(
-        ip,
-        f"lost connection after {after} from {_host(ip)}",
-        after=after,
-        event=Event.LOST_CONNECTION,
-    )
+    _LOST_CONNECTION(client_ip=ip, after=after)
+
+
+_CONNECTION_LIMIT = _smtpd(
+    "warning: connection limit {limit} reached: refusing {host}",
+    event=Event.CONNECTION_LIMIT,
+)
 
 
 def too_many_connections(ip: str, limit: int) -> None:
-    _smtpd(
-        ip,
-        f"warning: connection limit {limit} reached: refusing {_host(ip)}",
-        level=logging.WARNING,
-        limit=limit,
-        event=Event.CONNECTION_LIMIT,
-    )
+    _CONNECTION_LIMIT(client_ip=ip, limit=limit)
+
+
+_TLS_FAILED = _smtpd(
+    "warning: TLS handshake failed ({tls}) from {host}: {reason}", event=Event.TLS_FAILED
+)
 
 
 def tls_failed(ip: str, where: str, reason: str, kind: str) -> None:
     """A TLS handshake that did not complete (``where``: "implicit TLS" or "STARTTLS");
     ``kind`` is a short fixed word for the metric (protocol_version, timeout, ...)."""
-    _smtpd(
-        ip,
-        f"warning: TLS handshake failed ({where}) from {_host(ip)}: {reason}",
-        level=logging.WARNING,
-        tls=where,
-        reason=reason,
-        kind=kind,
-        event=Event.TLS_FAILED,
-    )
+    _TLS_FAILED(client_ip=ip, tls=where, reason=reason, kind=kind)
+
+
+_LEGACY_TLS = _smtpd("warning: legacy TLS ({tls}) from {host}: {version}", event=Event.LEGACY_TLS)
 
 
 def legacy_tls(ip: str, where: str, version: str) -> None:
     """A session encrypted with TLS 1.0 or 1.1 (RFC 8996 deprecates them): counted in
     /metrics, and logged so that the devices still needing them can be found."""
-    _smtpd(
-        ip,
-        f"warning: legacy TLS ({where}) from {_host(ip)}: {version}",
-        level=logging.WARNING,
-        tls=where,
-        version=version,
-        event=Event.LEGACY_TLS,
-    )
+    _LEGACY_TLS(client_ip=ip, tls=where, version=version)
+
+
+_PROXY_REFUSED = _smtpd(
+    "warning: PROXY protocol: {reason}: closing connection from {host}",
+    event=Event.PROXY_REFUSED,
+)
 
 
 def proxy_refused(ip: str, reason: str) -> None:
     """A connection closed before the greeting: it came from an address not allowed to
     send a PROXY header, or sent none that was valid ([server] proxy_protocol)."""
-    _smtpd(
-        ip,
-        f"warning: PROXY protocol: {reason}: closing connection from {_host(ip)}",
-        level=logging.WARNING,
-        reason=reason,
-        event=Event.PROXY_REFUSED,
-    )
+    _PROXY_REFUSED(client_ip=ip, reason=reason)
+
+
+_NON_SMTP_COMMAND = _smtpd(
+    "warning: non-SMTP command from {host}: {command}", event=Event.NON_SMTP_COMMAND
+)
 
 
 def non_smtp_command(ip: str, line: str) -> None:
     """An HTTP request or other non-SMTP line (the session is closed), as Postfix logs it."""
-    _smtpd(
-        ip,
-        f"warning: non-SMTP command from {_host(ip)}: {line}",
-        level=logging.WARNING,
-        command=line,
-        event=Event.NON_SMTP_COMMAND,
-    )
+    _NON_SMTP_COMMAND(client_ip=ip, command=line)
+
+
+_TOO_MANY_COMMANDS = _smtpd(
+    "too many {kind} after {after} from {host}", event=Event.TOO_MANY_COMMANDS
+)
 
 
 def too_many_commands(ip: str, what: str, after: str) -> None:
     """The session was closed for junk or unknown commands (Postfix: "too many errors")."""
-    _smtpd(
-        ip,
-        f"too many {what} after {after} from {_host(ip)}",
-        after=after,
-        kind=what,
-        event=Event.TOO_MANY_COMMANDS,
-    )
+    _TOO_MANY_COMMANDS(client_ip=ip, after=after, kind=what)
+
+
+_DATA_MEMORY_LIMIT = _smtpd(
+    "{prefix}warning: message data memory limit of {limit} bytes reached: refusing message "
+    "from {host}",
+    event=Event.DATA_MEMORY_LIMIT,
+)
 
 
 def data_memory_exhausted(ip: str, limit: int, qid: str | None) -> None:
-    _emit(
-        "smtpd",
-        f"{qid + ': ' if qid else ''}warning: message data memory limit of "
-        f"{limit} bytes reached: refusing message from {_host(ip)}",
-        qid,
-        level=logging.WARNING,
-        client_ip=ip,
-        limit=limit,
-        event=Event.DATA_MEMORY_LIMIT,
-    )
+    _DATA_MEMORY_LIMIT(qid, {"prefix": _prefix(qid)}, client_ip=ip, limit=limit)
+
+
+_TIMEOUT = _smtpd("timeout after {after} from {host}", event=Event.TIMEOUT)
 
 
 def timeout(ip: str, after: str) -> None:
-    _smtpd(
-        ip,
-        f"timeout after {after} from {_host(ip)}",
-        after=after,
-        event=Event.TIMEOUT,
-    )
+    _TIMEOUT(client_ip=ip, after=after)
+
+
+_INTERNAL_ERROR = _smtpd("{prefix}error: {what} (client {host})", event=Event.INTERNAL_ERROR)
 
 
 def internal_error(ip: str, what: str, qid: str | None = None) -> None:
-    _emit(
-        "smtpd",
-        f"{qid + ': ' if qid else ''}error: {what} (client {_host(ip)})",
-        qid,
-        level=logging.ERROR,
-        client_ip=ip,
-        event=Event.INTERNAL_ERROR,
-    )
+    _INTERNAL_ERROR(qid, {"prefix": _prefix(qid), "what": what}, client_ip=ip)
+
+
+_SPOOL_ERROR = _cleanup("{qid}: warning: {what}", event=Event.SPOOL_ERROR)
 
 
 def spool_error(qid: str, what: str) -> None:
-    _emit("cleanup", f"{qid}: warning: {what}", qid, level=logging.WARNING, event=Event.SPOOL_ERROR)
+    _SPOOL_ERROR(qid, {"what": what})
+
+
+_DELIVERY = _smtp(
+    "{qid}: to=<{recipient}>, relay={relay}, delay={delay}, delays={delays}, dsn={dsn}, "
+    "status={status} ({code} {dsn} {reason})",
+    event=Event.DELIVERY,
+)
 
 
 def delivery(
@@ -407,15 +450,10 @@ def delivery(
     status: str,
 ) -> None:
     """``QID: to=<r>, relay=..., delay=, delays=a/b/c/d, dsn=, status=sent (250 ...)``."""
-    shown = "/".join(_short(d) for d in delays)
-    text = (
-        f"{qid}: to=<{recipient}>, relay={relay}, delay={_short(delay)}, delays={shown}, "
-        f"dsn={reply.enhanced}, status={status} ({reply.code} {reply.enhanced} {reply.text})"
-    )
-    _emit(
-        "smtp",
-        text,
+    shown = {"delay": _short(delay), "delays": "/".join(_short(d) for d in delays)}
+    _DELIVERY(
         qid,
+        shown,
         recipient=recipient,
         relay=relay,
         delay=delay,
@@ -423,7 +461,6 @@ def delivery(
         code=reply.code,
         status=status,
         reason=reply.text,
-        event=Event.DELIVERY,
     )
 
 
@@ -433,62 +470,46 @@ def bounced_unsent(qid: str, recipient: str, delay: float, reply: Reply) -> None
     delivery(qid, recipient, "none", delay, (0.0, 0.0, 0.0, 0.0), reply, "bounced")
 
 
+_FOLDED = _smtp(
+    "{qid}: warning: folded {count} line(s) longer than {limit} octets (longest {longest}) "
+    "for delivery",
+    event=Event.FOLDED,
+)
+
+
 def folded_lines(qid: str, count: int, longest: int, limit: int) -> None:
     """``QID: warning: folded N line(s) longer than 998 octets (longest L) for delivery``."""
-    _emit(
-        "smtp",
-        f"{qid}: warning: folded {count} line(s) longer than {limit} octets "
-        f"(longest {longest}) for delivery",
-        qid,
-        level=logging.WARNING,
-        count=count,
-        longest=longest,
-        limit=limit,
-        event=Event.FOLDED,
-    )
+    _FOLDED(qid, count=count, longest=longest, limit=limit)
+
+
+_DKIM_SIGNED = _smtp(
+    "{qid}: DKIM-Signature field added (s={selector}, d={domain})", event=Event.DKIM_SIGNED
+)
 
 
 def dkim_signed(qid: str, selector: str, domain: str, algorithm: str) -> None:
     """``QID: DKIM-Signature field added (s=SELECTOR, d=DOMAIN)``, as OpenDKIM says it."""
-    _emit(
-        "smtp",
-        f"{qid}: DKIM-Signature field added (s={selector}, d={domain})",
-        qid,
-        selector=selector,
-        domain=domain,
-        algorithm=algorithm,
-        event=Event.DKIM_SIGNED,
-    )
+    _DKIM_SIGNED(qid, selector=selector, domain=domain, algorithm=algorithm)
+
+
+_DKIM_NOT_SIGNED = _smtp("{qid}: warning: DKIM: {reason}", event=Event.DKIM_NOT_SIGNED)
 
 
 def dkim_not_signed(qid: str, reason: str) -> None:
     """``QID: warning: DKIM: not signed for DOMAIN: REASON``; the message goes out."""
-    _emit(
-        "smtp",
-        f"{qid}: warning: DKIM: {escape(reason)}",
-        qid,
-        level=logging.WARNING,
-        reason=reason,
-        event=Event.DKIM_NOT_SIGNED,
-    )
+    _DKIM_NOT_SIGNED(qid, {"reason": escape(reason)}, reason=reason)
+
+
+_ROUTED = _qmgr(
+    "{qid}: {route}: upstream={upstream} from=<{sender}>{rewritten}", event=Event.ROUTED
+)
 
 
 def routed(qid: str, route: str, upstream: str, sender: str, rewritten: str | None) -> None:
     """``QID: sender route auth_user=scanner: upstream=[smtp.example:587] as scanner@...
     from=<orig>`` (+ `` rewritten to <new>``): which upstream a sender route chose."""
-    text = f"{qid}: {route}: upstream={upstream} from=<{sender}>"
-    if rewritten is not None:
-        text += f" rewritten to <{rewritten}>"
-    _emit(
-        "qmgr",
-        text,
-        qid,
-        route=route,
-        upstream=upstream,
-        sender=sender,
-        rewritten=rewritten,
-        event=Event.ROUTED,
-    )
+    shown = {"rewritten": f" rewritten to <{rewritten}>" if rewritten is not None else ""}
+    _ROUTED(qid, shown, route=route, upstream=upstream, sender=sender, rewritten=rewritten)
 
 
 _NOTICE_WORDS = {
@@ -499,83 +520,84 @@ _NOTICE_WORDS = {
 }
 
 
+_UPSTREAM_PAUSED = _qmgr(
+    "warning: upstream {upstream} paused for {seconds}s after: {reply} "
+    "(slow-down rule {rule}: {source})",
+    event=Event.UPSTREAM_PAUSED,
+)
+
+
 def upstream_paused(upstream: str, seconds: float, reply: Reply, rule: int, source: str) -> None:
     """``warning: upstream KEY paused for 30s after: REPLY (slow-down rule N: SOURCE)``:
     a "slow down" reply paused every delivery to that upstream (delivery/ratelimits.py)."""
-    _emit(
-        "qmgr",
-        f"warning: upstream {upstream} paused for {_short(seconds)}s after: {escape(str(reply))} "
-        f"(slow-down rule {rule}: {source})",
-        level=logging.WARNING,
+    shown = {"seconds": _short(seconds), "reply": escape(str(reply)), "source": source}
+    _UPSTREAM_PAUSED(
+        None,
+        shown,
         upstream=upstream,
         seconds=seconds,
         dsn=reply.enhanced,
         reply=str(reply),
         rule=rule,
-        event=Event.UPSTREAM_PAUSED,
     )
+
+
+_NOTICE = _bounce("{qid}: {kind}: {notice_qid}", event=Event.NOTICE)
 
 
 def notice_sent(qid: str, kind: str, notice_qid: str) -> None:
     """``QID: sender non-delivery notification: NEWQID``, as Postfix's bounce daemon."""
-    _emit(
-        "bounce",
-        f"{qid}: {_NOTICE_WORDS[kind]}: {notice_qid}",
-        qid,
-        kind=kind,
-        notice_qid=notice_qid,
-        event=Event.NOTICE,
-    )
+    _NOTICE(qid, {"kind": _NOTICE_WORDS[kind]}, kind=kind, notice_qid=notice_qid)
+
+
+_NOTICE_DISCARDED = _bounce(
+    "{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster set, or it was "
+    "the postmaster's)",
+    event=Event.NOTICE_DISCARDED,
+    level=WARNING,
+)
 
 
 def notice_discarded(qid: str, recipient: str) -> None:
-    _emit(
-        "bounce",
-        f"{qid}: undeliverable notice to=<{recipient}> discarded (no postmaster "
-        "set, or it was the postmaster's)",
-        qid,
-        level=logging.WARNING,
-        recipient=recipient,
-        event=Event.NOTICE_DISCARDED,
-    )
+    _NOTICE_DISCARDED(qid, recipient=recipient)
+
+
+_REMOVED = _qmgr("{qid}: removed", event=Event.REMOVED)
 
 
 def removed(qid: str) -> None:
-    _emit("qmgr", f"{qid}: removed", qid, event=Event.REMOVED)
+    _REMOVED(qid)
 
 
 # Operator actions (HTTP queue operations), logged by "postsuper" as Postfix's are.
+_DELETED = _postsuper("{qid}: removed (deleted by operator)", event=Event.REMOVED)
 
 
 def deleted(qid: str) -> None:
     """The operator deleted a message: its end, like ``removed`` (no notice is sent)."""
-    _emit(
-        "postsuper",
-        f"{qid}: removed (deleted by operator)",
-        qid,
-        reason="deleted by operator",
-        event=Event.REMOVED,
-    )
+    _DELETED(qid, reason="deleted by operator")
+
+
+_CANCELED = _postsuper("{qid}: canceled by {by}", event=Event.CANCELED)
 
 
 def canceled(qid: str, by: str, recipients: Sequence[str]) -> None:
     """The submitter withdrew the message's pending recipients (no notice is sent)."""
-    _emit(
-        "postsuper",
-        f"{qid}: canceled by {by}",
-        qid,
-        by=by,
-        recipients=list(recipients),
-        event=Event.CANCELED,
-    )
+    _CANCELED(qid, by=by, recipients=list(recipients))
+
+
+_HOLD = _postsuper("{qid}: placed on hold", event=Event.HOLD)
 
 
 def held(qid: str) -> None:
-    _emit("postsuper", f"{qid}: placed on hold", qid, event=Event.HOLD)
+    _HOLD(qid)
+
+
+_RELEASE = _postsuper("{qid}: released from hold", event=Event.RELEASE)
 
 
 def released(qid: str) -> None:
-    _emit("postsuper", f"{qid}: released from hold", qid, event=Event.RELEASE)
+    _RELEASE(qid)
 
 
 def _short(seconds: float) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from prometheus_client import (
     CollectorRegistry,
@@ -52,103 +52,123 @@ QUEUE_STATES = ("active", "deferred", "hold", "scheduled", "rate-limited")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+class Series(Generic[_M]):
+    """A series of a metrics class, declared in its body: each instance has the metric
+    itself as that attribute, made in the instance's registry by :func:`declare`.
+    ``labels`` are space-separated (like namedtuple's field names)."""
+
+    def __init__(self, kind: type[_M], name: str, text: str, labels: str = "", **options: Any):
+        self.kind: type[_M] = kind
+        self.name, self.text, self.labels = name, text, labels.split()
+        self.options = options  # Histogram's buckets
+
+    @overload
+    def __get__(self, metrics: None, owner: type) -> Series[_M]: ...
+    @overload
+    def __get__(self, metrics: object, owner: type) -> _M: ...
+    def __get__(self, metrics: object | None, owner: type) -> Series[_M] | _M:
+        # Only before declare(): after it the instance's own attribute is found first.
+        if metrics is None:
+            return self
+        raise AttributeError(f"{self.name} is not declared in a registry yet")
+
+
+def declare(metrics: object, registry: CollectorRegistry) -> None:
+    """Make every :class:`Series` of ``metrics``'s class in ``registry`` (in the order
+    of the class body, the order of the export), as an attribute of ``metrics``."""
+    for attribute, series in vars(type(metrics)).items():
+        if isinstance(series, Series):
+            metric = series.kind(
+                series.name, series.text, series.labels, registry=registry, **series.options
+            )
+            setattr(metrics, attribute, metric)
+
+
 class RelayMetrics:
     """Every series of the relay's own (the events stage adds its: events/metrics.py),
     and the totals since start that /status shows (``counts``)."""
 
+    received = Series(
+        Counter, "smtprelay_messages_received", "Messages accepted from clients and spooled."
+    )
+    notices = Series(
+        Counter, "smtprelay_notices", "Delivery status notifications generated, by kind.", "kind"
+    )
+    deliveries = Series(
+        Counter,
+        "smtprelay_deliveries",
+        "Per-recipient delivery results: sent, deferred (will retry) or bounced.",
+        "status",
+    )
+    latency = Series(
+        Histogram,
+        "smtprelay_delivery_seconds",
+        "Time from arrival to a recipient's final result (sent or bounced).",
+        "status",
+        buckets=LATENCY_BUCKETS,
+    )
+    replies = Series(
+        Counter,
+        "smtprelay_delivery_replies",
+        "Per-recipient delivery results by reply class (2xx, 4xx, 5xx), whether the "
+        "remote server answered or the relay composed the reply (e.g. unreachable).",
+        "class",
+    )
+    rejects = Series(
+        Counter,
+        "smtprelay_smtpd_rejects",
+        "Commands refused to SMTP clients, by command and reply class.",
+        "command class",
+    )
+    auth_failures = Series(Counter, "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.")
+    tls_failures = Series(
+        Counter,
+        "smtprelay_smtpd_tls_failures",
+        "TLS handshakes that failed or were abandoned, by kind (protocol_version, "
+        "no_shared_cipher, not_tls, timeout, closed, other).",
+        "kind",
+    )
+    connections = Series(Counter, "smtprelay_smtpd_connections", "SMTP connections accepted.")
+    legacy_tls = Series(
+        Counter,
+        "smtprelay_smtpd_legacy_tls_sessions",
+        "SMTP sessions that negotiated TLS 1.0 or 1.1 (allowed on [server] "
+        "legacy_tls_listen listeners), by version.",
+        "version",
+    )
+    operator = Series(
+        Counter, "smtprelay_operator_actions", "Queue operations done by the operator.", "action"
+    )
+    upstream_pauses = Series(
+        Counter,
+        "smtprelay_upstream_pauses",
+        'Upstreams paused after a "slow down" reply (delivery/slowdown.py).',
+    )
+    removed = Series(
+        Counter,
+        "smtprelay_messages_removed",
+        "Messages whose life ended (delivered, bounced or deleted).",
+    )
+    # Set from a queue scan just before each export (see smtprelay.web.status).
+    queue_messages = Series(
+        Gauge, "smtprelay_queue_messages", "Messages in the queue by state.", "state"
+    )
+    queue_oldest = Series(
+        Gauge, "smtprelay_queue_oldest_age_seconds", "Age of the oldest queued message."
+    )
+    open_connections = Series(Gauge, "smtprelay_smtpd_open_connections", "SMTP sessions open now.")
+    attempting = Series(Gauge, "smtprelay_delivery_in_progress", "Messages being attempted now.")
+    loop_lag = Series(
+        Gauge, "smtprelay_event_loop_lag_seconds", "Latest measured event-loop delay."
+    )
+    started = Series(Gauge, "smtprelay_start_time_seconds", "When the daemon started (Unix time).")
+
     def __init__(self, registry: CollectorRegistry, started: float) -> None:
         self.counts: Tally[str] = Tally()
-        r = registry
-        self.received = Counter(
-            "smtprelay_messages_received", "Messages accepted from clients and spooled.", registry=r
-        )
-        self.notices = Counter(
-            "smtprelay_notices",
-            "Delivery status notifications generated, by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self.deliveries = Counter(
-            "smtprelay_deliveries",
-            "Per-recipient delivery results: sent, deferred (will retry) or bounced.",
-            ["status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "smtprelay_delivery_seconds",
-            "Time from arrival to a recipient's final result (sent or bounced).",
-            ["status"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.replies = Counter(
-            "smtprelay_delivery_replies",
-            "Per-recipient delivery results by reply class (2xx, 4xx, 5xx), whether the "
-            "remote server answered or the relay composed the reply (e.g. unreachable).",
-            ["class"],
-            registry=r,
-        )
-        self.rejects = Counter(
-            "smtprelay_smtpd_rejects",
-            "Commands refused to SMTP clients, by command and reply class.",
-            ["command", "class"],
-            registry=r,
-        )
-        self.auth_failures = Counter(
-            "smtprelay_smtpd_auth_failures", "Failed SMTP AUTH attempts.", registry=r
-        )
-        self.tls_failures = Counter(
-            "smtprelay_smtpd_tls_failures",
-            "TLS handshakes that failed or were abandoned, by kind (protocol_version, "
-            "no_shared_cipher, not_tls, timeout, closed, other).",
-            ["kind"],
-            registry=r,
-        )
-        self.connections = Counter(
-            "smtprelay_smtpd_connections", "SMTP connections accepted.", registry=r
-        )
-        self.legacy_tls = Counter(
-            "smtprelay_smtpd_legacy_tls_sessions",
-            "SMTP sessions that negotiated TLS 1.0 or 1.1 (allowed on [server] "
-            "legacy_tls_listen listeners), by version.",
-            ["version"],
-            registry=r,
-        )
-        self.operator = Counter(
-            "smtprelay_operator_actions",
-            "Queue operations done by the operator.",
-            ["action"],
-            registry=r,
-        )
-        self.upstream_pauses = Counter(
-            "smtprelay_upstream_pauses",
-            'Upstreams paused after a "slow down" reply (delivery/slowdown.py).',
-            registry=r,
-        )
-        self.removed = Counter(
-            "smtprelay_messages_removed",
-            "Messages whose life ended (delivered, bounced or deleted).",
-            registry=r,
-        )
-        # Set from a queue scan just before each export (see smtprelay.web.status).
-        self.queue_messages = Gauge(
-            "smtprelay_queue_messages", "Messages in the queue by state.", ["state"], registry=r
-        )
-        self.queue_oldest = Gauge(
-            "smtprelay_queue_oldest_age_seconds", "Age of the oldest queued message.", registry=r
-        )
-        self.open_connections = Gauge(
-            "smtprelay_smtpd_open_connections", "SMTP sessions open now.", registry=r
-        )
-        self.attempting = Gauge(
-            "smtprelay_delivery_in_progress", "Messages being attempted now.", registry=r
-        )
-        self.loop_lag = Gauge(
-            "smtprelay_event_loop_lag_seconds", "Latest measured event-loop delay.", registry=r
-        )
-        self.started = Gauge(
-            "smtprelay_start_time_seconds", "When the daemon started (Unix time).", registry=r
-        )
+        declare(self, registry)
         self.started.set(started)
         # Every labelled series exists from the start, at 0: rate() needs a first sample.
         for status in DELIVERY_STATUSES:

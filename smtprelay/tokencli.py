@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smtprelay import config, safeio
+from smtprelay.cliactions import Actions
 from smtprelay.errors import RelayError
 from smtprelay.web.tokens import SCOPES, Token, hash_secret, parse_tokens
 
@@ -126,13 +127,8 @@ def cmd_remove(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``token add|list|remove`` to the command parser."""
-    token = commands.add_parser(
-        "token", parents=[common], help="manage the HTTP API tokens ([http] tokens_file)"
-    )
-    actions = token.add_subparsers(metavar="ACTION", required=True)
-    add = actions.add_parser(
-        "add", parents=[common], help="create a named token; prints its secret once"
-    )
+    token = Actions(commands, common, "token", "manage the HTTP API tokens ([http] tokens_file)")
+    add = token.add("add", "create a named token; prints its secret once", cmd_add)
     add.add_argument("name")
     add.add_argument(
         "--scopes",
@@ -145,9 +141,5 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="DOMAINS",
         help="comma-separated sender domains it may send from (default: any)",
     )
-    add.set_defaults(handler=cmd_add)
-    listing = actions.add_parser("list", parents=[common], help="names and scopes, no secrets")
-    listing.set_defaults(handler=cmd_list)
-    remove = actions.add_parser("remove", parents=[common], help="revoke a token by name")
-    remove.add_argument("name")
-    remove.set_defaults(handler=cmd_remove)
+    token.add("list", "names and scopes, no secrets", cmd_list)
+    token.add("remove", "revoke a token by name", cmd_remove).add_argument("name")

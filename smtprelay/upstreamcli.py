@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from smtprelay.addresses import domain_of
+from smtprelay.cliactions import Actions
 from smtprelay.config import Settings, SmarthostSettings
 from smtprelay.envelope import Client, Envelope, Recipient, Submission, SubmittedVia
 from smtprelay.errors import RelayError
@@ -41,20 +42,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     route.add_argument("--from", dest="sender", metavar="ADDRESS", default="", help="sender")
     route.add_argument("--to", metavar="ADDRESS", help="a recipient (its domain may have a route)")
     route.set_defaults(handler=cmd_route)
-    oauth = commands.add_parser(
-        "oauth", parents=[common], help="OAuth2 upstreams: test a route, or sign in (login)"
-    )
-    actions = oauth.add_subparsers(metavar="ACTION", required=True)
-    test = actions.add_parser(
-        "test", parents=[common], help="get a token and EHLO+AUTH to the upstream, no mail"
-    )
+    oauth = Actions(commands, common, "oauth", "OAuth2 upstreams: test a route, or sign in (login)")
+    test = oauth.add("test", "get a token and EHLO+AUTH to the upstream, no mail", cmd_oauth_test)
     test.add_argument("route", metavar="ROUTE")
-    test.set_defaults(handler=cmd_oauth_test)
-    login = actions.add_parser(
-        "login", parents=[common], help="device-code sign-in; stores the refresh token"
-    )
+    login = oauth.add("login", "device-code sign-in; stores the refresh token", cmd_oauth_login)
     login.add_argument("route", metavar="ROUTE")
-    login.set_defaults(handler=cmd_oauth_login)
 
 
 # --- route ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from smtprelay import ids, maillog
 from smtprelay.delivery import cancel
@@ -32,6 +33,23 @@ if TYPE_CHECKING:
 OPERATOR_BOUNCE = Reply(550, "5.0.0", "Returned to sender by the operator")
 
 log = logging.getLogger("smtprelay.delivery")
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def forwarded(
+    action: Callable[Concatenate[Operator, _P], Awaitable[_T]],
+) -> Callable[Concatenate[Scheduler, _P], Coroutine[Any, Any, _T]]:
+    """``action`` as a method of the Scheduler, the facade others see: run by its
+    operator (the same parameters, documentation and result)."""
+
+    @functools.wraps(action)
+    async def on_scheduler(scheduler: Scheduler, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await action(scheduler.operator, *args, **kwargs)
+
+    return on_scheduler
 
 
 class Operator:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from types import TracebackType
 from typing import Any
 
 from aiosmtplib import SMTPResponse, SMTPResponseException, SMTPServerDisconnected
@@ -36,12 +35,7 @@ class BatchReplies(asyncio.Protocol):
         self._transport.set_protocol(self)
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:  # an exception goes on as it is
         if self._error is None:  # after a connection loss aiosmtplib has been told
             self._transport.set_protocol(self._inner)
 

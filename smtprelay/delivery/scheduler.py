@@ -45,13 +45,13 @@ from smtprelay.delivery.attempt import Attempts, InFlight
 from smtprelay.delivery.destinations import PARK_AFTER, Destinations
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result
-from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator
+from smtprelay.delivery.operator import OPERATOR_BOUNCE, Operator, forwarded
 from smtprelay.delivery.pacing import Pacer
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.ratelimits import RateLimits
 from smtprelay.delivery.schedule import Schedule
 from smtprelay.envelope import Envelope, QueueState
-from smtprelay.queueops import QueueEntry, QueueOperations, RecipientCancel
+from smtprelay.queueops import QueueOperations
 from smtprelay.queueview import due_time
 from smtprelay.spool import Spool
 
@@ -316,40 +316,17 @@ class Scheduler:
         """``func(*args)`` in the delivery stage's spool threads (blocking file work)."""
         return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
 
-    # --- operator actions (queueops.QueueOperations; see delivery/operator.py) ------------
+    # --- operator actions (queueops.QueueOperations): the Operator's own --------------
 
-    async def load(self, qid: str) -> Envelope | None:
-        return await self.operator.load(qid)
-
-    async def flush(self, qids: Iterable[str] | None = None) -> dict[str, str]:
-        return await self.operator.flush(qids)
-
-    async def hold(self, qids: Iterable[str]) -> dict[str, str]:
-        return await self.operator.hold(qids)
-
-    async def release(self, qids: Iterable[str]) -> dict[str, str]:
-        return await self.operator.release(qids)
-
-    async def delete(self, qids: Iterable[str]) -> dict[str, str]:
-        return await self.operator.delete(qids)
-
-    async def bounce(self, qids: Iterable[str]) -> dict[str, str]:
-        return await self.operator.bounce(qids)
-
-    async def cancel(self, qid: str, by: str) -> list[RecipientCancel] | None:
-        return await self.operator.cancel(qid, by)
-
-    async def reschedule(self, qid: str, send_at: float) -> str:
-        return await self.operator.reschedule(qid, send_at)
-
-    async def listing(
-        self,
-        after: str | None,
-        limit: int,
-        state: str | None = None,
-        domain: str | None = None,
-    ) -> tuple[list[QueueEntry], str | None]:
-        return await self.operator.listing(after, limit, state, domain)
+    load = forwarded(Operator.load)
+    flush = forwarded(Operator.flush)
+    hold = forwarded(Operator.hold)
+    release = forwarded(Operator.release)
+    delete = forwarded(Operator.delete)
+    bounce = forwarded(Operator.bounce)
+    cancel = forwarded(Operator.cancel)
+    reschedule = forwarded(Operator.reschedule)
+    listing = forwarded(Operator.listing)
 
 
 def _implements(scheduler: Scheduler) -> QueueOperations:

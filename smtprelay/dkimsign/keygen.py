@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from smtprelay import config
+from smtprelay.cliactions import Actions
 from smtprelay.dkimsign.keys import DkimKeyError, from_private_key, zone_line
 from smtprelay.errors import RelayError
 
@@ -37,12 +38,12 @@ class KeygenError(RelayError):
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``dkim keygen`` to the command parser."""
-    dkim = commands.add_parser("dkim", parents=[common], help="DKIM signing keys")
-    actions = dkim.add_subparsers(metavar="ACTION", required=True)
-    keygen = actions.add_parser(
+    dkim = Actions(commands, common, "dkim", "DKIM signing keys")
+    keygen = dkim.add(
         "keygen",
-        parents=[common],
-        help="write DIR/DOMAIN.SELECTOR.key (0600) and print its DNS TXT record",
+        "write DIR/DOMAIN.SELECTOR.key (0600) and print its DNS TXT record",
+        cmd_keygen,
+        standalone=True,
     )
     keygen.add_argument("domain")
     keygen.add_argument("selector")
@@ -53,7 +54,6 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help=f"rsa ({RSA_BITS} bits, the default) or ed25519 (RFC 8463)",
     )
     keygen.add_argument("--dir", default=".", help="where the key file goes (default: .)")
-    keygen.set_defaults(handler=cmd_keygen, standalone=True)
 
 
 def cmd_keygen(args: argparse.Namespace, settings: config.Settings | None) -> int:

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from smtprelay.config import DkimKeySettings, DkimSettings
 from smtprelay.errors import ConfigError
@@ -92,36 +98,18 @@ def read_key(entry: DkimKeySettings) -> DkimKey:
 
 def from_private_key(domain: str, selector: str, key: object) -> DkimKey:
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        seed = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        raw_public = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return DkimKey(
-            domain,
-            selector,
-            "ed25519-sha256",
-            base64.b64encode(seed),
-            base64.b64encode(raw_public).decode(),
-        )
+        seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        raw_public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return DkimKey(domain, selector, "ed25519-sha256", base64.b64encode(seed), _p(raw_public))
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < MIN_RSA_BITS:
             raise DkimKeyError(
                 f"an RSA key of {key.key_size} bits; DKIM needs at least {MIN_RSA_BITS} "
                 "(2048 recommended)"
             )
-        pkcs1 = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return DkimKey(domain, selector, "rsa-sha256", pkcs1, base64.b64encode(spki).decode())
+        pkcs1 = key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+        spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return DkimKey(domain, selector, "rsa-sha256", pkcs1, _p(spki))
     kind = (
         "an EC (ECDSA) key"
         if isinstance(key, ec.EllipticCurvePrivateKey)
@@ -132,6 +120,11 @@ def from_private_key(domain: str, selector: str, key: object) -> DkimKey:
         else "a key of another kind"
     )
     raise DkimKeyError(f"{kind}; DKIM signs with RSA or Ed25519")
+
+
+def _p(public: bytes) -> str:
+    """The public key as the record's ``p=`` shows it."""
+    return base64.b64encode(public).decode()
 
 
 def txt_record(key: DkimKey) -> str:

@@ -12,25 +12,20 @@ from smtprelay.events.outbox import Endpoint
 from smtprelay.events.service import EventService
 from smtprelay.events.types import valid_pattern
 from smtprelay.events.webhooks import UnsafeUrl, check_url, endpoint_json, new_secret, valid_secret
+from smtprelay.web import problem
 from smtprelay.web.context import context, require
-from smtprelay.web.problem import (
-    ApiProblem,
-    FieldError,
-    conflict,
-    invalid,
-    json_object,
-    not_found,
-)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 WEBHOOK_FIELDS = frozenset({"url", "events", "allow_private", "secret"})
+# Each route is declared on its handler.
+_ROUTES = web.RouteTableDef()
 
 
 def _service(request: web.Request) -> EventService:
     service = context(request).events
     if service is None or service.store is None:
-        raise ApiProblem(
+        raise problem.ApiProblem(
             503,
             "unavailable",
             "Service unavailable",
@@ -42,18 +37,20 @@ def _service(request: web.Request) -> EventService:
 
 
 def _query(request: web.Request) -> tuple[int, int, list[str]]:
-    errors: list[FieldError] = []
+    errors: list[problem.FieldError] = []
     after = limit = 0
     raw_after = request.query.get("after", "0") or "0"
     if raw_after.isdigit() and len(raw_after) < 19:
         after = int(raw_after)
     else:
-        errors.append(FieldError("/after", "not a cursor (pass next_cursor as it was given)"))
+        errors.append(
+            problem.FieldError("/after", "not a cursor (pass next_cursor as it was given)")
+        )
     raw_limit = request.query.get("limit", str(DEFAULT_LIMIT))
     if raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
         limit = int(raw_limit)
     else:
-        errors.append(FieldError("/limit", f"an integer from 1 to {MAX_LIMIT}"))
+        errors.append(problem.FieldError("/limit", f"an integer from 1 to {MAX_LIMIT}"))
     types: list[str] = []
     for value in request.query.getall("type", []):
         for pattern in filter(None, (p.strip() for p in value.split(","))):
@@ -61,15 +58,16 @@ def _query(request: web.Request) -> tuple[int, int, list[str]]:
                 types.append(pattern)
             else:
                 errors.append(
-                    FieldError(
+                    problem.FieldError(
                         "/type", f"{pattern!r} is not an event type or pattern such as recipient.*"
                     )
                 )
     if errors:
-        raise invalid(errors, "invalid query parameters")
+        raise problem.invalid(errors, "invalid query parameters")
     return after, limit, types
 
 
+@_ROUTES.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
     require(request, "read")
     service = _service(request)
@@ -80,6 +78,7 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events, "next_cursor": str(cursor)})
 
 
+@_ROUTES.get("/v1/messages/{id}/events")
 async def message_events(request: web.Request) -> web.Response:
     require(request, "read")
     service = _service(request)
@@ -89,38 +88,41 @@ async def message_events(request: web.Request) -> web.Response:
     assert store is not None
     events, cursor = await service.db.run(store.page, after, limit, types, qid)
     if not events and after == 0 and not await service.db.run(store.count_for, qid):
-        raise not_found(f"no events for message {qid}")
+        raise problem.not_found(f"no events for message {qid}")
     return web.json_response({"events": events, "next_cursor": str(cursor)})
 
 
+@_ROUTES.post("/v1/webhooks")
 async def create_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
-    body = await json_object(request)
-    errors = [FieldError(f"/{key}", "unknown field") for key in body if key not in WEBHOOK_FIELDS]
+    body = await problem.json_object(request)
+    errors = [
+        problem.FieldError(f"/{key}", "unknown field") for key in body if key not in WEBHOOK_FIELDS
+    ]
     url = body.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        errors.append(FieldError("/url", "an http:// or https:// URL is required"))
+        errors.append(problem.FieldError("/url", "an http:// or https:// URL is required"))
     events = body.get("events", [])
     if not isinstance(events, list):
-        errors.append(FieldError("/events", "a list of event types or patterns"))
+        errors.append(problem.FieldError("/events", "a list of event types or patterns"))
         events = []
     for i, pattern in enumerate(events):
         if not isinstance(pattern, str) or not valid_pattern(pattern):
-            errors.append(FieldError(f"/events/{i}", "not an event type or pattern"))
+            errors.append(problem.FieldError(f"/events/{i}", "not an event type or pattern"))
     allow_private = body.get("allow_private", False)
     if not isinstance(allow_private, bool):
-        errors.append(FieldError("/allow_private", "true or false"))
+        errors.append(problem.FieldError("/allow_private", "true or false"))
     secret = body.get("secret") or new_secret()
     if not isinstance(secret, str) or not valid_secret(secret):
-        errors.append(FieldError("/secret", "whsec_ and the base64 of 16 bytes or more"))
+        errors.append(problem.FieldError("/secret", "whsec_ and the base64 of 16 bytes or more"))
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         try:
             await check_url(url, allow_private is True)
         except UnsafeUrl as e:
-            errors.append(FieldError("/url", str(e)))
+            errors.append(problem.FieldError("/url", str(e)))
     if errors:
-        raise invalid(errors)
+        raise problem.invalid(errors)
     endpoint = Endpoint(
         id="wh_" + secrets.token_hex(8),
         source="api",
@@ -135,6 +137,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     return web.json_response(shown, status=201, headers={"Location": f"/v1/webhooks/{endpoint.id}"})
 
 
+@_ROUTES.get("/v1/webhooks")
 async def list_webhooks(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -146,6 +149,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     )
 
 
+@_ROUTES.get("/v1/webhooks/{id}")
 async def show_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
@@ -153,7 +157,7 @@ async def show_webhook(request: web.Request) -> web.Response:
     webhook = request.match_info["id"]
     endpoint = await service.db.run(outbox.get, webhook)
     if endpoint is None:
-        raise not_found(f"no webhook {webhook}")
+        raise problem.not_found(f"no webhook {webhook}")
     backlog = await service.db.run(outbox.backlog_of, webhook)
     errors = await service.db.run(outbox.errors, webhook)
     next_at = await service.db.run(outbox.next_due, webhook)
@@ -164,15 +168,16 @@ async def show_webhook(request: web.Request) -> web.Response:
     )
 
 
+@_ROUTES.delete("/v1/webhooks/{id}")
 async def delete_webhook(request: web.Request) -> web.Response:
     require(request, "admin")
     service = _service(request)
     webhook = request.match_info["id"]
     endpoint = await service.db.run(service._outbox().get, webhook)
     if endpoint is None:
-        raise not_found(f"no webhook {webhook}")
+        raise problem.not_found(f"no webhook {webhook}")
     if endpoint.source == "config":
-        raise conflict(
+        raise problem.conflict(
             f"webhook {webhook} is in the config file ([[webhooks]]): remove it there and restart"
         )
     await service.remove_webhook(webhook)
@@ -180,9 +185,4 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/events", list_events)
-    app.router.add_get("/v1/messages/{id}/events", message_events)
-    app.router.add_post("/v1/webhooks", create_webhook)
-    app.router.add_get("/v1/webhooks", list_webhooks)
-    app.router.add_get("/v1/webhooks/{id}", show_webhook)
-    app.router.add_delete("/v1/webhooks/{id}", delete_webhook)
+    app.router.add_routes(_ROUTES)

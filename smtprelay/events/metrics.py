@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from smtprelay.metrics import Series, declare
+
 
 class _Backlog(Collector):
     def __init__(self, read: Callable[[], dict[str, int]]) -> None:
@@ -26,34 +28,31 @@ class _Backlog(Collector):
 
 
 class EventMetrics:
+    events = Series(
+        Counter, "smtprelay_events", "Delivery events recorded in the event store, by type.", "type"
+    )
+    requests = Series(
+        Counter,
+        "smtprelay_webhook_requests",
+        "Webhook requests by result: 2xx, 4xx, 5xx, or error (no HTTP answer).",
+        "webhook result",
+    )
+    delivered = Series(
+        Counter,
+        "smtprelay_webhook_delivered",
+        "Events a webhook receiver accepted (2xx).",
+        "webhook",
+    )
+    given_up = Series(
+        Counter,
+        "smtprelay_webhook_given_up",
+        "Events dropped after the last retry of the schedule failed.",
+        "webhook",
+    )
+    disabled = Series(
+        Counter, "smtprelay_webhook_disabled", "Webhooks disabled by a 410 Gone answer."
+    )
+
     def __init__(self, registry: CollectorRegistry, backlog: Callable[[], dict[str, int]]) -> None:
-        self.events = Counter(
-            "smtprelay_events",
-            "Delivery events recorded in the event store, by type.",
-            ["type"],
-            registry=registry,
-        )
-        self.requests = Counter(
-            "smtprelay_webhook_requests",
-            "Webhook requests by result: 2xx, 4xx, 5xx, or error (no HTTP answer).",
-            ["webhook", "result"],
-            registry=registry,
-        )
-        self.delivered = Counter(
-            "smtprelay_webhook_delivered",
-            "Events a webhook receiver accepted (2xx).",
-            ["webhook"],
-            registry=registry,
-        )
-        self.given_up = Counter(
-            "smtprelay_webhook_given_up",
-            "Events dropped after the last retry of the schedule failed.",
-            ["webhook"],
-            registry=registry,
-        )
-        self.disabled = Counter(
-            "smtprelay_webhook_disabled",
-            "Webhooks disabled by a 410 Gone answer.",
-            registry=registry,
-        )
+        declare(self, registry)
         registry.register(_Backlog(backlog))

@@ -11,17 +11,9 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from smtprelay.addresses import PathError, check_mailbox, domain_of
-
-__all__ = [
-    "FORBIDDEN",
-    "ParameterError",
-    "ParsedArgument",
-    "PathError",
-    "domain_of",
-    "parse",
-    "parse_params",
-]
+from smtprelay.addresses import PathError as PathError  # re-exported
+from smtprelay.addresses import check_mailbox
+from smtprelay.addresses import domain_of as domain_of  # re-exported
 
 _SOURCE_ROUTE = re.compile(r"@[^,:<>\s]+(?:,@[^,:<>\s]+)*:")
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?")

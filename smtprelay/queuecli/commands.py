@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from smtprelay import config, ids
+from smtprelay.cliactions import Actions
 from smtprelay.queuecli import offline
 from smtprelay.queuecli.client import Client, act, fetch_queue
 from smtprelay.queuecli.errors import (
@@ -234,9 +235,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     as_json.add_argument("--json", action="store_true", help="print the API's JSON")
     parents = [common, as_json]
 
-    queue = commands.add_parser("queue", parents=[common], help="list and act on the queue")
-    actions = queue.add_subparsers(metavar="ACTION", required=True)
-    listing = actions.add_parser("list", parents=parents, help="queued messages, like mailq")
+    queue = Actions(commands, common, "queue", "list and act on the queue", parents=[as_json])
+    listing = queue.add("list", "queued messages, like mailq", guard(cmd_list))
     listing.add_argument("--state", choices=STATES)
     listing.add_argument("--domain", metavar="D", help="with a pending recipient in D")
     listing.add_argument(
@@ -245,33 +245,28 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         type=positive,
         help="only the N oldest (default: all, fetched 1000 at a time)",
     )
-    listing.set_defaults(handler=guard(cmd_list))
-    show = actions.add_parser(
-        "show", parents=parents, help="envelope, recipients, history and headers of a message"
+    show = queue.add(
+        "show", "envelope, recipients, history and headers of a message", guard(cmd_show)
     )
     show.add_argument("qid", metavar="QID")
-    show.set_defaults(handler=guard(cmd_show))
-    flush = actions.add_parser(
-        "flush", parents=parents, help="attempt now: these messages, or every one"
-    )
-    flush.add_argument("qids", nargs="*", metavar="QID")
-    flush.add_argument("--all", action="store_true", help="every waiting message (default)")
-    flush.set_defaults(handler=guard(cmd_flush))
+    flush = queue.add("flush", "attempt now: these messages, or every one", guard(cmd_flush))
     for name, text in (
         ("hold", "put on hold: never attempted until released"),
         ("release", "take off hold and attempt now"),
         ("bounce", "return to the sender now, with a failure notice"),
     ):
-        sub = actions.add_parser(name, parents=parents, help=text)
+        sub = queue.add(name, text, guard(cmd_action), action=name)
         sub.add_argument("qids", nargs="+", metavar="QID")
-        sub.set_defaults(handler=guard(cmd_action), action=name)
-    delete = actions.add_parser(
-        "delete", parents=parents, help="remove without a notice: these messages, or --all"
+    delete = queue.add(
+        "delete", "remove without a notice: these messages, or --all", guard(cmd_delete)
     )
-    delete.add_argument("qids", nargs="*", metavar="QID")
-    delete.add_argument("--all", action="store_true", help="every queued message (asks first)")
+    for action, every in (
+        (flush, "every waiting message (default)"),
+        (delete, "every queued message (asks first)"),
+    ):
+        action.add_argument("qids", nargs="*", metavar="QID")
+        action.add_argument("--all", action="store_true", help=every)
     delete.add_argument("--yes", action="store_true", help="do not ask (for --all)")
-    delete.set_defaults(handler=guard(cmd_delete))
 
     trace = commands.add_parser(
         "trace", parents=parents, help="a message's history as a timeline (QID or --rcpt)"

@@ -20,10 +20,11 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
+from typing import Unpack
 
 from smtprelay.errors import RelayError
 from smtprelay.web import mimewriter
-from smtprelay.web.messagemodel import Attachment, Mailbox
+from smtprelay.web.messagemodel import Mailbox
 
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _HEADER_END = re.compile(rb"\r\n\r\n")
@@ -53,69 +54,27 @@ def _address(box: Mailbox) -> Address:
     return Address(display_name=box.name or "", username=local, domain=domain)
 
 
-def build(
-    *,
-    sender: Mailbox | None,
-    to: Sequence[Mailbox],
-    cc: Sequence[Mailbox],
-    reply_to: Sequence[Mailbox],
-    content: Content,
-    headers: dict[str, str],
-    attachments: Sequence[Attachment],
-    utf8: bool,
-) -> bytes:
+def build(*, content: Content, **parts: Unpack[mimewriter.Parts]) -> bytes:
     """The RFC 5322 message (CRLF line endings, no Received/Date/Message-ID yet):
     written by :mod:`smtprelay.web.mimewriter` when it can, else by EmailMessage."""
-    fast = mimewriter.build(
-        sender=sender,
-        to=to,
-        cc=cc,
-        reply_to=reply_to,
-        subject=content.subject,
-        text=content.text,
-        html=content.html,
-        headers=headers,
-        attachments=attachments,
-        utf8=utf8,
-    )
+    fast = mimewriter.build(subject=content.subject, text=content.text, html=content.html, **parts)
     if fast is not None:
         return fast
-    return build_email(
-        sender=sender,
-        to=to,
-        cc=cc,
-        reply_to=reply_to,
-        content=content,
-        headers=headers,
-        attachments=attachments,
-        utf8=utf8,
-    )
+    return build_email(content=content, **parts)
 
 
-def build_email(
-    *,
-    sender: Mailbox | None,
-    to: Sequence[Mailbox],
-    cc: Sequence[Mailbox],
-    reply_to: Sequence[Mailbox],
-    content: Content,
-    headers: dict[str, str],
-    attachments: Sequence[Attachment],
-    utf8: bool,
-) -> bytes:
+def build_email(*, content: Content, **parts: Unpack[mimewriter.Parts]) -> bytes:
     """:func:`build` with the standard library's EmailMessage, for every shape."""
-    msg = EmailMessage(policy=_SMTPUTF8 if utf8 else _SMTP)
+    sender = parts["sender"]
+    msg = EmailMessage(policy=_SMTPUTF8 if parts["utf8"] else _SMTP)
     if sender is not None:
         msg["From"] = _address(sender)
-    if to:
-        msg["To"] = [_address(b) for b in to]
-    if cc:
-        msg["Cc"] = [_address(b) for b in cc]
-    if reply_to:
-        msg["Reply-To"] = [_address(b) for b in reply_to]
+    for name, boxes in (("To", parts["to"]), ("Cc", parts["cc"]), ("Reply-To", parts["reply_to"])):
+        if boxes:
+            msg[name] = [_address(b) for b in boxes]
     if content.subject is not None:
         msg["Subject"] = content.subject
-    for name, value in headers.items():
+    for name, value in parts["headers"].items():
         msg[name] = value
     if content.text is not None:
         msg.set_content(content.text)
@@ -125,7 +84,7 @@ def build_email(
         msg.set_content(content.html, subtype="html")
     else:
         msg.set_content("")
-    for item in attachments:
+    for item in parts["attachments"]:
         maintype, _, subtype = item.content_type.partition("/")
         msg.add_attachment(
             item.content,

@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from smtprelay.clientkey import client_key
 
@@ -39,6 +40,8 @@ LINE_INTERVAL = 6.0
 GLOBAL_BURST = 100
 GLOBAL_INTERVAL = 0.1
 
+_V = TypeVar("_V")
+
 
 @dataclass
 class _Failures:
@@ -46,38 +49,30 @@ class _Failures:
     last: float
 
 
+@dataclass(kw_only=True, eq=False)
 class Penalty:
-    """Recent failures per client (address or /64) and the delay each one earns."""
+    """Recent failures per client (address or /64) and the delay each one earns:
+    ``base`` doubled for each recent failure but the first, at most ``cap``; a client
+    without a failure for ``forget`` seconds starts afresh."""
 
-    def __init__(
-        self,
-        *,
-        base: float = BASE_DELAY,
-        cap: float = MAX_DELAY,
-        forget: float = FORGET,
-        max_addresses: int = MAX_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.forget = forget
-        self.max_addresses = max_addresses
-        self.clock = clock
-        self.waiting = 0  # requests the caller is delaying now
-        self._seen: OrderedDict[str, _Failures] = OrderedDict()
+    base: float = BASE_DELAY
+    cap: float = MAX_DELAY
+    forget: float = FORGET
+    max_addresses: int = MAX_ADDRESSES
+    clock: Callable[[], float] = time.monotonic
+    waiting: int = field(default=0, init=False)  # requests the caller is delaying now
+    _seen: OrderedDict[str, _Failures] = field(default_factory=OrderedDict, init=False)
 
     def failure(self, address: str) -> tuple[int, float]:
         """Count a failure from ``address``: (recent failures including this one, delay)."""
         key = client_key(address)
         now = self.clock()
-        entry = self._seen.pop(key, None)
+        entry = self._seen.get(key)
         if entry is None or now - entry.last > self.forget:
             entry = _Failures(0, now)
         entry.count += 1
         entry.last = now
-        self._seen[key] = entry  # most recent last: the oldest go first
-        while len(self._seen) > self.max_addresses:
-            self._seen.popitem(last=False)
+        _most_recent(self._seen, key, entry, self.max_addresses)
         exponent = min(entry.count - 1, 32)  # 2**32 * base is far over any cap
         return entry.count, min(self.cap, self.base * 2.0**exponent)
 
@@ -95,36 +90,31 @@ class _Bucket:
     suppressed: int = 0
 
 
+@dataclass(kw_only=True, eq=False)
 class LogBudget:
-    """Token buckets for log lines, per key (a client) and for all keys together."""
+    """Token buckets for log lines, per key (a client) and for all keys together: a key
+    may write ``burst`` lines at once, then one per ``interval`` seconds; all keys
+    together ``global_burst``, then one per ``global_interval``. At most ``max_keys``
+    keys are remembered, the least recent forgotten first (like a :class:`Penalty`'s)."""
 
-    def __init__(
-        self,
-        *,
-        burst: int = LINE_BURST,
-        interval: float = LINE_INTERVAL,
-        global_burst: int = GLOBAL_BURST,
-        global_interval: float = GLOBAL_INTERVAL,
-        max_keys: int = MAX_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.burst = burst
-        self.interval = interval
-        self.global_burst = global_burst
-        self.global_interval = global_interval
-        self.max_keys = max_keys
-        self.clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        self._global = _Bucket(float(global_burst), clock())
+    burst: int = LINE_BURST
+    interval: float = LINE_INTERVAL
+    global_burst: int = GLOBAL_BURST
+    global_interval: float = GLOBAL_INTERVAL
+    max_keys: int = MAX_ADDRESSES
+    clock: Callable[[], float] = time.monotonic
+    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, init=False)
+    _global: _Bucket = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._global = _Bucket(float(self.global_burst), self.clock())
 
     def allow(self, key: str) -> int | None:
         """None: leave this line out. Else how many lines of ``key`` were left out
         since the last one written (for the line to say so)."""
         now = self.clock()
-        bucket = self._buckets.pop(key, None) or _Bucket(float(self.burst), now)
-        self._buckets[key] = bucket
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
+        bucket = self._buckets.get(key) or _Bucket(float(self.burst), now)
+        _most_recent(self._buckets, key, bucket, self.max_keys)
         _refill(bucket, now, self.burst, self.interval)
         _refill(self._global, now, self.global_burst, self.global_interval)
         if bucket.tokens < 1.0 or self._global.tokens < 1.0:
@@ -134,6 +124,15 @@ class LogBudget:
         self._global.tokens -= 1.0
         left_out, bucket.suppressed = bucket.suppressed, 0
         return left_out
+
+
+def _most_recent(seen: OrderedDict[str, _V], key: str, value: _V, limit: int) -> None:
+    """``value`` for ``key``, now the most recent (last); the least recent beyond
+    ``limit`` keys are forgotten, so that a flood of addresses cannot grow ``seen``."""
+    seen.pop(key, None)
+    seen[key] = value
+    while len(seen) > limit:
+        seen.popitem(last=False)
 
 
 def _refill(bucket: _Bucket, now: float, burst: int, interval: float) -> None:

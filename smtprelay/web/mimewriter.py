@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Sequence
 from email.headerregistry import HeaderRegistry
+from typing import TypedDict, Unpack
 from urllib.parse import quote
 
 from smtprelay.errors import RelayError
@@ -50,40 +51,46 @@ class Unsupported(RelayError):
     """Not a shape :func:`build` writes: EmailMessage builds the message."""
 
 
+class Parts(TypedDict):
+    """What both writers of a JSON message take as it is: this module's :func:`build`
+    and :func:`smtprelay.web.compose.build_email` (the subject, text and html come
+    besides, as each takes them)."""
+
+    sender: Mailbox | None
+    to: Sequence[Mailbox]
+    cc: Sequence[Mailbox]
+    reply_to: Sequence[Mailbox]
+    headers: dict[str, str]
+    attachments: Sequence[Attachment]
+    utf8: bool
+
+
 def build(
-    *,
-    sender: Mailbox | None,
-    to: Sequence[Mailbox],
-    cc: Sequence[Mailbox],
-    reply_to: Sequence[Mailbox],
-    subject: str | None,
-    text: str | None,
-    html: str | None,
-    headers: dict[str, str],
-    attachments: Sequence[Attachment],
-    utf8: bool,
+    *, subject: str | None, text: str | None, html: str | None, **parts: Unpack[Parts]
 ) -> bytes | None:
     """The message (CRLF line endings, no Received/Date/Message-ID), or ``None`` when
     it is not a shape this module writes."""
-    if utf8:
+    if parts["utf8"]:
         return None
     try:
         lines: list[bytes] = []
+        sender = parts["sender"]
         if sender is not None:
             lines.append(_addresses("From", [sender]))
-        if to:
-            lines.append(_addresses("To", to))
-        if cc:
-            lines.append(_addresses("Cc", cc))
-        if reply_to:
-            lines.append(_addresses("Reply-To", reply_to))
+        for name, boxes in (
+            ("To", parts["to"]),
+            ("Cc", parts["cc"]),
+            ("Reply-To", parts["reply_to"]),
+        ):
+            if boxes:
+                lines.append(_addresses(name, boxes))
         if subject is not None:
             lines.append(_unstructured("Subject", subject))
-        for name, value in headers.items():
+        for name, value in parts["headers"].items():
             if name.lower() in _STRUCTURED:
                 return None
             lines.append(_unstructured(name, value))
-        body = _body(text, html, attachments)
+        body = _body(text, html, parts["attachments"])
     except Unsupported:
         return None
     return CRLF.join(lines) + CRLF + body

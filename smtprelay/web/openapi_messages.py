@@ -5,29 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from smtprelay.web import openapi_common as oa
 from smtprelay.web.msgstatus import MESSAGE_STATUSES
-from smtprelay.web.openapi_common import (
-    BEARER,
-    INTEGER,
-    JSON,
-    STRING,
-    TIME,
-    answers,
-    body,
-    json_answer,
-    obj,
-    ref,
-)
 
 _ADDRESS = {
     "oneOf": [
         {"type": "string", "format": "email"},
-        obj({"email": STRING, "name": STRING}, "email", closed=True),
+        oa.obj({"email": oa.STRING, "name": oa.STRING}, "email", closed=True),
     ]
 }
 _ADDRESSES = {"type": "array", "items": _ADDRESS}
-_STRINGS = {"type": "array", "items": STRING}
-_STRING_MAP = {"type": "object", "additionalProperties": STRING}
+_STRINGS = {"type": "array", "items": oa.STRING}
+_STRING_MAP = {"type": "object", "additionalProperties": oa.STRING}
 _ID = {
     "name": "id",
     "in": "path",
@@ -39,30 +28,30 @@ _ID = {
 
 def _list_of(properties: dict[str, Any], *required: str) -> dict[str, Any]:
     """An array of objects (a recipient list, a batch's results)."""
-    return {"type": "array", "items": obj(properties, *required)}
+    return {"type": "array", "items": oa.obj(properties, *required)}
 
 
 SCHEMAS: dict[str, Any] = {
     "Message": {
-        **obj(
+        **oa.obj(
             {
                 "from": _ADDRESS,
                 "to": _ADDRESSES,
                 "cc": _ADDRESSES,
                 "bcc": _ADDRESSES,
                 "reply_to": {"oneOf": [_ADDRESS, _ADDRESSES]},
-                "subject": STRING,
-                "text": STRING,
-                "html": STRING,
+                "subject": oa.STRING,
+                "text": oa.STRING,
+                "html": oa.STRING,
                 "headers": _STRING_MAP,
                 "attachments": {
                     "type": "array",
-                    "items": obj(
+                    "items": oa.obj(
                         {
-                            "filename": STRING,
-                            "content_type": STRING,
+                            "filename": oa.STRING,
+                            "content_type": oa.STRING,
                             "content": {"type": "string", "contentEncoding": "base64"},
-                            "content_id": STRING,
+                            "content_id": oa.STRING,
                         },
                         "filename",
                         "content",
@@ -71,21 +60,21 @@ SCHEMAS: dict[str, Any] = {
                 },
                 "tags": _STRINGS,
                 "metadata": _STRING_MAP,
-                "send_at": {**TIME, "description": "RFC 3339 with an offset; past: now."},
-                "envelope": obj({"mail_from": STRING}, closed=True),
-                "dsn": obj(
+                "send_at": {**oa.TIME, "description": "RFC 3339 with an offset; past: now."},
+                "envelope": oa.obj({"mail_from": oa.STRING}, closed=True),
+                "dsn": oa.obj(
                     {
                         "notify": {
                             "type": "array",
                             "items": {"enum": ["NEVER", "SUCCESS", "FAILURE", "DELAY"]},
                         },
                         "ret": {"enum": ["FULL", "HDRS"]},
-                        "envid": STRING,
+                        "envid": oa.STRING,
                     },
                     closed=True,
                 ),
-                "template": obj(
-                    {"name": STRING, "version": {"type": "integer", "minimum": 1}},
+                "template": oa.obj(
+                    {"name": oa.STRING, "version": {"type": "integer", "minimum": 1}},
                     "name",
                     closed=True,
                 ),
@@ -96,22 +85,22 @@ SCHEMAS: dict[str, Any] = {
         ),
         "description": "One message; `raw` excludes subject, text, html, template and attachments.",
     },
-    "Accepted": obj(
+    "Accepted": oa.obj(
         {
-            "id": STRING,
+            "id": oa.STRING,
             "status": {"enum": ["queued", "scheduled"]},
-            "send_at": TIME,
-            "recipients": _list_of({"email": STRING, "status": STRING}, "email", "status"),
+            "send_at": oa.TIME,
+            "recipients": _list_of({"email": oa.STRING, "status": oa.STRING}, "email", "status"),
         },
         "id",
         "status",
         "recipients",
     ),
-    "Reply": obj(
+    "Reply": oa.obj(
         {
             "code": {"type": ["integer", "null"]},
             "enhanced": {"type": ["string", "null"]},
-            "text": STRING,
+            "text": oa.STRING,
             "host": {"type": ["string", "null"]},
         },
         "code",
@@ -119,24 +108,24 @@ SCHEMAS: dict[str, Any] = {
         "text",
         "host",
     ),
-    "MessageStatus": obj(
+    "MessageStatus": oa.obj(
         {
-            "id": STRING,
+            "id": oa.STRING,
             "status": {"enum": list(MESSAGE_STATUSES)},
             "submitted_via": {"enum": ["smtp", "http"]},
-            "created_at": TIME,
-            "send_at": TIME,
+            "created_at": oa.TIME,
+            "send_at": oa.TIME,
             "tags": _STRINGS,
             "metadata": _STRING_MAP,
-            "size": INTEGER,
+            "size": oa.INTEGER,
             "recipients": _list_of(
                 {
-                    "email": STRING,
-                    "status": STRING,
-                    "attempts": INTEGER,
-                    "last_reply": ref("Reply"),
-                    "next_attempt_at": TIME,
-                    "delivered_at": TIME,
+                    "email": oa.STRING,
+                    "status": oa.STRING,
+                    "attempts": oa.INTEGER,
+                    "last_reply": oa.ref("Reply"),
+                    "next_attempt_at": oa.TIME,
+                    "delivered_at": oa.TIME,
                 },
                 "email",
                 "status",
@@ -152,14 +141,14 @@ SCHEMAS: dict[str, Any] = {
         "size",
         "recipients",
     ),
-    "CancelResult": obj(
+    "CancelResult": oa.obj(
         {
-            "id": STRING,
+            "id": oa.STRING,
             "recipients": _list_of(
                 {
-                    "email": STRING,
+                    "email": oa.STRING,
                     "result": {"enum": ["canceled", "too_late", "pending"]},
-                    "status": STRING,
+                    "status": oa.STRING,
                 },
                 "email",
                 "result",
@@ -170,19 +159,24 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
-_BATCH = obj(
+_BATCH = oa.obj(
     {
-        "messages": {"type": "array", "minItems": 1, "items": ref("Message")},
-        "defaults": ref("Message"),
+        "messages": {"type": "array", "minItems": 1, "items": oa.ref("Message")},
+        "defaults": oa.ref("Message"),
         "validation": {"enum": ["strict", "permissive"], "default": "strict"},
     },
     "messages",
     closed=True,
 )
-_BATCH_RESULT = obj(
+_BATCH_RESULT = oa.obj(
     {
         "messages": _list_of(
-            {"index": INTEGER, "id": STRING, "status": STRING, "errors": {"type": "array"}},
+            {
+                "index": oa.INTEGER,
+                "id": oa.STRING,
+                "status": oa.STRING,
+                "errors": {"type": "array"},
+            },
             "index",
             "status",
         )
@@ -197,47 +191,47 @@ _IDEMPOTENCY = {
 }
 _ACCEPTED = {
     "description": "Queued: fsynced to the spool.",
-    "headers": {"Location": {"schema": STRING}},
-    "content": {JSON: {"schema": ref("Accepted")}},
+    "headers": {"Location": {"schema": oa.STRING}},
+    "content": {oa.JSON: {"schema": oa.ref("Accepted")}},
 }
-_STATUS = json_answer("Its status.", ref("MessageStatus"))
+_STATUS = oa.json_answer("Its status.", oa.ref("MessageStatus"))
 
 PATHS: dict[str, Any] = {
     "/v1/messages": {
         "post": {
             "summary": "Submit one message (JSON, or message/rfc822 with the envelope in "
             "the query).",
-            "security": BEARER,
+            "security": oa.BEARER,
             "parameters": [_IDEMPOTENCY],
             "requestBody": {
                 "required": True,
                 "content": {
-                    JSON: {"schema": ref("Message")},
-                    "message/rfc822": {"schema": STRING},
+                    oa.JSON: {"schema": oa.ref("Message")},
+                    "message/rfc822": {"schema": oa.STRING},
                 },
             },
-            "responses": answers({"202": _ACCEPTED}, "400", "409", "413", "415", "422"),
+            "responses": oa.answers({"202": _ACCEPTED}, "400", "409", "413", "415", "422"),
         },
         "get": {
             "summary": "Queued and recently finished messages, newest first.",
-            "security": BEARER,
+            "security": oa.BEARER,
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"enum": list(MESSAGE_STATUSES)}},
-                {"name": "tag", "in": "query", "schema": STRING},
-                {"name": "cursor", "in": "query", "schema": STRING},
+                {"name": "tag", "in": "query", "schema": oa.STRING},
+                {"name": "cursor", "in": "query", "schema": oa.STRING},
                 {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
                 },
             ],
-            "responses": answers(
+            "responses": oa.answers(
                 {
-                    "200": json_answer(
+                    "200": oa.json_answer(
                         "A page of messages.",
-                        obj(
+                        oa.obj(
                             {
-                                "messages": {"type": "array", "items": ref("MessageStatus")},
+                                "messages": {"type": "array", "items": oa.ref("MessageStatus")},
                                 "next_cursor": {"type": ["string", "null"]},
                             },
                             "messages",
@@ -252,11 +246,11 @@ PATHS: dict[str, Any] = {
     "/v1/messages/batch": {
         "post": {
             "summary": "Submit up to [http] batch_max messages, made durable together.",
-            "security": BEARER,
+            "security": oa.BEARER,
             "parameters": [_IDEMPOTENCY],
-            "requestBody": body(_BATCH),
-            "responses": answers(
-                {"202": json_answer("At least one queued.", _BATCH_RESULT)},
+            "requestBody": oa.body(_BATCH),
+            "responses": oa.answers(
+                {"202": oa.json_answer("At least one queued.", _BATCH_RESULT)},
                 "400",
                 "409",
                 "413",
@@ -269,23 +263,23 @@ PATHS: dict[str, Any] = {
         "parameters": [_ID],
         "get": {
             "summary": "One message's status, the same for SMTP and HTTP submissions.",
-            "security": BEARER,
-            "responses": answers({"200": _STATUS}, "404"),
+            "security": oa.BEARER,
+            "responses": oa.answers({"200": _STATUS}, "404"),
         },
         "patch": {
             "summary": "Move a scheduled message.",
-            "security": BEARER,
-            "requestBody": body(obj({"send_at": TIME}, "send_at", closed=True)),
-            "responses": answers({"200": _STATUS}, "400", "404", "409", "415", "422"),
+            "security": oa.BEARER,
+            "requestBody": oa.body(oa.obj({"send_at": oa.TIME}, "send_at", closed=True)),
+            "responses": oa.answers({"200": _STATUS}, "400", "404", "409", "415", "422"),
         },
     },
     "/v1/messages/{id}/cancel": {
         "parameters": [_ID],
         "post": {
             "summary": "Cancel every recipient not delivered or failed yet.",
-            "security": BEARER,
-            "responses": answers(
-                {"200": json_answer("Each recipient's result.", ref("CancelResult"))},
+            "security": oa.BEARER,
+            "responses": oa.answers(
+                {"200": oa.json_answer("Each recipient's result.", oa.ref("CancelResult"))},
                 "404",
                 "409",
             ),

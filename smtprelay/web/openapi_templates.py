@@ -5,18 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smtprelay.web.openapi_common import (
-    BEARER,
-    INTEGER,
-    OPTIONAL_STRING,
-    STRING,
-    TIME,
-    answers,
-    body,
-    json_answer,
-    obj,
-    ref,
-)
+from smtprelay.web import openapi_common as oa
 
 _NAME = {
     "name": "name",
@@ -27,19 +16,19 @@ _NAME = {
 _VERSION = {"type": "integer", "minimum": 1}
 
 SCHEMAS: dict[str, Any] = {
-    "TemplateBody": obj(
-        {"subject": STRING, "text": OPTIONAL_STRING, "html": OPTIONAL_STRING},
+    "TemplateBody": oa.obj(
+        {"subject": oa.STRING, "text": oa.OPTIONAL_STRING, "html": oa.OPTIONAL_STRING},
         "subject",
         closed=True,
     ),
-    "Template": obj(
+    "Template": oa.obj(
         {
-            "name": STRING,
-            "version": INTEGER,
-            "created_at": TIME,
-            "subject": STRING,
-            "text": OPTIONAL_STRING,
-            "html": OPTIONAL_STRING,
+            "name": oa.STRING,
+            "version": oa.INTEGER,
+            "created_at": oa.TIME,
+            "subject": oa.STRING,
+            "text": oa.OPTIONAL_STRING,
+            "html": oa.OPTIONAL_STRING,
         },
         "name",
         "version",
@@ -51,13 +40,14 @@ PATHS: dict[str, Any] = {
     "/v1/templates": {
         "get": {
             "summary": "The latest version of every template.",
-            "security": BEARER,
-            "responses": answers(
+            "security": oa.BEARER,
+            "responses": oa.answers(
                 {
-                    "200": json_answer(
+                    "200": oa.json_answer(
                         "Templates.",
-                        obj(
-                            {"templates": {"type": "array", "items": ref("Template")}}, "templates"
+                        oa.obj(
+                            {"templates": {"type": "array", "items": oa.ref("Template")}},
+                            "templates",
                         ),
                     )
                 }
@@ -68,13 +58,13 @@ PATHS: dict[str, Any] = {
         "parameters": [_NAME],
         "put": {
             "summary": "Store a new version.",
-            "security": BEARER,
-            "requestBody": body(ref("TemplateBody")),
-            "responses": answers(
+            "security": oa.BEARER,
+            "requestBody": oa.body(oa.ref("TemplateBody")),
+            "responses": oa.answers(
                 {
-                    "201": json_answer(
+                    "201": oa.json_answer(
                         "Stored (fsynced).",
-                        obj({"name": STRING, "version": INTEGER}, "name", "version"),
+                        oa.obj({"name": oa.STRING, "version": oa.INTEGER}, "name", "version"),
                     )
                 },
                 "400",
@@ -85,21 +75,21 @@ PATHS: dict[str, Any] = {
         },
         "get": {
             "summary": "The latest version, or ?version=N.",
-            "security": BEARER,
+            "security": oa.BEARER,
             "parameters": [{"name": "version", "in": "query", "schema": _VERSION}],
-            "responses": answers(
-                {"200": json_answer("The template.", ref("Template"))}, "404", "422"
+            "responses": oa.answers(
+                {"200": oa.json_answer("The template.", oa.ref("Template"))}, "404", "422"
             ),
         },
         "delete": {
             "summary": "Delete every version.",
-            "security": BEARER,
-            "responses": answers(
+            "security": oa.BEARER,
+            "responses": oa.answers(
                 {
-                    "200": json_answer(
+                    "200": oa.json_answer(
                         "Deleted.",
-                        obj(
-                            {"name": STRING, "deleted_versions": INTEGER},
+                        oa.obj(
+                            {"name": oa.STRING, "deleted_versions": oa.INTEGER},
                             "name",
                             "deleted_versions",
                         ),
@@ -113,21 +103,21 @@ PATHS: dict[str, Any] = {
         "parameters": [_NAME],
         "post": {
             "summary": "Preview: render with variables.",
-            "security": BEARER,
-            "requestBody": body(
-                obj({"variables": {"type": "object"}, "version": _VERSION}, closed=True)
+            "security": oa.BEARER,
+            "requestBody": oa.body(
+                oa.obj({"variables": {"type": "object"}, "version": _VERSION}, closed=True)
             ),
-            "responses": answers(
+            "responses": oa.answers(
                 {
-                    "200": json_answer(
+                    "200": oa.json_answer(
                         "The rendered parts.",
-                        obj(
+                        oa.obj(
                             {
-                                "name": STRING,
-                                "version": INTEGER,
-                                "subject": STRING,
-                                "text": OPTIONAL_STRING,
-                                "html": OPTIONAL_STRING,
+                                "name": oa.STRING,
+                                "version": oa.INTEGER,
+                                "subject": oa.STRING,
+                                "text": oa.OPTIONAL_STRING,
+                                "html": oa.OPTIONAL_STRING,
                             },
                             "name",
                             "version",

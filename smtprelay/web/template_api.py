@@ -31,6 +31,8 @@ from smtprelay.web.templates import (
 )
 
 _T = TypeVar("_T")
+# Each route is declared on its handler.
+_ROUTES = web.RouteTableDef()
 
 
 def _store(request: web.Request) -> TemplateStore:
@@ -69,6 +71,7 @@ def _line_of(error: TemplateRenderError) -> dict[str, Any]:
     return {"part": error.part, "line": error.line}
 
 
+@_ROUTES.put("/v1/templates/{name}")
 async def put_template(request: web.Request) -> web.Response:
     """A new version: 201 ``{"name", "version"}``; 422 naming every bad field (a
     template that does not compile: its part and line)."""
@@ -108,6 +111,7 @@ async def put_template(request: web.Request) -> web.Response:
     )
 
 
+@_ROUTES.get("/v1/templates/{name}")
 async def get_template(request: web.Request) -> web.Response:
     store = _store(request)
     name = _name(request)
@@ -126,11 +130,13 @@ async def get_template(request: web.Request) -> web.Response:
     return web.json_response(_shown(stored))
 
 
+@_ROUTES.get("/v1/templates")
 async def list_templates(request: web.Request) -> web.Response:
     store = _store(request)
     return web.json_response({"templates": [_shown(t, parts=False) for t in store.listing()]})
 
 
+@_ROUTES.delete("/v1/templates/{name}")
 async def delete_template(request: web.Request) -> web.Response:
     """Every version goes; messages queued with it keep their rendered text."""
     store = _store(request)
@@ -144,6 +150,7 @@ async def delete_template(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "deleted_versions": versions})
 
 
+@_ROUTES.post("/v1/templates/{name}/render")
 async def render_template(request: web.Request) -> web.Response:
     """Preview: ``{"variables", "version"?}`` -> the rendered parts, or 422 naming the
     part and template line that failed."""
@@ -188,8 +195,4 @@ async def render_template(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application) -> None:
-    app.router.add_get("/v1/templates", list_templates)
-    app.router.add_put("/v1/templates/{name}", put_template)
-    app.router.add_get("/v1/templates/{name}", get_template)
-    app.router.add_delete("/v1/templates/{name}", delete_template)
-    app.router.add_post("/v1/templates/{name}/render", render_template)
+    app.router.add_routes(_ROUTES)

@@ -19,6 +19,7 @@ from aiohttp import web
 from smtprelay import ids
 from smtprelay.history import History
 from smtprelay.queueops import CancelResult, Outcome, QueueOperations, RecipientCancel
+from smtprelay.web import problem
 from smtprelay.web.context import Context, context, require
 from smtprelay.web.msgstatus import (
     MESSAGE_STATUSES,
@@ -27,14 +28,6 @@ from smtprelay.web.msgstatus import (
     from_history,
     from_queue,
     quick_status,
-)
-from smtprelay.web.problem import (
-    ApiProblem,
-    FieldError,
-    conflict,
-    invalid,
-    json_object,
-    not_found,
 )
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
@@ -50,7 +43,7 @@ def queue_ops(ctx: Context) -> QueueOperations:
 def _qid(request: web.Request) -> str:
     qid = request.match_info["id"]
     if not ids.is_valid(qid):
-        raise not_found(f"{qid!r} is not a message id")
+        raise problem.not_found(f"{qid!r} is not a message id")
     return qid
 
 
@@ -65,7 +58,7 @@ async def _load(ops: QueueOperations, qid: str) -> Any:
     try:
         return await ops.load(qid)
     except (OSError, ValueError) as e:
-        raise ApiProblem(
+        raise problem.ApiProblem(
             503,
             "spool-error",
             "Spool error",
@@ -83,7 +76,7 @@ async def status_of(ctx: Context, qid: str) -> dict[str, Any]:
     if envelope is not None:
         return from_queue(envelope, ops.is_attempting(qid), history, now)
     if history is None or not _known(history):
-        raise not_found(f"no message {qid} in the queue or in the recent history")
+        raise problem.not_found(f"no message {qid} in the queue or in the recent history")
     return from_history(history, False, now)
 
 
@@ -98,27 +91,27 @@ async def list_messages(request: web.Request) -> web.Response:
     ctx = context(request)
     query = request.query
     errors = [
-        FieldError(f"/{name}", "unknown query parameter")
+        problem.FieldError(f"/{name}", "unknown query parameter")
         for name in query
         if name not in _LIST_PARAMETERS
     ]
     status = query.get("status")
     if status is not None and status not in MESSAGE_STATUSES:
-        errors.append(FieldError("/status", f"one of {', '.join(MESSAGE_STATUSES)}"))
+        errors.append(problem.FieldError("/status", f"one of {', '.join(MESSAGE_STATUSES)}"))
     limit = DEFAULT_LIMIT
     try:
         limit = int(query.get("limit", DEFAULT_LIMIT))
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError
     except ValueError:
-        errors.append(FieldError("/limit", f"a whole number from 1 to {MAX_LIMIT}"))
+        errors.append(problem.FieldError("/limit", f"a whole number from 1 to {MAX_LIMIT}"))
     before = None
     if "cursor" in query:
         before = decode_cursor(query["cursor"])
         if before is None:
-            errors.append(FieldError("/cursor", "not a cursor this API returned"))
+            errors.append(problem.FieldError("/cursor", "not a cursor this API returned"))
     if errors:
-        raise invalid(errors, "invalid query parameters")
+        raise problem.invalid(errors, "invalid query parameters")
     tag = query.get("tag")
     ops = queue_ops(ctx)
     now = ops.clock()
@@ -147,11 +140,11 @@ async def cancel(request: web.Request) -> web.Response:
     if results is None:  # not queued (any more): the history says what became of it
         history = ctx.stats.history(qid)
         if history is None or not _known(history):
-            raise not_found(f"no message {qid} in the queue or in the recent history")
+            raise problem.not_found(f"no message {qid} in the queue or in the recent history")
         results = _from_history(history, queue_ops(ctx).clock())
     shown = [_result(r) for r in results]
     if not any(r.result is not CancelResult.TOO_LATE for r in results):
-        raise ApiProblem(
+        raise problem.ApiProblem(
             409,
             "nothing-to-cancel",
             "Conflict",
@@ -183,16 +176,16 @@ def _result(result: RecipientCancel) -> dict[str, str]:
     return shown
 
 
-def parse_time(value: object, where: str) -> tuple[float | None, FieldError | None]:
+def parse_time(value: object, where: str) -> tuple[float | None, problem.FieldError | None]:
     """An RFC 3339 time with an offset, as epoch seconds."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        return None, FieldError(
+        return None, problem.FieldError(
             where, "an RFC 3339 time with an offset, e.g. 2026-12-24T09:00:00+01:00"
         )
     try:
         when = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
     except ValueError:
-        return None, FieldError(where, "not a valid date and time")
+        return None, problem.FieldError(where, "not a valid date and time")
     return when.timestamp(), None
 
 
@@ -201,8 +194,8 @@ async def reschedule(request: web.Request) -> web.Response:
     require(request, "cancel")
     ctx = context(request)
     qid = _qid(request)
-    body = await json_object(request)
-    errors = [FieldError(f"/{k}", "unknown field") for k in body if k != "send_at"]
+    body = await problem.json_object(request)
+    errors = [problem.FieldError(f"/{k}", "unknown field") for k in body if k != "send_at"]
     when, error = parse_time(body.get("send_at"), "/send_at")
     ops = queue_ops(ctx)
     now = ops.clock()
@@ -211,30 +204,36 @@ async def reschedule(request: web.Request) -> web.Response:
         errors.append(error)
     elif when is not None and when > now + horizon:
         errors.append(
-            FieldError("/send_at", f"more than {horizon:g} s ahead ([http] schedule_horizon)")
+            problem.FieldError(
+                "/send_at", f"more than {horizon:g} s ahead ([http] schedule_horizon)"
+            )
         )
     if errors:
-        raise invalid(errors)
+        raise problem.invalid(errors)
     assert when is not None
     envelope = await _load(ops, qid)
     if envelope is None:
         if _known(ctx.stats.history(qid)):
-            raise conflict(f"{qid} is not scheduled any more: it left the queue", "not-scheduled")
-        raise not_found(f"no message {qid} in the queue or in the recent history")
+            raise problem.conflict(
+                f"{qid} is not scheduled any more: it left the queue", "not-scheduled"
+            )
+        raise problem.not_found(f"no message {qid} in the queue or in the recent history")
     if (
         envelope.send_at is None
         or envelope.attempts
         or ops.is_attempting(qid)
         or any(r.attempts for r in envelope.recipients)
     ):
-        raise conflict(
+        raise problem.conflict(
             f"{qid} is not scheduled any more: it was attempted already", "not-scheduled"
         )
     outcome = await ops.reschedule(qid, max(when, now))
     if outcome == Outcome.NOT_FOUND:
-        raise conflict(f"{qid} is not scheduled any more: it left the queue", "not-scheduled")
+        raise problem.conflict(
+            f"{qid} is not scheduled any more: it left the queue", "not-scheduled"
+        )
     if outcome != Outcome.RESCHEDULED:
-        raise conflict(f"{qid} cannot be moved now: {outcome}", "not-scheduled")
+        raise problem.conflict(f"{qid} cannot be moved now: {outcome}", "not-scheduled")
     ctx.stats.set_send_at(qid, max(when, now))
     return web.json_response(await status_of(ctx, qid))
 
