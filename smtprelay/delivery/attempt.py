@@ -20,7 +20,7 @@ from smtprelay.addresses import domain_of
 from smtprelay.delivery import backoff
 from smtprelay.delivery.destinations import UNREACHABLE
 from smtprelay.delivery.notices import Result
-from smtprelay.delivery.outcome import DeliveryError, RecipientOutcome
+from smtprelay.delivery.outcome import DeliveryError, Parcel, RecipientOutcome
 from smtprelay.delivery.ratelimits import NOT_SENT
 from smtprelay.delivery.recording import cancel_pending, expire, record
 from smtprelay.delivery.routes import Route
@@ -214,16 +214,10 @@ class Attempts:
             if held is not None:
                 return outcomes + [RecipientOutcome(a, held, "none") for a in batch + rest]
             try:
-                sent = await self.s.transport.deliver(
-                    route,
-                    hops,
-                    envelope.sender,
-                    batch,
-                    data,
-                    envelope.mail_params,
-                    params,
-                    qid=envelope.qid,
+                parcel = Parcel(
+                    envelope.sender, batch, data, envelope.mail_params, params, envelope.qid
                 )
+                sent = await self.s.transport.deliver(route, hops, parcel)
             except DeliveryError as e:
                 if e.unreachable:
                     self.s.destinations.unreachable(route.key, e.reply, self.s.clock())

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from smtprelay.config import BounceSettings, DeliverySettings
 from smtprelay.delivery.notices import Result, Spooled
-from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.routes import Route
 from smtprelay.envelope import Envelope
 
@@ -41,16 +41,7 @@ class NextHops(Protocol):
 
 class Deliverer(Protocol):
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
         """One outcome per recipient (a Reply each: 2xx delivered, 4xx later, 5xx
         failed); raises DeliveryError when no hop would take the message at all."""

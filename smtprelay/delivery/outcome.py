@@ -8,12 +8,12 @@ it is defined, with the rest of the stage's exception tree, in errors.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smtprelay.delivery.errors import DeliveryError
 from smtprelay.replies import Reply
 
-__all__ = ["DeliveryError", "Hop", "RecipientOutcome"]
+__all__ = ["DeliveryError", "Hop", "Parcel", "RecipientOutcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,22 @@ class Hop:
 
     def __str__(self) -> str:
         return f"{self.name}[{self.address}]:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Parcel:
+    """What one transaction sends: the envelope part for these recipients and the bytes.
+
+    ``rcpt_params`` (address -> NOTIFY/ORCPT) are passed on when the hop speaks DSN;
+    ``qid`` names the message in the log.
+    """
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    mail_params: dict[str, str] = field(default_factory=dict)
+    rcpt_params: dict[str, dict[str, str]] = field(default_factory=dict)
+    qid: str = "NOQUEUE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from smtprelay.delivery.errors import (
     StaleConnection,
     TryNextHop,
 )
-from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.pool import Pool
 from smtprelay.delivery.rewrite import rewrite_from
 from smtprelay.delivery.routes import Route
@@ -78,22 +78,10 @@ class Transport:
         return self._opener.opened
 
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
-        """Per-recipient outcomes; raises DeliveryError (temporary) if no hop would talk.
-
-        ``rcpt_params`` (address -> NOTIFY/ORCPT) are passed on when the hop speaks DSN;
-        ``qid`` names the message in the log line about folded lines.
-        """
+        """Per-recipient outcomes; raises DeliveryError (temporary) if no hop would talk."""
+        sender, recipients, data, qid = parcel.sender, parcel.recipients, parcel.data, parcel.qid
         unsafe = [r for r in [sender, *recipients] if any(c in r for c in _UNSAFE)]
         if unsafe:
             return [RecipientOutcome(r, UNSAFE_ADDRESS, "none") for r in recipients]
@@ -124,8 +112,8 @@ class Transport:
                         sender,
                         recipients,
                         data,
-                        mail_params,
-                        rcpt_params or {},
+                        parcel.mail_params,
+                        parcel.rcpt_params,
                         connected - started,
                     )
                 except TryNextHop as e:

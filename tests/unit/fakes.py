@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from smtprelay.config import BounceSettings, DeliverySettings
 from smtprelay.delivery.interfaces import Deliverer, NextHops, NoticeSender
 from smtprelay.delivery.notices import Result, Spooled
-from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.envelope import Envelope
 from smtprelay.replies import Reply
@@ -48,24 +48,15 @@ class FakeDeliverer:
         self.delivered: list[str] = []
 
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
         self.running[route.key] += 1
         self.most[route.key] = max(self.most[route.key], self.running[route.key])
         if route.key in self.gated:
             await self.gate.acquire()
         self.running[route.key] -= 1
-        self.delivered += recipients
-        return [RecipientOutcome(a, self.reply, "sink[127.0.0.1]:25") for a in recipients]
+        self.delivered += parcel.recipients
+        return [RecipientOutcome(a, self.reply, "sink[127.0.0.1]:25") for a in parcel.recipients]
 
     def apply(self, settings: DeliverySettings) -> None:
         pass
@@ -87,18 +78,9 @@ class NoDelivery:
         return self
 
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
-        raise AssertionError(f"unexpected delivery to {recipients}")
+        raise AssertionError(f"unexpected delivery to {parcel.recipients}")
 
     def apply(self, settings: DeliverySettings) -> None:
         pass

@@ -16,7 +16,7 @@ import pytest
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery.notices import Result, Spooled
-from smtprelay.delivery.outcome import RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.delivery.scheduler import Scheduler
@@ -197,7 +197,7 @@ class Router:
     def route(self, domain: str, envelope: Envelope | None = None) -> Route:
         return Route(domain, TLSPolicy("none"))
 
-    async def hops(self, route: Route, domain: str) -> list[Any]:
+    async def hops(self, route: Route, domain: str) -> list[Hop]:
         return []
 
 
@@ -209,7 +209,7 @@ class Transport:
         self.started = asyncio.Event()
 
     async def deliver(
-        self, route: Route, hops: Any, sender: str, addresses: list[str], *args: Any, **kw: Any
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
         if route.key == "slow.test":
             self.started.set()
@@ -217,7 +217,7 @@ class Transport:
         replies = {"ok": OK, "busy": BUSY, "bad": BAD}
         return [
             RecipientOutcome(a, replies[a.split("@")[0].rstrip("0123456789")], "sink[127.0.0.1]:25")
-            for a in addresses
+            for a in parcel.recipients
         ]
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from smtprelay import ids
 from smtprelay.config import DeliverySettings, Settings, UpstreamLimits
-from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.routes import Route, TLSPolicy
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.envelope import Envelope, Recipient, RecipientState
@@ -51,22 +51,13 @@ class ScriptedDeliverer(FakeDeliverer):
         self.transactions: list[list[str]] = []
 
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
-        self.transactions.append(list(recipients))
+        self.transactions.append(list(parcel.recipients))
         reply = self.script.pop(0) if self.script else OK
         if reply.code < 300:
-            self.delivered += recipients
-        return [RecipientOutcome(a, reply, "sink[127.0.0.1]:25") for a in recipients]
+            self.delivered += parcel.recipients
+        return [RecipientOutcome(a, reply, "sink[127.0.0.1]:25") for a in parcel.recipients]
 
 
 class CountingSpool(Spool):

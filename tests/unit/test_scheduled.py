@@ -14,7 +14,7 @@ import pytest
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery.notices import Result
-from smtprelay.delivery.outcome import Hop, RecipientOutcome
+from smtprelay.delivery.outcome import Hop, Parcel, RecipientOutcome
 from smtprelay.delivery.routes import Route
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.envelope import Envelope, QueueState, Recipient, RecipientState
@@ -45,25 +45,16 @@ class HalfDeferred:
         self.delivered: list[str] = []
 
     async def deliver(
-        self,
-        route: Route,
-        hops: list[Hop],
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        mail_params: dict[str, str],
-        rcpt_params: dict[str, dict[str, str]] | None = None,
-        *,
-        qid: str = "NOQUEUE",
+        self, route: Route, hops: list[Hop], parcel: Parcel
     ) -> list[RecipientOutcome]:
         if route.key == "example.org":
             await self.gate.wait()
             return [
                 RecipientOutcome(a, Reply(451, "4.3.0", "later"), "mx[127.0.0.1]:25")
-                for a in recipients
+                for a in parcel.recipients
             ]
-        self.delivered += recipients
-        return [RecipientOutcome(a, OK, "mx[127.0.0.1]:25") for a in recipients]
+        self.delivered += parcel.recipients
+        return [RecipientOutcome(a, OK, "mx[127.0.0.1]:25") for a in parcel.recipients]
 
     def apply(self, settings: DeliverySettings) -> None:
         pass
