@@ -4,7 +4,9 @@ Before READY=1 the daemon only does what safety needs (:func:`spool.recovery.sca
 partial writes removed, durably, and the names of the queued files taken; every
 listener bound). The envelopes -- a million file reads and parses, minutes on a small
 machine -- are read here afterwards, as Postfix's qmgr reads its incoming and deferred
-queues while smtpd already accepts mail: ``CHUNK`` files at a time in a thread, each
+queues while smtpd already accepts mail: ``CHUNK`` files at a time in a thread of the
+load's own (behind the attempts' spool work in the scheduler's threads, a million
+deferrals would hold it back for ever: the load of 1,000,000 did not end in 600 s), each
 chunk then counted and scheduled on the event loop (a few milliseconds), so messages
 are attempted as they are read and the loop is never held for long. ``Scheduler.loading``
 says how many are still to be read (``/status``, ``GET /queue``, ``smtprelay queue``).
@@ -29,8 +31,10 @@ Why this is safe -- nothing is delivered twice, nothing is lost:
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.spool import Spool
@@ -57,13 +61,16 @@ async def load(spool: Spool, names: Names, scheduler: Scheduler, result: Recover
     gc.freeze()
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTION)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="spool-load")
+    loop = asyncio.get_running_loop()
     try:
         for chunk in names.chunks(CHUNK):
-            envelopes = await scheduler.io(check, spool, chunk, result)
+            envelopes = await loop.run_in_executor(reader, check, spool, chunk, result)
             for envelope in envelopes:
                 scheduler.restore(envelope, found_at_start=True)
             scheduler.loading -= len(chunk)
     finally:
+        reader.shutdown(wait=False)  # stopped mid-load: the chunk being read ends on its own
         scheduler.loading = 0
         scheduler.ledger.loaded()
         scheduler.loaded.set()

@@ -5,6 +5,7 @@ every message found is delivered exactly once, held and deleted ones never."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from smtprelay import ids
 from smtprelay.config import DeliverySettings
 from smtprelay.delivery import loader
+from smtprelay.delivery import scheduler as scheduler_module
 from smtprelay.delivery.queuecounts import Ledger
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.envelope import QueueState, Recipient
@@ -121,6 +123,40 @@ def test_a_read_older_than_an_operator_action_is_dropped(tmp_path: Path) -> None
         scheduler.restore(stale, found_at_start=True)
         assert scheduler.queued == 0 and scheduler.ledger.state(qid) == "hold"
         spool.close()
+
+    asyncio.run(main())
+
+
+def test_the_load_ends_while_every_spool_thread_of_the_attempts_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million deferrals keep the scheduler's spool threads busy for hours; the load
+    reads in a thread of its own, so it is not queued behind them."""
+    monkeypatch.setattr(loader, "CHUNK", 10)
+
+    async def main() -> None:
+        spool = Spool(tmp_path / "spool")
+        _fill(spool, 35)
+        scheduler = Scheduler(
+            spool, FakeRouter(), FakeDeliverer(), DeliverySettings(), notices=RecordingNotices()
+        )
+        result = Recovered()
+        names = scan(spool, result)
+        release = threading.Event()
+        busy = [
+            asyncio.ensure_future(scheduler.io(release.wait))
+            for _ in range(scheduler_module.IO_THREADS + 1)
+        ]
+        try:
+            # The guard turns a load stuck behind the busy threads into a failure.
+            async with asyncio.timeout(60):
+                await loader.load(spool, names, scheduler, result)
+            assert scheduler.loading == 0 and result.count == 35 and scheduler.queued == 35
+            assert not any(task.done() for task in busy)  # they were busy all along
+        finally:
+            release.set()
+            await asyncio.gather(*busy)
+            spool.close()
 
     asyncio.run(main())
 
