@@ -16,7 +16,7 @@ from typing import Any
 from smtprelay.envelope import Envelope
 from smtprelay.events.db import Transaction
 from smtprelay.events.model import Fact, MessageInfo, NewEvent, new_id, translate
-from smtprelay.events.sequence import NO_MESSAGE, Sequences
+from smtprelay.events.sequence import NO_MESSAGE, READ_CHUNK, WRITE_CHUNK, Sequences
 from smtprelay.events.types import TYPES, matches
 from smtprelay.maillog import Event
 
@@ -51,6 +51,7 @@ class EventStore:
         # ValueError when it is gone.
         self.load = load
         self._infos: OrderedDict[str, MessageInfo] = OrderedDict()
+        self._batch: dict[str, MessageInfo | None] = {}  # read ahead for one commit
         self.sequences = Sequences()
 
     # --- writing --------------------------------------------------------------------
@@ -63,61 +64,86 @@ class EventStore:
         now: float,
     ) -> Written:
         """One transaction: the messages' infos, the events ``facts`` are, and an
-        outbox row per event for each webhook that subscribes to its type."""
+        outbox row per event for each webhook that subscribes to its type.
+
+        What the batch needs is read, and what it made is written, a few statements for
+        the whole batch (see events.sequence: each statement costs a wait for the GIL
+        under load), not several per event."""
         by_type: Counter[str] = Counter()
         touched: set[str] = set()
         try:
             with Transaction(self.conn) as c:
                 for qid, noted in notes.items():
                     self._keep(c, qid, noted, now)
+                qids = [fact.qid for fact in facts if fact.qid]
+                self._prefetch(c, qids)
+                self.sequences.prefetch(c, qids)
+                rows: list[tuple[str, str, str | None, float, str]] = []
                 for fact in facts:
-                    self._insert(c, fact, subscribers, now, by_type, touched)
+                    rows += self._events(c, fact, now)
+                self.sequences.write(c, now)
+                self._insert(c, rows, subscribers, now, by_type, touched)
         except BaseException:
             self.sequences.forget()  # rolled back: numbers cached but never written
             raise
+        finally:
+            self._batch.clear()
         return Written(sum(by_type.values()), by_type, frozenset(touched))
 
-    def _insert(
-        self,
-        c: sqlite3.Connection,
-        fact: Fact,
-        subscribers: Sequence[Subscriber],
-        now: float,
-        by_type: Counter[str],
-        touched: set[str],
-    ) -> None:
-        """The events of one fact, and their outbox rows (counted in ``by_type`` and
-        ``touched``)."""
+    def _events(
+        self, c: sqlite3.Connection, fact: Fact, now: float
+    ) -> list[tuple[str, str, str | None, float, str]]:
+        """The rows of the events of one fact (id, type, qid, time, body)."""
         info = self._info(c, fact.qid) if fact.qid else None
         if info is None and fact.qid and fact.event == Event.QUEUED:
             info = self._from_spool(c, fact.qid, now)
         if fact.event == Event.NOTICE:
             self._mark_notice(c, str(fact.fields.get("notice_qid")), now)
+        rows = []
         for kind, data in translate(fact, info):
             data["sequence"] = (
-                self.sequences.next(c, fact.qid, data.get("recipient"), now)
-                if fact.qid
-                else NO_MESSAGE
+                self.sequences.next(c, fact.qid, data.get("recipient")) if fact.qid else NO_MESSAGE
             )
             event = NewEvent(new_id(), kind, fact.time, fact.qid, data)
+            body = json.dumps(event.to_json(), ensure_ascii=False)
+            rows.append((event.id, kind, fact.qid, fact.time, body))
+        return rows
+
+    def _insert(
+        self,
+        c: sqlite3.Connection,
+        rows: list[tuple[str, str, str | None, float, str]],
+        subscribers: Sequence[Subscriber],
+        now: float,
+        by_type: Counter[str],
+        touched: set[str],
+    ) -> None:
+        """The events, and their outbox rows (counted in ``by_type`` and ``touched``),
+        WRITE_CHUNK rows per statement."""
+        for start in range(0, len(rows), WRITE_CHUNK):
+            chunk = rows[start : start + WRITE_CHUNK]
             cur = c.execute(
-                "INSERT INTO events (id, type, qid, ts, body) VALUES (?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    kind,
-                    fact.qid,
-                    fact.time,
-                    json.dumps(event.to_json(), ensure_ascii=False),
-                ),
+                "INSERT INTO events (id, type, qid, ts, body) VALUES "
+                + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                [value for row in chunk for value in row],
             )
-            by_type[kind] += 1
-            for sub in subscribers:
-                if matches(sub.patterns, kind):
-                    c.execute(
-                        "INSERT INTO outbox (webhook, event, next_at) VALUES (?, ?, ?)",
-                        (sub.id, cur.lastrowid, now),
-                    )
-                    touched.add(sub.id)
+            # One writer, one statement: AUTOINCREMENT numbered these rows one after
+            # the other, ending at lastrowid.
+            first = int(cur.lastrowid or 0) - len(chunk) + 1
+            outbox: list[tuple[str, int, float]] = []
+            for seq, (_, kind, _, _, _) in enumerate(chunk, start=first):
+                by_type[kind] += 1
+                for sub in subscribers:
+                    if matches(sub.patterns, kind):
+                        outbox.append((sub.id, seq, now))
+                        touched.add(sub.id)
+            for at in range(0, len(outbox), WRITE_CHUNK):
+                part = outbox[at : at + WRITE_CHUNK]
+                c.execute(
+                    "INSERT INTO outbox (webhook, event, next_at) VALUES "
+                    + ",".join(["(?, ?, ?)"] * len(part)),
+                    [value for row in part for value in row],
+                )
 
     def _keep(self, c: sqlite3.Connection, qid: str, info: MessageInfo, now: float) -> None:
         c.execute(
@@ -133,10 +159,28 @@ class EventStore:
         while len(self._infos) > INFO_CACHE:
             self._infos.popitem(last=False)
 
+    def _prefetch(self, c: sqlite3.Connection, qids: list[str]) -> None:
+        """The infos of ``qids`` that are not cached, for this batch, READ_CHUNK queue
+        IDs per statement (one result row each); a qid without one is noted as such."""
+        missing = [q for q in dict.fromkeys(qids) if q not in self._infos]
+        for start in range(0, len(missing), READ_CHUNK):
+            chunk = missing[start : start + READ_CHUNK]
+            self._batch.update(dict.fromkeys(chunk))
+            marks = ",".join("?" * len(chunk))
+            (found,) = c.execute(
+                "SELECT json_group_array(json_array(qid, info)) FROM messages "
+                f"WHERE qid IN ({marks})",
+                chunk,
+            ).fetchone()
+            for qid, info in json.loads(found):
+                self._batch[qid] = MessageInfo.from_json(json.loads(info))
+
     def _info(self, c: sqlite3.Connection, qid: str) -> MessageInfo | None:
         info = self._infos.get(qid)
         if info is not None:
             return info
+        if qid in self._batch:
+            return self._batch[qid]
         row = c.execute("SELECT info FROM messages WHERE qid = ?", (qid,)).fetchone()
         if row is None:
             return None

@@ -13,6 +13,7 @@ import pytest
 from smtprelay import maillog
 from smtprelay.events.db import Database
 from smtprelay.events.model import Fact, MessageInfo
+from smtprelay.events.sequence import READ_CHUNK, WRITE_CHUNK
 from smtprelay.events.store import EventStore, Subscriber
 from tests.unit.test_events import delivery, queued
 
@@ -94,3 +95,40 @@ def test_prune_forgets_old_counters(tmp_path: Path) -> None:
     s.prune(10.0)
     left = s.conn.execute("SELECT COUNT(*) FROM sequences").fetchone()[0]
     assert left == 0
+
+
+def test_a_batch_larger_than_a_statement_numbers_and_routes_every_event(tmp_path: Path) -> None:
+    """Reads and writes go several hundred rows per statement: a batch over those sizes
+    (and a restart between two of them) keeps every recipient's numbers, and each
+    outbox row names the event of its type."""
+    count = READ_CHUNK + WRITE_CHUNK + 7
+    s = open_store(tmp_path)
+    first = [queued(f"Q{n}", 1.0) for n in range(count)]
+    s.commit(first, {f"Q{n}": MessageInfo(recipients=["a@x"]) for n in range(count)}, [], 1.0)
+    s.conn.close()
+    again = open_store(tmp_path)  # nothing cached: every counter and info read back
+    later = [delivery(f"Q{n}", "a@x", "deferred", 450, "4.2.1", 2.0) for n in range(count)]
+    later += [delivery(f"Q{n}", "a@x", "sent", 250, "2.0.0", 3.0) for n in range(0, count, 2)]
+    hook = Subscriber("w", ("recipient.delivered",))
+    written = again.commit(later, {}, [hook], 3.0)
+    assert written.by_type == {"recipient.deferred": count, "recipient.delivered": (count + 1) // 2}
+    rows = again.conn.execute(
+        "SELECT e.type, e.qid FROM outbox o JOIN events e ON e.seq = o.event ORDER BY o.event"
+    ).fetchall()
+    assert rows == [("recipient.delivered", f"Q{n}") for n in range(0, count, 2)]
+    numbers = {(e["type"], e["data"]["qid"]): e["data"]["sequence"] for e in all_events(again)}
+    assert all(numbers[("message.received", f"Q{n}")] == 1 for n in range(count))
+    assert all(numbers[("recipient.deferred", f"Q{n}")] == 2 for n in range(count))
+    assert all(numbers[("recipient.delivered", f"Q{n}")] == 3 for n in range(0, count, 2))
+    stored = again.conn.execute("SELECT COUNT(*), MIN(last), MAX(last) FROM sequences")
+    assert stored.fetchone() == (2 * count, 1, 3)  # the message's own counter and a@x's
+
+
+def all_events(s: EventStore) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        page, cursor = s.page(cursor, 1000)
+        if not page:
+            return found
+        found += page
