@@ -18,11 +18,12 @@ the disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -129,3 +130,40 @@ class Transaction:
 
     def __exit__(self, kind: object, error: object, tb: object) -> None:
         self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+# Rows per statement when a batch is read or written many rows at a time: each statement
+# lets go of the GIL while SQLite works, and under load getting it back waits a switch
+# interval behind the busy event loop (2.65 ms instead of 56 us per event when it was one
+# statement per event beside one busy thread). 500 rows of a few parameters each stays
+# far under SQLite's limit of 32,766 parameters.
+ROWS_PER_STATEMENT = 500
+
+
+def chunks(items: Sequence[T], size: int = ROWS_PER_STATEMENT) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def insert(
+    c: sqlite3.Connection, into: str, rows: Sequence[Sequence[object]], then: str = ""
+) -> sqlite3.Cursor:
+    """``INSERT INTO {into} VALUES (...), (...) {then}``: ``rows`` in one statement."""
+    marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return c.execute(
+        f"INSERT INTO {into} VALUES {','.join([marks] * len(rows))} {then}",
+        [value for row in rows for value in row],
+    )
+
+
+def select_by_qid(
+    c: sqlite3.Connection, row: str, table: str, qids: Sequence[str]
+) -> list[list[Any]]:
+    """``row`` (a ``json_array(...)`` of columns) of every row of ``table`` whose qid is
+    in ``qids``, gathered into one JSON array by SQLite: one result row, so one step."""
+    marks = ",".join("?" * len(qids))
+    (found,) = c.execute(
+        f"SELECT json_group_array({row}) FROM {table} WHERE qid IN ({marks})", qids
+    ).fetchone()
+    rows: list[list[Any]] = json.loads(found)
+    return rows

@@ -21,31 +21,24 @@ The counters live in the ``sequences`` table, written in the transaction that wr
 events, so a restart or ``kill -9`` continues them; an LRU of recent messages saves the
 read. Every method runs on the database thread.
 
-A batch reads the counters it lacks in one statement (:meth:`Sequences.prefetch`) and
-writes the ones it changed in a few (:meth:`Sequences.write`), never one per event:
-each statement lets go of the GIL while SQLite works, and getting it back waits behind
-a busy event loop for a switch interval -- per event, that made the database thread
-fifty times slower under load (2.65 ms instead of 56 us per deferral, a micro-benchmark
-beside one busy thread), and a million deferrals piled up in memory in front of it.
+A batch reads the counters it lacks (:meth:`Sequences.prefetch`) and writes the ones it
+changed (:meth:`Sequences.write`) many rows per statement, never one per event (why:
+``db.ROWS_PER_STATEMENT``).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+
+from smtprelay.events import db
 
 # Messages whose counters are kept in memory between batches; older ones are read back.
 CACHE = 10_000
 # The key of the message-level counter of a message (no address is empty).
 MESSAGE = ""
 NO_MESSAGE = 0
-# Queue IDs per read, and counters per write (4 parameters each): well under SQLite's
-# limit of 32,766 parameters per statement.
-READ_CHUNK = 500
-WRITE_CHUNK = 500
 
 
 class Sequences:
@@ -54,17 +47,17 @@ class Sequences:
         self._changed: dict[tuple[str, str], int] = {}  # (qid, key) -> value, unwritten
 
     def prefetch(self, c: sqlite3.Connection, qids: Iterable[str]) -> None:
-        """Read the counters of ``qids`` that are not cached, in one statement per
-        READ_CHUNK (the batch's events then count in memory)."""
+        """Read the counters of ``qids`` that are not cached (the batch's events then
+        count in memory)."""
         missing = [q for q in dict.fromkeys(qids) if q not in self._cache]
-        for start in range(0, len(missing), READ_CHUNK):
-            chunk = missing[start : start + READ_CHUNK]
+        for chunk in db.chunks(missing):
             found: dict[str, dict[str, int]] = {q: {} for q in chunk}
-            for qid, recipient, last in _rows(
-                c, "json_array(qid, recipient, last)", "sequences", chunk
-            ):
+            rows = db.select_by_qid(c, "json_array(qid, recipient, last)", "sequences", chunk)
+            for qid, recipient, last in rows:
                 found[qid][recipient] = int(last)
-            for qid, last_seq in _rows(c, "json_array(qid, last_seq)", "messages", chunk):
+            for qid, last_seq in db.select_by_qid(
+                c, "json_array(qid, last_seq)", "messages", chunk
+            ):
                 # A message counted per message before this table existed: its numbers
                 # go on from there, so none repeats.
                 if not found[qid] and last_seq:
@@ -85,17 +78,15 @@ class Sequences:
         return value
 
     def write(self, c: sqlite3.Connection, now: float) -> None:
-        """The counters changed since the last write, a few statements for all."""
+        """The counters changed since the last write."""
         changed = [(q, k, v, now) for (q, k), v in self._changed.items()]
         self._changed.clear()
-        for start in range(0, len(changed), WRITE_CHUNK):
-            chunk = changed[start : start + WRITE_CHUNK]
-            c.execute(
-                "INSERT INTO sequences (qid, recipient, last, ts) VALUES "
-                + ",".join(["(?, ?, ?, ?)"] * len(chunk))
-                + " ON CONFLICT (qid, recipient) DO UPDATE SET last = excluded.last,"
-                " ts = excluded.ts",
-                [value for row in chunk for value in row],
+        for chunk in db.chunks(changed):
+            db.insert(
+                c,
+                "sequences (qid, recipient, last, ts)",
+                chunk,
+                "ON CONFLICT (qid, recipient) DO UPDATE SET last = excluded.last, ts = excluded.ts",
             )
         while len(self._cache) > CACHE:
             self._cache.popitem(last=False)
@@ -112,14 +103,3 @@ class Sequences:
             counters = self._cache[qid]
         self._cache.move_to_end(qid)
         return counters
-
-
-def _rows(c: sqlite3.Connection, row: str, table: str, qids: list[str]) -> list[list[Any]]:
-    """``row`` of every row of ``table`` whose qid is in ``qids``, as one JSON array: one
-    result row, so SQLite is stepped (and the GIL let go) once, not once per row."""
-    marks = ",".join("?" * len(qids))
-    (found,) = c.execute(
-        f"SELECT json_group_array({row}) FROM {table} WHERE qid IN ({marks})", qids
-    ).fetchone()
-    rows: list[list[Any]] = json.loads(found)
-    return rows

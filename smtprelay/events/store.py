@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtprelay.envelope import Envelope
+from smtprelay.events import db
 from smtprelay.events.db import Transaction
 from smtprelay.events.model import Fact, MessageInfo, NewEvent, new_id, translate
-from smtprelay.events.sequence import NO_MESSAGE, READ_CHUNK, WRITE_CHUNK, Sequences
+from smtprelay.events.sequence import NO_MESSAGE, Sequences
 from smtprelay.events.types import TYPES, matches
 from smtprelay.maillog import Event
 
@@ -118,15 +119,9 @@ class EventStore:
         by_type: Counter[str],
         touched: set[str],
     ) -> None:
-        """The events, and their outbox rows (counted in ``by_type`` and ``touched``),
-        WRITE_CHUNK rows per statement."""
-        for start in range(0, len(rows), WRITE_CHUNK):
-            chunk = rows[start : start + WRITE_CHUNK]
-            cur = c.execute(
-                "INSERT INTO events (id, type, qid, ts, body) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
-                [value for row in chunk for value in row],
-            )
+        """The events, and their outbox rows (counted in ``by_type`` and ``touched``)."""
+        for chunk in db.chunks(rows):
+            cur = db.insert(c, "events (id, type, qid, ts, body)", chunk)
             # One writer, one statement: AUTOINCREMENT numbered these rows one after
             # the other, ending at lastrowid.
             first = int(cur.lastrowid or 0) - len(chunk) + 1
@@ -137,13 +132,8 @@ class EventStore:
                     if matches(sub.patterns, kind):
                         outbox.append((sub.id, seq, now))
                         touched.add(sub.id)
-            for at in range(0, len(outbox), WRITE_CHUNK):
-                part = outbox[at : at + WRITE_CHUNK]
-                c.execute(
-                    "INSERT INTO outbox (webhook, event, next_at) VALUES "
-                    + ",".join(["(?, ?, ?)"] * len(part)),
-                    [value for row in part for value in row],
-                )
+            for part in db.chunks(outbox):
+                db.insert(c, "outbox (webhook, event, next_at)", part)
 
     def _keep(self, c: sqlite3.Connection, qid: str, info: MessageInfo, now: float) -> None:
         c.execute(
@@ -160,19 +150,12 @@ class EventStore:
             self._infos.popitem(last=False)
 
     def _prefetch(self, c: sqlite3.Connection, qids: list[str]) -> None:
-        """The infos of ``qids`` that are not cached, for this batch, READ_CHUNK queue
-        IDs per statement (one result row each); a qid without one is noted as such."""
+        """The infos of ``qids`` that are not cached, for this batch; a qid without one
+        is noted as such."""
         missing = [q for q in dict.fromkeys(qids) if q not in self._infos]
-        for start in range(0, len(missing), READ_CHUNK):
-            chunk = missing[start : start + READ_CHUNK]
+        for chunk in db.chunks(missing):
             self._batch.update(dict.fromkeys(chunk))
-            marks = ",".join("?" * len(chunk))
-            (found,) = c.execute(
-                "SELECT json_group_array(json_array(qid, info)) FROM messages "
-                f"WHERE qid IN ({marks})",
-                chunk,
-            ).fetchone()
-            for qid, info in json.loads(found):
+            for qid, info in db.select_by_qid(c, "json_array(qid, info)", "messages", chunk):
                 self._batch[qid] = MessageInfo.from_json(json.loads(info))
 
     def _info(self, c: sqlite3.Connection, qid: str) -> MessageInfo | None:

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from smtprelay import maillog
-from smtprelay.events.db import Database
+from smtprelay.events.db import ROWS_PER_STATEMENT, Database
 from smtprelay.events.model import Fact, MessageInfo
-from smtprelay.events.sequence import READ_CHUNK, WRITE_CHUNK
 from smtprelay.events.store import EventStore, Subscriber
 from tests.unit.test_events import delivery, queued
 
@@ -101,7 +100,7 @@ def test_a_batch_larger_than_a_statement_numbers_and_routes_every_event(tmp_path
     """Reads and writes go several hundred rows per statement: a batch over those sizes
     (and a restart between two of them) keeps every recipient's numbers, and each
     outbox row names the event of its type."""
-    count = READ_CHUNK + WRITE_CHUNK + 7
+    count = 2 * ROWS_PER_STATEMENT + 7
     s = open_store(tmp_path)
     first = [queued(f"Q{n}", 1.0) for n in range(count)]
     s.commit(first, {f"Q{n}": MessageInfo(recipients=["a@x"]) for n in range(count)}, [], 1.0)
