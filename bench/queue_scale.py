@@ -21,6 +21,13 @@ then starts `smtprelay serve` and reports:
   worst event-loop lag the daemon itself reported (``/status`` ``event_loop_lag_s``);
 * the time from SIGTERM to exit (killed, and said so, after --stop-timeout).
 
+Delay warnings are off by default (``--delay-warning 0``): a spool kept with --reuse
+ages between runs, and once its messages are older than ``[bounce] delay_warning``
+(4 h by default) every first deferral also spools a notice to the sender -- a second
+queue growing beside the first, so runs on the same spool would not compare.
+``--delay-warning 4h`` on a spool older than that measures the outage that lasted
+longer than the warning time.
+
 The figures are printed before the daemon is stopped, so a slow stop never hides them.
 Loopback only; bounded by --messages, --requests and --observe seconds. Usage:
     .venv/bin/python bench/queue_scale.py [--messages 100000] [--observe 30] [--reuse DIR]
@@ -183,6 +190,11 @@ def main() -> None:
         default=600.0,
         help="longest the window waits for the queue to be loaded",
     )
+    parser.add_argument(
+        "--delay-warning",
+        default="0",
+        help='[bounce] delay_warning of the run (default "0": none; see the docstring)',
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="smtprelay-scale-"))
@@ -201,6 +213,7 @@ def main() -> None:
             f'[server]\nhostname = "relay.bench"\nlisten = ["127.0.0.1:{free_port()}"]\n'
             f'[spool]\ndir = "{spool}"\n[log]\nlevel = "warning"\n'
             f'[http]\nlisten = "127.0.0.1:{http_port}"\ntokens_file = "{tokens}"\n'
+            f'[bounce]\ndelay_warning = "{args.delay_warning}"\n'
             f'[delivery]\nmode = "smarthost"\n'
             f'[delivery.smarthost]\nhosts = ["127.0.0.1:{free_port()}"]\ntls = "none"\n'
         )
