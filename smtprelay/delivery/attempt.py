@@ -71,12 +71,12 @@ class Attempts:
             try:
                 envelope = await self.s.io(self.s.spool.load, qid)
             except FileNotFoundError:  # deleted by the operator meanwhile
-                self.s.schedule.known.discard(qid)
+                self.s.schedule.forget(qid)
                 self.s.ledger.remove(qid)
                 return
         await self.s.pacer.turn()  # what follows is CPU: logs, statistics, events
         if envelope.state is QueueState.HOLD:
-            self.s.schedule.known.discard(qid)  # released by an operator action, not by time
+            self.s.schedule.forget(qid)  # released by an operator action, not by time
             self.s.ledger.note(envelope)
             return
         flight = self.s.in_flight.get(qid)
@@ -315,5 +315,5 @@ class Attempts:
         async with self._writing(envelope.qid):  # not under a cancel's rewrite
             await self.s.io(self.s.spool.discard, envelope.qid)
         self.s.ledger.remove(envelope.qid)
-        self.s.schedule.known.discard(envelope.qid)
+        self.s.schedule.forget(envelope.qid)
         maillog.removed(envelope.qid)

@@ -16,7 +16,7 @@ Why this is safe -- nothing is delivered twice, nothing is lost:
 * Only the files named by the scan are read, and each once. Mail accepted after it has
   a new file, announced by the intake (``enqueue_new``), never read here.
 * A message is attempted only when scheduled, and ``Scheduler`` schedules a QID at most
-  once while it is queued or under attempt (``_known``); every attempt of a message
+  once while it is queued or under attempt (``QID in Schedule``); every attempt of a message
   read here starts by reading its file again (the spool is the truth, never this
   loader's copy), so a file deleted, bounced or held meanwhile is seen as such.
 * An operator action can reach a message before the loader does (release, hold,

@@ -205,7 +205,7 @@ class Operator:
         if qid in self.s.destinations.parked_qids:
             self.s.destinations.parked_qids.discard(qid)
             due = self.s.clock()
-        self.s.schedule.known.discard(qid)
+        self.s.schedule.forget(qid)
         self.s.schedule.take_fresh(qid)
         return due
 
@@ -247,7 +247,7 @@ class Operator:
         return change.outcome.value
 
     async def _release(self, qid: str) -> str:
-        if qid in self.s.schedule.known:
+        if qid in self.s.schedule:
             return Outcome.NOT_HELD.value
         change = await self.s.io(actions.release, self.s.spool, qid, self.s.clock())
         envelope = change.envelope

@@ -24,34 +24,48 @@ class Schedule:
     def __init__(self) -> None:
         self.heap: list[tuple[float, str]] = []
         self.due: dict[str, float] = {}
-        self.known: set[str] = set()  # QIDs in the heap or active: never scheduled twice
+        # Taken off the heap and not finished (under attempt, parked, in a rate limiter's
+        # line). With ``due`` it makes the known QIDs -- never scheduled twice -- without a
+        # third table of every queued QID (a set of a million was 32 MB).
+        self.taken: set[str] = set()
         self.wakeup = asyncio.Event()  # set when the heap's head may have moved
         self.fresh: dict[str, tuple[Envelope, bytes]] = {}
         self.fresh_bytes = 0
 
     def __len__(self) -> int:
-        return len(self.known)
+        return len(self.due) + len(self.taken)  # disjoint: push and pop move a QID across
+
+    def __contains__(self, qid: str) -> bool:
+        """Known: waiting in the heap, or taken off it and not finished."""
+        return qid in self.due or qid in self.taken
 
     def enqueue(self, qid: str, due: float) -> None:
         """Schedule ``qid`` at ``due`` unless it is scheduled or under attempt already."""
-        if qid in self.known:
+        if qid in self:
             return
-        self.known.add(qid)
         self.push(qid, due)
 
     def push(self, qid: str, due: float) -> None:
-        """(Re)schedule a known QID at ``due``; an earlier entry of it is superseded."""
+        """(Re)schedule a QID at ``due``; an earlier entry of it is superseded."""
+        self.taken.discard(qid)
         self.due[qid] = due
         heapq.heappush(self.heap, (due, qid))
         self.wakeup.set()
 
     def pop(self) -> tuple[float, str] | None:
-        """The head of the heap if it is a valid entry (None: superseded, skip it)."""
+        """The head of the heap if it is a valid entry (None: superseded, skip it); the
+        QID stays known (taken) until :meth:`forget` or another :meth:`push`."""
         due, qid = heapq.heappop(self.heap)
         if self.due.get(qid) != due:
             return None
         del self.due[qid]
+        self.taken.add(qid)
         return due, qid
+
+    def forget(self, qid: str) -> None:
+        """The message is finished, held or gone: no longer scheduled nor taken."""
+        self.due.pop(qid, None)
+        self.taken.discard(qid)
 
     def next_due(self) -> float | None:
         return self.heap[0][0] if self.heap else None
@@ -59,6 +73,7 @@ class Schedule:
     def replace(self, due: dict[str, float]) -> None:
         """A new set of due times (a flush of everything): the heap rebuilt from them."""
         self.due = due
+        self.taken.difference_update(due)
         self.heap = [(when, qid) for qid, when in due.items()]
         heapq.heapify(self.heap)
         self.wakeup.set()

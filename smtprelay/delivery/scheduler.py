@@ -147,7 +147,7 @@ class Scheduler:
         """A message the intake has just made durable: attempt it now (at its send_at,
         if it has one), from memory."""
         self.ledger.note(envelope)
-        if envelope.qid in self.schedule.known:
+        if envelope.qid in self.schedule:
             return
         self.schedule.keep_fresh(envelope, data)
         self.enqueue(envelope.qid, due_time(envelope))
@@ -161,7 +161,7 @@ class Scheduler:
         already serves. If the ledger or the schedule knows the QID by now, an operator
         action (or an adoption) got to the message while the loader read it: what they
         noted is newer than what was read, so the read is dropped."""
-        if found_at_start and (envelope.qid in self.ledger or envelope.qid in self.schedule.known):
+        if found_at_start and (envelope.qid in self.ledger or envelope.qid in self.schedule):
             return
         self.ledger.note(envelope, found=found_at_start)
         if envelope.state is not QueueState.HOLD:
@@ -177,7 +177,7 @@ class Scheduler:
         queue twice. What a worker left is in the spool all along; it waits."""
         await self.loaded.wait()
         for qid in qids:
-            if qid in self.ledger or qid in self.schedule.known:
+            if qid in self.ledger or qid in self.schedule:
                 continue
             try:
                 envelope = await self.io(self.spool.load, qid)

@@ -86,7 +86,7 @@ def test_flush_attempts_now_and_only_once(tmp_path: Path, monkeypatch: pytest.Mo
 
         async def attempt(qid: str) -> None:
             attempted.append(qid)
-            scheduler.schedule.known.discard(qid)
+            scheduler.schedule.forget(qid)
 
         monkeypatch.setattr(scheduler.attempts, "attempt_safely", attempt)
         first = queue(scheduler, spool, clock.now + 300)
