@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvloop
 
-from smtprelay import ids, startup, systemd
+from smtprelay import ids, mallocsetup, startup, systemd
 from smtprelay.config import Settings
 from smtprelay.delivery import loader
 from smtprelay.delivery.scheduler import Scheduler
@@ -214,5 +214,6 @@ def run(settings: Settings, path: Path) -> None:
     # default 5 ms switch interval a thread coming back from the disk can wait that long
     # behind the busy event loop before it may answer, so hand the GIL over sooner.
     sys.setswitchinterval(0.0005)
+    mallocsetup.fix_mmap_threshold()  # a large queue's big tables given back when they grow
     ids.set_tag(0)  # inbound workers have 1, 2, ...: queue IDs never collide
     uvloop.run(serve(settings, path))
