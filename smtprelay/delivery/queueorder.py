@@ -57,17 +57,24 @@ class QueueOrder:
             self.head = 0
 
     def merge(self, other: QueueOrder) -> None:
-        """Take in ``other``'s entries. What the loader found is older than what came
-        meanwhile, nearly always: then a concatenation (a million pointers copied in
-        C, milliseconds on the event loop); else a sort of the two runs (timsort merges
-        them, in C too)."""
+        """Take in ``other``'s entries; ``other`` is used up. What the loader found is
+        older than what came meanwhile, nearly always: then this order's few entries are
+        appended to ``other``'s lists in place (a copy of a million pointers into new
+        lists held the event loop and added 40 MB at the end of a load); else a sort of
+        the two runs (timsort merges them, in C)."""
         if not self.by_qid or (other.by_qid and other.by_qid[-1] < self.by_qid[0]):
-            self.by_qid = other.by_qid + self.by_qid
+            other.by_qid.extend(self.by_qid)
+            self.by_qid = other.by_qid
         else:
             self.by_qid = sorted(self.by_qid + other.by_qid)
-        qids = other.by_arrival[other.head :] + self.by_arrival[self.head :]
-        arrivals = other.arrivals[other.head :] + self.arrivals[self.head :]
-        split = len(other.by_arrival) - other.head
+        for part in (other, self):  # drop what each has skipped already
+            del part.by_arrival[: part.head]
+            del part.arrivals[: part.head]
+            part.head = 0
+        split = len(other.by_arrival)
+        qids, arrivals = other.by_arrival, other.arrivals
+        qids.extend(self.by_arrival)
+        arrivals.extend(self.arrivals)
         if split and split < len(arrivals) and arrivals[split - 1] > arrivals[split]:
             order = sorted(range(len(arrivals)), key=arrivals.__getitem__)
             qids = [qids[i] for i in order]

@@ -105,7 +105,7 @@ class Scheduler:
         self.clock = clock
         self.notices = notices
         self.on_notice = on_notice
-        self.schedule = Schedule()
+        self.schedule = Schedule(clock)
         self.destinations = Destinations(settings.concurrency, settings.per_destination_concurrency)
         self.active: dict[str, asyncio.Task[None]] = {}  # attempts under way
         self.in_flight: dict[str, InFlight] = {}
@@ -215,8 +215,8 @@ class Scheduler:
             full = self.destinations.full()
             limited = self.ratelimits.enabled
             while (
-                schedule.heap
-                and schedule.heap[0][0] <= now
+                (head := schedule.next_due()) is not None
+                and head <= now
                 and len(self.active) < self.active_limit
                 and started < START_BATCH
                 and looked < POP_BATCH

@@ -1,14 +1,33 @@
-"""Which QIDs the schedule knows (never scheduled twice): those waiting in the heap and
-those taken off it and not finished, kept as ``due`` and ``taken`` without a third
-table of every queued QID."""
+"""The schedule: which QIDs it knows (never scheduled twice) -- those waiting to be due and
+those taken off it and not finished, kept as ``due`` and ``taken`` without a third table
+of every queued QID -- and the order it gives them out in, from the heap of later times
+and the line of those due already when pushed."""
 
 from __future__ import annotations
 
 from smtprelay.delivery.schedule import Schedule
 
 
-def test_a_qid_taken_off_the_heap_stays_known_until_forgotten() -> None:
-    schedule = Schedule()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drain(schedule: Schedule) -> list[str]:
+    """Every QID the schedule gives out now, in order (superseded entries skipped)."""
+    out: list[str] = []
+    while (head := schedule.next_due()) is not None and head <= schedule.clock():
+        popped = schedule.pop()
+        if popped is not None:
+            out.append(popped[1])
+    return out
+
+
+def test_a_qid_taken_off_the_schedule_stays_known_until_forgotten() -> None:
+    schedule = Schedule(Clock())
     schedule.enqueue("A", 10.0)
     schedule.enqueue("A", 5.0)  # known: the second enqueue is ignored
     assert schedule.due == {"A": 10.0} and len(schedule) == 1
@@ -16,7 +35,7 @@ def test_a_qid_taken_off_the_heap_stays_known_until_forgotten() -> None:
     assert schedule.pop() == (10.0, "A")
     assert "A" in schedule and len(schedule) == 1  # under attempt
     schedule.enqueue("A", 1.0)  # the intake or the loader announcing it again
-    assert "A" not in schedule.due and not schedule.heap
+    assert "A" not in schedule.due and not schedule.heap and not schedule.ready
 
     schedule.forget("A")
     assert "A" not in schedule and len(schedule) == 0
@@ -24,32 +43,84 @@ def test_a_qid_taken_off_the_heap_stays_known_until_forgotten() -> None:
     assert schedule.due == {"A": 20.0}
 
 
+def test_due_and_later_entries_come_out_in_time_order() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("late", 1300.0)  # on the heap
+    schedule.enqueue("due1", 990.0)  # in the ready line
+    schedule.enqueue("soon", 1100.0)
+    schedule.enqueue("due2", 900.0)  # due already: first in, first out among those
+    assert drain(schedule) == ["due1", "due2"]
+    assert schedule.next_due() == 1100.0
+    clock.now = 1200.0
+    assert drain(schedule) == ["soon"]
+    assert schedule.next_due() == 1300.0
+    clock.now = 1300.0
+    assert drain(schedule) == ["late"]
+    assert schedule.next_due() is None
+    assert schedule.taken == {"due1", "due2", "soon", "late"}
+
+
+def test_a_heap_entry_earlier_than_the_ready_line_goes_first() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("B", 1050.0)  # heap
+    clock.now = 1100.0
+    schedule.enqueue("A", 1080.0)  # ready: due when pushed, but later than B
+    assert drain(schedule) == ["B", "A"]
+
+
 def test_a_push_after_an_attempt_counts_the_qid_once() -> None:
-    schedule = Schedule()
-    schedule.enqueue("A", 1.0)
-    schedule.enqueue("B", 2.0)
-    assert schedule.pop() == (1.0, "A")
-    schedule.push("A", 600.0)  # deferred: back on the heap
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("A", 1000.0)
+    schedule.enqueue("B", 1000.0)
+    assert schedule.pop() == (1000.0, "A")
+    schedule.push("A", 1600.0)  # deferred: back on the heap
     assert len(schedule) == 2 and schedule.taken == set()
-    assert schedule.pop() == (2.0, "B")
-    assert schedule.pop() == (600.0, "A")
+    assert drain(schedule) == ["B"]
+    clock.now = 1600.0
+    assert drain(schedule) == ["A"]
     assert schedule.taken == {"A", "B"} and len(schedule) == 2
 
 
-def test_a_flush_of_everything_takes_parked_qids_back_onto_the_heap() -> None:
-    schedule = Schedule()
-    for n, qid in enumerate("ABC"):
-        schedule.enqueue(qid, float(n))
-    schedule.pop()  # A: parked behind a busy destination, say
-    schedule.pop()  # B: under attempt
-    schedule.replace({**schedule.due, "A": 0.0})
-    assert schedule.taken == {"B"} and set(schedule.due) == {"A", "C"}
-    assert len(schedule) == 3
+def test_a_ready_entry_moved_to_a_later_time_waits_for_it() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("A", 1000.0)  # ready
+    schedule.push("A", 1500.0)  # rescheduled: the ready entry is superseded
+    schedule.enqueue("B", 1000.0)
+    assert schedule.next_due() == 1000.0  # B's, not A's stale entry
+    assert drain(schedule) == ["B"]
+    assert schedule.next_due() == 1500.0
+    clock.now = 1500.0
+    assert drain(schedule) == ["A"]  # once, although it was in both
 
 
-def test_forgetting_a_waiting_qid_drops_its_heap_entry() -> None:
-    schedule = Schedule()
-    schedule.enqueue("A", 1.0)
+def test_a_flush_of_everything_takes_parked_qids_back_and_keeps_the_order() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    for qid, due in (("C", 950.0), ("A", 900.0), ("B", 900.0), ("D", 2000.0)):
+        schedule.enqueue(qid, due)
+    schedule.pop()  # C: parked behind a busy destination, say
+    schedule.pop()  # A: under attempt
+    schedule.replace({**schedule.due, "C": 1000.0})
+    assert schedule.taken == {"A"} and set(schedule.due) == {"B", "C", "D"}
+    assert len(schedule) == 4
+    assert drain(schedule) == ["B", "C"]  # by time, then QID; D is not due
+    clock.now = 2000.0
+    assert drain(schedule) == ["D"]
+
+
+def test_forgetting_a_waiting_qid_drops_its_entry() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("A", 1000.0)
+    schedule.enqueue("B", 1200.0)
     schedule.forget("A")  # deleted by the operator
-    assert schedule.pop() is None  # its entry is superseded, skipped
-    assert "A" not in schedule and len(schedule) == 0
+    schedule.forget("B")
+    assert schedule.next_due() == 1200.0  # A's ready entry dropped; B's heap entry left
+    clock.now = 1200.0
+    assert schedule.pop() is None  # superseded, skipped
+    assert schedule.next_due() is None
+    assert "A" not in schedule and "B" not in schedule and len(schedule) == 0

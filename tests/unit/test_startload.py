@@ -198,3 +198,25 @@ def test_merge_of_interleaved_arrivals_keeps_arrival_order() -> None:
     assert ledger.oldest_arrival() == 20.0
     ledger.remove(late.qid)
     assert ledger.oldest_arrival() == 30.0
+
+
+def test_merge_after_the_oldest_entries_were_skipped_keeps_both_orders() -> None:
+    """The merge extends the found order in place: what either order had skipped
+    already (removed messages passed by the oldest-arrival look-up) is dropped, the rest
+    kept in arrival and QID order."""
+    ledger = Ledger()
+    found = [make_envelope(ids.new_id(), arrival=100.0 + n) for n in range(4)]
+    new = [make_envelope(ids.new_id(), arrival=200.0 + n) for n in range(3)]
+    for e in found:
+        ledger.note(e, found=True)
+    for e in new:
+        ledger.note(e)
+    for e in (found[0], found[1], new[0]):
+        ledger.remove(e.qid)
+    assert ledger.oldest_arrival() == 102.0  # the found order's head moves past two
+    ledger.loaded()
+    assert [q for q, _ in ledger.page(None, 100)] == [e.qid for e in (*found[2:], *new[1:])]
+    for e in (*found[2:], new[1]):
+        assert ledger.oldest_arrival() == e.arrival
+        ledger.remove(e.qid)
+    assert ledger.oldest_arrival() == new[2].arrival
