@@ -29,9 +29,9 @@ from prometheus_client import CollectorRegistry
 from smtprelay import maillog
 from smtprelay.envelope import Envelope
 from smtprelay.history import CANCELED_EVENT as CANCELED_EVENT  # re-exported for the tests
+from smtprelay.history import FIRST, QUEUED, REMOVED_AT, Packed, _Kept
 from smtprelay.history import MAX_EVENTS as MAX_EVENTS  # re-exported for the tests
 from smtprelay.history import History as History  # re-exported for the tests
-from smtprelay.history import _Kept
 from smtprelay.maillog import MAIL_LOGGER as MAIL_LOGGER  # re-exported for the tests
 from smtprelay.maillog import Event
 from smtprelay.metrics import DELIVERY_STATUSES as DELIVERY_STATUSES  # re-exported
@@ -57,7 +57,7 @@ class Stats(logging.Handler):
         self.max_messages = max_messages
         self.clock = clock
         self._mutex = threading.Lock()
-        self._history: OrderedDict[str, _Kept] = OrderedDict()
+        self._history: OrderedDict[str, Packed] = OrderedDict()  # _Kept.packed()
         self._created: deque[tuple[float, str]] = deque()  # (first event, qid)
         self._finished: deque[tuple[float, str]] = deque()  # (removed, qid)
         self._notice_qids: set[str] = set()
@@ -84,6 +84,7 @@ class Stats(logging.Handler):
             entry.via = str(submission.via)
             entry.tags = tuple(submission.tags)
             entry.send_at = envelope.send_at
+            self._history[entry.qid] = entry.packed()
 
     # --- the handler ----------------------------------------------------------------------
 
@@ -122,15 +123,19 @@ class Stats(logging.Handler):
         elif kind == Event.REMOVED:
             entry.removed_at = now
             self._finished.append((now, qid))
+        self._history[qid] = entry.packed()
         self._purge(now)
 
     def _entry(self, qid: str, now: float) -> _Kept:
-        entry = self._history.get(qid)
-        if entry is None:
-            entry = self._history[qid] = _Kept(qid, now)
-            self._created.append((now, qid))
-            while len(self._history) > self.max_messages:
-                self._history.popitem(last=False)
+        """``qid``'s history, new or unpacked; the caller stores it back packed."""
+        packed = self._history.get(qid)
+        if packed is not None:
+            return _Kept.unpacked(packed)
+        entry = _Kept(qid, now)
+        self._history[qid] = entry.packed()  # its place in the order: created now
+        self._created.append((now, qid))
+        while len(self._history) > self.max_messages:
+            self._history.popitem(last=False)
         return entry
 
     def _purge(self, now: float) -> None:
@@ -140,13 +145,13 @@ class Stats(logging.Handler):
         limit = 2 * self.max_messages  # the queues of candidates stay bounded too
         while self._finished and (self._finished[0][0] <= horizon or len(self._finished) > limit):
             removed_at, qid = self._finished.popleft()
-            entry = self._history.get(qid)
-            if entry is not None and entry.removed_at == removed_at:
+            packed = self._history.get(qid)
+            if packed is not None and packed[REMOVED_AT] == removed_at:
                 del self._history[qid]
         while self._created and (self._created[0][0] <= horizon or len(self._created) > limit):
             first, qid = self._created.popleft()
-            entry = self._history.get(qid)
-            if entry is not None and entry.first == first and not entry.queued:
+            packed = self._history.get(qid)
+            if packed is not None and packed[FIRST] == first and not packed[QUEUED]:
                 del self._history[qid]
         if len(self._notice_qids) > 10_000:  # a notice whose queued event never came
             self._notice_qids.clear()
@@ -157,10 +162,10 @@ class Stats(logging.Handler):
         """A copy of what is known about ``qid`` (None once forgotten or never seen)."""
         with self._mutex:
             self._purge(self.clock())
-            entry = self._history.get(qid)
-            if entry is None:
+            packed = self._history.get(qid)
+            if packed is None:
                 return None
-            return entry.history()
+            return _Kept.unpacked(packed).history()
 
     def newest(
         self, before: str | None, limit: int, keep: Callable[[History], bool]
@@ -174,13 +179,13 @@ class Stats(logging.Handler):
                 (
                     q
                     for q, e in self._history.items()
-                    if e.queued and (before is None or q < before)
+                    if e[QUEUED] and (before is None or q < before)
                 ),
                 reverse=True,
             )
             chosen: list[History] = []
             for qid in qids:
-                history = self._history[qid].history()
+                history = _Kept.unpacked(self._history[qid]).history()
                 if not keep(history):
                     continue
                 if len(chosen) == limit:
@@ -191,9 +196,11 @@ class Stats(logging.Handler):
     def set_send_at(self, qid: str, send_at: float) -> None:
         """A scheduled message was moved (PATCH /v1/messages/{id})."""
         with self._mutex:
-            entry = self._history.get(qid)
-            if entry is not None:
+            packed = self._history.get(qid)
+            if packed is not None:
+                entry = _Kept.unpacked(packed)
                 entry.send_at = send_at
+                self._history[qid] = entry.packed()
 
     @property
     def remembered(self) -> int:
