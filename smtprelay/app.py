@@ -214,6 +214,6 @@ def run(settings: Settings, path: Path) -> None:
     # default 5 ms switch interval a thread coming back from the disk can wait that long
     # behind the busy event loop before it may answer, so hand the GIL over sooner.
     sys.setswitchinterval(0.0005)
-    mallocsetup.fix_mmap_threshold()  # a large queue's big tables given back when they grow
+    mallocsetup.tune()  # a large queue's big tables given back, few arenas
     ids.set_tag(0)  # inbound workers have 1, 2, ...: queue IDs never collide
     uvloop.run(serve(settings, path))
