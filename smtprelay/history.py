@@ -251,21 +251,10 @@ class _Kept:
         _note_flags(self, event)
 
     def history(self) -> History:
-        """The readable copy (events decoded), for the caller to use without the lock."""
-        return History(
-            self.qid,
-            self.first,
-            [json.loads(r) for r in self.records],
-            self.omitted,
-            self.queued,
-            self.removed_at,
-            self.envelope,
-            self.via,
-            self.tags,
-            self.send_at,
-            self.deferred,
-            self.canceled_by,
-        )
+        """The readable copy (events decoded), for the caller to use without the lock.
+        History's fields are these, in the same order, with the events decoded."""
+        qid, first, records, *rest = self.packed()
+        return History(qid, first, [json.loads(r) for r in records], *rest)
 
 
 # A kept history between events (_Kept.packed), and the places of the fields read
