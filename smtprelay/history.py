@@ -250,17 +250,18 @@ class _Kept:
         self.records = (*records, _ENCODER.encode(event).encode())
         _note_flags(self, event)
 
-    def history(self) -> History:
-        """The readable copy (events decoded), for the caller to use without the lock.
-        History's fields are these, in the same order, with the events decoded."""
-        qid, first, records, *rest = self.packed()
-        return History(qid, first, [json.loads(r) for r in records], *rest)
-
 
 # A kept history between events (_Kept.packed), and the places of the fields read
 # without unpacking it.
 Packed = tuple[Any, ...]
 FIRST, QUEUED, REMOVED_AT = 1, 4, 5
+
+
+def readable(packed: Packed) -> History:
+    """The readable copy of a kept history (events decoded), for the caller to use
+    without the lock. History's fields are _Kept's, in the same order."""
+    qid, first, records, *rest = packed
+    return History(qid, first, [json.loads(r) for r in records], *rest)
 
 
 # Compact, and never failing on a value JSON has no type for (shown as its str()).

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from smtprelay import maillog
 from smtprelay.envelope import Envelope
 from smtprelay.history import CANCELED_EVENT as CANCELED_EVENT  # re-exported for the tests
-from smtprelay.history import FIRST, QUEUED, REMOVED_AT, Packed, _Kept
+from smtprelay.history import FIRST, QUEUED, REMOVED_AT, Packed, _Kept, readable
 from smtprelay.history import MAX_EVENTS as MAX_EVENTS  # re-exported for the tests
 from smtprelay.history import History as History  # re-exported for the tests
 from smtprelay.maillog import MAIL_LOGGER as MAIL_LOGGER  # re-exported for the tests
@@ -165,7 +165,7 @@ class Stats(logging.Handler):
             packed = self._history.get(qid)
             if packed is None:
                 return None
-            return _Kept.unpacked(packed).history()
+            return readable(packed)
 
     def newest(
         self, before: str | None, limit: int, keep: Callable[[History], bool]
@@ -185,7 +185,7 @@ class Stats(logging.Handler):
             )
             chosen: list[History] = []
             for qid in qids:
-                history = _Kept.unpacked(self._history[qid]).history()
+                history = readable(self._history[qid])
                 if not keep(history):
                     continue
                 if len(chosen) == limit:

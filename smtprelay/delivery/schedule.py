@@ -97,14 +97,19 @@ class Schedule:
         return when if head is None or when < head else head
 
     def _ready_head(self) -> str | None:
-        """The first valid ready QID; superseded ones before it (taken since, or moved
-        to a later time, which put them on the heap) are dropped."""
+        """The first valid ready QID. Those before it that were taken since are dropped;
+        one whose time is now ahead goes to the heap: moved to a later time (the heap
+        holds it already, and the copy is skipped as a duplicate when met) or the wall
+        clock stepped back since it was pushed (the heap's entry is then its only one)."""
         ready, due, now = self.ready, self.due, self.clock()
         while ready:
-            when = due.get(ready[0])
+            qid = ready[0]
+            when = due.get(qid)
             if when is not None and when <= now:
-                return ready[0]
+                return qid
             ready.popleft()
+            if when is not None:
+                heapq.heappush(self.heap, (when, qid))
         return None
 
     def replace(self, due: dict[str, float]) -> None:

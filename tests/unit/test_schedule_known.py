@@ -124,3 +124,16 @@ def test_forgetting_a_waiting_qid_drops_its_entry() -> None:
     assert schedule.pop() is None  # superseded, skipped
     assert schedule.next_due() is None
     assert "A" not in schedule and "B" not in schedule and len(schedule) == 0
+
+
+def test_a_ready_message_survives_the_wall_clock_stepping_back() -> None:
+    """Pushed as due at 1000; the clock then steps back (NTP): the message is not lost
+    from the schedule, it comes out when the clock reaches its time again."""
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("A", 1000.0)  # due now: the ready line
+    clock.now = 990.0
+    assert drain(schedule) == []
+    assert "A" in schedule and schedule.next_due() == 1000.0
+    clock.now = 1000.0
+    assert drain(schedule) == ["A"]
