@@ -135,6 +135,9 @@ class HttpSettings(_Section):
     idempotency_retention: Duration = Field(default=86400.0, gt=0)
     # How far ahead send_at may be.
     schedule_horizon: Duration = Field(default=30 * 86400.0, gt=0)
+    # Processes that validate, build and write JSON submissions (smtprelay.web.preparing);
+    # 0: the main process does it between deliveries.
+    prepare_workers: Int = Field(default=1, ge=0, le=64)
 
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,

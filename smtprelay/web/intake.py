@@ -110,9 +110,12 @@ def prepare(
     render: Renderer,
     prefix: tuple[str | int, ...] = (),
     idempotency_key: str | None = None,
+    qid: str | None = None,
 ) -> Prepared:
+    """``model`` as a message and its envelope, under ``qid`` (a new queue ID if None);
+    raises ApiProblem (403 sender, 413 size, 422 recipients or limits, 404 template)."""
     now = time.time()
-    qid = ids.new_id(now)
+    qid = qid or ids.new_id(now)
     errors: list[FieldError] = []
 
     def err(detail: str, *parts: str | int) -> None:
@@ -250,6 +253,14 @@ def prepare(
     return Prepared(envelope, data)
 
 
+def parties(model: MessageIn) -> tuple[str | None, list[str]]:
+    """The sender and recipients a refusal of ``model`` is logged with."""
+    sender = model.envelope.mail_from if model.envelope is not None else None
+    if sender is None and model.from_ is not None:
+        sender = model.from_.email
+    return sender, [box.email for _, box in model.recipients]
+
+
 def _utf8_headers(data: bytes) -> bool:
     """A raw message whose header has non-ASCII (addresses or unencoded text): sent on
     with SMTPUTF8, as a client would have had to ask for it over SMTP."""
@@ -271,12 +282,15 @@ class Pending(Protocol):
     def commit(self) -> None: ...
 
 
-async def commit(spool: Spool, group: list[Prepared], record: Pending | None = None) -> None:
+async def commit(
+    spool: Spool, group: list[Prepared], record: Pending | None = None, *, written: bool = False
+) -> None:
     """Write and fsync every message of ``group`` and ``record`` beside them, then fsync
     the queue directory once for all (one group commit); once all are durable, commit
     ``record`` (its rename: the point after which a crash replays the answer). All or
     nothing: on failure every file of the group is taken back and CommitError raised
-    (the caller discards ``record``).
+    (the caller discards ``record``). ``written``: the files are already written and
+    fsynced (by a :mod:`smtprelay.web.preparing` worker); only their names remain.
 
     Each file is created in a thread too, not only synced there: creating a file is
     kernel work (an inode found and initialised) that cost 40-450 us per file on the
@@ -284,7 +298,7 @@ async def commit(spool: Spool, group: list[Prepared], record: Pending | None = N
     loop = asyncio.get_running_loop()
 
     async def write_all() -> None:
-        jobs = [loop.run_in_executor(None, _write, spool, item) for item in group]
+        jobs = [] if written else [loop.run_in_executor(None, write, spool, item) for item in group]
         if record is not None:
             jobs.append(loop.run_in_executor(None, record.sync))
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -300,14 +314,16 @@ async def commit(spool: Spool, group: list[Prepared], record: Pending | None = N
             except OSError as e:
                 failed.append(SpoolError(f"cannot record the Idempotency-Key: {e.strerror}"))
         if failed:
-            written = [
+            done = [
                 item.envelope.qid
-                for item, r in zip(group, results, strict=False)
+                for item, r in zip(
+                    group, results if not written else [None] * len(group), strict=False
+                )
                 if not isinstance(r, BaseException)
             ]
-            await loop.run_in_executor(None, _remove, spool, written)
+            await loop.run_in_executor(None, remove, spool, done)
             first = failed[0]
-            no_space = isinstance(first, SpoolError | OSError) and _no_space(first)
+            no_space = isinstance(first, SpoolError | OSError) and no_space_left(first)
             raise CommitError(str(first), no_space=no_space)
 
     # Shielded: once started the commit finishes even if the client goes away (then the
@@ -316,19 +332,19 @@ async def commit(spool: Spool, group: list[Prepared], record: Pending | None = N
     await asyncio.shield(task)
 
 
-def _write(spool: Spool, item: Prepared) -> None:
+def write(spool: Spool, item: Prepared) -> None:
     """The message's file, complete and fsynced; its name is durable with the next
     directory fsync. In a thread: every step blocks."""
     spool.create_encoded(item.envelope.qid, item.encoded, item.data).sync_file()
 
 
-def _no_space(error: BaseException) -> bool:
+def no_space_left(error: BaseException) -> bool:
     if isinstance(error, SpoolError):
         return error.no_space
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _remove(spool: Spool, qids: list[str]) -> None:
+def remove(spool: Spool, qids: list[str]) -> None:
     for qid in qids:
         spool.remove(qid)
 

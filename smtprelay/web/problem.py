@@ -64,6 +64,12 @@ class ApiProblem(RelayError):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a preparation worker (smtprelay.web.preparing), answered by the main
+        # process: pickled with every argument, not only the message.
+        args = (self.status, self.slug, self.title, self.detail, self.errors)
+        return (ApiProblem, (*args, self.headers, self.extra))
+
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "type": TYPE_BASE + self.slug,

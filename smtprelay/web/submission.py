@@ -13,14 +13,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from smtprelay import maillog
+from smtprelay import ids, maillog
 from smtprelay.spool import Spool
-from smtprelay.web import compose, intake
+from smtprelay.web import compose, intake, preparing
 from smtprelay.web.context import Context, context, require
 from smtprelay.web.idempotency import IdempotencyStore, Record
 from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
@@ -43,6 +43,9 @@ RFC822 = "message/rfc822"
 # JSON carries attachments in base64 (4/3 of their size) and some structure.
 JSON_OVERHEAD = 64 * 1024
 MAX_DEPTH = 32
+PREPARERS = web.AppKey("preparers", preparing.Preparers)
+# A message prepared (and, by a preparing worker, written), or the problem refusing it.
+Result = intake.Prepared | ApiProblem
 
 
 def install(app: web.Application, ctx: Context) -> None:
@@ -50,6 +53,10 @@ def install(app: web.Application, ctx: Context) -> None:
     spool = ctx.scheduler.spool
     store = IdempotencyStore(spool.root)
     app[STORE] = store
+    workers = ctx.settings.http.prepare_workers
+    preparers = preparing.Preparers(workers, spool) if workers else None
+    if preparers is not None:
+        app[PREPARERS] = preparers
 
     async def opened(_: web.Application) -> None:
         # At start-up, before delivery starts: a crash mid-commit is settled first.
@@ -58,6 +65,8 @@ def install(app: web.Application, ctx: Context) -> None:
 
     async def closed(_: web.Application) -> None:
         store.close()
+        if preparers is not None:
+            await asyncio.get_running_loop().run_in_executor(None, preparers.close)
 
     app.on_startup.append(opened)
     app.on_cleanup.append(closed)
@@ -134,8 +143,10 @@ async def _queue(
     keyed: Keyed | None,
     status: int,
     answer: dict[str, Any],
+    written: bool,
 ) -> None:
-    """Make ``group`` durable (with the idempotency record of ``answer``), then queue it."""
+    """Make ``group`` durable (with the idempotency record of ``answer``), then queue it;
+    ``written``: its files are written already (by a preparing worker)."""
     ctx = context(request)
     store = request.app[STORE]
     spool = ctx.scheduler.spool
@@ -151,19 +162,23 @@ async def _queue(
         except OSError as e:
             raise unavailable(f"cannot record the Idempotency-Key: {e.strerror or e}") from None
     try:
-        await intake.commit(spool, group, pending)
+        await intake.commit(spool, group, pending, written=written)
     except intake.CommitError as e:
         if pending is not None:
             pending.discard()
-        log.warning("HTTP submission not queued: %s", e, extra={"service": "http"})
-        raise unavailable(
-            "the spool cannot take the message now "
-            f"({'disk full' if e.no_space else 'write error'}): try again later"
-        ) from None
+        raise _not_queued(e) from None
     if record is not None:
         store.finish(record, durable=True)
     on_queued = _on_queued(ctx)
     intake.queued(group, origin.ip, origin.token.name, on_queued)
+
+
+def _not_queued(e: intake.CommitError) -> ApiProblem:
+    log.warning("HTTP submission not queued: %s", e, extra={"service": "http"})
+    return unavailable(
+        "the spool cannot take the message now "
+        f"({'disk full' if e.no_space else 'write error'}): try again later"
+    )
 
 
 def _on_queued(ctx: Context) -> Callable[[intake.Prepared], None]:
@@ -194,10 +209,7 @@ def _prepare(
         return intake.prepare(model, ctx.settings, origin, render, prefix, key)
     except ApiProblem as p:
         if p.status < 500:
-            sender = model.envelope.mail_from if model.envelope is not None else None
-            if sender is None and model.from_ is not None:
-                sender = model.from_.email
-            recipients = [box.email for _, box in model.recipients]
+            sender, recipients = intake.parties(model)
             maillog.http_reject(
                 origin.ip, origin.token.name, p.body(), sender=sender, recipients=recipients
             )
@@ -226,7 +238,6 @@ async def submit(request: web.Request) -> web.Response:
 async def _one(
     request: web.Request, body: bytes, origin: intake.Origin, keyed: Keyed | None
 ) -> tuple[int, dict[str, Any]]:
-    ctx = context(request)
     if request.content_type == RFC822:
         doc: dict[str, Any] = {"raw": body, "to": request.query.getall("rcpt", [])}
         if "mail_from" in request.query:
@@ -238,12 +249,70 @@ async def _one(
             )
     else:
         doc = _parse_json(body)
-    model = intake.validate(doc)
     key = keyed[0] if keyed else None
-    prepared = _prepare(model, ctx, origin, _render(ctx), (), key)
+    results, written = await _prepare_all(request, [(doc, ())], origin, key, strict=True)
+    prepared = results[0]
+    assert isinstance(prepared, intake.Prepared)  # strict: a refusal was raised
     answer = prepared.answer()
-    await _queue(request, [prepared], origin, keyed, 202, answer)
+    await _queue(request, [prepared], origin, keyed, 202, answer, written)
     return 202, answer
+
+
+async def _prepare_all(
+    request: web.Request,
+    docs: Sequence[tuple[Any, tuple[str | int, ...]]],
+    origin: intake.Origin,
+    key: str | None,
+    strict: bool,
+) -> tuple[list[Result], bool]:
+    """Each message of ``docs`` (its JSON and the prefix of its pointers) prepared, or
+    the problem refusing it; ``strict``: the first refusal is raised and nothing is kept.
+    With preparing workers their files are written unless keyed (the bool says whether);
+    messages with a template are prepared here, where the template store is."""
+    ctx = context(request)
+    preparers = request.app.get(PREPARERS)
+    if preparers is None or any(isinstance(d, dict) and "template" in d for d, _ in docs):
+        render = _render(ctx)
+        results: list[Result] = []
+        for doc, prefix in docs:
+            try:
+                results.append(
+                    _prepare(intake.validate(doc, prefix), ctx, origin, render, prefix, key)
+                )
+            except ApiProblem as p:
+                if strict:
+                    raise
+                results.append(p)
+        return results, False
+    jobs = [preparing.Job(doc, prefix, ids.new_id()) for doc, prefix in docs]
+    # Keyed: the files are written after the key's pending record (see preparing).
+    write = key is None
+    outcomes = await preparers.prepare(jobs, ctx.settings, origin, key, strict, write)
+    results = []
+    failed: preparing.WriteFailed | None = None
+    for outcome in outcomes:
+        if isinstance(outcome, preparing.Refused):
+            if outcome.policy:
+                body = outcome.problem.body()
+                sender, recipients = outcome.sender, list(outcome.recipients)
+                maillog.http_reject(
+                    origin.ip, origin.token.name, body, sender=sender, recipients=recipients
+                )
+            results.append(outcome.problem)
+        elif isinstance(outcome, preparing.WriteFailed):
+            failed = failed or outcome
+        else:
+            results.append(outcome)
+    refused = [r for r in results if isinstance(r, ApiProblem)]
+    if failed is not None or (strict and refused):
+        # Nothing was acknowledged: the files the workers wrote are taken back.
+        written = [r.envelope.qid for r in results if write and isinstance(r, intake.Prepared)]
+        spool = ctx.scheduler.spool
+        await asyncio.get_running_loop().run_in_executor(None, intake.remove, spool, written)
+        if failed is not None:
+            raise _not_queued(intake.CommitError(failed.reason, no_space=failed.no_space))
+        raise refused[0]
+    return results, write
 
 
 async def submit_batch(request: web.Request) -> web.Response:
@@ -278,19 +347,12 @@ async def _batch(
     if errors:
         raise invalid(errors)
     assert isinstance(messages, list) and isinstance(defaults, dict)
-    render = _render(ctx)
     key = keyed[0] if keyed else None
-    results: list[intake.Prepared | ApiProblem] = []
-    for i, message in enumerate(messages):
-        prefix = ("messages", i)
-        try:
-            merged = {**defaults, **message} if isinstance(message, dict) else message
-            model = intake.validate(merged, prefix)
-            results.append(_prepare(model, ctx, origin, render, prefix, key))
-        except ApiProblem as p:
-            if mode == "strict":
-                raise
-            results.append(p)
+    docs = [
+        ({**defaults, **message} if isinstance(message, dict) else message, ("messages", i))
+        for i, message in enumerate(messages)
+    ]
+    results, written = await _prepare_all(request, docs, origin, key, strict=mode == "strict")
     group = [r for r in results if isinstance(r, intake.Prepared)]
     entries: list[dict[str, Any]] = []
     for i, r in enumerate(results):
@@ -317,5 +379,5 @@ async def _batch(
         "rejected": len(results) - len(group),
         "messages": entries,
     }
-    await _queue(request, group, origin, keyed, 202, answer)
+    await _queue(request, group, origin, keyed, 202, answer, written)
     return 202, answer
