@@ -5,18 +5,18 @@ so a JSON submission's own work -- validating it, applying the policy, building 
 MIME message, creating and fsyncing its spool file -- took turns with delivery on one
 core while the other core idled (SMTP sessions have the inbound workers for the same
 reason). Here that work runs in a pool of processes: a batch is split among them, and
-the main process keeps what needs its state: the bearer token, the Idempotency-Key,
-the one directory fsync for the whole group, the log lines and handing the messages
-to the queue.
+the main process keeps what needs its state or only waits on the disk: the bearer
+token, the Idempotency-Key, the fsyncs of the group's files and of the directory (in
+its threads), the log lines and handing the messages to the queue.
 
 A worker is given the message's JSON (as parsed), its queue ID (made by the main
 process, whose IDs never collide with the inbound workers'), the settings and who
-submits; it answers with the message prepared and its file durable (but for the
-directory entry), or with the problem that refused it. Messages with a ``template``
-are prepared by the main process, which holds the template store. A request with an
-Idempotency-Key has its files written by the main process, after the key's pending
-record (:mod:`smtprelay.web.idempotency`): a crash must never leave a message on disk
-that no record names, or the client's retry would send it twice.
+submits; it answers with the message prepared and its file written (the main process
+fsyncs the group's files and directory), or with the problem that refused it. Messages
+with a ``template`` are prepared by the main process, which holds the template store.
+A request with an Idempotency-Key has its files written by the main process, after the
+key's pending record (:mod:`smtprelay.web.idempotency`): a crash must never leave a
+message on disk that no record names, or the client's retry would send it twice.
 
 A worker that dies (killed, out of memory) fails the requests it was serving with 503
 and Retry-After, and the next request gets a new pool; workers die with the main
@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import pickle
 import signal
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ from typing import Any
 from smtprelay.config import Settings
 from smtprelay.errors import RelayError
 from smtprelay.spool import Spool, SpoolError
-from smtprelay.spool.store import SYNC_THREADS
 from smtprelay.web import intake
 from smtprelay.web.problem import ApiProblem, unavailable
 
@@ -100,7 +99,7 @@ class Preparers:
         strict: bool,
         write: bool,
     ) -> list[Outcome]:
-        """Every job's outcome, in order; ``write``: with its file written and fsynced.
+        """Every job's outcome, in order; ``write``: with its file written (not synced).
         ``strict``: a worker that refuses one of its jobs writes none of them (the
         caller takes back what other workers wrote)."""
         blob = self._blob(settings)
@@ -164,7 +163,6 @@ def _die_with(parent: int) -> None:
 # --- in the worker process ---------------------------------------------------------------
 
 _spools: dict[str, Spool] = {}
-_writers: ThreadPoolExecutor | None = None
 _settings_seen: tuple[bytes, Settings] | None = None
 
 
@@ -184,16 +182,7 @@ def _work(
     spool = _spools.get(root)
     if spool is None:
         spool = _spools[root] = Spool(Path(root))
-    global _writers
-    if _writers is None:
-        _writers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="spool")
-    # In threads: the disk takes concurrent fsyncs as one journal commit, one after
-    # the other each costs a commit of its own.
-    writes = [
-        _writers.submit(_write, spool, o) if isinstance(o, intake.Prepared) else None
-        for o in outcomes
-    ]
-    return [o if w is None else w.result() for o, w in zip(outcomes, writes, strict=True)]
+    return [_write(spool, o) if isinstance(o, intake.Prepared) else o for o in outcomes]
 
 
 def _settings_of(blob: bytes) -> Settings:
@@ -220,8 +209,10 @@ def _no_templates(*_: object) -> Any:
 
 
 def _write(spool: Spool, item: intake.Prepared) -> Outcome:
+    """The message's file, complete; the main process fsyncs it with the group: a
+    worker waiting for each fsync in turn took one request at a time."""
     try:
-        intake.write(spool, item)
+        spool.create_encoded(item.envelope.qid, item.encoded, item.data).close()
     except (OSError, SpoolError) as e:
         return WriteFailed(str(e), intake.no_space_left(e))
     return item
