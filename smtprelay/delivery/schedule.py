@@ -1,11 +1,17 @@
-"""When each queued message is due: the heap of ``(time, QID)``, the line of those due
-already, and the fresh cache.
+"""When each queued message is due: the line of those due already, the heap of
+``(time, QID)`` due in the next seconds, the buckets of those due later, and the fresh
+cache.
 
-The heap and the ready line are the only per-message memory while a message waits, so a
-large queue stays small in RAM, and the delivery loop sleeps until their head (no
-wake-up per message: a million scheduled sends cost no CPU while they wait). ``due``
-holds the one valid time per QID; an entry that no longer matches it (superseded by a
-flush, or the message held, deleted, canceled or rescheduled) is skipped when met.
+These are the only per-message memory while a message waits, so a large queue stays
+small in RAM, and the delivery loop sleeps until their head (no wake-up per message: a
+million scheduled sends cost no CPU while they wait). ``due`` holds the one valid time
+per QID; an entry that no longer matches it (superseded by a flush, or the message held,
+deleted, canceled or rescheduled) is skipped when met.
+
+A message due later than ``NEAR`` seconds from now waits as a QID in the bucket of its
+second (``far``), 8 bytes, not as a heap tuple (64 bytes with its slot): with a million
+queued for a dead next hop, the deferrals' retry times were 64 MB of tuples. A bucket
+moves into the heap, in exact order, ``NEAR`` seconds before its second begins.
 Messages just received are kept in memory for their first attempt (``fresh``), up to
 ``FRESH_BYTES`` of data.
 """
@@ -23,6 +29,9 @@ from smtprelay.envelope import Envelope
 # Messages just received are kept in memory for their first attempt (no re-reading of
 # what was written a moment ago), up to this many bytes of message data in all.
 FRESH_BYTES = 64 * 1024 * 1024
+# Seconds ahead within which a due time is kept exactly (the heap); later ones wait in
+# their second's bucket until then.
+NEAR = 2
 
 
 class Schedule:
@@ -34,6 +43,11 @@ class Schedule:
         # tuple of its own (56 bytes, and 8 for its slot); a million messages read at
         # start-up, all due, took 64 MB that way.
         self.ready: deque[str] = deque()
+        # Due later than NEAR s ahead: QIDs by the second they are due in, the seconds
+        # in a heap of their own; ``far_count`` entries in all (superseded ones too).
+        self.far: dict[int, list[str]] = {}
+        self.far_seconds: list[int] = []
+        self.far_count = 0
         self.due: dict[str, float] = {}
         # Taken off the schedule and not finished (under attempt, parked, in a rate
         # limiter's line). With ``due`` it makes the known QIDs -- never scheduled twice --
@@ -60,15 +74,27 @@ class Schedule:
         """(Re)schedule a QID at ``due``; an earlier entry of it is superseded."""
         self.taken.discard(qid)
         self.due[qid] = due
-        if due <= self.clock():
-            self.ready.append(qid)
-        else:
-            heapq.heappush(self.heap, (due, qid))
+        self._place(qid, due, self.clock())
         self.wakeup.set()
+
+    def _place(self, qid: str, due: float, now: float) -> None:
+        if due <= now:
+            self.ready.append(qid)
+        elif due < now + NEAR:
+            heapq.heappush(self.heap, (due, qid))
+        else:
+            second = int(due)
+            bucket = self.far.get(second)
+            if bucket is None:
+                bucket = self.far[second] = []
+                heapq.heappush(self.far_seconds, second)
+            bucket.append(qid)
+            self.far_count += 1
 
     def pop(self) -> tuple[float, str] | None:
         """The earliest entry if it is a valid one (None: superseded, skip it); the QID
-        stays known (taken) until :meth:`forget` or another :meth:`push`."""
+        stays known (taken) until :meth:`forget` or another :meth:`push`. Called after
+        :meth:`next_due` said it is due."""
         qid = self._ready_head()
         if qid is not None and (not self.heap or self.due[qid] <= self.heap[0][0]):
             self.ready.popleft()
@@ -89,17 +115,36 @@ class Schedule:
         self.taken.discard(qid)
 
     def next_due(self) -> float | None:
+        """The earliest due time; with only buckets left, the start of the first one's
+        second (no later than any time in it; the bucket is in the heap by then)."""
+        self._bring_near()
         qid = self._ready_head()
         head = self.heap[0][0] if self.heap else None
+        if head is None and self.far_seconds:
+            head = float(self.far_seconds[0])
         if qid is None:
             return head
         when = self.due[qid]
         return when if head is None or when < head else head
 
+    def _bring_near(self) -> None:
+        """The buckets of the seconds that begin within NEAR s go into the heap (the
+        entries still valid: a QID whose time moved to another second is met there)."""
+        seconds, far, due = self.far_seconds, self.far, self.due
+        horizon = self.clock() + NEAR
+        while seconds and seconds[0] <= horizon:
+            second = heapq.heappop(seconds)
+            bucket = far.pop(second)
+            self.far_count -= len(bucket)
+            for qid in bucket:
+                when = due.get(qid)
+                if when is not None and int(when) == second:
+                    heapq.heappush(self.heap, (when, qid))
+
     def _ready_head(self) -> str | None:
         """The first valid ready QID. Those before it that were taken since are dropped;
-        one whose time is now ahead goes to the heap: moved to a later time (the heap
-        holds it already, and the copy is skipped as a duplicate when met) or the wall
+        one whose time is now ahead is placed again: moved to a later time (the heap or
+        a bucket holds it already, and the copy is skipped as a duplicate when met) or the wall
         clock stepped back since it was pushed (the heap's entry is then its only one)."""
         ready, due, now = self.ready, self.due, self.clock()
         while ready:
@@ -109,7 +154,7 @@ class Schedule:
                 return qid
             ready.popleft()
             if when is not None:
-                heapq.heappush(self.heap, (when, qid))
+                self._place(qid, when, now)
         return None
 
     def replace(self, due: dict[str, float]) -> None:
@@ -121,7 +166,7 @@ class Schedule:
 
     def compact(self) -> None:
         """Drop superseded entries once they outnumber the valid ones."""
-        if len(self.heap) + len(self.ready) > 2 * len(self.due) + 1024:
+        if len(self.heap) + len(self.ready) + self.far_count > 2 * len(self.due) + 1024:
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -130,8 +175,12 @@ class Schedule:
         # In the heap's order: by time, then by QID (sorts are stable).
         by_qid = sorted(qid for qid, when in due.items() if when <= now)
         self.ready = deque(sorted(by_qid, key=due.__getitem__))
-        self.heap = [(when, qid) for qid, when in due.items() if when > now]
+        self.heap = [(when, qid) for qid, when in due.items() if now < when < now + NEAR]
         heapq.heapify(self.heap)
+        self.far, self.far_seconds, self.far_count = {}, [], 0
+        for qid, when in due.items():
+            if when >= now + NEAR:
+                self._place(qid, when, now)
 
     def keep_fresh(self, envelope: Envelope, data: bytes) -> None:
         if self.fresh_bytes + len(data) <= FRESH_BYTES:

@@ -137,3 +137,53 @@ def test_a_ready_message_survives_the_wall_clock_stepping_back() -> None:
     assert "A" in schedule and schedule.next_due() == 1000.0
     clock.now = 1000.0
     assert drain(schedule) == ["A"]
+
+
+def test_a_time_far_ahead_waits_in_its_seconds_bucket_not_as_a_heap_tuple() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    for n, when in enumerate((1500.7, 1500.2, 1200.9, 1000.5, 1500.2)):
+        schedule.enqueue(f"Q{n}", when)
+    # 1000.5 is within NEAR: exact, on the heap; the rest wait by second.
+    assert schedule.heap == [(1000.5, "Q3")]
+    assert schedule.far == {1500: ["Q0", "Q1", "Q4"], 1200: ["Q2"]}
+    assert schedule.far_count == 4
+    clock.now = 1001.0
+    assert drain(schedule) == ["Q3"]
+    assert schedule.next_due() == 1200.0  # the bucket's second: a lower bound
+    clock.now = 1200.5
+    assert drain(schedule) == []  # moved into the heap, exact: due at 1200.9
+    assert schedule.next_due() == 1200.9 and schedule.far_count == 3
+    clock.now = 1201.0
+    assert drain(schedule) == ["Q2"]
+    clock.now = 1501.0
+    # In time order within the second; equal times by QID, as the heap orders them.
+    assert drain(schedule) == ["Q1", "Q4", "Q0"]
+    assert schedule.next_due() is None and not schedule.far and schedule.far_count == 0
+
+
+def test_a_far_entry_moved_or_forgotten_is_skipped_when_its_bucket_comes() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.enqueue("moved", 1500.5)
+    schedule.enqueue("gone", 1500.5)
+    schedule.enqueue("same_second", 1500.5)
+    schedule.push("moved", 1300.0)  # a flush or reschedule: another second
+    schedule.push("same_second", 1500.9)  # the same second: its bucket holds it twice
+    schedule.forget("gone")  # deleted, held or canceled
+    clock.now = 1300.0
+    assert drain(schedule) == ["moved"]
+    schedule.forget("moved")
+    clock.now = 1501.0
+    assert drain(schedule) == ["same_second"]  # once, at its latest time
+    assert schedule.taken == {"same_second"} and not schedule.due
+
+
+def test_the_rebuild_keeps_far_times_in_buckets() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    schedule.replace({"now": 990.0, "near": 1001.0, "far": 1800.25})
+    assert list(schedule.ready) == ["now"] and schedule.heap == [(1001.0, "near")]
+    assert schedule.far == {1800: ["far"]} and schedule.far_count == 1
+    clock.now = 1800.25
+    assert drain(schedule) == ["now", "near", "far"]
