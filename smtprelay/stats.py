@@ -148,7 +148,12 @@ class Stats(logging.Handler):
             packed = self._history.get(qid)
             if packed is not None and packed[REMOVED_AT] == removed_at:
                 del self._history[qid]
-        while self._created and (self._created[0][0] <= horizon or len(self._created) > limit):
+        # Histories are created in the order of _created and the oldest dropped past
+        # max_messages, so entries past the newest max_messages name dropped ones.
+        created_limit = self.max_messages
+        while self._created and (
+            self._created[0][0] <= horizon or len(self._created) > created_limit
+        ):
             first, qid = self._created.popleft()
             packed = self._history.get(qid)
             if packed is not None and packed[FIRST] == first and not packed[QUEUED]:

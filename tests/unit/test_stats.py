@@ -226,6 +226,21 @@ def test_at_most_max_messages_oldest_out(st: stats.Stats) -> None:
     assert st.history(qids[-1]) is not None
 
 
+def test_the_creation_order_holds_no_more_than_max_messages(
+    st: stats.Stats, clock: Clock
+) -> None:
+    # Transactions that never queued wait for the retention in the creation order;
+    # past max_messages their histories are gone, and so are their places in it.
+    qids = [f"1K17TWEWEZ{n:03d}" for n in range(250)]
+    for qid in qids:
+        maillog.client(qid, "192.0.2.5", None, None)
+    assert len(st._created) == 100
+    assert st.remembered == 100
+    assert st.history(qids[-100]) is not None and st.history(qids[-101]) is None
+    clock.now += 61
+    assert st.history(qids[-1]) is None and len(st._created) == 0
+
+
 def test_a_long_history_keeps_its_start_and_its_end(st: stats.Stats) -> None:
     receive(QID)
     for n in range(stats.MAX_EVENTS + 50):
