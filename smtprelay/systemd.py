@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import socket
 
+# Variables a child process must not inherit: systemd talks to the main process only.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
 
 def notify(*lines: str) -> bool:
     """Send ``lines`` (e.g. ``"READY=1"``); False when not under a notify-aware manager."""

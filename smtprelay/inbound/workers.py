@@ -28,14 +28,13 @@ from smtprelay.errors import RelayError
 from smtprelay.inbound import channel
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.server import ListenerKind, ListenerState, bind, listener_state
+from smtprelay.systemd import PRIVATE_ENV
 from smtprelay.units import Endpoint
 
 log = logging.getLogger("smtprelay")
 
 READY_TIMEOUT = 30.0
 RESTART_DELAY = 1.0
-# Variables a worker must not inherit: systemd talks to the main process only.
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
 
 class WorkerStartError(RelayError):

@@ -18,20 +18,24 @@ A request with an Idempotency-Key has its files written by the main process, aft
 key's pending record (:mod:`smtprelay.web.idempotency`): a crash must never leave a
 message on disk that no record names, or the client's retry would send it twice.
 
-A worker that dies (killed, out of memory) fails the requests it was serving with 503
-and Retry-After, and the next request gets a new pool; workers die with the main
-process (PR_SET_PDEATHSIG).
+Each worker is ``python -m smtprelay.web.preparing`` with a socket pair to the main
+process, whose event loop writes requests (pickled, length-prefixed) and reads the
+answers itself. A worker that dies (killed, out of memory) fails the requests it was
+serving with 503 and Retry-After, and the next request starts a new one; a worker
+ends when its channel does, and dies with the main process (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
-import multiprocessing
+import logging
 import os
 import pickle
 import signal
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +43,17 @@ from typing import Any
 from smtprelay.config import Settings
 from smtprelay.errors import RelayError
 from smtprelay.spool import Spool, SpoolError
+from smtprelay.systemd import PRIVATE_ENV
 from smtprelay.web import intake
 from smtprelay.web.problem import ApiProblem, unavailable
+
+log = logging.getLogger("smtprelay.http")
 
 PR_SET_PDEATHSIG = 1
 # Seconds a client waits before retrying after a worker died under its request.
 RETRY_AFTER = 1
+# The largest answer frame the channel reads at once (asyncio's stream buffer limit).
+CHANNEL_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +89,72 @@ class WriteFailed:
 Outcome = intake.Prepared | Refused | WriteFailed
 
 
+class WorkerGone(RelayError):
+    """A worker exited (or could not start) with requests of ours unanswered."""
+
+
+class _Worker:
+    """One worker process and its channel: requests go out as they come (the worker
+    answers them in order), each answer resolves its request's future. The event loop
+    reads and writes the channel itself: no thread between a request and its worker."""
+
+    def __init__(self, process: asyncio.subprocess.Process, writer: asyncio.StreamWriter) -> None:
+        self.process = process
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[list[Outcome]]] = {}
+        self.sequence = 0
+        self.alive = True
+        self.reading: asyncio.Task[None] | None = None
+
+    def call(self, args: tuple[Any, ...]) -> asyncio.Future[list[Outcome]]:
+        self.sequence += 1
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self.pending[self.sequence] = future
+        frame = pickle.dumps((self.sequence, args), pickle.HIGHEST_PROTOCOL)
+        self.writer.write(len(frame).to_bytes(4, "big") + frame)
+        return future
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                sequence, answer = pickle.loads(await reader.readexactly(size))
+                future = self.pending.pop(sequence, None)
+                if future is None or future.done():
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker is gone: its requests fail below
+        except Exception:
+            # An answer that cannot be read: a fault of ours, told once; the channel's
+            # place in the stream is lost, so the worker goes and the next one starts.
+            log.exception("HTTP preparation worker pid %d: bad answer", self.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        finally:
+            self.alive = False
+            self.writer.close()
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(WorkerGone("a message preparation worker stopped"))
+            self.pending.clear()
+            await self.process.wait()
+
+
 class Preparers:
-    """The pool, started on first use; :meth:`prepare` answers each job in order."""
+    """The workers, each started on first use; :meth:`prepare` answers each job in
+    order."""
 
     def __init__(self, processes: int, spool: Spool) -> None:
         self.processes = processes
         self.spool = spool
         self.spool_root = str(spool.root)
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers: list[_Worker | None] = [None] * processes
+        self._starting: list[asyncio.Task[_Worker] | None] = [None] * processes
+        self._turn = 0  # the first worker of the next request: each in turn
         self._settings: tuple[Settings, bytes] | None = None
 
     async def prepare(
@@ -102,39 +169,64 @@ class Preparers:
         """Every job's outcome, in order; ``write``: with its file written (not synced).
         ``strict``: a worker that refuses one of its jobs writes none of them (the
         caller takes back what other workers wrote)."""
-        blob = self._blob(settings)
-        share = -(-len(jobs) // self.processes)  # the fewest chunks the pool runs at once
+        args = (self.spool_root, self._blob(settings), origin, key, strict, write)
+        share = -(-len(jobs) // self.processes)  # the fewest chunks the workers run at once
         chunks = [jobs[i : i + share] for i in range(0, len(jobs), share)]
-        args = (self.spool_root, blob, origin, key, strict, write)
-        loop = asyncio.get_running_loop()
+        first, self._turn = self._turn, (self._turn + 1) % self.processes
         try:
-            calls = [loop.run_in_executor(self._running(), _work, *args, c) for c in chunks]
-        except BrokenExecutor:
-            # A worker died while the pool was idle: nothing of this request ran yet.
-            self._pool = None
-            calls = [loop.run_in_executor(self._running(), _work, *args, c) for c in chunks]
-        try:
+            calls = []
+            for n, chunk in enumerate(chunks):
+                worker = await self._worker((first + n) % self.processes)
+                calls.append(worker.call((*args, chunk)))
             answers = await asyncio.gather(*calls)
-        except BrokenExecutor:
-            # A worker died under this request (the pool stops the others): what they
-            # wrote was never acknowledged, so it is taken back.
-            self._pool = None
+        except WorkerGone as e:
+            # What the other workers wrote for this request was never acknowledged.
             if write:
                 qids = [job.qid for job in jobs]
+                loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, intake.remove, self.spool, qids)
-            raise unavailable(
-                "a message preparation worker stopped: try again", RETRY_AFTER
-            ) from None
+            log.warning("HTTP submission not prepared: %s", e, extra={"service": "http"})
+            raise unavailable(f"{e}: try again", RETRY_AFTER) from None
         return [outcome for answer in answers for outcome in answer]
 
-    def _running(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: the main process runs threads, which a fork would copy mid-step.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                self.processes, mp_context=context, initializer=_die_with, initargs=(os.getpid(),)
+    async def _worker(self, index: int) -> _Worker:
+        """The worker at ``index``, started (again) if it is not running: a worker that
+        died while idle costs no request."""
+        worker = self._workers[index]
+        if worker is not None and worker.alive:
+            return worker
+        starting = self._starting[index]
+        if starting is None:  # one start per place, whoever asks first
+            starting = asyncio.get_running_loop().create_task(self._spawn(index))
+            self._starting[index] = starting
+            starting.add_done_callback(lambda _: self._starting.__setitem__(index, None))
+        return await asyncio.shield(starting)
+
+    async def _spawn(self, index: int) -> _Worker:
+        ours, theirs = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                __name__,
+                str(theirs.fileno()),
+                str(os.getpid()),
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
             )
-        return self._pool
+        except OSError as e:
+            ours.close()
+            raise WorkerGone(f"a message preparation worker cannot start: {e}") from None
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours, limit=CHANNEL_LIMIT)
+        worker = _Worker(process, writer)
+        worker.reading = asyncio.get_running_loop().create_task(worker.read(reader))
+        self._workers[index] = worker
+        log.info("HTTP preparation worker %d started, pid %d", index, process.pid)
+        return worker
 
     def _blob(self, settings: Settings) -> bytes:
         """The settings pickled once per reload, not once per request."""
@@ -142,25 +234,40 @@ class Preparers:
             self._settings = (settings, pickle.dumps(settings))
         return self._settings[1]
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-
-class PreparerError(RelayError):
-    """A worker process could not start (it died with its parent already gone)."""
-
-
-def _die_with(parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        raise PreparerError("the daemon exited while this worker started")
+    async def close(self) -> None:
+        """End the workers' channels (each then exits) and wait for them."""
+        for worker in self._workers:
+            if worker is not None:
+                worker.writer.close()
+                if worker.reading is not None:
+                    await worker.reading
+        self._workers = [None] * self.processes
 
 
 # --- in the worker process ---------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """``python -m smtprelay.web.preparing CHANNEL_FD PARENT_PID``: answer requests
+    until the channel ends."""
+    channel_fd, parent = int(argv[0]), int(argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # its settings come with each request
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the daemon died before prctl: its signal is lost
+        return 1
+    with socket.socket(fileno=channel_fd) as channel, channel.makefile("rb") as incoming:
+        while header := incoming.read(4):
+            sequence, args = pickle.loads(incoming.read(int.from_bytes(header, "big")))
+            try:
+                answer: Any = _work(*args)
+            except Exception as e:  # a fault of ours: the request is answered 500, once
+                answer = RuntimeError(f"message preparation failed: {e!r}")
+            frame = pickle.dumps((sequence, answer), pickle.HIGHEST_PROTOCOL)
+            channel.sendall(len(frame).to_bytes(4, "big") + frame)
+    return 0
+
 
 _spools: dict[str, Spool] = {}
 _settings_seen: tuple[bytes, Settings] | None = None
@@ -216,3 +323,11 @@ def _write(spool: Spool, item: intake.Prepared) -> Outcome:
     except (OSError, SpoolError) as e:
         return WriteFailed(str(e), intake.no_space_left(e))
     return item
+
+
+if __name__ == "__main__":
+    # Run as the module by its name, not as __main__: the answers' classes are pickled
+    # by module name, and the main process knows them as smtprelay.web.preparing's.
+    from smtprelay.web import preparing
+
+    sys.exit(preparing.main(sys.argv[1:]))

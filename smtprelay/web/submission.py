@@ -66,7 +66,7 @@ def install(app: web.Application, ctx: Context) -> None:
     async def closed(_: web.Application) -> None:
         store.close()
         if preparers is not None:
-            await asyncio.get_running_loop().run_in_executor(None, preparers.close)
+            await preparers.close()
 
     app.on_startup.append(opened)
     app.on_cleanup.append(closed)

@@ -21,7 +21,7 @@ from tests.polling import wait_until
 
 TOKEN = "preparing-token-6d2e91"
 MESSAGE = {"from": "app@sender.test", "to": ["bob@dest.test"], "subject": "é", "text": "hi"}
-SPAWNED = b"multiprocessing.spawn"
+SPAWNED = b"smtprelay.web.preparing"
 
 
 def post(port: int, path: str, body: Any) -> tuple[int, dict[str, str], Any]:

@@ -226,9 +226,7 @@ def test_at_most_max_messages_oldest_out(st: stats.Stats) -> None:
     assert st.history(qids[-1]) is not None
 
 
-def test_the_creation_order_holds_no_more_than_max_messages(
-    st: stats.Stats, clock: Clock
-) -> None:
+def test_the_creation_order_holds_no_more_than_max_messages(st: stats.Stats, clock: Clock) -> None:
     # Transactions that never queued wait for the retention in the creation order;
     # past max_messages their histories are gone, and so are their places in it.
     qids = [f"1K17TWEWEZ{n:03d}" for n in range(250)]
