@@ -62,6 +62,25 @@ class Api:
         return answer
 
 
+def post_json(
+    port: int, token: str, path: str, body: Any, key: str | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """POST ``body`` as JSON (with an Idempotency-Key ``key``): the status, the headers
+    (names in lower case) and the JSON answer, problem+json included."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        got = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+    return response.status, got, json.loads(payload)
+
+
 def http_overrides(tokens_file: Path | str) -> dict[str, Any]:
     return {"listen": f"{LOOPBACK}:{free_port()}", "tokens_file": str(tokens_file)}
 

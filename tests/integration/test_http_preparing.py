@@ -6,7 +6,6 @@ and the workers die with the daemon.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -17,24 +16,13 @@ from typing import Any
 import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.http_support import post_json
+from tests.integration.procfs import alive, cmdline, descendants
 from tests.polling import wait_until
 
 TOKEN = "preparing-token-6d2e91"
 MESSAGE = {"from": "app@sender.test", "to": ["bob@dest.test"], "subject": "é", "text": "hi"}
 SPAWNED = b"smtprelay.web.preparing"
-
-
-def post(port: int, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
-    try:
-        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        got = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        conn.close()
-    return response.status, got, json.loads(payload)
 
 
 @pytest.fixture
@@ -51,37 +39,6 @@ def relay(
         return make_daemon(name=f"relay{workers}", overrides={"http": http}), port
 
     return start
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in os.listdir(f"/proc/{parent}/task"):
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                continue
-            found += children
-            todo += children
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def preparers(daemon: Daemon) -> list[int]:
@@ -104,9 +61,9 @@ def test_workers_answer_and_build_as_the_main_process_does(
     answers, messages = {}, {}
     for workers in (0, 2):
         daemon, port = relay(workers)
-        status, _, one = post(port, "/v1/messages", MESSAGE)
+        status, _, one = post_json(port, TOKEN, "/v1/messages", MESSAGE)
         assert status == 202, one
-        status, _, many = post(port, "/v1/messages/batch", batch)
+        status, _, many = post_json(port, TOKEN, "/v1/messages/batch", batch)
         assert status == 202, many
         assert bool(preparers(daemon)) == bool(workers)
         qids = [one["id"]] + [m["id"] for m in many["messages"] if "id" in m]
@@ -144,7 +101,9 @@ def test_a_strict_batch_refused_by_one_worker_leaves_no_message_of_another(
     # Four messages, two workers: the second worker's last message is invalid, so the
     # first worker has written its two files by the time the refusal comes back.
     bad = {**MESSAGE, "to": ["bob@dest.test", 7]}
-    status, _, answer = post(port, "/v1/messages/batch", {"messages": [MESSAGE] * 3 + [bad]})
+    status, _, answer = post_json(
+        port, TOKEN, "/v1/messages/batch", {"messages": [MESSAGE] * 3 + [bad]}
+    )
     assert status == 422, answer
     assert [e["pointer"] for e in answer["errors"]] == ["/messages/3/to/1"]
     assert len(preparers(daemon)) >= 1
@@ -157,7 +116,7 @@ def test_a_killed_worker_costs_no_acknowledged_message(
 ) -> None:
     daemon, port = relay(1)
     acked = []
-    status, _, answer = post(port, "/v1/messages", MESSAGE)
+    status, _, answer = post_json(port, TOKEN, "/v1/messages", MESSAGE)
     assert status == 202, answer
     acked.append(answer["id"])
     (worker,) = preparers(daemon)
@@ -166,7 +125,9 @@ def test_a_killed_worker_costs_no_acknowledged_message(
     # The pool finds its worker gone: the request is either served by a new one or
     # answered 503 with Retry-After (never a 500); the one after it is served.
     for _ in range(2):
-        status, headers, answer = post(port, "/v1/messages/batch", {"messages": [MESSAGE] * 2})
+        status, headers, answer = post_json(
+            port, TOKEN, "/v1/messages/batch", {"messages": [MESSAGE] * 2}
+        )
         if status == 202:
             acked += [m["id"] for m in answer["messages"]]
             break
@@ -180,7 +141,7 @@ def test_a_killed_worker_costs_no_acknowledged_message(
 
 def test_the_workers_die_with_the_daemon(relay: Callable[[int], tuple[Daemon, int]]) -> None:
     daemon, port = relay(2)
-    status, _, answer = post(port, "/v1/messages/batch", {"messages": [MESSAGE] * 4})
+    status, _, answer = post_json(port, TOKEN, "/v1/messages/batch", {"messages": [MESSAGE] * 4})
     assert status == 202, answer
     workers = preparers(daemon)
     assert workers

@@ -6,8 +6,6 @@ retry later is sent. (A full disk: test_http_submit.)
 
 from __future__ import annotations
 
-import http.client
-import json
 import signal
 import smtplib
 import subprocess
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
+from tests.integration.http_support import post_json
 from tests.polling import wait_until
 
 pytest_plugins = ["tests.integration.diskfull_fixtures"]  # tiny_fs: a tmpfs of our own
@@ -29,18 +28,7 @@ MESSAGE = {"from": "app@sender.test", "to": ["bob@dest.test"], "text": "later"}
 def post(
     port: int, path: str, body: Any, key: str | None = None
 ) -> tuple[int, dict[str, str], Any]:
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
-    try:
-        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        got = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        conn.close()
-    return response.status, got, json.loads(payload)
+    return post_json(port, TOKEN, path, body, key)
 
 
 def assert_unavailable(status: int, headers: dict[str, str], answer: Any, why: str) -> None:

@@ -27,6 +27,7 @@ from tests.integration.delivery_support import (
     submit,
     wait_removed,
 )
+from tests.integration.procfs import alive, children, cmdline
 from tests.integration.sinks import Sink
 from tests.polling import wait_until
 from tests.unit.helpers import make_envelope
@@ -63,30 +64,9 @@ def _free_port() -> int:
         return port
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def _workers(daemon: Daemon) -> list[int]:
     assert daemon.proc is not None
-    return [p for p in _children(daemon.proc.pid) if b"smtprelay.inbound.worker" in _cmdline(p)]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    return [p for p in children(daemon.proc.pid) if b"smtprelay.inbound.worker" in cmdline(p)]
 
 
 def _status(daemon: Daemon) -> dict[str, Any]:
@@ -188,7 +168,7 @@ def test_a_killed_worker_is_replaced_and_nothing_it_queued_is_stranded(
     after = submit(relay, [RCPT], make_message("after"))
     for qid in (before, stray.qid, after):
         wait_removed(relay, qid, timeout=30)
-    assert _alive(replacement)
+    assert alive(replacement)
     subjects = {m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages}
     assert {b"delivery test before", b"delivery test stray", b"delivery test after"} <= subjects
 
@@ -201,7 +181,7 @@ def test_killing_the_main_process_takes_the_workers_with_it(
     workers = _workers(relay)
     assert len(workers) == 2
     relay.kill()
-    wait_until(lambda: not any(_alive(p) for p in workers), 10, "the workers to die")
+    wait_until(lambda: not any(alive(p) for p in workers), 10, "the workers to die")
     # Nobody accepts on the port any more: no orphan keeps taking mail.
     with pytest.raises(OSError), socket.create_connection((LOOPBACK, relay.port), timeout=2):
         pass
@@ -242,5 +222,5 @@ def test_stop_waits_for_the_workers_and_exits_0(
         client.ehlo("client.test")
         send(client, [RCPT], make_message("last"))
     assert relay.stop() == 0
-    assert not any(_alive(p) for p in workers)
+    assert not any(alive(p) for p in workers)
     assert "exited with" not in relay.log()  # a requested stop is not a crash
