@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,27 @@ from tests.polling import wait_until
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+# Ports for the daemons and servers a test starts come from below the kernel's
+# ephemeral range (32768-60999 by default): a port the kernel hands out for "port 0" is
+# also what it gives the next outgoing connection as its source port, and one taken
+# that way between the choice and the daemon's bind failed a CI run ("Address already
+# in use"). Nothing but an explicit bind takes a port below the range.
+_PORTS = range(20000, 32768)
+_pick = random.Random(os.getpid() ^ time.time_ns())
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` now, outside the ephemeral range (bounded tries)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(200):
+        port = _pick.choice(_PORTS)
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port on {host} in {_PORTS}")
 
 
 def _toml(value: Any) -> str:

@@ -35,6 +35,8 @@ from typing import Any
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from tests.integration.daemon import free_port as free_port_on
+
 HANG_LIMIT = 60.0
 
 # aiosmtpd logs every command (and a deprecation warning per AUTH) under "mail.log".
@@ -79,9 +81,7 @@ def free_port(hosts: Iterable[str]) -> int:
     """A TCP port free on every one of ``hosts`` (bounded tries)."""
     hosts = list(hosts)
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = int(s.getsockname()[1])
+        port = free_port_on(hosts[0])  # outside the ephemeral range (see there)
         ok = True
         for host in hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -19,7 +19,7 @@ import pytest
 
 from smtprelay import ids, replies
 from smtprelay.envelope import Recipient
-from tests.integration.daemon import LOOPBACK, Daemon
+from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.delivery_support import (
     MX1,
     make_message,
@@ -46,7 +46,7 @@ def _relay(
     overrides: dict[str, dict[str, Any]] = {
         "server": {"workers": workers},
         "delivery.smarthost": {"hosts": [f"{MX1}:{sink_port}"], "tls": "none"},
-        "http": {"listen": f"{LOOPBACK}:{_free_port()}"},
+        "http": {"listen": f"{LOOPBACK}:{free_port()}"},
     }
     for section, keys in sections.items():
         overrides.setdefault(section, {}).update(keys)
@@ -55,13 +55,6 @@ def _relay(
     tokens.write_text(TOKEN + "\n")
     daemon.reconfigure({"http": {"tokens_file": str(tokens)}})
     return daemon.start()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _workers(daemon: Daemon) -> list[int]:
