@@ -52,7 +52,9 @@ log = logging.getLogger("smtprelay.http")
 PR_SET_PDEATHSIG = 1
 # Seconds a client waits before retrying after a worker died under its request.
 RETRY_AFTER = 1
-# The largest answer frame the channel reads at once (asyncio's stream buffer limit).
+# Seconds a stopping daemon waits for a worker to finish the request it is on.
+CLOSE_GRACE = 5.0
+# The channel's read buffer limit (asyncio flow control; a frame of any size is read).
 CHANNEL_LIMIT = 1 << 20
 
 
@@ -235,12 +237,19 @@ class Preparers:
         return self._settings[1]
 
     async def close(self) -> None:
-        """End the workers' channels (each then exits) and wait for them."""
+        """End the workers' channels (each exits once its request is answered) and wait
+        for them; one still busy after CLOSE_GRACE s is killed, so a stop never hangs."""
         for worker in self._workers:
-            if worker is not None:
-                worker.writer.close()
-                if worker.reading is not None:
-                    await worker.reading
+            if worker is None or worker.reading is None:
+                continue
+            worker.writer.close()
+            try:
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await asyncio.shield(worker.reading)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.reading
         self._workers = [None] * self.processes
 
 
