@@ -266,7 +266,14 @@ def main(argv: list[str]) -> int:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the daemon died before prctl: its signal is lost
         return 1
-    with socket.socket(fileno=channel_fd) as channel, channel.makefile("rb") as incoming:
+    # The channel ends with the daemon: an end of file after a stop; a reset, a broken
+    # pipe or a frame cut short when it was killed mid-conversation. Either way this
+    # worker's work is over, and nothing is left to say (its stderr is the daemon's log).
+    with (
+        socket.socket(fileno=channel_fd) as channel,
+        channel.makefile("rb") as incoming,
+        contextlib.suppress(ConnectionError, EOFError, pickle.UnpicklingError),
+    ):
         while header := incoming.read(4):
             sequence, args = pickle.loads(incoming.read(int.from_bytes(header, "big")))
             try:

@@ -6,15 +6,24 @@ and the workers die with the daemon.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import signal
+import socket
+import subprocess
+import sys
+import termios
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtprelay import config, ids
+from smtprelay.web import intake, preparing
+from smtprelay.web.tokens import Token
 from tests.integration.daemon import LOOPBACK, Daemon, free_port
 from tests.integration.http_support import post_json
 from tests.integration.procfs import alive, cmdline, descendants
@@ -23,6 +32,7 @@ from tests.polling import wait_until
 TOKEN = "preparing-token-6d2e91"
 MESSAGE = {"from": "app@sender.test", "to": ["bob@dest.test"], "subject": "é", "text": "hi"}
 SPAWNED = b"smtprelay.web.preparing"
+CONFIG = Path(__file__).resolve().parents[2] / "conf" / "smtprelay.toml"
 
 
 @pytest.fixture
@@ -147,3 +157,33 @@ def test_the_workers_die_with_the_daemon(relay: Callable[[int], tuple[Daemon, in
     assert workers
     daemon.kill()
     wait_until(lambda: not any(alive(p) for p in workers), timeout=10)
+
+
+def test_a_worker_whose_daemon_dies_mid_conversation_exits_quietly(tmp_path: Path) -> None:
+    # A daemon killed with answers unread resets the channel (RST), or leaves a request
+    # cut short: the worker's stderr is the daemon's log, so it must say nothing.
+    ours, theirs = socket.socketpair()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "smtprelay.web.preparing", str(theirs.fileno()), str(os.getpid())],
+        pass_fds=[theirs.fileno()],
+        stderr=subprocess.PIPE,
+    )
+    theirs.close()
+    settings = pickle.dumps(config.load(CONFIG))
+    origin = intake.Origin(Token("t", frozenset({"send"})), LOOPBACK, 1)
+    jobs = [preparing.Job(MESSAGE, (), ids.new_id())]
+    frame = pickle.dumps((1, (str(tmp_path), settings, origin, None, True, True, jobs)))
+    for _ in range(3):
+        ours.sendall(len(frame).to_bytes(4, "big") + frame)
+    wait_until(lambda: len(list((tmp_path / "queue").glob("*.msg"))) == 1, timeout=20)
+    wait_until(lambda: _pending(ours) > 0, timeout=20)
+    ours.sendall(len(frame).to_bytes(4, "big") + frame[:10])  # a frame cut short
+    ours.close()  # with answers unread: a reset
+    assert worker.wait(timeout=20) == 0
+    assert worker.stderr is not None and worker.stderr.read() == b""
+
+
+def _pending(sock: socket.socket) -> int:
+    """Bytes waiting to be read on ``sock`` (FIONREAD)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(buf, sys.byteorder)
