@@ -328,15 +328,17 @@ async def commit(
             except OSError as e:
                 failed.append(SpoolError(f"cannot record the Idempotency-Key: {e.strerror}"))
         if failed:
-            # Written by another process: all are there (but one taken back); else those
-            # whose write succeeded.
-            done = [
-                item.envelope.qid
-                for item, r in zip(group, results, strict=False)
-                if not isinstance(r, BaseException)
-            ]
-            if written:
-                done = [item.envelope.qid for item in group]
+            # Written by another process: all are there (but one taken back already);
+            # else those whose write succeeded.
+            done = (
+                [item.envelope.qid for item in group]
+                if written
+                else [
+                    item.envelope.qid
+                    for item, r in zip(group, results, strict=False)
+                    if not isinstance(r, BaseException)
+                ]
+            )
             await loop.run_in_executor(None, remove, spool, done)
             first = failed[0]
             no_space = isinstance(first, SpoolError | OSError) and no_space_left(first)

@@ -175,21 +175,27 @@ class Preparers:
         share = -(-len(jobs) // self.processes)  # the fewest chunks the workers run at once
         chunks = [jobs[i : i + share] for i in range(0, len(jobs), share)]
         first, self._turn = self._turn, (self._turn + 1) % self.processes
+        sent: list[asyncio.Future[list[Outcome]]] = []
+        failed: BaseException | None = None
         try:
-            calls = []
             for n, chunk in enumerate(chunks):
                 worker = await self._worker((first + n) % self.processes)
-                calls.append(worker.call((*args, chunk)))
-            answers = await asyncio.gather(*calls)
+                sent.append(worker.call((*args, chunk)))
         except WorkerGone as e:
-            # What the other workers wrote for this request was never acknowledged.
-            if write:
-                qids = [job.qid for job in jobs]
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, intake.remove, self.spool, qids)
-            log.warning("HTTP submission not prepared: %s", e, extra={"service": "http"})
-            raise unavailable(f"{e}: try again", RETRY_AFTER) from None
-        return [outcome for answer in answers for outcome in answer]
+            failed = e
+        # Every chunk's answer, even after one failed: a worker still on its chunk
+        # would write files after they were taken back below.
+        answers = await asyncio.gather(*sent, return_exceptions=True)
+        failed = failed or next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is None:
+            return [outcome for answer in answers if isinstance(answer, list) for outcome in answer]
+        if write:  # nothing of this request was acknowledged: its files are taken back
+            qids = [job.qid for job in jobs]
+            await asyncio.get_running_loop().run_in_executor(None, intake.remove, self.spool, qids)
+        if not isinstance(failed, WorkerGone):
+            raise failed  # a fault of ours in a worker: 500, logged once
+        log.warning("HTTP submission not prepared: %s", failed, extra={"service": "http"})
+        raise unavailable(f"{failed}: try again", RETRY_AFTER)
 
     async def _worker(self, index: int) -> _Worker:
         """The worker at ``index``, started (again) if it is not running: a worker that

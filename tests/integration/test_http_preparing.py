@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,3 +189,36 @@ def _pending(sock: socket.socket) -> int:
     """Bytes waiting to be read on ``sock`` (FIONREAD)."""
     buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
     return int.from_bytes(buf, sys.byteorder)
+
+
+def test_a_worker_dying_under_a_batch_takes_back_what_the_other_one_writes_after(
+    relay: Callable[[int], tuple[Daemon, int]],
+) -> None:
+    daemon, port = relay(2)
+    status, _, answer = post_json(port, TOKEN, "/v1/messages/batch", {"messages": [MESSAGE] * 4})
+    assert status == 202, answer
+    first, second = preparers(daemon)
+    acked = sorted(daemon.queued_ids())
+    for pid in (first, second):
+        os.kill(pid, signal.SIGSTOP)
+    answered: list[tuple[int, dict[str, str], Any]] = []
+    batch = {"messages": [MESSAGE] * 4}
+    request = threading.Thread(
+        target=lambda: answered.append(post_json(port, TOKEN, "/v1/messages/batch", batch))
+    )
+    request.start()
+    try:
+        time.sleep(1.0)  # the loopback request reaches both stopped workers' channels
+        os.kill(second, signal.SIGKILL)
+        # The answer waits for the first worker's chunk: taken back only once written.
+        request.join(1.0)
+        assert request.is_alive()
+    finally:
+        os.kill(first, signal.SIGCONT)
+    request.join(30)
+    ((status, headers, answer),) = answered
+    assert status == 503 and int(headers["retry-after"]) > 0, answer
+    assert sorted(daemon.queued_ids()) == acked
+    assert sorted(p.name for p in (daemon.spool / "queue").iterdir()) == [
+        f"{qid}.msg" for qid in acked
+    ]
