@@ -506,6 +506,8 @@ def test_malformed_requests_get_a_4xx_and_one_log_line_each(
     make_daemon: Callable[..., Daemon], tokens_file: Path
 ) -> None:
     relay = make_daemon(overrides={"http": http_overrides(tokens_file)})
+    # The spool is loaded after READY=1; its line must not land among the ones counted.
+    wait_until(lambda: "queued message(s) loaded" in relay.log(), 10, "the spool load line")
     port = api_of(relay).port
     token = TOKEN.encode()
     deep = b"[" * 100_000 + b"]" * 100_000
