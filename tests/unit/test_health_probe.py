@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,88 @@ def test_without_unnamed_files_a_named_probe_is_written_and_removed(
     assert _check(tmp_path) is None
     assert opened == [".healthz.tmp"]
     assert os.listdir(tmp_path) == []
+
+
+async def _until(probe: SpoolProbe, answer: str | None) -> str | None:
+    """Ask until the probe answers ``answer`` (what a health checker polling does)."""
+    for _ in range(500):
+        got = await probe.check()
+        if got == answer:
+            return got
+        await asyncio.sleep(0.01)
+    return got
+
+
+def test_a_slow_probe_is_answered_for_by_the_last_one_until_it_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk hangs after one good probe: requests keep being answered at once (by the
+    # good probe) while the hung one is younger than the timeout, then fail, and pass
+    # again once the disk answers.
+    real_open = os.open
+    disk = threading.Event()
+    disk.set()
+
+    def hanging_open(path: str | Path, flags: int, *args: int, **kwargs: int) -> int:
+        disk.wait()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", hanging_open)
+    hung = f"spool {tmp_path}: a test write did not finish in 1s"
+
+    async def run() -> list[str | None]:
+        probe = SpoolProbe(tmp_path, timeout=1.0)
+        answers: list[str | None] = []
+        try:
+            answers.append(await probe.check())  # waits for the first probe
+            disk.clear()
+            answers.append(await probe.check())  # starts the hung probe, answers at once
+            await asyncio.sleep(1.1)
+            answers.append(await probe.check())
+            disk.set()
+            answers.append(await _until(probe, None))
+        finally:
+            disk.set()
+            probe.close()
+        return answers
+
+    assert asyncio.run(run()) == [None, None, hung, None]
+
+
+def test_what_one_request_finds_a_later_one_reports(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    gone = f"spool {queue} is not writable: No such file or directory"
+
+    async def run() -> list[str | None]:
+        probe = SpoolProbe(queue)
+        answers: list[str | None] = []
+        try:
+            answers.append(await probe.check())
+            queue.rmdir()
+            answers.append(await probe.check())  # the last probe's answer, at once
+            answers.append(await _until(probe, gone))
+            queue.mkdir()
+            answers.append(await _until(probe, None))
+        finally:
+            probe.close()
+        return answers
+
+    assert asyncio.run(run()) == [None, None, gone, None]
+
+
+def test_after_a_quiet_spell_a_request_waits_for_its_own_probe(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.mkdir()
+
+    async def run() -> list[str | None]:
+        probe = SpoolProbe(queue, timeout=1.0)
+        try:
+            first = await probe.check()
+            queue.rmdir()
+            await asyncio.sleep(1.1)  # the last answer is older than the timeout
+            return [first, await probe.check()]
+        finally:
+            probe.close()
+
+    assert asyncio.run(run()) == [None, f"spool {queue} is not writable: No such file or directory"]
