@@ -74,6 +74,10 @@ class Attempts:
                 self.s.schedule.forget(qid)
                 self.s.ledger.remove(qid)
                 return
+            # The string the ledger and the schedule hold, not the one just parsed: a
+            # deferral schedules envelope.qid again, and a million deferred messages
+            # would each keep a second copy of their QID (64 bytes).
+            envelope.qid = qid
         await self.s.pacer.turn()  # what follows is CPU: logs, statistics, events
         if envelope.state is QueueState.HOLD:
             self.s.schedule.forget(qid)  # released by an operator action, not by time
