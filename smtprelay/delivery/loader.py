@@ -36,6 +36,7 @@ import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from smtprelay import background
 from smtprelay.delivery.scheduler import Scheduler
 from smtprelay.spool import Spool
 from smtprelay.spool.recovery import Names, Recovered, check
@@ -61,7 +62,9 @@ async def load(spool: Spool, names: Names, scheduler: Scheduler, result: Recover
     gc.freeze()
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTION)
-    reader = ThreadPoolExecutor(1, thread_name_prefix="spool-load")
+    reader = ThreadPoolExecutor(
+        1, thread_name_prefix="spool-load", initializer=background.lower_priority
+    )
     loop = asyncio.get_running_loop()
     try:
         for chunk in names.chunks(CHUNK):

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from smtprelay import background
 from smtprelay.config import DeliverySettings, Settings
 from smtprelay.delivery.attempt import Attempts, InFlight
 from smtprelay.delivery.destinations import PARK_AFTER, Destinations
@@ -97,7 +98,9 @@ class Scheduler:
         """``on_notice``: told of each notice spooled, before it is scheduled (the HTTP
         endpoint's history remembers it as accepted)."""
         self.spool = spool
-        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="delivery-io")
+        self._io = ThreadPoolExecutor(
+            IO_THREADS, thread_name_prefix="delivery-io", initializer=background.lower_priority
+        )
         self.router = router
         self.transport = transport
         self.settings = settings
