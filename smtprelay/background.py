@@ -1,17 +1,18 @@
 """Threads of background work yield the CPU to the event loop: an initializer for them.
 
 The main process's event loop answers SMTP hand-offs, ``/healthz``, ``/metrics`` and
-API requests; beside it, threads read the queue at start-up (``spool-load``), rewrite and
-remove queue files for the deliveries (``delivery-io``) and write the event store
-(``events``). On a small machine they compete with the loop for the cores, and with a
-million messages queued for a dead smarthost (a load and ~700 rewrites a second, each
-with its fsync) the loop waited for a core: worst ``/healthz`` 135-163 ms, ``/metrics``
-74-140 ms, loop lag 83-117 ms (two runs of ``bench/queue_scale.py --messages 1000000
---observe 600``, CPU pressure 47 %). With those threads ten nice levels below the loop:
-69, 76 and 47 ms, and about as much queue work done. Their work is not urgent -- a
-rewrite waits in the same queue either way -- while the loop's is what every client
-waits for. Threads that sit on a client's reply (the intake's fsyncs) keep the loop's
-priority.
+API requests; beside it, threads read the queue at start-up (``spool-load``) and rewrite
+and remove queue files for the deliveries (``delivery-io``). On a small machine they
+compete with the loop for the cores, and with a million messages queued for a dead
+smarthost (a load and ~700 rewrites a second, each with its fsync) the loop waited for a
+core: worst ``/healthz`` 135-163 ms, ``/metrics`` 74-140 ms, loop lag 83-117 ms (two runs
+of ``bench/queue_scale.py --messages 1000000 --observe 600``, CPU pressure 47 %); with
+the background threads ten nice levels below the loop, 69-74, 69-76 and 34-47 ms in two
+runs of three (bench/README.md), and about as much queue work done. Their work is not
+urgent -- an attempt's rewrite waits in the same line either way -- while the loop's is
+what every client waits for. Threads that sit on a client's reply (the intake's fsyncs)
+keep the loop's priority, and so does the event store's: a stop waits for its backlog,
+and one run with it lowered took 34 s to stop.
 
 Linux applies ``setpriority`` to the one thread (task) whose ID it is given; elsewhere,
 or where it is refused, the thread keeps the process's priority.

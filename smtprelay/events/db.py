@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smtprelay import background
-
 T = TypeVar("T")
 
 SCHEMA = """
@@ -88,9 +86,7 @@ CREATE INDEX IF NOT EXISTS webhook_errors_by ON webhook_errors (webhook, ts);
 class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="events", initializer=background.lower_priority
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
         self.conn: sqlite3.Connection | None = None
 
     def open(self) -> sqlite3.Connection:
