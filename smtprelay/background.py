@@ -5,10 +5,11 @@ API requests; beside it, threads read the queue at start-up (``spool-load``) and
 and remove queue files for the deliveries (``delivery-io``). On a small machine they
 compete with the loop for the cores, and with a million messages queued for a dead
 smarthost (a load and ~700 rewrites a second, each with its fsync) the loop waited for a
-core: worst ``/healthz`` 135-163 ms, ``/metrics`` 74-140 ms, loop lag 83-117 ms (two runs
-of ``bench/queue_scale.py --messages 1000000 --observe 600``, CPU pressure 47 %); with
-the background threads ten nice levels below the loop, 69-74, 69-76 and 34-47 ms in two
-runs of three (bench/README.md), and about as much queue work done. Their work is not
+core (CPU pressure 47 %): the loop's worst lag was 83 and 117 ms in two runs of
+``bench/queue_scale.py --messages 1000000 --observe 600``, and 34-63 ms in three with
+these threads ten nice levels below the loop, about as much queue work done
+(bench/README.md; ``/healthz`` and ``/metrics`` spread too widely between runs on that
+machine to credit or blame this for them). Their work is not
 urgent -- an attempt's rewrite waits in the same line either way -- while the loop's is
 what every client waits for. Threads that sit on a client's reply (the intake's fsyncs)
 keep the loop's priority, and so does the event store's: a stop waits for its backlog,

@@ -4,23 +4,33 @@ nothing behind in it (the probe file is unnamed where the filesystem allows)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from smtprelay.web.health import SpoolProbe
+from smtprelay.web.health import PROBE_TIMEOUT, SpoolProbe
+
+
+@contextlib.asynccontextmanager
+async def _probing(
+    directory: Path, probe_timeout: float = PROBE_TIMEOUT
+) -> AsyncIterator[SpoolProbe]:
+    probe = SpoolProbe(directory, probe_timeout)
+    try:
+        yield probe
+    finally:
+        probe.close()
 
 
 def _check(directory: Path) -> str | None:
     async def run() -> str | None:
-        probe = SpoolProbe(directory)
-        try:
+        async with _probing(directory) as probe:
             return await probe.check()
-        finally:
-            probe.close()
 
     return asyncio.run(run())
 
@@ -85,19 +95,17 @@ def test_a_slow_probe_is_answered_for_by_the_last_one_until_it_times_out(
     hung = f"spool {tmp_path}: a test write did not finish in 1s"
 
     async def run() -> list[str | None]:
-        probe = SpoolProbe(tmp_path, timeout=1.0)
         answers: list[str | None] = []
-        try:
-            answers.append(await probe.check())  # waits for the first probe
-            disk.clear()
-            answers.append(await probe.check())  # starts the hung probe, answers at once
-            await asyncio.sleep(1.1)
-            answers.append(await probe.check())
-            disk.set()
+        async with _probing(tmp_path, probe_timeout=1.0) as probe:
+            try:
+                answers.append(await probe.check())  # waits for the first probe
+                disk.clear()
+                answers.append(await probe.check())  # starts the hung probe, answers at once
+                await asyncio.sleep(1.1)
+                answers.append(await probe.check())
+            finally:
+                disk.set()
             answers.append(await _until(probe, None))
-        finally:
-            disk.set()
-            probe.close()
         return answers
 
     assert asyncio.run(run()) == [None, None, hung, None]
@@ -109,17 +117,14 @@ def test_what_one_request_finds_a_later_one_reports(tmp_path: Path) -> None:
     gone = f"spool {queue} is not writable: No such file or directory"
 
     async def run() -> list[str | None]:
-        probe = SpoolProbe(queue)
         answers: list[str | None] = []
-        try:
+        async with _probing(queue) as probe:
             answers.append(await probe.check())
             queue.rmdir()
             answers.append(await probe.check())  # the last probe's answer, at once
             answers.append(await _until(probe, gone))
             queue.mkdir()
             answers.append(await _until(probe, None))
-        finally:
-            probe.close()
         return answers
 
     assert asyncio.run(run()) == [None, None, gone, None]
@@ -130,13 +135,10 @@ def test_after_a_quiet_spell_a_request_waits_for_its_own_probe(tmp_path: Path) -
     queue.mkdir()
 
     async def run() -> list[str | None]:
-        probe = SpoolProbe(queue, timeout=1.0)
-        try:
+        async with _probing(queue, probe_timeout=1.0) as probe:
             first = await probe.check()
             queue.rmdir()
             await asyncio.sleep(1.1)  # the last answer is older than the timeout
             return [first, await probe.check()]
-        finally:
-            probe.close()
 
     assert asyncio.run(run()) == [None, f"spool {queue} is not writable: No such file or directory"]
