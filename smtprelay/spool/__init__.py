@@ -9,6 +9,6 @@ Both stages use it and it uses neither.
 Path of a message: docs/flow.md.
 """
 
-from smtprelay.spool.store import Spool, SpoolError
+from smtprelay.spool.store import SYNC_THREADS, NewFile, Spool, SpoolError
 
-__all__ = ["Spool", "SpoolError"]
+__all__ = ["SYNC_THREADS", "NewFile", "Spool", "SpoolError"]

@@ -160,22 +160,6 @@ class Spool:
         """Make every rename and unlink in ``queue/`` so far durable."""
         self._queue_sync.sync()
 
-    def sync_files(self, qids: list[str]) -> None:
-        """Make the content of new files durable that another process created (and
-        closed: :meth:`NewFile.close`): fsync is of the file, not of a descriptor. A
-        group then shares one :meth:`sync`. On failure that file is taken back and
-        SpoolError raised (the caller takes back the rest)."""
-        for qid in qids:
-            try:
-                fd = os.open(qid + SUFFIX, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._queue_fd)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                self._unlink(qid + SUFFIX)
-                raise _spool_error(qid, e) from e
-
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._queue_fd)
@@ -202,8 +186,8 @@ class NewFile:
             os.close(self._fd)
 
     def close(self) -> None:
-        """Leave the file complete but not durable, for :meth:`Spool.sync_files` (in
-        the process that answers for it) and the directory's :meth:`Spool.sync`."""
+        """Leave the file complete but not durable (a file given up: the caller takes
+        it back)."""
         os.close(self._fd)
 
     def sync_file(self) -> None:

@@ -267,10 +267,6 @@ def _utf8_headers(data: bytes) -> bool:
     return not data.split(b"\r\n\r\n", 1)[0].isascii()
 
 
-# A group of files written by another process is fsynced in up to this many threads.
-WRITTEN_SYNC_JOBS = 8
-
-
 class CommitError(RelayError):
     """Nothing of the group was queued; ``no_space``: the disk is full."""
 
@@ -286,15 +282,12 @@ class Pending(Protocol):
     def commit(self) -> None: ...
 
 
-async def commit(
-    spool: Spool, group: list[Prepared], record: Pending | None = None, *, written: bool = False
-) -> None:
+async def commit(spool: Spool, group: list[Prepared], record: Pending | None = None) -> None:
     """Write and fsync every message of ``group`` and ``record`` beside them, then fsync
     the queue directory once for all (one group commit); once all are durable, commit
     ``record`` (its rename: the point after which a crash replays the answer). All or
     nothing: on failure every file of the group is taken back and CommitError raised
-    (the caller discards ``record``). ``written``: the files exist already, complete
-    (created by a :mod:`smtprelay.web.preparing` worker); they are fsynced here.
+    (the caller discards ``record``).
 
     Each file is created in a thread too, not only synced there: creating a file is
     kernel work (an inode found and initialised) that cost 40-450 us per file on the
@@ -302,17 +295,7 @@ async def commit(
     loop = asyncio.get_running_loop()
 
     async def write_all() -> None:
-        if written:
-            # Files another process wrote: their fsyncs in a few threads at once, so the
-            # journal commits them together.
-            qids = [item.envelope.qid for item in group]
-            step = -(-len(qids) // WRITTEN_SYNC_JOBS)
-            jobs = [
-                loop.run_in_executor(None, spool.sync_files, qids[i : i + step])
-                for i in range(0, len(qids), step)
-            ]
-        else:
-            jobs = [loop.run_in_executor(None, write, spool, item) for item in group]
+        jobs = [loop.run_in_executor(None, write, spool, item) for item in group]
         if record is not None:
             jobs.append(loop.run_in_executor(None, record.sync))
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -328,17 +311,11 @@ async def commit(
             except OSError as e:
                 failed.append(SpoolError(f"cannot record the Idempotency-Key: {e.strerror}"))
         if failed:
-            # Written by another process: all are there (but one taken back already);
-            # else those whose write succeeded.
-            done = (
-                [item.envelope.qid for item in group]
-                if written
-                else [
-                    item.envelope.qid
-                    for item, r in zip(group, results, strict=False)
-                    if not isinstance(r, BaseException)
-                ]
-            )
+            done = [
+                item.envelope.qid
+                for item, r in zip(group, results, strict=False)
+                if not isinstance(r, BaseException)
+            ]
             await loop.run_in_executor(None, remove, spool, done)
             first = failed[0]
             no_space = isinstance(first, SpoolError | OSError) and no_space_left(first)

@@ -5,14 +5,16 @@ so a JSON submission's own work -- validating it, applying the policy, building 
 MIME message, creating and fsyncing its spool file -- took turns with delivery on one
 core while the other core idled (SMTP sessions have the inbound workers for the same
 reason). Here that work runs in a pool of processes: a batch is split among them, and
-the main process keeps what needs its state or only waits on the disk: the bearer
-token, the Idempotency-Key, the fsyncs of the group's files and of the directory (in
-its threads), the log lines and handing the messages to the queue.
+the main process keeps what needs its state: the bearer token, the Idempotency-Key,
+the log lines and handing the messages to the queue.
 
 A worker is given the message's JSON (as parsed), its queue ID (made by the main
 process, whose IDs never collide with the inbound workers'), the settings and who
-submits; it answers with the message prepared and its file written (the main process
-fsyncs the group's files and directory), or with the problem that refused it. Messages
+submits; it answers with the message prepared and its file durable, or with the
+problem that refused it. The fsyncs are the worker's too, in its own threads (the
+files of a request at once, then the queue directory once for them), so that it
+prepares the next request meanwhile: done by the main process, their hand-offs to and
+from its threads cost its event loop a third of its time per request. Messages
 with a ``template`` are prepared by the main process, which holds the template store.
 A request with an Idempotency-Key has its files written by the main process, after the
 key's pending record (:mod:`smtprelay.web.idempotency`): a crash must never leave a
@@ -36,13 +38,16 @@ import pickle
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smtprelay.config import Settings
 from smtprelay.errors import RelayError
-from smtprelay.spool import Spool, SpoolError
+from smtprelay.spool import SYNC_THREADS, NewFile, Spool, SpoolError
 from smtprelay.systemd import PRIVATE_ENV
 from smtprelay.web import intake
 from smtprelay.web.problem import ApiProblem, unavailable
@@ -278,17 +283,88 @@ def main(argv: list[str]) -> int:
     with (
         socket.socket(fileno=channel_fd) as channel,
         channel.makefile("rb") as incoming,
+        ThreadPoolExecutor(SYNC_THREADS, "fsync") as syncing,
         contextlib.suppress(ConnectionError, EOFError, pickle.UnpicklingError),
     ):
+        reply = _Replies(channel)
         while header := incoming.read(4):
             sequence, args = pickle.loads(incoming.read(int.from_bytes(header, "big")))
             try:
-                answer: Any = _work(*args)
+                spool, outcomes, files = _work(*args)
             except Exception as e:  # a fault of ours: the request is answered 500, once
-                answer = RuntimeError(f"message preparation failed: {e!r}")
-            frame = pickle.dumps((sequence, answer), pickle.HIGHEST_PROTOCOL)
-            channel.sendall(len(frame).to_bytes(4, "big") + frame)
+                reply(sequence, RuntimeError(f"message preparation failed: {e!r}"))
+                continue
+            if spool is None or not files:
+                reply(sequence, outcomes)
+                continue
+            # Answered once its files and their names are durable, by the thread that
+            # synced the last of them: meanwhile this thread prepares the next request.
+            group = _Durable(sequence, outcomes, spool, files, reply)
+            for file in files:
+                syncing.submit(group.sync, file)
     return 0
+
+
+class _Replies:
+    """Answers to the main process, from whichever thread has one: whole frames."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+
+    def __call__(self, sequence: int, answer: object) -> None:
+        frame = pickle.dumps((sequence, answer), pickle.HIGHEST_PROTOCOL)
+        with self._lock, contextlib.suppress(OSError):  # the daemon is gone: see main
+            self._channel.sendall(len(frame).to_bytes(4, "big") + frame)
+
+
+class _Durable:
+    """One request's new files, fsynced in threads at once (the journal commits them
+    together); the thread of the last one syncs the queue directory, once for the
+    group, and answers. A failure takes back every file of the group (none was
+    acknowledged) and answers WriteFailed for each: the request is refused with 503."""
+
+    def __init__(
+        self,
+        sequence: int,
+        outcomes: list[Outcome],
+        spool: Spool,
+        files: list[NewFile],
+        reply: Callable[[int, object], None],
+    ) -> None:
+        self._sequence = sequence
+        self._outcomes = outcomes
+        self._spool = spool
+        self._files = files
+        self._reply = reply
+        self._lock = threading.Lock()
+        self._left = len(files)
+        self._failed: WriteFailed | None = None
+
+    def sync(self, file: NewFile) -> None:
+        failed = None
+        try:
+            file.sync_file()
+        except SpoolError as e:
+            failed = WriteFailed(str(e), e.no_space)
+        with self._lock:
+            self._failed = self._failed or failed
+            self._left -= 1
+            if self._left:
+                return
+        spool = self._spool
+        if self._failed is None:
+            try:
+                spool.sync()
+            except OSError as e:
+                reason = f"cannot sync the queue directory: {e.strerror}"
+                self._failed = WriteFailed(reason, intake.no_space_left(e))
+        outcomes = self._outcomes
+        if self._failed is not None:
+            for each in self._files:
+                spool.discard(each.qid)
+            outcomes = [self._failed] * len(outcomes)
+        self._reply(self._sequence, outcomes)
 
 
 _spools: dict[str, Spool] = {}
@@ -303,15 +379,29 @@ def _work(
     strict: bool,
     write: bool,
     jobs: list[Job],
-) -> list[Outcome]:
+) -> tuple[Spool | None, list[Outcome], list[NewFile]]:
+    """Every job's outcome; with ``write``, the spool and the new files of those
+    prepared, complete but not yet durable (the caller syncs them before the answer)."""
     settings = _settings_of(blob)
     outcomes = [_prepare(job, settings, origin, key) for job in jobs]
     if not write or (strict and any(not isinstance(o, intake.Prepared) for o in outcomes)):
-        return outcomes
+        return None, outcomes, []
     spool = _spools.get(root)
     if spool is None:
         spool = _spools[root] = Spool(Path(root))
-    return [_write(spool, o) if isinstance(o, intake.Prepared) else o for o in outcomes]
+    files: list[NewFile] = []
+    for outcome in outcomes:
+        if not isinstance(outcome, intake.Prepared):
+            continue
+        try:
+            qid = outcome.envelope.qid
+            files.append(spool.create_encoded(qid, outcome.encoded, outcome.data))
+        except SpoolError as e:
+            for file in files:  # none of the group will be acknowledged
+                file.close()
+                spool.discard(file.qid)
+            return None, [WriteFailed(str(e), e.no_space)] * len(outcomes), []
+    return spool, outcomes, files
 
 
 def _settings_of(blob: bytes) -> Settings:
@@ -335,16 +425,6 @@ def _prepare(job: Job, settings: Settings, origin: intake.Origin, key: str | Non
 
 def _no_templates(*_: object) -> Any:
     raise AssertionError("messages with a template are prepared by the main process")
-
-
-def _write(spool: Spool, item: intake.Prepared) -> Outcome:
-    """The message's file, complete; the main process fsyncs it with the group: a
-    worker waiting for each fsync in turn took one request at a time."""
-    try:
-        spool.create_encoded(item.envelope.qid, item.encoded, item.data).close()
-    except (OSError, SpoolError) as e:
-        return WriteFailed(str(e), intake.no_space_left(e))
-    return item
 
 
 if __name__ == "__main__":

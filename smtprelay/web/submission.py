@@ -44,7 +44,7 @@ RFC822 = "message/rfc822"
 JSON_OVERHEAD = 64 * 1024
 MAX_DEPTH = 32
 PREPARERS = web.AppKey("preparers", preparing.Preparers)
-# A message prepared (and, by a preparing worker, written), or the problem refusing it.
+# A message prepared (and, by a preparing worker, made durable), or the problem refusing it.
 Result = intake.Prepared | ApiProblem
 
 
@@ -143,10 +143,10 @@ async def _queue(
     keyed: Keyed | None,
     status: int,
     answer: dict[str, Any],
-    written: bool,
+    durable: bool,
 ) -> None:
     """Make ``group`` durable (with the idempotency record of ``answer``), then queue it;
-    ``written``: its files are written already (by a preparing worker)."""
+    ``durable``: a preparing worker has written and synced its files already."""
     ctx = context(request)
     store = request.app[STORE]
     spool = ctx.scheduler.spool
@@ -162,7 +162,8 @@ async def _queue(
         except OSError as e:
             raise unavailable(f"cannot record the Idempotency-Key: {e.strerror or e}") from None
     try:
-        await intake.commit(spool, group, pending, written=written)
+        if not durable:
+            await intake.commit(spool, group, pending)
     except intake.CommitError as e:
         if pending is not None:
             pending.discard()
@@ -250,11 +251,11 @@ async def _one(
     else:
         doc = _parse_json(body)
     key = keyed[0] if keyed else None
-    results, written = await _prepare_all(request, [(doc, ())], origin, key, strict=True)
+    results, durable = await _prepare_all(request, [(doc, ())], origin, key, strict=True)
     prepared = results[0]
     assert isinstance(prepared, intake.Prepared)  # strict: a refusal was raised
     answer = prepared.answer()
-    await _queue(request, [prepared], origin, keyed, 202, answer, written)
+    await _queue(request, [prepared], origin, keyed, 202, answer, durable)
     return 202, answer
 
 
@@ -267,8 +268,9 @@ async def _prepare_all(
 ) -> tuple[list[Result], bool]:
     """Each message of ``docs`` (its JSON and the prefix of its pointers) prepared, or
     the problem refusing it; ``strict``: the first refusal is raised and nothing is kept.
-    With preparing workers their files are written unless keyed (the bool says whether);
-    messages with a template are prepared here, where the template store is."""
+    With preparing workers their files are written and made durable unless keyed (the
+    bool says whether); messages with a template are prepared here, where the template
+    store is."""
     ctx = context(request)
     preparers = request.app.get(PREPARERS)
     if preparers is None or any(isinstance(d, dict) and "template" in d for d, _ in docs):
@@ -352,7 +354,7 @@ async def _batch(
         ({**defaults, **message} if isinstance(message, dict) else message, ("messages", i))
         for i, message in enumerate(messages)
     ]
-    results, written = await _prepare_all(request, docs, origin, key, strict=mode == "strict")
+    results, durable = await _prepare_all(request, docs, origin, key, strict=mode == "strict")
     group = [r for r in results if isinstance(r, intake.Prepared)]
     entries: list[dict[str, Any]] = []
     for i, r in enumerate(results):
@@ -379,5 +381,5 @@ async def _batch(
         "rejected": len(results) - len(group),
         "messages": entries,
     }
-    await _queue(request, group, origin, keyed, 202, answer, written)
+    await _queue(request, group, origin, keyed, 202, answer, durable)
     return 202, answer

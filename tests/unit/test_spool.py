@@ -568,37 +568,3 @@ def test_update_and_remove_end_with_directory_fsync(
             "fsync queue",
         ]
 
-
-# --- files another process wrote (HTTP preparing workers) ---------------------------------
-
-
-def test_a_file_another_process_wrote_is_fsynced_by_its_name(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    envelope = make_envelope(size=len(DATA))
-    spool.create_encoded(envelope.qid, envelope.to_json(), DATA).close()
-    synced: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    spool.sync_files([envelope.qid])
-    assert synced == [str(spool.path(envelope.qid))]
-    assert _raw(spool, envelope.qid) == _record(envelope, DATA)
-
-
-def test_a_failed_fsync_by_name_takes_that_file_back(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first, second = make_envelope(size=len(DATA)), make_envelope(size=len(DATA))
-    for envelope in (first, second):
-        spool.create_encoded(envelope.qid, envelope.to_json(), DATA).close()
-    _failing_fsync(monkeypatch, errno.ENOSPC, 2)
-    with pytest.raises(SpoolError) as info:
-        spool.sync_files([first.qid, second.qid])
-    assert info.value.no_space is True and second.qid in str(info.value)
-    # The caller takes back the rest of its group; the failed one is gone already.
-    assert _files(spool) == {first.qid + ".msg"}
