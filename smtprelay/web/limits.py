@@ -11,9 +11,8 @@ with ``Retry-After`` and the JSON error shape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
 
@@ -50,33 +49,43 @@ class InFlight:
         self._all = asyncio.Semaphore(limit)
         self._heavy = asyncio.Semaphore(max(1, min(heavy_limit, limit)))
 
-    @contextlib.asynccontextmanager
-    async def slot(self, heavy: bool) -> AsyncIterator[None]:
-        """Hold a slot (and a heavy one) for the body; raises Busy if none comes."""
-        async with contextlib.AsyncExitStack() as stack:
-            if self.waiting >= self.max_waiting:  # they would take a free slot first
-                raise Busy
-            self.waiting += 1
-            try:
-                async with asyncio.timeout(self.wait):
-                    await stack.enter_async_context(self._all)
-                    if heavy:
-                        await stack.enter_async_context(self._heavy)
-            except TimeoutError:
+    async def _take(self, heavy: bool) -> None:
+        """A slot (and a heavy one): at once when one is free and nobody waits (the
+        common case, with no timer), else in arrival order within ``wait``; raises
+        Busy if none comes."""
+        if not self.waiting and not self._all.locked() and not (heavy and self._heavy.locked()):
+            await self._all.acquire()  # free: returns without suspending
+            if heavy:
+                await self._heavy.acquire()
+            return
+        if self.waiting >= self.max_waiting:  # they would take a free slot first
+            raise Busy
+        self.waiting += 1
+        taken: list[asyncio.Semaphore] = []
+        try:
+            async with asyncio.timeout(self.wait):
+                for semaphore in (self._all, self._heavy) if heavy else (self._all,):
+                    await semaphore.acquire()
+                    taken.append(semaphore)
+        except BaseException as e:
+            for semaphore in taken:
+                semaphore.release()
+            if isinstance(e, TimeoutError):
                 raise Busy from None
-            finally:
-                self.waiting -= 1
-            self.active += 1
-            try:
-                yield
-            finally:
-                self.active -= 1
+            raise
+        finally:
+            self.waiting -= 1
+
+    def _give_back(self, heavy: bool) -> None:
+        if heavy:
+            self._heavy.release()
+        self._all.release()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        heavy = request.path in self.heavy_paths
         try:
-            async with self.slot(request.path in self.heavy_paths):
-                return await handler(request)
+            await self._take(heavy)
         except Busy:
             self.refused += 1
             response = error(
@@ -86,3 +95,9 @@ class InFlight:
             )
             response.headers["Retry-After"] = str(max(1, math.ceil(self.wait)))
             return response
+        self.active += 1
+        try:
+            return await handler(request)
+        finally:
+            self.active -= 1
+            self._give_back(heavy)
