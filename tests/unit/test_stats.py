@@ -251,6 +251,44 @@ def test_a_long_history_keeps_its_start_and_its_end(st: stats.Stats) -> None:
     assert history.events[-1]["recipient"] == f"r{stats.MAX_EVENTS + 49}@x.test"
 
 
+def test_a_deferral_repeating_the_last_one_is_kept_once_with_its_count(st: stats.Stats) -> None:
+    # An outage of days: every retry of every recipient meets the same refusal.
+    receive(QID, recipients=2)
+    firsts: list[float] = []
+    for attempt in range(200):
+        for recipient in ("a@x.test", "b@x.test"):
+            maillog.delivery(QID, recipient, "none", 60.0 * attempt, DELAYS, LATER, "deferred")
+        history = st.history(QID)
+        assert history is not None
+        firsts = firsts or [e["time"] for e in history.events[-2:]]
+    assert history is not None
+    deferrals = [e for e in history.events if e.get("status") == "deferred"]
+    assert [(e["recipient"], e["repeated"], e["since"]) for e in deferrals] == [
+        ("a@x.test", 200, firsts[0]),
+        ("b@x.test", 200, firsts[1]),
+    ]
+    assert deferrals[0]["delay"] == 60.0 * 199  # the newest attempt's fields
+    assert history.omitted == 0 and len(history.events) == 5  # client, id, queued, 2
+    assert {a: f.attempts for a, f in history.finals().items()} == {
+        "a@x.test": 200,
+        "b@x.test": 200,
+    }
+    # A different reply is a new event; what was repeated before keeps its count.
+    maillog.delivery(QID, "a@x.test", "none", 1.0, DELAYS, REFUSED, "bounced")
+    maillog.delivery(QID, "b@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    history = st.history(QID)
+    assert history is not None
+    assert [(e["recipient"], e["status"], e.get("repeated")) for e in history.events[3:]] == [
+        ("a@x.test", "deferred", 200),
+        ("b@x.test", "deferred", 200),
+        ("a@x.test", "bounced", None),
+        ("b@x.test", "deferred", None),
+    ]
+    finals = history.finals()
+    assert (finals["a@x.test"].status, finals["a@x.test"].attempts) == ("bounced", 201)
+    assert (finals["b@x.test"].status, finals["b@x.test"].attempts) == ("deferred", 201)
+
+
 def test_note_queued_keeps_the_envelope_as_accepted(st: stats.Stats) -> None:
     envelope = make_envelope(
         QID,
