@@ -567,4 +567,3 @@ def test_update_and_remove_end_with_directory_fsync(
             f"rename {qid}.msg.tmp->{qid}.msg",
             "fsync queue",
         ]
-
