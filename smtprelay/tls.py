@@ -9,11 +9,6 @@ import ssl
 import warnings
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from smtprelay.config import Settings
 from smtprelay.errors import TLSError as TLSError
 
@@ -89,6 +84,14 @@ def load_legacy(context: ssl.SSLContext, settings: Settings) -> None:
 
 
 def make_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None:
+    # Imported here, used once on a daemon's first start: every process that loads a
+    # TLS context imports this module, and an inbound worker that imported
+    # cryptography too started at 49.6 MB of RSS, against 41.2 MB without it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
