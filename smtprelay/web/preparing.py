@@ -347,11 +347,21 @@ class _Durable:
             file.sync_file()
         except SpoolError as e:
             failed = WriteFailed(str(e), e.no_space)
+        except Exception as e:  # never a request left unanswered: its client would hang
+            failed = WriteFailed(f"cannot sync {file.qid}: {e!r}", False)
         with self._lock:
             self._failed = self._failed or failed
             self._left -= 1
             if self._left:
                 return
+        try:
+            answer: object = self._finish()
+        except Exception as e:  # a fault of ours: the request is answered 500, once
+            answer = RuntimeError(f"message preparation failed: {e!r}")
+        self._reply(self._sequence, answer)
+
+    def _finish(self) -> list[Outcome]:
+        """The last file is synced: the directory once, then the answer."""
         spool = self._spool
         if self._failed is None:
             try:
@@ -359,12 +369,12 @@ class _Durable:
             except OSError as e:
                 reason = f"cannot sync the queue directory: {e.strerror}"
                 self._failed = WriteFailed(reason, intake.no_space_left(e))
-        outcomes = self._outcomes
-        if self._failed is not None:
-            for each in self._files:
+        if self._failed is None:
+            return self._outcomes
+        for each in self._files:
+            with contextlib.suppress(OSError):  # taken back as far as the disk lets us
                 spool.discard(each.qid)
-            outcomes = [self._failed] * len(outcomes)
-        self._reply(self._sequence, outcomes)
+        return [self._failed] * len(self._outcomes)
 
 
 _spools: dict[str, Spool] = {}

@@ -102,3 +102,23 @@ def test_a_strict_request_with_a_refused_message_writes_nothing(tmp_path: Path) 
     assert spool is None and files == []
     assert isinstance(outcomes[1], preparing.Refused)
     assert not (tmp_path / "queue").exists() or os.listdir(tmp_path / "queue") == []
+
+
+def test_a_fault_while_syncing_still_answers_the_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Threads of a pool drop what they raise: an unanswered request would hang its client.
+    spool, outcomes, files = _written(tmp_path, 2)
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(spool, "sync", broken)
+    answers: list[tuple[int, object]] = []
+    group = preparing._Durable(3, outcomes, spool, files, lambda s, a: answers.append((s, a)))
+    with ThreadPoolExecutor(2) as pool:
+        for file in files:
+            pool.submit(group.sync, file)
+    ((sequence, answer),) = answers
+    assert sequence == 3
+    assert isinstance(answer, RuntimeError) and "a bug" in str(answer)
