@@ -58,8 +58,10 @@ class Stats(logging.Handler):
         self.clock = clock
         self._mutex = threading.Lock()
         self._history: OrderedDict[str, Packed] = OrderedDict()  # _Kept.packed()
-        self._created: deque[tuple[float, str]] = deque()  # (first event, qid)
-        self._finished: deque[tuple[float, str]] = deque()  # (removed, qid)
+        # Histories by creation and by removal: (time, QID) in two deques side by side,
+        # not a deque of pairs (a pair is a 56-byte object of its own per history).
+        self._created = _Timeline()  # the histories' first events
+        self._finished = _Timeline()  # the messages' removals
         self._notice_qids: set[str] = set()
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -122,7 +124,7 @@ class Stats(logging.Handler):
                 self.metrics.note_received()
         elif kind == Event.REMOVED:
             entry.removed_at = now
-            self._finished.append((now, qid))
+            self._finished.append(now, qid)
         self._history[qid] = entry.packed()
         self._purge(now)
 
@@ -133,7 +135,7 @@ class Stats(logging.Handler):
             return _Kept.unpacked(packed)
         entry = _Kept(qid, now)
         self._history[qid] = entry.packed()  # its place in the order: created now
-        self._created.append((now, qid))
+        self._created.append(now, qid)
         while len(self._history) > self.max_messages:
             self._history.popitem(last=False)
         return entry
@@ -143,7 +145,7 @@ class Stats(logging.Handler):
         event, transactions that never became a queued message (no DATA, refused)."""
         horizon = now - self.retention
         limit = 2 * self.max_messages  # the queues of candidates stay bounded too
-        while self._finished and (self._finished[0][0] <= horizon or len(self._finished) > limit):
+        while self._finished and (self._finished.head() <= horizon or len(self._finished) > limit):
             removed_at, qid = self._finished.popleft()
             packed = self._history.get(qid)
             if packed is not None and packed[REMOVED_AT] == removed_at:
@@ -152,7 +154,7 @@ class Stats(logging.Handler):
         # max_messages, so entries past the newest max_messages name dropped ones.
         created_limit = self.max_messages
         while self._created and (
-            self._created[0][0] <= horizon or len(self._created) > created_limit
+            self._created.head() <= horizon or len(self._created) > created_limit
         ):
             first, qid = self._created.popleft()
             packed = self._history.get(qid)
@@ -229,3 +231,24 @@ class Stats(logging.Handler):
             "tls_failed": counts.get("tls_failed", 0),
             "connections": counts.get("connections", 0),
         }
+
+
+class _Timeline:
+    """(time, QID) pairs in time order, first in, first out."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+        self._qids: deque[str] = deque()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def append(self, when: float, qid: str) -> None:
+        self._times.append(when)
+        self._qids.append(qid)
+
+    def head(self) -> float:
+        return self._times[0]
+
+    def popleft(self) -> tuple[float, str]:
+        return self._times.popleft(), self._qids.popleft()

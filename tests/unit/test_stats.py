@@ -307,6 +307,29 @@ def test_note_queued_keeps_the_envelope_as_accepted(st: stats.Stats) -> None:
     assert history is not None and history.envelope == envelope.to_json()
 
 
+def test_a_quiet_history_is_sealed_and_reads_back_the_same(st: stats.Stats) -> None:
+    # Queued and not yet attempted: kept as it is (it is about to change).
+    receive(QID)
+    st.note_queued(make_envelope(QID))
+    assert isinstance(st._history[QID][2], tuple)
+    before = st.history(QID)
+    # Deferred: it waits for its retry, sealed in one blob with its envelope.
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 1.0, DELAYS, LATER, "deferred")
+    packed = st._history[QID]
+    assert isinstance(packed[2], bytes) and packed[6] is None
+    # A sealed history still takes events, and shows all of them.
+    maillog.delivery(QID, "a@x.test", "mx[192.0.2.7]:25", 9.0, DELAYS, SENT, "sent")
+    maillog.removed(QID)
+    assert isinstance(st._history[QID][2], bytes)
+    after = st.history(QID)
+    assert before is not None and after is not None
+    assert after.events[:3] == before.events
+    assert [e["event"] for e in after.events[3:]] == ["delivery", "delivery", "removed"]
+    assert after.envelope == before.envelope == make_envelope(QID).to_json()
+    assert after.outcome == "delivered" and after.deferred and after.removed_at is not None
+    assert after.finals()["a@x.test"].attempts == 2
+
+
 def test_events_below_the_log_level_still_count() -> None:
     """[log] level = "warning" hides info lines from stderr, not from the statistics."""
     root = logging.getLogger()
