@@ -303,7 +303,7 @@ class Attempts:
                 pending = []
             else:
                 envelope.state = QueueState.DEFERRED
-                envelope.next_attempt = now + delay
+                envelope.next_attempt = backoff.retry_at(now, delay)
                 await self.s.notify(envelope, results, data, now)
                 await self._save(envelope, data)
                 self.s.ledger.note(envelope)

@@ -7,6 +7,7 @@ not all come back in the same second -- the regret Postfix documents about its o
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -30,3 +31,11 @@ def next_delay(
     base = schedule[min(attempts, len(schedule)) - 1]
     jitter = (rng or random).uniform(-JITTER, JITTER) * base
     return max(1.0, min(base + jitter, lifetime - age))
+
+
+def retry_at(now: float, delay: float) -> float:
+    """The time of the next attempt, ``delay`` seconds from ``now``, rounded up to a
+    whole second as Postfix's queue times are: the messages deferred into one second
+    then share its time (delivery.schedule keeps one object for it), and the jitter
+    still spreads them over the seconds."""
+    return float(math.ceil(now + delay))

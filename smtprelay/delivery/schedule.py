@@ -48,6 +48,10 @@ class Schedule:
         self.far: dict[int, list[str]] = {}
         self.far_seconds: list[int] = []
         self.far_count = 0
+        # The one due-time object of each bucket's second, for the retries due on it
+        # (backoff.retry_at: whole seconds): a float of its own per deferred message was
+        # 24 bytes each, 13 MB with 540,000 deferred.
+        self.far_times: dict[int, float] = {}
         self.due: dict[str, float] = {}
         # Taken off the schedule and not finished (under attempt, parked, in a rate
         # limiter's line). With ``due`` it makes the known QIDs -- never scheduled twice --
@@ -73,8 +77,11 @@ class Schedule:
     def push(self, qid: str, due: float) -> None:
         """(Re)schedule a QID at ``due``; an earlier entry of it is superseded."""
         self.taken.discard(qid)
+        now = self.clock()
+        if due >= now + NEAR and int(due) == due:
+            due = self.far_times.setdefault(int(due), due)
         self.due[qid] = due
-        self._place(qid, due, self.clock())
+        self._place(qid, due, now)
         self.wakeup.set()
 
     def _place(self, qid: str, due: float, now: float) -> None:
@@ -135,6 +142,7 @@ class Schedule:
         while seconds and seconds[0] <= horizon:
             second = heapq.heappop(seconds)
             bucket = far.pop(second)
+            self.far_times.pop(second, None)
             self.far_count -= len(bucket)
             for qid in bucket:
                 when = due.get(qid)
@@ -177,7 +185,7 @@ class Schedule:
         self.ready = deque(sorted(by_qid, key=due.__getitem__))
         self.heap = [(when, qid) for qid, when in due.items() if now < when < now + NEAR]
         heapq.heapify(self.heap)
-        self.far, self.far_seconds, self.far_count = {}, [], 0
+        self.far, self.far_seconds, self.far_count, self.far_times = {}, [], 0, {}
         for qid, when in due.items():
             if when >= now + NEAR:
                 self._place(qid, when, now)

@@ -51,3 +51,11 @@ def test_jitter_spreads_messages_deferred_together() -> None:
     rng = random.Random(7)
     delays = {backoff.next_delay(1, 0.0, SCHEDULE, LIFETIME, rng) for _ in range(50)}
     assert len(delays) > 40
+
+
+@given(st.floats(1.7e9, 2e9), st.floats(1.0, 86400.0))
+def test_a_retry_time_is_the_next_whole_second_not_before_the_delay(
+    now: float, delay: float
+) -> None:
+    when = backoff.retry_at(now, delay)
+    assert when == int(when) and now + delay <= when < now + delay + 1

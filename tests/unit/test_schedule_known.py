@@ -187,3 +187,20 @@ def test_the_rebuild_keeps_far_times_in_buckets() -> None:
     assert schedule.far == {1800: ["far"]} and schedule.far_count == 1
     clock.now = 1800.25
     assert drain(schedule) == ["now", "near", "far"]
+
+
+def test_retries_due_in_one_whole_second_share_its_time_object() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    # Retry times are whole seconds (backoff.retry_at); made apart, as each deferral does.
+    times = [float(1500 + n // 3) for n in range(6)]
+    for n, when in enumerate(times):
+        schedule.push(f"Q{n}", when)
+    assert schedule.due["Q0"] is schedule.due["Q1"] is schedule.due["Q2"]
+    assert schedule.due["Q3"] is schedule.due["Q5"] and schedule.due["Q3"] == 1501.0
+    assert schedule.due["Q0"] is not schedule.due["Q3"]
+    schedule.push("exact", 1500.5)  # a time of its own (a send_at): kept as given
+    assert schedule.due["exact"] == 1500.5
+    clock.now = 1502.0
+    assert drain(schedule) == ["Q0", "Q1", "Q2", "exact", "Q3", "Q4", "Q5"]
+    assert not schedule.far_times  # each second's object goes with its bucket
