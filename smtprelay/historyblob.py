@@ -69,6 +69,7 @@ def seal(envelope: bytes | None, records: tuple[bytes, ...]) -> bytes:
 
 def unseal(blob: bytes) -> tuple[bytes | None, tuple[bytes, ...]]:
     """What :func:`seal` was given."""
-    unpacker = _PRIMED_UNPACKER.copy()
-    envelope, *records = (unpacker.decompress(blob) + unpacker.flush()).split(b"\n")
+    # One call: the blob is a whole stream, so decompress() gives all of it (a flush()
+    # would be a second release of the GIL, which an event loop may wait to get back).
+    envelope, *records = _PRIMED_UNPACKER.copy().decompress(blob).split(b"\n")
     return envelope or None, tuple(records)
