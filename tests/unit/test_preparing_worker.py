@@ -47,7 +47,8 @@ def _written(root: Path, count: int) -> tuple[Spool, list[preparing.Outcome], li
     return spool, outcomes, files
 
 
-def _sync(spool: Spool, outcomes: list[preparing.Outcome], files: list[NewFile]) -> list[object]:
+def _answer(spool: Spool, outcomes: list[preparing.Outcome], files: list[NewFile]) -> object:
+    """The one answer a request's group gives once its files are synced in threads."""
     answers: list[tuple[int, object]] = []
     group = preparing._Durable(7, outcomes, spool, files, lambda s, a: answers.append((s, a)))
     with ThreadPoolExecutor(4) as pool:
@@ -55,6 +56,11 @@ def _sync(spool: Spool, outcomes: list[preparing.Outcome], files: list[NewFile])
             pool.submit(group.sync, file)
     ((sequence, answer),) = answers
     assert sequence == 7
+    return answer
+
+
+def _sync(spool: Spool, outcomes: list[preparing.Outcome], files: list[NewFile]) -> list[object]:
+    answer = _answer(spool, outcomes, files)
     assert isinstance(answer, list)
     return answer
 
@@ -114,11 +120,5 @@ def test_a_fault_while_syncing_still_answers_the_request(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(spool, "sync", broken)
-    answers: list[tuple[int, object]] = []
-    group = preparing._Durable(3, outcomes, spool, files, lambda s, a: answers.append((s, a)))
-    with ThreadPoolExecutor(2) as pool:
-        for file in files:
-            pool.submit(group.sync, file)
-    ((sequence, answer),) = answers
-    assert sequence == 3
+    answer = _answer(spool, outcomes, files)
     assert isinstance(answer, RuntimeError) and "a bug" in str(answer)
