@@ -97,12 +97,46 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
+def _url(port: int, per_request: int) -> str:
+    return f"http://127.0.0.1:{port}/v1/messages" + ("/batch" if per_request > 1 else "")
+
+
+def _body(first: int, per_request: int) -> Any:
+    """One request's JSON: a message, or a batch of ``per_request`` numbered from ``first``."""
+    if per_request > 1:
+        return {"messages": [message(first + k) for k in range(per_request)]}
+    return message(first)
+
+
+def _row(
+    client: str,
+    accepted: int,
+    wall: float,
+    latency: tuple[float, float],
+    failures: int,
+    relay_cpu: float,
+    client_cpu: float,
+) -> dict[str, Any]:
+    """A phase's figures; ``latency``: p50 and p99 of a request, in seconds."""
+    return {
+        "accepted_per_s": round(accepted / wall, 1),
+        "lat_p50_ms": round(latency[0] * 1e3, 2),
+        "lat_p99_ms": round(latency[1] * 1e3, 2),
+        "messages": accepted,
+        "failed_requests": failures,
+        "wall_s": round(wall, 2),
+        "relay_cpu_ms_per_msg": round(relay_cpu * 1e3 / max(accepted, 1), 2),
+        "client_cpu_ms_per_msg": round(client_cpu * 1e3 / max(accepted, 1), 2),
+        "client": client,
+    }
+
+
 async def http_phase(
     port: int, requests: int, per_request: int, relay_pid: int | None = None
 ) -> dict[str, Any]:
     """``requests`` POSTs (``per_request`` messages each) from CLIENTS clients; with the
     CPU time the relay and this client spent per message (the client shares the 2 cores)."""
-    url = f"http://127.0.0.1:{port}/v1/messages" + ("/batch" if per_request > 1 else "")
+    url = _url(port, per_request)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     latencies: list[float] = []
     failures = 0
@@ -114,11 +148,7 @@ async def http_phase(
         async def client() -> None:
             nonlocal failures
             for i in todo:
-                base = i * per_request
-                if per_request > 1:
-                    body: Any = {"messages": [message(base + k) for k in range(per_request)]}
-                else:
-                    body = message(base)
+                body = _body(i * per_request, per_request)
                 started = time.perf_counter()
                 async with session.post(url, json=body, headers=headers) as response:
                     await response.read()
@@ -135,16 +165,8 @@ async def http_phase(
         client_cpu = time.process_time() - client_cpu
         relay_cpu = cpu_since(relay_pid, relay_before) if relay_pid else 0.0
     accepted = len(latencies) * per_request
-    return {
-        "accepted_per_s": round(accepted / wall, 1),
-        "lat_p50_ms": round(pct(latencies, 50) * 1e3, 2),
-        "lat_p99_ms": round(pct(latencies, 99) * 1e3, 2),
-        "messages": accepted,
-        "failed_requests": failures,
-        "wall_s": round(wall, 2),
-        "relay_cpu_ms_per_msg": round(relay_cpu * 1e3 / max(accepted, 1), 2),
-        "client_cpu_ms_per_msg": round(client_cpu * 1e3 / max(accepted, 1), 2),
-    }
+    latency = (pct(latencies, 50), pct(latencies, 99))
+    return _row("aiohttp", accepted, wall, latency, failures, relay_cpu, client_cpu)
 
 
 # wrk's Lua script: the request (method, headers, body from BENCH_BODY), each answer
@@ -176,12 +198,9 @@ def wrk_phase(
     2 threads; the body is the same each time (every POST is a new message: no
     Idempotency-Key). A request wrk cut off at the end is not counted, even if the
     relay queued it."""
-    url = f"http://127.0.0.1:{port}/v1/messages" + ("/batch" if per_request > 1 else "")
-    body: Any = (
-        {"messages": [message(k) for k in range(per_request)]} if per_request > 1 else message(0)
-    )
+    url = _url(port, per_request)
     body_file = out / f"wrk-body-{per_request}.json"
-    body_file.write_text(json.dumps(body))
+    body_file.write_text(json.dumps(_body(0, per_request)))
     script = out / "wrk-post.lua"
     script.write_text(WRK_SCRIPT)
     env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_TOKEN": TOKEN}
@@ -197,23 +216,13 @@ def wrk_phase(
     if ran.returncode != 0 or not figures:
         raise SystemExit(f"wrk failed ({ran.returncode}): {ran.stdout[-2000:]}{ran.stderr[-2000:]}")
     got = json.loads(figures[-1])
-    wall = got["duration_us"] / 1e6
-    answered = got["requests"] - got["not_2xx"]
-    accepted = answered * per_request
+    accepted = (got["requests"] - got["not_2xx"]) * per_request
     client_cpu = (client.ru_utime + client.ru_stime) - (
         client_before.ru_utime + client_before.ru_stime
     )
-    return {
-        "accepted_per_s": round(accepted / wall, 1),
-        "lat_p50_ms": round(got["p50_us"] / 1e3, 2),
-        "lat_p99_ms": round(got["p99_us"] / 1e3, 2),
-        "messages": accepted,
-        "failed_requests": got["not_2xx"] + got["socket_errors"],
-        "wall_s": round(wall, 2),
-        "relay_cpu_ms_per_msg": round(relay_cpu * 1e3 / max(accepted, 1), 2),
-        "client_cpu_ms_per_msg": round(client_cpu * 1e3 / max(accepted, 1), 2),
-        "client": "wrk",
-    }
+    latency = (got["p50_us"] / 1e6, got["p99_us"] / 1e6)
+    failures = got["not_2xx"] + got["socket_errors"]
+    return _row("wrk", accepted, got["duration_us"] / 1e6, latency, failures, relay_cpu, client_cpu)
 
 
 def drain(relay: accept.Relay, timeout: float) -> None:

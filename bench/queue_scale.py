@@ -158,7 +158,6 @@ class Clocks:
     in a run queue, and this script's own thread waiting in one."""
 
     def __init__(self, daemon: int) -> None:
-        self.daemon = daemon
         with open("/proc/stat") as f:
             self.steal = int(f.readline().split()[8]) / USER_HZ
         self.loop_ran, self.loop_waited = self._schedstat(f"/proc/{daemon}/task/{daemon}")
