@@ -30,7 +30,7 @@ from pathlib import Path
 import uvloop
 
 from smtprelay import config, ids, maillog
-from smtprelay.inbound.channel import LogForwarder, Sender
+from smtprelay.channel import LogForwarder, Sender
 from smtprelay.inbound.reload import reload_inbound
 from smtprelay.inbound.server import (
     SHUTDOWN_GRACE,

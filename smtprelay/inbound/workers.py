@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smtprelay import channel
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
-from smtprelay.inbound import channel
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.server import ListenerKind, ListenerState, bind, listener_state
 from smtprelay.systemd import PRIVATE_ENV

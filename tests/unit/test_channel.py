@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from smtprelay import maillog, replies
-from smtprelay.inbound import channel
+from smtprelay import channel, maillog, replies
 from smtprelay.stats import Stats
 from tests.unit.helpers import make_envelope
 

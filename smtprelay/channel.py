@@ -1,4 +1,5 @@
-"""The one-way pipe from an inbound worker process to the main process.
+"""The one-way pipe from a worker process (inbound SMTP, or the HTTP front) to the main
+process.
 
 A stream of frames, each a line of JSON, one of::
 
@@ -7,8 +8,11 @@ A stream of frames, each a line of JSON, one of::
     {"log": {...}}                       a mail-log event, for the main process's statistics
     {"queued": "QID", "length": 2345}    then that many bytes: the spool record just made
                                          durable (envelope line, message), for delivery
+    {"handoff": 812}                     (HTTP front only) a client connection for the main
+                                         process to serve, its descriptor passed with the
+                                         line, then the 812 bytes already read from it
 
-The worker writes frames through :class:`Sender`, which gathers everything one event
+The inbound worker writes frames through :class:`Sender`, which gathers everything one event
 loop iteration produced into one write: a message costs the worker one system call
 here, not one per event. Like Postfix's smtpd telling qmgr about a new queue file, the
 frame only saves the main process a read; the spool file is the message.
@@ -22,7 +26,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from smtprelay.envelope import Envelope
 
@@ -78,11 +82,15 @@ class Sender:
             await self._writer.wait_closed()
 
 
+class FrameSender(Protocol):
+    def send(self, frame: Mapping[str, Any], payload: bytes = b"") -> None: ...
+
+
 class LogForwarder(logging.Handler):
     """Sends each mail-log event to the main process (its statistics and histories are
     made from the log, see smtprelay.stats); the worker prints its own lines."""
 
-    def __init__(self, sender: Sender) -> None:
+    def __init__(self, sender: FrameSender) -> None:
         super().__init__(logging.DEBUG)
         self.sender = sender
 
