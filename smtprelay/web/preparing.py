@@ -393,7 +393,7 @@ def _work(
     """Every job's outcome; with ``write``, the spool and the new files of those
     prepared, complete but not yet durable (the caller syncs them before the answer)."""
     settings = _settings_of(blob)
-    outcomes = [_prepare(job, settings, origin, key) for job in jobs]
+    outcomes = [prepare_job(job, settings, origin, key) for job in jobs]
     if not write or (strict and any(not isinstance(o, intake.Prepared) for o in outcomes)):
         return None, outcomes, []
     spool = _spools.get(root)
@@ -421,7 +421,9 @@ def _settings_of(blob: bytes) -> Settings:
     return _settings_seen[1]
 
 
-def _prepare(job: Job, settings: Settings, origin: intake.Origin, key: str | None) -> Outcome:
+def prepare_job(job: Job, settings: Settings, origin: intake.Origin, key: str | None) -> Outcome:
+    """One message validated and built (not written), or why not (see :class:`Refused`);
+    also the HTTP front's (:mod:`smtprelay.web.front`)."""
     try:
         model = intake.validate(job.doc, job.prefix)
     except ApiProblem as p:

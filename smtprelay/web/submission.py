@@ -10,7 +10,6 @@ SMTP's ``250``; every error is problem+json (:mod:`smtprelay.web.problem`). An
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from smtprelay import ids, maillog
 from smtprelay.spool import Spool
-from smtprelay.web import compose, intake, preparing
+from smtprelay.web import compose, intake, preparing, requestbody
 from smtprelay.web.context import Context, context, require
 from smtprelay.web.idempotency import IdempotencyStore, Record
 from smtprelay.web.idempotent import JSON, STORE, Keyed, idempotent
@@ -28,9 +27,7 @@ from smtprelay.web.messagemodel import MessageIn
 from smtprelay.web.problem import (
     ApiProblem,
     FieldError,
-    bad_json,
     invalid,
-    lone_surrogates,
     not_found,
     pointer,
     unavailable,
@@ -40,8 +37,6 @@ from smtprelay.web.templates import TemplateNotFound, TemplateRenderError
 log = logging.getLogger("smtprelay.http")
 
 RFC822 = "message/rfc822"
-# JSON carries attachments in base64 (4/3 of their size) and some structure.
-JSON_OVERHEAD = 64 * 1024
 MAX_DEPTH = 32
 PREPARERS = web.AppKey("preparers", preparing.Preparers)
 # A message prepared (and, by a preparing worker, made durable), or the problem refusing it.
@@ -91,25 +86,7 @@ class _SpooledKeys:
 
 
 def _limit(ctx: Context) -> int:
-    return ctx.settings.server.max_message_size * 4 // 3 + JSON_OVERHEAD
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        doc = json.loads(body)
-    except UnicodeDecodeError:
-        raise bad_json("the body is not UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise bad_json(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise bad_json("the body is nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise invalid([FieldError("", "must be a JSON object")])
-    return doc
-
-
-def errors_at(errors: list[FieldError]) -> set[str]:
-    return {e.pointer for e in errors}
+    return requestbody.body_limit(ctx.settings.server.max_message_size)
 
 
 def _render(ctx: Context) -> intake.Renderer:
@@ -249,7 +226,7 @@ async def _one(
                 [FieldError(pointer(k), "unknown query parameter") for k in sorted(unknown)]
             )
     else:
-        doc = _parse_json(body)
+        doc = requestbody.parse_json(body)
     key = keyed[0] if keyed else None
     results, durable = await _prepare_all(request, [(doc, ())], origin, key, strict=True)
     prepared = results[0]
@@ -326,60 +303,11 @@ async def submit_batch(request: web.Request) -> web.Response:
 async def _batch(
     request: web.Request, body: bytes, origin: intake.Origin, keyed: Keyed | None
 ) -> tuple[int, dict[str, Any]]:
-    ctx = context(request)
-    doc = _parse_json(body)
-    # The messages' own strings are checked with each message (permissive: only it fails).
-    errors = lone_surrogates({k: v for k, v in doc.items() if k != "messages"})
-    errors += [
-        FieldError(pointer(k), "unknown field")
-        for k in doc
-        if k not in ("messages", "defaults", "validation") and pointer(k) not in errors_at(errors)
-    ]
-    messages, defaults = doc.get("messages"), doc.get("defaults", {})
-    mode = doc.get("validation", "strict")
-    limit = ctx.settings.http.batch_max
-    if not isinstance(messages, list) or not messages:
-        errors.append(FieldError("/messages", "required: a list of 1 or more messages"))
-    elif len(messages) > limit:
-        errors.append(FieldError("/messages", f"more than {limit} messages ([http] batch_max)"))
-    if not isinstance(defaults, dict):
-        errors.append(FieldError("/defaults", "must be a JSON object"))
-    if mode not in ("strict", "permissive"):
-        errors.append(FieldError("/validation", 'must be "strict" or "permissive"'))
-    if errors:
-        raise invalid(errors)
-    assert isinstance(messages, list) and isinstance(defaults, dict)
+    doc = requestbody.parse_json(body)
+    docs, strict = requestbody.batch_docs(doc, context(request).settings.http.batch_max)
     key = keyed[0] if keyed else None
-    docs = [
-        ({**defaults, **message} if isinstance(message, dict) else message, ("messages", i))
-        for i, message in enumerate(messages)
-    ]
-    results, durable = await _prepare_all(request, docs, origin, key, strict=mode == "strict")
+    results, durable = await _prepare_all(request, docs, origin, key, strict)
+    answer = requestbody.batch_answer(results)
     group = [r for r in results if isinstance(r, intake.Prepared)]
-    entries: list[dict[str, Any]] = []
-    for i, r in enumerate(results):
-        if isinstance(r, intake.Prepared):
-            entries.append({"index": i, **r.answer()})
-        else:
-            entries.append(
-                {
-                    "index": i,
-                    "status": "rejected",
-                    "title": r.title,
-                    "errors": [e.to_json() for e in r.errors]
-                    or [{"pointer": pointer("messages", i), "detail": r.detail}],
-                }
-            )
-    if not group:
-        raise invalid(
-            [FieldError(e["pointer"], e["detail"]) for entry in entries for e in entry["errors"]],
-            "no message of the batch is valid",
-        )
-    answer = {
-        "status": "queued",
-        "queued": len(group),
-        "rejected": len(results) - len(group),
-        "messages": entries,
-    }
     await _queue(request, group, origin, keyed, 202, answer, durable)
     return 202, answer
