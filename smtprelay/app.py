@@ -95,6 +95,7 @@ async def _serve(
     try:
         if stats is not None:
             from smtprelay.web import app as web  # aiohttp only when the endpoint is on
+            from smtprelay.web.fronts import Feeds
 
             try:
                 http = web.bind(
@@ -104,6 +105,12 @@ async def _serve(
                     stats,
                     spool,
                     functools.partial(supervisor.running, DELIVERY),
+                    path,
+                    Feeds(
+                        prepared.on_queued,
+                        startup.log_handlers(stats, events),
+                        functools.partial(startup.adopt_unknown, spool, scheduler),
+                    ),
                 )
             except web.HttpStartError as e:
                 raise StartupError(str(e)) from None
@@ -145,7 +152,7 @@ async def _serve(
             )
             supervisor.start("the event recorder", events.run())
             if http is not None:
-                supervisor.start("the HTTP server's loop monitor", http.run())
+                supervisor.start("the HTTP server (loop monitor, fronts)", http.run())
             if pool is not None:
                 supervisor.start("the inbound workers' supervisor", pool.run())
             log.info(

@@ -138,6 +138,10 @@ class HttpSettings(_Section):
     # Processes that validate, build and write JSON submissions (smtprelay.web.preparing);
     # 0: the main process does it between deliveries.
     prepare_workers: Int = Field(default=1, ge=0, le=64)
+    # Processes that accept on `listen` and serve the common JSON submission themselves
+    # (smtprelay.web.front), handing every other request to the main process; 0: the
+    # main process accepts and serves everything.
+    workers: Int = Field(default=1, ge=0, le=16)
 
 
 # The Standard Webhooks retry schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,

@@ -14,6 +14,7 @@ request aiohttp cannot parse (``web.serverlog``), never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from smtprelay.web import (
 )
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.context import CONTEXT, Context, context, error
+from smtprelay.web.fronts import Feeds, Fronts, FrontStartError
 from smtprelay.web.health import Health, LoopMonitor, SpoolProbe
 from smtprelay.web.limits import InFlight
 from smtprelay.web.middleware import MAX_BODY
@@ -107,9 +109,15 @@ class HttpServer:
     (the monitor, a long-lived task of the daemon), :meth:`stop`.
     """
 
-    def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
+    def __init__(
+        self, ctx: Context, endpoint: Endpoint, config_path: Path, feeds: Feeds | None
+    ) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.config_path = config_path
+        # With [http] workers: what the fronts queue and log goes here (the daemon's).
+        self.feeds = feeds
+        self.fronts: Fronts | None = None
         # No access log; aiohttp's complaints about malformed requests become one
         # warning line each (serverlog). Handlers are not cancelled when the client
         # goes away: a queue operation is never cut off halfway. Idle keep-alive
@@ -131,16 +139,33 @@ class HttpServer:
         self._sockets = listen(self.endpoint)
 
     async def start(self) -> None:
-        """Serve on the bound sockets."""
+        """Serve on the bound sockets: through the fronts (``[http] workers``), which
+        hand this process the connections they do not serve, or here."""
         await self._runner.setup()
-        assert self._runner.server is not None
-        self.connections.install(self._runner.server)
+        server = self._runner.server
+        assert server is not None
+        self.connections.install(server)
+        workers = self.ctx.settings.http.workers
+        if workers and self.feeds is not None:
+            fronts = Fronts(workers, self.config_path, self._sockets, server, self.feeds)
+            try:
+                await fronts.start()
+            except (OSError, FrontStartError) as e:
+                raise HttpStartError(f"[http] workers: {e}") from None
+            self.fronts = fronts
+            self.ctx.http_endpoints = [str(Endpoint(*s.getsockname()[:2])) for s in self._sockets]
+            return
         for sock in self._sockets:
             await web.SockSite(self._runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT).start()
+        self._sockets = []  # the sites' now
         self.ctx.http_endpoints = [str(Endpoint(*addr[:2])) for addr in self._runner.addresses]
 
     async def run(self) -> None:
-        await self.ctx.health.monitor.run()
+        """The loop monitor that /healthz reads, and the fronts' supervisor."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.ctx.health.monitor.run())
+            if self.fronts is not None:
+                group.create_task(self.fronts.run())
 
     @property
     def endpoints(self) -> list[str]:
@@ -163,15 +188,21 @@ class HttpServer:
                 log.error("reload: %s; no HTTP token is accepted until it is fixed", e)
                 self.ctx.tokens = TokenFile(Path(settings.http.tokens_file), strict=False)
         self.ctx.settings = settings
+        if self.fronts is not None:
+            self.fronts.reload()
 
     def stopping(self) -> None:
         """The daemon is stopping: new submissions get 503 with Retry-After (the other
         paths, /healthz and status among them, keep answering until :meth:`stop`)."""
         self.ctx.stopping = True
+        if self.fronts is not None:
+            self.fronts.stopping()  # they hand every request to this process
 
     async def stop(self) -> None:
+        if self.fronts is not None:
+            await self.fronts.close()
         await self._runner.cleanup()
-        for sock in self._sockets:  # bound but never served (a start that failed)
+        for sock in self._sockets:  # the fronts', or bound but never served
             sock.close()
         self.ctx.health.probe.close()
 
@@ -204,6 +235,8 @@ def bind(
     stats: Stats,
     spool: Spool,
     delivering: Callable[[], bool],
+    config_path: Path,
+    feeds: Feeds | None = None,
 ) -> HttpServer:
     """The endpoint of ``[http] listen``, bound but not serving yet (``start`` it);
     raises HttpStartError naming the key. ``delivering``: is the delivery loop running
@@ -217,13 +250,15 @@ def bind(
         limit = ctx.settings.server.max_connections
         if inbound.session_count >= limit:
             down.append(f"all {limit} SMTP connection slots in use")
+        if server.fronts is not None and not server.fronts.serving:
+            down.append(f"{endpoint} (an HTTP front is starting again)")
         return down
 
     health = Health(SpoolProbe(spool.queue_dir), LoopMonitor(), listeners_down, delivering)
     ctx = Context(settings, scheduler, inbound, stats, health, _tokens(settings))
     ctx.penalty.cap = settings.http.bad_token_max_delay
     ctx.templates = _templates(settings)
-    server = HttpServer(ctx, endpoint)
+    server = HttpServer(ctx, endpoint, config_path, feeds)
     try:
         server.bind()
     except OSError as e:

@@ -48,6 +48,9 @@ def relay(
         port = free_port()
         http = {"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens)}
         http["prepare_workers"] = workers  # type: ignore[assignment]
+        # The main process serves every request: the fronts (smtprelay.web.front) would
+        # prepare the common ones themselves (tests/integration/test_http_front.py).
+        http["workers"] = 0  # type: ignore[assignment]
         return make_daemon(name=f"relay{workers}", overrides={"http": http}), port
 
     return start

@@ -1,0 +1,322 @@
+"""The HTTP front: a process that accepts on ``[http] listen`` and serves the common JSON
+submission itself (``[http] workers``).
+
+Why: the main process's one event loop delivers, keeps the statistics and serves HTTP
+under one GIL, so every submission it parsed, authenticated, logged and answered was
+taken from delivery (bench/README.md, "HTTP submission"). SMTP sessions have the
+inbound workers for that reason; this is the same split for HTTP.
+
+What the front serves (:mod:`smtprelay.web.fronthead`): ``POST /v1/messages`` and
+``/v1/messages/batch`` with a valid token of scope ``send``, no Idempotency-Key and no
+template, every message valid and accepted by the relay's policy. It validates and
+builds each message as the preparing workers do (:func:`preparing.prepare_job`), writes
+and fsyncs the spool files, prints the three mail-log lines, sends the main process one
+``queued`` frame per message and the log events (:mod:`smtprelay.channel`), then
+answers ``202``, byte for byte what the main process would say. Everything else, a
+refusal included, goes to the main process with its connection (``handoff``), whose
+aiohttp server answers it as it always has: the front never answers an error.
+
+Started by :mod:`smtprelay.web.fronts` as ``python -m smtprelay.web.front CONFIG INDEX
+PARENT_PID CHANNEL_FD LISTEN_FD...``. SIGTERM: the daemon is stopping, so from then on
+every request is handed off (the main process answers submissions 503); the front exits
+when its channel ends. SIGHUP: read the configuration again. It dies with the main
+process (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from array import array
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from smtprelay import channel, config, ids, maillog
+from smtprelay.envelope import Envelope
+from smtprelay.spool import SYNC_THREADS, Spool
+from smtprelay.web import fronthead, intake, preparing, requestbody
+from smtprelay.web.connections import ConnectionCap
+from smtprelay.web.frontconn import Connection, Reply
+from smtprelay.web.problem import ApiProblem
+from smtprelay.web.tokens import Token, TokenFile
+
+log = logging.getLogger("smtprelay.http")
+
+PR_SET_PDEATHSIG = 1
+EXIT_STARTUP = 3
+# Queue ID tags: the main process has 0, inbound workers 1 to 64 ([server] workers).
+TAG_BASE = 65
+# Seconds an ending front gives the submissions it is serving.
+CLOSE_GRACE = 5.0
+
+
+class _Channel:
+    """Frames to the main process, gathered per event loop iteration into one write (as
+    :class:`smtprelay.channel.Sender`), and connections, whose descriptors travel with
+    their frame (SCM_RIGHTS) in the same stream: the main process sees a message queued
+    before any request that could ask for it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._pending: list[bytes] = []
+        self.open = True  # False once the main process is gone
+
+    def send(self, frame: Mapping[str, Any], payload: bytes = b"") -> None:
+        data = channel.encode(frame) + payload
+        if threading.get_ident() == self._thread:
+            self._queue(data)
+        else:
+            self._loop.call_soon_threadsafe(self._queue, data)
+
+    def queued(self, envelope: Envelope, data: bytes) -> None:
+        record = envelope.to_json() + b"\n" + data
+        self.send({"queued": envelope.qid, "length": len(record)}, record)
+
+    def _queue(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._write(b"".join(self._pending))
+        self._pending.clear()
+
+    def handoff(self, fd: int, read: bytes) -> bool:
+        self.flush()
+        self._write(channel.encode({"handoff": len(read)}) + read, fd)
+        return self.open
+
+    def _write(self, data: bytes, fd: int | None = None) -> None:
+        """All of ``data`` (``fd`` with its first byte), waiting for the main process to
+        read when the channel is full: the event loop set the socket non-blocking, and
+        the main process's pace is the front's."""
+        view = memoryview(data)
+        rights = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))]
+        while view and self.open:
+            try:
+                sent = self._sock.sendmsg([view], rights)
+            except BlockingIOError:
+                select.select([], [self._sock], [])
+                continue
+            except OSError:
+                self.open = False  # the main process is gone: the front ends (see _serve)
+                return
+            rights = []
+            view = view[sent:]
+
+
+class Front:
+    """The front's state: settings, tokens, spool, and the channel; implements
+    :class:`smtprelay.web.frontconn.Server`."""
+
+    def __init__(self, settings: config.Settings, path: Path, sender: _Channel) -> None:
+        self.path = path
+        self.channel = sender
+        self.spool = Spool(Path(settings.spool.dir))
+        self.cap = ConnectionCap()
+        self.stopping = False
+        self.serving = 0  # submissions being served now
+        self.idle = asyncio.Event()  # set while serving is 0
+        self.idle.set()
+        self._apply(settings)
+
+    def _apply(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.limit = requestbody.body_limit(settings.server.max_message_size)
+        path = settings.http.tokens_file
+        self.tokens = TokenFile(Path(path) if path else None, strict=False)
+
+    def reload(self) -> None:
+        try:
+            self._apply(config.load(self.path))
+        except config.ConfigError as e:  # the main process says so too, and keeps its own
+            log.error("HTTP front: reload: configuration error: %s", e)
+
+    def admit(self, connection: object, ip: str) -> bool:
+        return self.cap.admit(connection, ip)
+
+    def release(self, connection: object) -> None:
+        self.cap.release(connection)
+
+    def token(self, head: fronthead.Head) -> Token | None:
+        """The request's token if this front serves it; None: the main process answers."""
+        if self.stopping or self.serving >= self.settings.http.max_requests:
+            return None
+        if head.length > self.limit:
+            return None
+        token = self.tokens.check(head.token)
+        return token if token is not None and token.allows("send") else None
+
+    def handoff(self, fd: int, read: bytes) -> bool:
+        return self.channel.handoff(fd, read)
+
+    async def submit(
+        self, head: fronthead.Head, body: bytes, origin: intake.Origin
+    ) -> Reply | None:
+        """Every message of the request queued, or None (nothing queued): the main process
+        answers it."""
+        self.serving += 1
+        self.idle.clear()
+        try:
+            return await self._submit(head, body, origin)
+        finally:
+            self.serving -= 1
+            if not self.serving:
+                self.idle.set()
+
+    async def _submit(
+        self, head: fronthead.Head, body: bytes, origin: intake.Origin
+    ) -> Reply | None:
+        try:
+            doc = requestbody.parse_json(body)
+            if head.batch:
+                docs, _ = requestbody.batch_docs(doc, self.settings.http.batch_max)
+            else:
+                docs = [(doc, ())]
+        except ApiProblem:
+            return None
+        if any(isinstance(d, dict) and "template" in d for d, _ in docs):
+            return None  # the template store is the main process's
+        group: list[intake.Prepared] = []
+        for d, prefix in docs:
+            outcome = preparing.prepare_job(
+                preparing.Job(d, prefix, ids.new_id()), self.settings, origin, None
+            )
+            if not isinstance(outcome, intake.Prepared):
+                return None  # a refusal is logged and answered by the main process
+            group.append(outcome)
+        if not await self._commit(group):
+            return None  # it tries again, and says 503 if the disk still refuses
+        intake.queued(group, origin.ip, origin.token.name, self._queued)
+        self.channel.flush()  # the main process knows them before the client does
+        if head.batch:
+            answer = requestbody.batch_answer(list(group))
+            return Reply(_json(answer), None)
+        qid = group[0].envelope.qid
+        return Reply(_json(group[0].answer()), f"/v1/messages/{qid}")
+
+    def _queued(self, item: intake.Prepared) -> None:
+        self.channel.queued(item.envelope, item.data)
+
+    async def _commit(self, group: list[intake.Prepared]) -> bool:
+        """The group's files written and durable (their directory fsyncs shared), or
+        none of them. Creating a file waits on the filesystem's journal as an fsync
+        does (measured: half of the front's event loop time when it created them
+        itself), so each file is created and synced in a thread of its own."""
+        loop = asyncio.get_running_loop()
+        written = await asyncio.gather(
+            *(loop.run_in_executor(None, self._write, item) for item in group),
+            return_exceptions=True,
+        )
+        failed = next((r for r in written if isinstance(r, BaseException)), None)
+        if failed is None:
+            return True
+        for item, outcome in zip(group, written, strict=True):
+            if not isinstance(outcome, BaseException):  # none of the group was acknowledged
+                with contextlib.suppress(OSError):
+                    self.spool.discard(item.envelope.qid)
+        log.warning("HTTP front: cannot queue: %s", failed, extra={"service": "http"})
+        return False
+
+    def _write(self, item: intake.Prepared) -> None:
+        """One message's file created and made durable (in a thread); on failure,
+        nothing of it is left."""
+        self.spool.create_encoded(item.envelope.qid, item.encoded, item.data).sync()
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    # As smtprelay.web.problem.json_response writes it.
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
+
+
+def main(argv: list[str]) -> int:
+    path, index, parent, channel_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    listeners = [socket.socket(fileno=int(fd)) for fd in argv[4:]]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler below is in place
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the daemon died before prctl: its signal is lost
+        return EXIT_STARTUP
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:  # changed since the main process read it
+        print(f"smtprelay: HTTP front {index}: configuration error: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    maillog.setup(settings.log.format, settings.log.level)
+    ids.set_tag(TAG_BASE + index)
+    sys.setswitchinterval(0.0005)  # see smtprelay.app.run
+    try:
+        uvloop.run(_serve(settings, path, socket.socket(fileno=channel_fd), listeners))
+    except OSError as e:
+        log.error("HTTP front %d cannot start: %s", index, e)
+        return EXIT_STARTUP
+    return 0
+
+
+async def _serve(
+    settings: config.Settings, path: Path, sock: socket.socket, listeners: list[socket.socket]
+) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync"))
+    sender = _Channel(sock)
+    forwarder = channel.LogForwarder(sender)
+    logging.getLogger(maillog.log.name).addHandler(forwarder)
+    front = Front(settings, path, sender)
+    servers = [
+        await loop.create_server(lambda: Connection(front), sock=listener) for listener in listeners
+    ]
+    ended = loop.create_future()
+
+    def readable() -> None:  # the main process writes nothing: this is the channel's end
+        with contextlib.suppress(BlockingIOError):
+            if not sock.recv(1, socket.MSG_DONTWAIT) and not ended.done():
+                ended.set_result(None)
+
+    def stopping() -> None:
+        front.stopping = True
+
+    loop.add_reader(sock.fileno(), readable)
+    loop.add_signal_handler(signal.SIGTERM, stopping)
+    loop.add_signal_handler(signal.SIGHUP, front.reload)
+    sender.send({"ready": True})
+    sender.flush()
+    try:
+        await ended
+    finally:
+        loop.remove_reader(sock.fileno())
+        for server in servers:
+            server.close()
+        # Submissions being served finish: their files are in the spool either way.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):
+                await front.idle.wait()
+        logging.getLogger(maillog.log.name).removeHandler(forwarder)
+        front.spool.close()
+
+
+if __name__ == "__main__":
+    # Run as the module by its name, as smtprelay.web.preparing is.
+    from smtprelay.web import front as module
+
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(module.main(sys.argv[1:]))
