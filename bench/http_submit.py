@@ -12,7 +12,9 @@ listener on a free loopback port and a bearer token) and the Postfix peer:
   ``POST /v1/messages/batch`` (100 messages per request), 16 concurrent clients on
   keep-alive connections. The load tool (``--client``): **wrk** by default (Debian's
   ``wrk``, in C as smtp-source is, 2 threads, a Lua script for the body, the token and
-  the count of 202s; it runs for ``--http-seconds`` per phase, as wrk does), or an
+  the count of 202s; each phase runs as long as the smtp-source load into smtprelay
+  took, or ``--http-seconds``: a shorter load leaves more of the delivery that competes
+  with acceptance for the two cores until after it, flattering it), or an
   **aiohttp client** in this process (one event loop; ``--messages`` requests). On two
   cores the client's own CPU is taken from the relay's: aiohttp's is about 0.35 ms per
   request, wrk's a tenth of that (``client CPU`` in the results). Every 202 comes after
@@ -57,6 +59,7 @@ import accept  # the sibling script, as a module (its Relay, Peer, Harness)
 TOKEN = "bench-http-token-0c1d2e3f"
 CLIENTS = 16
 BATCH = 100
+MIN_SECONDS = 5  # the shortest wrk phase (wrk takes whole seconds)
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40)[:1800] + "\n"
 
 
@@ -275,7 +278,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--messages", type=int, default=4000, help="per phase (default 4000)")
+    ap.add_argument("--messages", type=int, default=20000, help="per SMTP phase (default 20000)")
     ap.add_argument("--no-peer", action="store_true", help="leave Postfix out")
     ap.add_argument("--out", default=None, help="directory for logs and results")
     ap.add_argument(
@@ -285,7 +288,16 @@ def main() -> int:
         help="the HTTP load tool (default wrk: apt install wrk)",
     )
     ap.add_argument(
-        "--http-seconds", type=float, default=8.0, help="length of each wrk phase (default 8)"
+        "--http-seconds",
+        type=int,
+        default=None,
+        help="length of each wrk phase (default: as long as the smtp-source load took)",
+    )
+    ap.add_argument(
+        "--http-workers",
+        type=int,
+        default=None,
+        help="[http] workers (default: the relay's default, one HTTP front; 0: none)",
     )
     a = ap.parse_args()
     if a.client == "wrk" and shutil.which("wrk") is None:
@@ -299,6 +311,8 @@ def main() -> int:
     tokens.write_text(f"bench {TOKEN}\n")
     with open(relay.config, "a") as f:
         f.write(f'\n[http]\nlisten = "127.0.0.1:{http_port}"\ntokens_file = "{tokens}"\n')
+        if a.http_workers is not None:
+            f.write(f"workers = {a.http_workers}\n")
     peer = accept.Peer()
     harness = accept.Harness(sys.executable, out / "harness.log", 120.0, 120.0)
     sink: subprocess.Popen[bytes] | None = None
@@ -342,9 +356,13 @@ def main() -> int:
         single = "HTTP POST /v1/messages"
         batched = f"HTTP POST /v1/messages/batch ({BATCH}/request)"
         if a.client == "wrk":
-            table[single] = wrk_phase(http_port, a.http_seconds, 1, out, relay.pid)
+            # As long a load as SMTP's: in a shorter one more of the delivery that
+            # competes for the cores comes after the measured load.
+            smtp_rate = table["SMTP -> smtprelay (smtp-source)"]["accepted_per_s"]
+            seconds = a.http_seconds or max(MIN_SECONDS, round(n / smtp_rate))
+            table[single] = wrk_phase(http_port, seconds, 1, out, relay.pid)
             drain(relay, 180)
-            table[batched] = wrk_phase(http_port, a.http_seconds, BATCH, out, relay.pid)
+            table[batched] = wrk_phase(http_port, seconds, BATCH, out, relay.pid)
         else:
             table[single] = asyncio.run(http_phase(http_port, n, 1, relay.pid))
             drain(relay, 120)

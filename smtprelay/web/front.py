@@ -6,15 +6,15 @@ under one GIL, so every submission it parsed, authenticated, logged and answered
 taken from delivery (bench/README.md, "HTTP submission"). SMTP sessions have the
 inbound workers for that reason; this is the same split for HTTP.
 
-What the front serves (:mod:`smtprelay.web.fronthead`): ``POST /v1/messages`` and
-``/v1/messages/batch`` with a valid token of scope ``send``, no Idempotency-Key and no
-template, every message valid and accepted by the relay's policy. It validates and
-builds each message as the preparing workers do (:func:`preparing.prepare_job`), writes
-and fsyncs the spool files, prints the three mail-log lines, sends the main process one
-``queued`` frame per message and the log events (:mod:`smtprelay.channel`), then
-answers ``202``, byte for byte what the main process would say. Everything else, a
-refusal included, goes to the main process with its connection (``handoff``), whose
-aiohttp server answers it as it always has: the front never answers an error.
+What the front serves (:mod:`smtprelay.web.fronthead`): ``POST /v1/messages`` with a
+valid token of scope ``send``, no Idempotency-Key and no template, the message valid
+and accepted by the relay's policy. It validates and builds the message as the
+preparing workers do (:func:`preparing.prepare_job`), writes and fsyncs its spool file,
+prints the three mail-log lines, sends the main process the ``queued`` frame and the
+log events (:mod:`smtprelay.channel`), then answers ``202``, byte for byte what the
+main process would say. Everything else, a refusal and a batch included, goes to the
+main process with its connection (``handoff``), whose aiohttp server answers it as it
+always has: the front never answers an error.
 
 Started by :mod:`smtprelay.web.fronts` as ``python -m smtprelay.web.front CONFIG INDEX
 PARENT_PID CHANNEL_FD LISTEN_FD...``. SIGTERM: the daemon is stopping, so from then on
@@ -46,7 +46,7 @@ import uvloop
 
 from smtprelay import channel, config, ids, maillog
 from smtprelay.envelope import Envelope
-from smtprelay.spool import SYNC_THREADS, Spool
+from smtprelay.spool import SYNC_THREADS, Spool, SpoolError
 from smtprelay.web import fronthead, intake, preparing, requestbody
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.frontconn import Connection, Reply
@@ -169,8 +169,8 @@ class Front:
     async def submit(
         self, head: fronthead.Head, body: bytes, origin: intake.Origin
     ) -> Reply | None:
-        """Every message of the request queued, or None (nothing queued): the main process
-        answers it."""
+        """The message queued and its answer, or None (nothing queued): the main
+        process answers the request."""
         self.serving += 1
         self.idle.clear()
         try:
@@ -185,58 +185,36 @@ class Front:
     ) -> Reply | None:
         try:
             doc = requestbody.parse_json(body)
-            if head.batch:
-                docs, _ = requestbody.batch_docs(doc, self.settings.http.batch_max)
-            else:
-                docs = [(doc, ())]
         except ApiProblem:
             return None
-        if any(isinstance(d, dict) and "template" in d for d, _ in docs):
+        if isinstance(doc, dict) and "template" in doc:
             return None  # the template store is the main process's
-        group: list[intake.Prepared] = []
-        for d, prefix in docs:
-            outcome = preparing.prepare_job(
-                preparing.Job(d, prefix, ids.new_id()), self.settings, origin, None
-            )
-            if not isinstance(outcome, intake.Prepared):
-                return None  # a refusal is logged and answered by the main process
-            group.append(outcome)
-        if not await self._commit(group):
+        job = preparing.Job(doc, (), ids.new_id())
+        prepared = preparing.prepare_job(job, self.settings, origin, None)
+        if not isinstance(prepared, intake.Prepared):
+            return None  # a refusal is logged and answered by the main process
+        if not await self._commit(prepared):
             return None  # it tries again, and says 503 if the disk still refuses
-        intake.queued(group, origin.ip, origin.token.name, self._queued)
-        self.channel.flush()  # the main process knows them before the client does
-        if head.batch:
-            answer = requestbody.batch_answer(list(group))
-            return Reply(_json(answer), None)
-        qid = group[0].envelope.qid
-        return Reply(_json(group[0].answer()), f"/v1/messages/{qid}")
+        intake.queued([prepared], origin.ip, origin.token.name, self._queued)
+        self.channel.flush()  # the main process knows it before the client does
+        qid = prepared.envelope.qid
+        return Reply(_json(prepared.answer()), f"/v1/messages/{qid}")
 
     def _queued(self, item: intake.Prepared) -> None:
         self.channel.queued(item.envelope, item.data)
 
-    async def _commit(self, group: list[intake.Prepared]) -> bool:
-        """The group's files written and durable (their directory fsyncs shared), or
-        none of them. Creating a file waits on the filesystem's journal as an fsync
-        does (measured: half of the front's event loop time when it created them
-        itself), so each file is created and synced in a thread of its own."""
-        loop = asyncio.get_running_loop()
-        written = await asyncio.gather(
-            *(loop.run_in_executor(None, self._write, item) for item in group),
-            return_exceptions=True,
-        )
-        failed = next((r for r in written if isinstance(r, BaseException)), None)
-        if failed is None:
-            return True
-        for item, outcome in zip(group, written, strict=True):
-            if not isinstance(outcome, BaseException):  # none of the group was acknowledged
-                with contextlib.suppress(OSError):
-                    self.spool.discard(item.envelope.qid)
-        log.warning("HTTP front: cannot queue: %s", failed, extra={"service": "http"})
-        return False
+    async def _commit(self, item: intake.Prepared) -> bool:
+        """The message's file written and durable, or nothing of it left. Creating a
+        file waits on the filesystem's journal as an fsync does (measured: half of the
+        front's event loop time when it created them itself), so a thread does both."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._write, item)
+        except SpoolError as e:
+            log.warning("HTTP front: cannot queue: %s", e, extra={"service": "http"})
+            return False
+        return True
 
     def _write(self, item: intake.Prepared) -> None:
-        """One message's file created and made durable (in a thread); on failure,
-        nothing of it is left."""
         self.spool.create_encoded(item.envelope.qid, item.encoded, item.data).sync()
 
 

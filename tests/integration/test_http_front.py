@@ -1,7 +1,7 @@
 """The HTTP front (``[http] workers``, smtprelay/web/front.py) against the real daemon:
 what it serves itself, and every request it hands to the main process with its
 connection -- pipelined after one it served, with a body split across reads, a bad
-token, a template, an Idempotency-Key, a refusal -- answered as before and with the
+token, a template, an Idempotency-Key, a refusal, a batch -- answered as before and with the
 client's real address. The front killed under load (no connection refused, every 202
 delivered once) and a new tokens file taken on SIGHUP.
 
@@ -165,12 +165,11 @@ def test_the_front_answers_a_submission_whose_status_is_readable_at_once(
     wait_until(lambda: seqs_delivered(sink) == Counter({"1": 1}), 20)
     log = daemon.log()
     assert re.search(rf"{qid}: from=<app@sender.test>", log), log
-    # A batch too, one group commit, one answer.
+    # A batch goes to the main process (and its preparing workers), with the connection.
     batch = {"messages": [message("2"), message("3")]}
     status, headers, answer = call(port, request("/v1/messages/batch", json.dumps(batch).encode()))
     assert status == 202, answer
-    assert [m["id"][-2:] for m in answer["messages"]] == [FRONT_TAG, FRONT_TAG]
-    assert "location" not in headers
+    assert [m["id"][-2:] for m in answer["messages"]] == [MAIN_TAG, MAIN_TAG]
     wait_until(lambda: seqs_delivered(sink) == Counter({"1": 1, "2": 1, "3": 1}), 20)
 
 
