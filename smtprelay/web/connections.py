@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from smtprelay.clientkey import client_key
 from smtprelay.web.guard import LogBudget
+
+if TYPE_CHECKING:  # the HTTP front counts its connections without loading aiohttp
+    from aiohttp import web
 
 log = logging.getLogger("smtprelay.http")
 

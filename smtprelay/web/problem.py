@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from smtprelay.errors import RelayError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://smtprelay.dev/problems/"
@@ -101,6 +102,10 @@ def json_response(
     """UTF-8 JSON as written (not \\u-escaped), under the given media type; a lone
     surrogate a request brought in (JSON may \\u-escape one, UTF-8 cannot carry it)
     makes the whole body \\u-escaped instead."""
+    # Imported here: the HTTP front and the preparing workers use this module's
+    # problems but never answer one, and aiohttp is 16 MB of each process's memory.
+    from aiohttp import web
+
     try:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
