@@ -10,8 +10,8 @@ then starts `smtprelay serve` and reports:
   while the daemon serves (``/status`` ``queue.loading`` counts those not read yet);
 * time from exec until that load is done (``loading`` 0): the window below lasts at
   least --observe seconds and until then (at most --load-timeout seconds after READY=1);
-* resident memory (VmRSS, main process and inbound workers together) when ready, and
-  its peak (VmHWM) over the observation window
+* resident memory (VmRSS, main process and its children -- inbound workers, HTTP
+  front -- together) when ready, and its peak (VmHWM) over the observation window
   while the scheduler works through the queue (every message is attempted, the
   destination is marked dead, and each message is deferred and rewritten);
 * how many messages are deferred at the end of the window, and how many the start-up
@@ -109,8 +109,8 @@ def reuse(keep: Path, spool: Path, count: int) -> None:
 
 
 def rss_kb(pid: int, field: str) -> int:
-    """``field`` of the daemon and its inbound workers together (a sum of peaks, for
-    VmHWM: never less than the real peak)."""
+    """``field`` of the daemon and its children (inbound workers, HTTP front) together
+    (a sum of peaks, for VmHWM: never less than the real peak)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids = [pid, *(int(c) for c in f.read().split())]
@@ -338,7 +338,7 @@ def main() -> None:
                 )
                 print(
                     f"RSS when ready:           {rss_ready / 1024:.0f} MB   "
-                    "(main + inbound workers)"
+                    "(main + inbound workers + HTTP front)"
                 )
                 print(
                     f"/status with queue full:  median {ms(statistics.median(status_times))}, "
