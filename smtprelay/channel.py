@@ -45,11 +45,11 @@ def decode(line: bytes) -> dict[str, Any]:
     return frame
 
 
-class Sender:
-    """Writes frames from the worker's event loop thread (or, via the loop, any other)."""
+class FrameQueue:
+    """Frames sent from a child's event loop thread (or, via the loop, any other),
+    gathered per loop iteration into one write (:meth:`_write`, the subclass's)."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
+    def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._pending: list[bytes] = []
@@ -71,9 +71,24 @@ class Sender:
         self._pending.append(data)
 
     def flush(self) -> None:
-        if self._pending and not self._writer.is_closing():
-            self._writer.write(b"".join(self._pending))
+        if self._pending:
+            self._write(b"".join(self._pending))
         self._pending.clear()
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class Sender(FrameQueue):
+    """Frames on a stream (an inbound worker's channel)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
     async def close(self) -> None:
         self.flush()

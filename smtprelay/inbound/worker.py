@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import signal
 import socket
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import uvloop
 
-from smtprelay import config, ids, maillog
+from smtprelay import children, config, ids, maillog
 from smtprelay.channel import LogForwarder, Sender
 from smtprelay.inbound.reload import reload_inbound
 from smtprelay.inbound.server import (
@@ -46,7 +44,6 @@ from smtprelay.usersfile import UsersFileError
 
 log = logging.getLogger("smtprelay")
 
-PR_SET_PDEATHSIG = 1
 EXIT_STARTUP = 3
 
 
@@ -61,7 +58,8 @@ def main(argv: list[str]) -> int:
     # A reload signalled while this worker starts must not kill it (SIGHUP's default);
     # it reads the configuration file below anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _die_with(parent)
+    if not children.die_with(parent):
+        return EXIT_STARTUP
     try:
         settings = config.load(path)
     except config.ConfigError as e:  # changed since the main process read it
@@ -77,13 +75,6 @@ def main(argv: list[str]) -> int:
         log.error("inbound worker %d cannot start: %s", index, e)
         return EXIT_STARTUP
     return 0
-
-
-def _die_with(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl: its death signal is lost
-        sys.exit(EXIT_STARTUP)
 
 
 async def _serve(

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtprelay import channel
+from smtprelay import channel, children
 from smtprelay.config import Settings
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
@@ -180,7 +180,7 @@ class WorkerPool:
                 "inbound worker %d (pid %d) exited with %s; starting a new one",
                 worker.index,
                 worker.process.pid,
-                _describe(code),
+                children.describe_exit(code),
             )
             try:
                 await self.on_lost()
@@ -251,21 +251,9 @@ async def _finish(worker: _Worker) -> None:
 
 
 async def _ready_or_exit(worker: _Worker) -> None:
-    ready = asyncio.ensure_future(worker.ready.wait())
-    exited = asyncio.ensure_future(worker.process.wait())
-    try:
-        await asyncio.wait([ready, exited], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ready.cancel()
-        exited.cancel()
-    if not worker.ready.is_set():
+    if not await children.ready_or_exit(worker.ready, worker.process):
         raise WorkerStartError(
             f"inbound worker {worker.index} exited with "
-            f"{_describe(worker.process.returncode or 0)} before serving (see its log line)"
+            f"{children.describe_exit(worker.process.returncode or 0)} before serving "
+            "(see its log line)"
         )
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        return f"signal {signal.Signals(-code).name}"
-    return f"code {code}"

@@ -27,25 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import os
 import select
 import signal
 import socket
 import sys
-import threading
 from array import array
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from smtprelay import channel, config, ids, maillog
-from smtprelay.envelope import Envelope
+from smtprelay import channel, children, config, ids, maillog
 from smtprelay.spool import SYNC_THREADS, Spool, SpoolError
 from smtprelay.web import fronthead, intake, preparing, requestbody
 from smtprelay.web.connections import ConnectionCap
@@ -55,7 +50,6 @@ from smtprelay.web.tokens import Token, TokenFile
 
 log = logging.getLogger("smtprelay.http")
 
-PR_SET_PDEATHSIG = 1
 EXIT_STARTUP = 3
 # Queue ID tags: the main process has 0, inbound workers 1 to 64 ([server] workers).
 TAG_BASE = 65
@@ -63,39 +57,15 @@ TAG_BASE = 65
 CLOSE_GRACE = 5.0
 
 
-class _Channel:
-    """Frames to the main process, gathered per event loop iteration into one write (as
-    :class:`smtprelay.channel.Sender`), and connections, whose descriptors travel with
-    their frame (SCM_RIGHTS) in the same stream: the main process sees a message queued
+class _Channel(channel.FrameQueue):
+    """Frames to the main process, and connections, whose descriptors travel with their
+    frame (SCM_RIGHTS) in the same stream: the main process sees a message queued
     before any request that could ask for it."""
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         self._sock = sock
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._pending: list[bytes] = []
         self.open = True  # False once the main process is gone
-
-    def send(self, frame: Mapping[str, Any], payload: bytes = b"") -> None:
-        data = channel.encode(frame) + payload
-        if threading.get_ident() == self._thread:
-            self._queue(data)
-        else:
-            self._loop.call_soon_threadsafe(self._queue, data)
-
-    def queued(self, envelope: Envelope, data: bytes) -> None:
-        record = envelope.to_json() + b"\n" + data
-        self.send({"queued": envelope.qid, "length": len(record)}, record)
-
-    def _queue(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._write(b"".join(self._pending))
-        self._pending.clear()
 
     def handoff(self, fd: int, read: bytes) -> bool:
         self.flush()
@@ -231,9 +201,7 @@ def main(argv: list[str]) -> int:
     listeners = [socket.socket(fileno=int(fd)) for fd in argv[4:]]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler below is in place
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the daemon died before prctl: its signal is lost
+    if not children.die_with(parent):
         return EXIT_STARTUP
     try:
         settings = config.load(path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtprelay import channel
+from smtprelay import channel, children
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
 from smtprelay.systemd import PRIVATE_ENV
@@ -142,7 +142,7 @@ class Fronts:
                 "HTTP front %d (pid %d) exited with %s; starting a new one",
                 index,
                 front.process.pid,
-                f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}",
+                children.describe_exit(code),
             )
             try:
                 await self.feeds.on_lost()
@@ -338,12 +338,5 @@ class _Reader:
 
 
 async def _ready_or_exit(front: _Front) -> None:
-    ready = asyncio.ensure_future(front.ready.wait())
-    exited = asyncio.ensure_future(front.process.wait())
-    try:
-        await asyncio.wait([ready, exited], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ready.cancel()
-        exited.cancel()
-    if not front.ready.is_set():
+    if not await children.ready_or_exit(front.ready, front.process):
         raise FrontStartError(f"HTTP front {front.index} exited before serving (see its log line)")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtprelay import children
 from smtprelay.config import Settings
 from smtprelay.errors import RelayError
 from smtprelay.spool import SYNC_THREADS, NewFile, Spool, SpoolError
@@ -54,7 +54,6 @@ from smtprelay.web.problem import ApiProblem, unavailable
 
 log = logging.getLogger("smtprelay.http")
 
-PR_SET_PDEATHSIG = 1
 # Seconds a client waits before retrying after a worker died under its request.
 RETRY_AFTER = 1
 # Seconds a stopping daemon waits for a worker to finish the request it is on.
@@ -273,9 +272,7 @@ def main(argv: list[str]) -> int:
     channel_fd, parent = int(argv[0]), int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides on Ctrl-C
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # its settings come with each request
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the daemon died before prctl: its signal is lost
+    if not children.die_with(parent):
         return 1
     # The channel ends with the daemon: an end of file after a stop; a reset, a broken
     # pipe or a frame cut short when it was killed mid-conversation. Either way this

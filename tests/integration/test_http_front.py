@@ -36,7 +36,8 @@ from tests.integration.dns_server import TestDNSServer
 from tests.integration.sinks import Sink
 from tests.polling import wait_until
 
-pytest_plugins = ["tests.integration.delivery_fixtures"]
+# http_fixtures: the zone (dest.test's MX is the sink on MX1)
+pytest_plugins = ["tests.integration.delivery_fixtures", "tests.integration.http_fixtures"]
 
 SEND = "front-send-token-2a9c41d7e0"
 ALL = "front-all-token-70b3e58c16"
@@ -97,13 +98,6 @@ def tokens(tmp_path: Path) -> Path:
     path = tmp_path / "tokens"
     path.write_text(f"sender {SEND} scopes=send\n{ALL}\nlimited {LIMITED} senders=sender.test\n")
     return path
-
-
-@pytest.fixture
-def zone(dns: TestDNSServer) -> TestDNSServer:
-    dns.zone.mx("dest.test", 10, "mx1.dest.test")
-    dns.zone.a("mx1.dest.test", MX1)
-    return dns
 
 
 @pytest.fixture
