@@ -8,8 +8,27 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
+
+from smtprelay.systemd import PRIVATE_ENV
 
 PR_SET_PDEATHSIG = 1
+
+
+async def spawn(module: str, argv: list[str], pass_fds: list[int]) -> asyncio.subprocess.Process:
+    """``python -m MODULE ARGV...`` with ``pass_fds`` inherited, without systemd's
+    variables (systemd talks to the main process only); stdout and stderr are the
+    daemon's (its log)."""
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *argv,
+        pass_fds=pass_fds,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
 
 
 def die_with(parent: int) -> bool:

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
 from smtprelay.inbound.auth import Authenticator
 from smtprelay.inbound.server import ListenerKind, ListenerState, bind, listener_state
-from smtprelay.systemd import PRIVATE_ENV
 from smtprelay.units import Endpoint
 
 log = logging.getLogger("smtprelay")
@@ -112,17 +110,8 @@ class WorkerPool:
             str(theirs.fileno()),
         ]
         argv += [f"{s.fileno()}:{kind.value}" for s, kind in self._sockets]
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "smtprelay.inbound.worker",
-                *argv,
-                pass_fds=fds,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            process = await children.spawn("smtprelay.inbound.worker", argv, fds)
         except BaseException:
             ours.close()
             raise

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from typing import Any
 from smtprelay import channel, children
 from smtprelay.envelope import Envelope
 from smtprelay.errors import RelayError
-from smtprelay.systemd import PRIVATE_ENV
 
 log = logging.getLogger("smtprelay.http")
 
@@ -102,17 +100,9 @@ class Fronts:
         ours, theirs = socket.socketpair()
         argv = [str(self.config_path.resolve()), str(index), str(os.getpid()), str(theirs.fileno())]
         argv += [str(s.fileno()) for s in self.listeners]
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "smtprelay.web.front",
-                *argv,
-                pass_fds=[theirs.fileno(), *(s.fileno() for s in self.listeners)],
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            fds = [theirs.fileno(), *(s.fileno() for s in self.listeners)]
+            process = await children.spawn("smtprelay.web.front", argv, fds)
         except BaseException:
             ours.close()
             raise

@@ -48,7 +48,6 @@ from smtprelay import children
 from smtprelay.config import Settings
 from smtprelay.errors import RelayError
 from smtprelay.spool import SYNC_THREADS, NewFile, Spool, SpoolError
-from smtprelay.systemd import PRIVATE_ENV
 from smtprelay.web import intake
 from smtprelay.web.problem import ApiProblem, unavailable
 
@@ -216,18 +215,9 @@ class Preparers:
 
     async def _spawn(self, index: int) -> _Worker:
         ours, theirs = socket.socketpair()
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                __name__,
-                str(theirs.fileno()),
-                str(os.getpid()),
-                pass_fds=[theirs.fileno()],
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            argv = [str(theirs.fileno()), str(os.getpid())]
+            process = await children.spawn(__name__, argv, [theirs.fileno()])
         except OSError as e:
             ours.close()
             raise WorkerGone(f"a message preparation worker cannot start: {e}") from None
