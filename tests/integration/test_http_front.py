@@ -327,3 +327,42 @@ def test_connections_closed_by_clients_give_their_slots_back(relay: tuple[Daemon
             )
     status, _, answer = call(port, request("/v1/messages", body))
     assert status == 202 and answer["id"].endswith(FRONT_TAG), answer
+
+
+def test_with_two_fronts_one_killed_the_other_serves_and_healthz_says_so(
+    zone: TestDNSServer, delivering_relay: Callable[..., Daemon], tokens: Path
+) -> None:
+    port = free_port()
+    daemon = delivering_relay(
+        http={"listen": f"{LOOPBACK}:{port}", "tokens_file": str(tokens), "workers": 2},
+        relay={"allowed_recipient_domains": ["dest.test"]},
+    )
+    pids = [int(p) for p in re.findall(r"HTTP front 1 started, pid (\d+)", daemon.log())]
+    assert len(pids) == 1, daemon.log()
+    os.kill(pids[0], signal.SIGKILL)
+
+    def healthz() -> tuple[int, Any]:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def unhealthy() -> Any:
+        status, answer = healthz()
+        return answer if status == 503 else None
+
+    answer = wait_until(unhealthy, 10, daemon.log)
+    assert "an HTTP front is starting again" in json.dumps(answer), answer
+    wait_until(lambda: healthz()[0] == 200, 10, daemon.log)
+    # The second front's tag is the first's plus one.
+    second = ids.ALPHABET[(TAG_BASE + 1) // 32] + ids.ALPHABET[(TAG_BASE + 1) % 32]
+    made: set[str] = set()
+    for n in range(40):
+        body = json.dumps(message(f"two.{n}")).encode()
+        status, _, sent = call(port, request("/v1/messages", body))
+        assert status == 202, sent
+        made.add(sent["id"][-2:])
+    assert made <= {FRONT_TAG, second}, made
