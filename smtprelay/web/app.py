@@ -109,9 +109,7 @@ class HttpServer:
     (the monitor, a long-lived task of the daemon), :meth:`stop`.
     """
 
-    def __init__(
-        self, ctx: Context, endpoint: Endpoint, config_path: Path, feeds: Feeds | None
-    ) -> None:
+    def __init__(self, ctx: Context, endpoint: Endpoint, config_path: Path, feeds: Feeds) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
         self.config_path = config_path
@@ -146,7 +144,7 @@ class HttpServer:
         assert server is not None
         self.connections.install(server)
         workers = self.ctx.settings.http.workers
-        if workers and self.feeds is not None:
+        if workers:
             fronts = Fronts(workers, self.config_path, self._sockets, server, self.feeds)
             try:
                 await fronts.start()
@@ -236,7 +234,7 @@ def bind(
     spool: Spool,
     delivering: Callable[[], bool],
     config_path: Path,
-    feeds: Feeds | None = None,
+    feeds: Feeds,
 ) -> HttpServer:
     """The endpoint of ``[http] listen``, bound but not serving yet (``start`` it);
     raises HttpStartError naming the key. ``delivering``: is the delivery loop running

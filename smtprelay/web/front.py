@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import select
 import signal
@@ -36,7 +35,6 @@ import sys
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import uvloop
 
@@ -45,7 +43,7 @@ from smtprelay.spool import SYNC_THREADS, Spool, SpoolError
 from smtprelay.web import fronthead, intake, preparing, requestbody
 from smtprelay.web.connections import ConnectionCap
 from smtprelay.web.frontconn import Connection, Reply
-from smtprelay.web.problem import ApiProblem
+from smtprelay.web.problem import ApiProblem, json_bytes
 from smtprelay.web.tokens import Token, TokenFile
 
 log = logging.getLogger("smtprelay.http")
@@ -155,12 +153,15 @@ class Front:
     ) -> Reply | None:
         try:
             doc = requestbody.parse_json(body)
+            if "template" in doc:
+                return None  # the template store is the main process's
+            job = preparing.Job(doc, (), ids.new_id())
+            prepared = preparing.prepare_job(job, self.settings, origin, None)
         except ApiProblem:
             return None
-        if isinstance(doc, dict) and "template" in doc:
-            return None  # the template store is the main process's
-        job = preparing.Job(doc, (), ids.new_id())
-        prepared = preparing.prepare_job(job, self.settings, origin, None)
+        except Exception:  # a fault of ours, nothing written: the main process answers
+            log.exception("HTTP front: cannot prepare a submission")
+            return None
         if not isinstance(prepared, intake.Prepared):
             return None  # a refusal is logged and answered by the main process
         if not await self._commit(prepared):
@@ -168,7 +169,7 @@ class Front:
         intake.queued([prepared], origin.ip, origin.token.name, self._queued)
         self.channel.flush()  # the main process knows it before the client does
         qid = prepared.envelope.qid
-        return Reply(_json(prepared.answer()), f"/v1/messages/{qid}")
+        return Reply(json_bytes(prepared.answer()), f"/v1/messages/{qid}")
 
     def _queued(self, item: intake.Prepared) -> None:
         self.channel.queued(item.envelope, item.data)
@@ -186,14 +187,6 @@ class Front:
 
     def _write(self, item: intake.Prepared) -> None:
         self.spool.create_encoded(item.envelope.qid, item.encoded, item.data).sync()
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    # As smtprelay.web.problem.json_response writes it.
-    try:
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(body).encode("ascii")
 
 
 def main(argv: list[str]) -> int:

@@ -93,26 +93,29 @@ def problem_response(
     return json_response(status, body, MEDIA_TYPE, headers)
 
 
+def json_bytes(body: Mapping[str, Any]) -> bytes:
+    """UTF-8 JSON as written (not \\u-escaped); a lone surrogate a request brought in
+    (JSON may \\u-escape one, UTF-8 cannot carry it) makes it all \\u-escaped instead."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
+
+
 def json_response(
     status: int,
     body: Mapping[str, Any],
     content_type: str = "application/json",
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """UTF-8 JSON as written (not \\u-escaped), under the given media type; a lone
-    surrogate a request brought in (JSON may \\u-escape one, UTF-8 cannot carry it)
-    makes the whole body \\u-escaped instead."""
+    """:func:`json_bytes` under the given media type."""
     # Imported here: the HTTP front and the preparing workers use this module's
     # problems but never answer one, and aiohttp is 16 MB of each process's memory.
     from aiohttp import web
 
-    try:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        data = json.dumps(body).encode("ascii")
     return web.Response(
         status=status,
-        body=data,
+        body=json_bytes(body),
         content_type=content_type,
         charset="utf-8",
         headers=headers,

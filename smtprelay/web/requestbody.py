@@ -1,8 +1,8 @@
 """The JSON bodies of ``POST /v1/messages`` and ``/v1/messages/batch``, checked as far as
-the request itself goes: shared by the main process's handlers
-(:mod:`smtprelay.web.submission`) and the HTTP front (:mod:`smtprelay.web.front`), so
-that both read a body the same way. Each message is checked later, on its own
-(:func:`smtprelay.web.intake.validate`).
+the request itself goes: the limit and the parsing, shared by the main process's handlers
+(:mod:`smtprelay.web.submission`) and the HTTP front (:mod:`smtprelay.web.front`) so that
+both read a body the same way; a batch's messages and its answer, the handlers'. Each
+message is checked later, on its own (:func:`smtprelay.web.intake.validate`).
 """
 
 from __future__ import annotations
