@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ LOOPBACK = "127.0.0.1"
 # in use"). Nothing but an explicit bind takes a port below the range.
 _PORTS = range(20000, 32768)
 _pick = random.Random(os.getpid() ^ time.time_ns())
+# Ports handed out lately: a port is only reserved once something binds it, so two calls
+# before that (a daemon's SMTP and HTTP listeners) could get the same one (seen in CI:
+# "[http] listen 127.0.0.1:32691: Address already in use", SMTP on 32691 too).
+_recent: deque[int] = deque(maxlen=256)
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -40,11 +45,14 @@ def free_port(host: str = LOOPBACK) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(200):
         port = _pick.choice(_PORTS)
+        if port in _recent:
+            continue
         with socket.socket(family) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+        _recent.append(port)
         return port
     raise RuntimeError(f"no free port on {host} in {_PORTS}")
 
