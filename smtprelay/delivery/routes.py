@@ -20,6 +20,7 @@ import dataclasses
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from smtprelay.addresses import domain_of
 from smtprelay.config import (
@@ -28,12 +29,16 @@ from smtprelay.config import (
     SmarthostSettings,
     UpstreamLimits,
 )
-from smtprelay.delivery.oauth import TokenSource
 from smtprelay.delivery.outcome import DeliveryError, Hop
 from smtprelay.delivery.resolver import Resolver
 from smtprelay.envelope import Envelope, SubmittedVia
 from smtprelay.secretfiles import read_secret
 from smtprelay.units import Endpoint
+
+if TYPE_CHECKING:
+    # Imported where an upstream uses XOAUTH2: authlib and httpx are ~15 MB of a
+    # process that never needs them otherwise (bench/README.md, "1,000,000 queued").
+    from smtprelay.delivery.oauth import TokenSource
 
 
 class TLSPolicy(enum.Enum):
@@ -202,6 +207,8 @@ def upstream_route(
     hosts = ",".join(str(h) for h in settings.hosts)
     key = key_prefix + hosts if key_prefix else f"[{hosts}]"
     if settings.auth == "xoauth2" and settings.oauth2 is not None:
+        from smtprelay.delivery.oauth import TokenSource
+
         source = TokenSource(name, where, settings.oauth2, settings.username, timeout=timeout)
         credentials = Credentials(settings.username, oauth=source)
     elif settings.username:

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from smtprelay import config
 from smtprelay.cliactions import Actions
@@ -66,6 +64,10 @@ def cmd_keygen(args: argparse.Namespace, settings: config.Settings | None) -> in
         first = e.errors()[0]
         what = "DOMAIN" if first["loc"][0] == "domain" else "SELECTOR"
         raise KeygenError(f"{what}: {first['msg'].removeprefix('Value error, ')}") from None
+    # Here, not at the top: the daemon's command line loads this module on every start.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if args.type == "ed25519":
         key = ed25519.Ed25519PrivateKey.generate()

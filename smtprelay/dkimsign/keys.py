@@ -15,15 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
-
 from smtprelay.config import DkimKeySettings, DkimSettings
 from smtprelay.errors import ConfigError
 
@@ -82,7 +73,13 @@ def load_keyring(settings: DkimSettings) -> Keyring:
     return Keyring(tuple(keys))
 
 
+# ``cryptography`` is imported where a key is read, not with this module: the daemon
+# loads this module on every start, and a relay without DKIM keys never needs it.
+
+
 def read_key(entry: DkimKeySettings) -> DkimKey:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         pem = Path(entry.key_file).read_bytes()
     except OSError as e:
@@ -97,6 +94,14 @@ def read_key(entry: DkimKeySettings) -> DkimKey:
 
 
 def from_private_key(domain: str, selector: str, key: object) -> DkimKey:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
     if isinstance(key, ed25519.Ed25519PrivateKey):
         seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         raw_public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

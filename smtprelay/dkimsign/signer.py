@@ -28,17 +28,13 @@ import asyncio
 import email.utils
 import hashlib
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import dkim
+from typing import Any
 
 from smtprelay import maillog
-from smtprelay.dkimsign import fastrsa
 from smtprelay.dkimsign.keys import DkimKey, Keyring
-
-fastrsa.install()  # RSA through OpenSSL: ~1 ms instead of ~20 ms per signature
-
 
 CANONICALIZE = (b"relaxed", b"relaxed")
 CACHE_SIZE = 4096  # signature fields (a few hundred octets each) of recent messages
@@ -52,6 +48,22 @@ class Signed:
     fields: bytes = b""  # DKIM-Signature fields, CRLF-terminated
     keys: tuple[DkimKey, ...] = ()
     problem: str = ""  # a reason to log: the message could not be signed
+
+
+_loading = threading.Lock()  # the first signatures may be made on executor threads
+
+
+def dkimpy() -> Any:  # the dkim module (untyped)
+    """dkimpy, its RSA signing through OpenSSL (~1 ms instead of ~20 ms a signature).
+    Loaded at the first signature, not with this module: dkimpy and ``cryptography``
+    are ~11 MB of a main process that signs nothing (no DKIM key configured)."""
+    with _loading:
+        import dkim
+
+        from smtprelay.dkimsign import fastrsa
+
+        fastrsa.install()
+    return dkim
 
 
 def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
@@ -108,6 +120,7 @@ def signatures(message: bytes, keyring: Keyring) -> Signed:
     if not keys or domain in signed_domains(fields):
         return Signed()
     out: list[bytes] = []
+    dkim = dkimpy()
     try:
         parsed = dkim.DKIM(message, linesep=b"\r\n")
         for key in keys:
