@@ -58,6 +58,10 @@ class Names:
     def __len__(self) -> int:
         return self.count
 
+    def drop(self) -> None:
+        """Read: the string is given back (the daemon keeps this object to the end)."""
+        self._blob = ""
+
     def chunks(self, size: int) -> Iterator[list[str]]:
         step = size * self._width
         for start in range(0, len(self._blob), step):
