@@ -80,6 +80,8 @@ def test_found_messages_are_delivered_once_beside_new_mail_and_operator_actions(
         running = asyncio.get_running_loop().create_task(scheduler.run())
         await loader.load(spool, names, scheduler, result)
         assert scheduler.loading == 0 and scheduler.loaded.is_set()
+        # Start-up's results keep ``names`` to the end: its string of IDs is given back.
+        assert list(names.chunks(1)) == [] and len(names) == count
         await adopted  # waited for the load, then found nothing unknown
         await _until(
             lambda: len(transport.delivered) >= count - 1 and not scheduler.attempting,
