@@ -204,3 +204,19 @@ def test_retries_due_in_one_whole_second_share_its_time_object() -> None:
     clock.now = 1502.0
     assert drain(schedule) == ["Q0", "Q1", "Q2", "exact", "Q3", "Q4", "Q5"]
     assert not schedule.far_times  # each second's object goes with its bucket
+
+
+def test_times_already_past_share_their_seconds_object_and_keep_their_order() -> None:
+    clock = Clock()
+    schedule = Schedule(clock)
+    # Arrival times read at start-up, and "now" when a parked message is let go: all
+    # floats made apart, as the loader and the scheduler make them.
+    times = [990.25, 990.75, 995.5, float(clock.now)]
+    for n, when in enumerate(times):
+        schedule.push(f"Q{n}", when + 0.0)
+    assert schedule.due["Q0"] is schedule.due["Q1"] and schedule.due["Q0"] == 990.0
+    assert schedule.due["Q2"] == 995.0 and schedule.due["Q3"] == 1000.0
+    schedule.push("soon", 1000.5)  # ahead: exact, on the heap
+    assert drain(schedule) == ["Q0", "Q1", "Q2", "Q3"]  # first in, first out
+    clock.now = 1000.5
+    assert drain(schedule) == ["soon"]
