@@ -67,7 +67,7 @@ def seal(envelope: bytes | None, records: tuple[bytes, ...]) -> bytes:
     return packer.compress(b"\n".join((envelope or b"", *records))) + packer.flush()
 
 
-def unseal(blob: bytes) -> tuple[bytes | None, tuple[bytes, ...]]:
+def unseal(blob: bytes | memoryview) -> tuple[bytes | None, tuple[bytes, ...]]:
     """What :func:`seal` was given."""
     # One call: the blob is a whole stream, so decompress() gives all of it (a flush()
     # would be a second release of the GIL, which an event loop may wait to get back).

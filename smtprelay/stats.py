@@ -29,9 +29,9 @@ from prometheus_client import CollectorRegistry
 from smtprelay import maillog
 from smtprelay.envelope import Envelope
 from smtprelay.history import CANCELED_EVENT as CANCELED_EVENT  # re-exported for the tests
-from smtprelay.history import FIRST, QUEUED, REMOVED_AT, Packed, _Kept, readable
 from smtprelay.history import MAX_EVENTS as MAX_EVENTS  # re-exported for the tests
 from smtprelay.history import History as History  # re-exported for the tests
+from smtprelay.history import Packed, _Kept, first_of, queued_of, readable, removed_at_of
 from smtprelay.maillog import MAIL_LOGGER as MAIL_LOGGER  # re-exported for the tests
 from smtprelay.maillog import Event
 from smtprelay.metrics import DELIVERY_STATUSES as DELIVERY_STATUSES  # re-exported
@@ -132,7 +132,7 @@ class Stats(logging.Handler):
         """``qid``'s history, new or unpacked; the caller stores it back packed."""
         packed = self._history.get(qid)
         if packed is not None:
-            return _Kept.unpacked(packed)
+            return _Kept.unpacked(qid, packed)
         entry = _Kept(qid, now)
         self._history[qid] = entry.packed()  # its place in the order: created now
         self._created.append(now, qid)
@@ -148,7 +148,7 @@ class Stats(logging.Handler):
         while self._finished and (self._finished.head() <= horizon or len(self._finished) > limit):
             removed_at, qid = self._finished.popleft()
             packed = self._history.get(qid)
-            if packed is not None and packed[REMOVED_AT] == removed_at:
+            if packed is not None and removed_at_of(packed) == removed_at:
                 del self._history[qid]
         # Histories are created in the order of _created and the oldest dropped past
         # max_messages, so entries past the newest max_messages name dropped ones.
@@ -158,7 +158,7 @@ class Stats(logging.Handler):
         ):
             first, qid = self._created.popleft()
             packed = self._history.get(qid)
-            if packed is not None and packed[FIRST] == first and not packed[QUEUED]:
+            if packed is not None and first_of(packed) == first and not queued_of(packed):
                 del self._history[qid]
         if len(self._notice_qids) > 10_000:  # a notice whose queued event never came
             self._notice_qids.clear()
@@ -172,7 +172,7 @@ class Stats(logging.Handler):
             packed = self._history.get(qid)
             if packed is None:
                 return None
-            return readable(packed)
+            return readable(qid, packed)
 
     def newest(
         self, before: str | None, limit: int, keep: Callable[[History], bool]
@@ -186,13 +186,13 @@ class Stats(logging.Handler):
                 (
                     q
                     for q, e in self._history.items()
-                    if e[QUEUED] and (before is None or q < before)
+                    if queued_of(e) and (before is None or q < before)
                 ),
                 reverse=True,
             )
             chosen: list[History] = []
             for qid in qids:
-                history = readable(self._history[qid])
+                history = readable(qid, self._history[qid])
                 if not keep(history):
                     continue
                 if len(chosen) == limit:
@@ -205,7 +205,7 @@ class Stats(logging.Handler):
         with self._mutex:
             packed = self._history.get(qid)
             if packed is not None:
-                entry = _Kept.unpacked(packed)
+                entry = _Kept.unpacked(qid, packed)
                 entry.send_at = send_at
                 self._history[qid] = entry.packed()
 
