@@ -108,24 +108,30 @@ def reuse(keep: Path, spool: Path, count: int) -> None:
     print(f"linked {count} messages from {kept}: {time.monotonic() - started:.1f} s", flush=True)
 
 
-def rss_kb(pid: int, field: str) -> int:
-    """``field`` of the daemon and its children (inbound workers, HTTP front) together
-    (a sum of peaks, for VmHWM: never less than the real peak)."""
+def rss_parts_kb(pid: int, field: str) -> list[int]:
+    """``field`` of the daemon, then of each of its children (inbound workers, HTTP
+    front), in KB."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             pids = [pid, *(int(c) for c in f.read().split())]
     except OSError:
         pids = [pid]
-    total = 0
+    parts = []
     for one in pids:
         try:
             with open(f"/proc/{one}/status") as f:
-                total += next(
-                    (int(line.split()[1]) for line in f if line.startswith(field + ":")), 0
+                parts.append(
+                    next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
                 )
         except OSError:
             continue
-    return total
+    return parts
+
+
+def rss_kb(pid: int, field: str) -> int:
+    """``field`` of the daemon and its children together (a sum of peaks, for VmHWM:
+    never less than the real peak)."""
+    return sum(rss_parts_kb(pid, field))
 
 
 TOKEN = "queue-scale-bench-token"
@@ -327,6 +333,7 @@ def main() -> None:
                     time.sleep(0.5)
                 window = time.monotonic() - deadline + args.observe
                 rss_end = rss_kb(proc.pid, "VmRSS")
+                peaks = rss_parts_kb(proc.pid, "VmHWM")
                 # The daemon's own count: a scan of a million files here took longer
                 # than the window, with the daemon still running beside it.
                 queue_end = json.loads(get(http_port, "/status")[1])["queue"]
@@ -354,6 +361,11 @@ def main() -> None:
                     f"RSS peak over {window:.0f} s:       {peak / 1024:.0f} MB   (target < 500 MB)"
                 )
                 print(f"RSS at the end:           {rss_end / 1024:.0f} MB")
+                print(
+                    "peak of each process:     "
+                    + " + ".join(f"{kb / 1024:.0f}" for kb in peaks)
+                    + " MB (main, then its children)"
+                )
                 for name, seen in samples.items():
                     if not seen:
                         continue
