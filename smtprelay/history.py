@@ -12,7 +12,7 @@ import struct
 from collections import Counter as Tally
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from smtprelay.envelope import RecipientState
 from smtprelay.historyblob import seal, unseal
@@ -234,8 +234,9 @@ class _Kept:
     deferred fills them all -- 1.2 KB per one-event history as dicts, 0.5 KB so; sealed
     once quiet, see :meth:`packed`).
 
-    Held between events as :meth:`packed`, an exact tuple of strings, bytes, numbers
-    and tuples of those, which CPython's cyclic collector stops tracking: every full
+    Held between events as :meth:`packed` -- an exact tuple of strings, bytes, numbers
+    and tuples of those, or once sealed one ``bytes`` -- which CPython's cyclic
+    collector does not track (the tuple: once it has seen it): every full
     collection walks every tracked object, and with 1,000,000 queued and the histories
     full of deferrals, 100,000 of these objects and their event lists made each one
     150-178 ms of a stopped event loop (bench/README.md). Unpacked to change or read."""
@@ -344,11 +345,9 @@ def first_of(packed: Packed) -> float:
 
 
 def removed_at_of(packed: Packed) -> float | None:
-    removed_at: float | None
     if isinstance(packed, tuple):
-        removed_at = packed[_REMOVED_AT]
-        return removed_at
-    removed_at = _SEALED_HEAD.unpack_from(packed)[1]
+        return cast(float | None, packed[_REMOVED_AT])
+    removed_at: float = _SEALED_HEAD.unpack_from(packed)[1]
     return None if math.isnan(removed_at) else removed_at
 
 

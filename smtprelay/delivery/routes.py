@@ -37,7 +37,8 @@ from smtprelay.units import Endpoint
 
 if TYPE_CHECKING:
     # Imported where an upstream uses XOAUTH2: authlib and httpx are ~15 MB of a
-    # process that never needs them otherwise (bench/README.md, "1,000,000 queued").
+    # process that never needs them otherwise (bench/README.md, "memory of a million
+    # queued").
     from smtprelay.delivery.oauth import TokenSource
 
 
